@@ -1,0 +1,281 @@
+//! The one error type of singa.
+//!
+//! It crosses the plugin boundary, so it is built from ABI-stable parts (`RString`, `RBox`);
+//! the variants say *what kind* of thing went wrong and carry the file, field, offset or layer
+//! a user needs to fix it.
+
+use abi_stable::std_types::{RBox, RString};
+use abi_stable::StableAbi;
+use std::fmt::Display;
+
+/// A `Result` with singa's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in singa, as one structured type.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// A job file (or a config built in code) is wrong: which file, which field, what was expected.
+    #[error("{file}: {field}: {message}")]
+    Config {
+        /// The job file (or `<code>` for configs built in Rust).
+        file: RString,
+        /// The dotted path of the field, e.g. `layer[2].num_output`.
+        field: RString,
+        /// What is wrong and what was expected.
+        message: RString,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file or directory.
+        path: RString,
+        /// The operating system's reason.
+        message: RString,
+    },
+    /// A data file is malformed: truncated, corrupted, or of an unexpected format.
+    #[error("{file}: at byte offset {offset}: {message}")]
+    Data {
+        /// The data file.
+        file: RString,
+        /// Where in the file the problem was found.
+        offset: u64,
+        /// What is wrong.
+        message: RString,
+    },
+    /// Tensor shapes do not fit together.
+    #[error("shape mismatch in {context}: {message}")]
+    Shape {
+        /// The operation or layer.
+        context: RString,
+        /// The shapes involved.
+        message: RString,
+    },
+    /// A device failed (out of memory, driver error, no such device).
+    #[error("device {device}: {message}")]
+    Device {
+        /// The device, e.g. `cpu` or `cuda:0`.
+        device: RString,
+        /// What failed.
+        message: RString,
+    },
+    /// An operation is not implemented for this dtype or device.
+    #[error("device {device} does not support {what}")]
+    Unsupported {
+        /// The device.
+        device: RString,
+        /// The operation and dtype that are missing.
+        what: RString,
+    },
+    /// A checkpoint cannot be written, read, or does not match the net.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: RString,
+        /// What is wrong.
+        message: RString,
+    },
+    /// A plugin cannot be loaded or misbehaved.
+    #[error("plugin {plugin}: {message}")]
+    Plugin {
+        /// The plugin library.
+        plugin: RString,
+        /// What is wrong.
+        message: RString,
+    },
+    /// Code panicked; the panic was caught and turned into this error.
+    #[error("{what} panicked: {message}")]
+    Panic {
+        /// Which component panicked.
+        what: RString,
+        /// The panic message.
+        message: RString,
+    },
+    /// A wait ran past its deadline.
+    #[error("timed out after {seconds:.1} s waiting for {waiting_for}")]
+    Timeout {
+        /// Who or what was waited for.
+        waiting_for: RString,
+        /// How long the wait lasted.
+        seconds: f64,
+    },
+    /// An argument is invalid.
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong.
+        message: RString,
+    },
+    /// Another error, with the place it happened in.
+    #[error("{context}: {inner}")]
+    Context {
+        /// Where the inner error happened (e.g. `layer fc1`).
+        context: RString,
+        /// The error itself.
+        inner: RBox<Error>,
+    },
+}
+
+impl Error {
+    /// A job-file error.
+    pub fn config(file: impl Display, field: impl Display, message: impl Display) -> Error {
+        Error::Config {
+            file: file.to_string().into(),
+            field: field.to_string().into(),
+            message: message.to_string().into(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, err: impl Display) -> Error {
+        Error::Io {
+            path: path.as_ref().display().to_string().into(),
+            message: err.to_string().into(),
+        }
+    }
+
+    /// A malformed data file.
+    pub fn data(file: impl AsRef<std::path::Path>, offset: u64, message: impl Display) -> Error {
+        Error::Data {
+            file: file.as_ref().display().to_string().into(),
+            offset,
+            message: message.to_string().into(),
+        }
+    }
+
+    /// A shape mismatch.
+    pub fn shape(context: impl Display, message: impl Display) -> Error {
+        Error::Shape {
+            context: context.to_string().into(),
+            message: message.to_string().into(),
+        }
+    }
+
+    /// A device failure.
+    pub fn device(device: impl Display, message: impl Display) -> Error {
+        Error::Device {
+            device: device.to_string().into(),
+            message: message.to_string().into(),
+        }
+    }
+
+    /// A missing operation or dtype on a device.
+    pub fn unsupported(device: impl Display, what: impl Display) -> Error {
+        Error::Unsupported {
+            device: device.to_string().into(),
+            what: what.to_string().into(),
+        }
+    }
+
+    /// A checkpoint problem.
+    pub fn checkpoint(path: impl AsRef<std::path::Path>, message: impl Display) -> Error {
+        Error::Checkpoint {
+            path: path.as_ref().display().to_string().into(),
+            message: message.to_string().into(),
+        }
+    }
+
+    /// A plugin problem.
+    pub fn plugin(plugin: impl Display, message: impl Display) -> Error {
+        Error::Plugin {
+            plugin: plugin.to_string().into(),
+            message: message.to_string().into(),
+        }
+    }
+
+    /// An invalid argument.
+    pub fn invalid(message: impl Display) -> Error {
+        Error::Invalid {
+            message: message.to_string().into(),
+        }
+    }
+
+    /// A timeout while waiting for `waiting_for`.
+    pub fn timeout(waiting_for: impl Display, seconds: f64) -> Error {
+        Error::Timeout {
+            waiting_for: waiting_for.to_string().into(),
+            seconds,
+        }
+    }
+
+    /// A caught panic, from the payload `std::panic::catch_unwind` returned.
+    pub fn from_panic(what: impl Display, payload: &(dyn std::any::Any + Send)) -> Error {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "(no message)".to_string()
+        };
+        Error::Panic {
+            what: what.to_string().into(),
+            message: message.into(),
+        }
+    }
+
+    /// Wraps this error with the place it happened in.
+    pub fn context(self, context: impl Display) -> Error {
+        Error::Context {
+            context: context.to_string().into(),
+            inner: RBox::new(self),
+        }
+    }
+
+    /// The innermost error, under all [`Error::Context`] wrappers.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { inner, .. } => inner.root(),
+            e => e,
+        }
+    }
+}
+
+/// Adds context to the error of a `Result`.
+pub trait ResultExt<T> {
+    /// Wraps the error with the place it happened in; `context` is only evaluated on error.
+    fn context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T>;
+}
+
+impl<T> ResultExt<T> for Result<T> {
+    fn context<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|e| e.context(context()))
+    }
+}
+
+/// Runs `f`, turning a panic into [`Error::Panic`] naming `what`.
+///
+/// Every implementation of an ABI-stable trait routes its methods through this: a panic that
+/// unwinds into an `extern "C"` boundary would abort the whole process.
+pub fn catch_panic<T>(what: impl Display, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(Error::from_panic(what, payload.as_ref())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_place() {
+        let e = Error::config("job.toml", "layer[1].num_output", "expected an integer");
+        assert_eq!(
+            e.to_string(),
+            "job.toml: layer[1].num_output: expected an integer"
+        );
+        let e = Error::data("train.shard", 4096, "checksum mismatch").context("layer data");
+        assert_eq!(
+            e.to_string(),
+            "layer data: train.shard: at byte offset 4096: checksum mismatch"
+        );
+        assert!(matches!(e.root(), Error::Data { offset: 4096, .. }));
+    }
+
+    #[test]
+    fn panics_become_errors() {
+        let r: Result<()> = catch_panic("layer fc1", || panic!("boom"));
+        assert_eq!(r.unwrap_err().to_string(), "layer fc1 panicked: boom");
+        let r: Result<()> = catch_panic("x", || panic!("{}", String::from("owned")));
+        assert_eq!(r.unwrap_err().to_string(), "x panicked: owned");
+    }
+}

@@ -1,0 +1,452 @@
+//! The safe, checked way to run device operations on tensors.
+//!
+//! Each method of [`DeviceRef`] here checks that its tensors live on this device, have the
+//! dtypes and sizes the operation needs, and do not overlap where they must not, then calls the
+//! matching `unsafe` method of [`Device`](crate::Device). The checks are a few integer compares:
+//! nothing here allocates unless it returns an error.
+
+use crate::device::{
+    BinaryOp, BufView, DeviceRef, Dims3, Distribution, GemmArgs, GemmLayout, ReduceOp, SgdArgs,
+    UnaryOp,
+};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use abi_stable::std_types::ROption;
+
+impl DeviceRef {
+    fn check(&self, op: &'static str, t: &Tensor, dtype: Option<DType>) -> Result<BufView> {
+        if t.device().id() != self.id() {
+            return Err(Error::invalid(format!(
+                "{op}: a tensor lives on device {} but the operation runs on device {}",
+                t.device().id(),
+                self.id()
+            )));
+        }
+        if let Some(d) = dtype {
+            if t.dtype() != d {
+                return Err(Error::invalid(format!(
+                    "{op}: expected a {d} tensor, got {}",
+                    t.dtype()
+                )));
+            }
+        }
+        Ok(t.view())
+    }
+
+    fn check_len(op: &'static str, t: &Tensor, len: usize, what: &str) -> Result<()> {
+        if t.numel() != len {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{what} has shape {} but {len} elements are needed",
+                    t.shape()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fails if `out` overlaps any of `inputs`, except (when `inplace_ok`) being exactly one.
+    fn check_alias(
+        op: &'static str,
+        out: &BufView,
+        inputs: &[BufView],
+        inplace_ok: bool,
+    ) -> Result<()> {
+        for i in inputs {
+            if out.overlaps(i) && !(inplace_ok && out.same_region(i)) {
+                return Err(Error::invalid(format!(
+                    "{op}: the output overlaps an input{}",
+                    if inplace_ok {
+                        " without being exactly it"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `c = alpha · op(a) · op(b) + beta · c` on matrices (each tensor seen through
+    /// [`Shape::as_matrix`](crate::Shape::as_matrix)); `trans_*` says the operand is stored
+    /// transposed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        alpha: f32,
+        a: &Tensor,
+        trans_a: bool,
+        b: &Tensor,
+        trans_b: bool,
+        beta: f32,
+        c: &mut Tensor,
+    ) -> Result<()> {
+        let (ar, ac) = a.shape().as_matrix();
+        let (br, bc) = b.shape().as_matrix();
+        let (cr, cc) = c.shape().as_matrix();
+        let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
+        let (kb, n) = if trans_b { (bc, br) } else { (br, bc) };
+        if k != kb || cr != m || cc != n {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "{}{} x {}{} -> {}",
+                    a.shape(),
+                    if trans_a { "ᵀ" } else { "" },
+                    b.shape(),
+                    if trans_b { "ᵀ" } else { "" },
+                    c.shape()
+                ),
+            ));
+        }
+        self.gemm(
+            GemmLayout::dense(m, n, k, trans_a, trans_b),
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+        )
+    }
+
+    /// A general (batched, strided) matrix multiply, see [`GemmLayout`]; checks that every
+    /// operand stays inside its tensor.
+    pub fn gemm(
+        &self,
+        layout: GemmLayout,
+        alpha: f32,
+        a: &Tensor,
+        b: &Tensor,
+        beta: f32,
+        c: &mut Tensor,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let av = self.check(OP, a, None)?;
+        let bv = self.check(OP, b, None)?;
+        let cv = self.check(OP, c, None)?;
+        let l = &layout;
+        let fits = |t: &Tensor,
+                    (rows, cols): (usize, usize),
+                    ld: usize,
+                    stride: usize,
+                    what: &str| {
+            if rows == 0 || cols == 0 || l.batch == 0 {
+                return Ok(());
+            }
+            let last = (l.batch - 1) * stride + (rows - 1) * ld + cols;
+            if cols > ld || last > t.numel() {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "{what} of shape {}: {} matrices of {rows}x{cols} with row stride {ld} and batch stride {stride} do not fit",
+                        t.shape(),
+                        l.batch
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        fits(a, l.a_stored(), l.lda, l.stride_a, "A")?;
+        fits(b, l.b_stored(), l.ldb, l.stride_b, "B")?;
+        fits(c, (l.m, l.n), l.ldc, l.stride_c, "C")?;
+        if a.dtype() != c.dtype() || b.dtype() != c.dtype() {
+            return Err(Error::invalid(format!(
+                "{OP}: operands are {}, {} and {}; they must have one dtype",
+                a.dtype(),
+                b.dtype(),
+                c.dtype()
+            )));
+        }
+        Self::check_alias(OP, &cv, &[av, bv], false)?;
+        let args = GemmArgs {
+            layout,
+            a: av,
+            b: bv,
+            c: cv,
+            alpha,
+            beta,
+        };
+        // SAFETY: devices, extents, dtypes and aliasing were checked above.
+        unsafe { self.raw().gemm(&args) }.into_result()
+    }
+
+    /// `y = op(x)`; `y` may be `x` itself.
+    pub fn unary(&self, op: UnaryOp, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        const OP: &str = "unary";
+        let xv = self.check(OP, x, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        Self::check_len(OP, y, x.numel(), "the output")?;
+        Self::check_alias(OP, &yv, &[xv], true)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().unary(op, xv, yv) }.into_result()
+    }
+
+    /// `dx = dy · op'(x)` given the forward input `x` and output `y`; `dx` may be `dy`.
+    pub fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        const OP: &str = "unary_backward";
+        let n = x.numel();
+        let xv = self.check(OP, x, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        let dyv = self.check(OP, dy, Some(DType::F32))?;
+        let dxv = self.check(OP, dx, Some(DType::F32))?;
+        Self::check_len(OP, y, n, "y")?;
+        Self::check_len(OP, dy, n, "dy")?;
+        Self::check_len(OP, dx, n, "dx")?;
+        Self::check_alias(OP, &dxv, &[xv, yv], false)?;
+        Self::check_alias(OP, &dxv, &[dyv], true)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().unary_backward(op, xv, yv, dyv, dxv) }.into_result()
+    }
+
+    /// `y = op(a, b)`; `y` may be `a` or `b`.
+    pub fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
+        const OP: &str = "binary";
+        let av = self.check(OP, a, Some(DType::F32))?;
+        let bv = self.check(OP, b, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        Self::check_len(OP, b, a.numel(), "b")?;
+        Self::check_len(OP, y, a.numel(), "the output")?;
+        Self::check_alias(OP, &yv, &[av, bv], true)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().binary(op, av, bv, yv) }.into_result()
+    }
+
+    /// `y = alpha · x + beta · y`.
+    pub fn axpby(&self, alpha: f32, x: &Tensor, beta: f32, y: &mut Tensor) -> Result<()> {
+        const OP: &str = "axpby";
+        let xv = self.check(OP, x, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        Self::check_len(OP, y, x.numel(), "y")?;
+        Self::check_alias(OP, &yv, &[xv], true)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().axpby(alpha, xv, beta, yv) }.into_result()
+    }
+
+    /// `y = scale · x + shift`; `y` may be `x`.
+    pub fn affine(&self, x: &Tensor, y: &mut Tensor, scale: f32, shift: f32) -> Result<()> {
+        const OP: &str = "affine";
+        let xv = self.check(OP, x, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        Self::check_len(OP, y, x.numel(), "y")?;
+        Self::check_alias(OP, &yv, &[xv], true)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().affine(xv, yv, scale, shift) }.into_result()
+    }
+
+    /// Sets every element to `value`.
+    pub fn fill(&self, t: &mut Tensor, value: f64) -> Result<()> {
+        let v = self.check("fill", t, None)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().fill(v, value) }.into_result()
+    }
+
+    /// Fills an `F32` tensor with draws from `dist`, element `i` depending only on
+    /// `(seed, offset + i)`.
+    pub fn random(&self, t: &mut Tensor, dist: Distribution, seed: u64, offset: u64) -> Result<()> {
+        let v = self.check("random", t, Some(DType::F32))?;
+        // SAFETY: checked above.
+        unsafe { self.raw().random(v, dist, seed, offset) }.into_result()
+    }
+
+    /// Copies `src` into `dst` (same dtype and number of elements).
+    pub fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        const OP: &str = "copy";
+        let sv = self.check(OP, src, None)?;
+        let dv = self.check(OP, dst, Some(src.dtype()))?;
+        Self::check_len(OP, dst, src.numel(), "the destination")?;
+        Self::check_alias(OP, &dv, &[sv], false)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().copy(sv, dv) }.into_result()
+    }
+
+    /// Copies columns `src_col ..` of `src` (seen as a matrix) into columns `dst_col ..` of
+    /// `dst`, `cols` columns wide, for every row. Both must have the same number of rows.
+    pub fn copy_columns(
+        &self,
+        src: &Tensor,
+        src_col: usize,
+        dst: &mut Tensor,
+        dst_col: usize,
+        cols: usize,
+    ) -> Result<()> {
+        const OP: &str = "copy_columns";
+        let sv = self.check(OP, src, None)?;
+        let dv = self.check(OP, dst, Some(src.dtype()))?;
+        let (sr, sc) = src.shape().as_matrix();
+        let (dr, dc) = dst.shape().as_matrix();
+        if sr != dr || src_col + cols > sc || dst_col + cols > dc {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "columns {src_col}..{} of {} into columns {dst_col}..{} of {}",
+                    src_col + cols,
+                    src.shape(),
+                    dst_col + cols,
+                    dst.shape()
+                ),
+            ));
+        }
+        if sr == 0 || cols == 0 {
+            return Ok(());
+        }
+        Self::check_alias(OP, &dv, &[sv], false)?;
+        let span = |v: BufView, start: usize, ld: usize| BufView {
+            offset: v.offset + start,
+            len: (sr - 1) * ld + cols,
+            ..v
+        };
+        // SAFETY: the block lies inside both views (checked above).
+        unsafe {
+            self.raw().copy2d(
+                span(sv, src_col, sc),
+                sc,
+                span(dv, dst_col, dc),
+                dc,
+                sr,
+                cols,
+            )
+        }
+        .into_result()
+    }
+
+    /// Converts `src` into `dst`'s dtype.
+    pub fn cast(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        const OP: &str = "cast";
+        let sv = self.check(OP, src, None)?;
+        let dv = self.check(OP, dst, None)?;
+        Self::check_len(OP, dst, src.numel(), "the destination")?;
+        Self::check_alias(OP, &dv, &[sv], false)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().cast(sv, dv) }.into_result()
+    }
+
+    /// `y[o, m, i] += v[m]`.
+    pub fn add_broadcast(&self, dims: Dims3, v: &Tensor, y: &mut Tensor) -> Result<()> {
+        const OP: &str = "add_broadcast";
+        let vv = self.check(OP, v, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        Self::check_len(OP, v, dims.mid, "the vector")?;
+        Self::check_len(OP, y, dims.numel(), "the tensor")?;
+        Self::check_alias(OP, &yv, &[vv], false)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().add_broadcast(dims, vv, yv) }.into_result()
+    }
+
+    /// `y[o, i] = beta · y[o, i] + alpha · reduce_m x[o, m, i]`.
+    pub fn reduce(
+        &self,
+        op: ReduceOp,
+        dims: Dims3,
+        x: &Tensor,
+        y: &mut Tensor,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        const OP: &str = "reduce";
+        let xv = self.check(OP, x, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        Self::check_len(OP, x, dims.numel(), "the input")?;
+        Self::check_len(OP, y, dims.outer * dims.inner, "the output")?;
+        Self::check_alias(OP, &yv, &[xv], false)?;
+        // SAFETY: checked above.
+        unsafe { self.raw().reduce(op, dims, xv, yv, alpha, beta) }.into_result()
+    }
+
+    /// Row-wise softmax (rows = dimension 0).
+    pub fn softmax(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        const OP: &str = "softmax";
+        let xv = self.check(OP, x, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        Self::check_len(OP, y, x.numel(), "the output")?;
+        Self::check_alias(OP, &yv, &[xv], true)?;
+        let (rows, cols) = x.shape().as_matrix();
+        // SAFETY: checked above.
+        unsafe { self.raw().softmax(rows, cols, xv, yv) }.into_result()
+    }
+
+    /// Softmax cross-entropy forward; adds `[loss sum, correct, samples]` into `stats`.
+    pub fn softmax_cross_entropy(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        probs: &mut Tensor,
+        stats: &mut Tensor,
+    ) -> Result<()> {
+        const OP: &str = "softmax_cross_entropy";
+        let (rows, cols) = logits.shape().as_matrix();
+        let lv = self.check(OP, logits, Some(DType::F32))?;
+        let labv = self.check(OP, labels, Some(DType::I32))?;
+        let pv = self.check(OP, probs, Some(DType::F32))?;
+        let sv = self.check(OP, stats, Some(DType::F32))?;
+        Self::check_len(OP, labels, rows, "the labels")?;
+        Self::check_len(OP, probs, rows * cols, "the probabilities")?;
+        Self::check_len(OP, stats, 3, "the statistics")?;
+        Self::check_alias(OP, &pv, &[lv], true)?;
+        Self::check_alias(OP, &sv, &[lv, pv], false)?;
+        // SAFETY: checked above.
+        unsafe {
+            self.raw()
+                .softmax_cross_entropy(rows, cols, lv, labv, pv, sv)
+        }
+        .into_result()
+    }
+
+    /// `dx = scale · (probs - onehot(labels))`.
+    pub fn softmax_cross_entropy_backward(
+        &self,
+        probs: &Tensor,
+        labels: &Tensor,
+        dx: &mut Tensor,
+        scale: f32,
+    ) -> Result<()> {
+        const OP: &str = "softmax_cross_entropy_backward";
+        let (rows, cols) = probs.shape().as_matrix();
+        let pv = self.check(OP, probs, Some(DType::F32))?;
+        let labv = self.check(OP, labels, Some(DType::I32))?;
+        let dv = self.check(OP, dx, Some(DType::F32))?;
+        Self::check_len(OP, labels, rows, "the labels")?;
+        Self::check_len(OP, dx, rows * cols, "dx")?;
+        Self::check_alias(OP, &dv, &[pv], true)?;
+        // SAFETY: checked above.
+        unsafe {
+            self.raw()
+                .softmax_cross_entropy_backward(rows, cols, pv, labv, dv, scale)
+        }
+        .into_result()
+    }
+
+    /// One fused SGD step, see [`Device::sgd_update`](crate::Device::sgd_update).
+    pub fn sgd_update(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        momentum: Option<&mut Tensor>,
+        args: SgdArgs,
+    ) -> Result<()> {
+        const OP: &str = "sgd_update";
+        let wv = self.check(OP, w, Some(DType::F32))?;
+        let gv = self.check(OP, g, Some(DType::F32))?;
+        Self::check_len(OP, g, w.numel(), "the gradient")?;
+        Self::check_alias(OP, &wv, &[gv], false)?;
+        let mv = match momentum {
+            Some(m) => {
+                let mv = self.check(OP, m, Some(DType::F32))?;
+                Self::check_len(OP, m, w.numel(), "the momentum")?;
+                Self::check_alias(OP, &mv, &[wv, gv], false)?;
+                ROption::RSome(mv)
+            }
+            None => ROption::RNone,
+        };
+        // SAFETY: checked above.
+        unsafe { self.raw().sgd_update(wv, gv, mv, args) }.into_result()
+    }
+}

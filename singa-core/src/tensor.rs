@@ -1,0 +1,209 @@
+//! Tensors: a shape and a dtype over memory owned by a device.
+
+use crate::device::{BufHandle, BufView, DeviceRef};
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::shape::Shape;
+use abi_stable::std_types::RArc;
+use abi_stable::StableAbi;
+use std::fmt;
+
+/// One allocation on a device; freed on the device when the last tensor using it is dropped.
+#[repr(C)]
+#[derive(StableAbi)]
+struct Storage {
+    device: DeviceRef,
+    handle: BufHandle,
+    len: usize,
+    dtype: DType,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from this device's `alloc(dtype, len)` and this is its last user.
+        unsafe { self.device.raw().free(self.handle, self.dtype, self.len) }
+    }
+}
+
+/// A dense, row-major n-d array whose memory belongs to a [`Device`](crate::Device).
+///
+/// A tensor is a handle: cloning it is cheap and the clone refers to the same memory, like
+/// an `Arc`. Operations write into tensors you pass as outputs (allocated once, reused every
+/// step), so the training loop does not allocate. Read values back with [`Tensor::to_vec`].
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct Tensor {
+    storage: RArc<Storage>,
+    offset: usize,
+    shape: Shape,
+    dtype: DType,
+}
+
+impl Tensor {
+    /// A new tensor of zeros.
+    pub fn zeros(device: &DeviceRef, shape: impl Into<Shape>, dtype: DType) -> Result<Tensor> {
+        let shape = shape.into();
+        let len = shape.numel();
+        let handle = device.raw().alloc(dtype, len).into_result()?;
+        Ok(Tensor {
+            storage: RArc::new(Storage {
+                device: device.clone(),
+                handle,
+                len,
+                dtype,
+            }),
+            offset: 0,
+            shape,
+            dtype,
+        })
+    }
+
+    /// A new tensor holding a copy of `data`.
+    pub fn from_slice<T: Element>(
+        device: &DeviceRef,
+        data: &[T],
+        shape: impl Into<Shape>,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.numel() != data.len() {
+            return Err(Error::shape(
+                "Tensor::from_slice",
+                format!("{} values do not fill shape {shape}", data.len()),
+            ));
+        }
+        let mut t = Tensor::zeros(device, shape, T::DTYPE)?;
+        t.write_from(data)?;
+        Ok(t)
+    }
+
+    /// The dimensions.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+
+    /// The device that owns the memory.
+    pub fn device(&self) -> &DeviceRef {
+        &self.storage.device
+    }
+
+    /// The elements as a device view, for calling [`Device`](crate::Device) methods directly.
+    pub fn view(&self) -> BufView {
+        BufView {
+            handle: self.storage.handle,
+            offset: self.offset,
+            len: self.numel(),
+            dtype: self.dtype,
+        }
+    }
+
+    /// Whether `self` and `other` use the same allocation.
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        std::ptr::eq(&*self.storage, &*other.storage)
+    }
+
+    /// The same elements with another shape of the same size.
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.numel() != self.numel() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot view {} as {shape}", self.shape),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            ..self.clone()
+        })
+    }
+
+    /// Rows `start .. start + count` of dimension 0, sharing memory with `self`.
+    pub fn narrow(&self, start: usize, count: usize) -> Result<Tensor> {
+        let rows = if self.shape.rank() == 0 {
+            1
+        } else {
+            self.shape.dim(0)
+        };
+        if start + count > rows {
+            return Err(Error::shape(
+                "narrow",
+                format!(
+                    "rows {start}..{} of a tensor of shape {}",
+                    start + count,
+                    self.shape
+                ),
+            ));
+        }
+        let row_len = if rows == 0 { 0 } else { self.numel() / rows };
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            offset: self.offset + start * row_len,
+            shape: self.shape.with_dim0(count),
+            dtype: self.dtype,
+        })
+    }
+
+    /// Copies the elements to the host.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); self.numel()];
+        self.read_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Copies the elements into `out`, which must have exactly [`Tensor::numel`] elements.
+    pub fn read_into<T: Element>(&self, out: &mut [T]) -> Result<()> {
+        self.check_host::<T>("read_into", out.len())?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        // SAFETY: the view is this tensor's own, and the byte length was checked.
+        unsafe { self.device().raw().read(self.view(), bytes.into()) }.into_result()
+    }
+
+    /// Overwrites the elements with `data`, which must have exactly [`Tensor::numel`] elements.
+    pub fn write_from<T: Element>(&mut self, data: &[T]) -> Result<()> {
+        self.check_host::<T>("write_from", data.len())?;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        // SAFETY: the view is this tensor's own, and the byte length was checked.
+        unsafe { self.device().raw().write(self.view(), bytes.into()) }.into_result()
+    }
+
+    fn check_host<T: Element>(&self, what: &str, len: usize) -> Result<()> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::invalid(format!(
+                "{what}: the tensor holds {} but the host buffer holds {}",
+                self.dtype,
+                T::DTYPE
+            )));
+        }
+        if len != self.numel() {
+            return Err(Error::shape(
+                what,
+                format!(
+                    "host buffer of {len} elements for a tensor of shape {}",
+                    self.shape
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Tensor({}, {}, device {})",
+            self.shape,
+            self.dtype,
+            self.device().id()
+        )
+    }
+}

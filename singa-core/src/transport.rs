@@ -1,0 +1,99 @@
+//! The `Transport` trait: how workers, servers and stubs exchange messages.
+//!
+//! Workers and servers see only this trait, never the engine under it: threads and channels in
+//! one process, MPI between processes, NCCL between GPUs. The implementations live in
+//! `singa-comm`. A transport value is one endpoint, addressed by an [`Addr`].
+
+use crate::error::Error;
+use crate::tensor::Tensor;
+use abi_stable::sabi_trait;
+use abi_stable::std_types::{ROption, RResult};
+use abi_stable::StableAbi;
+use std::fmt;
+
+/// The kind of entity an address names.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Runs TrainOneBatch on (part of) a net.
+    Worker,
+    /// Holds parameter slices and runs the updater.
+    Server,
+    /// Routes messages for one process (SINGA's stub).
+    Stub,
+}
+
+/// Where a message goes: a role, its group, and its index inside the group.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Addr {
+    /// Worker or server group (or process, for a stub).
+    pub group: u32,
+    /// Index within the group.
+    pub id: u32,
+    /// What the address names.
+    pub role: Role,
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = match self.role {
+            Role::Worker => "worker",
+            Role::Server => "server",
+            Role::Stub => "stub",
+        };
+        write!(f, "{r} {}.{}", self.group, self.id)
+    }
+}
+
+/// What a message asks for (SINGA's message types).
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MsgKind {
+    /// Request a parameter slice's values (newer than `version`).
+    Get,
+    /// Install a parameter slice's initial values.
+    Put,
+    /// A gradient in; the reply carries fresh values.
+    Update,
+    /// Synchronise a slice between server groups.
+    Sync,
+    /// Activations or gradients between neighbouring layers on different workers.
+    Bridge,
+    /// Shut down.
+    Stop,
+}
+
+/// One message. In one process the payload is a tensor handle (no copy); across processes the
+/// transport serialises it.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct Msg {
+    /// Sender.
+    pub src: Addr,
+    /// Receiver.
+    pub dst: Addr,
+    /// What it is.
+    pub kind: MsgKind,
+    /// The parameter (or bridge) it concerns.
+    pub target: u32,
+    /// The slice of that parameter.
+    pub slice: u32,
+    /// The parameter version the message refers to.
+    pub version: u64,
+    /// The values, if any.
+    pub payload: ROption<Tensor>,
+}
+
+/// One endpoint of a message transport.
+#[sabi_trait]
+pub trait Transport: Send {
+    /// This endpoint's address.
+    fn addr(&self) -> Addr;
+
+    /// Sends a message to `msg.dst`.
+    fn send(&mut self, msg: Msg) -> RResult<(), Error>;
+
+    /// Waits up to `timeout_ms` for the next message; `RNone` when the time ran out.
+    fn recv(&mut self, timeout_ms: u64) -> RResult<ROption<Msg>, Error>;
+}

@@ -1,0 +1,84 @@
+//! The `Updater` trait: turns a gradient into a new parameter value.
+//!
+//! An updater is stateless across parameters: the per-parameter state it needs (a momentum
+//! buffer, Adam's moments) lives in tensors the caller allocates from [`Updater::state_names`]
+//! and passes back every step. That lets a server hold only a slice of a parameter, and lets
+//! checkpoints save the state by name.
+
+use crate::error::{catch_panic, Error};
+use crate::tensor::Tensor;
+use abi_stable::sabi_trait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RBox, RResult, RSliceMut, RString, RVec};
+use abi_stable::StableAbi;
+
+/// The hyper-parameters of one update of one parameter, with the learning-rate schedule and
+/// the parameter's multipliers already applied.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
+pub struct UpdateArgs {
+    /// The learning rate for this parameter at this step.
+    pub lr: f32,
+    /// The L2 weight decay for this parameter.
+    pub weight_decay: f32,
+    /// A factor applied to the gradient first (e.g. `1 / number of gradients summed`).
+    pub grad_scale: f32,
+}
+
+/// Applies gradients to parameters (SINGA's `Updater`, run by servers).
+#[sabi_trait]
+pub trait Updater: Send {
+    /// The names of the state tensors (each shaped like the parameter) this updater keeps per
+    /// parameter, e.g. `["momentum"]`. The caller allocates them, zeroed.
+    fn state_names(&self) -> RResult<RVec<RString>, Error>;
+
+    /// Updates `value` in place from `grad` at training step `step` (counted from 0).
+    fn update(
+        &mut self,
+        step: u64,
+        args: &UpdateArgs,
+        value: &mut Tensor,
+        grad: &Tensor,
+        state: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error>;
+}
+
+/// An owned, type-erased updater.
+pub type UpdaterBox = Updater_TO<'static, RBox<()>>;
+
+/// Boxes an updater behind the ABI-stable trait object, catching panics in every method.
+pub fn updater_box<U: Updater + 'static>(type_name: &str, updater: U) -> UpdaterBox {
+    Updater_TO::from_value(
+        Guarded {
+            what: format!("updater type {type_name}"),
+            inner: updater,
+        },
+        TD_Opaque,
+    )
+}
+
+struct Guarded<U> {
+    what: String,
+    inner: U,
+}
+
+impl<U: Updater> Updater for Guarded<U> {
+    fn state_names(&self) -> RResult<RVec<RString>, Error> {
+        catch_panic(&self.what, || self.inner.state_names().into_result()).into()
+    }
+
+    fn update(
+        &mut self,
+        step: u64,
+        args: &UpdateArgs,
+        value: &mut Tensor,
+        grad: &Tensor,
+        state: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        let inner = &mut self.inner;
+        catch_panic(&self.what, || {
+            inner.update(step, args, value, grad, state).into_result()
+        })
+        .into()
+    }
+}

@@ -1,0 +1,444 @@
+//! The CPU device: `gemm` for matrix products, vectorised kernels for everything else, and a
+//! thread pool of its own for the work that is big enough to split.
+
+mod elementwise;
+mod gemm;
+pub mod math;
+mod parallel;
+mod reduce;
+pub mod simd;
+
+use crate::memory::{self, bytes, bytes_mut, check_host_len, convert, load, store};
+use elementwise as ew;
+pub use parallel::Threads;
+use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
+use singa_core::{
+    catch_panic, BinaryOp, BufHandle, BufView, DType, Device, DeviceInfo, DeviceRef, Dims3,
+    Distribution, Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
+};
+
+const NAME: &str = "cpu";
+
+/// Elements per thread below which an elementwise operation is not split: a hand-over to
+/// another core costs about as much as streaming this many floats.
+const ELEMENTWISE_GRAIN: usize = 1 << 16;
+
+/// The CPU device.
+///
+/// ```
+/// use singa_core::{DeviceRef, DType, Tensor};
+/// let dev = DeviceRef::new(singa_cpu::CpuDevice::new(2).unwrap());
+/// let x = Tensor::from_slice(&dev, &[1.0f32, -2.0, 3.0], [3]).unwrap();
+/// let mut y = Tensor::zeros(&dev, [3], DType::F32).unwrap();
+/// dev.unary(singa_core::UnaryOp::Relu, &x, &mut y).unwrap();
+/// assert_eq!(y.to_vec::<f32>().unwrap(), vec![1.0, 0.0, 3.0]);
+/// ```
+#[derive(Clone)]
+pub struct CpuDevice {
+    threads: Threads,
+}
+
+impl CpuDevice {
+    /// A CPU device using `threads` threads (at least one).
+    pub fn new(threads: usize) -> Result<CpuDevice> {
+        Ok(CpuDevice {
+            threads: Threads::new(threads)?,
+        })
+    }
+
+    /// A CPU device already wrapped as a [`DeviceRef`], with a handle on its threads for
+    /// [`Threads::install`].
+    pub fn create(threads: usize) -> Result<(DeviceRef, Threads)> {
+        let dev = CpuDevice::new(threads)?;
+        let t = dev.threads.clone();
+        Ok((DeviceRef::new(dev), t))
+    }
+
+    /// The device's threads.
+    pub fn threads(&self) -> &Threads {
+        &self.threads
+    }
+
+    fn f32s(views: &[&BufView], op: &str) -> Result<()> {
+        for v in views {
+            if v.dtype != DType::F32 {
+                return Err(Error::unsupported(
+                    NAME,
+                    format!("{op} on {} tensors", v.dtype),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` over `0..len`, split across threads when large.
+    fn elementwise(&self, len: usize, f: impl Fn(usize, usize) + Sync) {
+        self.threads.for_ranges(len, ELEMENTWISE_GRAIN, &f);
+    }
+
+    fn gemm_impl(&self, args: &GemmArgs) -> Result<()> {
+        if args.layout.k == 0 {
+            // No products: C = beta·C.
+            let l = args.layout;
+            // SAFETY: the views satisfy the trait contract.
+            let c = unsafe { bytes_mut(args.c) };
+            for p in 0..l.batch {
+                for i in 0..l.m {
+                    for j in 0..l.n {
+                        let idx = p * l.stride_c + i * l.ldc + j;
+                        let old = if args.beta == 0.0 {
+                            0.0
+                        } else {
+                            load(args.c.dtype, c, idx)
+                        };
+                        store(args.c.dtype, c, idx, args.beta as f64 * old);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        // SAFETY: the views satisfy the trait contract.
+        unsafe { gemm::gemm(&self.threads, args) }
+    }
+
+    fn cast_impl(&self, src: BufView, dst: BufView) -> Result<()> {
+        use half::slice::HalfFloatSliceExt;
+        // SAFETY: trait contract; `src` and `dst` do not overlap.
+        unsafe {
+            match (src.dtype, dst.dtype) {
+                (DType::F32, DType::F16) => memory::slice_mut::<half::f16>(NAME, dst, "cast")?
+                    .convert_from_f32_slice(memory::slice::<f32>(NAME, src, "cast")?),
+                (DType::F32, DType::BF16) => memory::slice_mut::<half::bf16>(NAME, dst, "cast")?
+                    .convert_from_f32_slice(memory::slice::<f32>(NAME, src, "cast")?),
+                (DType::F16, DType::F32) => memory::slice::<half::f16>(NAME, src, "cast")?
+                    .convert_to_f32_slice(memory::slice_mut::<f32>(NAME, dst, "cast")?),
+                (DType::BF16, DType::F32) => memory::slice::<half::bf16>(NAME, src, "cast")?
+                    .convert_to_f32_slice(memory::slice_mut::<f32>(NAME, dst, "cast")?),
+                (DType::U8, DType::F32) => {
+                    let s = memory::slice::<u8>(NAME, src, "cast")?;
+                    for (o, &v) in memory::slice_mut::<f32>(NAME, dst, "cast")?
+                        .iter_mut()
+                        .zip(s)
+                    {
+                        *o = v as f32;
+                    }
+                }
+                (a, b) if a == b => bytes_mut(dst).copy_from_slice(bytes(src)),
+                _ => convert(src.dtype, bytes(src), dst.dtype, bytes_mut(dst), src.len),
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_impl(&self, dst: BufView, value: f64) -> Result<()> {
+        // SAFETY: trait contract.
+        unsafe {
+            match dst.dtype {
+                DType::F32 => {
+                    let v = value as f32;
+                    self.elementwise(dst.len, |s, e| ew::part_mut(dst, s, e).fill(v));
+                }
+                DType::I32 => memory::slice_mut::<i32>(NAME, dst, "fill")?.fill(value as i32),
+                DType::U8 => memory::slice_mut::<u8>(NAME, dst, "fill")?.fill(value as u8),
+                DType::F16 => memory::slice_mut::<half::f16>(NAME, dst, "fill")?
+                    .fill(half::f16::from_f64(value)),
+                DType::BF16 => memory::slice_mut::<half::bf16>(NAME, dst, "fill")?
+                    .fill(half::bf16::from_f64(value)),
+            }
+        }
+        Ok(())
+    }
+
+    fn reduce_impl(
+        &self,
+        op: ReduceOp,
+        d: Dims3,
+        x: BufView,
+        y: BufView,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        Self::f32s(&[&x, &y], "reduce")?;
+        let per_outer = (d.mid * d.inner).max(1);
+        let grain = ELEMENTWISE_GRAIN.div_ceil(per_outer).max(1);
+        // SAFETY: trait contract; ranges of outer indices are disjoint.
+        self.threads.for_ranges(d.outer, grain, &|s, e| unsafe {
+            reduce::reduce(op, d, x, y, alpha, beta, s, e)
+        });
+        Ok(())
+    }
+
+    fn rows_split(&self, rows: usize, cols: usize) -> usize {
+        ELEMENTWISE_GRAIN
+            .div_ceil(cols.max(1))
+            .max(1)
+            .min(rows.max(1))
+    }
+
+    fn softmax_ce_impl(
+        &self,
+        rows: usize,
+        cols: usize,
+        logits: BufView,
+        labels: BufView,
+        probs: BufView,
+        stats: BufView,
+    ) -> Result<()> {
+        Self::f32s(&[&logits, &probs, &stats], "softmax_cross_entropy")?;
+        // SAFETY: trait contract.
+        let labs = unsafe { memory::slice::<i32>(NAME, labels, "softmax_cross_entropy labels")? };
+        // Rows are few (a batch); one thread keeps the sums in a fixed order.
+        // SAFETY: trait contract.
+        let (loss, correct) =
+            unsafe { reduce::softmax_cross_entropy(cols, logits, labs, probs, 0, rows)? };
+        // SAFETY: trait contract; `stats` overlaps nothing else.
+        let s = unsafe { ew::part_mut(stats, 0, 3) };
+        s[0] += loss as f32;
+        s[1] += correct as f32;
+        s[2] += rows as f32;
+        Ok(())
+    }
+}
+
+/// Runs a device method body, catching panics.
+fn guard<T>(f: impl FnOnce() -> Result<T>) -> RResult<T, Error> {
+    catch_panic("cpu device", f).into()
+}
+
+impl Device for CpuDevice {
+    fn info(&self) -> DeviceInfo {
+        let isa = match simd::level() {
+            simd::Level::Avx512 => "avx512",
+            simd::Level::Avx2 => "avx2",
+            simd::Level::Baseline => "baseline simd",
+        };
+        DeviceInfo {
+            kind: NAME.into(),
+            ordinal: 0,
+            description: format!(
+                "cpu ({} thread{}, {isa})",
+                self.threads.count(),
+                if self.threads.count() == 1 { "" } else { "s" }
+            )
+            .into(),
+        }
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> RResult<BufHandle, Error> {
+        guard(|| memory::allocate(NAME, dtype, len))
+    }
+
+    unsafe fn free(&self, handle: BufHandle, dtype: DType, len: usize) {
+        memory::release(handle, dtype, len)
+    }
+
+    unsafe fn write(&self, dst: BufView, src: RSlice<'_, u8>) -> RResult<(), Error> {
+        guard(|| {
+            check_host_len(&dst, src.len(), "write")?;
+            bytes_mut(dst).copy_from_slice(src.as_slice());
+            Ok(())
+        })
+    }
+
+    unsafe fn read(&self, src: BufView, mut dst: RSliceMut<'_, u8>) -> RResult<(), Error> {
+        guard(|| {
+            check_host_len(&src, dst.len(), "read")?;
+            dst.as_mut_slice().copy_from_slice(bytes(src));
+            Ok(())
+        })
+    }
+
+    unsafe fn copy(&self, src: BufView, dst: BufView) -> RResult<(), Error> {
+        guard(|| {
+            bytes_mut(dst).copy_from_slice(bytes(src));
+            Ok(())
+        })
+    }
+
+    unsafe fn copy2d(
+        &self,
+        src: BufView,
+        src_ld: usize,
+        dst: BufView,
+        dst_ld: usize,
+        rows: usize,
+        cols: usize,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            let size = src.dtype.size();
+            let (s, d) = (bytes(src), bytes_mut(dst));
+            for r in 0..rows {
+                d[r * dst_ld * size..(r * dst_ld + cols) * size]
+                    .copy_from_slice(&s[r * src_ld * size..(r * src_ld + cols) * size]);
+            }
+            Ok(())
+        })
+    }
+
+    unsafe fn cast(&self, src: BufView, dst: BufView) -> RResult<(), Error> {
+        guard(|| self.cast_impl(src, dst))
+    }
+
+    unsafe fn fill(&self, dst: BufView, value: f64) -> RResult<(), Error> {
+        guard(|| self.fill_impl(dst, value))
+    }
+
+    unsafe fn random(
+        &self,
+        dst: BufView,
+        dist: Distribution,
+        seed: u64,
+        offset: u64,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&dst], "random")?;
+            self.elementwise(dst.len, |s, e| ew::random(dst, dist, seed, offset, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn gemm(&self, args: &GemmArgs) -> RResult<(), Error> {
+        guard(|| self.gemm_impl(args))
+    }
+
+    unsafe fn unary(&self, op: UnaryOp, x: BufView, y: BufView) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &y], "unary")?;
+            self.elementwise(x.len, |s, e| ew::unary(op, x, y, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: BufView,
+        y: BufView,
+        dy: BufView,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &y, &dy, &dx], "unary_backward")?;
+            self.elementwise(x.len, |s, e| ew::unary_backward(op, x, y, dy, dx, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn binary(
+        &self,
+        op: BinaryOp,
+        a: BufView,
+        b: BufView,
+        y: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&a, &b, &y], "binary")?;
+            self.elementwise(a.len, |s, e| ew::binary(op, a, b, y, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn axpby(&self, alpha: f32, x: BufView, beta: f32, y: BufView) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &y], "axpby")?;
+            self.elementwise(x.len, |s, e| ew::axpby(alpha, x, beta, y, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn affine(&self, x: BufView, y: BufView, scale: f32, shift: f32) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &y], "affine")?;
+            self.elementwise(x.len, |s, e| ew::affine(x, y, scale, shift, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn add_broadcast(&self, d: Dims3, v: BufView, y: BufView) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&v, &y], "add_broadcast")?;
+            let grain = ELEMENTWISE_GRAIN.div_ceil((d.mid * d.inner).max(1)).max(1);
+            self.threads
+                .for_ranges(d.outer, grain, &|s, e| ew::add_broadcast(d, v, y, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn reduce(
+        &self,
+        op: ReduceOp,
+        dims: Dims3,
+        x: BufView,
+        y: BufView,
+        alpha: f32,
+        beta: f32,
+    ) -> RResult<(), Error> {
+        guard(|| self.reduce_impl(op, dims, x, y, alpha, beta))
+    }
+
+    unsafe fn softmax(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: BufView,
+        y: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &y], "softmax")?;
+            let grain = self.rows_split(rows, cols);
+            self.threads
+                .for_ranges(rows, grain, &|s, e| reduce::softmax(cols, x, y, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn softmax_cross_entropy(
+        &self,
+        rows: usize,
+        cols: usize,
+        logits: BufView,
+        labels: BufView,
+        probs: BufView,
+        stats: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| self.softmax_ce_impl(rows, cols, logits, labels, probs, stats))
+    }
+
+    unsafe fn softmax_cross_entropy_backward(
+        &self,
+        rows: usize,
+        cols: usize,
+        probs: BufView,
+        labels: BufView,
+        dx: BufView,
+        scale: f32,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&probs, &dx], "softmax_cross_entropy_backward")?;
+            let labs = memory::slice::<i32>(NAME, labels, "softmax_cross_entropy labels")?;
+            reduce::softmax_cross_entropy_backward(cols, probs, labs, dx, scale, 0, rows)
+        })
+    }
+
+    unsafe fn sgd_update(
+        &self,
+        w: BufView,
+        g: BufView,
+        m: ROption<BufView>,
+        args: SgdArgs,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&w, &g], "sgd_update")?;
+            let m = m.into_option();
+            if let Some(mv) = &m {
+                Self::f32s(&[mv], "sgd_update")?;
+            }
+            self.elementwise(w.len, |s, e| ew::sgd(w, g, m, args, s, e));
+            Ok(())
+        })
+    }
+
+    fn synchronize(&self) -> RResult<(), Error> {
+        RResult::ROk(())
+    }
+}

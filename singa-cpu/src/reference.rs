@@ -1,0 +1,574 @@
+//! The reference device: every operation as the plainest loop that is obviously correct.
+//!
+//! It exists to check the fast devices against. Inputs are copied to `f64` vectors first (so
+//! in-place calls need no care), arithmetic runs in `f64`, and results are rounded once when
+//! stored. Speed is not a goal.
+
+use crate::memory::{self, bytes, bytes_mut, check_host_len, convert, load, store};
+use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
+use singa_core::{
+    catch_panic, rng, BinaryOp, BufHandle, BufView, DType, Device, DeviceInfo, Dims3, Distribution,
+    Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
+};
+
+const NAME: &str = "reference";
+
+/// A device of plain loops, the yardstick for the CPU and GPU devices.
+#[derive(Debug, Default, Clone)]
+pub struct ReferenceDevice;
+
+impl ReferenceDevice {
+    /// A reference device.
+    pub fn new() -> ReferenceDevice {
+        ReferenceDevice
+    }
+}
+
+/// Reads a view as `f64`s.
+fn get(v: BufView) -> Vec<f64> {
+    // SAFETY: the caller of the device method guarantees the view (trait contract).
+    let b = unsafe { bytes(v) };
+    (0..v.len).map(|i| load(v.dtype, b, i)).collect()
+}
+
+/// Stores `f64`s into a view.
+fn put(v: BufView, values: &[f64]) {
+    // SAFETY: as for `get`; inputs were copied out by `get` before, so nothing else is borrowed.
+    let b = unsafe { bytes_mut(v) };
+    for (i, x) in values.iter().enumerate() {
+        store(v.dtype, b, i, *x);
+    }
+}
+
+fn require(v: &BufView, dtype: DType, op: &str) -> Result<()> {
+    if v.dtype != dtype {
+        return Err(Error::unsupported(
+            NAME,
+            format!("{op} on {} tensors", v.dtype),
+        ));
+    }
+    Ok(())
+}
+
+fn f32s(views: &[&BufView], op: &str) -> Result<()> {
+    views.iter().try_for_each(|v| require(v, DType::F32, op))
+}
+
+/// `f(x)` in `f64`.
+pub(crate) fn unary_value(op: UnaryOp, x: f64) -> f64 {
+    match op {
+        UnaryOp::Identity => x,
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::LeakyRelu { slope } => {
+            if x > 0.0 {
+                x
+            } else {
+                slope as f64 * x
+            }
+        }
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::ScaledTanh => UnaryOp::STANH_A as f64 * (UnaryOp::STANH_B as f64 * x).tanh(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Square => x * x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sign => {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        }
+        UnaryOp::Neg => -x,
+    }
+}
+
+/// `f'(x)` in `f64`, from the input `x` (and output `y` where that is the textbook form).
+pub(crate) fn unary_derivative(op: UnaryOp, x: f64, y: f64) -> f64 {
+    match op {
+        UnaryOp::Identity => 1.0,
+        UnaryOp::Relu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        UnaryOp::LeakyRelu { slope } => {
+            if x > 0.0 {
+                1.0
+            } else {
+                slope as f64
+            }
+        }
+        UnaryOp::Sigmoid => y * (1.0 - y),
+        UnaryOp::Tanh => 1.0 - y * y,
+        UnaryOp::ScaledTanh => {
+            let (a, b) = (UnaryOp::STANH_A as f64, UnaryOp::STANH_B as f64);
+            let t = y / a;
+            a * b * (1.0 - t * t)
+        }
+        UnaryOp::Exp => y,
+        UnaryOp::Log => 1.0 / x,
+        UnaryOp::Sqrt => 0.5 / y,
+        UnaryOp::Square => 2.0 * x,
+        UnaryOp::Abs => unary_value(UnaryOp::Sign, x),
+        UnaryOp::Sign => 0.0,
+        UnaryOp::Neg => -1.0,
+    }
+}
+
+/// One draw of `dist` at stream position `i`.
+pub(crate) fn draw(dist: Distribution, seed: u64, i: u64) -> f32 {
+    match dist {
+        Distribution::Uniform { low, high } => low + (high - low) * rng::uniform_at(seed, i),
+        Distribution::Gaussian { mean, std } => mean + std * rng::normal_at(seed, i),
+        Distribution::Bernoulli { p, scale } => {
+            if rng::uniform_at(seed, i) < p {
+                scale
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+impl ReferenceDevice {
+    fn gemm_impl(&self, args: &GemmArgs) -> Result<()> {
+        let l = &args.layout;
+        if !matches!(args.c.dtype, DType::F32 | DType::F16) {
+            return Err(Error::unsupported(
+                NAME,
+                format!("gemm on {} tensors", args.c.dtype),
+            ));
+        }
+        let a = get(args.a);
+        let b = get(args.b);
+        let mut c = get(args.c);
+        for p in 0..l.batch {
+            for i in 0..l.m {
+                for j in 0..l.n {
+                    let mut acc = 0.0f64;
+                    for t in 0..l.k {
+                        let av = if l.trans_a {
+                            a[p * l.stride_a + t * l.lda + i]
+                        } else {
+                            a[p * l.stride_a + i * l.lda + t]
+                        };
+                        let bv = if l.trans_b {
+                            b[p * l.stride_b + j * l.ldb + t]
+                        } else {
+                            b[p * l.stride_b + t * l.ldb + j]
+                        };
+                        acc += av * bv;
+                    }
+                    let ci = p * l.stride_c + i * l.ldc + j;
+                    let old = if args.beta == 0.0 {
+                        0.0
+                    } else {
+                        args.beta as f64 * c[ci]
+                    };
+                    c[ci] = args.alpha as f64 * acc + old;
+                }
+            }
+        }
+        put(args.c, &c);
+        Ok(())
+    }
+
+    fn reduce_impl(
+        &self,
+        op: ReduceOp,
+        d: Dims3,
+        x: BufView,
+        y: BufView,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        f32s(&[&x, &y], "reduce")?;
+        let xs = get(x);
+        let mut ys = get(y);
+        for o in 0..d.outer {
+            for i in 0..d.inner {
+                let vals = (0..d.mid).map(|m| xs[(o * d.mid + m) * d.inner + i]);
+                let r = match op {
+                    ReduceOp::Sum => vals.sum::<f64>(),
+                    ReduceOp::Mean => vals.sum::<f64>() / d.mid.max(1) as f64,
+                    ReduceOp::Max => vals.fold(f64::NEG_INFINITY, f64::max),
+                };
+                let yi = o * d.inner + i;
+                let old = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta as f64 * ys[yi]
+                };
+                ys[yi] = alpha as f64 * r + old;
+            }
+        }
+        put(y, &ys);
+        Ok(())
+    }
+
+    fn softmax_rows(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+        let mut out = vec![0.0; rows * cols];
+        for r in 0..rows {
+            let row = &x[r * cols..(r + 1) * cols];
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+            for c in 0..cols {
+                out[r * cols + c] = (row[c] - max).exp() / sum;
+            }
+        }
+        out
+    }
+
+    fn label(labels: &[f64], r: usize, cols: usize) -> Result<usize> {
+        let l = labels[r];
+        if l < 0.0 || l >= cols as f64 {
+            return Err(Error::invalid(format!(
+                "label {l} of sample {r} is outside the {cols} classes"
+            )));
+        }
+        Ok(l as usize)
+    }
+}
+
+/// Runs a device method body, catching panics.
+fn guard<T>(f: impl FnOnce() -> Result<T>) -> RResult<T, Error> {
+    catch_panic("reference device", f).into()
+}
+
+impl Device for ReferenceDevice {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            kind: NAME.into(),
+            ordinal: 0,
+            description: "reference (plain loops, f64 arithmetic)".into(),
+        }
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> RResult<BufHandle, Error> {
+        guard(|| memory::allocate(NAME, dtype, len))
+    }
+
+    unsafe fn free(&self, handle: BufHandle, dtype: DType, len: usize) {
+        memory::release(handle, dtype, len)
+    }
+
+    unsafe fn write(&self, dst: BufView, src: RSlice<'_, u8>) -> RResult<(), Error> {
+        guard(|| {
+            check_host_len(&dst, src.len(), "write")?;
+            bytes_mut(dst).copy_from_slice(src.as_slice());
+            Ok(())
+        })
+    }
+
+    unsafe fn read(&self, src: BufView, mut dst: RSliceMut<'_, u8>) -> RResult<(), Error> {
+        guard(|| {
+            check_host_len(&src, dst.len(), "read")?;
+            dst.as_mut_slice().copy_from_slice(bytes(src));
+            Ok(())
+        })
+    }
+
+    unsafe fn copy(&self, src: BufView, dst: BufView) -> RResult<(), Error> {
+        guard(|| {
+            let values = get(src);
+            put(dst, &values);
+            Ok(())
+        })
+    }
+
+    unsafe fn copy2d(
+        &self,
+        src: BufView,
+        src_ld: usize,
+        dst: BufView,
+        dst_ld: usize,
+        rows: usize,
+        cols: usize,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            let s = get(src);
+            let mut d = get(dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    d[r * dst_ld + c] = s[r * src_ld + c];
+                }
+            }
+            put(dst, &d);
+            Ok(())
+        })
+    }
+
+    unsafe fn cast(&self, src: BufView, dst: BufView) -> RResult<(), Error> {
+        guard(|| {
+            let s = bytes(src).to_vec();
+            convert(src.dtype, &s, dst.dtype, bytes_mut(dst), src.len);
+            Ok(())
+        })
+    }
+
+    unsafe fn fill(&self, dst: BufView, value: f64) -> RResult<(), Error> {
+        guard(|| {
+            put(dst, &vec![value; dst.len]);
+            Ok(())
+        })
+    }
+
+    unsafe fn random(
+        &self,
+        dst: BufView,
+        dist: Distribution,
+        seed: u64,
+        offset: u64,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&dst], "random")?;
+            let values: Vec<f64> = (0..dst.len as u64)
+                .map(|i| draw(dist, seed, offset + i) as f64)
+                .collect();
+            put(dst, &values);
+            Ok(())
+        })
+    }
+
+    unsafe fn gemm(&self, args: &GemmArgs) -> RResult<(), Error> {
+        guard(|| self.gemm_impl(args))
+    }
+
+    unsafe fn unary(&self, op: UnaryOp, x: BufView, y: BufView) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &y], "unary")?;
+            let values: Vec<f64> = get(x).into_iter().map(|v| unary_value(op, v)).collect();
+            put(y, &values);
+            Ok(())
+        })
+    }
+
+    unsafe fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: BufView,
+        y: BufView,
+        dy: BufView,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &y, &dy, &dx], "unary_backward")?;
+            let (xs, ys, dys) = (get(x), get(y), get(dy));
+            let values: Vec<f64> = (0..x.len)
+                .map(|i| dys[i] * unary_derivative(op, xs[i], ys[i]))
+                .collect();
+            put(dx, &values);
+            Ok(())
+        })
+    }
+
+    unsafe fn binary(
+        &self,
+        op: BinaryOp,
+        a: BufView,
+        b: BufView,
+        y: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&a, &b, &y], "binary")?;
+            let (av, bv) = (get(a), get(b));
+            let values: Vec<f64> = av
+                .iter()
+                .zip(&bv)
+                .map(|(&p, &q)| match op {
+                    BinaryOp::Add => p + q,
+                    BinaryOp::Sub => p - q,
+                    BinaryOp::Mul => p * q,
+                    BinaryOp::Div => p / q,
+                    BinaryOp::Max => p.max(q),
+                    BinaryOp::Min => p.min(q),
+                })
+                .collect();
+            put(y, &values);
+            Ok(())
+        })
+    }
+
+    unsafe fn axpby(&self, alpha: f32, x: BufView, beta: f32, y: BufView) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &y], "axpby")?;
+            let (xs, ys) = (get(x), get(y));
+            let values: Vec<f64> = xs
+                .iter()
+                .zip(&ys)
+                .map(|(&p, &q)| {
+                    let old = if beta == 0.0 { 0.0 } else { beta as f64 * q };
+                    alpha as f64 * p + old
+                })
+                .collect();
+            put(y, &values);
+            Ok(())
+        })
+    }
+
+    unsafe fn affine(&self, x: BufView, y: BufView, scale: f32, shift: f32) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &y], "affine")?;
+            let values: Vec<f64> = get(x)
+                .into_iter()
+                .map(|v| scale as f64 * v + shift as f64)
+                .collect();
+            put(y, &values);
+            Ok(())
+        })
+    }
+
+    unsafe fn add_broadcast(&self, d: Dims3, v: BufView, y: BufView) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&v, &y], "add_broadcast")?;
+            let vs = get(v);
+            let mut ys = get(y);
+            for o in 0..d.outer {
+                for m in 0..d.mid {
+                    for i in 0..d.inner {
+                        ys[(o * d.mid + m) * d.inner + i] += vs[m];
+                    }
+                }
+            }
+            put(y, &ys);
+            Ok(())
+        })
+    }
+
+    unsafe fn reduce(
+        &self,
+        op: ReduceOp,
+        dims: Dims3,
+        x: BufView,
+        y: BufView,
+        alpha: f32,
+        beta: f32,
+    ) -> RResult<(), Error> {
+        guard(|| self.reduce_impl(op, dims, x, y, alpha, beta))
+    }
+
+    unsafe fn softmax(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: BufView,
+        y: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &y], "softmax")?;
+            put(y, &Self::softmax_rows(&get(x), rows, cols));
+            Ok(())
+        })
+    }
+
+    unsafe fn softmax_cross_entropy(
+        &self,
+        rows: usize,
+        cols: usize,
+        logits: BufView,
+        labels: BufView,
+        probs: BufView,
+        stats: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&logits, &probs, &stats], "softmax_cross_entropy")?;
+            require(&labels, DType::I32, "softmax_cross_entropy labels")?;
+            let x = get(logits);
+            let labs = get(labels);
+            let p = Self::softmax_rows(&x, rows, cols);
+            let mut s = get(stats);
+            for r in 0..rows {
+                let l = Self::label(&labs, r, cols)?;
+                let row = &x[r * cols..(r + 1) * cols];
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                s[0] += lse - row[l];
+                // The arg-max, first index on ties.
+                let argmax = (0..cols).fold(0, |best, c| if row[c] > row[best] { c } else { best });
+                if argmax == l {
+                    s[1] += 1.0;
+                }
+                s[2] += 1.0;
+            }
+            put(probs, &p);
+            put(stats, &s);
+            Ok(())
+        })
+    }
+
+    unsafe fn softmax_cross_entropy_backward(
+        &self,
+        rows: usize,
+        cols: usize,
+        probs: BufView,
+        labels: BufView,
+        dx: BufView,
+        scale: f32,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&probs, &dx], "softmax_cross_entropy_backward")?;
+            require(&labels, DType::I32, "softmax_cross_entropy_backward labels")?;
+            let p = get(probs);
+            let labs = get(labels);
+            let mut d = vec![0.0; rows * cols];
+            for r in 0..rows {
+                let l = Self::label(&labs, r, cols)?;
+                for c in 0..cols {
+                    let onehot = if c == l { 1.0 } else { 0.0 };
+                    d[r * cols + c] = scale as f64 * (p[r * cols + c] - onehot);
+                }
+            }
+            put(dx, &d);
+            Ok(())
+        })
+    }
+
+    unsafe fn sgd_update(
+        &self,
+        w: BufView,
+        g: BufView,
+        m: ROption<BufView>,
+        a: SgdArgs,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&w, &g], "sgd_update")?;
+            let mut ws = get(w);
+            let gs = get(g);
+            let mut ms = match m {
+                ROption::RSome(mv) => {
+                    f32s(&[&mv], "sgd_update")?;
+                    Some((mv, get(mv)))
+                }
+                ROption::RNone => None,
+            };
+            for i in 0..ws.len() {
+                let mut d = a.grad_scale as f64 * gs[i] + a.weight_decay as f64 * ws[i];
+                if let Some((_, ms)) = &mut ms {
+                    ms[i] = a.momentum as f64 * ms[i] + d;
+                    d = if a.nesterov {
+                        d + a.momentum as f64 * ms[i]
+                    } else {
+                        ms[i]
+                    };
+                }
+                ws[i] -= a.lr as f64 * d;
+            }
+            put(w, &ws);
+            if let Some((mv, ms)) = ms {
+                put(mv, &ms);
+            }
+            Ok(())
+        })
+    }
+
+    fn synchronize(&self) -> RResult<(), Error> {
+        RResult::ROk(())
+    }
+}
