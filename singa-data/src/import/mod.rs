@@ -1,0 +1,31 @@
+//! Importers: public data sets in their usual formats into shards.
+
+mod idx;
+mod mnist;
+
+pub use idx::{read_idx, Idx};
+pub use mnist::{import_mnist, MnistKind};
+
+use singa_core::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The importer names `singa data import` accepts.
+pub const KINDS: [&str; 2] = ["mnist", "fashion-mnist"];
+
+/// Runs the importer called `kind` from `src` into the directory `dst`; returns the shards
+/// written and their record counts.
+pub fn import(kind: &str, src: &Path, dst: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    match kind {
+        "mnist" => import_mnist(MnistKind::Digits, src, dst),
+        "fashion-mnist" => import_mnist(MnistKind::Fashion, src, dst),
+        other => {
+            let hint = singa_core::fields::nearest(other, &KINDS)
+                .map(|k| format!("; did you mean {k:?}?"))
+                .unwrap_or_default();
+            Err(Error::invalid(format!(
+                "unknown data set kind {other:?} (known: {}){hint}",
+                KINDS.join(", ")
+            )))
+        }
+    }
+}

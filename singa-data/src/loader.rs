@@ -1,0 +1,215 @@
+//! Batches from a shard, in a seeded shuffled order, prepared on a background thread.
+//!
+//! The order of epoch `e` is a permutation drawn from `(seed, e)`, so the whole stream is a
+//! function of the seed and the number of records consumed: that number (the *cursor*) is all
+//! a checkpoint needs to resume the data exactly where it stopped. Batch buffers circulate
+//! between the loader thread and the consumer, so steady-state loading allocates nothing.
+
+use crate::shard::Shard;
+use singa_core::rng::{mix64, SplitMix64};
+use singa_core::{Error, Result};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// How stored values become the floats a net sees: `value · scale + shift`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Transform {
+    /// Multiplies each value.
+    pub scale: f32,
+    /// Added after scaling.
+    pub shift: f32,
+}
+
+impl Transform {
+    /// Values as stored.
+    pub const IDENTITY: Transform = Transform {
+        scale: 1.0,
+        shift: 0.0,
+    };
+
+    /// `(value - mean) / std`.
+    pub fn standardize(mean: f32, std: f32) -> Transform {
+        Transform {
+            scale: 1.0 / std,
+            shift: -mean / std,
+        }
+    }
+}
+
+/// What to load and in which order.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Draw a new random order every epoch (else the stored order).
+    pub shuffle: bool,
+    /// Seed of the orders.
+    pub seed: u64,
+    /// Value transform.
+    pub transform: Transform,
+    /// Records already consumed: loading starts after them.
+    pub cursor: u64,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+}
+
+impl LoaderConfig {
+    /// Sequential batches of `batch_size`, values as stored, starting at the beginning.
+    pub fn new(batch_size: usize) -> LoaderConfig {
+        LoaderConfig {
+            batch_size,
+            shuffle: false,
+            seed: 0,
+            transform: Transform::IDENTITY,
+            cursor: 0,
+            prefetch: 2,
+        }
+    }
+}
+
+/// One batch: `batch_size` records' values (row-major) and labels (−1 for unlabelled shards).
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// `batch_size × record size` values.
+    pub data: Vec<f32>,
+    /// `batch_size` labels.
+    pub labels: Vec<i32>,
+    /// The cursor after this batch: records consumed up to and including it.
+    pub cursor: u64,
+}
+
+/// Loads batches on a background thread. Dropping it stops the thread.
+pub struct BatchLoader {
+    ready: Option<Receiver<Result<Batch>>>,
+    spare: Option<SyncSender<Batch>>,
+    current: Option<Batch>,
+    thread: Option<JoinHandle<()>>,
+    shard: Arc<Shard>,
+}
+
+/// The order of records in `epoch`.
+fn fill_order(order: &mut [u32], shuffle: bool, seed: u64, epoch: u64) {
+    for (i, o) in order.iter_mut().enumerate() {
+        *o = i as u32;
+    }
+    if shuffle {
+        SplitMix64::new(mix64(seed ^ mix64(epoch))).shuffle(order);
+    }
+}
+
+impl BatchLoader {
+    /// Starts loading `shard` as `config` says.
+    pub fn new(shard: Arc<Shard>, config: LoaderConfig) -> Result<BatchLoader> {
+        let n = shard.len();
+        if n == 0 {
+            return Err(Error::data(shard.path(), 0, "the shard has no records"));
+        }
+        if config.batch_size == 0 {
+            return Err(Error::invalid("batch size must be at least 1"));
+        }
+        if n > u32::MAX as usize {
+            return Err(Error::data(
+                shard.path(),
+                16,
+                "more than 2^32 records per shard",
+            ));
+        }
+        let depth = config.prefetch.max(1);
+        let (ready_tx, ready_rx) = sync_channel::<Result<Batch>>(depth);
+        let (spare_tx, spare_rx) = sync_channel::<Batch>(depth + 2);
+        let numel = shard.spec().numel();
+        for _ in 0..depth + 1 {
+            spare_tx
+                .send(Batch {
+                    data: vec![0.0; config.batch_size * numel],
+                    labels: vec![0; config.batch_size],
+                    cursor: 0,
+                })
+                .expect("the spare channel has room for every buffer");
+        }
+        let worker_shard = shard.clone();
+        let thread = std::thread::Builder::new()
+            .name("singa-loader".into())
+            .spawn(move || {
+                let shard = worker_shard;
+                let mut order = vec![0u32; n];
+                let mut pos = config.cursor;
+                let mut epoch = pos / n as u64;
+                fill_order(&mut order, config.shuffle, config.seed, epoch);
+                let Transform { scale, shift } = config.transform;
+                while let Ok(mut batch) = spare_rx.recv() {
+                    let mut result = Ok(());
+                    for j in 0..config.batch_size {
+                        if pos / n as u64 != epoch {
+                            epoch = pos / n as u64;
+                            fill_order(&mut order, config.shuffle, config.seed, epoch);
+                        }
+                        let idx = order[(pos % n as u64) as usize] as usize;
+                        match shard.record(idx) {
+                            Ok(r) => {
+                                shard.decode_values(
+                                    r.values,
+                                    &mut batch.data[j * numel..(j + 1) * numel],
+                                    scale,
+                                    shift,
+                                );
+                                batch.labels[j] = r.label.unwrap_or(-1);
+                            }
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                        pos += 1;
+                    }
+                    batch.cursor = pos;
+                    let failed = result.is_err();
+                    if ready_tx.send(result.map(|_| batch)).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::invalid(format!("cannot start the data loader thread: {e}")))?;
+        Ok(BatchLoader {
+            ready: Some(ready_rx),
+            spare: Some(spare_tx),
+            current: None,
+            thread: Some(thread),
+            shard,
+        })
+    }
+
+    /// The next batch. Its buffers are reused for a later batch once `next` is called again.
+    pub fn next_batch(&mut self) -> Result<&Batch> {
+        if let Some(prev) = self.current.take() {
+            // The thread may have stopped after an error; then the buffer is simply dropped.
+            let _ = self.spare.as_ref().map(|s| s.send(prev));
+        }
+        let ready = self.ready.as_ref().expect("loader used after drop");
+        let batch = ready.recv().map_err(|_| {
+            Error::data(
+                self.shard.path(),
+                0,
+                "the data loader stopped after an earlier error",
+            )
+        })??;
+        Ok(self.current.insert(batch))
+    }
+
+    /// The shard being read.
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+}
+
+impl Drop for BatchLoader {
+    fn drop(&mut self) {
+        // Closing both channels wakes the thread wherever it waits.
+        self.ready.take();
+        self.spare.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
