@@ -10,7 +10,8 @@
 
 use crate::device::DeviceRef;
 use crate::dtype::DType;
-use crate::error::{catch_panic, Error};
+use crate::error::{catch_panic, Error, Result};
+use crate::fields::{FieldSpec, Fields};
 use crate::param::{Param, ParamSpec};
 use crate::shape::Shape;
 use crate::tensor::Tensor;
@@ -116,6 +117,9 @@ pub struct SetupContext<'a> {
     pub inputs: RSlice<'a, TensorSpec>,
     /// The phase of the net being built (`TRAIN`, `TEST`, ...).
     pub phase: Phase,
+    /// The directory relative paths in the layer's fields are resolved against (the job
+    /// file's directory).
+    pub base_dir: RStr<'a>,
     /// A seed for the layer's own randomness (dropout masks, data order), derived from the
     /// job's seed and the layer's name.
     pub seed: u64,
@@ -154,6 +158,11 @@ pub trait ParamFactory {
 
 /// The factory argument of [`Layer::setup`].
 pub type ParamFactoryMut<'a> = ParamFactory_TO<'a, RMut<'a, ()>>;
+
+/// Erases a factory into the argument [`Layer::setup`] takes.
+pub fn param_factory<P: ParamFactory>(factory: &mut P) -> ParamFactoryMut<'_> {
+    ParamFactory_TO::from_ptr(factory, TD_Opaque)
+}
 
 /// A node of a net: computes features forward and gradients backward (SINGA's layer abstraction).
 ///
@@ -286,4 +295,54 @@ impl<L: Layer> Layer for Guarded<L> {
         let inner = &mut self.inner;
         catch_panic(&self.what, || inner.restore_state(state).into_result()).into()
     }
+}
+
+/// A layer type as the registry knows it: name, help, fields and constructor. ABI-stable, so a
+/// plugin hands its layer types to the host in this form.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct LayerType {
+    /// The `type` a job file names.
+    pub name: RString,
+    /// One paragraph of help.
+    pub doc: RString,
+    /// The layer's own fields (besides the common ones every layer has).
+    pub fields: RVec<FieldSpec>,
+    /// Builds a layer from validated fields.
+    pub create: extern "C" fn(&Fields) -> RResult<LayerBox, Error>,
+}
+
+impl fmt::Debug for LayerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LayerType({})", self.name)
+    }
+}
+
+/// What a layer implementation declares to become a [`LayerType`] (see [`layer_type`]).
+pub trait LayerDef: Layer + Sized + 'static {
+    /// The type name in job files, e.g. `inner_product`.
+    const TYPE: &'static str;
+    /// One paragraph of help.
+    const DOC: &'static str;
+    /// The fields the layer takes.
+    fn fields() -> Vec<FieldSpec>;
+    /// Builds the layer from its validated fields.
+    fn new(fields: &Fields) -> Result<Self>;
+}
+
+/// The registry entry of a [`LayerDef`].
+pub fn layer_type<L: LayerDef>() -> LayerType {
+    LayerType {
+        name: L::TYPE.into(),
+        doc: L::DOC.into(),
+        fields: L::fields().into(),
+        create: create_layer::<L>,
+    }
+}
+
+extern "C" fn create_layer<L: LayerDef>(fields: &Fields) -> RResult<LayerBox, Error> {
+    catch_panic(format_args!("layer type {}", L::TYPE), || {
+        Ok(layer_box(L::TYPE, L::new(fields)?))
+    })
+    .into()
 }

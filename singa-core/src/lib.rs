@@ -38,13 +38,16 @@ pub use dtype::{DType, Element};
 pub use error::{catch_panic, Error, Result, ResultExt};
 pub use fields::{validate_fields, FieldError, FieldKind, FieldSpec, FieldValue, Fields};
 pub use layer::{
-    layer_box, Layer, LayerBox, ParamFactory, ParamFactoryMut, Phase, SetupContext, TensorSpec,
+    layer_box, layer_type, param_factory, Layer, LayerBox, LayerDef, LayerType, ParamFactory,
+    ParamFactoryMut, Phase, SetupContext, TensorSpec,
 };
 pub use param::{Init, Param, ParamSpec};
 pub use shape::{Shape, MAX_DIMS};
 pub use tensor::Tensor;
 pub use transport::{Addr, Msg, MsgKind, Role, Transport};
-pub use updater::{updater_box, UpdateArgs, Updater, UpdaterBox};
+pub use updater::{
+    updater_box, updater_type, UpdateArgs, Updater, UpdaterBox, UpdaterDef, UpdaterType,
+};
 
 /// Re-exports of the `abi_stable` types that appear in the traits' signatures, so that layer
 /// and device authors need no direct dependency on `abi_stable`.

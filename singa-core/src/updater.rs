@@ -5,12 +5,14 @@
 //! and passes back every step. That lets a server hold only a slice of a parameter, and lets
 //! checkpoints save the state by name.
 
-use crate::error::{catch_panic, Error};
+use crate::error::{catch_panic, Error, Result};
+use crate::fields::{FieldSpec, Fields};
 use crate::tensor::Tensor;
 use abi_stable::sabi_trait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RBox, RResult, RSliceMut, RString, RVec};
 use abi_stable::StableAbi;
+use std::fmt;
 
 /// The hyper-parameters of one update of one parameter, with the learning-rate schedule and
 /// the parameter's multipliers already applied.
@@ -81,4 +83,53 @@ impl<U: Updater> Updater for Guarded<U> {
         })
         .into()
     }
+}
+
+/// An updater type as the registry knows it: name, help, fields and constructor.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct UpdaterType {
+    /// The `type` a job file's `[updater]` names.
+    pub name: RString,
+    /// One paragraph of help.
+    pub doc: RString,
+    /// The updater's own fields (besides the common ones: learning rate and weight decay).
+    pub fields: RVec<FieldSpec>,
+    /// Builds an updater from validated fields.
+    pub create: extern "C" fn(&Fields) -> RResult<UpdaterBox, Error>,
+}
+
+impl fmt::Debug for UpdaterType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UpdaterType({})", self.name)
+    }
+}
+
+/// What an updater implementation declares to become an [`UpdaterType`].
+pub trait UpdaterDef: Updater + Sized + 'static {
+    /// The type name in job files, e.g. `sgd`.
+    const TYPE: &'static str;
+    /// One paragraph of help.
+    const DOC: &'static str;
+    /// The fields the updater takes.
+    fn fields() -> Vec<FieldSpec>;
+    /// Builds the updater from its validated fields.
+    fn new(fields: &Fields) -> Result<Self>;
+}
+
+/// The registry entry of an [`UpdaterDef`].
+pub fn updater_type<U: UpdaterDef>() -> UpdaterType {
+    UpdaterType {
+        name: U::TYPE.into(),
+        doc: U::DOC.into(),
+        fields: U::fields().into(),
+        create: create_updater::<U>,
+    }
+}
+
+extern "C" fn create_updater<U: UpdaterDef>(fields: &Fields) -> RResult<UpdaterBox, Error> {
+    catch_panic(format_args!("updater type {}", U::TYPE), || {
+        Ok(updater_box(U::TYPE, U::new(fields)?))
+    })
+    .into()
 }

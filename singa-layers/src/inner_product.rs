@@ -1,0 +1,184 @@
+//! The fully connected layer.
+
+use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
+use singa_core::{
+    DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, Init, Layer, LayerDef, Param,
+    ParamFactoryMut, ParamSpec, Phase, ReduceOp, Result, SetupContext, Tensor, TensorSpec,
+};
+
+/// `y = x·W + b`, with the input seen as a matrix (batch × features).
+///
+/// `W` is stored `[in, out]` (or `[out, in]` with `transpose = true`, PyTorch's layout).
+pub struct InnerProduct {
+    num_output: usize,
+    bias_term: bool,
+    transpose: bool,
+    state: Option<State>,
+}
+
+struct State {
+    dev: DeviceRef,
+    weight: Param,
+    bias: Option<Param>,
+    rows: usize,
+}
+
+impl LayerDef for InnerProduct {
+    const TYPE: &'static str = "inner_product";
+    const DOC: &'static str =
+        "Fully connected: y = x·W + b over the input seen as batch × features. Params `weight` (fan-in = inputs) and `bias`.";
+
+    fn fields() -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::new("num_output", FieldKind::Int, "number of output units").required(),
+            FieldSpec::new("bias_term", FieldKind::Bool, "add a learned bias").default(true),
+            FieldSpec::new(
+                "transpose",
+                FieldKind::Bool,
+                "store the weight as [out, in]",
+            )
+            .default(false),
+        ]
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        let num_output = f.usize("num_output")?;
+        if num_output == 0 {
+            return Err(Error::invalid("num_output must be at least 1"));
+        }
+        Ok(InnerProduct {
+            num_output,
+            bias_term: f.bool("bias_term")?,
+            transpose: f.bool("transpose")?,
+            state: None,
+        })
+    }
+}
+
+impl InnerProduct {
+    fn setup_impl(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        mut params: ParamFactoryMut<'_>,
+    ) -> Result<RVec<TensorSpec>> {
+        let input = ctx.single_input()?;
+        let (rows, cols) = input.shape.as_matrix();
+        let out = self.num_output;
+        let wshape = if self.transpose {
+            [out, cols]
+        } else {
+            [cols, out]
+        };
+        let weight = params
+            .param(ParamSpec::new(
+                "weight",
+                wshape,
+                cols,
+                out,
+                Init::XavierUniform { scale: 1.0 },
+            ))
+            .into_result()?;
+        let bias = if self.bias_term {
+            Some(
+                params
+                    .param(ParamSpec::new(
+                        "bias",
+                        [out],
+                        cols,
+                        out,
+                        Init::Constant { value: 0.0 },
+                    ))
+                    .into_result()?,
+            )
+        } else {
+            None
+        };
+        self.state = Some(State {
+            dev: ctx.device.clone(),
+            weight,
+            bias,
+            rows,
+        });
+        Ok(vec![TensorSpec::new("output", [rows, out], DType::F32)].into())
+    }
+
+    fn state(&mut self) -> Result<&mut State> {
+        self.state
+            .as_mut()
+            .ok_or_else(|| Error::invalid("inner_product used before setup"))
+    }
+}
+
+impl Layer for InnerProduct {
+    fn setup(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        params: ParamFactoryMut<'_>,
+    ) -> RResult<RVec<TensorSpec>, Error> {
+        self.setup_impl(ctx, params).into()
+    }
+
+    fn forward(
+        &mut self,
+        _: Phase,
+        inputs: RSlice<'_, Tensor>,
+        mut outputs: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        let transpose = self.transpose;
+        let n = self.num_output;
+        (|| {
+            let s = self.state()?;
+            let y = &mut outputs[0];
+            s.dev
+                .matmul(1.0, &inputs[0], false, &s.weight.value, transpose, 0.0, y)?;
+            if let Some(b) = &s.bias {
+                let dims = Dims3 {
+                    outer: s.rows,
+                    mid: n,
+                    inner: 1,
+                };
+                s.dev.add_broadcast(dims, &b.value, y)?;
+            }
+            Ok(())
+        })()
+        .into()
+    }
+
+    fn backward(
+        &mut self,
+        _: Phase,
+        inputs: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
+        grad_outputs: RSlice<'_, Tensor>,
+        mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
+    ) -> RResult<(), Error> {
+        let transpose = self.transpose;
+        let n = self.num_output;
+        (|| {
+            let s = self.state()?;
+            let (x, dy) = (&inputs[0], &grad_outputs[0]);
+            if transpose {
+                s.dev
+                    .matmul(1.0, dy, true, x, false, 0.0, &mut s.weight.grad)?;
+            } else {
+                s.dev
+                    .matmul(1.0, x, true, dy, false, 0.0, &mut s.weight.grad)?;
+            }
+            if let Some(b) = &mut s.bias {
+                let dims = Dims3 {
+                    outer: 1,
+                    mid: s.rows,
+                    inner: n,
+                };
+                s.dev
+                    .reduce(ReduceOp::Sum, dims, dy, &mut b.grad, 1.0, 0.0)?;
+            }
+            if let ROption::RSome(dx) = &mut grad_inputs[0] {
+                s.dev
+                    .matmul(1.0, dy, false, &s.weight.value, !transpose, 0.0, dx)?;
+            }
+            Ok(())
+        })()
+        .into()
+    }
+}

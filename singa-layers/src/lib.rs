@@ -1,0 +1,48 @@
+//! # singa-layers
+//!
+//! The built-in layers, updaters and learning-rate schedules of singa. Every layer is written
+//! against the [`Device`](singa_core::Device) trait only, so it runs on any device; every
+//! layer's backward pass is checked against finite differences ([`gradcheck`]).
+//!
+//! | type | what it computes |
+//! | --- | --- |
+//! | `shard_data` | batches from a shard, as `data` (f32) and `label` (i32) outputs |
+//! | `inner_product` | `y = x·W + b` |
+//! | `relu`, `sigmoid`, `tanh`, `stanh`, `activation` | elementwise activations |
+//! | `dropout` | inverted dropout in training, identity in testing |
+//! | `softmax_loss` | softmax cross-entropy; reports loss and accuracy |
+//! | `euclidean_loss` | `½‖p − t‖²` per sample |
+
+#![warn(missing_docs)]
+
+pub mod activation;
+pub mod dropout;
+pub mod gradcheck;
+pub mod inner_product;
+pub mod input;
+pub mod loss;
+pub mod schedule;
+pub mod updaters;
+
+use singa_core::{layer_type, updater_type, LayerType, UpdaterType};
+
+/// Every built-in layer type.
+pub fn layer_types() -> Vec<LayerType> {
+    vec![
+        layer_type::<input::ShardData>(),
+        layer_type::<inner_product::InnerProduct>(),
+        layer_type::<activation::Relu>(),
+        layer_type::<activation::Sigmoid>(),
+        layer_type::<activation::Tanh>(),
+        layer_type::<activation::STanh>(),
+        layer_type::<activation::Activation>(),
+        layer_type::<dropout::Dropout>(),
+        layer_type::<loss::SoftmaxLoss>(),
+        layer_type::<loss::EuclideanLoss>(),
+    ]
+}
+
+/// Every built-in updater type.
+pub fn updater_types() -> Vec<UpdaterType> {
+    vec![updater_type::<updaters::Sgd>()]
+}

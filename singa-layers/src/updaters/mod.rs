@@ -1,0 +1,5 @@
+//! Updaters: how a gradient changes a parameter.
+
+mod sgd;
+
+pub use sgd::Sgd;

@@ -1,0 +1,288 @@
+//! Every built-in layer: backward against finite differences on random shapes, the same layer
+//! on the CPU device against the reference device, and the data layer on a real shard.
+
+use proptest::prelude::*;
+use singa_core::{DType, DeviceRef, Fields, LayerType, Phase, Shape, Tensor, TensorSpec};
+use singa_cpu::{CpuDevice, ReferenceDevice};
+use singa_layers::gradcheck::{build, check_gradients, random_away_from_zero, GradCheckOptions};
+use singa_layers::layer_types;
+
+fn ty(name: &str) -> LayerType {
+    layer_types().into_iter().find(|t| t.name == name).unwrap()
+}
+
+fn reference() -> DeviceRef {
+    DeviceRef::new(ReferenceDevice::new())
+}
+
+/// Inputs for specs: f32 values away from 0, labels uniform over `classes`.
+fn inputs(dev: &DeviceRef, specs: &[TensorSpec], classes: usize, seed: u64) -> Vec<Tensor> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s.dtype {
+            DType::F32 => Tensor::from_slice(
+                dev,
+                &random_away_from_zero(seed + i as u64, s.shape.numel(), 0.05),
+                s.shape,
+            )
+            .unwrap(),
+            _ => {
+                let labels: Vec<i32> = (0..s.shape.numel())
+                    .map(|j| ((seed as usize + j * 7) % classes) as i32)
+                    .collect();
+                Tensor::from_slice(dev, &labels, s.shape).unwrap()
+            }
+        })
+        .collect()
+}
+
+fn gradcheck(name: &str, fields: Fields, specs: Vec<TensorSpec>, classes: usize, seed: u64) {
+    let dev = reference();
+    let mut built = build(&ty(name), &fields, &dev, &specs, seed).unwrap();
+    let xs = inputs(&dev, &specs, classes, seed);
+    let report = check_gradients(
+        &dev,
+        &mut built,
+        &xs,
+        &GradCheckOptions {
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.checked > 0, "{name}: nothing was checked");
+    assert!(
+        report.passed(),
+        "{name} {fields}: {} (ratio {:.2})",
+        report.worst,
+        report.worst_ratio
+    );
+}
+
+fn f32_spec(shape: &[usize]) -> TensorSpec {
+    TensorSpec::new("x", Shape::new(shape).unwrap(), DType::F32)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn inner_product_gradients(b in 1usize..5, c in 1usize..4, h in 1usize..4, out in 1usize..7, bias: bool, transpose: bool, seed in 0u64..1000) {
+        let fields = Fields::new().with("num_output", out).with("bias_term", bias).with("transpose", transpose);
+        gradcheck("inner_product", fields, vec![f32_spec(&[b, c, h])], 0, seed);
+    }
+
+    #[test]
+    fn activation_gradients(b in 1usize..5, f in 1usize..20, which in 0usize..6, seed in 0u64..1000) {
+        let (name, fields) = match which {
+            0 => ("relu", Fields::new()),
+            1 => ("relu", Fields::new().with("negative_slope", 0.1)),
+            2 => ("sigmoid", Fields::new()),
+            3 => ("tanh", Fields::new()),
+            4 => ("stanh", Fields::new()),
+            _ => ("activation", Fields::new().with("type", "tanh")),
+        };
+        gradcheck(name, fields, vec![f32_spec(&[b, f])], 0, seed);
+    }
+
+    #[test]
+    fn dropout_gradients(b in 1usize..5, f in 1usize..20, ratio in 0.0f64..0.9, seed in 0u64..1000) {
+        gradcheck("dropout", Fields::new().with("dropout_ratio", ratio), vec![f32_spec(&[b, f])], 0, seed);
+    }
+
+    #[test]
+    fn softmax_loss_gradients(b in 1usize..6, c in 2usize..9, scale in 0.5f64..2.0, seed in 0u64..1000) {
+        let specs = vec![f32_spec(&[b, c]), TensorSpec::new("label", [b], DType::I32)];
+        gradcheck("softmax_loss", Fields::new().with("scale", scale), specs, c, seed);
+    }
+
+    #[test]
+    fn euclidean_loss_gradients(b in 1usize..6, f in 1usize..9, seed in 0u64..1000) {
+        let specs = vec![f32_spec(&[b, f]), f32_spec(&[b, f])];
+        gradcheck("euclidean_loss", Fields::new(), specs, 0, seed);
+    }
+
+    /// The same layer on the CPU device and on the reference device gives the same outputs
+    /// and gradients.
+    #[test]
+    fn cpu_matches_reference(which in 0usize..6, b in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
+        let (name, fields, specs, classes) = match which {
+            0 => ("inner_product", Fields::new().with("num_output", 13), vec![f32_spec(&[b, f])], 0),
+            1 => ("relu", Fields::new(), vec![f32_spec(&[b, f])], 0),
+            2 => ("stanh", Fields::new(), vec![f32_spec(&[b, f])], 0),
+            3 => ("dropout", Fields::new(), vec![f32_spec(&[b, f])], 0),
+            4 => ("softmax_loss", Fields::new(), vec![f32_spec(&[b, f]), TensorSpec::new("label", [b], DType::I32)], f),
+            _ => ("euclidean_loss", Fields::new(), vec![f32_spec(&[b, f]), f32_spec(&[b, f])], 0),
+        };
+        let run = |dev: DeviceRef| -> Vec<Vec<f32>> {
+            let mut built = build(&ty(name), &fields, &dev, &specs, seed).unwrap();
+            let xs = inputs(&dev, &specs, classes, seed);
+            let mut outs: Vec<Tensor> = built.outputs.iter().map(|s| Tensor::zeros(&dev, s.shape, s.dtype).unwrap()).collect();
+            built.layer.forward(Phase::TRAIN, xs.as_slice().into(), outs.as_mut_slice().into()).into_result().unwrap();
+            let douts: Vec<Tensor> = built.outputs.iter().map(|s| Tensor::from_slice(&dev, &random_away_from_zero(seed ^ 5, s.shape.numel(), 0.0), s.shape).unwrap()).collect();
+            let mut dins: Vec<_> = xs.iter().map(|x| if x.dtype() == DType::F32 { singa_core::abi::ROption::RSome(Tensor::zeros(&dev, x.shape(), DType::F32).unwrap()) } else { singa_core::abi::ROption::RNone }).collect();
+            built.layer.backward(Phase::TRAIN, xs.as_slice().into(), outs.as_slice().into(), douts.as_slice().into(), dins.as_mut_slice().into()).into_result().unwrap();
+            let mut result: Vec<Vec<f32>> = outs.iter().map(|o| o.to_vec().unwrap()).collect();
+            result.extend(dins.iter().filter_map(|d| d.as_ref().into_option()).map(|d| d.to_vec().unwrap()));
+            result.extend(built.params.iter().map(|p| p.grad.to_vec().unwrap()));
+            let n = built.layer.metric_names().into_result().unwrap().len();
+            let mut m = vec![0.0f64; n];
+            built.layer.read_metrics(m.as_mut_slice().into()).into_result().unwrap();
+            result.push(m.iter().map(|v| *v as f32).collect());
+            result
+        };
+        let cpu = run(DeviceRef::new(CpuDevice::new(2).unwrap()));
+        let reference = run(reference());
+        for (c, r) in cpu.iter().zip(&reference) {
+            for (x, y) in c.iter().zip(r) {
+                prop_assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "{name}: cpu {x} vs reference {y}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dropout_keeps_about_the_right_fraction_and_passes_through_in_test() {
+    let dev = DeviceRef::new(CpuDevice::new(1).unwrap());
+    let spec = f32_spec(&[100, 100]);
+    let mut built = build(
+        &ty("dropout"),
+        &Fields::new().with("dropout_ratio", 0.3),
+        &dev,
+        &[spec.clone()],
+        7,
+    )
+    .unwrap();
+    let x = Tensor::from_slice(&dev, &vec![1.0f32; 10_000], spec.shape).unwrap();
+    let mut y = vec![Tensor::zeros(&dev, spec.shape, DType::F32).unwrap()];
+    built
+        .layer
+        .forward(
+            Phase::TRAIN,
+            [x.clone()].as_slice().into(),
+            y.as_mut_slice().into(),
+        )
+        .into_result()
+        .unwrap();
+    let v = y[0].to_vec::<f32>().unwrap();
+    let kept = v.iter().filter(|&&a| a != 0.0).count();
+    assert!((6700..7300).contains(&kept), "kept {kept} of 10000");
+    assert!(v.iter().all(|&a| a == 0.0 || (a - 1.0 / 0.7).abs() < 1e-6));
+    built
+        .layer
+        .forward(Phase::TEST, [x].as_slice().into(), y.as_mut_slice().into())
+        .into_result()
+        .unwrap();
+    assert!(y[0].to_vec::<f32>().unwrap().iter().all(|&a| a == 1.0));
+}
+
+#[test]
+fn setup_rejects_shapes_that_do_not_fit() {
+    let dev = reference();
+    let e = build(
+        &ty("softmax_loss"),
+        &Fields::new(),
+        &dev,
+        &[f32_spec(&[4, 3]), f32_spec(&[4])],
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("expects class scores"), "{e}");
+    let e = build(
+        &ty("inner_product"),
+        &Fields::new().with("num_output", 3),
+        &dev,
+        &[],
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string().contains("expected 1 source layer, got 0"),
+        "{e}"
+    );
+    let e = build(
+        &ty("inner_product"),
+        &Fields::new().with("num_ouput", 3),
+        &dev,
+        &[f32_spec(&[1, 2])],
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("did you mean `num_output`"), "{e}");
+}
+
+#[test]
+fn shard_data_reads_batches_and_resumes() {
+    let dir = std::env::temp_dir().join(format!("singa-layers-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("d.shard");
+    let mut w = singa_data::ShardWriter::create(
+        &path,
+        singa_data::RecordSpec {
+            dtype: DType::U8,
+            shape: vec![1, 2, 2],
+            has_label: true,
+        },
+    )
+    .unwrap();
+    for i in 0..10u8 {
+        w.append(Some(i as i32), &[i, i, 2 * i, 255]).unwrap();
+    }
+    w.finish(&serde_json::json!({})).unwrap();
+
+    let dev = reference();
+    let fields = Fields::new()
+        .with("path", path.display().to_string())
+        .with("batch_size", 4)
+        .with("scale", 1.0 / 255.0);
+    let mut built = build(&ty("shard_data"), &fields, &dev, &[], 3).unwrap();
+    assert_eq!(built.outputs[0].shape, Shape::from([4, 1, 2, 2]));
+    assert_eq!(built.outputs[1].shape, Shape::from([4]));
+    let mut outs: Vec<Tensor> = built
+        .outputs
+        .iter()
+        .map(|s| Tensor::zeros(&dev, s.shape, s.dtype).unwrap())
+        .collect();
+    let mut step = |layer: &mut singa_core::LayerBox| {
+        layer
+            .forward(
+                Phase::TRAIN,
+                [].as_slice().into(),
+                outs.as_mut_slice().into(),
+            )
+            .into_result()
+            .unwrap();
+        (
+            outs[0].to_vec::<f32>().unwrap(),
+            outs[1].to_vec::<i32>().unwrap(),
+        )
+    };
+    let (d0, l0) = step(&mut built.layer);
+    assert_eq!(l0, vec![0, 1, 2, 3]);
+    assert_eq!(&d0[4..8], &[1.0 / 255.0, 1.0 / 255.0, 2.0 / 255.0, 1.0]);
+    let saved = built.layer.state().into_result().unwrap();
+    assert_eq!(saved.as_slice(), &[4]);
+    let (_, l1) = step(&mut built.layer);
+    let (_, l2) = step(&mut built.layer);
+    assert_eq!(l1, vec![4, 5, 6, 7]);
+    assert_eq!(l2, vec![8, 9, 0, 1], "wraps around into the next epoch");
+    built
+        .layer
+        .restore_state(saved.as_rslice())
+        .into_result()
+        .unwrap();
+    let (_, again) = step(&mut built.layer);
+    assert_eq!(again, l1);
+
+    let missing = Fields::new()
+        .with("path", dir.join("nope.shard").display().to_string())
+        .with("batch_size", 4);
+    let e = build(&ty("shard_data"), &missing, &dev, &[], 0)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("nope.shard"), "{e}");
+}
