@@ -1,0 +1,212 @@
+//! Checkpoints in the safetensors format (readable by PyTorch, candle and burn).
+//!
+//! A checkpoint holds every parameter (`param/<layer>/<name>`), the updater's state
+//! (`state/<layer>/<name>/<slot>`), and in its metadata the step, the job's name, the updater,
+//! and the state of layers that have some (a data layer's position). It is written to a
+//! temporary file, flushed to disk and renamed into place, so a crash never leaves a partial
+//! checkpoint, and an existing checkpoint is never overwritten by a failed write.
+
+use crate::params::ParamStore;
+use safetensors::tensor::{Dtype, TensorView};
+use singa_core::{Error, Result, Shape};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const FORMAT: &str = "singa-checkpoint-1";
+
+/// What a checkpoint restores besides the tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointMeta {
+    /// Steps completed when it was written.
+    pub step: u64,
+    /// The job's name.
+    pub job: String,
+    /// The updater type.
+    pub updater: String,
+    /// Non-parameter state per layer.
+    pub layer_states: Vec<(String, Vec<u64>)>,
+}
+
+/// The file name of the checkpoint after `step` steps.
+pub fn file_name(step: u64) -> String {
+    format!("step-{step:08}.safetensors")
+}
+
+/// The checkpoints in `dir`, newest first.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.strip_suffix(".safetensors")) {
+            if let Ok(step) = step.parse::<u64>() {
+                found.push((step, path));
+            }
+        }
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(found)
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes a checkpoint of `store` to `path` atomically.
+pub fn save(path: &Path, store: &ParamStore, state_names: &[String], meta: &CheckpointMeta) -> Result<()> {
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for e in store.entries() {
+        let shape = e.shape().dims().to_vec();
+        buffers.push((format!("param/{}", e.name), shape.clone(), f32_bytes(&e.value.to_vec::<f32>()?)));
+        for (slot, t) in state_names.iter().zip(&e.state) {
+            buffers.push((format!("state/{}/{slot}", e.name), shape.clone(), f32_bytes(&t.to_vec::<f32>()?)));
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = buffers
+        .iter()
+        .map(|(n, s, b)| {
+            TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::checkpoint(path, format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let layer_states: serde_json::Map<String, serde_json::Value> = meta
+        .layer_states
+        .iter()
+        .map(|(l, s)| (l.clone(), serde_json::json!(s)))
+        .collect();
+    let metadata: HashMap<String, String> = [
+        ("format", FORMAT.to_string()),
+        ("step", meta.step.to_string()),
+        ("job", meta.job.clone()),
+        ("updater", meta.updater.clone()),
+        ("layer_states", serde_json::Value::Object(layer_states).to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::checkpoint(path, e))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    singa_data::shard::sync_parent(path);
+    Ok(())
+}
+
+/// A checkpoint read into host memory.
+pub struct Loaded {
+    /// The file.
+    pub path: PathBuf,
+    /// Its metadata.
+    pub meta: CheckpointMeta,
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+/// Reads and decodes a checkpoint (without comparing it to a net yet).
+pub fn load(path: &Path) -> Result<Loaded> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file: {e}")))?;
+    let md = header.metadata().clone().unwrap_or_default();
+    if md.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(Error::checkpoint(path, format!("not a singa checkpoint (format {:?}, expected {FORMAT:?})", md.get("format"))));
+    }
+    let get = |k: &str| md.get(k).cloned().ok_or_else(|| Error::checkpoint(path, format!("metadata field {k:?} is missing")));
+    let step = get("step")?.parse().map_err(|_| Error::checkpoint(path, "metadata field \"step\" is not a number"))?;
+    let layer_states: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&get("layer_states")?)
+        .map_err(|e| Error::checkpoint(path, format!("metadata field \"layer_states\": {e}")))?;
+    let layer_states = layer_states
+        .into_iter()
+        .map(|(k, v)| {
+            let s: Vec<u64> = serde_json::from_value(v).map_err(|e| Error::checkpoint(path, format!("state of layer {k}: {e}")))?;
+            Ok((k, s))
+        })
+        .collect::<Result<_>>()?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::checkpoint(path, format!("tensor {name} is {:?}, expected F32", view.dtype())));
+        }
+        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        tensors.insert(name.to_string(), (view.shape().to_vec(), data));
+    }
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        meta: CheckpointMeta { step, job: get("job")?, updater: get("updater")?, layer_states },
+        tensors,
+    })
+}
+
+impl Loaded {
+    /// Copies the checkpoint into `store`, after checking that it was written for this net:
+    /// the same parameters with the same shapes, and updater state for each of them.
+    pub fn restore(&self, store: &mut ParamStore, state_names: &[String]) -> Result<()> {
+        let mismatch = |msg: String| Error::checkpoint(&self.path, format!("does not match this net: {msg}"));
+        let mut expected = 0;
+        for e in store.entries() {
+            let key = format!("param/{}", e.name);
+            let Some((shape, _)) = self.tensors.get(&key) else {
+                return Err(mismatch(format!("it has no parameter {} (was it written for another net?)", e.name)));
+            };
+            if shape.as_slice() != e.shape().dims() {
+                return Err(mismatch(format!(
+                    "parameter {} has shape {} in the checkpoint but {} in the net",
+                    e.name,
+                    Shape::new(shape).map(|s| s.to_string()).unwrap_or_else(|_| format!("{shape:?}")),
+                    e.shape()
+                )));
+            }
+            expected += 1;
+            for slot in state_names {
+                if e.trainable && !self.tensors.contains_key(&format!("state/{}/{slot}", e.name)) {
+                    return Err(mismatch(format!(
+                        "it has no {slot} state for {} (was it written with another updater than {}?)",
+                        e.name, self.meta.updater
+                    )));
+                }
+            }
+        }
+        let in_file = self.tensors.keys().filter(|k| k.starts_with("param/")).count();
+        if in_file != expected {
+            let extra: Vec<&str> = self
+                .tensors
+                .keys()
+                .filter_map(|k| k.strip_prefix("param/"))
+                .filter(|n| store.find(n).is_none())
+                .collect();
+            return Err(mismatch(format!("it has parameters the net does not: {}", extra.join(", "))));
+        }
+        for e in store.entries_mut() {
+            let (_, data) = &self.tensors[&format!("param/{}", e.name)];
+            e.value.write_from(data)?;
+            for (slot, t) in state_names.iter().zip(e.state.iter_mut()) {
+                if let Some((_, data)) = self.tensors.get(&format!("state/{}/{slot}", e.name)) {
+                    t.write_from(data)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,4 @@
+//! The parts of the `singa` command that are not library API.
+
+pub mod bench;
+pub mod progress;

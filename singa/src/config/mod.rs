@@ -1,0 +1,440 @@
+//! What a job is: the net, the algorithm, the updater, the device and the cluster.
+//!
+//! These types are what a job file is parsed into ([`JobConfig::from_file`]) and what the
+//! builder methods create in code; both go through the same validation
+//! ([`JobConfig::validate`]) before anything runs.
+//!
+//! ```
+//! use singa::config::{JobConfig, LayerConfig, UpdaterConfig};
+//! let job = JobConfig::new("tiny")
+//!     .train_steps(100)
+//!     .updater(UpdaterConfig::sgd(0.1).momentum(0.9))
+//!     .layer(LayerConfig::new("fc", "inner_product").src("data").field("num_output", 10));
+//! assert_eq!(job.layers[0].srclayers, vec!["data".to_string()]);
+//! ```
+
+mod parse;
+mod validate;
+
+use singa_core::{FieldValue, Fields, Init, Phase};
+use singa_layers::schedule::LrSchedule;
+use std::path::{Path, PathBuf};
+
+pub use validate::Validated;
+
+/// Where a job came from, for error messages and for resolving relative paths.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    /// The job file, or `<code>` for a job built in Rust.
+    pub file: String,
+    /// The directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Origin {
+            file: "<code>".to_string(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+}
+
+/// The TrainOneBatch algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Back-propagation, for feed-forward nets.
+    Bp,
+}
+
+impl Algorithm {
+    /// Names accepted in job files.
+    pub const NAMES: [&'static str; 1] = ["bp"];
+}
+
+/// One whole training job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobConfig {
+    /// Where the job came from.
+    pub origin: Origin,
+    /// The job's name.
+    pub name: String,
+    /// How one iteration is computed.
+    pub algorithm: Algorithm,
+    /// Training iterations.
+    pub train_steps: u64,
+    /// Report training metrics every this many steps (0: never).
+    pub display_freq: u64,
+    /// Evaluate on the test net every this many steps (0: only at the end).
+    pub test_freq: u64,
+    /// Batches per evaluation.
+    pub test_steps: u64,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_freq: u64,
+    /// Seed of every random choice (initialisation, data order, dropout).
+    pub seed: u64,
+    /// Where the net runs.
+    pub device: DeviceConfig,
+    /// How parameters are updated.
+    pub updater: UpdaterConfig,
+    /// Workers and servers.
+    pub cluster: ClusterConfig,
+    /// The layers of the net, in any order (the net is sorted by its edges).
+    pub layers: Vec<LayerConfig>,
+}
+
+impl JobConfig {
+    /// A job with defaults: BP, 1000 steps, display every 100, test and checkpoint at the end,
+    /// CPU device, SGD with learning rate 0.01, a single worker.
+    pub fn new(name: &str) -> JobConfig {
+        JobConfig {
+            origin: Origin::default(),
+            name: name.to_string(),
+            algorithm: Algorithm::Bp,
+            train_steps: 1000,
+            display_freq: 100,
+            test_freq: 0,
+            test_steps: 0,
+            checkpoint_freq: 0,
+            seed: 1,
+            device: DeviceConfig::default(),
+            updater: UpdaterConfig::sgd(0.01),
+            cluster: ClusterConfig::default(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// Reads and parses a job file (checks syntax and field types; see [`JobConfig::validate`]).
+    pub fn from_file(path: impl AsRef<Path>) -> singa_core::Result<JobConfig> {
+        parse::from_file(path.as_ref())
+    }
+
+    /// Parses job-file text; `origin` names the file in errors and anchors relative paths.
+    pub fn from_toml(text: &str, origin: Origin) -> singa_core::Result<JobConfig> {
+        parse::from_str(text, origin)
+    }
+
+    /// Sets the number of training steps.
+    pub fn train_steps(mut self, n: u64) -> Self {
+        self.train_steps = n;
+        self
+    }
+
+    /// Sets how often training metrics are reported.
+    pub fn display_freq(mut self, n: u64) -> Self {
+        self.display_freq = n;
+        self
+    }
+
+    /// Evaluates every `freq` steps on `steps` test batches.
+    pub fn test(mut self, freq: u64, steps: u64) -> Self {
+        self.test_freq = freq;
+        self.test_steps = steps;
+        self
+    }
+
+    /// Sets how often checkpoints are written.
+    pub fn checkpoint_freq(mut self, n: u64) -> Self {
+        self.checkpoint_freq = n;
+        self
+    }
+
+    /// Sets the seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the device.
+    pub fn device(mut self, d: DeviceConfig) -> Self {
+        self.device = d;
+        self
+    }
+
+    /// Sets the updater.
+    pub fn updater(mut self, u: UpdaterConfig) -> Self {
+        self.updater = u;
+        self
+    }
+
+    /// Adds a layer.
+    pub fn layer(mut self, l: LayerConfig) -> Self {
+        self.layers.push(l);
+        self
+    }
+
+    /// Anchors relative paths (data files) at `dir`.
+    pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.origin.base_dir = dir.into();
+        self
+    }
+}
+
+/// The kind of device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The CPU device.
+    Cpu,
+    /// The plain-loop reference device (slow; for checking).
+    Reference,
+}
+
+impl DeviceKind {
+    /// Names accepted in job files.
+    pub const NAMES: [&'static str; 2] = ["cpu", "reference"];
+}
+
+/// Where the net runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceConfig {
+    /// The kind of device.
+    pub kind: DeviceKind,
+    /// Threads of a CPU device (`None`: every available core).
+    pub threads: Option<usize>,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            kind: DeviceKind::Cpu,
+            threads: None,
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// The CPU device with `threads` threads.
+    pub fn cpu(threads: usize) -> DeviceConfig {
+        DeviceConfig {
+            kind: DeviceKind::Cpu,
+            threads: Some(threads),
+        }
+    }
+}
+
+/// How parameters are updated: an updater type, a learning-rate schedule, weight decay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdaterConfig {
+    /// The updater type (`sgd`, or one a plugin provides).
+    pub type_name: String,
+    /// The learning-rate schedule.
+    pub learning_rate: LrConfig,
+    /// L2 weight decay (multiplied by each parameter's `wd_mult`).
+    pub weight_decay: f32,
+    /// The updater's own fields.
+    pub fields: Fields,
+}
+
+impl UpdaterConfig {
+    /// SGD with a fixed learning rate.
+    pub fn sgd(lr: f32) -> UpdaterConfig {
+        UpdaterConfig {
+            type_name: "sgd".to_string(),
+            learning_rate: LrConfig::fixed(lr),
+            weight_decay: 0.0,
+            fields: Fields::new(),
+        }
+    }
+
+    /// Sets the momentum.
+    pub fn momentum(self, m: f32) -> Self {
+        self.field("momentum", m)
+    }
+
+    /// Sets the weight decay.
+    pub fn weight_decay(mut self, wd: f32) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+
+    /// Sets the learning-rate schedule.
+    pub fn learning_rate(mut self, lr: LrConfig) -> Self {
+        self.learning_rate = lr;
+        self
+    }
+
+    /// Sets one of the updater's own fields.
+    pub fn field(mut self, name: &str, value: impl Into<FieldValue>) -> Self {
+        self.fields.set(name, value);
+        self
+    }
+}
+
+/// A learning-rate schedule: its kind and fields (see [`LrSchedule`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LrConfig {
+    /// `fixed`, `step`, `exponential` or `inverse`.
+    pub kind: String,
+    /// The schedule's fields (`base`, `gamma`, ...).
+    pub fields: Fields,
+}
+
+impl LrConfig {
+    /// A fixed learning rate.
+    pub fn fixed(lr: f32) -> LrConfig {
+        LrConfig {
+            kind: "fixed".to_string(),
+            fields: Fields::new().with("base", lr),
+        }
+    }
+
+    /// `base · gamma^⌊step / change_freq⌋`.
+    pub fn step(base: f32, gamma: f32, change_freq: u64) -> LrConfig {
+        LrConfig {
+            kind: "step".to_string(),
+            fields: Fields::new()
+                .with("base", base)
+                .with("gamma", gamma)
+                .with("change_freq", change_freq as i64),
+        }
+    }
+
+    /// The schedule, once validated.
+    pub fn schedule(&self) -> singa_core::Result<LrSchedule> {
+        LrSchedule::new(&self.kind, &self.fields)
+    }
+}
+
+/// Workers and servers (SINGA's `ClusterProto`). Only a single worker is supported so far;
+/// other values are rejected with a clear error by validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    /// Worker groups (model replicas).
+    pub nworker_groups: usize,
+    /// Workers per group (partitions of one replica).
+    pub nworkers_per_group: usize,
+    /// Server groups (copies of the parameters).
+    pub nserver_groups: usize,
+    /// Servers per group (slices of the parameters).
+    pub nservers_per_group: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nworker_groups: 1,
+            nworkers_per_group: 1,
+            nserver_groups: 1,
+            nservers_per_group: 1,
+        }
+    }
+}
+
+/// One layer of the net.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerConfig {
+    /// Unique name within a phase.
+    pub name: String,
+    /// The layer type (`inner_product`, ...).
+    pub type_name: String,
+    /// Sources: `"layer"` (its first output) or `"layer:output"`.
+    pub srclayers: Vec<String>,
+    /// Phases the layer is part of (empty: all).
+    pub include: Vec<Phase>,
+    /// Phases the layer is left out of.
+    pub exclude: Vec<Phase>,
+    /// `-1` no partitioning, `0` split the batch, `1` split the features.
+    pub partition_dim: i32,
+    /// The type's own fields.
+    pub fields: Fields,
+    /// Settings of the layer's parameters.
+    pub params: Vec<ParamConfig>,
+}
+
+impl LayerConfig {
+    /// A layer of `type_name` called `name`.
+    pub fn new(name: &str, type_name: &str) -> LayerConfig {
+        LayerConfig {
+            name: name.to_string(),
+            type_name: type_name.to_string(),
+            srclayers: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            partition_dim: -1,
+            fields: Fields::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds a source.
+    pub fn src(mut self, source: &str) -> Self {
+        self.srclayers.push(source.to_string());
+        self
+    }
+
+    /// Sets one of the type's fields.
+    pub fn field(mut self, name: &str, value: impl Into<FieldValue>) -> Self {
+        self.fields.set(name, value);
+        self
+    }
+
+    /// Restricts the layer to `phase`.
+    pub fn include(mut self, phase: Phase) -> Self {
+        self.include.push(phase);
+        self
+    }
+
+    /// Configures one of the layer's parameters.
+    pub fn param(mut self, p: ParamConfig) -> Self {
+        self.params.push(p);
+        self
+    }
+
+    /// Whether the layer belongs to the net of `phase`.
+    pub fn in_phase(&self, phase: Phase) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| phase.contains(*p)))
+            && !self.exclude.iter().any(|p| phase.contains(*p))
+    }
+}
+
+/// Settings of one parameter of a layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamConfig {
+    /// The parameter's name within the layer (`weight`, `bias`).
+    pub name: String,
+    /// Overrides the layer's default init.
+    pub init: Option<Init>,
+    /// Multiplies the learning rate.
+    pub lr_mult: f32,
+    /// Multiplies the weight decay.
+    pub wd_mult: f32,
+    /// Shares the values of another parameter, named `<layer>/<param>`.
+    pub share_from: Option<String>,
+}
+
+impl ParamConfig {
+    /// Default settings for parameter `name`.
+    pub fn new(name: &str) -> ParamConfig {
+        ParamConfig {
+            name: name.to_string(),
+            init: None,
+            lr_mult: 1.0,
+            wd_mult: 1.0,
+            share_from: None,
+        }
+    }
+
+    /// Sets the init.
+    pub fn init(mut self, init: Init) -> Self {
+        self.init = Some(init);
+        self
+    }
+
+    /// Sets the learning-rate multiplier.
+    pub fn lr_mult(mut self, m: f32) -> Self {
+        self.lr_mult = m;
+        self
+    }
+
+    /// Sets the weight-decay multiplier.
+    pub fn wd_mult(mut self, m: f32) -> Self {
+        self.wd_mult = m;
+        self
+    }
+
+    /// Shares another parameter's values.
+    pub fn share_from(mut self, name: &str) -> Self {
+        self.share_from = Some(name.to_string());
+        self
+    }
+}

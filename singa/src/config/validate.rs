@@ -1,0 +1,133 @@
+//! Checking a [`JobConfig`] against the known layer and updater types.
+
+use super::parse::{unknown_field_message, LAYER_KEYS, UPDATER_KEYS};
+use super::JobConfig;
+use crate::registry::Registry;
+use singa_core::fields::nearest;
+use singa_core::{validate_fields, Error, FieldSpec, Fields, Result};
+use singa_layers::schedule::LrSchedule;
+
+/// A job that passed validation: every layer's and the updater's fields complete (defaults
+/// filled in) and well-typed, and the learning-rate schedule built.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    /// The job, with complete fields.
+    pub job: JobConfig,
+    /// The learning-rate schedule.
+    pub schedule: LrSchedule,
+}
+
+impl JobConfig {
+    /// Checks the job against `registry`: known types, valid fields, a sensible schedule,
+    /// steps and frequencies, and a topology this build can run.
+    pub fn validate(&self, registry: &Registry) -> Result<Validated> {
+        let file = self.origin.file.as_str();
+        let err = |field: &str, msg: String| Error::config(file, field, msg);
+        if self.train_steps == 0 {
+            return Err(err("train_steps", "expected at least 1".into()));
+        }
+        if self.test_freq > 0 && self.test_steps == 0 {
+            return Err(err("test_steps", "missing; test_freq is set, so say how many batches a test runs".into()));
+        }
+        let c = &self.cluster;
+        for (name, v) in [
+            ("nworker_groups", c.nworker_groups),
+            ("nworkers_per_group", c.nworkers_per_group),
+            ("nserver_groups", c.nserver_groups),
+            ("nservers_per_group", c.nservers_per_group),
+        ] {
+            if v != 1 {
+                return Err(err(
+                    &format!("cluster.{name}"),
+                    format!("{v} is not supported yet: this version trains with one worker and one server (set it to 1)"),
+                ));
+            }
+        }
+        let mut job = self.clone();
+
+        // The updater and its schedule.
+        let u = &mut job.updater;
+        let Some(ut) = registry.updater(&u.type_name) else {
+            return Err(err("updater.type", unknown_type(&u.type_name, &registry.updater_names(), "updater")));
+        };
+        u.fields = check_fields(&ut.fields, &UPDATER_KEYS, &u.fields).map_err(|(f, m)| err(&format!("updater.{f}"), m))?;
+        let lr_specs = LrSchedule::fields(&u.learning_rate.kind).map_err(|e| err("updater.learning_rate.type", e.to_string()))?;
+        u.learning_rate.fields = check_fields(&lr_specs, &["type"], &u.learning_rate.fields)
+            .map_err(|(f, m)| err(&format!("updater.learning_rate.{f}"), m))?;
+        let schedule = u.learning_rate.schedule().map_err(|e| err("updater.learning_rate", e.to_string()))?;
+        if !(u.weight_decay >= 0.0) {
+            return Err(err("updater.weight_decay", format!("expected a non-negative number, got {}", u.weight_decay)));
+        }
+
+        // The layers.
+        for l in &mut job.layers {
+            let at = |field: &str| format!("layer[{}].{field}", l.name);
+            let Some(t) = registry.layer(&l.type_name) else {
+                return Err(err(&at("type"), unknown_type(&l.type_name, &registry.layer_names(), "layer")));
+            };
+            l.fields = check_fields(&t.fields, &LAYER_KEYS, &l.fields).map_err(|(f, m)| err(&at(&f), m))?;
+            if !(-1..=1).contains(&l.partition_dim) {
+                return Err(err(&at("partition_dim"), format!("expected -1, 0 or 1, got {}", l.partition_dim)));
+            }
+            for p in &l.params {
+                if !(p.lr_mult >= 0.0 && p.wd_mult >= 0.0) {
+                    return Err(err(&at(&format!("param[{}]", p.name)), "lr_mult and wd_mult must be non-negative".into()));
+                }
+            }
+        }
+        Ok(Validated { job, schedule })
+    }
+}
+
+fn unknown_type(name: &str, known: &[&str], what: &str) -> String {
+    let hint = nearest(name, known).map(|n| format!("; did you mean {n:?}?")).unwrap_or_default();
+    format!("unknown {what} type {name:?} (known: {}){hint}", known.join(", "))
+}
+
+/// Validates a type's fields, suggesting among its fields and the common keys for typos.
+fn check_fields(specs: &[FieldSpec], common: &[&str], given: &Fields) -> std::result::Result<Fields, (String, String)> {
+    validate_fields(specs, given).map_err(|e| {
+        if e.message.starts_with("unknown field") {
+            let mut known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            known.extend(common.iter().filter(|k| **k != "params"));
+            (e.field.clone(), unknown_field_message(&e.field, &known))
+        } else {
+            (e.field, e.message)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ClusterConfig, JobConfig, LayerConfig, UpdaterConfig};
+    use crate::registry::Registry;
+
+    fn job() -> JobConfig {
+        JobConfig::new("t")
+            .updater(UpdaterConfig::sgd(0.1))
+            .layer(LayerConfig::new("fc", "inner_product").field("num_output", 4))
+    }
+
+    #[test]
+    fn valid_job_gets_defaults() {
+        let v = job().validate(&Registry::builtin()).unwrap();
+        assert!(v.job.layers[0].fields.bool("bias_term").unwrap());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let r = Registry::builtin();
+        let e = job().layer(LayerConfig::new("x", "inner_prodcut")).validate(&r).unwrap_err();
+        assert!(e.to_string().starts_with("<code>: layer[x].type: unknown layer type \"inner_prodcut\""), "{e}");
+        assert!(e.to_string().ends_with("did you mean \"inner_product\"?"), "{e}");
+        let mut j = job();
+        j.layers[0].fields.set("num_ouput", 3);
+        let e = j.validate(&r).unwrap_err();
+        assert_eq!(e.to_string(), "<code>: layer[fc].num_ouput: unknown field; did you mean `num_output`?");
+        let e = job().updater(UpdaterConfig::sgd(0.1).field("momentun", 0.9)).validate(&r).unwrap_err();
+        assert_eq!(e.to_string(), "<code>: updater.momentun: unknown field; did you mean `momentum`?");
+        let mut j = job();
+        j.cluster = ClusterConfig { nworker_groups: 2, ..Default::default() };
+        assert!(j.validate(&r).unwrap_err().to_string().contains("cluster.nworker_groups"));
+    }
+}

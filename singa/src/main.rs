@@ -1,0 +1,227 @@
+//! The `singa` command: train and evaluate job files, prepare data, list layers, benchmark.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use cli::{bench, progress};
+use singa::config::JobConfig;
+use singa::registry::Registry;
+use singa::trainer::{Report, TrainOptions, Trainer};
+use singa::workspace::Existing;
+use singa_core::{Error, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts heap allocations, so `singa bench` can show that a training step makes none.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; the counter is a relaxed atomic.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        std::alloc::System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        std::alloc::System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// singa: a distributed deep learning platform (SINGA, in Rust).
+#[derive(Parser)]
+#[command(name = "singa", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the net a job file describes.
+    Train {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Where metrics.jsonl, summary.json and checkpoints/ go [default: runs/<job name>].
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        /// Continue from the workspace's latest checkpoint.
+        #[arg(long, conflicts_with = "overwrite")]
+        resume: bool,
+        /// Delete the workspace's previous run (checkpoints and metrics) and start over.
+        #[arg(long)]
+        overwrite: bool,
+        /// CPU threads (overrides the job file).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Build the nets and print them without training.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Evaluate a checkpoint on the job's test net.
+    Test {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// The checkpoint (a .safetensors file written by `singa train`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// CPU threads (overrides the job file).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Build and look into data shards.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// List the layer and updater types with their fields.
+    Layers,
+    /// Measure training throughput (MLP 784-1000-500-10 on MNIST, batch 64, SGD lr 0.1).
+    Bench {
+        /// CPU threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 50)]
+        warmup: u64,
+        /// Timed windows (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        windows: usize,
+        /// Steps per window.
+        #[arg(long, default_value_t = 200)]
+        steps: u64,
+        /// The folder with the MNIST IDX files.
+        #[arg(long, default_value = "data/mnist")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Turn a public data set into shards: `singa data import mnist SRC DST`.
+    Import {
+        /// The kind of data set (mnist, fashion-mnist).
+        kind: String,
+        /// Where its files are.
+        src: PathBuf,
+        /// The folder to write the shards into.
+        dst: PathBuf,
+    },
+    /// Print a shard's header, label counts and first records (verifying every checksum).
+    Inspect {
+        /// The shard file.
+        shard: PathBuf,
+        /// How many records to show.
+        #[arg(short = 'n', long, default_value_t = 2)]
+        records: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train { job, workspace, resume, overwrite, threads, dry_run } => {
+            let config = JobConfig::from_file(&job)?;
+            let registry = Registry::builtin();
+            if dry_run {
+                let trainer = Trainer::new(&config, &registry, &TrainOptions { threads, ..Default::default() })?;
+                println!("train net ({} params):", trainer.params().numel());
+                print!("{}", trainer.train_net().describe(trainer.params()));
+                if let Some(t) = trainer.test_net() {
+                    println!("test net:");
+                    print!("{}", t.describe(trainer.params()));
+                }
+                return Ok(());
+            }
+            let workspace = workspace.unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+            let existing = match (resume, overwrite) {
+                (true, _) => Existing::Resume,
+                (_, true) => Existing::Overwrite,
+                _ => Existing::Refuse,
+            };
+            let options = TrainOptions { threads, workspace: Some(workspace.clone()), existing };
+            let mut trainer = Trainer::new(&config, &registry, &options)?;
+            eprintln!("job {} from {}; workspace {}", config.name, job.display(), workspace.display());
+            trainer.run(&mut progress::Progress::new())?;
+            Ok(())
+        }
+        Command::Test { job, checkpoint, threads } => {
+            let config = JobConfig::from_file(&job)?;
+            let mut trainer = Trainer::new(&config, &Registry::builtin(), &TrainOptions { threads, ..Default::default() })?;
+            let step = trainer.load_params(&checkpoint)?;
+            let metrics = trainer.on_device_threads(|t| t.evaluate())?;
+            let report = Report { step, phase: "test", metrics, samples_per_sec: None, elapsed: 0.0, lr: None };
+            println!("{}", progress::report_line(&report));
+            Ok(())
+        }
+        Command::Data { command: DataCommand::Import { kind, src, dst } } => {
+            for (path, count) in singa_data::import::import(&kind, &src, &dst)? {
+                println!("wrote {} ({count} records)", path.display());
+            }
+            Ok(())
+        }
+        Command::Data { command: DataCommand::Inspect { shard, records } } => {
+            print!("{}", singa_data::inspect::inspect(&shard, records)?);
+            Ok(())
+        }
+        Command::Layers => {
+            list_types(&Registry::builtin());
+            Ok(())
+        }
+        Command::Bench { threads, warmup, windows, steps, data } => {
+            if !data.join("train-images-idx3-ubyte.gz").exists() && !data.join("train.shard").exists() {
+                return Err(Error::io(&data, "no MNIST data here (run from the repository root, or pass --data DIR)"));
+            }
+            bench::run(&bench::BenchOptions { threads, warmup, windows, steps, data, allocations })
+        }
+    }
+}
+
+fn list_types(registry: &Registry) {
+    let show = |name: &str, doc: &str, origin: &str, fields: &[singa_core::FieldSpec]| {
+        println!("{name}  ({origin})\n    {doc}");
+        for f in fields {
+            let default = match &f.default {
+                singa_core::abi::ROption::RSome(v) => format!(" = {v}"),
+                singa_core::abi::ROption::RNone if f.required => " (required)".to_string(),
+                singa_core::abi::ROption::RNone => String::new(),
+            };
+            println!("    {:<14} {:<8}{default}  {}", f.name.as_str(), format!("{:?}", f.kind).to_lowercase(), f.doc);
+        }
+    };
+    println!("Layer types (every layer also takes name, type, srclayers, include, exclude, partition_dim, [[layer.param]]):\n");
+    for (t, origin) in registry.layers() {
+        show(&t.name, &t.doc, &origin.to_string(), &t.fields);
+        println!();
+    }
+    println!("Updater types (every updater also takes learning_rate and weight_decay):\n");
+    for (t, origin) in registry.updaters() {
+        show(&t.name, &t.doc, &origin.to_string(), &t.fields);
+        println!();
+    }
+}

@@ -1,0 +1,436 @@
+//! A net: the layers of one phase as a DAG in topological order, with every tensor that flows
+//! between them allocated once.
+
+use crate::config::{JobConfig, LayerConfig};
+use crate::params::{NetParams, ParamStore};
+use crate::registry::Registry;
+use singa_core::abi::ROption;
+use singa_core::fields::nearest;
+use singa_core::rng::derive_seed;
+use singa_core::{
+    param_factory, DType, DeviceRef, Error, LayerBox, Phase, Result, ResultExt, SetupContext,
+    Tensor, TensorSpec,
+};
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// A layer in a net, with its tensors.
+pub struct NetLayer {
+    /// The layer's name.
+    pub name: String,
+    /// The layer's type.
+    pub type_name: String,
+    layer: LayerBox,
+    /// (producer index, output index) of each input.
+    sources: Vec<(usize, usize)>,
+    inputs: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+    output_specs: Vec<TensorSpec>,
+    grad_outputs: Vec<Tensor>,
+    grad_inputs: Vec<ROption<Tensor>>,
+    /// Outputs read by several layers: the per-consumer gradients summed into `grad_outputs`.
+    fanout: Vec<(usize, Vec<Tensor>)>,
+    needs_backward: bool,
+    /// Indices of the parameters the layer uses.
+    pub params: Vec<usize>,
+    metric_names: Vec<String>,
+}
+
+impl NetLayer {
+    /// The layer's output specs.
+    pub fn output_specs(&self) -> &[TensorSpec] {
+        &self.output_specs
+    }
+
+    /// The names of the metrics the layer reports.
+    pub fn metric_names(&self) -> &[String] {
+        &self.metric_names
+    }
+
+    /// Whether backward runs for this layer.
+    pub fn needs_backward(&self) -> bool {
+        self.needs_backward
+    }
+}
+
+/// The net of one phase.
+pub struct NeuralNet {
+    phase: Phase,
+    dev: DeviceRef,
+    layers: Vec<NetLayer>,
+}
+
+/// `"layer"` or `"layer:output"`.
+fn split_ref(r: &str) -> (&str, Option<&str>) {
+    match r.split_once(':') {
+        Some((l, o)) => (l, Some(o)),
+        None => (r, None),
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    if p.contains(Phase::TRAIN) {
+        "train"
+    } else if p.contains(Phase::VAL) {
+        "val"
+    } else {
+        "test"
+    }
+}
+
+/// Orders the layers so that every layer comes after its sources (Kahn's algorithm, keeping
+/// the job file's order among independent layers).
+fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Result<Vec<usize>> {
+    let index: HashMap<&str, usize> = layers.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
+    let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    let mut deps: Vec<Vec<usize>> = Vec::with_capacity(layers.len());
+    for l in layers {
+        let mut d = Vec::new();
+        for r in &l.srclayers {
+            let (src, _) = split_ref(r);
+            let Some(&i) = index.get(src) else {
+                let hint = nearest(src, &names).map(|n| format!("; did you mean {n:?}?")).unwrap_or_default();
+                return Err(Error::config(
+                    file,
+                    format!("layer[{}].srclayers", l.name),
+                    format!("no layer named {src:?} in the {} net{hint}", phase_name(phase)),
+                ));
+            };
+            d.push(i);
+        }
+        deps.push(d);
+    }
+    let mut order = Vec::with_capacity(layers.len());
+    let mut placed = vec![false; layers.len()];
+    while order.len() < layers.len() {
+        let next = (0..layers.len()).find(|&i| !placed[i] && deps[i].iter().all(|&d| placed[d]));
+        match next {
+            Some(i) => {
+                placed[i] = true;
+                order.push(i);
+            }
+            None => {
+                let stuck: Vec<&str> = (0..layers.len()).filter(|&i| !placed[i]).map(|i| names[i]).collect();
+                return Err(Error::config(
+                    file,
+                    format!("layer[{}].srclayers", stuck[0]),
+                    format!("the layers {} form a cycle; a net must be acyclic", stuck.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(order)
+}
+
+impl NeuralNet {
+    /// Builds the net of `phase` from a validated job: creates and sets up every layer on `dev`,
+    /// registering parameters in `store` (the test net reuses the train net's), and allocates
+    /// every output and gradient tensor.
+    pub fn build(job: &JobConfig, registry: &Registry, dev: &DeviceRef, store: &mut ParamStore, phase: Phase) -> Result<NeuralNet> {
+        let file = job.origin.file.as_str();
+        let configs: Vec<&LayerConfig> = job.layers.iter().filter(|l| l.in_phase(phase)).collect();
+        if configs.is_empty() {
+            return Err(Error::config(file, "layer", format!("no layer belongs to the {} net", phase_name(phase))));
+        }
+        for (i, l) in configs.iter().enumerate() {
+            if configs[..i].iter().any(|o| o.name == l.name) {
+                return Err(Error::config(
+                    file,
+                    format!("layer[{}].name", l.name),
+                    format!("two layers of the {} net are called {:?}", phase_name(phase), l.name),
+                ));
+            }
+        }
+        let order = topological_order(file, phase, &configs)?;
+        let base_dir = job.origin.base_dir.display().to_string();
+        let mut layers: Vec<NetLayer> = Vec::with_capacity(order.len());
+        let mut position: HashMap<&str, usize> = HashMap::new();
+        for &ci in &order {
+            let cfg = configs[ci];
+            let context = || format!("layer {} ({})", cfg.name, cfg.type_name);
+            let ty = registry.layer(&cfg.type_name).ok_or_else(|| {
+                Error::config(file, format!("layer[{}].type", cfg.name), format!("unknown layer type {:?}", cfg.type_name))
+            })?;
+            // Resolve the sources to (layer, output) pairs.
+            let mut sources = Vec::new();
+            let mut input_specs = Vec::new();
+            for r in &cfg.srclayers {
+                let (src, out) = split_ref(r);
+                let p = position[src];
+                let specs = &layers[p].output_specs;
+                let o = match out {
+                    None if specs.is_empty() => {
+                        return Err(Error::config(file, format!("layer[{}].srclayers", cfg.name), format!("layer {src:?} has no outputs to read")));
+                    }
+                    None => 0,
+                    Some(o) => specs.iter().position(|s| s.name == o).ok_or_else(|| {
+                        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                        Error::config(
+                            file,
+                            format!("layer[{}].srclayers", cfg.name),
+                            format!("layer {src:?} has no output {o:?} (its outputs: {})", names.join(", ")),
+                        )
+                    })?,
+                };
+                sources.push((p, o));
+                input_specs.push(specs[o].clone());
+            }
+            let mut layer = (ty.create)(&cfg.fields).into_result().context(context)?;
+            let mut factory = NetParams {
+                store: &mut *store,
+                dev,
+                layer: &cfg.name,
+                layer_index: layers.len(),
+                configs: &cfg.params,
+                seed: job.seed,
+                phase,
+                used: Vec::new(),
+                asked: Vec::new(),
+            };
+            let ctx = SetupContext {
+                layer: cfg.name.as_str().into(),
+                device: dev,
+                inputs: input_specs.as_slice().into(),
+                phase,
+                base_dir: base_dir.as_str().into(),
+                seed: derive_seed(job.seed, &cfg.name),
+            };
+            let output_specs = layer.setup(&ctx, param_factory(&mut factory)).into_result().context(context)?.into_vec();
+            factory.check_configs_used().context(context)?;
+            let params = factory.used;
+            let outputs = output_specs
+                .iter()
+                .map(|s| Tensor::zeros(dev, s.shape, s.dtype))
+                .collect::<Result<Vec<_>>>()?;
+            let inputs = sources.iter().map(|&(p, o)| layers[p].outputs[o].clone()).collect();
+            let metric_names = layer.metric_names().into_result().context(context)?.into_iter().map(|s| s.into_string()).collect();
+            position.insert(cfg.name.as_str(), layers.len());
+            layers.push(NetLayer {
+                name: cfg.name.clone(),
+                type_name: cfg.type_name.clone(),
+                layer,
+                sources,
+                inputs,
+                outputs,
+                output_specs,
+                grad_outputs: Vec::new(),
+                grad_inputs: Vec::new(),
+                fanout: Vec::new(),
+                needs_backward: false,
+                params,
+                metric_names,
+            });
+        }
+        let mut net = NeuralNet { phase, dev: dev.clone(), layers };
+        if phase.is_train() {
+            net.allocate_gradients(store)?;
+        }
+        Ok(net)
+    }
+
+    /// Decides which layers run backward and gives every gradient a buffer. A layer's input
+    /// needs a gradient when its producer has trainable parameters upstream; where an output
+    /// feeds several layers, each gets its own buffer and they are summed before the producer's
+    /// backward.
+    fn allocate_gradients(&mut self, store: &ParamStore) -> Result<()> {
+        let n = self.layers.len();
+        let mut requires = vec![false; n];
+        for i in 0..n {
+            let l = &self.layers[i];
+            let trainable = l.params.iter().any(|&p| store.entries()[p].trainable);
+            requires[i] = trainable || l.sources.iter().any(|&(p, _)| requires[p]);
+            self.layers[i].needs_backward = requires[i];
+        }
+        // consumers[(producer, output)] = (consumer, input slot) for inputs that need gradients.
+        let mut consumers: HashMap<(usize, usize), Vec<(usize, usize)>> = HashMap::new();
+        for (c, l) in self.layers.iter().enumerate() {
+            for (slot, &(p, o)) in l.sources.iter().enumerate() {
+                if requires[p] && self.layers[p].output_specs[o].dtype == DType::F32 {
+                    consumers.entry((p, o)).or_default().push((c, slot));
+                }
+            }
+        }
+        for l in &mut self.layers {
+            l.grad_inputs = vec![ROption::RNone; l.sources.len()];
+        }
+        for p in 0..n {
+            for o in 0..self.layers[p].outputs.len() {
+                let spec = self.layers[p].output_specs[o].clone();
+                let grad = Tensor::zeros(&self.dev, spec.shape, DType::F32)?;
+                let users = consumers.get(&(p, o)).cloned().unwrap_or_default();
+                if users.len() == 1 {
+                    let (c, slot) = users[0];
+                    self.layers[c].grad_inputs[slot] = ROption::RSome(grad.clone());
+                } else if users.len() > 1 {
+                    let mut parts = Vec::new();
+                    for (c, slot) in users {
+                        let g = Tensor::zeros(&self.dev, spec.shape, DType::F32)?;
+                        self.layers[c].grad_inputs[slot] = ROption::RSome(g.clone());
+                        parts.push(g);
+                    }
+                    self.layers[p].fanout.push((o, parts));
+                }
+                self.layers[p].grad_outputs.push(grad);
+            }
+        }
+        Ok(())
+    }
+
+    /// The phase this net was built for.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &DeviceRef {
+        &self.dev
+    }
+
+    /// The layers in topological order.
+    pub fn layers(&self) -> &[NetLayer] {
+        &self.layers
+    }
+
+    /// Samples per step: the batch dimension of the first input layer's first output.
+    pub fn batch_size(&self) -> usize {
+        self.layers
+            .iter()
+            .find(|l| l.sources.is_empty() && !l.output_specs.is_empty())
+            .map(|l| l.output_specs[0].shape.as_matrix().0)
+            .unwrap_or(1)
+    }
+
+    /// Runs layer `i` forward (SINGA's `ComputeFeature`).
+    pub fn forward_layer(&mut self, i: usize, phase: Phase) -> Result<()> {
+        let l = &mut self.layers[i];
+        l.layer
+            .forward(phase, l.inputs.as_slice().into(), l.outputs.as_mut_slice().into())
+            .into_result()
+            .map_err(|e| e.context(format!("layer {} ({}) forward", l.name, l.type_name)))
+    }
+
+    /// Runs layer `i` backward (SINGA's `ComputeGradient`), after summing the gradients of an
+    /// output read by several layers.
+    pub fn backward_layer(&mut self, i: usize, phase: Phase) -> Result<()> {
+        let dev = &self.dev;
+        let l = &mut self.layers[i];
+        if !l.needs_backward {
+            return Ok(());
+        }
+        for (o, parts) in &l.fanout {
+            let total = &mut l.grad_outputs[*o];
+            dev.copy(&parts[0], total)?;
+            for p in &parts[1..] {
+                dev.axpby(1.0, p, 1.0, total)?;
+            }
+        }
+        l.layer
+            .backward(
+                phase,
+                l.inputs.as_slice().into(),
+                l.outputs.as_slice().into(),
+                l.grad_outputs.as_slice().into(),
+                l.grad_inputs.as_mut_slice().into(),
+            )
+            .into_result()
+            .map_err(|e| e.context(format!("layer {} ({}) backward", l.name, l.type_name)))
+    }
+
+    /// Every layer forward, in order.
+    pub fn forward(&mut self, phase: Phase) -> Result<()> {
+        (0..self.layers.len()).try_for_each(|i| self.forward_layer(i, phase))
+    }
+
+    /// Every layer backward, in reverse order; `after(i)` runs once layer `i` is done (to send
+    /// or apply the gradients it produced while the rest of the pass goes on).
+    pub fn backward(&mut self, phase: Phase, after: &mut dyn FnMut(&mut NeuralNet, usize) -> Result<()>) -> Result<()> {
+        for i in (0..self.layers.len()).rev() {
+            self.backward_layer(i, phase)?;
+            after(self, i)?;
+        }
+        Ok(())
+    }
+
+    /// The metrics averaged since the last call, from every layer that reports some (names are
+    /// prefixed with the layer's name when several layers report metrics).
+    pub fn read_metrics(&mut self) -> Result<Vec<(String, f64)>> {
+        let reporting = self.layers.iter().filter(|l| !l.metric_names.is_empty()).count();
+        let mut out = Vec::new();
+        for l in &mut self.layers {
+            if l.metric_names.is_empty() {
+                continue;
+            }
+            let mut values = vec![0.0; l.metric_names.len()];
+            l.layer
+                .read_metrics(values.as_mut_slice().into())
+                .into_result()
+                .map_err(|e| e.context(format!("layer {} metrics", l.name)))?;
+            for (name, v) in l.metric_names.iter().zip(values) {
+                let key = if reporting > 1 { format!("{}/{name}", l.name) } else { name.clone() };
+                out.push((key, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The non-parameter state of every layer that has some (data positions, random streams).
+    pub fn layer_states(&self) -> Result<Vec<(String, Vec<u64>)>> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            let s = l.layer.state().into_result().map_err(|e| e.context(format!("layer {} state", l.name)))?;
+            if !s.is_empty() {
+                out.push((l.name.clone(), s.into_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores the state of the layer called `name`.
+    pub fn restore_layer_state(&mut self, name: &str, state: &[u64]) -> Result<()> {
+        let l = self
+            .layers
+            .iter_mut()
+            .find(|l| l.name == name)
+            .ok_or_else(|| Error::invalid(format!("no layer {name:?} in the net")))?;
+        l.layer
+            .restore_state(state.into())
+            .into_result()
+            .map_err(|e| e.context(format!("layer {name} state")))
+    }
+
+    /// A readable listing: each layer with its type, sources, output shapes and parameters.
+    pub fn describe(&self, store: &ParamStore) -> String {
+        let mut s = String::new();
+        for l in &self.layers {
+            let srcs: Vec<String> = l
+                .sources
+                .iter()
+                .map(|&(p, o)| {
+                    let src = &self.layers[p];
+                    if o == 0 { src.name.clone() } else { format!("{}:{}", src.name, src.output_specs[o].name) }
+                })
+                .collect();
+            let outs: Vec<String> = l.output_specs.iter().map(|o| format!("{} {}", o.shape, o.dtype)).collect();
+            let _ = write!(s, "  {:<10} {:<15}", l.name, l.type_name);
+            if !srcs.is_empty() {
+                let _ = write!(s, " <- {}", srcs.join(", "));
+            }
+            if !outs.is_empty() {
+                let _ = write!(s, "  -> {}", outs.join(", "));
+            }
+            let params: Vec<String> = l
+                .params
+                .iter()
+                .map(|&p| {
+                    let e = &store.entries()[p];
+                    format!("{} {}", e.name.rsplit('/').next().unwrap_or(&e.name), e.shape())
+                })
+                .collect();
+            if !params.is_empty() {
+                let _ = write!(s, "  [{}]", params.join(", "));
+            }
+            s.push('\n');
+        }
+        s
+    }
+}

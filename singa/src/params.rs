@@ -1,0 +1,168 @@
+//! The parameters of a job: values, gradients, updater state and per-parameter settings, shared
+//! by the train and test nets.
+
+use crate::config::ParamConfig;
+use singa_core::abi::RResult;
+use singa_core::rng::derive_seed;
+use singa_core::{DType, DeviceRef, Error, Param, ParamFactory, ParamSpec, Phase, Result, Shape, Tensor};
+use std::collections::HashMap;
+
+/// One parameter and everything the runtime keeps about it.
+pub struct ParamEntry {
+    /// Full name, `<layer>/<param>`.
+    pub name: String,
+    /// Current values.
+    pub value: Tensor,
+    /// One gradient per layer that uses the parameter (several when it is shared).
+    pub grads: Vec<Tensor>,
+    /// Layer indices (in the train net) of those users, in the order of `grads`.
+    pub users: Vec<usize>,
+    /// Learning-rate multiplier.
+    pub lr_mult: f32,
+    /// Weight-decay multiplier.
+    pub wd_mult: f32,
+    /// Whether the updater changes it.
+    pub trainable: bool,
+    /// The updater's state tensors, by the updater's state names.
+    pub state: Vec<Tensor>,
+}
+
+impl ParamEntry {
+    /// The shape of the values.
+    pub fn shape(&self) -> Shape {
+        self.value.shape()
+    }
+}
+
+/// All parameters of a job, by name.
+#[derive(Default)]
+pub struct ParamStore {
+    entries: Vec<ParamEntry>,
+    by_name: HashMap<String, usize>,
+}
+
+impl ParamStore {
+    /// An empty store.
+    pub fn new() -> ParamStore {
+        ParamStore::default()
+    }
+
+    /// The parameters, in creation order.
+    pub fn entries(&self) -> &[ParamEntry] {
+        &self.entries
+    }
+
+    /// The parameters, mutably.
+    pub fn entries_mut(&mut self) -> &mut [ParamEntry] {
+        &mut self.entries
+    }
+
+    /// The index of the parameter called `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The total number of values.
+    pub fn numel(&self) -> usize {
+        self.entries.iter().map(|e| e.value.numel()).sum()
+    }
+}
+
+/// The [`ParamFactory`] a layer sees during setup in a net: it applies the job file's settings
+/// (init, multipliers, sharing) and registers parameters in the store.
+pub(crate) struct NetParams<'a> {
+    pub store: &'a mut ParamStore,
+    pub dev: &'a DeviceRef,
+    pub layer: &'a str,
+    pub layer_index: usize,
+    pub configs: &'a [ParamConfig],
+    pub seed: u64,
+    pub phase: Phase,
+    /// Parameter indices this layer created or uses.
+    pub used: Vec<usize>,
+    /// Short names of the parameters the layer asked for.
+    pub asked: Vec<String>,
+}
+
+impl NetParams<'_> {
+    fn create(&mut self, spec: ParamSpec) -> Result<Param> {
+        let full = format!("{}/{}", self.layer, spec.name);
+        self.asked.push(spec.name.to_string());
+        let cfg = self.configs.iter().find(|c| c.name == spec.name.as_str());
+        let mismatch = |existing: Shape, what: &str| {
+            Error::invalid(format!(
+                "parameter {full} has shape {} but {what} has shape {existing}",
+                spec.shape
+            ))
+        };
+        if let Some(source) = cfg.and_then(|c| c.share_from.as_deref()) {
+            let Some(id) = self.store.find(source) else {
+                let names: Vec<&str> = self.store.entries.iter().map(|e| e.name.as_str()).collect();
+                return Err(Error::invalid(format!(
+                    "share_from: no parameter {source:?} defined before layer {} (parameters so far: {})",
+                    self.layer,
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                )));
+            };
+            let e = &mut self.store.entries[id];
+            if e.shape() != spec.shape {
+                return Err(mismatch(e.shape(), source));
+            }
+            let grad = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
+            if self.phase.is_train() {
+                e.grads.push(grad.clone());
+                e.users.push(self.layer_index);
+            }
+            self.store.by_name.insert(full.clone(), id);
+            self.used.push(id);
+            return Ok(Param { name: full.into(), value: e.value.clone(), grad });
+        }
+        if let Some(id) = self.store.find(&full) {
+            // The test net reuses the train net's parameters.
+            let e = &self.store.entries[id];
+            if e.shape() != spec.shape {
+                return Err(mismatch(e.shape(), "the same parameter in the train net"));
+            }
+            self.used.push(id);
+            return Ok(Param { name: full.into(), value: e.value.clone(), grad: e.grads[0].clone() });
+        }
+        let init = cfg.and_then(|c| c.init).unwrap_or(spec.init);
+        let mut value = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
+        init.apply(self.dev, &mut value, spec.fan_in, spec.fan_out, derive_seed(self.seed, &full))?;
+        let grad = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
+        let id = self.store.entries.len();
+        self.store.entries.push(ParamEntry {
+            name: full.clone(),
+            value: value.clone(),
+            grads: vec![grad.clone()],
+            users: if self.phase.is_train() { vec![self.layer_index] } else { vec![] },
+            lr_mult: cfg.map_or(1.0, |c| c.lr_mult),
+            wd_mult: cfg.map_or(1.0, |c| c.wd_mult),
+            trainable: spec.trainable,
+            state: Vec::new(),
+        });
+        self.store.by_name.insert(full.clone(), id);
+        self.used.push(id);
+        Ok(Param { name: full.into(), value, grad })
+    }
+
+    /// Fails if the job configures a parameter the layer does not have.
+    pub fn check_configs_used(&self) -> Result<()> {
+        for c in self.configs {
+            if !self.asked.contains(&c.name) {
+                return Err(Error::invalid(format!(
+                    "[[layer.param]] {:?} does not match a parameter of this layer (it has {})",
+                    c.name,
+                    if self.asked.is_empty() { "none".to_string() } else { self.asked.join(", ") }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ParamFactory for NetParams<'_> {
+    fn param(&mut self, spec: ParamSpec) -> RResult<Param, Error> {
+        self.create(spec).into()
+    }
+}

@@ -1,0 +1,518 @@
+//! The training loop of a single worker: TrainOneBatch, updates, display, test, checkpoints.
+
+use crate::algorithm::{self, GradientSink, TrainOneBatch};
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::config::{JobConfig, Validated};
+use crate::device;
+use crate::net::NeuralNet;
+use crate::params::ParamStore;
+use crate::registry::Registry;
+use crate::workspace::{Existing, Workspace};
+use singa_core::{DType, DeviceRef, Error, Phase, Result, Tensor, UpdateArgs, UpdaterBox};
+use singa_cpu::Threads;
+use singa_layers::schedule::LrSchedule;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How to run a job, beyond what the job file says.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// CPU threads (overrides the job file).
+    pub threads: Option<usize>,
+    /// Where metrics, the summary and checkpoints go (`None`: nowhere).
+    pub workspace: Option<PathBuf>,
+    /// What to do when the workspace already holds a run.
+    pub existing: Existing,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            threads: None,
+            workspace: None,
+            existing: Existing::Refuse,
+        }
+    }
+}
+
+/// Metrics of one display or test event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// Steps completed.
+    pub step: u64,
+    /// `train` or `test`.
+    pub phase: &'static str,
+    /// The metrics (loss, accuracy, ...).
+    pub metrics: Vec<(String, f64)>,
+    /// Training throughput over the display window (train reports only).
+    pub samples_per_sec: Option<f64>,
+    /// Seconds since the run started.
+    pub elapsed: f64,
+    /// The learning rate at this step (train reports only).
+    pub lr: Option<f32>,
+}
+
+impl Report {
+    /// The value of metric `name`.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    /// The line of `metrics.jsonl`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("step".into(), self.step.into());
+        m.insert("phase".into(), self.phase.into());
+        for (k, v) in &self.metrics {
+            m.insert(k.clone(), (*v).into());
+        }
+        if let Some(r) = self.samples_per_sec {
+            m.insert("samples_per_sec".into(), r.into());
+        }
+        if let Some(lr) = self.lr {
+            m.insert("lr".into(), (lr as f64).into());
+        }
+        m.insert("elapsed".into(), self.elapsed.into());
+        serde_json::Value::Object(m)
+    }
+}
+
+/// The outcome of a run (also written to `summary.json`).
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The job's name.
+    pub job: String,
+    /// Steps completed.
+    pub steps: u64,
+    /// The last training metrics.
+    pub train: Vec<(String, f64)>,
+    /// The final test metrics, if the job has a test net.
+    pub test: Vec<(String, f64)>,
+    /// Training samples per second over the whole run (time in TrainOneBatch and updates).
+    pub samples_per_sec: f64,
+    /// Seconds from start to end, tests and checkpoints included.
+    pub wall_seconds: f64,
+    /// The device.
+    pub device: String,
+    /// The number of trainable values.
+    pub params: usize,
+}
+
+impl Summary {
+    /// `summary.json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |m: &[(String, f64)], k: &str| m.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        serde_json::json!({
+            "job": self.job,
+            "steps": self.steps,
+            "train_loss": get(&self.train, "loss"),
+            "train_accuracy": get(&self.train, "accuracy"),
+            "test_loss": get(&self.test, "loss"),
+            "test_accuracy": get(&self.test, "accuracy"),
+            "samples_per_sec": self.samples_per_sec,
+            "wall_seconds": self.wall_seconds,
+            "device": self.device,
+            "params": self.params,
+            "train_metrics": metrics_object(&self.train),
+            "test_metrics": metrics_object(&self.test),
+        })
+    }
+}
+
+fn metrics_object(m: &[(String, f64)]) -> serde_json::Value {
+    serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), (*v).into())).collect())
+}
+
+/// What happens during a run, for progress displays.
+pub enum Event<'a> {
+    /// Training starts (or resumes) at `first_step` of `train_steps`.
+    Start {
+        /// Steps already done (after a resume).
+        first_step: u64,
+        /// Total steps.
+        train_steps: u64,
+        /// The device.
+        device: &'a str,
+    },
+    /// A step finished.
+    Step(u64),
+    /// A display or test report.
+    Report(&'a Report),
+    /// A checkpoint was written.
+    Checkpoint(&'a Path),
+    /// Something the user should know that does not stop the run.
+    Warning(&'a str),
+    /// The run is over.
+    Done(&'a Summary),
+}
+
+/// Receives [`Event`]s.
+pub trait Observer: Send {
+    /// Handles one event.
+    fn event(&mut self, event: Event<'_>);
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+
+impl Observer for Silent {
+    fn event(&mut self, _: Event<'_>) {}
+}
+
+/// A job ready to train: its device, nets, parameters and updater.
+pub struct Trainer {
+    job: JobConfig,
+    schedule: LrSchedule,
+    dev: DeviceRef,
+    threads: Option<Threads>,
+    store: ParamStore,
+    train: NeuralNet,
+    test: Option<NeuralNet>,
+    test_start: Vec<(String, Vec<u64>)>,
+    updater: UpdaterBox,
+    state_names: Vec<String>,
+    algorithm: Box<dyn TrainOneBatch>,
+    /// Parameters whose gradients are complete once a layer's backward is done.
+    ready_after: Vec<Vec<usize>>,
+    step: u64,
+    workspace: Option<Workspace>,
+    pending_warnings: Vec<String>,
+}
+
+/// Applies the updater to each parameter as soon as its last gradient is computed.
+struct LocalUpdates<'a> {
+    store: &'a mut ParamStore,
+    updater: &'a mut UpdaterBox,
+    ready_after: &'a [Vec<usize>],
+    step: u64,
+    lr: f32,
+    weight_decay: f32,
+}
+
+impl GradientSink for LocalUpdates<'_> {
+    fn layer_done(&mut self, _: &mut NeuralNet, layer: usize) -> Result<()> {
+        for &p in &self.ready_after[layer] {
+            let e = &mut self.store.entries_mut()[p];
+            if e.grads.len() > 1 {
+                let dev = e.value.device().clone();
+                let (first, rest) = e.grads.split_at_mut(1);
+                for g in rest.iter() {
+                    dev.axpby(1.0, g, 1.0, &mut first[0])?;
+                }
+            }
+            let args = UpdateArgs {
+                lr: self.lr * e.lr_mult,
+                weight_decay: self.weight_decay * e.wd_mult,
+                grad_scale: 1.0,
+            };
+            self.updater
+                .update(self.step, &args, &mut e.value, &e.grads[0], e.state.as_mut_slice().into())
+                .into_result()
+                .map_err(|err| err.context(format!("updating {}", e.name)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Trainer {
+    /// Validates `job` against `registry`, creates its device and nets, and opens the workspace
+    /// (resuming from its latest checkpoint when asked).
+    pub fn new(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
+        let Validated { job, schedule } = job.validate(registry)?;
+        let created = device::create(&job.device, options.threads)?;
+        let dev = created.device;
+        let mut store = ParamStore::new();
+        let train = NeuralNet::build(&job, registry, &dev, &mut store, Phase::TRAIN)?;
+        let test = if job.test_steps > 0 {
+            Some(NeuralNet::build(&job, registry, &dev, &mut store, Phase::TEST)?)
+        } else {
+            None
+        };
+        let test_start = match &test {
+            Some(t) => t.layer_states()?,
+            None => Vec::new(),
+        };
+        let ut = registry.updater(&job.updater.type_name).expect("validated");
+        let updater = (ut.create)(&job.updater.fields)
+            .into_result()
+            .map_err(|e| Error::config(&job.origin.file, "updater", e))?;
+        let state_names: Vec<String> = updater.state_names().into_result()?.into_iter().map(|s| s.into_string()).collect();
+        for e in store.entries_mut() {
+            if e.trainable {
+                e.state = state_names
+                    .iter()
+                    .map(|_| Tensor::zeros(&dev, e.value.shape(), DType::F32))
+                    .collect::<Result<_>>()?;
+            }
+        }
+        let mut ready_after = vec![Vec::new(); train.layers().len()];
+        for (id, e) in store.entries().iter().enumerate() {
+            if let (true, Some(&first)) = (e.trainable, e.users.iter().min()) {
+                ready_after[first].push(id);
+            }
+        }
+        let workspace = match &options.workspace {
+            Some(dir) => Some(Workspace::open(dir, options.existing)?),
+            None => None,
+        };
+        let mut trainer = Trainer {
+            algorithm: algorithm::create(job.algorithm),
+            job,
+            schedule,
+            dev,
+            threads: created.threads,
+            store,
+            train,
+            test,
+            test_start,
+            updater,
+            state_names,
+            ready_after,
+            step: 0,
+            workspace,
+            pending_warnings: Vec::new(),
+        };
+        if options.existing == Existing::Resume {
+            trainer.resume_latest()?;
+        }
+        Ok(trainer)
+    }
+
+    /// Loads the newest readable checkpoint of the workspace, if any. A checkpoint that cannot
+    /// be read is skipped with a warning; one written for another net is an error.
+    fn resume_latest(&mut self) -> Result<()> {
+        let Some(ws) = &self.workspace else {
+            return Err(Error::invalid("--resume needs a workspace"));
+        };
+        for (_, path) in checkpoint::list(&ws.checkpoint_dir())? {
+            match checkpoint::load(&path) {
+                Ok(loaded) => {
+                    self.restore(&loaded)?;
+                    return Ok(());
+                }
+                Err(e) => self.pending_warnings.push(format!("skipping unreadable checkpoint: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores parameters, updater state, step and layer states from a checkpoint.
+    pub fn restore(&mut self, loaded: &checkpoint::Loaded) -> Result<()> {
+        loaded.restore(&mut self.store, &self.state_names)?;
+        for (layer, state) in &loaded.meta.layer_states {
+            self.train.restore_layer_state(layer, state).map_err(|e| Error::checkpoint(&loaded.path, e))?;
+        }
+        self.step = loaded.meta.step;
+        Ok(())
+    }
+
+    /// Loads only the parameters of a checkpoint (for evaluation).
+    pub fn load_params(&mut self, path: &Path) -> Result<u64> {
+        let loaded = checkpoint::load(path)?;
+        loaded.restore(&mut self.store, &[])?;
+        Ok(loaded.meta.step)
+    }
+
+    /// The validated job.
+    pub fn job(&self) -> &JobConfig {
+        &self.job
+    }
+
+    /// The device.
+    pub fn device(&self) -> &DeviceRef {
+        &self.dev
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// The train net.
+    pub fn train_net(&self) -> &NeuralNet {
+        &self.train
+    }
+
+    /// The test net, if the job has one.
+    pub fn test_net(&self) -> Option<&NeuralNet> {
+        self.test.as_ref()
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Runs `f` on the device's threads (so parallel kernels start without a hand-over).
+    pub fn on_device_threads<R: Send>(&mut self, f: impl FnOnce(&mut Trainer) -> R + Send) -> R {
+        match self.threads.clone() {
+            Some(t) => t.install(|| f(self)),
+            None => f(self),
+        }
+    }
+
+    /// One training step (TrainOneBatch and the updates); returns its learning rate.
+    pub fn train_step(&mut self) -> Result<f32> {
+        let lr = self.schedule.lr(self.step);
+        let mut sink = LocalUpdates {
+            store: &mut self.store,
+            updater: &mut self.updater,
+            ready_after: &self.ready_after,
+            step: self.step,
+            lr,
+            weight_decay: self.job.updater.weight_decay,
+        };
+        self.algorithm
+            .train_one_batch(&mut self.train, self.step, &mut sink)
+            .map_err(|e| e.context(format!("step {}", self.step + 1)))?;
+        self.step += 1;
+        Ok(lr)
+    }
+
+    /// The training metrics accumulated since they were last read.
+    pub fn train_metrics(&mut self) -> Result<Vec<(String, f64)>> {
+        self.train.read_metrics()
+    }
+
+    /// Runs `test_steps` batches of the test data (from its start) and returns the metrics.
+    pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
+        let steps = self.job.test_steps;
+        let test = self
+            .test
+            .as_mut()
+            .ok_or_else(|| Error::config(&self.job.origin.file, "test_steps", "the job has no test net (set test_steps)"))?;
+        for (name, s) in &self.test_start {
+            test.restore_layer_state(name, s)?;
+        }
+        test.read_metrics()?;
+        for _ in 0..steps {
+            test.forward(Phase::TEST)?;
+        }
+        test.read_metrics()
+    }
+
+    /// Writes a checkpoint into the workspace; returns its path.
+    pub fn save_checkpoint(&mut self) -> Result<Option<PathBuf>> {
+        let Some(ws) = &self.workspace else { return Ok(None) };
+        let path = ws.checkpoint_dir().join(checkpoint::file_name(self.step));
+        let meta = CheckpointMeta {
+            step: self.step,
+            job: self.job.name.clone(),
+            updater: self.job.updater.type_name.clone(),
+            layer_states: self.train.layer_states()?,
+        };
+        checkpoint::save(&path, &self.store, &self.state_names, &meta)?;
+        Ok(Some(path))
+    }
+
+    fn log(&mut self, report: &Report, obs: &mut dyn Observer) -> Result<()> {
+        if let Some(ws) = &mut self.workspace {
+            ws.log(&report.to_json())?;
+        }
+        obs.event(Event::Report(report));
+        Ok(())
+    }
+
+    /// Trains to `train_steps`, reporting, testing and checkpointing as the job says, and
+    /// writes `summary.json`. Runs on the device's threads.
+    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
+        self.on_device_threads(|t| t.run_here(obs))
+    }
+
+    fn run_here(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
+        let start = Instant::now();
+        for w in std::mem::take(&mut self.pending_warnings) {
+            obs.event(Event::Warning(&w));
+        }
+        let description = self.dev.info().description.into_string();
+        let total = self.job.train_steps;
+        obs.event(Event::Start { first_step: self.step, train_steps: total, device: &description });
+        let batch = self.train.batch_size() as f64;
+        let (display, test_freq, ckpt_freq) = (self.job.display_freq, self.job.test_freq, self.job.checkpoint_freq);
+        let mut train_time = Duration::ZERO;
+        let mut trained_steps = 0u64;
+        let (mut window_time, mut window_steps) = (Duration::ZERO, 0u64);
+        let mut last_train = Vec::new();
+        let mut lr = self.schedule.lr(self.step);
+        while self.step < total {
+            let t = Instant::now();
+            lr = self.train_step()?;
+            let dt = t.elapsed();
+            train_time += dt;
+            window_time += dt;
+            window_steps += 1;
+            trained_steps += 1;
+            obs.event(Event::Step(self.step));
+            let s = self.step;
+            if display > 0 && s % display == 0 {
+                let report = Report {
+                    step: s,
+                    phase: "train",
+                    metrics: self.train.read_metrics()?,
+                    samples_per_sec: Some(window_steps as f64 * batch / window_time.as_secs_f64().max(1e-9)),
+                    elapsed: start.elapsed().as_secs_f64(),
+                    lr: Some(lr),
+                };
+                last_train = report.metrics.clone();
+                self.log(&report, obs)?;
+                (window_time, window_steps) = (Duration::ZERO, 0);
+            }
+            if s < total {
+                if test_freq > 0 && s % test_freq == 0 && self.test.is_some() {
+                    self.test_report(start, obs)?;
+                }
+                if ckpt_freq > 0 && s % ckpt_freq == 0 {
+                    if let Some(p) = self.save_checkpoint()? {
+                        obs.event(Event::Checkpoint(&p));
+                    }
+                }
+            }
+        }
+        if window_steps > 0 {
+            let report = Report {
+                step: self.step,
+                phase: "train",
+                metrics: self.train.read_metrics()?,
+                samples_per_sec: Some(window_steps as f64 * batch / window_time.as_secs_f64().max(1e-9)),
+                elapsed: start.elapsed().as_secs_f64(),
+                lr: Some(lr),
+            };
+            last_train = report.metrics.clone();
+            self.log(&report, obs)?;
+        }
+        let test = if self.test.is_some() { self.test_report(start, obs)?.metrics } else { Vec::new() };
+        if trained_steps > 0 {
+            if let Some(p) = self.save_checkpoint()? {
+                obs.event(Event::Checkpoint(&p));
+            }
+        }
+        let summary = Summary {
+            job: self.job.name.clone(),
+            steps: self.step,
+            train: last_train,
+            test,
+            samples_per_sec: trained_steps as f64 * batch / train_time.as_secs_f64().max(1e-9),
+            wall_seconds: start.elapsed().as_secs_f64(),
+            device: description,
+            params: self.store.numel(),
+        };
+        if let Some(ws) = &self.workspace {
+            ws.write_summary(&summary.to_json())?;
+        }
+        obs.event(Event::Done(&summary));
+        Ok(summary)
+    }
+
+    fn test_report(&mut self, start: Instant, obs: &mut dyn Observer) -> Result<Report> {
+        let report = Report {
+            step: self.step,
+            phase: "test",
+            metrics: self.evaluate()?,
+            samples_per_sec: None,
+            elapsed: start.elapsed().as_secs_f64(),
+            lr: None,
+        };
+        self.log(&report, obs)?;
+        Ok(report)
+    }
+}

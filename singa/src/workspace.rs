@@ -1,0 +1,83 @@
+//! The workspace folder of a run: `metrics.jsonl`, `summary.json` and `checkpoints/`.
+
+use crate::checkpoint;
+use singa_core::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What a run leaves behind, and where.
+pub struct Workspace {
+    dir: PathBuf,
+    metrics: File,
+}
+
+/// How to treat a workspace that already holds a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse to start (the default: never lose a run's state by accident).
+    Refuse,
+    /// Continue the run from its latest checkpoint.
+    Resume,
+    /// Delete the old run's checkpoints and metrics and start over.
+    Overwrite,
+}
+
+impl Workspace {
+    /// Opens (creating) the workspace at `dir`.
+    pub fn open(dir: &Path, existing: Existing) -> Result<Workspace> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let ckpt_dir = dir.join("checkpoints");
+        let found = checkpoint::list(&ckpt_dir)?;
+        match existing {
+            Existing::Refuse if !found.is_empty() => {
+                return Err(Error::invalid(format!(
+                    "workspace {} already holds a run (checkpoint at step {}); pass --resume to continue it, --overwrite to start over, or choose another --workspace",
+                    dir.display(),
+                    found[0].0
+                )));
+            }
+            Existing::Overwrite => {
+                for (_, p) in &found {
+                    std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+                }
+                for f in ["metrics.jsonl", "summary.json"] {
+                    let p = dir.join(f);
+                    if p.exists() {
+                        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let path = dir.join("metrics.jsonl");
+        let metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Workspace { dir: dir.to_path_buf(), metrics })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where checkpoints go.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+
+    /// Appends one JSON object as a line of `metrics.jsonl`.
+    pub fn log(&mut self, record: &serde_json::Value) -> Result<()> {
+        let path = self.dir.join("metrics.jsonl");
+        writeln!(self.metrics, "{record}").map_err(|e| Error::io(&path, e))
+    }
+
+    /// Writes `summary.json` atomically.
+    pub fn write_summary(&self, summary: &serde_json::Value) -> Result<()> {
+        let text = serde_json::to_string_pretty(summary).map_err(|e| Error::invalid(e.to_string()))?;
+        checkpoint::write_atomically(&self.dir.join("summary.json"), format!("{text}\n").as_bytes())
+    }
+}
