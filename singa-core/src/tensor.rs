@@ -143,7 +143,7 @@ impl Tensor {
                 ),
             ));
         }
-        let row_len = if rows == 0 { 0 } else { self.numel() / rows };
+        let row_len = self.numel().checked_div(rows).unwrap_or(0);
         Ok(Tensor {
             storage: self.storage.clone(),
             offset: self.offset + start * row_len,

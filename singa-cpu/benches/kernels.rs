@@ -1,1 +1,219 @@
-fn main() {}
+//! Times the CPU device's operations on the shapes of the MNIST MLP benchmark (784-1000-500-10,
+//! batch 64), at 1 and 2 threads. Run with `cargo bench -p singa-cpu --bench kernels`.
+//!
+//! Each operation runs `REPS` times per sample, 15 samples; the table shows the median time of
+//! one call and, for matrix products, the GFLOP/s that time means.
+
+use singa_core::{BinaryOp, DType, DeviceRef, Dims3, ReduceOp, SgdArgs, Shape, Tensor, UnaryOp};
+use singa_cpu::CpuDevice;
+use std::time::Instant;
+
+const REPS: usize = 50;
+const SAMPLES: usize = 15;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time(mut f: impl FnMut()) -> f64 {
+    for _ in 0..REPS {
+        f();
+    }
+    let mut samples = Vec::new();
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        for _ in 0..REPS {
+            f();
+        }
+        samples.push(t.elapsed().as_secs_f64() / REPS as f64);
+    }
+    median(samples)
+}
+
+fn t(dev: &DeviceRef, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    Tensor::from_slice(dev, &data, Shape::new(shape).unwrap()).unwrap()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; accept and ignore arguments.
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let configs = [1usize, 2];
+    let mut results: Vec<Vec<(String, f64, Option<f64>)>> = Vec::new();
+    for &n in &configs {
+        let dev = DeviceRef::new(CpuDevice::new(n).unwrap());
+        let mut out = Vec::new();
+        // (name, m, n, k, trans_a, trans_b): forward x·W, weight gradient xᵀ·dy, input gradient dy·Wᵀ.
+        let gemms = [
+            (
+                "fc1 forward  64x784 · 784x1000",
+                64,
+                1000,
+                784,
+                false,
+                false,
+            ),
+            ("fc1 dW  784x64 · 64x1000", 784, 1000, 64, true, false),
+            (
+                "fc2 forward  64x1000 · 1000x500",
+                64,
+                500,
+                1000,
+                false,
+                false,
+            ),
+            ("fc2 dW  1000x64 · 64x500", 1000, 500, 64, true, false),
+            ("fc2 dX  64x500 · 500x1000", 64, 1000, 500, false, true),
+            ("fc3 forward  64x500 · 500x10", 64, 10, 500, false, false),
+            ("fc3 dW  500x64 · 64x10", 500, 10, 64, true, false),
+            ("fc3 dX  64x10 · 10x500", 64, 500, 10, false, true),
+        ];
+        let mut total_gemm = 0.0;
+        let mut total_flops = 0.0;
+        for (name, m, nn, k, ta, tb) in gemms {
+            let a = if ta {
+                t(&dev, &[k, m])
+            } else {
+                t(&dev, &[m, k])
+            };
+            let b = if tb {
+                t(&dev, &[nn, k])
+            } else {
+                t(&dev, &[k, nn])
+            };
+            let mut c = t(&dev, &[m, nn]);
+            let d = dev.clone();
+            let secs = time(|| d.matmul(1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
+            total_gemm += secs;
+            total_flops += 2.0 * (m * nn * k) as f64;
+            out.push((
+                name.to_string(),
+                secs,
+                Some(2.0 * (m * nn * k) as f64 / secs / 1e9),
+            ));
+        }
+        out.push((
+            "all matrix products of a step".into(),
+            total_gemm,
+            Some(total_flops / total_gemm / 1e9),
+        ));
+        let x = t(&dev, &[64, 1000]);
+        let mut y = t(&dev, &[64, 1000]);
+        let d = dev.clone();
+        out.push((
+            "relu 64x1000".into(),
+            time(|| d.unary(UnaryOp::Relu, &x, &mut y).unwrap()),
+            None,
+        ));
+        let dy = t(&dev, &[64, 1000]);
+        let mut dx = t(&dev, &[64, 1000]);
+        out.push((
+            "relu backward 64x1000".into(),
+            time(|| {
+                d.unary_backward(UnaryOp::Relu, &x, &y, &dy, &mut dx)
+                    .unwrap()
+            }),
+            None,
+        ));
+        let bias = t(&dev, &[1000]);
+        let dims = Dims3 {
+            outer: 64,
+            mid: 1000,
+            inner: 1,
+        };
+        out.push((
+            "bias add 64x1000".into(),
+            time(|| d.add_broadcast(dims, &bias, &mut y).unwrap()),
+            None,
+        ));
+        let mut db = t(&dev, &[1000]);
+        let rdims = Dims3 {
+            outer: 1,
+            mid: 64,
+            inner: 1000,
+        };
+        out.push((
+            "bias gradient 64x1000".into(),
+            time(|| {
+                d.reduce(ReduceOp::Sum, rdims, &dy, &mut db, 1.0, 0.0)
+                    .unwrap()
+            }),
+            None,
+        ));
+        let logits = t(&dev, &[64, 10]);
+        let labels =
+            Tensor::from_slice(&dev, &(0..64).map(|i| i % 10).collect::<Vec<i32>>(), [64]).unwrap();
+        let mut probs = t(&dev, &[64, 10]);
+        let mut stats = Tensor::zeros(&dev, [3], DType::F32).unwrap();
+        out.push((
+            "softmax cross-entropy 64x10".into(),
+            time(|| {
+                d.softmax_cross_entropy(&logits, &labels, &mut probs, &mut stats)
+                    .unwrap()
+            }),
+            None,
+        ));
+        let mut w = t(&dev, &[784, 1000]);
+        let g = t(&dev, &[784, 1000]);
+        let mut m = Tensor::zeros(&dev, [784, 1000], DType::F32).unwrap();
+        let args = SgdArgs {
+            lr: 1e-6,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+            grad_scale: 1.0,
+        };
+        out.push((
+            "sgd 784x1000".into(),
+            time(|| d.sgd_update(&mut w, &g, None, args).unwrap()),
+            None,
+        ));
+        out.push((
+            "sgd + momentum 784x1000".into(),
+            time(|| d.sgd_update(&mut w, &g, Some(&mut m), args).unwrap()),
+            None,
+        ));
+        let mut big = t(&dev, &[784, 1000]);
+        out.push((
+            "add 784x1000".into(),
+            time(|| d.binary(BinaryOp::Add, &g, &g, &mut big).unwrap()),
+            None,
+        ));
+        let mut host = vec![0.0f32; 64 * 784];
+        let input = t(&dev, &[64, 784]);
+        let mut input2 = input.clone();
+        out.push((
+            "host->device 64x784".into(),
+            time(|| input2.write_from(&host).unwrap()),
+            None,
+        ));
+        out.push((
+            "device->host 64x784".into(),
+            time(|| input.read_into(&mut host).unwrap()),
+            None,
+        ));
+        results.push(out);
+    }
+    for (i, (name, _, _)) in results[0].iter().enumerate() {
+        let cells = results
+            .iter()
+            .map(|r| {
+                let (_, secs, gflops) = &r[i];
+                match gflops {
+                    Some(g) => format!("{:.1} µs ({g:.0} GFLOP/s)", secs * 1e6),
+                    None => format!("{:.1} µs", secs * 1e6),
+                }
+            })
+            .collect();
+        rows.push((name.clone(), cells));
+    }
+    println!("| operation | 1 thread | 2 threads |");
+    println!("| --- | ---: | ---: |");
+    for (name, cells) in rows {
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+}

@@ -124,8 +124,9 @@ pub fn store(dtype: DType, bytes: &mut [u8], i: usize, value: f64) {
     let b = &mut bytes[i * s..(i + 1) * s];
     match dtype {
         DType::F32 => b.copy_from_slice(&(value as f32).to_le_bytes()),
-        DType::F16 => b.copy_from_slice(&f16::from_f64(value).to_le_bytes()),
-        DType::BF16 => b.copy_from_slice(&bf16::from_f64(value).to_le_bytes()),
+        // Through f32, as every device converts (`half`'s direct f64 path rounds differently).
+        DType::F16 => b.copy_from_slice(&f16::from_f32(value as f32).to_le_bytes()),
+        DType::BF16 => b.copy_from_slice(&bf16::from_f32(value as f32).to_le_bytes()),
         DType::I32 => b.copy_from_slice(&(value as i32).to_le_bytes()),
         DType::U8 => b[0] = value as u8,
     }

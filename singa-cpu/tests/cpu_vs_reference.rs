@@ -238,7 +238,7 @@ proptest! {
             d.random(&mut x, dist, seed, offset)?;
             x.to_vec::<f32>()
         });
-        prop_assert_eq!(got, want);
+        assert_identical(&got, &want, "random");
     }
 
     #[test]
@@ -323,7 +323,19 @@ proptest! {
             }
             Ok(out)
         });
-        prop_assert_eq!(got, want);
+        assert_identical(&got, &want, "copies/casts/fills");
+    }
+}
+
+fn assert_identical(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        panic!(
+            "{what}: element {i} of {}: cpu {}, reference {}",
+            got.len(),
+            got[i],
+            want[i]
+        );
     }
 }
 

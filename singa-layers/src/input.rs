@@ -43,7 +43,7 @@ impl LayerDef for ShardData {
             FieldSpec::new("scale", FieldKind::Float, "multiplies each value (1/255 maps bytes to [0, 1])").default(1.0),
             FieldSpec::new("mean", FieldKind::Float, "subtracted after scaling").default(0.0),
             FieldSpec::new("std", FieldKind::Float, "divides after subtracting the mean").default(1.0),
-            FieldSpec::new("prefetch", FieldKind::Int, "batches prepared ahead").default(2),
+            FieldSpec::new("prefetch", FieldKind::Int, "batches prepared ahead").default(4),
             FieldSpec::new(
                 "import",
                 FieldKind::Table,

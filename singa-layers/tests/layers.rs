@@ -150,7 +150,7 @@ fn dropout_keeps_about_the_right_fraction_and_passes_through_in_test() {
         &ty("dropout"),
         &Fields::new().with("dropout_ratio", 0.3),
         &dev,
-        &[spec.clone()],
+        std::slice::from_ref(&spec),
         7,
     )
     .unwrap();

@@ -22,7 +22,12 @@ pub trait TrainOneBatch: Send {
     fn name(&self) -> &'static str;
 
     /// Runs iteration `step` on `net`, giving each layer's gradients to `sink` when ready.
-    fn train_one_batch(&mut self, net: &mut NeuralNet, step: u64, sink: &mut dyn GradientSink) -> Result<()>;
+    fn train_one_batch(
+        &mut self,
+        net: &mut NeuralNet,
+        step: u64,
+        sink: &mut dyn GradientSink,
+    ) -> Result<()>;
 }
 
 /// Back-propagation for feed-forward nets: every layer forward, then every layer backward in
@@ -34,7 +39,12 @@ impl TrainOneBatch for Bp {
         "bp"
     }
 
-    fn train_one_batch(&mut self, net: &mut NeuralNet, _step: u64, sink: &mut dyn GradientSink) -> Result<()> {
+    fn train_one_batch(
+        &mut self,
+        net: &mut NeuralNet,
+        _step: u64,
+        sink: &mut dyn GradientSink,
+    ) -> Result<()> {
         net.forward(Phase::TRAIN)?;
         net.backward(Phase::TRAIN, &mut |net, i| sink.layer_done(net, i))
     }

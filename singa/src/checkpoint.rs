@@ -41,13 +41,16 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.strip_suffix(".safetensors")) {
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.strip_suffix(".safetensors"))
+        {
             if let Ok(step) = step.parse::<u64>() {
                 found.push((step, path));
             }
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     Ok(found)
 }
 
@@ -56,13 +59,26 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// Writes a checkpoint of `store` to `path` atomically.
-pub fn save(path: &Path, store: &ParamStore, state_names: &[String], meta: &CheckpointMeta) -> Result<()> {
+pub fn save(
+    path: &Path,
+    store: &ParamStore,
+    state_names: &[String],
+    meta: &CheckpointMeta,
+) -> Result<()> {
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for e in store.entries() {
         let shape = e.shape().dims().to_vec();
-        buffers.push((format!("param/{}", e.name), shape.clone(), f32_bytes(&e.value.to_vec::<f32>()?)));
+        buffers.push((
+            format!("param/{}", e.name),
+            shape.clone(),
+            f32_bytes(&e.value.to_vec::<f32>()?),
+        ));
         for (slot, t) in state_names.iter().zip(&e.state) {
-            buffers.push((format!("state/{}/{slot}", e.name), shape.clone(), f32_bytes(&t.to_vec::<f32>()?)));
+            buffers.push((
+                format!("state/{}/{slot}", e.name),
+                shape.clone(),
+                f32_bytes(&t.to_vec::<f32>()?),
+            ));
         }
     }
     let views: Vec<(String, TensorView<'_>)> = buffers
@@ -83,12 +99,16 @@ pub fn save(path: &Path, store: &ParamStore, state_names: &[String], meta: &Chec
         ("step", meta.step.to_string()),
         ("job", meta.job.clone()),
         ("updater", meta.updater.clone()),
-        ("layer_states", serde_json::Value::Object(layer_states).to_string()),
+        (
+            "layer_states",
+            serde_json::Value::Object(layer_states).to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::checkpoint(path, e))?;
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::checkpoint(path, e))?;
     write_atomically(path, &bytes)
 }
 
@@ -131,30 +151,57 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file: {e}")))?;
     let md = header.metadata().clone().unwrap_or_default();
     if md.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(Error::checkpoint(path, format!("not a singa checkpoint (format {:?}, expected {FORMAT:?})", md.get("format"))));
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "not a singa checkpoint (format {:?}, expected {FORMAT:?})",
+                md.get("format")
+            ),
+        ));
     }
-    let get = |k: &str| md.get(k).cloned().ok_or_else(|| Error::checkpoint(path, format!("metadata field {k:?} is missing")));
-    let step = get("step")?.parse().map_err(|_| Error::checkpoint(path, "metadata field \"step\" is not a number"))?;
-    let layer_states: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&get("layer_states")?)
-        .map_err(|e| Error::checkpoint(path, format!("metadata field \"layer_states\": {e}")))?;
+    let get = |k: &str| {
+        md.get(k)
+            .cloned()
+            .ok_or_else(|| Error::checkpoint(path, format!("metadata field {k:?} is missing")))
+    };
+    let step = get("step")?
+        .parse()
+        .map_err(|_| Error::checkpoint(path, "metadata field \"step\" is not a number"))?;
+    let layer_states: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&get("layer_states")?).map_err(|e| {
+            Error::checkpoint(path, format!("metadata field \"layer_states\": {e}"))
+        })?;
     let layer_states = layer_states
         .into_iter()
         .map(|(k, v)| {
-            let s: Vec<u64> = serde_json::from_value(v).map_err(|e| Error::checkpoint(path, format!("state of layer {k}: {e}")))?;
+            let s: Vec<u64> = serde_json::from_value(v)
+                .map_err(|e| Error::checkpoint(path, format!("state of layer {k}: {e}")))?;
             Ok((k, s))
         })
         .collect::<Result<_>>()?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(Error::checkpoint(path, format!("tensor {name} is {:?}, expected F32", view.dtype())));
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor {name} is {:?}, expected F32", view.dtype()),
+            ));
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         tensors.insert(name.to_string(), (view.shape().to_vec(), data));
     }
     Ok(Loaded {
         path: path.to_path_buf(),
-        meta: CheckpointMeta { step, job: get("job")?, updater: get("updater")?, layer_states },
+        meta: CheckpointMeta {
+            step,
+            job: get("job")?,
+            updater: get("updater")?,
+            layer_states,
+        },
         tensors,
     })
 }
@@ -163,24 +210,34 @@ impl Loaded {
     /// Copies the checkpoint into `store`, after checking that it was written for this net:
     /// the same parameters with the same shapes, and updater state for each of them.
     pub fn restore(&self, store: &mut ParamStore, state_names: &[String]) -> Result<()> {
-        let mismatch = |msg: String| Error::checkpoint(&self.path, format!("does not match this net: {msg}"));
+        let mismatch =
+            |msg: String| Error::checkpoint(&self.path, format!("does not match this net: {msg}"));
         let mut expected = 0;
         for e in store.entries() {
             let key = format!("param/{}", e.name);
             let Some((shape, _)) = self.tensors.get(&key) else {
-                return Err(mismatch(format!("it has no parameter {} (was it written for another net?)", e.name)));
+                return Err(mismatch(format!(
+                    "it has no parameter {} (was it written for another net?)",
+                    e.name
+                )));
             };
             if shape.as_slice() != e.shape().dims() {
                 return Err(mismatch(format!(
                     "parameter {} has shape {} in the checkpoint but {} in the net",
                     e.name,
-                    Shape::new(shape).map(|s| s.to_string()).unwrap_or_else(|_| format!("{shape:?}")),
+                    Shape::new(shape)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|_| format!("{shape:?}")),
                     e.shape()
                 )));
             }
             expected += 1;
             for slot in state_names {
-                if e.trainable && !self.tensors.contains_key(&format!("state/{}/{slot}", e.name)) {
+                if e.trainable
+                    && !self
+                        .tensors
+                        .contains_key(&format!("state/{}/{slot}", e.name))
+                {
                     return Err(mismatch(format!(
                         "it has no {slot} state for {} (was it written with another updater than {}?)",
                         e.name, self.meta.updater
@@ -188,7 +245,11 @@ impl Loaded {
                 }
             }
         }
-        let in_file = self.tensors.keys().filter(|k| k.starts_with("param/")).count();
+        let in_file = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with("param/"))
+            .count();
         if in_file != expected {
             let extra: Vec<&str> = self
                 .tensors
@@ -196,7 +257,10 @@ impl Loaded {
                 .filter_map(|k| k.strip_prefix("param/"))
                 .filter(|n| store.find(n).is_none())
                 .collect();
-            return Err(mismatch(format!("it has parameters the net does not: {}", extra.join(", "))));
+            return Err(mismatch(format!(
+                "it has parameters the net does not: {}",
+                extra.join(", ")
+            )));
         }
         for e in store.entries_mut() {
             let (_, data) = &self.tensors[&format!("param/{}", e.name)];

@@ -33,4 +33,4 @@ pub mod workspace;
 
 pub use config::JobConfig;
 pub use registry::Registry;
-pub use trainer::{Trainer, TrainOptions};
+pub use trainer::{TrainOptions, Trainer};

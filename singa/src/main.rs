@@ -145,11 +145,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train { job, workspace, resume, overwrite, threads, dry_run } => {
+        Command::Train {
+            job,
+            workspace,
+            resume,
+            overwrite,
+            threads,
+            dry_run,
+        } => {
             let config = JobConfig::from_file(&job)?;
             let registry = Registry::builtin();
             if dry_run {
-                let trainer = Trainer::new(&config, &registry, &TrainOptions { threads, ..Default::default() })?;
+                let trainer = Trainer::new(
+                    &config,
+                    &registry,
+                    &TrainOptions {
+                        threads,
+                        ..Default::default()
+                    },
+                )?;
                 println!("train net ({} params):", trainer.params().numel());
                 print!("{}", trainer.train_net().describe(trainer.params()));
                 if let Some(t) = trainer.test_net() {
@@ -164,28 +178,59 @@ fn run(cli: Cli) -> Result<()> {
                 (_, true) => Existing::Overwrite,
                 _ => Existing::Refuse,
             };
-            let options = TrainOptions { threads, workspace: Some(workspace.clone()), existing };
+            let options = TrainOptions {
+                threads,
+                workspace: Some(workspace.clone()),
+                existing,
+            };
             let mut trainer = Trainer::new(&config, &registry, &options)?;
-            eprintln!("job {} from {}; workspace {}", config.name, job.display(), workspace.display());
+            eprintln!(
+                "job {} from {}; workspace {}",
+                config.name,
+                job.display(),
+                workspace.display()
+            );
             trainer.run(&mut progress::Progress::new())?;
             Ok(())
         }
-        Command::Test { job, checkpoint, threads } => {
+        Command::Test {
+            job,
+            checkpoint,
+            threads,
+        } => {
             let config = JobConfig::from_file(&job)?;
-            let mut trainer = Trainer::new(&config, &Registry::builtin(), &TrainOptions { threads, ..Default::default() })?;
+            let mut trainer = Trainer::new(
+                &config,
+                &Registry::builtin(),
+                &TrainOptions {
+                    threads,
+                    ..Default::default()
+                },
+            )?;
             let step = trainer.load_params(&checkpoint)?;
-            let metrics = trainer.on_device_threads(|t| t.evaluate())?;
-            let report = Report { step, phase: "test", metrics, samples_per_sec: None, elapsed: 0.0, lr: None };
+            let metrics = trainer.evaluate()?;
+            let report = Report {
+                step,
+                phase: "test",
+                metrics,
+                samples_per_sec: None,
+                elapsed: 0.0,
+                lr: None,
+            };
             println!("{}", progress::report_line(&report));
             Ok(())
         }
-        Command::Data { command: DataCommand::Import { kind, src, dst } } => {
+        Command::Data {
+            command: DataCommand::Import { kind, src, dst },
+        } => {
             for (path, count) in singa_data::import::import(&kind, &src, &dst)? {
                 println!("wrote {} ({count} records)", path.display());
             }
             Ok(())
         }
-        Command::Data { command: DataCommand::Inspect { shard, records } } => {
+        Command::Data {
+            command: DataCommand::Inspect { shard, records },
+        } => {
             print!("{}", singa_data::inspect::inspect(&shard, records)?);
             Ok(())
         }
@@ -193,11 +238,29 @@ fn run(cli: Cli) -> Result<()> {
             list_types(&Registry::builtin());
             Ok(())
         }
-        Command::Bench { threads, warmup, windows, steps, data } => {
-            if !data.join("train-images-idx3-ubyte.gz").exists() && !data.join("train.shard").exists() {
-                return Err(Error::io(&data, "no MNIST data here (run from the repository root, or pass --data DIR)"));
+        Command::Bench {
+            threads,
+            warmup,
+            windows,
+            steps,
+            data,
+        } => {
+            if !data.join("train-images-idx3-ubyte.gz").exists()
+                && !data.join("train.shard").exists()
+            {
+                return Err(Error::io(
+                    &data,
+                    "no MNIST data here (run from the repository root, or pass --data DIR)",
+                ));
             }
-            bench::run(&bench::BenchOptions { threads, warmup, windows, steps, data, allocations })
+            bench::run(&bench::BenchOptions {
+                threads,
+                warmup,
+                windows,
+                steps,
+                data,
+                allocations,
+            })
         }
     }
 }
@@ -211,7 +274,12 @@ fn list_types(registry: &Registry) {
                 singa_core::abi::ROption::RNone if f.required => " (required)".to_string(),
                 singa_core::abi::ROption::RNone => String::new(),
             };
-            println!("    {:<14} {:<8}{default}  {}", f.name.as_str(), format!("{:?}", f.kind).to_lowercase(), f.doc);
+            println!(
+                "    {:<14} {:<8}{default}  {}",
+                f.name.as_str(),
+                format!("{:?}", f.kind).to_lowercase(),
+                f.doc
+            );
         }
     };
     println!("Layer types (every layer also takes name, type, srclayers, include, exclude, partition_dim, [[layer.param]]):\n");

@@ -81,7 +81,11 @@ fn phase_name(p: Phase) -> &'static str {
 /// Orders the layers so that every layer comes after its sources (Kahn's algorithm, keeping
 /// the job file's order among independent layers).
 fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Result<Vec<usize>> {
-    let index: HashMap<&str, usize> = layers.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.as_str(), i))
+        .collect();
     let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
     let mut deps: Vec<Vec<usize>> = Vec::with_capacity(layers.len());
     for l in layers {
@@ -89,11 +93,16 @@ fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Resul
         for r in &l.srclayers {
             let (src, _) = split_ref(r);
             let Some(&i) = index.get(src) else {
-                let hint = nearest(src, &names).map(|n| format!("; did you mean {n:?}?")).unwrap_or_default();
+                let hint = nearest(src, &names)
+                    .map(|n| format!("; did you mean {n:?}?"))
+                    .unwrap_or_default();
                 return Err(Error::config(
                     file,
                     format!("layer[{}].srclayers", l.name),
-                    format!("no layer named {src:?} in the {} net{hint}", phase_name(phase)),
+                    format!(
+                        "no layer named {src:?} in the {} net{hint}",
+                        phase_name(phase)
+                    ),
                 ));
             };
             d.push(i);
@@ -110,11 +119,17 @@ fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Resul
                 order.push(i);
             }
             None => {
-                let stuck: Vec<&str> = (0..layers.len()).filter(|&i| !placed[i]).map(|i| names[i]).collect();
+                let stuck: Vec<&str> = (0..layers.len())
+                    .filter(|&i| !placed[i])
+                    .map(|i| names[i])
+                    .collect();
                 return Err(Error::config(
                     file,
                     format!("layer[{}].srclayers", stuck[0]),
-                    format!("the layers {} form a cycle; a net must be acyclic", stuck.join(", ")),
+                    format!(
+                        "the layers {} form a cycle; a net must be acyclic",
+                        stuck.join(", ")
+                    ),
                 ));
             }
         }
@@ -126,18 +141,32 @@ impl NeuralNet {
     /// Builds the net of `phase` from a validated job: creates and sets up every layer on `dev`,
     /// registering parameters in `store` (the test net reuses the train net's), and allocates
     /// every output and gradient tensor.
-    pub fn build(job: &JobConfig, registry: &Registry, dev: &DeviceRef, store: &mut ParamStore, phase: Phase) -> Result<NeuralNet> {
+    pub fn build(
+        job: &JobConfig,
+        registry: &Registry,
+        dev: &DeviceRef,
+        store: &mut ParamStore,
+        phase: Phase,
+    ) -> Result<NeuralNet> {
         let file = job.origin.file.as_str();
         let configs: Vec<&LayerConfig> = job.layers.iter().filter(|l| l.in_phase(phase)).collect();
         if configs.is_empty() {
-            return Err(Error::config(file, "layer", format!("no layer belongs to the {} net", phase_name(phase))));
+            return Err(Error::config(
+                file,
+                "layer",
+                format!("no layer belongs to the {} net", phase_name(phase)),
+            ));
         }
         for (i, l) in configs.iter().enumerate() {
             if configs[..i].iter().any(|o| o.name == l.name) {
                 return Err(Error::config(
                     file,
                     format!("layer[{}].name", l.name),
-                    format!("two layers of the {} net are called {:?}", phase_name(phase), l.name),
+                    format!(
+                        "two layers of the {} net are called {:?}",
+                        phase_name(phase),
+                        l.name
+                    ),
                 ));
             }
         }
@@ -149,7 +178,11 @@ impl NeuralNet {
             let cfg = configs[ci];
             let context = || format!("layer {} ({})", cfg.name, cfg.type_name);
             let ty = registry.layer(&cfg.type_name).ok_or_else(|| {
-                Error::config(file, format!("layer[{}].type", cfg.name), format!("unknown layer type {:?}", cfg.type_name))
+                Error::config(
+                    file,
+                    format!("layer[{}].type", cfg.name),
+                    format!("unknown layer type {:?}", cfg.type_name),
+                )
             })?;
             // Resolve the sources to (layer, output) pairs.
             let mut sources = Vec::new();
@@ -160,7 +193,11 @@ impl NeuralNet {
                 let specs = &layers[p].output_specs;
                 let o = match out {
                     None if specs.is_empty() => {
-                        return Err(Error::config(file, format!("layer[{}].srclayers", cfg.name), format!("layer {src:?} has no outputs to read")));
+                        return Err(Error::config(
+                            file,
+                            format!("layer[{}].srclayers", cfg.name),
+                            format!("layer {src:?} has no outputs to read"),
+                        ));
                     }
                     None => 0,
                     Some(o) => specs.iter().position(|s| s.name == o).ok_or_else(|| {
@@ -168,7 +205,10 @@ impl NeuralNet {
                         Error::config(
                             file,
                             format!("layer[{}].srclayers", cfg.name),
-                            format!("layer {src:?} has no output {o:?} (its outputs: {})", names.join(", ")),
+                            format!(
+                                "layer {src:?} has no output {o:?} (its outputs: {})",
+                                names.join(", ")
+                            ),
                         )
                     })?,
                 };
@@ -195,15 +235,28 @@ impl NeuralNet {
                 base_dir: base_dir.as_str().into(),
                 seed: derive_seed(job.seed, &cfg.name),
             };
-            let output_specs = layer.setup(&ctx, param_factory(&mut factory)).into_result().context(context)?.into_vec();
+            let output_specs = layer
+                .setup(&ctx, param_factory(&mut factory))
+                .into_result()
+                .context(context)?
+                .into_vec();
             factory.check_configs_used().context(context)?;
             let params = factory.used;
             let outputs = output_specs
                 .iter()
                 .map(|s| Tensor::zeros(dev, s.shape, s.dtype))
                 .collect::<Result<Vec<_>>>()?;
-            let inputs = sources.iter().map(|&(p, o)| layers[p].outputs[o].clone()).collect();
-            let metric_names = layer.metric_names().into_result().context(context)?.into_iter().map(|s| s.into_string()).collect();
+            let inputs = sources
+                .iter()
+                .map(|&(p, o)| layers[p].outputs[o].clone())
+                .collect();
+            let metric_names = layer
+                .metric_names()
+                .into_result()
+                .context(context)?
+                .into_iter()
+                .map(|s| s.into_string())
+                .collect();
             position.insert(cfg.name.as_str(), layers.len());
             layers.push(NetLayer {
                 name: cfg.name.clone(),
@@ -221,7 +274,11 @@ impl NeuralNet {
                 metric_names,
             });
         }
-        let mut net = NeuralNet { phase, dev: dev.clone(), layers };
+        let mut net = NeuralNet {
+            phase,
+            dev: dev.clone(),
+            layers,
+        };
         if phase.is_train() {
             net.allocate_gradients(store)?;
         }
@@ -304,7 +361,11 @@ impl NeuralNet {
     pub fn forward_layer(&mut self, i: usize, phase: Phase) -> Result<()> {
         let l = &mut self.layers[i];
         l.layer
-            .forward(phase, l.inputs.as_slice().into(), l.outputs.as_mut_slice().into())
+            .forward(
+                phase,
+                l.inputs.as_slice().into(),
+                l.outputs.as_mut_slice().into(),
+            )
             .into_result()
             .map_err(|e| e.context(format!("layer {} ({}) forward", l.name, l.type_name)))
     }
@@ -343,7 +404,11 @@ impl NeuralNet {
 
     /// Every layer backward, in reverse order; `after(i)` runs once layer `i` is done (to send
     /// or apply the gradients it produced while the rest of the pass goes on).
-    pub fn backward(&mut self, phase: Phase, after: &mut dyn FnMut(&mut NeuralNet, usize) -> Result<()>) -> Result<()> {
+    pub fn backward(
+        &mut self,
+        phase: Phase,
+        after: &mut dyn FnMut(&mut NeuralNet, usize) -> Result<()>,
+    ) -> Result<()> {
         for i in (0..self.layers.len()).rev() {
             self.backward_layer(i, phase)?;
             after(self, i)?;
@@ -354,7 +419,11 @@ impl NeuralNet {
     /// The metrics averaged since the last call, from every layer that reports some (names are
     /// prefixed with the layer's name when several layers report metrics).
     pub fn read_metrics(&mut self) -> Result<Vec<(String, f64)>> {
-        let reporting = self.layers.iter().filter(|l| !l.metric_names.is_empty()).count();
+        let reporting = self
+            .layers
+            .iter()
+            .filter(|l| !l.metric_names.is_empty())
+            .count();
         let mut out = Vec::new();
         for l in &mut self.layers {
             if l.metric_names.is_empty() {
@@ -366,7 +435,11 @@ impl NeuralNet {
                 .into_result()
                 .map_err(|e| e.context(format!("layer {} metrics", l.name)))?;
             for (name, v) in l.metric_names.iter().zip(values) {
-                let key = if reporting > 1 { format!("{}/{name}", l.name) } else { name.clone() };
+                let key = if reporting > 1 {
+                    format!("{}/{name}", l.name)
+                } else {
+                    name.clone()
+                };
                 out.push((key, v));
             }
         }
@@ -377,7 +450,11 @@ impl NeuralNet {
     pub fn layer_states(&self) -> Result<Vec<(String, Vec<u64>)>> {
         let mut out = Vec::new();
         for l in &self.layers {
-            let s = l.layer.state().into_result().map_err(|e| e.context(format!("layer {} state", l.name)))?;
+            let s = l
+                .layer
+                .state()
+                .into_result()
+                .map_err(|e| e.context(format!("layer {} state", l.name)))?;
             if !s.is_empty() {
                 out.push((l.name.clone(), s.into_vec()));
             }
@@ -407,10 +484,18 @@ impl NeuralNet {
                 .iter()
                 .map(|&(p, o)| {
                     let src = &self.layers[p];
-                    if o == 0 { src.name.clone() } else { format!("{}:{}", src.name, src.output_specs[o].name) }
+                    if o == 0 {
+                        src.name.clone()
+                    } else {
+                        format!("{}:{}", src.name, src.output_specs[o].name)
+                    }
                 })
                 .collect();
-            let outs: Vec<String> = l.output_specs.iter().map(|o| format!("{} {}", o.shape, o.dtype)).collect();
+            let outs: Vec<String> = l
+                .output_specs
+                .iter()
+                .map(|o| format!("{} {}", o.shape, o.dtype))
+                .collect();
             let _ = write!(s, "  {:<10} {:<15}", l.name, l.type_name);
             if !srcs.is_empty() {
                 let _ = write!(s, " <- {}", srcs.join(", "));
@@ -423,7 +508,11 @@ impl NeuralNet {
                 .iter()
                 .map(|&p| {
                     let e = &store.entries()[p];
-                    format!("{} {}", e.name.rsplit('/').next().unwrap_or(&e.name), e.shape())
+                    format!(
+                        "{} {}",
+                        e.name.rsplit('/').next().unwrap_or(&e.name),
+                        e.shape()
+                    )
                 })
                 .collect();
             if !params.is_empty() {

@@ -4,7 +4,9 @@
 use crate::config::ParamConfig;
 use singa_core::abi::RResult;
 use singa_core::rng::derive_seed;
-use singa_core::{DType, DeviceRef, Error, Param, ParamFactory, ParamSpec, Phase, Result, Shape, Tensor};
+use singa_core::{
+    DType, DeviceRef, Error, Param, ParamFactory, ParamSpec, Phase, Result, Shape, Tensor,
+};
 use std::collections::HashMap;
 
 /// One parameter and everything the runtime keeps about it.
@@ -115,7 +117,11 @@ impl NetParams<'_> {
             }
             self.store.by_name.insert(full.clone(), id);
             self.used.push(id);
-            return Ok(Param { name: full.into(), value: e.value.clone(), grad });
+            return Ok(Param {
+                name: full.into(),
+                value: e.value.clone(),
+                grad,
+            });
         }
         if let Some(id) = self.store.find(&full) {
             // The test net reuses the train net's parameters.
@@ -124,18 +130,32 @@ impl NetParams<'_> {
                 return Err(mismatch(e.shape(), "the same parameter in the train net"));
             }
             self.used.push(id);
-            return Ok(Param { name: full.into(), value: e.value.clone(), grad: e.grads[0].clone() });
+            return Ok(Param {
+                name: full.into(),
+                value: e.value.clone(),
+                grad: e.grads[0].clone(),
+            });
         }
         let init = cfg.and_then(|c| c.init).unwrap_or(spec.init);
         let mut value = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
-        init.apply(self.dev, &mut value, spec.fan_in, spec.fan_out, derive_seed(self.seed, &full))?;
+        init.apply(
+            self.dev,
+            &mut value,
+            spec.fan_in,
+            spec.fan_out,
+            derive_seed(self.seed, &full),
+        )?;
         let grad = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
         let id = self.store.entries.len();
         self.store.entries.push(ParamEntry {
             name: full.clone(),
             value: value.clone(),
             grads: vec![grad.clone()],
-            users: if self.phase.is_train() { vec![self.layer_index] } else { vec![] },
+            users: if self.phase.is_train() {
+                vec![self.layer_index]
+            } else {
+                vec![]
+            },
             lr_mult: cfg.map_or(1.0, |c| c.lr_mult),
             wd_mult: cfg.map_or(1.0, |c| c.wd_mult),
             trainable: spec.trainable,
@@ -143,7 +163,11 @@ impl NetParams<'_> {
         });
         self.store.by_name.insert(full.clone(), id);
         self.used.push(id);
-        Ok(Param { name: full.into(), value, grad })
+        Ok(Param {
+            name: full.into(),
+            value,
+            grad,
+        })
     }
 
     /// Fails if the job configures a parameter the layer does not have.
@@ -153,7 +177,11 @@ impl NetParams<'_> {
                 return Err(Error::invalid(format!(
                     "[[layer.param]] {:?} does not match a parameter of this layer (it has {})",
                     c.name,
-                    if self.asked.is_empty() { "none".to_string() } else { self.asked.join(", ") }
+                    if self.asked.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.asked.join(", ")
+                    }
                 )));
             }
         }

@@ -33,10 +33,12 @@ impl Registry {
     pub fn builtin() -> Registry {
         let mut r = Registry::default();
         for t in singa_layers::layer_types() {
-            r.add_layer(t, Provenance::BuiltIn).expect("built-in layer names are unique");
+            r.add_layer(t, Provenance::BuiltIn)
+                .expect("built-in layer names are unique");
         }
         for t in singa_layers::updater_types() {
-            r.add_updater(t, Provenance::BuiltIn).expect("built-in updater names are unique");
+            r.add_updater(t, Provenance::BuiltIn)
+                .expect("built-in updater names are unique");
         }
         r
     }
@@ -67,12 +69,18 @@ impl Registry {
 
     /// The layer type called `name`.
     pub fn layer(&self, name: &str) -> Option<&LayerType> {
-        self.layers.iter().find(|(t, _)| t.name == name).map(|(t, _)| t)
+        self.layers
+            .iter()
+            .find(|(t, _)| t.name == name)
+            .map(|(t, _)| t)
     }
 
     /// The updater type called `name`.
     pub fn updater(&self, name: &str) -> Option<&UpdaterType> {
-        self.updaters.iter().find(|(t, _)| t.name == name).map(|(t, _)| t)
+        self.updaters
+            .iter()
+            .find(|(t, _)| t.name == name)
+            .map(|(t, _)| t)
     }
 
     /// Every layer type with its origin.

@@ -9,7 +9,6 @@ use crate::params::ParamStore;
 use crate::registry::Registry;
 use crate::workspace::{Existing, Workspace};
 use singa_core::{DType, DeviceRef, Error, Phase, Result, Tensor, UpdateArgs, UpdaterBox};
-use singa_cpu::Threads;
 use singa_layers::schedule::LrSchedule;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -55,7 +54,10 @@ pub struct Report {
 impl Report {
     /// The value of metric `name`.
     pub fn get(&self, name: &str) -> Option<f64> {
-        self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 
     /// The line of `metrics.jsonl`.
@@ -164,7 +166,6 @@ pub struct Trainer {
     job: JobConfig,
     schedule: LrSchedule,
     dev: DeviceRef,
-    threads: Option<Threads>,
     store: ParamStore,
     train: NeuralNet,
     test: Option<NeuralNet>,
@@ -206,7 +207,13 @@ impl GradientSink for LocalUpdates<'_> {
                 grad_scale: 1.0,
             };
             self.updater
-                .update(self.step, &args, &mut e.value, &e.grads[0], e.state.as_mut_slice().into())
+                .update(
+                    self.step,
+                    &args,
+                    &mut e.value,
+                    &e.grads[0],
+                    e.state.as_mut_slice().into(),
+                )
                 .into_result()
                 .map_err(|err| err.context(format!("updating {}", e.name)))?;
         }
@@ -219,12 +226,17 @@ impl Trainer {
     /// (resuming from its latest checkpoint when asked).
     pub fn new(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
         let Validated { job, schedule } = job.validate(registry)?;
-        let created = device::create(&job.device, options.threads)?;
-        let dev = created.device;
+        let dev = device::create(&job.device, options.threads)?;
         let mut store = ParamStore::new();
         let train = NeuralNet::build(&job, registry, &dev, &mut store, Phase::TRAIN)?;
         let test = if job.test_steps > 0 {
-            Some(NeuralNet::build(&job, registry, &dev, &mut store, Phase::TEST)?)
+            Some(NeuralNet::build(
+                &job,
+                registry,
+                &dev,
+                &mut store,
+                Phase::TEST,
+            )?)
         } else {
             None
         };
@@ -236,7 +248,12 @@ impl Trainer {
         let updater = (ut.create)(&job.updater.fields)
             .into_result()
             .map_err(|e| Error::config(&job.origin.file, "updater", e))?;
-        let state_names: Vec<String> = updater.state_names().into_result()?.into_iter().map(|s| s.into_string()).collect();
+        let state_names: Vec<String> = updater
+            .state_names()
+            .into_result()?
+            .into_iter()
+            .map(|s| s.into_string())
+            .collect();
         for e in store.entries_mut() {
             if e.trainable {
                 e.state = state_names
@@ -260,7 +277,6 @@ impl Trainer {
             job,
             schedule,
             dev,
-            threads: created.threads,
             store,
             train,
             test,
@@ -290,7 +306,9 @@ impl Trainer {
                     self.restore(&loaded)?;
                     return Ok(());
                 }
-                Err(e) => self.pending_warnings.push(format!("skipping unreadable checkpoint: {e}")),
+                Err(e) => self
+                    .pending_warnings
+                    .push(format!("skipping unreadable checkpoint: {e}")),
             }
         }
         Ok(())
@@ -300,7 +318,9 @@ impl Trainer {
     pub fn restore(&mut self, loaded: &checkpoint::Loaded) -> Result<()> {
         loaded.restore(&mut self.store, &self.state_names)?;
         for (layer, state) in &loaded.meta.layer_states {
-            self.train.restore_layer_state(layer, state).map_err(|e| Error::checkpoint(&loaded.path, e))?;
+            self.train
+                .restore_layer_state(layer, state)
+                .map_err(|e| Error::checkpoint(&loaded.path, e))?;
         }
         self.step = loaded.meta.step;
         Ok(())
@@ -343,14 +363,6 @@ impl Trainer {
         self.step
     }
 
-    /// Runs `f` on the device's threads (so parallel kernels start without a hand-over).
-    pub fn on_device_threads<R: Send>(&mut self, f: impl FnOnce(&mut Trainer) -> R + Send) -> R {
-        match self.threads.clone() {
-            Some(t) => t.install(|| f(self)),
-            None => f(self),
-        }
-    }
-
     /// One training step (TrainOneBatch and the updates); returns its learning rate.
     pub fn train_step(&mut self) -> Result<f32> {
         let lr = self.schedule.lr(self.step);
@@ -377,10 +389,13 @@ impl Trainer {
     /// Runs `test_steps` batches of the test data (from its start) and returns the metrics.
     pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
         let steps = self.job.test_steps;
-        let test = self
-            .test
-            .as_mut()
-            .ok_or_else(|| Error::config(&self.job.origin.file, "test_steps", "the job has no test net (set test_steps)"))?;
+        let test = self.test.as_mut().ok_or_else(|| {
+            Error::config(
+                &self.job.origin.file,
+                "test_steps",
+                "the job has no test net (set test_steps)",
+            )
+        })?;
         for (name, s) in &self.test_start {
             test.restore_layer_state(name, s)?;
         }
@@ -393,7 +408,9 @@ impl Trainer {
 
     /// Writes a checkpoint into the workspace; returns its path.
     pub fn save_checkpoint(&mut self) -> Result<Option<PathBuf>> {
-        let Some(ws) = &self.workspace else { return Ok(None) };
+        let Some(ws) = &self.workspace else {
+            return Ok(None);
+        };
         let path = ws.checkpoint_dir().join(checkpoint::file_name(self.step));
         let meta = CheckpointMeta {
             step: self.step,
@@ -414,21 +431,25 @@ impl Trainer {
     }
 
     /// Trains to `train_steps`, reporting, testing and checkpointing as the job says, and
-    /// writes `summary.json`. Runs on the device's threads.
+    /// writes `summary.json`.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
-        self.on_device_threads(|t| t.run_here(obs))
-    }
-
-    fn run_here(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
         let start = Instant::now();
         for w in std::mem::take(&mut self.pending_warnings) {
             obs.event(Event::Warning(&w));
         }
         let description = self.dev.info().description.into_string();
         let total = self.job.train_steps;
-        obs.event(Event::Start { first_step: self.step, train_steps: total, device: &description });
+        obs.event(Event::Start {
+            first_step: self.step,
+            train_steps: total,
+            device: &description,
+        });
         let batch = self.train.batch_size() as f64;
-        let (display, test_freq, ckpt_freq) = (self.job.display_freq, self.job.test_freq, self.job.checkpoint_freq);
+        let (display, test_freq, ckpt_freq) = (
+            self.job.display_freq,
+            self.job.test_freq,
+            self.job.checkpoint_freq,
+        );
         let mut train_time = Duration::ZERO;
         let mut trained_steps = 0u64;
         let (mut window_time, mut window_steps) = (Duration::ZERO, 0u64);
@@ -444,12 +465,14 @@ impl Trainer {
             trained_steps += 1;
             obs.event(Event::Step(self.step));
             let s = self.step;
-            if display > 0 && s % display == 0 {
+            if display > 0 && s.is_multiple_of(display) {
                 let report = Report {
                     step: s,
                     phase: "train",
                     metrics: self.train.read_metrics()?,
-                    samples_per_sec: Some(window_steps as f64 * batch / window_time.as_secs_f64().max(1e-9)),
+                    samples_per_sec: Some(
+                        window_steps as f64 * batch / window_time.as_secs_f64().max(1e-9),
+                    ),
                     elapsed: start.elapsed().as_secs_f64(),
                     lr: Some(lr),
                 };
@@ -458,10 +481,10 @@ impl Trainer {
                 (window_time, window_steps) = (Duration::ZERO, 0);
             }
             if s < total {
-                if test_freq > 0 && s % test_freq == 0 && self.test.is_some() {
+                if test_freq > 0 && s.is_multiple_of(test_freq) && self.test.is_some() {
                     self.test_report(start, obs)?;
                 }
-                if ckpt_freq > 0 && s % ckpt_freq == 0 {
+                if ckpt_freq > 0 && s.is_multiple_of(ckpt_freq) {
                     if let Some(p) = self.save_checkpoint()? {
                         obs.event(Event::Checkpoint(&p));
                     }
@@ -473,14 +496,20 @@ impl Trainer {
                 step: self.step,
                 phase: "train",
                 metrics: self.train.read_metrics()?,
-                samples_per_sec: Some(window_steps as f64 * batch / window_time.as_secs_f64().max(1e-9)),
+                samples_per_sec: Some(
+                    window_steps as f64 * batch / window_time.as_secs_f64().max(1e-9),
+                ),
                 elapsed: start.elapsed().as_secs_f64(),
                 lr: Some(lr),
             };
             last_train = report.metrics.clone();
             self.log(&report, obs)?;
         }
-        let test = if self.test.is_some() { self.test_report(start, obs)?.metrics } else { Vec::new() };
+        let test = if self.test.is_some() {
+            self.test_report(start, obs)?.metrics
+        } else {
+            Vec::new()
+        };
         if trained_steps > 0 {
             if let Some(p) = self.save_checkpoint()? {
                 obs.event(Event::Checkpoint(&p));

@@ -56,7 +56,10 @@ impl Workspace {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Workspace { dir: dir.to_path_buf(), metrics })
+        Ok(Workspace {
+            dir: dir.to_path_buf(),
+            metrics,
+        })
     }
 
     /// The folder.
@@ -77,7 +80,11 @@ impl Workspace {
 
     /// Writes `summary.json` atomically.
     pub fn write_summary(&self, summary: &serde_json::Value) -> Result<()> {
-        let text = serde_json::to_string_pretty(summary).map_err(|e| Error::invalid(e.to_string()))?;
-        checkpoint::write_atomically(&self.dir.join("summary.json"), format!("{text}\n").as_bytes())
+        let text =
+            serde_json::to_string_pretty(summary).map_err(|e| Error::invalid(e.to_string()))?;
+        checkpoint::write_atomically(
+            &self.dir.join("summary.json"),
+            format!("{text}\n").as_bytes(),
+        )
     }
 }

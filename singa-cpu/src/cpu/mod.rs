@@ -6,6 +6,7 @@ mod gemm;
 pub mod math;
 mod parallel;
 mod reduce;
+mod sgemm;
 pub mod simd;
 
 use crate::memory::{self, bytes, bytes_mut, check_host_len, convert, load, store};
@@ -13,8 +14,8 @@ use elementwise as ew;
 pub use parallel::Threads;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
-    catch_panic, BinaryOp, BufHandle, BufView, DType, Device, DeviceInfo, DeviceRef, Dims3,
-    Distribution, Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
+    catch_panic, BinaryOp, BufHandle, BufView, DType, Device, DeviceInfo, Dims3, Distribution,
+    Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
 };
 
 const NAME: &str = "cpu";
@@ -36,6 +37,7 @@ const ELEMENTWISE_GRAIN: usize = 1 << 16;
 #[derive(Clone)]
 pub struct CpuDevice {
     threads: Threads,
+    scratch: std::sync::Arc<gemm::Scratch>,
 }
 
 impl CpuDevice {
@@ -43,15 +45,8 @@ impl CpuDevice {
     pub fn new(threads: usize) -> Result<CpuDevice> {
         Ok(CpuDevice {
             threads: Threads::new(threads)?,
+            scratch: Default::default(),
         })
-    }
-
-    /// A CPU device already wrapped as a [`DeviceRef`], with a handle on its threads for
-    /// [`Threads::install`].
-    pub fn create(threads: usize) -> Result<(DeviceRef, Threads)> {
-        let dev = CpuDevice::new(threads)?;
-        let t = dev.threads.clone();
-        Ok((DeviceRef::new(dev), t))
     }
 
     /// The device's threads.
@@ -98,7 +93,7 @@ impl CpuDevice {
             return Ok(());
         }
         // SAFETY: the views satisfy the trait contract.
-        unsafe { gemm::gemm(&self.threads, args) }
+        unsafe { gemm::gemm(&self.threads, &self.scratch, args) }
     }
 
     fn cast_impl(&self, src: BufView, dst: BufView) -> Result<()> {
@@ -141,9 +136,9 @@ impl CpuDevice {
                 DType::I32 => memory::slice_mut::<i32>(NAME, dst, "fill")?.fill(value as i32),
                 DType::U8 => memory::slice_mut::<u8>(NAME, dst, "fill")?.fill(value as u8),
                 DType::F16 => memory::slice_mut::<half::f16>(NAME, dst, "fill")?
-                    .fill(half::f16::from_f64(value)),
+                    .fill(half::f16::from_f32(value as f32)),
                 DType::BF16 => memory::slice_mut::<half::bf16>(NAME, dst, "fill")?
-                    .fill(half::bf16::from_f64(value)),
+                    .fill(half::bf16::from_f32(value as f32)),
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ use singa_core::{BufView, Dims3, Error, ReduceOp, Result};
 const BLOCK: usize = 256;
 
 /// `y[o, i] = beta·y[o, i] + alpha·reduce_m x[o, m, i]` for outer indices `os..oe`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn reduce(
     op: ReduceOp,
     d: Dims3,

@@ -28,8 +28,14 @@ pub struct BenchOptions {
 /// The MLP of the peer benchmarks: 784-1000-500-10, ReLU, softmax cross-entropy, plain SGD
 /// with learning rate 0.1, batch 64, MNIST scaled to [0, 1].
 pub fn mlp_job(data: &std::path::Path, threads: usize) -> JobConfig {
-    let import = Fields::new().with("kind", "mnist").with("src", data.display().to_string());
-    let dense = |name: &str, src: &str, n: usize| LayerConfig::new(name, "inner_product").src(src).field("num_output", n);
+    let import = Fields::new()
+        .with("kind", "mnist")
+        .with("src", data.display().to_string());
+    let dense = |name: &str, src: &str, n: usize| {
+        LayerConfig::new(name, "inner_product")
+            .src(src)
+            .field("num_output", n)
+    };
     JobConfig::new("bench-mlp")
         .train_steps(u64::MAX / 2)
         .display_freq(0)
@@ -48,7 +54,11 @@ pub fn mlp_job(data: &std::path::Path, threads: usize) -> JobConfig {
         .layer(dense("fc2", "relu1", 500))
         .layer(LayerConfig::new("relu2", "relu").src("fc2"))
         .layer(dense("fc3", "relu2", 10))
-        .layer(LayerConfig::new("loss", "softmax_loss").src("fc3").src("data:label"))
+        .layer(
+            LayerConfig::new("loss", "softmax_loss")
+                .src("fc3")
+                .src("data:label"),
+        )
 }
 
 /// Runs the benchmark and prints its table.
@@ -61,34 +71,46 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let batch = trainer.train_net().batch_size() as f64;
     let device = trainer.device().info().description.into_string();
     println!("singa bench: MLP 784-1000-500-10, batch 64, SGD lr 0.1, on {device}");
-    println!("protocol: {} warm-up steps, then {} windows of {} steps", opts.warmup, opts.windows, opts.steps);
+    println!(
+        "protocol: {} warm-up steps, then {} windows of {} steps",
+        opts.warmup, opts.windows, opts.steps
+    );
     let (warmup, windows, steps, count) = (opts.warmup, opts.windows, opts.steps, opts.allocations);
-    let measured = trainer.on_device_threads(move |t| -> Result<Vec<(f64, u64)>> {
-        for _ in 0..warmup {
-            t.train_step()?;
+    for _ in 0..warmup {
+        trainer.train_step()?;
+    }
+    let mut measured = Vec::new();
+    for _ in 0..windows {
+        let a0 = count();
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            trainer.train_step()?;
         }
-        let mut out = Vec::new();
-        for _ in 0..windows {
-            let a0 = count();
-            let t0 = Instant::now();
-            for _ in 0..steps {
-                t.train_step()?;
-            }
-            out.push((t0.elapsed().as_secs_f64(), count() - a0));
-        }
-        Ok(out)
-    })?;
+        measured.push((t0.elapsed().as_secs_f64(), count() - a0));
+    }
     println!("\n| window | steps | seconds | samples/s | allocations/step |");
     println!("| ---: | ---: | ---: | ---: | ---: |");
     let mut rates = Vec::new();
     for (i, (secs, allocs)) in measured.iter().enumerate() {
         let rate = steps as f64 * batch / secs;
         rates.push(rate);
-        println!("| {} | {steps} | {secs:.3} | {} | {:.2} |", i + 1, thousands(rate), *allocs as f64 / steps as f64);
+        println!(
+            "| {} | {steps} | {secs:.3} | {} | {:.2} |",
+            i + 1,
+            thousands(rate),
+            *allocs as f64 / steps as f64
+        );
     }
     rates.sort_by(|a, b| a.total_cmp(b));
     let metrics = trainer.train_metrics()?;
-    let loss = metrics.iter().find(|(k, _)| k == "loss").map(|(_, v)| *v).unwrap_or(f64::NAN);
-    println!("\nmedian: {} samples/s   (final window mean loss {loss:.4})", thousands(rates[rates.len() / 2]));
+    let loss = metrics
+        .iter()
+        .find(|(k, _)| k == "loss")
+        .map(|(_, v)| *v)
+        .unwrap_or(f64::NAN);
+    println!(
+        "\nmedian: {} samples/s   (final window mean loss {loss:.4})",
+        thousands(rates[rates.len() / 2])
+    );
     Ok(())
 }

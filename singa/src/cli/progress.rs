@@ -72,13 +72,20 @@ impl Progress {
 impl Observer for Progress {
     fn event(&mut self, event: Event<'_>) {
         match event {
-            Event::Start { first_step, train_steps, device } => {
+            Event::Start {
+                first_step,
+                train_steps,
+                device,
+            } => {
                 self.print(&format!(
                     "training on {device}: steps {}..{train_steps}",
                     first_step + 1
                 ));
                 if std::io::stderr().is_terminal() {
-                    let bar = ProgressBar::with_draw_target(Some(train_steps), ProgressDrawTarget::stderr());
+                    let bar = ProgressBar::with_draw_target(
+                        Some(train_steps),
+                        ProgressDrawTarget::stderr(),
+                    );
                     bar.set_style(
                         ProgressStyle::with_template("{bar:32.cyan/blue} {pos:>6}/{len} steps  {per_sec:>12}  eta {eta:>4}  {msg}")
                             .expect("a valid template")
@@ -95,7 +102,11 @@ impl Observer for Progress {
             }
             Event::Report(r) => {
                 if let (Some(bar), "train") = (&self.bar, r.phase) {
-                    let msg: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                    let msg: Vec<String> = r
+                        .metrics
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect();
                     bar.set_message(msg.join("  "));
                 }
                 self.print(&report_line(r));

@@ -18,19 +18,33 @@ pub(super) fn from_file(path: &Path) -> Result<JobConfig> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    from_str(&text, Origin { file: path.display().to_string(), base_dir })
+    from_str(
+        &text,
+        Origin {
+            file: path.display().to_string(),
+            base_dir,
+        },
+    )
 }
 
 pub(super) fn from_str(text: &str, origin: Origin) -> Result<JobConfig> {
     let table: Table = text.parse().map_err(|e: toml::de::Error| {
         Error::config(&origin.file, "syntax", condense_toml_error(&e.to_string()))
     })?;
-    parse_job(&Section { origin: &origin, path: String::new(), table: &table })
+    parse_job(&Section {
+        origin: &origin,
+        path: String::new(),
+        table: &table,
+    })
 }
 
 /// The TOML error as one line: its position and its reason, without the source excerpt.
 fn condense_toml_error(msg: &str) -> String {
-    let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let position = lines
         .first()
         .map(|l| l.trim_start_matches("TOML parse error at ").to_string())
@@ -89,7 +103,8 @@ impl<'a> Section<'a> {
     }
 
     fn required_str(&self, key: &str) -> Result<String> {
-        self.str(key)?.ok_or_else(|| self.err(key, "missing; expected a string"))
+        self.str(key)?
+            .ok_or_else(|| self.err(key, "missing; expected a string"))
     }
 
     fn u64(&self, key: &str) -> Result<Option<u64>> {
@@ -120,7 +135,11 @@ impl<'a> Section<'a> {
     fn table(&self, key: &str) -> Result<Option<Section<'a>>> {
         match self.table.get(key) {
             None => Ok(None),
-            Some(Value::Table(t)) => Ok(Some(Section { origin: self.origin, path: self.field_path(key), table: t })),
+            Some(Value::Table(t)) => Ok(Some(Section {
+                origin: self.origin,
+                path: self.field_path(key),
+                table: t,
+            })),
             Some(v) => Err(self.wrong(key, "a table", v)),
         }
     }
@@ -142,14 +161,22 @@ impl<'a> Section<'a> {
     }
 
     /// An array of tables (`[[key]]`), each named by `label` in messages.
-    fn tables(&self, key: &str, label: impl Fn(usize, &Table) -> String) -> Result<Vec<Section<'a>>> {
+    fn tables(
+        &self,
+        key: &str,
+        label: impl Fn(usize, &Table) -> String,
+    ) -> Result<Vec<Section<'a>>> {
         match self.table.get(key) {
             None => Ok(Vec::new()),
             Some(Value::Array(a)) => a
                 .iter()
                 .enumerate()
                 .map(|(i, v)| match v {
-                    Value::Table(t) => Ok(Section { origin: self.origin, path: self.field_path(&label(i, t)), table: t }),
+                    Value::Table(t) => Ok(Section {
+                        origin: self.origin,
+                        path: self.field_path(&label(i, t)),
+                        table: t,
+                    }),
                     other => Err(self.wrong(key, &format!("a list of tables ([[{key}]])"), other)),
                 })
                 .collect(),
@@ -193,7 +220,11 @@ fn to_field_value(v: &Value) -> std::result::Result<FieldValue, String> {
         Value::Float(f) => FieldValue::Float(*f),
         Value::Boolean(b) => FieldValue::Bool(*b),
         Value::Datetime(d) => return Err(format!("dates are not valid field values (got {d})")),
-        Value::Array(a) => FieldValue::List(a.iter().map(to_field_value).collect::<std::result::Result<_, _>>()?),
+        Value::Array(a) => FieldValue::List(
+            a.iter()
+                .map(to_field_value)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
         Value::Table(t) => {
             let mut f = Fields::new();
             for (k, v) in t {
@@ -230,7 +261,9 @@ fn parse_job(s: &Section<'_>) -> Result<JobConfig> {
             other => return Err(s.err("algorithm", choice_message(other, &Algorithm::NAMES))),
         };
     }
-    job.train_steps = s.u64("train_steps")?.ok_or_else(|| s.err("train_steps", "missing; expected a non-negative integer"))?;
+    job.train_steps = s
+        .u64("train_steps")?
+        .ok_or_else(|| s.err("train_steps", "missing; expected a non-negative integer"))?;
     job.display_freq = s.u64("display_freq")?.unwrap_or(job.display_freq);
     job.test_freq = s.u64("test_freq")?.unwrap_or(0);
     job.test_steps = s.u64("test_steps")?.unwrap_or(0);
@@ -239,7 +272,10 @@ fn parse_job(s: &Section<'_>) -> Result<JobConfig> {
     if let Some(d) = s.table("device")? {
         job.device = parse_device(&d)?;
     }
-    job.updater = parse_updater(&s.table("updater")?.ok_or_else(|| s.err("updater", "missing; expected an [updater] table"))?)?;
+    job.updater = parse_updater(
+        &s.table("updater")?
+            .ok_or_else(|| s.err("updater", "missing; expected an [updater] table"))?,
+    )?;
     if let Some(c) = s.table("cluster")? {
         job.cluster = parse_cluster(&c)?;
     }
@@ -255,7 +291,9 @@ fn parse_job(s: &Section<'_>) -> Result<JobConfig> {
 }
 
 fn choice_message(got: &str, choices: &[&str]) -> String {
-    let hint = nearest(got, choices).map(|n| format!("; did you mean {n:?}?")).unwrap_or_default();
+    let hint = nearest(got, choices)
+        .map(|n| format!("; did you mean {n:?}?"))
+        .unwrap_or_default();
     format!("{got:?} is not one of {}{hint}", choices.join(", "))
 }
 
@@ -297,7 +335,12 @@ fn parse_updater(s: &Section<'_>) -> Result<UpdaterConfig> {
 }
 
 fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
-    let keys = ["nworker_groups", "nworkers_per_group", "nserver_groups", "nservers_per_group"];
+    let keys = [
+        "nworker_groups",
+        "nworkers_per_group",
+        "nserver_groups",
+        "nservers_per_group",
+    ];
     s.only(&keys)?;
     let mut c = ClusterConfig::default();
     for (key, slot) in keys.iter().zip([
@@ -316,7 +359,16 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
 }
 
 /// The keys every `[[layer]]` has; the rest belong to the layer type.
-pub(super) const LAYER_KEYS: [&str; 8] = ["name", "type", "srclayers", "include", "exclude", "partition_dim", "param", "params"];
+pub(super) const LAYER_KEYS: [&str; 8] = [
+    "name",
+    "type",
+    "srclayers",
+    "include",
+    "exclude",
+    "partition_dim",
+    "param",
+    "params",
+];
 
 fn parse_phase(s: &Section<'_>, key: &str, name: &str) -> Result<Phase> {
     match name {
@@ -329,12 +381,23 @@ fn parse_phase(s: &Section<'_>, key: &str, name: &str) -> Result<Phase> {
 
 fn parse_layer(s: &Section<'_>) -> Result<LayerConfig> {
     if s.table.contains_key("params") {
-        return Err(s.err("params", "unknown field; did you mean `param` ([[layer.param]])?"));
+        return Err(s.err(
+            "params",
+            "unknown field; did you mean `param` ([[layer.param]])?",
+        ));
     }
     let mut l = LayerConfig::new(&s.required_str("name")?, &s.required_str("type")?);
     l.srclayers = s.strings("srclayers")?;
-    l.include = s.strings("include")?.iter().map(|p| parse_phase(s, "include", p)).collect::<Result<_>>()?;
-    l.exclude = s.strings("exclude")?.iter().map(|p| parse_phase(s, "exclude", p)).collect::<Result<_>>()?;
+    l.include = s
+        .strings("include")?
+        .iter()
+        .map(|p| parse_phase(s, "include", p))
+        .collect::<Result<_>>()?;
+    l.exclude = s
+        .strings("exclude")?
+        .iter()
+        .map(|p| parse_phase(s, "exclude", p))
+        .collect::<Result<_>>()?;
     l.partition_dim = s.i32("partition_dim")?.unwrap_or(-1);
     l.params = s
         .tables("param", |i, t| match t.get("name") {
@@ -356,13 +419,28 @@ fn parse_param(s: &Section<'_>) -> Result<ParamConfig> {
     p.share_from = s.str("share_from")?;
     p.init = match s.table.get("init") {
         None => None,
-        Some(Value::String(name)) => Some(init_from(s, "init", name, &Section { origin: s.origin, path: s.field_path("init"), table: &Table::new() })?),
+        Some(Value::String(name)) => Some(init_from(
+            s,
+            "init",
+            name,
+            &Section {
+                origin: s.origin,
+                path: s.field_path("init"),
+                table: &Table::new(),
+            },
+        )?),
         Some(Value::Table(_)) => {
             let t = s.table("init")?.expect("checked above");
             let kind = t.required_str("type")?;
             Some(init_from(&t, "type", &kind, &t)?)
         }
-        Some(v) => return Err(s.wrong("init", "an init name or a table like { type = \"gaussian\", std = 0.01 }", v)),
+        Some(v) => {
+            return Err(s.wrong(
+                "init",
+                "an init name or a table like { type = \"gaussian\", std = 0.01 }",
+                v,
+            ))
+        }
     };
     Ok(p)
 }
@@ -370,25 +448,62 @@ fn parse_param(s: &Section<'_>) -> Result<ParamConfig> {
 /// Builds the init `kind` from the keys of `t` (reported under `t`'s path).
 fn init_from(s: &Section<'_>, key: &str, kind: &str, t: &Section<'_>) -> Result<Init> {
     let num = |k: &str, default: Option<f32>| -> Result<f32> {
-        t.f32(k)?.or(default).ok_or_else(|| t.err(k, format!("missing; the {kind} init needs it (a number)")))
+        t.f32(k)?
+            .or(default)
+            .ok_or_else(|| t.err(k, format!("missing; the {kind} init needs it (a number)")))
     };
     let scale = || num("scale", Some(1.0));
     let (init, keys): (Init, &[&str]) = match kind {
-        "constant" => (Init::Constant { value: num("value", None)? }, &["type", "value"]),
-        "uniform" => (Init::Uniform { low: num("low", None)?, high: num("high", None)? }, &["type", "low", "high"]),
-        "gaussian" => (Init::Gaussian { mean: num("mean", Some(0.0))?, std: num("std", None)? }, &["type", "mean", "std"]),
-        "gaussian_sqrt_fan_in" => (
-            Init::GaussianSqrtFanIn { mean: num("mean", Some(0.0))?, std: num("std", Some(1.0))? },
+        "constant" => (
+            Init::Constant {
+                value: num("value", None)?,
+            },
+            &["type", "value"],
+        ),
+        "uniform" => (
+            Init::Uniform {
+                low: num("low", None)?,
+                high: num("high", None)?,
+            },
+            &["type", "low", "high"],
+        ),
+        "gaussian" => (
+            Init::Gaussian {
+                mean: num("mean", Some(0.0))?,
+                std: num("std", None)?,
+            },
             &["type", "mean", "std"],
         ),
-        "uniform_sqrt_fan_in" => (Init::UniformSqrtFanIn { scale: scale()? }, &["type", "scale"]),
-        "xavier_uniform" | "glorot_uniform" | "uniform_sqrt_fan_in_out" => (Init::XavierUniform { scale: scale()? }, &["type", "scale"]),
-        "xavier_normal" | "glorot_normal" => (Init::XavierNormal { scale: scale()? }, &["type", "scale"]),
-        "he_uniform" | "kaiming_uniform" => (Init::HeUniform { scale: scale()? }, &["type", "scale"]),
+        "gaussian_sqrt_fan_in" => (
+            Init::GaussianSqrtFanIn {
+                mean: num("mean", Some(0.0))?,
+                std: num("std", Some(1.0))?,
+            },
+            &["type", "mean", "std"],
+        ),
+        "uniform_sqrt_fan_in" => (
+            Init::UniformSqrtFanIn { scale: scale()? },
+            &["type", "scale"],
+        ),
+        "xavier_uniform" | "glorot_uniform" | "uniform_sqrt_fan_in_out" => {
+            (Init::XavierUniform { scale: scale()? }, &["type", "scale"])
+        }
+        "xavier_normal" | "glorot_normal" => {
+            (Init::XavierNormal { scale: scale()? }, &["type", "scale"])
+        }
+        "he_uniform" | "kaiming_uniform" => {
+            (Init::HeUniform { scale: scale()? }, &["type", "scale"])
+        }
         "he_normal" | "kaiming_normal" => (Init::HeNormal { scale: scale()? }, &["type", "scale"]),
         other => {
             let mut names: Vec<&str> = Init::NAMES.to_vec();
-            names.extend(["glorot_uniform", "glorot_normal", "kaiming_uniform", "kaiming_normal", "uniform_sqrt_fan_in_out"]);
+            names.extend([
+                "glorot_uniform",
+                "glorot_normal",
+                "kaiming_uniform",
+                "kaiming_normal",
+                "uniform_sqrt_fan_in_out",
+            ]);
             return Err(s.err(key, choice_message(other, &names)));
         }
     };
@@ -401,7 +516,13 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<JobConfig> {
-        from_str(text, Origin { file: "job.toml".into(), base_dir: ".".into() })
+        from_str(
+            text,
+            Origin {
+                file: "job.toml".into(),
+                base_dir: ".".into(),
+            },
+        )
     }
 
     const MINIMAL: &str = r#"
@@ -427,24 +548,40 @@ num_output = 3
     #[test]
     fn errors_name_file_field_and_expectation() {
         let e = parse(&MINIMAL.replace("train_steps = 10", "train_steps = \"ten\"")).unwrap_err();
-        assert_eq!(e.to_string(), "job.toml: train_steps: expected a non-negative integer, got the string \"ten\"");
+        assert_eq!(
+            e.to_string(),
+            "job.toml: train_steps: expected a non-negative integer, got the string \"ten\""
+        );
         let e = parse(&MINIMAL.replace("train_steps", "train_stpes")).unwrap_err();
-        assert_eq!(e.to_string(), "job.toml: train_stpes: unknown field; did you mean `train_steps`?");
+        assert_eq!(
+            e.to_string(),
+            "job.toml: train_stpes: unknown field; did you mean `train_steps`?"
+        );
         let e = parse(&format!("{MINIMAL}[[layer.param]]\nname = \"weight\"\ninit = {{ type = \"gausian\", std = 1 }}\n")).unwrap_err();
         assert_eq!(
             e.to_string(),
             "job.toml: layer[fc].param[weight].init.type: \"gausian\" is not one of constant, uniform, gaussian, gaussian_sqrt_fan_in, uniform_sqrt_fan_in, xavier_uniform, xavier_normal, he_uniform, he_normal, glorot_uniform, glorot_normal, kaiming_uniform, kaiming_normal, uniform_sqrt_fan_in_out; did you mean \"gaussian\"?"
         );
-        let e = parse(&format!("{MINIMAL}[[layer.param]]\nname = \"weight\"\ninit = {{ type = \"gaussian\" }}\n")).unwrap_err();
+        let e = parse(&format!(
+            "{MINIMAL}[[layer.param]]\nname = \"weight\"\ninit = {{ type = \"gaussian\" }}\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.to_string(), "job.toml: layer[fc].param[weight].init.std: missing; the gaussian init needs it (a number)");
         let e = parse("name = \"x\"\ntrain_steps = [").unwrap_err();
-        assert!(e.to_string().starts_with("job.toml: syntax: line 2, column"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("job.toml: syntax: line 2, column"),
+            "{e}"
+        );
         assert_eq!(e.to_string().lines().count(), 1);
     }
 
     #[test]
     fn param_inits() {
-        let j = parse(&format!("{MINIMAL}[[layer.param]]\nname = \"weight\"\ninit = \"he_normal\"\nlr_mult = 2\n")).unwrap();
+        let j = parse(&format!(
+            "{MINIMAL}[[layer.param]]\nname = \"weight\"\ninit = \"he_normal\"\nlr_mult = 2\n"
+        ))
+        .unwrap();
         let p = &j.layers[0].params[0];
         assert_eq!(p.init, Some(Init::HeNormal { scale: 1.0 }));
         assert_eq!(p.lr_mult, 2.0);

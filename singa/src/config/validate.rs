@@ -27,7 +27,10 @@ impl JobConfig {
             return Err(err("train_steps", "expected at least 1".into()));
         }
         if self.test_freq > 0 && self.test_steps == 0 {
-            return Err(err("test_steps", "missing; test_freq is set, so say how many batches a test runs".into()));
+            return Err(err(
+                "test_steps",
+                "missing; test_freq is set, so say how many batches a test runs".into(),
+            ));
         }
         let c = &self.cluster;
         for (name, v) in [
@@ -48,30 +51,51 @@ impl JobConfig {
         // The updater and its schedule.
         let u = &mut job.updater;
         let Some(ut) = registry.updater(&u.type_name) else {
-            return Err(err("updater.type", unknown_type(&u.type_name, &registry.updater_names(), "updater")));
+            return Err(err(
+                "updater.type",
+                unknown_type(&u.type_name, &registry.updater_names(), "updater"),
+            ));
         };
-        u.fields = check_fields(&ut.fields, &UPDATER_KEYS, &u.fields).map_err(|(f, m)| err(&format!("updater.{f}"), m))?;
-        let lr_specs = LrSchedule::fields(&u.learning_rate.kind).map_err(|e| err("updater.learning_rate.type", e.to_string()))?;
+        u.fields = check_fields(&ut.fields, &UPDATER_KEYS, &u.fields)
+            .map_err(|(f, m)| err(&format!("updater.{f}"), m))?;
+        let lr_specs = LrSchedule::fields(&u.learning_rate.kind)
+            .map_err(|e| err("updater.learning_rate.type", e.to_string()))?;
         u.learning_rate.fields = check_fields(&lr_specs, &["type"], &u.learning_rate.fields)
             .map_err(|(f, m)| err(&format!("updater.learning_rate.{f}"), m))?;
-        let schedule = u.learning_rate.schedule().map_err(|e| err("updater.learning_rate", e.to_string()))?;
-        if !(u.weight_decay >= 0.0) {
-            return Err(err("updater.weight_decay", format!("expected a non-negative number, got {}", u.weight_decay)));
+        let schedule = u
+            .learning_rate
+            .schedule()
+            .map_err(|e| err("updater.learning_rate", e.to_string()))?;
+        if u.weight_decay.is_nan() || u.weight_decay < 0.0 {
+            return Err(err(
+                "updater.weight_decay",
+                format!("expected a non-negative number, got {}", u.weight_decay),
+            ));
         }
 
         // The layers.
         for l in &mut job.layers {
             let at = |field: &str| format!("layer[{}].{field}", l.name);
             let Some(t) = registry.layer(&l.type_name) else {
-                return Err(err(&at("type"), unknown_type(&l.type_name, &registry.layer_names(), "layer")));
+                return Err(err(
+                    &at("type"),
+                    unknown_type(&l.type_name, &registry.layer_names(), "layer"),
+                ));
             };
-            l.fields = check_fields(&t.fields, &LAYER_KEYS, &l.fields).map_err(|(f, m)| err(&at(&f), m))?;
+            l.fields = check_fields(&t.fields, &LAYER_KEYS, &l.fields)
+                .map_err(|(f, m)| err(&at(&f), m))?;
             if !(-1..=1).contains(&l.partition_dim) {
-                return Err(err(&at("partition_dim"), format!("expected -1, 0 or 1, got {}", l.partition_dim)));
+                return Err(err(
+                    &at("partition_dim"),
+                    format!("expected -1, 0 or 1, got {}", l.partition_dim),
+                ));
             }
             for p in &l.params {
-                if !(p.lr_mult >= 0.0 && p.wd_mult >= 0.0) {
-                    return Err(err(&at(&format!("param[{}]", p.name)), "lr_mult and wd_mult must be non-negative".into()));
+                if p.lr_mult.is_nan() || p.wd_mult.is_nan() || p.lr_mult < 0.0 || p.wd_mult < 0.0 {
+                    return Err(err(
+                        &at(&format!("param[{}]", p.name)),
+                        "lr_mult and wd_mult must be non-negative".into(),
+                    ));
                 }
             }
         }
@@ -80,12 +104,21 @@ impl JobConfig {
 }
 
 fn unknown_type(name: &str, known: &[&str], what: &str) -> String {
-    let hint = nearest(name, known).map(|n| format!("; did you mean {n:?}?")).unwrap_or_default();
-    format!("unknown {what} type {name:?} (known: {}){hint}", known.join(", "))
+    let hint = nearest(name, known)
+        .map(|n| format!("; did you mean {n:?}?"))
+        .unwrap_or_default();
+    format!(
+        "unknown {what} type {name:?} (known: {}){hint}",
+        known.join(", ")
+    )
 }
 
 /// Validates a type's fields, suggesting among its fields and the common keys for typos.
-fn check_fields(specs: &[FieldSpec], common: &[&str], given: &Fields) -> std::result::Result<Fields, (String, String)> {
+fn check_fields(
+    specs: &[FieldSpec],
+    common: &[&str],
+    given: &Fields,
+) -> std::result::Result<Fields, (String, String)> {
     validate_fields(specs, given).map_err(|e| {
         if e.message.starts_with("unknown field") {
             let mut known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -117,17 +150,43 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let r = Registry::builtin();
-        let e = job().layer(LayerConfig::new("x", "inner_prodcut")).validate(&r).unwrap_err();
-        assert!(e.to_string().starts_with("<code>: layer[x].type: unknown layer type \"inner_prodcut\""), "{e}");
-        assert!(e.to_string().ends_with("did you mean \"inner_product\"?"), "{e}");
+        let e = job()
+            .layer(LayerConfig::new("x", "inner_prodcut"))
+            .validate(&r)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("<code>: layer[x].type: unknown layer type \"inner_prodcut\""),
+            "{e}"
+        );
+        assert!(
+            e.to_string().ends_with("did you mean \"inner_product\"?"),
+            "{e}"
+        );
         let mut j = job();
         j.layers[0].fields.set("num_ouput", 3);
         let e = j.validate(&r).unwrap_err();
-        assert_eq!(e.to_string(), "<code>: layer[fc].num_ouput: unknown field; did you mean `num_output`?");
-        let e = job().updater(UpdaterConfig::sgd(0.1).field("momentun", 0.9)).validate(&r).unwrap_err();
-        assert_eq!(e.to_string(), "<code>: updater.momentun: unknown field; did you mean `momentum`?");
+        assert_eq!(
+            e.to_string(),
+            "<code>: layer[fc].num_ouput: unknown field; did you mean `num_output`?"
+        );
+        let e = job()
+            .updater(UpdaterConfig::sgd(0.1).field("momentun", 0.9))
+            .validate(&r)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "<code>: updater.momentun: unknown field; did you mean `momentum`?"
+        );
         let mut j = job();
-        j.cluster = ClusterConfig { nworker_groups: 2, ..Default::default() };
-        assert!(j.validate(&r).unwrap_err().to_string().contains("cluster.nworker_groups"));
+        j.cluster = ClusterConfig {
+            nworker_groups: 2,
+            ..Default::default()
+        };
+        assert!(j
+            .validate(&r)
+            .unwrap_err()
+            .to_string()
+            .contains("cluster.nworker_groups"));
     }
 }

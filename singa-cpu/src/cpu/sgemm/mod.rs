@@ -1,0 +1,314 @@
+//! Single-precision matrix multiply for x86-64 with AVX-512 or AVX2, on one thread.
+//!
+//! Why not only the `gemm` crate: on the shapes of training with a small batch it packs and
+//! allocates on every call (tens of allocations per training step) and reaches about 220
+//! GFLOP/s per core; this kernel packs into buffers the device keeps (no allocation once warmed
+//! up) and reads the right operand in place when it is stored row-major, which is the common
+//! case (weights forward, output gradients backward). Other dtypes and CPUs without AVX2 still
+//! use the `gemm` crate. Measured in docs/PERFORMANCE.md.
+//!
+//! The structure is the classic one (Goto, BLIS): the depth is cut into blocks that keep a
+//! strip of B in L1; op(A) is packed into panels of `MR` rows stored depth-major, so the kernel
+//! broadcasts consecutive values; the kernel accumulates an `MR × NR` tile of C in registers.
+
+mod avx2;
+mod avx512;
+
+use super::simd::{level, Level};
+
+/// A row-major matrix operand: base address, row stride, and whether it is stored transposed.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand {
+    /// Address of element (0, 0) as stored.
+    pub ptr: *const f32,
+    /// Row stride as stored.
+    pub ld: usize,
+    /// Whether the stored matrix is the transpose of the operand.
+    pub trans: bool,
+}
+
+impl Operand {
+    /// Element `(i, j)` of the operand (not of the stored matrix).
+    #[inline(always)]
+    unsafe fn at(&self, i: usize, j: usize) -> *const f32 {
+        if self.trans {
+            self.ptr.add(j * self.ld + i)
+        } else {
+            self.ptr.add(i * self.ld + j)
+        }
+    }
+}
+
+/// Reusable packing space of one thread.
+#[derive(Default)]
+pub struct Workspace {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// Whether this CPU runs these kernels (else callers use the `gemm` crate).
+pub fn available() -> bool {
+    matches!(level(), Level::Avx512 | Level::Avx2)
+}
+
+/// Registers per kernel row for `n` columns: narrow products get narrow tiles.
+fn vectors(n: usize) -> usize {
+    match level() {
+        Level::Avx512 => n.div_ceil(avx512::LANES).clamp(1, 3),
+        _ => n.div_ceil(avx2::LANES).clamp(1, 2),
+    }
+}
+
+/// The kernel's tile for `n` columns: (rows, columns).
+fn tile(n: usize) -> (usize, usize) {
+    match level() {
+        Level::Avx512 => (avx512::MR, avx512::LANES * vectors(n)),
+        _ => (avx2::MR, avx2::LANES * vectors(n)),
+    }
+}
+
+/// Depth per block: the largest even split of `k` into blocks of at most 256.
+fn depth_block(k: usize) -> usize {
+    const MAX: usize = 256;
+    let blocks = k.div_ceil(MAX).max(1);
+    k.div_ceil(blocks)
+}
+
+/// The packing space [`gemm`] needs for an `m × n × k` product (so it can be reserved up
+/// front, before threads start).
+pub fn workspace_size(m: usize, n: usize, k: usize, trans_b: bool) -> (usize, usize) {
+    let (mr, nr) = tile(n);
+    let kc = depth_block(k);
+    let a = m.next_multiple_of(mr) * kc;
+    let b = if trans_b {
+        kc * n.next_multiple_of(nr)
+    } else {
+        0
+    };
+    (a, b)
+}
+
+impl Workspace {
+    /// Grows the buffers to at least the given sizes.
+    pub fn reserve(&mut self, (a, b): (usize, usize)) {
+        if self.a.len() < a {
+            self.a.resize(a, 0.0);
+        }
+        if self.b.len() < b {
+            self.b.resize(b, 0.0);
+        }
+    }
+}
+
+/// `C = alpha · op(A) · op(B) + beta · C` for an `m × n` C with row stride `ldc`; op(A) is
+/// `m × k`, op(B) is `k × n`. When `beta == 0`, C is not read.
+///
+/// # Safety
+/// [`available`] is true; the operands cover their extents; `ws` was reserved with
+/// [`workspace_size`] for these dimensions.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    ws: &mut Workspace,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (mr, nr) = tile(n);
+    let nv = vectors(n);
+    let kc_max = depth_block(k);
+    let mut p0 = 0;
+    while p0 < k {
+        let kc = kc_max.min(k - p0);
+        let beta_block = if p0 == 0 { beta } else { 1.0 };
+        pack_a(&mut ws.a, mr, m, kc, &a, p0);
+        // op(B) stored row-major is read in place; stored transposed, it is packed.
+        let (b_ptr, ldb) = if b.trans {
+            pack_b(&mut ws.b, nr, n, kc, &b, p0);
+            (ws.b.as_ptr(), nr)
+        } else {
+            (b.at(p0, 0), b.ld)
+        };
+        let mut j = 0;
+        while j < n {
+            let cols = nr.min(n - j);
+            // Panel j of a packed B starts at j·kc; in place, at column j.
+            let bj = if b.trans {
+                b_ptr.add(j * kc)
+            } else {
+                b_ptr.add(j)
+            };
+            let mut i = 0;
+            while i < m {
+                let rows = mr.min(m - i);
+                let ai = ws.a.as_ptr().add(i * kc);
+                let cij = c.add(i * ldc + j);
+                match (level(), nv) {
+                    (Level::Avx512, 1) => avx512::kernel::<1>(
+                        kc, ai, bj, ldb, cij, ldc, rows, cols, alpha, beta_block,
+                    ),
+                    (Level::Avx512, 2) => avx512::kernel::<2>(
+                        kc, ai, bj, ldb, cij, ldc, rows, cols, alpha, beta_block,
+                    ),
+                    (Level::Avx512, _) => avx512::kernel::<3>(
+                        kc, ai, bj, ldb, cij, ldc, rows, cols, alpha, beta_block,
+                    ),
+                    (_, 1) => {
+                        avx2::kernel::<1>(kc, ai, bj, ldb, cij, ldc, rows, cols, alpha, beta_block)
+                    }
+                    _ => {
+                        avx2::kernel::<2>(kc, ai, bj, ldb, cij, ldc, rows, cols, alpha, beta_block)
+                    }
+                }
+                i += mr;
+            }
+            j += nr;
+        }
+        p0 += kc;
+    }
+}
+
+/// Packs rows `0..m`, depth `p0..p0+kc` of op(A) into panels of `mr` rows, each stored
+/// depth-major (`mr` consecutive values per depth step), rows past `m` zero.
+unsafe fn pack_a(buf: &mut [f32], mr: usize, m: usize, kc: usize, a: &Operand, p0: usize) {
+    for (panel, out) in buf[..m.next_multiple_of(mr) * kc]
+        .chunks_exact_mut(mr * kc)
+        .enumerate()
+    {
+        let i0 = panel * mr;
+        let rows = mr.min(m - i0);
+        if a.trans {
+            // op(A)(i, p) = stored(p, i): each depth step is a contiguous run of rows.
+            for p in 0..kc {
+                let src = std::slice::from_raw_parts(a.at(i0, p0 + p), rows);
+                let dst = &mut out[p * mr..(p + 1) * mr];
+                dst[..rows].copy_from_slice(src);
+                dst[rows..].fill(0.0);
+            }
+            continue;
+        }
+        // Rows are contiguous in the depth: transpose 8 × 8 blocks where they fit.
+        let mut p = 0;
+        if mr == 8 && rows == 8 && has_avx() {
+            while p + 8 <= kc {
+                transpose8x8(a.at(i0, p0 + p), a.ld, out.as_mut_ptr().add(p * 8), 8);
+                p += 8;
+            }
+        }
+        for r in 0..mr {
+            for q in p..kc {
+                out[q * mr + r] = if r < rows { *a.at(i0 + r, p0 + q) } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Packs depth `p0..p0+kc`, columns `0..n` of a transposed op(B) into panels of `nr` columns,
+/// each stored depth-major, columns past `n` zero.
+unsafe fn pack_b(buf: &mut [f32], nr: usize, n: usize, kc: usize, b: &Operand, p0: usize) {
+    for (panel, out) in buf[..kc * n.next_multiple_of(nr)]
+        .chunks_exact_mut(kc * nr)
+        .enumerate()
+    {
+        let j0 = panel * nr;
+        let cols = nr.min(n - j0);
+        // Groups of 8 full columns: transpose 8 × 8 blocks of the stored rows.
+        let full = if has_avx() { cols / 8 * 8 } else { 0 };
+        let blocks = kc / 8 * 8;
+        for g in (0..full).step_by(8) {
+            for p in (0..blocks).step_by(8) {
+                transpose8x8(
+                    b.at(p0 + p, j0 + g),
+                    b.ld,
+                    out.as_mut_ptr().add(p * nr + g),
+                    nr,
+                );
+            }
+        }
+        for jj in 0..nr {
+            let first = if jj < full { blocks } else { 0 };
+            for p in first..kc {
+                out[p * nr + jj] = if jj < cols {
+                    *b.at(p0 + p, j0 + jj)
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+fn has_avx() -> bool {
+    matches!(level(), Level::Avx512 | Level::Avx2)
+}
+
+/// Writes the transpose of the 8 × 8 block at `src` (row stride `lds`) to `dst` (row stride
+/// `ldd`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8x8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    let out = [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ];
+    for (i, v) in out.iter().enumerate() {
+        _mm256_storeu_ps(dst.add(i * ldd), *v);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose8x8(_: *const f32, _: usize, _: *mut f32, _: usize) {
+    unreachable!("transposes are vectorised only on x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_is_a_transpose() {
+        if !has_avx() {
+            return;
+        }
+        let src: Vec<f32> = (0..8 * 11).map(|v| v as f32).collect();
+        let mut dst = vec![0.0f32; 8 * 9];
+        unsafe { transpose8x8(src.as_ptr(), 11, dst.as_mut_ptr(), 9) };
+        for i in 0..8 {
+            for j in 0..8 {
+                assert_eq!(dst[j * 9 + i], src[i * 11 + j]);
+            }
+        }
+    }
+}
