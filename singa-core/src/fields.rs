@@ -148,11 +148,18 @@ impl FieldKind {
     }
 }
 
-/// An ordered set of named values.
+/// Named values, kept in insertion order; two sets are equal when they hold the same names
+/// with the same values, in any order.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, PartialEq, Default)]
+#[derive(StableAbi, Clone, Debug, Default)]
 pub struct Fields {
     entries: RVec<Tuple2<RString, FieldValue>>,
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Fields) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
 }
 
 impl Fields {
@@ -508,6 +515,15 @@ mod tests {
             e.message,
             "\"mx\" is not one of max, avg; did you mean \"max\"?"
         );
+    }
+
+    #[test]
+    fn equality_ignores_order() {
+        let a = Fields::new().with("x", 1).with("y", "s");
+        let b = Fields::new().with("y", "s").with("x", 1);
+        assert_eq!(a, b);
+        assert_ne!(a, b.clone().with("x", 2));
+        assert_ne!(a, b.with("z", true));
     }
 
     #[test]

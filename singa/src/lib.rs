@@ -27,6 +27,7 @@ pub mod config;
 pub mod device;
 pub mod net;
 pub mod params;
+pub mod progress;
 pub mod registry;
 pub mod trainer;
 pub mod workspace;

@@ -3,8 +3,9 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cli::{bench, progress};
+use cli::bench;
 use singa::config::JobConfig;
+use singa::progress;
 use singa::registry::Registry;
 use singa::trainer::{Report, TrainOptions, Trainer};
 use singa::workspace::Existing;

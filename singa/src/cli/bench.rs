@@ -1,8 +1,8 @@
 //! `singa bench`: training throughput of reference models, measured like the peer benchmarks
 //! in `shared/peers` (warm-up steps, then timed windows; the median window is the result).
 
-use super::progress::thousands;
 use singa::config::{DeviceConfig, JobConfig, LayerConfig, UpdaterConfig};
+use singa::progress::thousands;
 use singa::registry::Registry;
 use singa::trainer::{TrainOptions, Trainer};
 use singa_core::{Error, Fields, Result};

@@ -1,4 +1,3 @@
 //! The parts of the `singa` command that are not library API.
 
 pub mod bench;
-pub mod progress;

@@ -227,7 +227,7 @@ pub struct UpdaterConfig {
 
 impl UpdaterConfig {
     /// SGD with a fixed learning rate.
-    pub fn sgd(lr: f32) -> UpdaterConfig {
+    pub fn sgd(lr: f64) -> UpdaterConfig {
         UpdaterConfig {
             type_name: "sgd".to_string(),
             learning_rate: LrConfig::fixed(lr),
@@ -237,7 +237,7 @@ impl UpdaterConfig {
     }
 
     /// Sets the momentum.
-    pub fn momentum(self, m: f32) -> Self {
+    pub fn momentum(self, m: f64) -> Self {
         self.field("momentum", m)
     }
 
@@ -271,7 +271,7 @@ pub struct LrConfig {
 
 impl LrConfig {
     /// A fixed learning rate.
-    pub fn fixed(lr: f32) -> LrConfig {
+    pub fn fixed(lr: f64) -> LrConfig {
         LrConfig {
             kind: "fixed".to_string(),
             fields: Fields::new().with("base", lr),
@@ -279,7 +279,7 @@ impl LrConfig {
     }
 
     /// `base · gamma^⌊step / change_freq⌋`.
-    pub fn step(base: f32, gamma: f32, change_freq: u64) -> LrConfig {
+    pub fn step(base: f64, gamma: f64, change_freq: u64) -> LrConfig {
         LrConfig {
             kind: "step".to_string(),
             fields: Fields::new()

@@ -322,7 +322,8 @@ fn parse_updater(s: &Section<'_>) -> Result<UpdaterConfig> {
     u.type_name = s.required_str("type")?;
     u.learning_rate = match s.table.get("learning_rate") {
         None => return Err(s.err("learning_rate", "missing; expected a number or a table like { type = \"step\", base = 0.1, gamma = 0.1, change_freq = 1000 }")),
-        Some(Value::Integer(_) | Value::Float(_)) => LrConfig::fixed(s.f32("learning_rate")?.unwrap_or_default()),
+        Some(Value::Integer(i)) => LrConfig::fixed(*i as f64),
+        Some(Value::Float(f)) => LrConfig::fixed(*f),
         Some(Value::Table(_)) => {
             let t = s.table("learning_rate")?.expect("checked above");
             LrConfig { kind: t.required_str("type")?, fields: t.rest(&["type"])? }

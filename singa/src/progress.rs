@@ -1,7 +1,7 @@
-//! What `singa train` shows while it runs: a progress bar on a terminal, plain lines otherwise.
+//! What a training run shows while it goes: a progress bar on a terminal, plain lines otherwise.
 
+use crate::trainer::{Event, Observer, Report, Summary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use singa::trainer::{Event, Observer, Report, Summary};
 use std::io::IsTerminal;
 
 /// Formats a report as one line.
@@ -53,6 +53,12 @@ pub fn summary_line(s: &Summary) -> String {
 /// Shows training progress.
 pub struct Progress {
     bar: Option<ProgressBar>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
 }
 
 impl Progress {

@@ -1,0 +1,251 @@
+//! The `singa` command as a user runs it: happy paths, and bad input that must give one clear
+//! error line, a non-zero exit status and no damage.
+
+#[path = "../../tests/common/lib.rs"]
+#[allow(dead_code)]
+mod common;
+
+use common::{mlp_job, synthetic_mnist, tmpdir};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn singa(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_singa"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the singa binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts the command failed with one error line, the last on stderr, containing `needle`.
+fn fails_with(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{err}");
+    assert_eq!(
+        err.lines().last(),
+        Some(errors[0]),
+        "the error comes last:\n{err}"
+    );
+    assert!(errors[0].contains(needle), "expected {needle:?} in:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A folder with synthetic data and a job file; returns (folder, job path).
+fn setup(name: &str, top: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = tmpdir(name);
+    synthetic_mnist(&dir, 200, 100, 8);
+    let job = dir.join("job.toml");
+    std::fs::write(&job, mlp_job(&dir, top, 16, 0.0)).unwrap();
+    (dir, job)
+}
+
+#[test]
+fn train_writes_metrics_summary_and_checkpoints() {
+    let (dir, job) = setup(
+        "cli-train",
+        "train_steps = 20\ndisplay_freq = 10\ntest_freq = 10\ntest_steps = 2",
+    );
+    let o = singa(&["train", job.to_str().unwrap(), "--workspace", "ws"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("step      10  train  loss"), "{err}");
+    assert!(err.contains("step      20  test   loss"), "{err}");
+    assert!(err.contains("done: 20 steps"), "{err}");
+    for f in [
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/step-00000020.safetensors",
+    ] {
+        assert!(dir.join("ws").join(f).exists(), "{f} missing");
+    }
+    // Evaluating the checkpoint gives the final test metrics.
+    let o = singa(
+        &[
+            "test",
+            job.to_str().unwrap(),
+            "--checkpoint",
+            "ws/checkpoints/step-00000020.safetensors",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("step      20  test   loss"),
+        "{}",
+        stdout(&o)
+    );
+    // Training again into the same workspace is refused without --resume or --overwrite.
+    let o = singa(&["train", job.to_str().unwrap(), "--workspace", "ws"], &dir);
+    fails_with(
+        &o,
+        "already holds a run (checkpoint at step 20); pass --resume",
+    );
+    let o = singa(
+        &[
+            "train",
+            job.to_str().unwrap(),
+            "--workspace",
+            "ws",
+            "--overwrite",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn dry_run_prints_the_nets() {
+    let (dir, job) = setup("cli-dry", "train_steps = 5\ntest_steps = 1");
+    let o = singa(&["train", job.to_str().unwrap(), "--dry-run"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(
+            "fc1        inner_product   <- data  -> [32, 16] f32  [weight [64, 16], bias [16]]"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("test net:"), "{out}");
+}
+
+#[test]
+fn job_file_mistakes_name_file_field_and_expectation() {
+    let (dir, job) = setup("cli-badjob", "train_steps = 5");
+    let text = std::fs::read_to_string(&job).unwrap();
+    let cases = [
+        (text.replace("num_output = 16", "num_ouput = 16"), "layer[fc1].num_ouput: unknown field; did you mean `num_output`?"),
+        (text.replace("train_steps = 5", "train_steps = \"five\""), "train_steps: expected a non-negative integer, got the string \"five\""),
+        (text.replace("type = \"stanh\"", "type = \"stahn\""), "layer[act].type: unknown layer type \"stahn\""),
+        (text.replace("srclayers = \"act\"", "srclayers = \"acts\""), "layer[drop].srclayers: no layer named \"acts\" in the train net; did you mean \"act\"?"),
+        (text.replace("momentum = 0.9", "momentum = true"), "updater.momentum: expected a number, got true"),
+        (text.replace("[[layer]]\nname = \"fc2\"", "[[layer]]\nname = \"fc2\"\nbogus ="), "syntax: line"),
+        (text.replace("\"fc2\", \"data:label\"", "\"fc2\", \"data:labels\""), "layer \"data\" has no output \"labels\" (its outputs: data, label)"),
+    ];
+    for (bad, needle) in cases {
+        std::fs::write(&job, bad).unwrap();
+        let o = singa(&["train", job.to_str().unwrap(), "--workspace", "ws"], &dir);
+        fails_with(&o, needle);
+        assert!(
+            stderr(&o).contains("job.toml"),
+            "the file is named: {}",
+            stderr(&o)
+        );
+    }
+    let o = singa(&["train", "no-such-job.toml"], &dir);
+    fails_with(&o, "no-such-job.toml: No such file or directory");
+}
+
+#[test]
+fn missing_and_corrupted_data_are_reported_with_file_and_offset() {
+    let (dir, job) = setup("cli-baddata", "train_steps = 30");
+    let text = std::fs::read_to_string(&job).unwrap();
+    // A shard that does not exist, without an import step.
+    let missing = text
+        .replacen("path = \"", "path = \"/nonexistent", 1)
+        .replacen("import = {", "# import = {", 1);
+    std::fs::write(&job, missing).unwrap();
+    let o = singa(
+        &["train", job.to_str().unwrap(), "--workspace", "ws1"],
+        &dir,
+    );
+    fails_with(&o, "/nonexistent");
+
+    // A shard with one corrupted record.
+    std::fs::write(&job, &text).unwrap();
+    let o = singa(
+        &[
+            "data",
+            "import",
+            "mnist",
+            dir.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shard = dir.join("train.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let offset = 128 + 7 * (4 + 64); // record 7: a 4-byte label and 64 pixels each
+    bytes[offset + 10] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+    let o = singa(
+        &["train", job.to_str().unwrap(), "--workspace", "ws2"],
+        &dir,
+    );
+    fails_with(
+        &o,
+        &format!("train.shard: at byte offset {offset}: record 7 checksum mismatch"),
+    );
+    let o = singa(&["data", "inspect", shard.to_str().unwrap()], &dir);
+    fails_with(
+        &o,
+        &format!("at byte offset {offset}: record 7 checksum mismatch"),
+    );
+}
+
+#[test]
+fn resuming_with_another_net_is_refused_and_keeps_the_checkpoint() {
+    let (dir, job) = setup("cli-othernet", "train_steps = 5");
+    let o = singa(&["train", job.to_str().unwrap(), "--workspace", "ws"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = dir.join("ws/checkpoints/step-00000005.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("num_output = 16", "num_output = 20")
+        .replace("train_steps = 5", "train_steps = 9");
+    std::fs::write(&job, text).unwrap();
+    let o = singa(
+        &[
+            "train",
+            job.to_str().unwrap(),
+            "--workspace",
+            "ws",
+            "--resume",
+        ],
+        &dir,
+    );
+    fails_with(&o, "does not match this net: parameter fc1/weight has shape [64, 16] in the checkpoint but [64, 20] in the net");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before);
+}
+
+#[test]
+fn data_tools_and_layer_listing() {
+    let dir = tmpdir("cli-data");
+    synthetic_mnist(&dir, 30, 10, 8);
+    let o = singa(&["data", "import", "mnist", ".", "shards"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("shards/train.shard (30 records)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = singa(&["data", "inspect", "shards/test.shard", "-n", "1"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("10 records"), "{out}");
+    assert!(
+        out.contains("record    u8 [1, 8, 8], with an i32 label"),
+        "{out}"
+    );
+    assert!(out.contains("checksums all 10 records verified"), "{out}");
+    let o = singa(&["data", "import", "cifar", ".", "x"], &dir);
+    fails_with(&o, "unknown data set kind \"cifar\"");
+
+    let o = singa(&["layers"], &dir);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(out.contains("inner_product  (built in)"), "{out}");
+    assert!(out.contains("num_output     int      (required)"), "{out}");
+    assert!(out.contains("sgd  (built in)"), "{out}");
+}
