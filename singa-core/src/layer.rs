@@ -1,6 +1,6 @@
 //! The `Layer` trait: a node of a net that computes features forward and gradients backward.
 //!
-//! A layer's life: it is constructed from its validated [`Fields`](crate::Fields); `setup` sees
+//! A layer's life: it is constructed from its validated [`Fields`]; `setup` sees
 //! its inputs' shapes, creates its parameters through a [`ParamFactory`], allocates whatever
 //! buffers it keeps, and declares its outputs; then `forward` and `backward` run once per step
 //! on tensors the net allocated once. Nothing in that loop needs to allocate.

@@ -1,7 +1,7 @@
 //! # singa-data
 //!
 //! Where training data comes from: the shard format (a memory-mapped file of fixed-shape
-//! records with an index and a checksum per record, see [`format`]), a [`BatchLoader`] that
+//! records with an index and a checksum per record, see [`mod@format`]), a [`BatchLoader`] that
 //! prepares batches in a seeded shuffled order on a background thread, and importers that turn
 //! public data sets into shards ([`import`]).
 //!

@@ -180,6 +180,20 @@ pub struct Trainer {
     pending_warnings: Vec<String>,
 }
 
+/// Training steps since the last train report.
+#[derive(Default)]
+struct Window {
+    time: Duration,
+    steps: u64,
+}
+
+impl Window {
+    fn add(&mut self, dt: Duration) {
+        self.time += dt;
+        self.steps += 1;
+    }
+}
+
 /// Applies the updater to each parameter as soon as its last gradient is computed.
 struct LocalUpdates<'a> {
     store: &'a mut ParamStore,
@@ -452,7 +466,7 @@ impl Trainer {
         );
         let mut train_time = Duration::ZERO;
         let mut trained_steps = 0u64;
-        let (mut window_time, mut window_steps) = (Duration::ZERO, 0u64);
+        let mut window = Window::default();
         let mut last_train = Vec::new();
         let mut lr = self.schedule.lr(self.step);
         while self.step < total {
@@ -460,50 +474,24 @@ impl Trainer {
             lr = self.train_step()?;
             let dt = t.elapsed();
             train_time += dt;
-            window_time += dt;
-            window_steps += 1;
+            window.add(dt);
             trained_steps += 1;
             obs.event(Event::Step(self.step));
             let s = self.step;
             if display > 0 && s.is_multiple_of(display) {
-                let report = Report {
-                    step: s,
-                    phase: "train",
-                    metrics: self.train.read_metrics()?,
-                    samples_per_sec: Some(
-                        window_steps as f64 * batch / window_time.as_secs_f64().max(1e-9),
-                    ),
-                    elapsed: start.elapsed().as_secs_f64(),
-                    lr: Some(lr),
-                };
-                last_train = report.metrics.clone();
-                self.log(&report, obs)?;
-                (window_time, window_steps) = (Duration::ZERO, 0);
+                last_train = self.train_report(&mut window, batch, lr, start, obs)?;
             }
             if s < total {
                 if test_freq > 0 && s.is_multiple_of(test_freq) && self.test.is_some() {
                     self.test_report(start, obs)?;
                 }
                 if ckpt_freq > 0 && s.is_multiple_of(ckpt_freq) {
-                    if let Some(p) = self.save_checkpoint()? {
-                        obs.event(Event::Checkpoint(&p));
-                    }
+                    self.checkpoint(obs)?;
                 }
             }
         }
-        if window_steps > 0 {
-            let report = Report {
-                step: self.step,
-                phase: "train",
-                metrics: self.train.read_metrics()?,
-                samples_per_sec: Some(
-                    window_steps as f64 * batch / window_time.as_secs_f64().max(1e-9),
-                ),
-                elapsed: start.elapsed().as_secs_f64(),
-                lr: Some(lr),
-            };
-            last_train = report.metrics.clone();
-            self.log(&report, obs)?;
+        if window.steps > 0 {
+            last_train = self.train_report(&mut window, batch, lr, start, obs)?;
         }
         let test = if self.test.is_some() {
             self.test_report(start, obs)?.metrics
@@ -511,9 +499,7 @@ impl Trainer {
             Vec::new()
         };
         if trained_steps > 0 {
-            if let Some(p) = self.save_checkpoint()? {
-                obs.event(Event::Checkpoint(&p));
-            }
+            self.checkpoint(obs)?;
         }
         let summary = Summary {
             job: self.job.name.clone(),
@@ -530,6 +516,37 @@ impl Trainer {
         }
         obs.event(Event::Done(&summary));
         Ok(summary)
+    }
+
+    /// Logs the training metrics and throughput of the steps in `window`, and starts a new one.
+    fn train_report(
+        &mut self,
+        window: &mut Window,
+        batch: f64,
+        lr: f32,
+        start: Instant,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<(String, f64)>> {
+        let report = Report {
+            step: self.step,
+            phase: "train",
+            metrics: self.train.read_metrics()?,
+            samples_per_sec: Some(
+                window.steps as f64 * batch / window.time.as_secs_f64().max(1e-9),
+            ),
+            elapsed: start.elapsed().as_secs_f64(),
+            lr: Some(lr),
+        };
+        self.log(&report, obs)?;
+        *window = Window::default();
+        Ok(report.metrics)
+    }
+
+    fn checkpoint(&mut self, obs: &mut dyn Observer) -> Result<()> {
+        if let Some(p) = self.save_checkpoint()? {
+            obs.event(Event::Checkpoint(&p));
+        }
+        Ok(())
     }
 
     fn test_report(&mut self, start: Instant, obs: &mut dyn Observer) -> Result<Report> {
