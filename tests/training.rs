@@ -205,3 +205,51 @@ fn mnist_mlp_example_reaches_98_percent() {
     );
     assert!(acc >= 0.98, "test accuracy {acc}");
 }
+
+#[test]
+fn lr_mult_zero_freezes_a_parameter_and_share_from_ties_two() {
+    let dir = tmpdir("params");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let text = mlp_job(&dir, "train_steps = 40\ndisplay_freq = 40", 16, 0.0)
+        .replace(
+            "num_output = 16\n",
+            "num_output = 16\n[[layer.param]]\nname = \"bias\"\nlr_mult = 0\nwd_mult = 0\ninit = { type = \"constant\", value = 0.25 }\n",
+        )
+        .replace(
+            "[[layer]]\nname = \"fc2\"\ntype = \"inner_product\"\nsrclayers = \"drop\"",
+            "[[layer]]\nname = \"tied_a\"\ntype = \"inner_product\"\nsrclayers = \"drop\"\nnum_output = 16\n\n\
+             [[layer]]\nname = \"tied_b\"\ntype = \"inner_product\"\nsrclayers = \"tied_a\"\nnum_output = 16\n\
+             [[layer.param]]\nname = \"weight\"\nshare_from = \"tied_a/weight\"\n\n\
+             [[layer]]\nname = \"fc2\"\ntype = \"inner_product\"\nsrclayers = \"tied_b\"",
+        );
+    let job = JobConfig::from_toml(&text, Default::default()).unwrap();
+    let before = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let init = params(&before);
+    let (after, _) = train(&job, &dir.join("ws"), Existing::Refuse);
+    let get =
+        |ps: &[(String, Vec<f32>)], n: &str| ps.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    let trained = params(&after);
+    assert_eq!(
+        get(&trained, "fc1/bias"),
+        vec![0.25; 16],
+        "lr_mult = 0 keeps the bias at its init"
+    );
+    assert_ne!(
+        get(&trained, "fc1/weight"),
+        get(&init, "fc1/weight"),
+        "the weight trains"
+    );
+    let store = after.params();
+    let tied = store.find("tied_a/weight").unwrap();
+    assert_eq!(
+        store.find("tied_b/weight"),
+        Some(tied),
+        "both names are one parameter"
+    );
+    assert_eq!(
+        store.entries()[tied].grads.len(),
+        2,
+        "each user has its own gradient, summed before the update"
+    );
+    assert_ne!(get(&trained, "tied_a/weight"), get(&init, "tied_a/weight"));
+}

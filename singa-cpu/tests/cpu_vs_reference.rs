@@ -104,7 +104,8 @@ proptest! {
         beta in prop_oneof![Just(0.0f32), Just(1.0), Just(0.25)],
         seed: u64,
     ) {
-        let (m, n, k) = if big { (m * 5, n * 5, k * 4) } else { (m, n, k) };
+        // Big enough to be split over threads, several depth blocks deep (blocks hold ≤ 256).
+        let (m, n, k) = if big { (m * 5, n * 5, k * 13) } else { (m, n, k) };
         let mut l = GemmLayout::dense(m, n, k, trans_a, trans_b);
         let (ar, ac) = l.a_stored();
         let (br, bc) = l.b_stored();
@@ -410,4 +411,26 @@ fn misuse_is_rejected_with_errors() {
     let ints = Tensor::zeros(cpu, [4], DType::I32).unwrap();
     let mut out = Tensor::zeros(cpu, [4], DType::F32).unwrap();
     assert!(cpu.unary(UnaryOp::Relu, &ints, &mut out).is_err());
+}
+
+/// The products of the MLP benchmark, each of which takes another split over threads (depth
+/// with partial sums, rows, columns of a transposed B).
+#[test]
+fn mlp_shaped_products_match() {
+    for (m, n, k, ta, tb) in [
+        (64, 1000, 784, false, false),
+        (784, 1000, 64, true, false),
+        (64, 1000, 500, false, true),
+    ] {
+        let a = values(1, m * k, -1.0, 1.0);
+        let b = values(2, k * n, -1.0, 1.0);
+        let (got, want) = both(|d| {
+            let ta_t = t(d, &a, if ta { [k, m] } else { [m, k] }.as_slice())?;
+            let tb_t = t(d, &b, if tb { [n, k] } else { [k, n] }.as_slice())?;
+            let mut c = t(d, &values(3, m * n, -1.0, 1.0), &[m, n])?;
+            d.matmul(0.5, &ta_t, ta, &tb_t, tb, 1.0, &mut c)?;
+            c.to_vec::<f32>()
+        });
+        assert_close(&got, &want, 1e-5 * k as f32, 1e-5, &format!("{m}x{n}x{k}"));
+    }
 }
