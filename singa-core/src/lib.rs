@@ -43,7 +43,7 @@ pub use layer::{
 };
 pub use param::{Init, Param, ParamSpec};
 pub use shape::{Shape, MAX_DIMS};
-pub use tensor::Tensor;
+pub use tensor::{Access, Tensor};
 pub use transport::{Addr, Msg, MsgKind, Role, Transport};
 pub use updater::{
     updater_box, updater_type, UpdateArgs, Updater, UpdaterBox, UpdaterDef, UpdaterType,

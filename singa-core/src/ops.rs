@@ -11,7 +11,7 @@ use crate::device::{
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Access, Tensor};
 use abi_stable::std_types::ROption;
 
 impl DeviceRef {
@@ -135,8 +135,11 @@ impl DeviceRef {
             if rows == 0 || cols == 0 || l.batch == 0 {
                 return Ok(());
             }
-            let last = (l.batch - 1) * stride + (rows - 1) * ld + cols;
-            if cols > ld || last > t.numel() {
+            let last = (l.batch - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add((rows - 1).checked_mul(ld)?))
+                .and_then(|v| v.checked_add(cols));
+            if cols > ld || last.is_none_or(|last| last > t.numel()) {
                 return Err(Error::shape(
                     OP,
                     format!(
@@ -168,6 +171,7 @@ impl DeviceRef {
             alpha,
             beta,
         };
+        let _access = Access::new(OP, &[c], &[a, b])?;
         // SAFETY: devices, extents, dtypes and aliasing were checked above.
         unsafe { self.raw().gemm(&args) }.into_result()
     }
@@ -179,6 +183,7 @@ impl DeviceRef {
         let yv = self.check(OP, y, Some(DType::F32))?;
         Self::check_len(OP, y, x.numel(), "the output")?;
         Self::check_alias(OP, &yv, &[xv], true)?;
+        let _access = Access::new(OP, &[y], &[x])?;
         // SAFETY: checked above.
         unsafe { self.raw().unary(op, xv, yv) }.into_result()
     }
@@ -203,6 +208,7 @@ impl DeviceRef {
         Self::check_len(OP, dx, n, "dx")?;
         Self::check_alias(OP, &dxv, &[xv, yv], false)?;
         Self::check_alias(OP, &dxv, &[dyv], true)?;
+        let _access = Access::new(OP, &[dx], &[x, y, dy])?;
         // SAFETY: checked above.
         unsafe { self.raw().unary_backward(op, xv, yv, dyv, dxv) }.into_result()
     }
@@ -216,6 +222,7 @@ impl DeviceRef {
         Self::check_len(OP, b, a.numel(), "b")?;
         Self::check_len(OP, y, a.numel(), "the output")?;
         Self::check_alias(OP, &yv, &[av, bv], true)?;
+        let _access = Access::new(OP, &[y], &[a, b])?;
         // SAFETY: checked above.
         unsafe { self.raw().binary(op, av, bv, yv) }.into_result()
     }
@@ -227,6 +234,7 @@ impl DeviceRef {
         let yv = self.check(OP, y, Some(DType::F32))?;
         Self::check_len(OP, y, x.numel(), "y")?;
         Self::check_alias(OP, &yv, &[xv], true)?;
+        let _access = Access::new(OP, &[y], &[x])?;
         // SAFETY: checked above.
         unsafe { self.raw().axpby(alpha, xv, beta, yv) }.into_result()
     }
@@ -238,6 +246,7 @@ impl DeviceRef {
         let yv = self.check(OP, y, Some(DType::F32))?;
         Self::check_len(OP, y, x.numel(), "y")?;
         Self::check_alias(OP, &yv, &[xv], true)?;
+        let _access = Access::new(OP, &[y], &[x])?;
         // SAFETY: checked above.
         unsafe { self.raw().affine(xv, yv, scale, shift) }.into_result()
     }
@@ -245,6 +254,7 @@ impl DeviceRef {
     /// Sets every element to `value`.
     pub fn fill(&self, t: &mut Tensor, value: f64) -> Result<()> {
         let v = self.check("fill", t, None)?;
+        let _access = Access::new("fill", &[t], &[])?;
         // SAFETY: checked above.
         unsafe { self.raw().fill(v, value) }.into_result()
     }
@@ -253,6 +263,7 @@ impl DeviceRef {
     /// `(seed, offset + i)`.
     pub fn random(&self, t: &mut Tensor, dist: Distribution, seed: u64, offset: u64) -> Result<()> {
         let v = self.check("random", t, Some(DType::F32))?;
+        let _access = Access::new("random", &[t], &[])?;
         // SAFETY: checked above.
         unsafe { self.raw().random(v, dist, seed, offset) }.into_result()
     }
@@ -264,6 +275,7 @@ impl DeviceRef {
         let dv = self.check(OP, dst, Some(src.dtype()))?;
         Self::check_len(OP, dst, src.numel(), "the destination")?;
         Self::check_alias(OP, &dv, &[sv], false)?;
+        let _access = Access::new(OP, &[dst], &[src])?;
         // SAFETY: checked above.
         unsafe { self.raw().copy(sv, dv) }.into_result()
     }
@@ -304,6 +316,7 @@ impl DeviceRef {
             len: (sr - 1) * ld + cols,
             ..v
         };
+        let _access = Access::new(OP, &[dst], &[src])?;
         // SAFETY: the block lies inside both views (checked above).
         unsafe {
             self.raw().copy2d(
@@ -325,6 +338,7 @@ impl DeviceRef {
         let dv = self.check(OP, dst, None)?;
         Self::check_len(OP, dst, src.numel(), "the destination")?;
         Self::check_alias(OP, &dv, &[sv], false)?;
+        let _access = Access::new(OP, &[dst], &[src])?;
         // SAFETY: checked above.
         unsafe { self.raw().cast(sv, dv) }.into_result()
     }
@@ -337,6 +351,7 @@ impl DeviceRef {
         Self::check_len(OP, v, dims.mid, "the vector")?;
         Self::check_len(OP, y, dims.numel(), "the tensor")?;
         Self::check_alias(OP, &yv, &[vv], false)?;
+        let _access = Access::new(OP, &[y], &[v])?;
         // SAFETY: checked above.
         unsafe { self.raw().add_broadcast(dims, vv, yv) }.into_result()
     }
@@ -357,6 +372,7 @@ impl DeviceRef {
         Self::check_len(OP, x, dims.numel(), "the input")?;
         Self::check_len(OP, y, dims.outer * dims.inner, "the output")?;
         Self::check_alias(OP, &yv, &[xv], false)?;
+        let _access = Access::new(OP, &[y], &[x])?;
         // SAFETY: checked above.
         unsafe { self.raw().reduce(op, dims, xv, yv, alpha, beta) }.into_result()
     }
@@ -369,6 +385,7 @@ impl DeviceRef {
         Self::check_len(OP, y, x.numel(), "the output")?;
         Self::check_alias(OP, &yv, &[xv], true)?;
         let (rows, cols) = x.shape().as_matrix();
+        let _access = Access::new(OP, &[y], &[x])?;
         // SAFETY: checked above.
         unsafe { self.raw().softmax(rows, cols, xv, yv) }.into_result()
     }
@@ -392,6 +409,7 @@ impl DeviceRef {
         Self::check_len(OP, stats, 3, "the statistics")?;
         Self::check_alias(OP, &pv, &[lv], true)?;
         Self::check_alias(OP, &sv, &[lv, pv], false)?;
+        let _access = Access::new(OP, &[probs, stats], &[logits, labels])?;
         // SAFETY: checked above.
         unsafe {
             self.raw()
@@ -416,6 +434,7 @@ impl DeviceRef {
         Self::check_len(OP, labels, rows, "the labels")?;
         Self::check_len(OP, dx, rows * cols, "dx")?;
         Self::check_alias(OP, &dv, &[pv], true)?;
+        let _access = Access::new(OP, &[dx], &[probs, labels])?;
         // SAFETY: checked above.
         unsafe {
             self.raw()
@@ -437,7 +456,8 @@ impl DeviceRef {
         let gv = self.check(OP, g, Some(DType::F32))?;
         Self::check_len(OP, g, w.numel(), "the gradient")?;
         Self::check_alias(OP, &wv, &[gv], false)?;
-        let mv = match momentum {
+        let momentum_ref: Option<&Tensor> = momentum.as_deref();
+        let mv = match momentum_ref {
             Some(m) => {
                 let mv = self.check(OP, m, Some(DType::F32))?;
                 Self::check_len(OP, m, w.numel(), "the momentum")?;
@@ -445,6 +465,11 @@ impl DeviceRef {
                 ROption::RSome(mv)
             }
             None => ROption::RNone,
+        };
+        let w_only = [&*w];
+        let _access = match &momentum_ref {
+            Some(m) => Access::new(OP, &[&*w, m], &[g])?,
+            None => Access::new(OP, &w_only, &[g])?,
         };
         // SAFETY: checked above.
         unsafe { self.raw().sgd_update(wv, gv, mv, args) }.into_result()

@@ -56,9 +56,13 @@ impl Shape {
         self.dims()[i]
     }
 
-    /// The number of elements (1 for a scalar).
+    /// The number of elements (1 for a scalar). A product that overflows `usize` saturates at
+    /// `usize::MAX`, which no allocation can satisfy, so such shapes fail cleanly.
     pub fn numel(&self) -> usize {
-        self.dims().iter().product()
+        self.dims()
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
     /// The shape seen as a matrix: the first dimension by the product of the others.

@@ -7,6 +7,7 @@ use crate::shape::Shape;
 use abi_stable::std_types::RArc;
 use abi_stable::StableAbi;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One allocation on a device; freed on the device when the last tensor using it is dropped.
 #[repr(C)]
@@ -16,7 +17,12 @@ struct Storage {
     handle: BufHandle,
     len: usize,
     dtype: DType,
+    /// Who is using the memory right now: [`WRITER`] or a count of readers (see [`Access`]).
+    borrow: AtomicUsize,
 }
+
+/// The bit of [`Storage::borrow`] that marks an operation writing the memory.
+const WRITER: usize = 1 << (usize::BITS - 1);
 
 impl Drop for Storage {
     fn drop(&mut self) {
@@ -51,6 +57,7 @@ impl Tensor {
                 handle,
                 len,
                 dtype,
+                borrow: AtomicUsize::new(0),
             }),
             offset: 0,
             shape,
@@ -133,12 +140,12 @@ impl Tensor {
         } else {
             self.shape.dim(0)
         };
-        if start + count > rows {
+        if start.checked_add(count).is_none_or(|end| end > rows) {
             return Err(Error::shape(
                 "narrow",
                 format!(
                     "rows {start}..{} of a tensor of shape {}",
-                    start + count,
+                    start.saturating_add(count),
                     self.shape
                 ),
             ));
@@ -162,6 +169,7 @@ impl Tensor {
     /// Copies the elements into `out`, which must have exactly [`Tensor::numel`] elements.
     pub fn read_into<T: Element>(&self, out: &mut [T]) -> Result<()> {
         self.check_host::<T>("read_into", out.len())?;
+        let _access = Access::new("read_into", &[], &[self])?;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
         // SAFETY: the view is this tensor's own, and the byte length was checked.
         unsafe { self.device().raw().read(self.view(), bytes.into()) }.into_result()
@@ -170,6 +178,7 @@ impl Tensor {
     /// Overwrites the elements with `data`, which must have exactly [`Tensor::numel`] elements.
     pub fn write_from<T: Element>(&mut self, data: &[T]) -> Result<()> {
         self.check_host::<T>("write_from", data.len())?;
+        let _access = Access::new("write_from", &[self], &[])?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         // SAFETY: the view is this tensor's own, and the byte length was checked.
         unsafe { self.device().raw().write(self.view(), bytes.into()) }.into_result()
@@ -205,5 +214,90 @@ impl fmt::Debug for Tensor {
             self.dtype,
             self.device().id()
         )
+    }
+}
+
+/// The right to use the memory of some tensors for one operation: exclusive for the tensors it
+/// writes, shared for those it reads; released when dropped.
+///
+/// Tensors are shared handles (cloning one does not copy its memory), so two threads can hold
+/// the same memory. Every checked operation takes an `Access` first, and an operation that
+/// would write memory another thread is reading or writing at that moment fails with an error
+/// instead of racing. It costs a few uncontended atomic operations per call.
+pub struct Access<'a> {
+    writes: [Option<&'a Storage>; 4],
+    reads: [Option<&'a Storage>; 4],
+}
+
+impl<'a> Access<'a> {
+    /// Takes exclusive access to the memory of `writes` and shared access to that of `reads`
+    /// (memory that is also written is taken once, exclusively). At most four of each.
+    pub fn new(
+        op: &'static str,
+        writes: &[&'a Tensor],
+        reads: &[&'a Tensor],
+    ) -> Result<Access<'a>> {
+        let mut a = Access {
+            writes: [None; 4],
+            reads: [None; 4],
+        };
+        let busy = || {
+            Error::invalid(format!(
+                "{op}: a tensor is being used by an operation on another thread (tensors are shared handles; synchronise threads that use the same one)"
+            ))
+        };
+        for (i, t) in writes.iter().copied().enumerate() {
+            let s: &'a Storage = &t.storage;
+            if a.writes.iter().flatten().any(|w| std::ptr::eq(*w, s)) {
+                continue;
+            }
+            if s.borrow
+                .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                return Err(busy());
+            }
+            a.writes[i] = Some(s);
+        }
+        for (i, t) in reads.iter().copied().enumerate() {
+            let s: &'a Storage = &t.storage;
+            let taken = a
+                .writes
+                .iter()
+                .chain(a.reads.iter())
+                .flatten()
+                .any(|w| std::ptr::eq(*w, s));
+            if taken {
+                continue;
+            }
+            let mut cur = s.borrow.load(Ordering::Relaxed);
+            loop {
+                if cur & WRITER != 0 {
+                    return Err(busy());
+                }
+                match s.borrow.compare_exchange_weak(
+                    cur,
+                    cur + 1,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(now) => cur = now,
+                }
+            }
+            a.reads[i] = Some(s);
+        }
+        Ok(a)
+    }
+}
+
+impl Drop for Access<'_> {
+    fn drop(&mut self) {
+        for s in self.writes.iter().flatten() {
+            s.borrow.store(0, Ordering::Release);
+        }
+        for s in self.reads.iter().flatten() {
+            s.borrow.fetch_sub(1, Ordering::Release);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Host memory behind the handles of the CPU and reference devices.
 //!
 //! A handle is the address of a 64-byte aligned, zero-initialised heap block. These helpers
-//! turn views back into slices; they are the only place where the devices touch raw pointers.
+//! allocate and free blocks and turn views back into slices.
 
 use half::{bf16, f16};
 use singa_core::{BufHandle, BufView, DType, Element, Error, Result};

@@ -434,3 +434,30 @@ fn mlp_shaped_products_match() {
         assert_close(&got, &want, 1e-5 * k as f32, 1e-5, &format!("{m}x{n}x{k}"));
     }
 }
+
+/// Tensors are shared handles; an operation that would write memory another operation is using
+/// fails instead of racing.
+#[test]
+fn memory_in_use_elsewhere_is_not_written() {
+    let dev = &devices()[0];
+    let t = Tensor::zeros(dev, [8], DType::F32).unwrap();
+    let mut alias = t.clone();
+    {
+        let _reading = singa_core::Access::new("test", &[], &[&t]).unwrap();
+        let e = dev.fill(&mut alias, 1.0).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("being used by an operation on another thread"),
+            "{e}"
+        );
+        // Reading alongside another reader is fine.
+        assert!(alias.to_vec::<f32>().is_ok());
+    }
+    dev.fill(&mut alias, 1.0).unwrap();
+    assert_eq!(t.to_vec::<f32>().unwrap(), vec![1.0; 8]);
+    // An in-place operation takes the memory once, as its output.
+    let x = t.clone();
+    let mut y = t.clone();
+    dev.unary(UnaryOp::Neg, &x, &mut y).unwrap();
+    assert_eq!(t.to_vec::<f32>().unwrap(), vec![-1.0; 8]);
+}

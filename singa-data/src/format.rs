@@ -56,6 +56,9 @@ pub struct RecordSpec {
     pub has_label: bool,
 }
 
+/// The largest record this format holds (an index entry stores the length in 32 bits).
+pub const MAX_RECORD_BYTES: usize = u32::MAX as usize;
+
 impl RecordSpec {
     /// The number of values in a record.
     pub fn numel(&self) -> usize {
@@ -65,6 +68,35 @@ impl RecordSpec {
     /// The size of a record in bytes (label included).
     pub fn record_bytes(&self) -> usize {
         self.numel() * self.dtype.size() + if self.has_label { 4 } else { 0 }
+    }
+
+    /// Why this spec cannot describe a shard's records, if it cannot: too many dimensions, a
+    /// zero dimension, or records larger than [`MAX_RECORD_BYTES`].
+    pub fn problem(&self) -> Option<String> {
+        if self.shape.len() > MAX_RECORD_RANK {
+            return Some(format!(
+                "a record has at most {MAX_RECORD_RANK} dimensions, got {:?}",
+                self.shape
+            ));
+        }
+        if self.shape.contains(&0) {
+            return Some(format!(
+                "record dimensions must be at least 1, got {:?}",
+                self.shape
+            ));
+        }
+        let bytes = self
+            .shape
+            .iter()
+            .try_fold(self.dtype.size(), |acc, &d| acc.checked_mul(d))
+            .and_then(|b| b.checked_add(4));
+        match bytes {
+            Some(b) if b <= MAX_RECORD_BYTES => None,
+            _ => Some(format!(
+                "records of shape {:?} ({}) exceed {MAX_RECORD_BYTES} bytes",
+                self.shape, self.dtype
+            )),
+        }
     }
 }
 
@@ -165,14 +197,18 @@ impl Header {
             ));
         }
         let shape = (0..rank).map(|i| u32_at(28 + 4 * i) as usize).collect();
+        let spec = RecordSpec {
+            dtype,
+            shape,
+            has_label: b[26] != 0,
+        };
+        if let Some(problem) = spec.problem() {
+            return Err(Error::data(path, 28, problem));
+        }
         Ok(Header {
             version,
             count: u64_at(16),
-            spec: RecordSpec {
-                dtype,
-                shape,
-                has_label: b[26] != 0,
-            },
+            spec,
             index_offset: u64_at(48),
             meta_offset: u64_at(56),
             meta_len: u64_at(64),

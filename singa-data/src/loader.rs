@@ -12,6 +12,12 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// The most batches a loader prepares ahead.
+pub const MAX_PREFETCH: usize = 64;
+
+/// The most values in one batch (4 GiB of f32).
+pub const MAX_BATCH_VALUES: usize = 1 << 30;
+
 /// How stored values become the floats a net sees: `value · scale + shift`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Transform {
@@ -115,10 +121,26 @@ impl BatchLoader {
                 "more than 2^32 records per shard",
             ));
         }
+        if config.prefetch > MAX_PREFETCH {
+            return Err(Error::invalid(format!(
+                "prefetch is at most {MAX_PREFETCH} batches, got {}",
+                config.prefetch
+            )));
+        }
+        let numel = shard.spec().numel();
+        if config
+            .batch_size
+            .checked_mul(numel)
+            .is_none_or(|v| v > MAX_BATCH_VALUES)
+        {
+            return Err(Error::invalid(format!(
+                "a batch of {} records of {numel} values exceeds {MAX_BATCH_VALUES} values",
+                config.batch_size
+            )));
+        }
         let depth = config.prefetch.max(1);
         let (ready_tx, ready_rx) = sync_channel::<Result<Batch>>(depth);
         let (spare_tx, spare_rx) = sync_channel::<Batch>(depth + 2);
-        let numel = shard.spec().numel();
         for _ in 0..depth + 1 {
             spare_tx
                 .send(Batch {

@@ -1,8 +1,6 @@
 //! Writing and reading shards (see [`crate::format`] for the layout).
 
-use crate::format::{
-    Header, IndexEntry, RecordSpec, HEADER_SIZE, INDEX_ENTRY_SIZE, MAX_RECORD_RANK, VERSION,
-};
+use crate::format::{Header, IndexEntry, RecordSpec, HEADER_SIZE, INDEX_ENTRY_SIZE, VERSION};
 use memmap2::Mmap;
 use singa_core::{DType, Error, Result};
 use std::fs::{self, File};
@@ -30,11 +28,8 @@ impl ShardWriter {
     /// Starts a shard at `path` whose records follow `spec`.
     pub fn create(path: impl AsRef<Path>, spec: RecordSpec) -> Result<ShardWriter> {
         let path = path.as_ref().to_path_buf();
-        if spec.shape.len() > MAX_RECORD_RANK || spec.shape.iter().any(|&d| d > u32::MAX as usize) {
-            return Err(Error::invalid(format!(
-                "a shard record has at most {MAX_RECORD_RANK} dimensions below 2^32, got {:?}",
-                spec.shape
-            )));
+        if let Some(problem) = spec.problem() {
+            return Err(Error::invalid(format!("{}: {problem}", path.display())));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -244,7 +239,9 @@ impl Shard {
             let e = IndexEntry::decode(chunk);
             if e.len as u64 != record_len
                 || e.offset < HEADER_SIZE as u64
-                || e.offset + record_len > header.index_offset
+                || e.offset
+                    .checked_add(record_len)
+                    .is_none_or(|end| end > header.index_offset)
             {
                 return Err(Error::data(
                     &path,

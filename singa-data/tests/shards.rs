@@ -153,6 +153,52 @@ fn corrupted_record_names_its_offset() {
 }
 
 #[test]
+fn impossible_record_shapes_are_refused() {
+    let dir = tmpdir("shapes");
+    for shape in [
+        vec![1, 0, 5],
+        vec![1 << 20, 1 << 20],
+        vec![1, 2, 3, 4, 5, 6],
+    ] {
+        let spec = RecordSpec {
+            dtype: DType::U8,
+            shape: shape.clone(),
+            has_label: true,
+        };
+        let e = ShardWriter::create(dir.join("x.shard"), spec)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("x.shard"), "{shape:?}: {e}");
+    }
+    // A header claiming a zero dimension (with a valid checksum) is refused when opened.
+    let p = dir.join("zero.shard");
+    write_shard(&p, 3);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[28..32].copy_from_slice(&0u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..124]);
+    bytes[124..128].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&p, &bytes).unwrap();
+    let e = Shard::open(&p).err().unwrap();
+    assert!(
+        e.to_string()
+            .contains("at byte offset 28: record dimensions must be at least 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn idx_dimensions_that_overflow_are_refused() {
+    let dir = tmpdir("idxhuge");
+    let p = dir.join("huge-idx3-ubyte");
+    write_idx(&p, &[1 << 22, 1 << 21, 1 << 21], &[0; 16], false);
+    let e = read_idx(&p, 3).unwrap_err();
+    assert!(
+        e.to_string().contains("describe more data than can exist"),
+        "{e}"
+    );
+}
+
+#[test]
 fn not_a_shard() {
     let dir = tmpdir("notashard");
     let p = dir.join("x.shard");

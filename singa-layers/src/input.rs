@@ -78,7 +78,15 @@ impl LayerDef for ShardData {
                 shift: -mean / std,
             },
             import,
-            prefetch: f.usize("prefetch")?.max(1),
+            prefetch: match f.usize("prefetch")? {
+                p @ 1..=singa_data::loader::MAX_PREFETCH => p,
+                p => {
+                    return Err(Error::invalid(format!(
+                        "prefetch must be between 1 and {}, got {p}",
+                        singa_data::loader::MAX_PREFETCH
+                    )))
+                }
+            },
             run: None,
         })
     }

@@ -13,6 +13,56 @@ fn context(ctx: &SetupContext<'_>) -> String {
     format!("layer {}", ctx.layer)
 }
 
+/// Steps after which device sums move to the host: f32 sums of about 1000 batches stay exact
+/// enough, and a read every 1000 steps costs nothing.
+const FLUSH_EVERY: u32 = 1024;
+
+/// Sums a loss layer adds to on its device every step, moved into `f64` on the host every
+/// [`FLUSH_EVERY`] steps and when metrics are read, so that no long run overflows an `f32`.
+struct Sums {
+    device: Tensor,
+    host: [f64; 3],
+    steps: u32,
+}
+
+impl Sums {
+    /// `n` (at most 3) sums on `dev`, all zero.
+    fn new(dev: &DeviceRef, n: usize) -> Result<Sums> {
+        Ok(Sums {
+            device: Tensor::zeros(dev, [n], DType::F32)?,
+            host: [0.0; 3],
+            steps: 0,
+        })
+    }
+
+    /// Notes that a step added to the device sums.
+    fn stepped(&mut self, dev: &DeviceRef) -> Result<()> {
+        self.steps += 1;
+        if self.steps >= FLUSH_EVERY {
+            self.flush(dev)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, dev: &DeviceRef) -> Result<()> {
+        let mut v = [0.0f32; 3];
+        let n = self.device.numel();
+        self.device.read_into(&mut v[..n])?;
+        dev.fill(&mut self.device, 0.0)?;
+        for (h, x) in self.host.iter_mut().zip(&v[..n]) {
+            *h += *x as f64;
+        }
+        self.steps = 0;
+        Ok(())
+    }
+
+    /// The totals since the last call, and a fresh start.
+    fn take(&mut self, dev: &DeviceRef) -> Result<[f64; 3]> {
+        self.flush(dev)?;
+        Ok(std::mem::take(&mut self.host))
+    }
+}
+
 /// Softmax cross-entropy over class scores and integer labels; reports `loss` (mean negative
 /// log-likelihood, times `scale`) and `accuracy` (top-1).
 pub struct SoftmaxLoss {
@@ -24,7 +74,7 @@ struct SoftmaxState {
     dev: DeviceRef,
     probs: Tensor,
     /// Summed loss, number correct, number of samples.
-    stats: Tensor,
+    stats: Sums,
     rows: usize,
 }
 
@@ -73,7 +123,7 @@ impl SoftmaxLoss {
         self.state = Some(SoftmaxState {
             dev: ctx.device.clone(),
             probs: Tensor::zeros(ctx.device, [rows, cols], DType::F32)?,
-            stats: Tensor::zeros(ctx.device, [3], DType::F32)?,
+            stats: Sums::new(ctx.device, 3)?,
             rows,
         });
         Ok(RVec::new())
@@ -97,8 +147,13 @@ impl Layer for SoftmaxLoss {
     ) -> RResult<(), Error> {
         (|| {
             let s = self.st()?;
-            s.dev
-                .softmax_cross_entropy(&inputs[0], &inputs[1], &mut s.probs, &mut s.stats)
+            s.dev.softmax_cross_entropy(
+                &inputs[0],
+                &inputs[1],
+                &mut s.probs,
+                &mut s.stats.device,
+            )?;
+            s.stats.stepped(&s.dev)
         })()
         .into()
     }
@@ -135,12 +190,10 @@ impl Layer for SoftmaxLoss {
         let scale = self.scale as f64;
         (|| {
             let s = self.st()?;
-            let mut v = [0.0f32; 3];
-            s.stats.read_into(&mut v)?;
-            s.dev.fill(&mut s.stats, 0.0)?;
-            let n = (v[2] as f64).max(1.0);
-            out[0] = scale * v[0] as f64 / n;
-            out[1] = v[1] as f64 / n;
+            let v = s.stats.take(&s.dev)?;
+            let n = v[2].max(1.0);
+            out[0] = scale * v[0] / n;
+            out[1] = v[1] / n;
             Ok(())
         })()
         .into()
@@ -160,7 +213,7 @@ struct EuclideanState {
     diff: Tensor,
     square: Tensor,
     /// Half the summed squared error.
-    sum: Tensor,
+    sum: Sums,
     rows: usize,
 }
 
@@ -218,7 +271,7 @@ impl Layer for EuclideanLoss {
                 dev: ctx.device.clone(),
                 diff: Tensor::zeros(ctx.device, [n], DType::F32)?,
                 square: Tensor::zeros(ctx.device, [n], DType::F32)?,
-                sum: Tensor::zeros(ctx.device, [1], DType::F32)?,
+                sum: Sums::new(ctx.device, 1)?,
                 rows: p.shape.as_matrix().0,
             });
             Ok(RVec::new())
@@ -245,7 +298,8 @@ impl Layer for EuclideanLoss {
                 inner: 1,
             };
             s.dev
-                .reduce(ReduceOp::Sum, dims, &s.square, &mut s.sum, 0.5, 1.0)?;
+                .reduce(ReduceOp::Sum, dims, &s.square, &mut s.sum.device, 0.5, 1.0)?;
+            s.sum.stepped(&s.dev)?;
             Ok(s.rows as u64)
         })()
         .map(|rows| self.samples += rows)
@@ -284,10 +338,8 @@ impl Layer for EuclideanLoss {
         let scale = self.scale as f64;
         (|| {
             let s = self.st()?;
-            let mut v = [0.0f32];
-            s.sum.read_into(&mut v)?;
-            s.dev.fill(&mut s.sum, 0.0)?;
-            out[0] = scale * v[0] as f64 / samples as f64;
+            let v = s.sum.take(&s.dev)?;
+            out[0] = scale * v[0] / samples as f64;
             Ok(())
         })()
         .into()

@@ -16,6 +16,12 @@ pub fn create(cfg: &DeviceConfig, threads: Option<usize>) -> Result<DeviceRef> {
     Ok(match cfg.kind {
         DeviceKind::Cpu => {
             let n = threads.or(cfg.threads).unwrap_or_else(default_threads);
+            let max = crate::config::MAX_THREADS as usize;
+            if n == 0 || n > max {
+                return Err(singa_core::Error::invalid(format!(
+                    "--threads: expected 1 to {max}, got {n}"
+                )));
+            }
             DeviceRef::new(CpuDevice::new(n)?)
         }
         DeviceKind::Reference => DeviceRef::new(ReferenceDevice::new()),

@@ -215,7 +215,10 @@ impl NeuralNet {
                 sources.push((p, o));
                 input_specs.push(specs[o].clone());
             }
-            let mut layer = (ty.create)(&cfg.fields).into_result().context(context)?;
+            // The constructor checks the values of the fields (ranges, combinations).
+            let mut layer = (ty.create)(&cfg.fields)
+                .into_result()
+                .map_err(|e| Error::config(file, format!("layer[{}]", cfg.name), e))?;
             let mut factory = NetParams {
                 store: &mut *store,
                 dev,

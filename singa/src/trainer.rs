@@ -314,18 +314,28 @@ impl Trainer {
         let Some(ws) = &self.workspace else {
             return Err(Error::invalid("--resume needs a workspace"));
         };
-        for (_, path) in checkpoint::list(&ws.checkpoint_dir())? {
-            match checkpoint::load(&path) {
+        let found = checkpoint::list(&ws.checkpoint_dir())?;
+        let mut unreadable = Vec::new();
+        for (_, path) in &found {
+            match checkpoint::load(path) {
                 Ok(loaded) => {
                     self.restore(&loaded)?;
+                    for e in &unreadable {
+                        self.pending_warnings
+                            .push(format!("skipped an unreadable checkpoint: {e}"));
+                    }
                     return Ok(());
                 }
-                Err(e) => self
-                    .pending_warnings
-                    .push(format!("skipping unreadable checkpoint: {e}")),
+                Err(e) => unreadable.push(e),
             }
         }
-        Ok(())
+        match unreadable.into_iter().next() {
+            // Starting over would overwrite those files: refuse instead.
+            Some(newest) => {
+                Err(newest.context("--resume: no checkpoint of the workspace can be read"))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Restores parameters, updater state, step and layer states from a checkpoint.

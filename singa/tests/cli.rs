@@ -130,6 +130,9 @@ fn job_file_mistakes_name_file_field_and_expectation() {
         (text.replace("momentum = 0.9", "momentum = true"), "updater.momentum: expected a number, got true"),
         (text.replace("[[layer]]\nname = \"fc2\"", "[[layer]]\nname = \"fc2\"\nbogus ="), "syntax: line"),
         (text.replace("\"fc2\", \"data:label\"", "\"fc2\", \"data:labels\""), "layer \"data\" has no output \"labels\" (its outputs: data, label)"),
+        (text.replacen("batch_size = 32", "batch_size = 0", 1), "job.toml: layer[data]: batch_size must be at least 1"),
+        (text.replace("dropout_ratio = 0", "dropout_ratio = 1.5"), "job.toml: layer[drop]: dropout_ratio must be in [0, 1), got 1.5"),
+        (text.replace("threads = 2", "threads = 100000"), "device.threads: expected 1 to 1024, got 100000"),
     ];
     for (bad, needle) in cases {
         std::fs::write(&job, bad).unwrap();

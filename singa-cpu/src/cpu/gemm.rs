@@ -5,8 +5,8 @@
 //! matrix is read forward, read backward and rewritten by the update, and a cache line that
 //! moves between cores costs more than the arithmetic on it. So a product is split along the
 //! *stored rows of its largest operand* (usually the weights or their gradient): thread `t`
-//! keeps touching the same rows every step, and the elementwise update, which splits
-//! contiguous ranges the same way, finds them in its own cache. When those rows are the
+//! keeps touching the same rows every step, and the elementwise update, which splits the
+//! elements evenly, finds them (all but a row or so at the boundary) in its own cache. When those rows are the
 //! reduction dimension, each thread computes a partial product and the partials are summed.
 
 use super::parallel::Threads;
@@ -84,6 +84,16 @@ struct Buffers {
     partials: Vec<Vec<f32>>,
 }
 
+/// The granularity of a split: columns in whole registers; rows and depth by single rows, so
+/// that a split of a weight matrix's rows falls where the elementwise update, which splits its
+/// elements evenly, splits it too.
+fn align(split: Split) -> usize {
+    match split {
+        Split::Cols => BLOCK_ALIGN,
+        _ => 1,
+    }
+}
+
 /// A part of a split product: rows, columns and depth ranges.
 #[derive(Clone, Copy, Debug)]
 struct Part {
@@ -101,9 +111,7 @@ fn parts_of(l: &GemmLayout, split: Split, parts: usize) -> impl Iterator<Item = 
         Split::None => 1,
     };
     let count = if split == Split::None { 1 } else { parts };
-    let chunk = len
-        .div_ceil(count)
-        .next_multiple_of(if split == Split::None { 1 } else { BLOCK_ALIGN });
+    let chunk = len.div_ceil(count).next_multiple_of(align(split));
     let (m, n, k) = (l.m, l.n, l.k);
     (0..count).map(move |t| {
         let r = ((t * chunk).min(len), ((t + 1) * chunk).min(len));

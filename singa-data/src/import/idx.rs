@@ -62,7 +62,13 @@ pub fn read_idx(path: &Path, rank: usize) -> Result<Idx> {
     let dims: Vec<usize> = (0..rank)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
         .collect();
-    let want: usize = dims.iter().product();
+    let Some(want) = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) else {
+        return Err(Error::data(
+            path,
+            4,
+            format!("IDX dimensions {dims:?} describe more data than can exist"),
+        ));
+    };
     let have = bytes.len() - header;
     if have != want {
         return Err(Error::data(

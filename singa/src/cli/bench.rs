@@ -109,7 +109,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         .map(|(_, v)| *v)
         .unwrap_or(f64::NAN);
     println!(
-        "\nmedian: {} samples/s   (final window mean loss {loss:.4})",
+        "\nmedian: {} samples/s   (mean training loss over all steps {loss:.4})",
         thousands(rates[rates.len() / 2])
     );
     Ok(())

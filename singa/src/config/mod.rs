@@ -20,6 +20,7 @@ use singa_core::{FieldValue, Fields, Init, Phase};
 use singa_layers::schedule::LrSchedule;
 use std::path::{Path, PathBuf};
 
+pub use parse::MAX_THREADS;
 pub use validate::Validated;
 
 /// Where a job came from, for error messages and for resolving relative paths.
@@ -84,8 +85,9 @@ pub struct JobConfig {
 }
 
 impl JobConfig {
-    /// A job with defaults: BP, 1000 steps, display every 100, test and checkpoint at the end,
-    /// CPU device, SGD with learning rate 0.01, a single worker.
+    /// A job with defaults: BP, 1000 steps, display every 100, no test net (`test_steps = 0`),
+    /// a checkpoint at the end (when there is a workspace), CPU device, SGD with learning
+    /// rate 0.01, a single worker.
     pub fn new(name: &str) -> JobConfig {
         JobConfig {
             origin: Origin::default(),

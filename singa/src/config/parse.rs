@@ -297,6 +297,9 @@ fn choice_message(got: &str, choices: &[&str]) -> String {
     format!("{got:?} is not one of {}{hint}", choices.join(", "))
 }
 
+/// The most CPU threads a job may ask for.
+pub const MAX_THREADS: u64 = 1024;
+
 fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
     s.only(&["type", "threads"])?;
     let mut d = DeviceConfig::default();
@@ -308,8 +311,9 @@ fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
         };
     }
     d.threads = match s.u64("threads")? {
-        Some(0) => return Err(s.err("threads", "expected at least 1")),
-        t => t.map(|t| t as usize),
+        Some(t @ 1..=MAX_THREADS) => Some(t as usize),
+        Some(t) => return Err(s.err("threads", format!("expected 1 to {MAX_THREADS}, got {t}"))),
+        None => None,
     };
     Ok(d)
 }

@@ -48,7 +48,7 @@ pub unsafe fn kernel<const NV: usize>(
     for _ in 0..k {
         let mut bv = [_mm256_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
-            *x = _mm256_maskload_ps(b.add(LANES * v), m[v]);
+            *x = _mm256_maskload_ps(b.wrapping_add(LANES * v), m[v]);
         }
         for (r, row) in acc.iter_mut().enumerate() {
             let x = _mm256_set1_ps(*a.add(r));
@@ -56,8 +56,9 @@ pub unsafe fn kernel<const NV: usize>(
                 row[v] = _mm256_fmadd_ps(x, bv[v], row[v]);
             }
         }
-        a = a.add(MR);
-        b = b.add(ldb);
+        // The pointers may step past the operands after the last depth step (never read).
+        a = a.wrapping_add(MR);
+        b = b.wrapping_add(ldb);
     }
     let va = _mm256_set1_ps(alpha);
     let vb = _mm256_set1_ps(beta);

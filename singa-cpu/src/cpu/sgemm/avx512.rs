@@ -47,7 +47,7 @@ pub unsafe fn kernel<const NV: usize>(
     for _ in 0..k {
         let mut bv = [_mm512_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
-            *x = _mm512_maskz_loadu_ps(m[v], b.add(LANES * v));
+            *x = _mm512_maskz_loadu_ps(m[v], b.wrapping_add(LANES * v));
         }
         for (r, row) in acc.iter_mut().enumerate() {
             let x = _mm512_set1_ps(*a.add(r));
@@ -55,8 +55,9 @@ pub unsafe fn kernel<const NV: usize>(
                 row[v] = _mm512_fmadd_ps(x, bv[v], row[v]);
             }
         }
-        a = a.add(MR);
-        b = b.add(ldb);
+        // The pointers may step past the operands after the last depth step (never read).
+        a = a.wrapping_add(MR);
+        b = b.wrapping_add(ldb);
     }
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
