@@ -298,6 +298,59 @@ pub struct SgdArgs {
     pub grad_scale: f32,
 }
 
+/// An adaptive update rule. With `d = grad_scale·g` (plus `weight_decay·w` unless the decay
+/// is decoupled):
+/// - AdaGrad: `s1 += d²`, `w -= lr·d / (√s1 + eps)`;
+/// - RMSProp: `s1 = rho·s1 + (1−rho)·d²`, `w -= lr·d / (√s1 + eps)`;
+/// - Adam: `s1 = β1·s1 + (1−β1)·d`, `s2 = β2·s2 + (1−β2)·d²`,
+///   `w -= lr·(s1/c1) / (√(s2/c2) + eps)` with the bias corrections `c1 = 1−β1ᵗ`,
+///   `c2 = 1−β2ᵗ`; with decoupled decay (AdamW), first `w -= lr·weight_decay·w`.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
+pub enum AdaptiveRule {
+    /// Duchi et al.'s AdaGrad.
+    AdaGrad {
+        /// Added to the root for stability.
+        eps: f32,
+    },
+    /// Hinton's RMSProp.
+    RmsProp {
+        /// Decay of the squared-gradient average.
+        rho: f32,
+        /// Added to the root for stability.
+        eps: f32,
+    },
+    /// Kingma and Ba's Adam, or Loshchilov and Hutter's AdamW.
+    Adam {
+        /// Decay of the gradient average.
+        beta1: f32,
+        /// Decay of the squared-gradient average.
+        beta2: f32,
+        /// Added to the root for stability.
+        eps: f32,
+        /// `1 − beta1^t` at step `t` (counted from 1).
+        correction1: f32,
+        /// `1 − beta2^t` at step `t`.
+        correction2: f32,
+        /// Weight decay applied to the weights directly (AdamW) instead of to the gradient.
+        decoupled: bool,
+    },
+}
+
+/// The arguments of [`Device::adaptive_update`].
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
+pub struct AdaptiveArgs {
+    /// The rule and its constants.
+    pub rule: AdaptiveRule,
+    /// Learning rate.
+    pub lr: f32,
+    /// Weight decay.
+    pub weight_decay: f32,
+    /// Multiplies the gradient first.
+    pub grad_scale: f32,
+}
+
 /// A place where tensors live and kernels run.
 ///
 /// Every method that takes views is `unsafe`: the caller promises the views come from this
@@ -504,6 +557,20 @@ pub trait Device: Send + Sync {
 
     /// Waits until all work queued on this device has finished.
     fn synchronize(&self) -> RResult<(), Error>;
+
+    /// One fused step of an adaptive rule (AdaGrad, RMSProp, Adam/AdamW) on a parameter `w`
+    /// with gradient `g` and state `s1` (and `s2` for Adam), see [`AdaptiveRule`].
+    ///
+    /// # Safety
+    /// See the trait documentation.
+    unsafe fn adaptive_update(
+        &self,
+        w: BufView,
+        g: BufView,
+        s1: BufView,
+        s2: ROption<BufView>,
+        args: AdaptiveArgs,
+    ) -> RResult<(), Error>;
 }
 
 /// The type-erased device behind a [`DeviceRef`].

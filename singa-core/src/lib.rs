@@ -31,8 +31,8 @@ pub mod transport;
 pub mod updater;
 
 pub use device::{
-    BinaryOp, BufHandle, BufView, Device, DeviceInfo, DeviceRef, Dims3, Distribution, DynDevice,
-    GemmArgs, GemmLayout, ReduceOp, SgdArgs, UnaryOp,
+    AdaptiveArgs, AdaptiveRule, BinaryOp, BufHandle, BufView, Device, DeviceInfo, DeviceRef, Dims3,
+    Distribution, DynDevice, GemmArgs, GemmLayout, ReduceOp, SgdArgs, UnaryOp,
 };
 pub use dtype::{DType, Element};
 pub use error::{catch_panic, Error, Result, ResultExt};

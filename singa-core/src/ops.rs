@@ -6,8 +6,8 @@
 //! nothing here allocates unless it returns an error.
 
 use crate::device::{
-    BinaryOp, BufView, DeviceRef, Dims3, Distribution, GemmArgs, GemmLayout, ReduceOp, SgdArgs,
-    UnaryOp,
+    AdaptiveArgs, AdaptiveRule, BinaryOp, BufView, DeviceRef, Dims3, Distribution, GemmArgs,
+    GemmLayout, ReduceOp, SgdArgs, UnaryOp,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -441,6 +441,53 @@ impl DeviceRef {
                 .softmax_cross_entropy_backward(rows, cols, pv, labv, dv, scale)
         }
         .into_result()
+    }
+
+    /// One fused adaptive step, see [`Device::adaptive_update`](crate::Device::adaptive_update):
+    /// `s1` always, `s2` for Adam.
+    pub fn adaptive_update(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        s1: &mut Tensor,
+        s2: Option<&mut Tensor>,
+        args: AdaptiveArgs,
+    ) -> Result<()> {
+        const OP: &str = "adaptive_update";
+        let wv = self.check(OP, w, Some(DType::F32))?;
+        let gv = self.check(OP, g, Some(DType::F32))?;
+        let s1v = self.check(OP, s1, Some(DType::F32))?;
+        for (t, what) in [(g, "the gradient"), (&*s1, "the first state")] {
+            Self::check_len(OP, t, w.numel(), what)?;
+        }
+        Self::check_alias(OP, &wv, &[gv, s1v], false)?;
+        Self::check_alias(OP, &s1v, &[gv], false)?;
+        let needs_second = matches!(args.rule, AdaptiveRule::Adam { .. });
+        let s2_ref: Option<&Tensor> = s2.as_deref();
+        if s2_ref.is_some() != needs_second {
+            return Err(Error::invalid(format!(
+                "{OP}: {:?} {} a second state tensor",
+                args.rule,
+                if needs_second { "needs" } else { "takes no" }
+            )));
+        }
+        let s2v = match s2_ref {
+            Some(t) => {
+                let v = self.check(OP, t, Some(DType::F32))?;
+                Self::check_len(OP, t, w.numel(), "the second state")?;
+                Self::check_alias(OP, &v, &[wv, gv, s1v], false)?;
+                ROption::RSome(v)
+            }
+            None => ROption::RNone,
+        };
+        let w_ro: &Tensor = w;
+        let s1_ro: &Tensor = s1;
+        let _access = match s2_ref {
+            Some(t) => Access::new(OP, &[w_ro, s1_ro, t], &[g])?,
+            None => Access::new(OP, &[w_ro, s1_ro], &[g])?,
+        };
+        // SAFETY: checked above.
+        unsafe { self.raw().adaptive_update(wv, gv, s1v, s2v, args) }.into_result()
     }
 
     /// One fused SGD step, see [`Device::sgd_update`](crate::Device::sgd_update).

@@ -7,8 +7,8 @@
 use crate::memory::{self, bytes, bytes_mut, check_host_len, convert, load, store};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
-    catch_panic, rng, BinaryOp, BufHandle, BufView, DType, Device, DeviceInfo, Dims3, Distribution,
-    Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
+    catch_panic, rng, AdaptiveArgs, AdaptiveRule, BinaryOp, BufHandle, BufView, DType, Device,
+    DeviceInfo, Dims3, Distribution, Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
 };
 
 const NAME: &str = "reference";
@@ -570,5 +570,70 @@ impl Device for ReferenceDevice {
 
     fn synchronize(&self) -> RResult<(), Error> {
         RResult::ROk(())
+    }
+
+    unsafe fn adaptive_update(
+        &self,
+        w: BufView,
+        g: BufView,
+        s1: BufView,
+        s2: ROption<BufView>,
+        a: AdaptiveArgs,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&w, &g, &s1], "adaptive_update")?;
+            let (mut ws, gs, mut s1s) = (get(w), get(g), get(s1));
+            let s2 = s2.into_option();
+            let mut s2s = s2.map(get);
+            let (lr, wd) = (a.lr as f64, a.weight_decay as f64);
+            for i in 0..ws.len() {
+                let decoupled = matches!(
+                    a.rule,
+                    AdaptiveRule::Adam {
+                        decoupled: true,
+                        ..
+                    }
+                );
+                let d = a.grad_scale as f64 * gs[i] + if decoupled { 0.0 } else { wd * ws[i] };
+                match a.rule {
+                    AdaptiveRule::AdaGrad { eps } => {
+                        s1s[i] += d * d;
+                        ws[i] -= lr * d / (s1s[i].sqrt() + eps as f64);
+                    }
+                    AdaptiveRule::RmsProp { rho, eps } => {
+                        let rho = rho as f64;
+                        s1s[i] = rho * s1s[i] + (1.0 - rho) * d * d;
+                        ws[i] -= lr * d / (s1s[i].sqrt() + eps as f64);
+                    }
+                    AdaptiveRule::Adam {
+                        beta1,
+                        beta2,
+                        eps,
+                        correction1,
+                        correction2,
+                        decoupled,
+                    } => {
+                        let v = s2s
+                            .as_mut()
+                            .ok_or_else(|| Error::invalid("adam needs a second state"))?;
+                        let (b1, b2) = (beta1 as f64, beta2 as f64);
+                        if decoupled {
+                            ws[i] -= lr * wd * ws[i];
+                        }
+                        s1s[i] = b1 * s1s[i] + (1.0 - b1) * d;
+                        v[i] = b2 * v[i] + (1.0 - b2) * d * d;
+                        let m_hat = s1s[i] / correction1 as f64;
+                        let v_hat = v[i] / correction2 as f64;
+                        ws[i] -= lr * m_hat / (v_hat.sqrt() + eps as f64);
+                    }
+                }
+            }
+            put(w, &ws);
+            put(s1, &s1s);
+            if let (Some(view), Some(values)) = (s2, s2s) {
+                put(view, &values);
+            }
+            Ok(())
+        })
     }
 }

@@ -8,8 +8,8 @@
 use proptest::prelude::*;
 use singa_core::rng::SplitMix64;
 use singa_core::{
-    BinaryOp, DType, DeviceRef, Dims3, Distribution, GemmLayout, ReduceOp, Result, SgdArgs, Tensor,
-    UnaryOp,
+    AdaptiveArgs, AdaptiveRule, BinaryOp, DType, DeviceRef, Dims3, Distribution, GemmLayout,
+    ReduceOp, Result, SgdArgs, Tensor, UnaryOp,
 };
 use singa_cpu::{CpuDevice, ReferenceDevice};
 use std::sync::OnceLock;
@@ -460,4 +460,43 @@ fn memory_in_use_elsewhere_is_not_written() {
     let mut y = t.clone();
     dev.unary(UnaryOp::Neg, &x, &mut y).unwrap();
     assert_eq!(t.to_vec::<f32>().unwrap(), vec![-1.0; 8]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn adaptive_updates_match(len in length(), which in 0u8..4, lr in 0.0001f32..0.1, wd in prop_oneof![Just(0.0f32), 0.0f32..0.01], t in 1i32..50, seed: u64) {
+        let rule = match which {
+            0 => AdaptiveRule::AdaGrad { eps: 1e-7 },
+            1 => AdaptiveRule::RmsProp { rho: 0.9, eps: 1e-7 },
+            k => AdaptiveRule::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-7,
+                correction1: 1.0 - 0.9f32.powi(t),
+                correction2: 1.0 - 0.999f32.powi(t),
+                decoupled: k == 3,
+            },
+        };
+        let args = AdaptiveArgs { rule, lr, weight_decay: wd, grad_scale: 0.5 };
+        let w = values(seed, len, -1.0, 1.0);
+        let g = values(seed ^ 1, len, -1.0, 1.0);
+        let s1 = values(seed ^ 2, len, 0.0, 1.0);
+        let s2 = values(seed ^ 3, len, 0.0, 1.0);
+        let (got, want) = both(|d| {
+            let mut tw = t_(d, &w, len)?;
+            let tg = t_(d, &g, len)?;
+            let mut ts1 = t_(d, &s1, len)?;
+            let mut ts2 = t_(d, &s2, len)?;
+            let second = if which >= 2 { Some(&mut ts2) } else { None };
+            d.adaptive_update(&mut tw, &tg, &mut ts1, second, args)?;
+            Ok([tw.to_vec::<f32>()?, ts1.to_vec::<f32>()?, ts2.to_vec::<f32>()?].concat())
+        });
+        assert_close(&got, &want, 2e-6, 2e-5, &format!("{rule:?}"));
+    }
+}
+
+fn t_(d: &DeviceRef, v: &[f32], len: usize) -> Result<Tensor> {
+    t(d, v, &[len])
 }

@@ -44,5 +44,12 @@ pub fn layer_types() -> Vec<LayerType> {
 
 /// Every built-in updater type.
 pub fn updater_types() -> Vec<UpdaterType> {
-    vec![updater_type::<updaters::Sgd>()]
+    vec![
+        updater_type::<updaters::Sgd>(),
+        updater_type::<updaters::Nesterov>(),
+        updater_type::<updaters::AdaGrad>(),
+        updater_type::<updaters::RmsProp>(),
+        updater_type::<updaters::Adam>(),
+        updater_type::<updaters::AdamW>(),
+    ]
 }

@@ -7,7 +7,9 @@
 use super::math;
 use super::simd::simd;
 use crate::reference::draw;
-use singa_core::{BinaryOp, BufView, Dims3, Distribution, SgdArgs, UnaryOp};
+use singa_core::{
+    AdaptiveArgs, AdaptiveRule, BinaryOp, BufView, Dims3, Distribution, SgdArgs, UnaryOp,
+};
 
 /// Elements `s..e` of an `F32` view.
 ///
@@ -277,6 +279,67 @@ pub(crate) unsafe fn sgd(
                     for ((wv, &gv), mv) in ws.iter_mut().zip(grads).zip(part_mut(m, s, e)) {
                         *mv = mu * *mv + gs * gv + wd * *wv;
                         *wv -= lr * *mv;
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// One fused adaptive step (see [`AdaptiveRule`]) on elements `s..e`.
+pub(crate) unsafe fn adaptive(
+    w: BufView,
+    g: BufView,
+    s1: BufView,
+    s2: Option<BufView>,
+    a: AdaptiveArgs,
+    s: usize,
+    e: usize,
+) {
+    let (lr, wd, gs) = (a.lr, a.weight_decay, a.grad_scale);
+    simd(
+        #[inline(always)]
+        || {
+            let ws = part_mut(w, s, e);
+            let grads = part(g, s, e);
+            let first = part_mut(s1, s, e);
+            match a.rule {
+                AdaptiveRule::AdaGrad { eps } => {
+                    for ((wv, &gv), sv) in ws.iter_mut().zip(grads).zip(first) {
+                        let d = gs * gv + wd * *wv;
+                        *sv += d * d;
+                        *wv -= lr * d / (sv.sqrt() + eps);
+                    }
+                }
+                AdaptiveRule::RmsProp { rho, eps } => {
+                    for ((wv, &gv), sv) in ws.iter_mut().zip(grads).zip(first) {
+                        let d = gs * gv + wd * *wv;
+                        *sv = rho * *sv + (1.0 - rho) * d * d;
+                        *wv -= lr * d / (sv.sqrt() + eps);
+                    }
+                }
+                AdaptiveRule::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    correction1,
+                    correction2,
+                    decoupled,
+                } => {
+                    let Some(s2) = s2 else { return };
+                    let second = part_mut(s2, s, e);
+                    let (c1, c2) = (1.0 / correction1, 1.0 / correction2);
+                    let (l2, shrink) = if decoupled {
+                        (0.0, 1.0 - lr * wd)
+                    } else {
+                        (wd, 1.0)
+                    };
+                    for (((wv, &gv), mv), vv) in ws.iter_mut().zip(grads).zip(first).zip(second) {
+                        let d = gs * gv + l2 * *wv;
+                        *wv *= shrink;
+                        *mv = beta1 * *mv + (1.0 - beta1) * d;
+                        *vv = beta2 * *vv + (1.0 - beta2) * d * d;
+                        *wv -= lr * (*mv * c1) / ((*vv * c2).sqrt() + eps);
                     }
                 }
             }

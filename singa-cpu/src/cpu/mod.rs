@@ -14,8 +14,8 @@ use elementwise as ew;
 pub use parallel::Threads;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
-    catch_panic, BinaryOp, BufHandle, BufView, DType, Device, DeviceInfo, Dims3, Distribution,
-    Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
+    catch_panic, AdaptiveArgs, AdaptiveRule, BinaryOp, BufHandle, BufView, DType, Device,
+    DeviceInfo, Dims3, Distribution, Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
 };
 
 const NAME: &str = "cpu";
@@ -435,5 +435,26 @@ impl Device for CpuDevice {
 
     fn synchronize(&self) -> RResult<(), Error> {
         RResult::ROk(())
+    }
+
+    unsafe fn adaptive_update(
+        &self,
+        w: BufView,
+        g: BufView,
+        s1: BufView,
+        s2: ROption<BufView>,
+        args: AdaptiveArgs,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&w, &g, &s1], "adaptive_update")?;
+            let s2 = s2.into_option();
+            if let Some(v) = &s2 {
+                Self::f32s(&[v], "adaptive_update")?;
+            } else if matches!(args.rule, AdaptiveRule::Adam { .. }) {
+                return Err(Error::invalid("adam needs a second state"));
+            }
+            self.elementwise(w.len, |s, e| ew::adaptive(w, g, s1, s2, args, s, e));
+            Ok(())
+        })
     }
 }

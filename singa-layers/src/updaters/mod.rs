@@ -1,5 +1,7 @@
 //! Updaters: how a gradient changes a parameter.
 
+mod adaptive;
 mod sgd;
 
-pub use sgd::Sgd;
+pub use adaptive::{AdaGrad, Adam, AdamW, RmsProp};
+pub use sgd::{Nesterov, Sgd};

@@ -71,3 +71,42 @@ impl Updater for Sgd {
         dev.sgd_update(value, grad, state.first_mut(), args).into()
     }
 }
+
+/// Nesterov's accelerated gradient: SGD with Nesterov momentum (SINGA's `kNesterov`).
+pub struct Nesterov(Sgd);
+
+impl UpdaterDef for Nesterov {
+    const TYPE: &'static str = "nesterov";
+    const DOC: &'static str =
+        "SGD with Nesterov momentum: the step looks ahead along the momentum.";
+
+    fn fields() -> Vec<FieldSpec> {
+        vec![FieldSpec::new(
+            "momentum",
+            FieldKind::Float,
+            "momentum coefficient μ in (0, 1)",
+        )
+        .default(0.9)]
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        Sgd::new(&f.clone().with("nesterov", true)).map(Nesterov)
+    }
+}
+
+impl Updater for Nesterov {
+    fn state_names(&self) -> RResult<RVec<RString>, Error> {
+        self.0.state_names()
+    }
+
+    fn update(
+        &mut self,
+        step: u64,
+        a: &UpdateArgs,
+        value: &mut Tensor,
+        grad: &Tensor,
+        state: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        self.0.update(step, a, value, grad, state)
+    }
+}
