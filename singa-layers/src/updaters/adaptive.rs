@@ -17,7 +17,7 @@ fn eps_field() -> FieldSpec {
 
 fn positive(f: &Fields, name: &str) -> Result<f32> {
     let v = f.f32(name)?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err(Error::invalid(format!("{name} must be positive, got {v}")));
     }
     Ok(v)
