@@ -31,8 +31,9 @@ pub mod transport;
 pub mod updater;
 
 pub use device::{
-    AdaptiveArgs, AdaptiveRule, BinaryOp, BufHandle, BufView, Device, DeviceInfo, DeviceRef, Dims3,
-    Distribution, DynDevice, GemmArgs, GemmLayout, ReduceOp, SgdArgs, UnaryOp,
+    AdaptiveArgs, AdaptiveRule, BatchNormArgs, BinaryOp, BufHandle, BufView, ConvShape, Device,
+    DeviceInfo, DeviceRef, Dims3, Distribution, DynDevice, GemmArgs, GemmLayout, LrnShape,
+    PoolKind, PoolShape, ReduceOp, SgdArgs, UnaryOp,
 };
 pub use dtype::{DType, Element};
 pub use error::{catch_panic, Error, Result, ResultExt};

@@ -10,10 +10,10 @@
 //! reduction dimension, each thread computes a partial product and the partials are summed.
 
 use super::parallel::Threads;
+use super::scratch::{Buffers, Scratch};
 use super::sgemm::{self, Operand, Workspace};
 use gemm::Parallelism;
 use singa_core::{BufView, DType, Error, GemmArgs, GemmLayout, Result};
-use std::sync::Mutex;
 
 /// Below this many multiply-adds per thread a product is not split.
 const MIN_FLOPS_PER_THREAD: usize = 1 << 18;
@@ -66,22 +66,6 @@ fn choose(l: &GemmLayout, parts: usize, depth_ok: bool) -> Split {
         .filter(|&s| enough(s))
         .max_by_key(|&s| len(s))
         .unwrap_or(Split::None)
-}
-
-/// Buffers the device keeps between products: each thread's packing space and the partial
-/// products of depth splits. They grow to the largest product seen and are then reused, so a
-/// training step allocates nothing once warmed up.
-#[derive(Default)]
-pub(crate) struct Scratch {
-    buffers: Mutex<Buffers>,
-}
-
-#[derive(Default)]
-struct Buffers {
-    /// Packing space of thread `t`.
-    work: Vec<Workspace>,
-    /// Partial products of threads `1..`.
-    partials: Vec<Vec<f32>>,
 }
 
 /// The granularity of a split: columns in whole registers; rows and depth by single rows, so
@@ -155,7 +139,7 @@ pub(crate) unsafe fn gemm(threads: &Threads, scratch: &Scratch, args: &GemmArgs)
         DType::F32 => {
             let own = sgemm::available();
             let split = choose(&l, parts, true);
-            let mut buffers = scratch.buffers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut buffers = scratch.lock();
             run_f32(threads, &mut buffers, args, split, parts, own);
             Ok(())
         }
@@ -204,9 +188,7 @@ unsafe fn run_f32(
     );
     let count = parts_of(&l, split, parts).count();
     // Reserve every thread's buffers here, so threads never allocate.
-    if buf.work.len() < count {
-        buf.work.resize_with(count, Workspace::default);
-    }
+    buf.reserve_work(count);
     for (t, part) in parts_of(&l, split, parts).enumerate() {
         let (m, n, k) = (
             part.rows.1 - part.rows.0,
@@ -218,17 +200,9 @@ unsafe fn run_f32(
         }
     }
     if split == Split::Depth {
-        if buf.partials.len() < count - 1 {
-            buf.partials.resize_with(count - 1, Vec::new);
-        }
-        for v in &mut buf.partials[..count - 1] {
-            if v.len() < l.m * l.n {
-                v.resize(l.m * l.n, 0.0);
-            }
-        }
+        buf.reserve_partials(count - 1, l.m * l.n);
     }
-    let work = buf.work.as_mut_ptr() as usize;
-    let partials = buf.partials.as_mut_ptr() as usize;
+    let at = buf.addresses();
     let parts_list = |t: usize| {
         parts_of(&l, split, parts)
             .nth(t)
@@ -251,51 +225,31 @@ unsafe fn run_f32(
             // Thread 0 (and every thread of a non-depth split) writes C; the other threads of a
             // depth split write their own partial products.
             let (dst, ldd, beta) = if split == Split::Depth && t > 0 {
-                let v = &mut *(partials as *mut Vec<f32>).add(t - 1);
-                (v.as_mut_ptr(), l.n, 0.0)
+                (at.partial(t - 1).as_mut_ptr(), l.n, 0.0)
             } else {
                 ((cp as *mut f32).add(i0 * l.ldc + j0), l.ldc, args.beta)
             };
-            let a_at = (ap as *const f32).add(i0 * a_rs + k0 * a_cs);
-            let b_at = (bp as *const f32).add(k0 * b_rs + j0 * b_cs);
-            if own {
-                let ws = &mut *(work as *mut Workspace).add(t);
-                sgemm::gemm(
-                    ws,
-                    i1 - i0,
-                    j1 - j0,
-                    k1 - k0,
-                    args.alpha,
-                    Operand {
-                        ptr: a_at,
-                        ld: l.lda,
-                        trans: l.trans_a,
-                    },
-                    Operand {
-                        ptr: b_at,
-                        ld: l.ldb,
-                        trans: l.trans_b,
-                    },
-                    beta,
-                    dst,
-                    ldd,
-                );
-            } else {
-                crate_block(
-                    i1 - i0,
-                    j1 - j0,
-                    k1 - k0,
-                    dst,
-                    ldd,
-                    beta != 0.0,
-                    a_at,
-                    (a_rs, a_cs),
-                    b_at,
-                    (b_rs, b_cs),
-                    args.alpha,
-                    beta,
-                );
-            }
+            let a_op = Operand {
+                ptr: (ap as *const f32).add(i0 * a_rs + k0 * a_cs),
+                ld: l.lda,
+                trans: l.trans_a,
+            };
+            let b_op = Operand {
+                ptr: (bp as *const f32).add(k0 * b_rs + j0 * b_cs),
+                ld: l.ldb,
+                trans: l.trans_b,
+            };
+            single(
+                at.work(t),
+                own,
+                (i1 - i0, j1 - j0, k1 - k0),
+                args.alpha,
+                a_op,
+                b_op,
+                beta,
+                dst,
+                ldd,
+            );
         };
         threads.run(count, &job);
         if split == Split::Depth {
@@ -303,15 +257,54 @@ unsafe fn run_f32(
             let used = parts_of(&l, split, parts)
                 .filter(|q| q.depth.0 < q.depth.1)
                 .count();
-            for v in &buf.partials[..used.saturating_sub(1)] {
-                for i in 0..l.m {
-                    let row = std::slice::from_raw_parts_mut((cp as *mut f32).add(i * l.ldc), l.n);
-                    for (x, y) in row.iter_mut().zip(&v[i * l.n..(i + 1) * l.n]) {
+            for i in 0..used.saturating_sub(1) {
+                let part = at.partial(i);
+                for r in 0..l.m {
+                    let row = std::slice::from_raw_parts_mut((cp as *mut f32).add(r * l.ldc), l.n);
+                    for (x, y) in row.iter_mut().zip(&part[r * l.n..(r + 1) * l.n]) {
                         *x += y;
                     }
                 }
             }
         }
+    }
+}
+
+/// One single-threaded f32 product `C = alpha·op(A)·op(B) + beta·C` of `(m, n, k)`, through the
+/// own kernels when `own` (with `ws` reserved for it), else through the `gemm` crate.
+///
+/// # Safety
+/// The operands cover their extents; C is writable.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn single(
+    ws: &mut Workspace,
+    own: bool,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    if own {
+        sgemm::gemm(ws, m, n, k, alpha, a, b, beta, c, ldc);
+    } else {
+        let strides = |o: &Operand| if o.trans { (1, o.ld) } else { (o.ld, 1) };
+        crate_block(
+            m,
+            n,
+            k,
+            c,
+            ldc,
+            beta != 0.0,
+            a.ptr,
+            strides(&a),
+            b.ptr,
+            strides(&b),
+            alpha,
+            beta,
+        );
     }
 }
 

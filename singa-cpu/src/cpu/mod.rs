@@ -1,11 +1,15 @@
 //! The CPU device: `gemm` for matrix products, vectorised kernels for everything else, and a
 //! thread pool of its own for the work that is big enough to split.
 
+mod conv;
 mod elementwise;
 mod gemm;
 pub mod math;
+mod norm;
 mod parallel;
+mod pool;
 mod reduce;
+mod scratch;
 mod sgemm;
 pub mod simd;
 
@@ -14,8 +18,9 @@ use elementwise as ew;
 pub use parallel::Threads;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
-    catch_panic, AdaptiveArgs, AdaptiveRule, BinaryOp, BufHandle, BufView, DType, Device,
-    DeviceInfo, Dims3, Distribution, Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
+    catch_panic, AdaptiveArgs, AdaptiveRule, BatchNormArgs, BinaryOp, BufHandle, BufView,
+    ConvShape, DType, Device, DeviceInfo, Dims3, Distribution, Error, GemmArgs, LrnShape,
+    PoolShape, ReduceOp, Result, SgdArgs, UnaryOp,
 };
 
 const NAME: &str = "cpu";
@@ -37,7 +42,7 @@ const ELEMENTWISE_GRAIN: usize = 1 << 16;
 #[derive(Clone)]
 pub struct CpuDevice {
     threads: Threads,
-    scratch: std::sync::Arc<gemm::Scratch>,
+    scratch: std::sync::Arc<scratch::Scratch>,
 }
 
 impl CpuDevice {
@@ -454,6 +459,292 @@ impl Device for CpuDevice {
                 return Err(Error::invalid("adam needs a second state"));
             }
             self.elementwise(w.len, |s, e| ew::adaptive(w, g, s1, s2, args, s, e));
+            Ok(())
+        })
+    }
+
+    unsafe fn conv2d(
+        &self,
+        shape: &ConvShape,
+        x: BufView,
+        w: BufView,
+        y: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &w, &y], "conv2d")?;
+            conv::run(
+                &self.threads,
+                &self.scratch,
+                shape,
+                conv::Pass::Forward,
+                x,
+                w,
+                y,
+            );
+            Ok(())
+        })
+    }
+
+    unsafe fn conv2d_backward_data(
+        &self,
+        shape: &ConvShape,
+        dy: BufView,
+        w: BufView,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&dy, &w, &dx], "conv2d_backward_data")?;
+            conv::run(
+                &self.threads,
+                &self.scratch,
+                shape,
+                conv::Pass::Data,
+                dy,
+                w,
+                dx,
+            );
+            Ok(())
+        })
+    }
+
+    unsafe fn conv2d_backward_filter(
+        &self,
+        shape: &ConvShape,
+        x: BufView,
+        dy: BufView,
+        dw: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &dy, &dw], "conv2d_backward_filter")?;
+            conv::run(
+                &self.threads,
+                &self.scratch,
+                shape,
+                conv::Pass::Filter,
+                x,
+                dy,
+                dw,
+            );
+            Ok(())
+        })
+    }
+
+    unsafe fn pool2d(
+        &self,
+        shape: &PoolShape,
+        x: BufView,
+        y: BufView,
+        argmax: ROption<BufView>,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &y], "pool2d")?;
+            let argmax = argmax.into_option();
+            if let Some(a) = &argmax {
+                if a.dtype != DType::I32 {
+                    return Err(Error::unsupported(
+                        NAME,
+                        format!("pool2d argmax of {}", a.dtype),
+                    ));
+                }
+            }
+            pool::forward(&self.threads, shape, x, y, argmax);
+            Ok(())
+        })
+    }
+
+    unsafe fn pool2d_backward(
+        &self,
+        shape: &PoolShape,
+        dy: BufView,
+        argmax: ROption<BufView>,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&dy, &dx], "pool2d_backward")?;
+            pool::backward(&self.threads, shape, dy, argmax.into_option(), dx)
+        })
+    }
+
+    unsafe fn lrn(
+        &self,
+        shape: &LrnShape,
+        x: BufView,
+        y: BufView,
+        scale: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &y, &scale], "lrn")?;
+            norm::lrn(&self.threads, shape, x, y, scale);
+            Ok(())
+        })
+    }
+
+    unsafe fn lrn_backward(
+        &self,
+        shape: &LrnShape,
+        x: BufView,
+        y: BufView,
+        scale: BufView,
+        dy: BufView,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &y, &scale, &dy, &dx], "lrn_backward")?;
+            norm::lrn_backward(&self.threads, &self.scratch, shape, x, y, scale, dy, dx);
+            Ok(())
+        })
+    }
+
+    unsafe fn batch_norm(
+        &self,
+        args: &BatchNormArgs,
+        x: BufView,
+        gamma: BufView,
+        beta: BufView,
+        y: BufView,
+        mean: BufView,
+        inv_std: BufView,
+        running_mean: BufView,
+        running_var: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(
+                &[
+                    &x,
+                    &gamma,
+                    &beta,
+                    &y,
+                    &mean,
+                    &inv_std,
+                    &running_mean,
+                    &running_var,
+                ],
+                "batch_norm",
+            )?;
+            let per_channel = args.dims.outer * args.dims.inner;
+            let grain = ELEMENTWISE_GRAIN.div_ceil(per_channel.max(1)).max(1);
+            self.threads.for_ranges(args.dims.mid, grain, &|m0, m1| {
+                norm::batch_norm(
+                    args,
+                    m0,
+                    m1,
+                    x,
+                    gamma,
+                    beta,
+                    y,
+                    mean,
+                    inv_std,
+                    running_mean,
+                    running_var,
+                )
+            });
+            Ok(())
+        })
+    }
+
+    unsafe fn batch_norm_backward(
+        &self,
+        args: &BatchNormArgs,
+        x: BufView,
+        dy: BufView,
+        gamma: BufView,
+        mean: BufView,
+        inv_std: BufView,
+        dx: BufView,
+        dgamma: BufView,
+        dbeta: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(
+                &[&x, &dy, &gamma, &mean, &inv_std, &dx, &dgamma, &dbeta],
+                "batch_norm_backward",
+            )?;
+            let per_channel = args.dims.outer * args.dims.inner;
+            let grain = ELEMENTWISE_GRAIN.div_ceil(per_channel.max(1)).max(1);
+            self.threads.for_ranges(args.dims.mid, grain, &|m0, m1| {
+                norm::batch_norm_backward(
+                    args, m0, m1, x, dy, gamma, mean, inv_std, dx, dgamma, dbeta,
+                )
+            });
+            Ok(())
+        })
+    }
+
+    unsafe fn softmax_backward(
+        &self,
+        rows: usize,
+        cols: usize,
+        y: BufView,
+        dy: BufView,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&y, &dy, &dx], "softmax_backward")?;
+            let grain = self.rows_split(rows, cols);
+            self.threads.for_ranges(rows, grain, &|s, e| {
+                reduce::softmax_backward(cols, y, dy, dx, s, e)
+            });
+            Ok(())
+        })
+    }
+
+    unsafe fn top_k(
+        &self,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        x: BufView,
+        indices: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x], "top_k")?;
+            let xs = ew::part(x, 0, rows * cols);
+            let out = memory::slice_mut::<i32>(NAME, indices, "top_k indices")?;
+            for r in 0..rows {
+                reduce::top_k_row(&xs[r * cols..(r + 1) * cols], &mut out[r * k..(r + 1) * k]);
+            }
+            Ok(())
+        })
+    }
+
+    unsafe fn top_k_accuracy(
+        &self,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        x: BufView,
+        labels: BufView,
+        stats: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&x, &stats], "top_k_accuracy")?;
+            let xs = ew::part(x, 0, rows * cols);
+            let labs = memory::slice::<i32>(NAME, labels, "top_k_accuracy labels")?;
+            // k is at most cols; a few indices on the stack cover common cases.
+            let mut small = [0i32; 16];
+            let mut large = Vec::new();
+            let top: &mut [i32] = if k <= small.len() {
+                &mut small[..k]
+            } else {
+                large.resize(k, 0);
+                &mut large
+            };
+            let mut correct = 0.0f32;
+            for r in 0..rows {
+                let l = labs[r];
+                if l < 0 || l as usize >= cols {
+                    return Err(Error::invalid(format!(
+                        "label {l} of sample {r} is outside the {cols} classes"
+                    )));
+                }
+                reduce::top_k_row(&xs[r * cols..(r + 1) * cols], top);
+                if top.contains(&l) {
+                    correct += 1.0;
+                }
+            }
+            let s = ew::part_mut(stats, 0, 2);
+            s[0] += correct;
+            s[1] += rows as f32;
             Ok(())
         })
     }

@@ -215,3 +215,58 @@ pub(crate) unsafe fn softmax_cross_entropy_backward(
         },
     )
 }
+
+/// `dx = y ⊙ (dy − Σ_row dy ⊙ y)` over rows `rs..re`.
+pub(crate) unsafe fn softmax_backward(
+    cols: usize,
+    y: BufView,
+    dy: BufView,
+    dx: BufView,
+    rs: usize,
+    re: usize,
+) {
+    simd(
+        #[inline(always)]
+        || {
+            for r in rs..re {
+                let span = (r * cols, (r + 1) * cols);
+                let ys = part(y, span.0, span.1);
+                let dot: f32 = if dx.same_region(&dy) {
+                    let out = part_mut(dx, span.0, span.1);
+                    let dot: f32 = out.iter().zip(ys).map(|(a, b)| a * b).sum();
+                    for (o, &v) in out.iter_mut().zip(ys) {
+                        *o = v * (*o - dot);
+                    }
+                    continue;
+                } else {
+                    part(dy, span.0, span.1)
+                        .iter()
+                        .zip(ys)
+                        .map(|(a, b)| a * b)
+                        .sum()
+                };
+                let dys = part(dy, span.0, span.1);
+                for ((o, &v), &g) in part_mut(dx, span.0, span.1).iter_mut().zip(ys).zip(dys) {
+                    *o = v * (g - dot);
+                }
+            }
+        },
+    )
+}
+
+/// The indices of the `k` largest values of `row` into `out`, largest first, lower index first
+/// on ties.
+pub(crate) fn top_k_row(row: &[f32], out: &mut [i32]) {
+    let k = out.len();
+    let mut n = 0;
+    for (i, &v) in row.iter().enumerate() {
+        // The first kept entry smaller than v: v goes before it (after any equal ones).
+        let pos = (0..n).find(|&p| row[out[p] as usize] < v).unwrap_or(n);
+        if pos < k {
+            let end = n.min(k - 1);
+            out.copy_within(pos..end, pos + 1);
+            out[pos] = i as i32;
+            n = (n + 1).min(k);
+        }
+    }
+}

@@ -4,11 +4,14 @@
 //! in-place calls need no care), arithmetic runs in `f64`, and results are rounded once when
 //! stored. Speed is not a goal.
 
+mod nn;
+
 use crate::memory::{self, bytes, bytes_mut, check_host_len, convert, load, store};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
-    catch_panic, rng, AdaptiveArgs, AdaptiveRule, BinaryOp, BufHandle, BufView, DType, Device,
-    DeviceInfo, Dims3, Distribution, Error, GemmArgs, ReduceOp, Result, SgdArgs, UnaryOp,
+    catch_panic, rng, AdaptiveArgs, AdaptiveRule, BatchNormArgs, BinaryOp, BufHandle, BufView,
+    ConvShape, DType, Device, DeviceInfo, Dims3, Distribution, Error, GemmArgs, LrnShape,
+    PoolShape, ReduceOp, Result, SgdArgs, UnaryOp,
 };
 
 const NAME: &str = "reference";
@@ -633,6 +636,268 @@ impl Device for ReferenceDevice {
             if let (Some(view), Some(values)) = (s2, s2s) {
                 put(view, &values);
             }
+            Ok(())
+        })
+    }
+
+    unsafe fn conv2d(
+        &self,
+        shape: &ConvShape,
+        x: BufView,
+        w: BufView,
+        y: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &w, &y], "conv2d")?;
+            put(y, &nn::conv2d(shape, &get(x), &get(w)));
+            Ok(())
+        })
+    }
+
+    unsafe fn conv2d_backward_data(
+        &self,
+        shape: &ConvShape,
+        dy: BufView,
+        w: BufView,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&dy, &w, &dx], "conv2d_backward_data")?;
+            put(dx, &nn::conv2d_backward_data(shape, &get(dy), &get(w)));
+            Ok(())
+        })
+    }
+
+    unsafe fn conv2d_backward_filter(
+        &self,
+        shape: &ConvShape,
+        x: BufView,
+        dy: BufView,
+        dw: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &dy, &dw], "conv2d_backward_filter")?;
+            put(dw, &nn::conv2d_backward_filter(shape, &get(x), &get(dy)));
+            Ok(())
+        })
+    }
+
+    unsafe fn pool2d(
+        &self,
+        shape: &PoolShape,
+        x: BufView,
+        y: BufView,
+        argmax: ROption<BufView>,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &y], "pool2d")?;
+            let (out, arg) = nn::pool2d(shape, &get(x));
+            put(y, &out);
+            if let ROption::RSome(a) = argmax {
+                require(&a, DType::I32, "pool2d argmax")?;
+                put(a, &arg);
+            }
+            Ok(())
+        })
+    }
+
+    unsafe fn pool2d_backward(
+        &self,
+        shape: &PoolShape,
+        dy: BufView,
+        argmax: ROption<BufView>,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&dy, &dx], "pool2d_backward")?;
+            let arg = argmax.into_option().map(get);
+            put(dx, &nn::pool2d_backward(shape, &get(dy), arg.as_deref())?);
+            Ok(())
+        })
+    }
+
+    unsafe fn lrn(
+        &self,
+        shape: &LrnShape,
+        x: BufView,
+        y: BufView,
+        scale: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &y, &scale], "lrn")?;
+            let (out, sc) = nn::lrn(shape, &get(x));
+            put(y, &out);
+            put(scale, &sc);
+            Ok(())
+        })
+    }
+
+    unsafe fn lrn_backward(
+        &self,
+        shape: &LrnShape,
+        x: BufView,
+        y: BufView,
+        scale: BufView,
+        dy: BufView,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &y, &scale, &dy, &dx], "lrn_backward")?;
+            put(
+                dx,
+                &nn::lrn_backward(shape, &get(x), &get(y), &get(scale), &get(dy)),
+            );
+            Ok(())
+        })
+    }
+
+    unsafe fn batch_norm(
+        &self,
+        args: &BatchNormArgs,
+        x: BufView,
+        gamma: BufView,
+        beta: BufView,
+        y: BufView,
+        mean: BufView,
+        inv_std: BufView,
+        running_mean: BufView,
+        running_var: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(
+                &[
+                    &x,
+                    &gamma,
+                    &beta,
+                    &y,
+                    &mean,
+                    &inv_std,
+                    &running_mean,
+                    &running_var,
+                ],
+                "batch_norm",
+            )?;
+            let out = nn::batch_norm(
+                args,
+                &get(x),
+                &get(gamma),
+                &get(beta),
+                &get(running_mean),
+                &get(running_var),
+            );
+            put(y, &out.y);
+            if args.training {
+                put(mean, &out.mean);
+                put(inv_std, &out.inv_std);
+                put(running_mean, &out.running_mean);
+                put(running_var, &out.running_var);
+            }
+            Ok(())
+        })
+    }
+
+    unsafe fn batch_norm_backward(
+        &self,
+        args: &BatchNormArgs,
+        x: BufView,
+        dy: BufView,
+        gamma: BufView,
+        mean: BufView,
+        inv_std: BufView,
+        dx: BufView,
+        dgamma: BufView,
+        dbeta: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(
+                &[&x, &dy, &gamma, &mean, &inv_std, &dx, &dgamma, &dbeta],
+                "batch_norm_backward",
+            )?;
+            let (d, dg, db) = nn::batch_norm_backward(
+                args,
+                &get(x),
+                &get(dy),
+                &get(gamma),
+                &get(mean),
+                &get(inv_std),
+            );
+            put(dx, &d);
+            put(dgamma, &dg);
+            put(dbeta, &db);
+            Ok(())
+        })
+    }
+
+    unsafe fn softmax_backward(
+        &self,
+        rows: usize,
+        cols: usize,
+        y: BufView,
+        dy: BufView,
+        dx: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&y, &dy, &dx], "softmax_backward")?;
+            let (ys, dys) = (get(y), get(dy));
+            let mut out = vec![0.0; rows * cols];
+            for r in 0..rows {
+                let row = r * cols..(r + 1) * cols;
+                let dot: f64 = row.clone().map(|i| ys[i] * dys[i]).sum();
+                for i in row {
+                    out[i] = ys[i] * (dys[i] - dot);
+                }
+            }
+            put(dx, &out);
+            Ok(())
+        })
+    }
+
+    unsafe fn top_k(
+        &self,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        x: BufView,
+        indices: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x], "top_k")?;
+            require(&indices, DType::I32, "top_k indices")?;
+            let xs = get(x);
+            let out: Vec<f64> = (0..rows)
+                .flat_map(|r| {
+                    nn::top_k_row(&xs[r * cols..(r + 1) * cols], k)
+                        .into_iter()
+                        .map(|i| i as f64)
+                })
+                .collect();
+            put(indices, &out);
+            Ok(())
+        })
+    }
+
+    unsafe fn top_k_accuracy(
+        &self,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        x: BufView,
+        labels: BufView,
+        stats: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&x, &stats], "top_k_accuracy")?;
+            require(&labels, DType::I32, "top_k_accuracy labels")?;
+            let (xs, labs) = (get(x), get(labels));
+            let mut s = get(stats);
+            for r in 0..rows {
+                let l = Self::label(&labs, r, cols)?;
+                if nn::top_k_row(&xs[r * cols..(r + 1) * cols], k).contains(&l) {
+                    s[0] += 1.0;
+                }
+                s[1] += 1.0;
+            }
+            put(stats, &s);
             Ok(())
         })
     }

@@ -14,8 +14,15 @@ use crate::error::{Error, Result};
 use crate::tensor::{Access, Tensor};
 use abi_stable::std_types::ROption;
 
+mod nn;
+
 impl DeviceRef {
-    fn check(&self, op: &'static str, t: &Tensor, dtype: Option<DType>) -> Result<BufView> {
+    pub(crate) fn check(
+        &self,
+        op: &'static str,
+        t: &Tensor,
+        dtype: Option<DType>,
+    ) -> Result<BufView> {
         if t.device().id() != self.id() {
             return Err(Error::invalid(format!(
                 "{op}: a tensor lives on device {} but the operation runs on device {}",
@@ -34,7 +41,7 @@ impl DeviceRef {
         Ok(t.view())
     }
 
-    fn check_len(op: &'static str, t: &Tensor, len: usize, what: &str) -> Result<()> {
+    pub(crate) fn check_len(op: &'static str, t: &Tensor, len: usize, what: &str) -> Result<()> {
         if t.numel() != len {
             return Err(Error::shape(
                 op,
@@ -48,7 +55,7 @@ impl DeviceRef {
     }
 
     /// Fails if `out` overlaps any of `inputs`, except (when `inplace_ok`) being exactly one.
-    fn check_alias(
+    pub(crate) fn check_alias(
         op: &'static str,
         out: &BufView,
         inputs: &[BufView],

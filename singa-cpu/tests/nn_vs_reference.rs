@@ -1,0 +1,238 @@
+//! The convolutional-network operations of the CPU device against the reference device, on
+//! random shapes: odd sizes, padding, strides above 1, non-square kernels and inputs, groups.
+
+use proptest::prelude::*;
+use singa_core::rng::SplitMix64;
+use singa_core::{
+    BatchNormArgs, ConvShape, DType, DeviceRef, Dims3, LrnShape, PoolKind, PoolShape, Result,
+    Shape, Tensor,
+};
+use singa_cpu::{CpuDevice, ReferenceDevice};
+use std::sync::OnceLock;
+
+fn devices() -> &'static [DeviceRef; 2] {
+    static DEVS: OnceLock<[DeviceRef; 2]> = OnceLock::new();
+    DEVS.get_or_init(|| {
+        [
+            DeviceRef::new(CpuDevice::new(2).unwrap()),
+            DeviceRef::new(ReferenceDevice::new()),
+        ]
+    })
+}
+
+fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut r = SplitMix64::new(seed);
+    (0..n)
+        .map(|_| lo + (hi - lo) * ((r.next_u64() >> 40) as f32 / (1u64 << 24) as f32))
+        .collect()
+}
+
+fn both<T>(f: impl Fn(&DeviceRef) -> Result<T>) -> (T, T) {
+    let [cpu, reference] = devices();
+    (
+        f(cpu).expect("cpu device"),
+        f(reference).expect("reference device"),
+    )
+}
+
+fn close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}: element {i}: cpu {g}, reference {w}"
+        );
+    }
+}
+
+fn t(d: &DeviceRef, v: &[f32]) -> Result<Tensor> {
+    Tensor::from_slice(d, v, Shape::new(&[v.len()])?)
+}
+
+prop_compose! {
+    fn conv_shape()(batch in 1usize..5, g in 1usize..3, cpg in 1usize..4, fpg in 1usize..5,
+                    height in 1usize..11, width in 1usize..11, kh in 1usize..5, kw in 1usize..5,
+                    sh in 1usize..3, sw in 1usize..3, ph in 0usize..3, pw in 0usize..3) -> ConvShape {
+        ConvShape {
+            batch, channels: g * cpg, height: height.max(kh), width: width.max(kw), filters: g * fpg,
+            kernel_h: kh, kernel_w: kw, stride_h: sh, stride_w: sw, pad_h: ph.min(kh - 1), pad_w: pw.min(kw - 1), groups: g,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn convolution_matches(s in conv_shape(), seed: u64) {
+        prop_assume!(s.problem().is_none());
+        let x = values(seed, s.input_len(), -1.0, 1.0);
+        let w = values(seed ^ 1, s.weight_len(), -1.0, 1.0);
+        let dy = values(seed ^ 2, s.output_len(), -1.0, 1.0);
+        let (got, want) = both(|d| {
+            let (tx, tw, tdy) = (t(d, &x)?, t(d, &w)?, t(d, &dy)?);
+            let mut y = Tensor::zeros(d, [s.output_len()], DType::F32)?;
+            let mut dx = t(d, &values(9, s.input_len(), -1.0, 1.0))?;
+            let mut dw = t(d, &values(8, s.weight_len(), -1.0, 1.0))?;
+            d.conv2d(&s, &tx, &tw, &mut y)?;
+            d.conv2d_backward_data(&s, &tdy, &tw, &mut dx)?;
+            d.conv2d_backward_filter(&s, &tx, &tdy, &mut dw)?;
+            Ok([y.to_vec::<f32>()?, dx.to_vec()?, dw.to_vec()?].concat())
+        });
+        let depth = (s.group_channels() * s.kernel_h * s.kernel_w).max(s.batch * s.out_h() * s.out_w()) as f32;
+        close(&got, &want, 1e-5 * depth, 1e-5, &format!("{s:?}"));
+    }
+
+    #[test]
+    fn pooling_matches(batch in 1usize..4, channels in 1usize..4, height in 1usize..12, width in 1usize..12,
+                       kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4, ph in 0usize..2, pw in 0usize..2,
+                       max: bool, ceil: bool, seed: u64) {
+        let s = PoolShape {
+            kind: if max { PoolKind::Max } else { PoolKind::Avg },
+            batch, channels, height: height.max(kh), width: width.max(kw), kernel_h: kh, kernel_w: kw,
+            stride_h: sh, stride_w: sw, pad_h: ph.min(kh - 1), pad_w: pw.min(kw - 1), ceil,
+        };
+        prop_assume!(s.problem().is_none());
+        let x = values(seed, s.input_len(), -1.0, 1.0);
+        let dy = values(seed ^ 1, s.output_len(), -1.0, 1.0);
+        let (got, want) = both(|d| {
+            let tx = t(d, &x)?;
+            let mut y = Tensor::zeros(d, [s.output_len()], DType::F32)?;
+            let mut arg = Tensor::zeros(d, [s.output_len()], DType::I32)?;
+            let mut dx = t(d, &values(7, s.input_len(), -1.0, 1.0))?;
+            d.pool2d(&s, &tx, &mut y, max.then_some(&mut arg))?;
+            d.pool2d_backward(&s, &t(d, &dy)?, max.then_some(&arg), &mut dx)?;
+            let args: Vec<f32> = arg.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect();
+            Ok([y.to_vec::<f32>()?, dx.to_vec()?, args].concat())
+        });
+        close(&got, &want, 1e-5, 1e-5, &format!("{s:?}"));
+    }
+
+    #[test]
+    fn lrn_matches(batch in 1usize..3, channels in 1usize..9, spatial in 1usize..20, half in 0usize..3, seed: u64) {
+        let s = LrnShape { batch, channels, spatial, size: 2 * half + 1, alpha: 0.0001 * 1000.0, beta: 0.75, k: 1.0 };
+        let n = s.len();
+        let x = values(seed, n, -2.0, 2.0);
+        let dy = values(seed ^ 1, n, -1.0, 1.0);
+        let (got, want) = both(|d| {
+            let tx = t(d, &x)?;
+            let mut y = Tensor::zeros(d, [n], DType::F32)?;
+            let mut sc = Tensor::zeros(d, [n], DType::F32)?;
+            let mut dx = Tensor::zeros(d, [n], DType::F32)?;
+            d.lrn(&s, &tx, &mut y, &mut sc)?;
+            d.lrn_backward(&s, &tx, &y, &sc, &t(d, &dy)?, &mut dx)?;
+            Ok([y.to_vec::<f32>()?, sc.to_vec()?, dx.to_vec()?].concat())
+        });
+        close(&got, &want, 1e-5, 1e-4, &format!("{s:?}"));
+    }
+
+    #[test]
+    fn batch_norm_matches(outer in 1usize..6, mid in 1usize..6, inner in 1usize..30, training: bool, seed: u64) {
+        let a = BatchNormArgs { dims: Dims3 { outer, mid, inner }, eps: 1e-5, momentum: 0.1, training };
+        let n = a.dims.numel();
+        let x = values(seed, n, -2.0, 3.0);
+        let dy = values(seed ^ 1, n, -1.0, 1.0);
+        let (gamma, beta) = (values(seed ^ 2, mid, 0.5, 1.5), values(seed ^ 3, mid, -0.5, 0.5));
+        let (rm, rv) = (values(seed ^ 4, mid, -0.2, 0.2), values(seed ^ 5, mid, 0.5, 1.5));
+        let (got, want) = both(|d| {
+            let (tx, tg, tb) = (t(d, &x)?, t(d, &gamma)?, t(d, &beta)?);
+            let mut y = Tensor::zeros(d, [n], DType::F32)?;
+            let (mut mean, mut inv) = (Tensor::zeros(d, [mid], DType::F32)?, Tensor::zeros(d, [mid], DType::F32)?);
+            let (mut trm, mut trv) = (t(d, &rm)?, t(d, &rv)?);
+            d.batch_norm(&a, &tx, &tg, &tb, &mut y, &mut mean, &mut inv, &mut trm, &mut trv)?;
+            let mut out = [y.to_vec::<f32>()?, trm.to_vec()?, trv.to_vec()?].concat();
+            if training {
+                let mut dx = Tensor::zeros(d, [n], DType::F32)?;
+                let (mut dg, mut db) = (Tensor::zeros(d, [mid], DType::F32)?, Tensor::zeros(d, [mid], DType::F32)?);
+                d.batch_norm_backward(&a, &tx, &t(d, &dy)?, &tg, &mean, &inv, &mut dx, &mut dg, &mut db)?;
+                out.extend([mean.to_vec::<f32>()?, inv.to_vec()?, dx.to_vec()?, dg.to_vec()?, db.to_vec()?].concat());
+            }
+            Ok(out)
+        });
+        close(&got, &want, 1e-4, 1e-4, &format!("{a:?}"));
+    }
+
+    #[test]
+    fn softmax_backward_and_top_k_match(rows in 1usize..20, cols in 1usize..30, k in 1usize..6, seed: u64) {
+        let k = k.min(cols);
+        // Values on a coarse grid so that ties happen.
+        let x: Vec<f32> = values(seed, rows * cols, 0.0, 8.0).iter().map(|v| v.floor()).collect();
+        let dy = values(seed ^ 1, rows * cols, -1.0, 1.0);
+        let labels: Vec<i32> = values(seed ^ 2, rows, 0.0, cols as f32).iter().map(|v| *v as i32).collect();
+        let (got, want) = both(|d| {
+            let tx = Tensor::from_slice(d, &x, [rows, cols])?;
+            let mut y = Tensor::zeros(d, [rows, cols], DType::F32)?;
+            d.softmax(&tx, &mut y)?;
+            let mut dx = Tensor::zeros(d, [rows, cols], DType::F32)?;
+            d.softmax_backward(&y, &Tensor::from_slice(d, &dy, [rows, cols])?, &mut dx)?;
+            let mut idx = Tensor::zeros(d, [rows, k], DType::I32)?;
+            d.top_k(&tx, k, &mut idx)?;
+            let mut stats = Tensor::zeros(d, [2], DType::F32)?;
+            d.top_k_accuracy(&tx, &Tensor::from_slice(d, &labels, [rows])?, k, &mut stats)?;
+            let idx: Vec<f32> = idx.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect();
+            Ok([dx.to_vec::<f32>()?, idx, stats.to_vec()?].concat())
+        });
+        close(&got, &want, 1e-6, 1e-5, "softmax backward / top-k");
+    }
+}
+
+#[test]
+fn caffe_pool_output_sizes() {
+    let s = |h: usize, k: usize, st: usize, p: usize, ceil: bool| {
+        PoolShape {
+            kind: PoolKind::Max,
+            batch: 1,
+            channels: 1,
+            height: h,
+            width: h,
+            kernel_h: k,
+            kernel_w: k,
+            stride_h: st,
+            stride_w: st,
+            pad_h: p,
+            pad_w: p,
+            ceil,
+        }
+        .out_h()
+    };
+    // The CIFAR-10 "quick" net: 32 → 16 → 8 → 4 with 3x3/2 ceil pooling.
+    assert_eq!(
+        (
+            s(32, 3, 2, 0, true),
+            s(16, 3, 2, 0, true),
+            s(8, 3, 2, 0, true)
+        ),
+        (16, 8, 4)
+    );
+    assert_eq!(s(32, 3, 2, 0, false), 15);
+    // With padding, the last window must start inside the input or its leading padding.
+    assert_eq!(s(5, 2, 2, 1, true), 3);
+}
+
+#[test]
+fn bad_conv_shapes_are_errors() {
+    let dev = &devices()[0];
+    let s = ConvShape {
+        batch: 1,
+        channels: 3,
+        height: 4,
+        width: 4,
+        filters: 4,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_h: 0,
+        pad_w: 0,
+        groups: 2,
+    };
+    let x = Tensor::zeros(dev, [48], DType::F32).unwrap();
+    let w = Tensor::zeros(dev, [54], DType::F32).unwrap();
+    let mut y = Tensor::zeros(dev, [16], DType::F32).unwrap();
+    let e = dev.conv2d(&s, &x, &w, &mut y).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("2 groups must divide both the 3 input channels"),
+        "{e}"
+    );
+}
