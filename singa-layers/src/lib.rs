@@ -10,17 +10,23 @@
 //! | `inner_product` | `y = x·W + b` |
 //! | `relu`, `sigmoid`, `tanh`, `stanh`, `activation` | elementwise activations |
 //! | `dropout` | inverted dropout in training, identity in testing |
+//! | `convolution` | 2-D convolution with stride, padding and groups |
+//! | `pooling` | 2-D max or average pooling |
+//! | `lrn` | local response normalisation across channels |
+//! | `batch_norm` | batch normalisation with running statistics |
 //! | `softmax_loss` | softmax cross-entropy; reports loss and accuracy |
 //! | `euclidean_loss` | `½‖p − t‖²` per sample |
 
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod conv;
 pub mod dropout;
 pub mod gradcheck;
 pub mod inner_product;
 pub mod input;
 pub mod loss;
+pub mod norm;
 pub mod schedule;
 pub mod updaters;
 
@@ -37,6 +43,10 @@ pub fn layer_types() -> Vec<LayerType> {
         layer_type::<activation::STanh>(),
         layer_type::<activation::Activation>(),
         layer_type::<dropout::Dropout>(),
+        layer_type::<conv::Convolution>(),
+        layer_type::<conv::Pooling>(),
+        layer_type::<norm::Lrn>(),
+        layer_type::<norm::BatchNorm>(),
         layer_type::<loss::SoftmaxLoss>(),
         layer_type::<loss::EuclideanLoss>(),
     ]

@@ -1,68 +1,13 @@
 //! Every built-in layer: backward against finite differences on random shapes, the same layer
 //! on the CPU device against the reference device, and the data layer on a real shard.
 
+mod common;
+
+use common::*;
 use proptest::prelude::*;
-use singa_core::{DType, DeviceRef, Fields, LayerType, Phase, Shape, Tensor, TensorSpec};
-use singa_cpu::{CpuDevice, ReferenceDevice};
-use singa_layers::gradcheck::{build, check_gradients, random_away_from_zero, GradCheckOptions};
-use singa_layers::layer_types;
-
-fn ty(name: &str) -> LayerType {
-    layer_types().into_iter().find(|t| t.name == name).unwrap()
-}
-
-fn reference() -> DeviceRef {
-    DeviceRef::new(ReferenceDevice::new())
-}
-
-/// Inputs for specs: f32 values away from 0, labels uniform over `classes`.
-fn inputs(dev: &DeviceRef, specs: &[TensorSpec], classes: usize, seed: u64) -> Vec<Tensor> {
-    specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| match s.dtype {
-            DType::F32 => Tensor::from_slice(
-                dev,
-                &random_away_from_zero(seed + i as u64, s.shape.numel(), 0.05),
-                s.shape,
-            )
-            .unwrap(),
-            _ => {
-                let labels: Vec<i32> = (0..s.shape.numel())
-                    .map(|j| ((seed as usize + j * 7) % classes) as i32)
-                    .collect();
-                Tensor::from_slice(dev, &labels, s.shape).unwrap()
-            }
-        })
-        .collect()
-}
-
-fn gradcheck(name: &str, fields: Fields, specs: Vec<TensorSpec>, classes: usize, seed: u64) {
-    let dev = reference();
-    let mut built = build(&ty(name), &fields, &dev, &specs, seed).unwrap();
-    let xs = inputs(&dev, &specs, classes, seed);
-    let report = check_gradients(
-        &dev,
-        &mut built,
-        &xs,
-        &GradCheckOptions {
-            seed,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(report.checked > 0, "{name}: nothing was checked");
-    assert!(
-        report.passed(),
-        "{name} {fields}: {} (ratio {:.2})",
-        report.worst,
-        report.worst_ratio
-    );
-}
-
-fn f32_spec(shape: &[usize]) -> TensorSpec {
-    TensorSpec::new("x", Shape::new(shape).unwrap(), DType::F32)
-}
+use singa_core::{DType, DeviceRef, Fields, Phase, Shape, Tensor, TensorSpec};
+use singa_cpu::CpuDevice;
+use singa_layers::gradcheck::build;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
@@ -70,7 +15,7 @@ proptest! {
     #[test]
     fn inner_product_gradients(b in 1usize..5, c in 1usize..4, h in 1usize..4, out in 1usize..7, bias: bool, transpose: bool, seed in 0u64..1000) {
         let fields = Fields::new().with("num_output", out).with("bias_term", bias).with("transpose", transpose);
-        gradcheck("inner_product", fields, vec![f32_spec(&[b, c, h])], 0, seed);
+        gradcheck("inner_product", fields, vec![f32_spec(&[b, c, h])], 0, seed, Values::AwayFromZero);
     }
 
     #[test]
@@ -83,24 +28,24 @@ proptest! {
             4 => ("stanh", Fields::new()),
             _ => ("activation", Fields::new().with("type", "tanh")),
         };
-        gradcheck(name, fields, vec![f32_spec(&[b, f])], 0, seed);
+        gradcheck(name, fields, vec![f32_spec(&[b, f])], 0, seed, Values::AwayFromZero);
     }
 
     #[test]
     fn dropout_gradients(b in 1usize..5, f in 1usize..20, ratio in 0.0f64..0.9, seed in 0u64..1000) {
-        gradcheck("dropout", Fields::new().with("dropout_ratio", ratio), vec![f32_spec(&[b, f])], 0, seed);
+        gradcheck("dropout", Fields::new().with("dropout_ratio", ratio), vec![f32_spec(&[b, f])], 0, seed, Values::AwayFromZero);
     }
 
     #[test]
     fn softmax_loss_gradients(b in 1usize..6, c in 2usize..9, scale in 0.5f64..2.0, seed in 0u64..1000) {
         let specs = vec![f32_spec(&[b, c]), TensorSpec::new("label", [b], DType::I32)];
-        gradcheck("softmax_loss", Fields::new().with("scale", scale), specs, c, seed);
+        gradcheck("softmax_loss", Fields::new().with("scale", scale), specs, c, seed, Values::AwayFromZero);
     }
 
     #[test]
     fn euclidean_loss_gradients(b in 1usize..6, f in 1usize..9, seed in 0u64..1000) {
         let specs = vec![f32_spec(&[b, f]), f32_spec(&[b, f])];
-        gradcheck("euclidean_loss", Fields::new(), specs, 0, seed);
+        gradcheck("euclidean_loss", Fields::new(), specs, 0, seed, Values::AwayFromZero);
     }
 
     /// The same layer on the CPU device and on the reference device gives the same outputs
@@ -115,30 +60,7 @@ proptest! {
             4 => ("softmax_loss", Fields::new(), vec![f32_spec(&[b, f]), TensorSpec::new("label", [b], DType::I32)], f),
             _ => ("euclidean_loss", Fields::new(), vec![f32_spec(&[b, f]), f32_spec(&[b, f])], 0),
         };
-        let run = |dev: DeviceRef| -> Vec<Vec<f32>> {
-            let mut built = build(&ty(name), &fields, &dev, &specs, seed).unwrap();
-            let xs = inputs(&dev, &specs, classes, seed);
-            let mut outs: Vec<Tensor> = built.outputs.iter().map(|s| Tensor::zeros(&dev, s.shape, s.dtype).unwrap()).collect();
-            built.layer.forward(Phase::TRAIN, xs.as_slice().into(), outs.as_mut_slice().into()).into_result().unwrap();
-            let douts: Vec<Tensor> = built.outputs.iter().map(|s| Tensor::from_slice(&dev, &random_away_from_zero(seed ^ 5, s.shape.numel(), 0.0), s.shape).unwrap()).collect();
-            let mut dins: Vec<_> = xs.iter().map(|x| if x.dtype() == DType::F32 { singa_core::abi::ROption::RSome(Tensor::zeros(&dev, x.shape(), DType::F32).unwrap()) } else { singa_core::abi::ROption::RNone }).collect();
-            built.layer.backward(Phase::TRAIN, xs.as_slice().into(), outs.as_slice().into(), douts.as_slice().into(), dins.as_mut_slice().into()).into_result().unwrap();
-            let mut result: Vec<Vec<f32>> = outs.iter().map(|o| o.to_vec().unwrap()).collect();
-            result.extend(dins.iter().filter_map(|d| d.as_ref().into_option()).map(|d| d.to_vec().unwrap()));
-            result.extend(built.params.iter().map(|p| p.grad.to_vec().unwrap()));
-            let n = built.layer.metric_names().into_result().unwrap().len();
-            let mut m = vec![0.0f64; n];
-            built.layer.read_metrics(m.as_mut_slice().into()).into_result().unwrap();
-            result.push(m.iter().map(|v| *v as f32).collect());
-            result
-        };
-        let cpu = run(DeviceRef::new(CpuDevice::new(2).unwrap()));
-        let reference = run(reference());
-        for (c, r) in cpu.iter().zip(&reference) {
-            for (x, y) in c.iter().zip(r) {
-                prop_assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "{name}: cpu {x} vs reference {y}");
-            }
-        }
+        assert_cpu_matches_reference(name, &fields, &specs, classes, seed, Values::AwayFromZero, 2, 1e-5);
     }
 }
 

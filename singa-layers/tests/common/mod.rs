@@ -1,0 +1,241 @@
+//! Helpers shared by the layer tests: building a layer by name, inputs away from kinks, the
+//! gradient check, and one forward + backward pass whose results can be compared across devices.
+
+#![allow(dead_code)]
+
+use singa_core::abi::ROption;
+use singa_core::{DType, DeviceRef, Fields, LayerType, Phase, Shape, Tensor, TensorSpec};
+use singa_cpu::{CpuDevice, ReferenceDevice};
+use singa_layers::gradcheck::{build, check_gradients, random_away_from_zero, GradCheckOptions};
+use singa_layers::layer_types;
+
+/// The built-in layer type called `name`.
+pub fn ty(name: &str) -> LayerType {
+    layer_types().into_iter().find(|t| t.name == name).unwrap()
+}
+
+/// The plain reference device.
+pub fn reference() -> DeviceRef {
+    DeviceRef::new(ReferenceDevice::new())
+}
+
+/// The CPU device with `threads` threads.
+pub fn cpu(threads: usize) -> DeviceRef {
+    DeviceRef::new(CpuDevice::new(threads).unwrap())
+}
+
+/// An f32 tensor spec.
+pub fn f32_spec(shape: &[usize]) -> TensorSpec {
+    TensorSpec::new("x", Shape::new(shape).unwrap(), DType::F32)
+}
+
+/// How f32 inputs are drawn.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Values {
+    /// Uniform in [-1, 1], at least 0.05 away from 0 (away from ReLU's kink).
+    AwayFromZero,
+    /// A shuffled ladder with steps of 0.02, so no two values tie within a finite-difference
+    /// step (max pooling's argmax must not flip).
+    Distinct,
+}
+
+/// Inputs for `specs`: f32 values as `values` says, labels uniform over `classes`.
+pub fn inputs(
+    dev: &DeviceRef,
+    specs: &[TensorSpec],
+    classes: usize,
+    seed: u64,
+    values: Values,
+) -> Vec<Tensor> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s.dtype {
+            DType::F32 => {
+                let n = s.shape.numel();
+                let v = match values {
+                    Values::AwayFromZero => random_away_from_zero(seed + i as u64, n, 0.05),
+                    Values::Distinct => distinct(seed + i as u64, n),
+                };
+                Tensor::from_slice(dev, &v, s.shape).unwrap()
+            }
+            _ => {
+                let labels: Vec<i32> = (0..s.shape.numel())
+                    .map(|j| ((seed as usize + j * 7) % classes) as i32)
+                    .collect();
+                Tensor::from_slice(dev, &labels, s.shape).unwrap()
+            }
+        })
+        .collect()
+}
+
+fn distinct(seed: u64, n: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.02).collect();
+    let mut r = singa_core::rng::SplitMix64::new(seed);
+    for i in (1..n).rev() {
+        v.swap(i, r.below(i as u64 + 1) as usize);
+    }
+    v
+}
+
+/// Checks the layer's backward against finite differences on the reference device.
+pub fn gradcheck(
+    name: &str,
+    fields: Fields,
+    specs: Vec<TensorSpec>,
+    classes: usize,
+    seed: u64,
+    values: Values,
+) {
+    gradcheck_with(
+        name,
+        fields,
+        specs,
+        classes,
+        seed,
+        values,
+        GradCheckOptions {
+            seed,
+            ..Default::default()
+        },
+    )
+}
+
+/// [`gradcheck`] with explicit tolerances.
+pub fn gradcheck_with(
+    name: &str,
+    fields: Fields,
+    specs: Vec<TensorSpec>,
+    classes: usize,
+    seed: u64,
+    values: Values,
+    opts: GradCheckOptions,
+) {
+    let dev = reference();
+    let mut built = build(&ty(name), &fields, &dev, &specs, seed).unwrap();
+    let xs = inputs(&dev, &specs, classes, seed, values);
+    let report = check_gradients(&dev, &mut built, &xs, &opts).unwrap();
+    assert!(report.checked > 0, "{name}: nothing was checked");
+    assert!(
+        report.passed(),
+        "{name} {fields}: {} (ratio {:.2})",
+        report.worst,
+        report.worst_ratio
+    );
+}
+
+/// One training forward and backward pass of a fresh layer: its outputs, input gradients,
+/// parameter gradients and metrics, in that order.
+pub fn forward_backward(
+    dev: &DeviceRef,
+    name: &str,
+    fields: &Fields,
+    specs: &[TensorSpec],
+    classes: usize,
+    seed: u64,
+    values: Values,
+) -> Vec<Vec<f32>> {
+    let mut built = build(&ty(name), fields, dev, specs, seed).unwrap();
+    let xs = inputs(dev, specs, classes, seed, values);
+    let mut outs: Vec<Tensor> = built
+        .outputs
+        .iter()
+        .map(|s| Tensor::zeros(dev, s.shape, s.dtype).unwrap())
+        .collect();
+    built
+        .layer
+        .forward(
+            Phase::TRAIN,
+            xs.as_slice().into(),
+            outs.as_mut_slice().into(),
+        )
+        .into_result()
+        .unwrap();
+    let douts: Vec<Tensor> = built
+        .outputs
+        .iter()
+        .map(|s| {
+            Tensor::from_slice(
+                dev,
+                &random_away_from_zero(seed ^ 5, s.shape.numel(), 0.0),
+                s.shape,
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut dins: Vec<_> = xs
+        .iter()
+        .map(|x| {
+            if x.dtype() == DType::F32 {
+                ROption::RSome(Tensor::zeros(dev, x.shape(), DType::F32).unwrap())
+            } else {
+                ROption::RNone
+            }
+        })
+        .collect();
+    built
+        .layer
+        .backward(
+            Phase::TRAIN,
+            xs.as_slice().into(),
+            outs.as_slice().into(),
+            douts.as_slice().into(),
+            dins.as_mut_slice().into(),
+        )
+        .into_result()
+        .unwrap();
+    let mut result: Vec<Vec<f32>> = outs
+        .iter()
+        .filter(|o| o.dtype() == DType::F32)
+        .map(|o| o.to_vec().unwrap())
+        .collect();
+    result.extend(outs.iter().filter(|o| o.dtype() == DType::I32).map(|o| {
+        o.to_vec::<i32>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as f32)
+            .collect()
+    }));
+    result.extend(
+        dins.iter()
+            .filter_map(|d| d.as_ref().into_option())
+            .map(|d| d.to_vec().unwrap()),
+    );
+    result.extend(built.params.iter().map(|p| p.grad.to_vec().unwrap()));
+    let n = built.layer.metric_names().into_result().unwrap().len();
+    let mut m = vec![0.0f64; n];
+    built
+        .layer
+        .read_metrics(m.as_mut_slice().into())
+        .into_result()
+        .unwrap();
+    result.push(m.iter().map(|v| *v as f32).collect());
+    result
+}
+
+/// The layer on the CPU device (with `threads`) gives what it gives on the reference device,
+/// within `tol` relative to the largest magnitude of each tensor.
+pub fn assert_cpu_matches_reference(
+    name: &str,
+    fields: &Fields,
+    specs: &[TensorSpec],
+    classes: usize,
+    seed: u64,
+    values: Values,
+    threads: usize,
+    tol: f32,
+) {
+    let cpu = forward_backward(&cpu(threads), name, fields, specs, classes, seed, values);
+    let reference = forward_backward(&reference(), name, fields, specs, classes, seed, values);
+    assert_eq!(cpu.len(), reference.len());
+    for (k, (c, r)) in cpu.iter().zip(&reference).enumerate() {
+        assert_eq!(c.len(), r.len());
+        let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in c.iter().zip(r).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * scale,
+                "{name} {fields}: tensor {k}[{i}]: cpu {x} vs reference {y}"
+            );
+        }
+    }
+}
