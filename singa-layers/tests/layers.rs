@@ -15,7 +15,7 @@ proptest! {
     #[test]
     fn inner_product_gradients(b in 1usize..5, c in 1usize..4, h in 1usize..4, out in 1usize..7, bias: bool, transpose: bool, seed in 0u64..1000) {
         let fields = Fields::new().with("num_output", out).with("bias_term", bias).with("transpose", transpose);
-        gradcheck("inner_product", fields, vec![f32_spec(&[b, c, h])], 0, seed, Values::AwayFromZero);
+        Case::new("inner_product", fields, vec![f32_spec(&[b, c, h])], seed).gradcheck();
     }
 
     #[test]
@@ -28,24 +28,24 @@ proptest! {
             4 => ("stanh", Fields::new()),
             _ => ("activation", Fields::new().with("type", "tanh")),
         };
-        gradcheck(name, fields, vec![f32_spec(&[b, f])], 0, seed, Values::AwayFromZero);
+        Case::new(name, fields, vec![f32_spec(&[b, f])], seed).gradcheck();
     }
 
     #[test]
     fn dropout_gradients(b in 1usize..5, f in 1usize..20, ratio in 0.0f64..0.9, seed in 0u64..1000) {
-        gradcheck("dropout", Fields::new().with("dropout_ratio", ratio), vec![f32_spec(&[b, f])], 0, seed, Values::AwayFromZero);
+        Case::new("dropout", Fields::new().with("dropout_ratio", ratio), vec![f32_spec(&[b, f])], seed).gradcheck();
     }
 
     #[test]
     fn softmax_loss_gradients(b in 1usize..6, c in 2usize..9, scale in 0.5f64..2.0, seed in 0u64..1000) {
         let specs = vec![f32_spec(&[b, c]), TensorSpec::new("label", [b], DType::I32)];
-        gradcheck("softmax_loss", Fields::new().with("scale", scale), specs, c, seed, Values::AwayFromZero);
+        Case::new("softmax_loss", Fields::new().with("scale", scale), specs, seed).classes(c).gradcheck();
     }
 
     #[test]
     fn euclidean_loss_gradients(b in 1usize..6, f in 1usize..9, seed in 0u64..1000) {
         let specs = vec![f32_spec(&[b, f]), f32_spec(&[b, f])];
-        gradcheck("euclidean_loss", Fields::new(), specs, 0, seed, Values::AwayFromZero);
+        Case::new("euclidean_loss", Fields::new(), specs, seed).gradcheck();
     }
 
     /// The same layer on the CPU device and on the reference device gives the same outputs
@@ -60,7 +60,7 @@ proptest! {
             4 => ("softmax_loss", Fields::new(), vec![f32_spec(&[b, f]), TensorSpec::new("label", [b], DType::I32)], f),
             _ => ("euclidean_loss", Fields::new(), vec![f32_spec(&[b, f]), f32_spec(&[b, f])], 0),
         };
-        assert_cpu_matches_reference(name, &fields, &specs, classes, seed, Values::AwayFromZero, 2, 1e-5);
+        Case::new(name, fields, specs, seed).classes(classes).assert_cpu_matches_reference(2, 1e-5);
     }
 }
 

@@ -72,18 +72,18 @@ proptest! {
 
     #[test]
     fn convolution_gradients((fields, shape) in conv_case(), seed in 0u64..1000) {
-        gradcheck("convolution", fields, vec![f32_spec(&shape)], 0, seed, Values::AwayFromZero);
+        Case::new("convolution", fields, vec![f32_spec(&shape)], seed).gradcheck();
     }
 
     #[test]
     fn pooling_gradients((fields, shape) in pool_case(), seed in 0u64..1000) {
-        gradcheck("pooling", fields, vec![f32_spec(&shape)], 0, seed, Values::Distinct);
+        Case::new("pooling", fields, vec![f32_spec(&shape)], seed).values(Values::Distinct).gradcheck();
     }
 
     #[test]
     fn lrn_gradients(b in 1usize..3, c in 1usize..8, hw in 1usize..10, size in 0usize..3, alpha in 0.01f64..1.0, beta in 0.5f64..1.0, k in 1.0f64..2.0, seed in 0u64..1000) {
         let fields = Fields::new().with("local_size", 2 * size + 1).with("alpha", alpha).with("beta", beta).with("k", k);
-        gradcheck("lrn", fields, vec![f32_spec(&[b, c, hw, 1])], 0, seed, Values::AwayFromZero);
+        Case::new("lrn", fields, vec![f32_spec(&[b, c, hw, 1])], seed).gradcheck();
     }
 
     #[test]
@@ -92,23 +92,23 @@ proptest! {
         // least 4 per channel) keep it far from 0, so a finite-difference step stays in the
         // linear range.
         let opts = GradCheckOptions { seed, eps: 2e-3, ..Default::default() };
-        gradcheck_with("batch_norm", Fields::new(), vec![f32_spec(&[b, c, hw])], 0, seed, Values::Distinct, opts);
+        Case::new("batch_norm", Fields::new(), vec![f32_spec(&[b, c, hw])], seed).values(Values::Distinct).gradcheck_with(opts);
     }
 
     #[test]
     fn convolution_cpu_matches_reference((fields, shape) in conv_case(), threads in 1usize..4, seed in 0u64..1000) {
-        assert_cpu_matches_reference("convolution", &fields, &[f32_spec(&shape)], 0, seed, Values::AwayFromZero, threads, 1e-5);
+        Case::new("convolution", fields, vec![f32_spec(&shape)], seed).assert_cpu_matches_reference(threads, 1e-5);
     }
 
     #[test]
     fn pooling_cpu_matches_reference((fields, shape) in pool_case(), threads in 1usize..4, seed in 0u64..1000) {
-        assert_cpu_matches_reference("pooling", &fields, &[f32_spec(&shape)], 0, seed, Values::Distinct, threads, 1e-6);
+        Case::new("pooling", fields, vec![f32_spec(&shape)], seed).values(Values::Distinct).assert_cpu_matches_reference(threads, 1e-6);
     }
 
     #[test]
     fn normalisation_cpu_matches_reference(bn: bool, b in 1usize..5, c in 1usize..9, hw in 1usize..20, threads in 1usize..4, seed in 0u64..1000) {
         let (name, fields) = if bn { ("batch_norm", Fields::new()) } else { ("lrn", Fields::new().with("alpha", 0.5)) };
-        assert_cpu_matches_reference(name, &fields, &[f32_spec(&[b, c, hw])], 0, seed, Values::AwayFromZero, threads, 1e-5);
+        Case::new(name, fields, vec![f32_spec(&[b, c, hw])], seed).assert_cpu_matches_reference(threads, 1e-5);
     }
 }
 

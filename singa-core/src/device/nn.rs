@@ -79,7 +79,10 @@ impl ConvShape {
         if self.kernel_h == 0 || self.kernel_w == 0 || self.stride_h == 0 || self.stride_w == 0 {
             return Some("kernel and stride must be at least 1".into());
         }
-        if self.groups == 0 || !self.channels.is_multiple_of(self.groups) || !self.filters.is_multiple_of(self.groups) {
+        if self.groups == 0
+            || !self.channels.is_multiple_of(self.groups)
+            || !self.filters.is_multiple_of(self.groups)
+        {
             return Some(format!(
                 "{} groups must divide both the {} input channels and the {} filters",
                 self.groups, self.channels, self.filters

@@ -78,164 +78,170 @@ fn distinct(seed: u64, n: usize) -> Vec<f32> {
     v
 }
 
-/// Checks the layer's backward against finite differences on the reference device.
-pub fn gradcheck(
-    name: &str,
-    fields: Fields,
-    specs: Vec<TensorSpec>,
-    classes: usize,
-    seed: u64,
-    values: Values,
-) {
-    gradcheck_with(
-        name,
-        fields,
-        specs,
-        classes,
-        seed,
-        values,
-        GradCheckOptions {
+/// One layer under test: its type, fields, input specs and how its inputs are drawn.
+pub struct Case {
+    /// The layer type.
+    pub name: &'static str,
+    /// The layer's fields.
+    pub fields: Fields,
+    /// The inputs' specs.
+    pub specs: Vec<TensorSpec>,
+    /// Labels are drawn from `0..classes`.
+    pub classes: usize,
+    /// Seeds the inputs, the parameters and the gradient check.
+    pub seed: u64,
+    /// How f32 inputs are drawn.
+    pub values: Values,
+}
+
+impl Case {
+    /// A case with f32 inputs away from zero and no labels.
+    pub fn new(name: &'static str, fields: Fields, specs: Vec<TensorSpec>, seed: u64) -> Case {
+        Case {
+            name,
+            fields,
+            specs,
+            classes: 0,
             seed,
+            values: Values::AwayFromZero,
+        }
+    }
+
+    /// Labels drawn from `0..classes`.
+    pub fn classes(mut self, classes: usize) -> Case {
+        self.classes = classes;
+        self
+    }
+
+    /// f32 inputs drawn as `values` says.
+    pub fn values(mut self, values: Values) -> Case {
+        self.values = values;
+        self
+    }
+
+    /// Checks the layer's backward against finite differences on the reference device.
+    pub fn gradcheck(&self) {
+        self.gradcheck_with(GradCheckOptions {
+            seed: self.seed,
             ..Default::default()
-        },
-    )
-}
+        })
+    }
 
-/// [`gradcheck`] with explicit tolerances.
-pub fn gradcheck_with(
-    name: &str,
-    fields: Fields,
-    specs: Vec<TensorSpec>,
-    classes: usize,
-    seed: u64,
-    values: Values,
-    opts: GradCheckOptions,
-) {
-    let dev = reference();
-    let mut built = build(&ty(name), &fields, &dev, &specs, seed).unwrap();
-    let xs = inputs(&dev, &specs, classes, seed, values);
-    let report = check_gradients(&dev, &mut built, &xs, &opts).unwrap();
-    assert!(report.checked > 0, "{name}: nothing was checked");
-    assert!(
-        report.passed(),
-        "{name} {fields}: {} (ratio {:.2})",
-        report.worst,
-        report.worst_ratio
-    );
-}
+    /// [`Case::gradcheck`] with explicit tolerances.
+    pub fn gradcheck_with(&self, opts: GradCheckOptions) {
+        let dev = reference();
+        let mut built = build(&ty(self.name), &self.fields, &dev, &self.specs, self.seed).unwrap();
+        let xs = inputs(&dev, &self.specs, self.classes, self.seed, self.values);
+        let report = check_gradients(&dev, &mut built, &xs, &opts).unwrap();
+        assert!(report.checked > 0, "{}: nothing was checked", self.name);
+        assert!(
+            report.passed(),
+            "{} {}: {} (ratio {:.2})",
+            self.name,
+            self.fields,
+            report.worst,
+            report.worst_ratio
+        );
+    }
 
-/// One training forward and backward pass of a fresh layer: its outputs, input gradients,
-/// parameter gradients and metrics, in that order.
-pub fn forward_backward(
-    dev: &DeviceRef,
-    name: &str,
-    fields: &Fields,
-    specs: &[TensorSpec],
-    classes: usize,
-    seed: u64,
-    values: Values,
-) -> Vec<Vec<f32>> {
-    let mut built = build(&ty(name), fields, dev, specs, seed).unwrap();
-    let xs = inputs(dev, specs, classes, seed, values);
-    let mut outs: Vec<Tensor> = built
-        .outputs
-        .iter()
-        .map(|s| Tensor::zeros(dev, s.shape, s.dtype).unwrap())
-        .collect();
-    built
-        .layer
-        .forward(
-            Phase::TRAIN,
-            xs.as_slice().into(),
-            outs.as_mut_slice().into(),
-        )
-        .into_result()
-        .unwrap();
-    let douts: Vec<Tensor> = built
-        .outputs
-        .iter()
-        .map(|s| {
-            Tensor::from_slice(
-                dev,
-                &random_away_from_zero(seed ^ 5, s.shape.numel(), 0.0),
-                s.shape,
+    /// One training forward and backward pass of a fresh layer: its outputs, input gradients,
+    /// parameter gradients and metrics, in that order.
+    pub fn forward_backward(&self, dev: &DeviceRef) -> Vec<Vec<f32>> {
+        let mut built = build(&ty(self.name), &self.fields, dev, &self.specs, self.seed).unwrap();
+        let xs = inputs(dev, &self.specs, self.classes, self.seed, self.values);
+        let mut outs: Vec<Tensor> = built
+            .outputs
+            .iter()
+            .map(|s| Tensor::zeros(dev, s.shape, s.dtype).unwrap())
+            .collect();
+        built
+            .layer
+            .forward(
+                Phase::TRAIN,
+                xs.as_slice().into(),
+                outs.as_mut_slice().into(),
             )
-            .unwrap()
-        })
-        .collect();
-    let mut dins: Vec<_> = xs
-        .iter()
-        .map(|x| {
-            if x.dtype() == DType::F32 {
-                ROption::RSome(Tensor::zeros(dev, x.shape(), DType::F32).unwrap())
-            } else {
-                ROption::RNone
-            }
-        })
-        .collect();
-    built
-        .layer
-        .backward(
-            Phase::TRAIN,
-            xs.as_slice().into(),
-            outs.as_slice().into(),
-            douts.as_slice().into(),
-            dins.as_mut_slice().into(),
-        )
-        .into_result()
-        .unwrap();
-    let mut result: Vec<Vec<f32>> = outs
-        .iter()
-        .filter(|o| o.dtype() == DType::F32)
-        .map(|o| o.to_vec().unwrap())
-        .collect();
-    result.extend(outs.iter().filter(|o| o.dtype() == DType::I32).map(|o| {
-        o.to_vec::<i32>()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as f32)
-            .collect()
-    }));
-    result.extend(
-        dins.iter()
-            .filter_map(|d| d.as_ref().into_option())
-            .map(|d| d.to_vec().unwrap()),
-    );
-    result.extend(built.params.iter().map(|p| p.grad.to_vec().unwrap()));
-    let n = built.layer.metric_names().into_result().unwrap().len();
-    let mut m = vec![0.0f64; n];
-    built
-        .layer
-        .read_metrics(m.as_mut_slice().into())
-        .into_result()
-        .unwrap();
-    result.push(m.iter().map(|v| *v as f32).collect());
-    result
-}
+            .into_result()
+            .unwrap();
+        let douts: Vec<Tensor> = built
+            .outputs
+            .iter()
+            .map(|s| {
+                Tensor::from_slice(
+                    dev,
+                    &random_away_from_zero(self.seed ^ 5, s.shape.numel(), 0.0),
+                    s.shape,
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut dins: Vec<_> = xs
+            .iter()
+            .map(|x| {
+                if x.dtype() == DType::F32 {
+                    ROption::RSome(Tensor::zeros(dev, x.shape(), DType::F32).unwrap())
+                } else {
+                    ROption::RNone
+                }
+            })
+            .collect();
+        built
+            .layer
+            .backward(
+                Phase::TRAIN,
+                xs.as_slice().into(),
+                outs.as_slice().into(),
+                douts.as_slice().into(),
+                dins.as_mut_slice().into(),
+            )
+            .into_result()
+            .unwrap();
+        let mut result: Vec<Vec<f32>> = outs
+            .iter()
+            .filter(|o| o.dtype() == DType::F32)
+            .map(|o| o.to_vec().unwrap())
+            .collect();
+        result.extend(outs.iter().filter(|o| o.dtype() == DType::I32).map(|o| {
+            o.to_vec::<i32>()
+                .unwrap()
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        }));
+        result.extend(
+            dins.iter()
+                .filter_map(|d| d.as_ref().into_option())
+                .map(|d| d.to_vec().unwrap()),
+        );
+        result.extend(built.params.iter().map(|p| p.grad.to_vec().unwrap()));
+        let n = built.layer.metric_names().into_result().unwrap().len();
+        let mut m = vec![0.0f64; n];
+        built
+            .layer
+            .read_metrics(m.as_mut_slice().into())
+            .into_result()
+            .unwrap();
+        result.push(m.iter().map(|v| *v as f32).collect());
+        result
+    }
 
-/// The layer on the CPU device (with `threads`) gives what it gives on the reference device,
-/// within `tol` relative to the largest magnitude of each tensor.
-pub fn assert_cpu_matches_reference(
-    name: &str,
-    fields: &Fields,
-    specs: &[TensorSpec],
-    classes: usize,
-    seed: u64,
-    values: Values,
-    threads: usize,
-    tol: f32,
-) {
-    let cpu = forward_backward(&cpu(threads), name, fields, specs, classes, seed, values);
-    let reference = forward_backward(&reference(), name, fields, specs, classes, seed, values);
-    assert_eq!(cpu.len(), reference.len());
-    for (k, (c, r)) in cpu.iter().zip(&reference).enumerate() {
-        assert_eq!(c.len(), r.len());
-        let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        for (i, (x, y)) in c.iter().zip(r).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * scale,
-                "{name} {fields}: tensor {k}[{i}]: cpu {x} vs reference {y}"
-            );
+    /// The layer on the CPU device (with `threads`) gives what it gives on the reference
+    /// device, within `tol` relative to the largest magnitude of each tensor (at least 1).
+    pub fn assert_cpu_matches_reference(&self, threads: usize, tol: f32) {
+        let cpu = self.forward_backward(&cpu(threads));
+        let reference = self.forward_backward(&reference());
+        assert_eq!(cpu.len(), reference.len());
+        for (k, (c, r)) in cpu.iter().zip(&reference).enumerate() {
+            assert_eq!(c.len(), r.len());
+            let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (i, (x, y)) in c.iter().zip(r).enumerate() {
+                assert!(
+                    (x - y).abs() <= tol * scale,
+                    "{} {}: tensor {k}[{i}]: cpu {x} vs reference {y}",
+                    self.name,
+                    self.fields
+                );
+            }
         }
     }
 }
