@@ -14,12 +14,18 @@
 //! | `pooling` | 2-D max or average pooling |
 //! | `lrn` | local response normalisation across channels |
 //! | `batch_norm` | batch normalisation with running statistics |
+//! | `concat`, `slice`, `split` | join, cut or copy features along an axis |
+//! | `flatten`, `reshape` | the same features with another shape |
+//! | `softmax` | class probabilities |
+//! | `argsort` | the indices of the top-k scores |
+//! | `accuracy` | top-k accuracy as a metric |
 //! | `softmax_loss` | softmax cross-entropy; reports loss and accuracy |
 //! | `euclidean_loss` | `½‖p − t‖²` per sample |
 
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod connection;
 pub mod conv;
 pub mod dropout;
 pub mod gradcheck;
@@ -27,7 +33,9 @@ pub mod inner_product;
 pub mod input;
 pub mod loss;
 pub mod norm;
+pub mod output;
 pub mod schedule;
+mod sums;
 pub mod updaters;
 
 use singa_core::{layer_type, updater_type, LayerType, UpdaterType};
@@ -47,6 +55,14 @@ pub fn layer_types() -> Vec<LayerType> {
         layer_type::<conv::Pooling>(),
         layer_type::<norm::Lrn>(),
         layer_type::<norm::BatchNorm>(),
+        layer_type::<connection::Concat>(),
+        layer_type::<connection::Slice>(),
+        layer_type::<connection::Split>(),
+        layer_type::<connection::Flatten>(),
+        layer_type::<connection::Reshape>(),
+        layer_type::<output::Softmax>(),
+        layer_type::<output::ArgSort>(),
+        layer_type::<output::Accuracy>(),
         layer_type::<loss::SoftmaxLoss>(),
         layer_type::<loss::EuclideanLoss>(),
     ]
