@@ -128,7 +128,7 @@ pub enum FieldKind {
     Float,
     /// A string.
     Str,
-    /// A list.
+    /// A list (a single number is taken as a list of one).
     List,
     /// A table.
     Table,
@@ -397,6 +397,10 @@ pub fn validate_fields(
         };
         let value = match (spec.kind, value) {
             (FieldKind::Float, FieldValue::Int(i)) => FieldValue::Float(*i as f64),
+            // `mean = 0.5` for `mean = [0.5]`: one value stands for a list of one.
+            (FieldKind::List, v @ (FieldValue::Int(_) | FieldValue::Float(_))) => {
+                FieldValue::List(vec![v.clone()].into())
+            }
             (k, v) if v.kind() == k => v.clone(),
             (k, v) => {
                 return Err(FieldError {

@@ -11,11 +11,13 @@
 #![warn(missing_docs)]
 
 pub mod format;
+pub mod image;
 pub mod import;
 pub mod inspect;
 pub mod loader;
 pub mod shard;
 
 pub use format::RecordSpec;
+pub use image::{ImagePrep, ImageSpec, Mean};
 pub use loader::{Batch, BatchLoader, LoaderConfig, Transform};
 pub use shard::{Record, Shard, ShardWriter};

@@ -5,6 +5,7 @@
 //! a checkpoint needs to resume the data exactly where it stopped. Batch buffers circulate
 //! between the loader thread and the consumer, so steady-state loading allocates nothing.
 
+use crate::image::ImagePrep;
 use crate::shard::Shard;
 use singa_core::rng::{mix64, SplitMix64};
 use singa_core::{Error, Result};
@@ -52,8 +53,10 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Seed of the orders.
     pub seed: u64,
-    /// Value transform.
+    /// Value transform (of records that are not images).
     pub transform: Transform,
+    /// Image preparation (normalisation, crop, mirror); replaces `transform`.
+    pub image: Option<ImagePrep>,
     /// Records already consumed: loading starts after them.
     pub cursor: u64,
     /// Batches prepared ahead of the consumer.
@@ -68,6 +71,7 @@ impl LoaderConfig {
             shuffle: false,
             seed: 0,
             transform: Transform::IDENTITY,
+            image: None,
             cursor: 0,
             prefetch: 2,
         }
@@ -127,7 +131,17 @@ impl BatchLoader {
                 config.prefetch
             )));
         }
-        let numel = shard.spec().numel();
+        let stored = shard.spec().numel();
+        let numel = match &config.image {
+            Some(prep) if prep.input_len() != stored => {
+                return Err(Error::invalid(format!(
+                    "image preparation expects records of {} values, the shard's have {stored}",
+                    prep.input_len()
+                )))
+            }
+            Some(prep) => prep.output_shape().iter().product(),
+            None => stored,
+        };
         if config
             .batch_size
             .checked_mul(numel)
@@ -160,6 +174,7 @@ impl BatchLoader {
                 let mut epoch = pos / n as u64;
                 fill_order(&mut order, config.shuffle, config.seed, epoch);
                 let Transform { scale, shift } = config.transform;
+                let mut raw = vec![0.0f32; if config.image.is_some() { stored } else { 0 }];
                 while let Ok(mut batch) = spare_rx.recv() {
                     let mut result = Ok(());
                     for j in 0..config.batch_size {
@@ -170,12 +185,14 @@ impl BatchLoader {
                         let idx = order[(pos % n as u64) as usize] as usize;
                         match shard.record(idx) {
                             Ok(r) => {
-                                shard.decode_values(
-                                    r.values,
-                                    &mut batch.data[j * numel..(j + 1) * numel],
-                                    scale,
-                                    shift,
-                                );
+                                let out = &mut batch.data[j * numel..(j + 1) * numel];
+                                match &config.image {
+                                    Some(prep) => {
+                                        shard.decode_values(r.values, &mut raw, 1.0, 0.0);
+                                        prep.apply(&raw, out, config.seed, pos);
+                                    }
+                                    None => shard.decode_values(r.values, out, scale, shift),
+                                }
                                 batch.labels[j] = r.label.unwrap_or(-1);
                             }
                             Err(e) => {

@@ -232,6 +232,7 @@ fn loader_shuffles_each_epoch_and_resumes_exactly() {
             scale: 0.5,
             shift: 1.0,
         },
+        image: None,
         cursor: 0,
         prefetch: 2,
     };

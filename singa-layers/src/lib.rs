@@ -7,6 +7,7 @@
 //! | type | what it computes |
 //! | --- | --- |
 //! | `shard_data` | batches from a shard, as `data` (f32) and `label` (i32) outputs |
+//! | `image_data` | images from a shard, normalised, randomly cropped and mirrored in training |
 //! | `inner_product` | `y = x·W + b` |
 //! | `relu`, `sigmoid`, `tanh`, `stanh`, `activation` | elementwise activations |
 //! | `dropout` | inverted dropout in training, identity in testing |
@@ -44,6 +45,7 @@ use singa_core::{layer_type, updater_type, LayerType, UpdaterType};
 pub fn layer_types() -> Vec<LayerType> {
     vec![
         layer_type::<input::ShardData>(),
+        layer_type::<input::ImageData>(),
         layer_type::<inner_product::InnerProduct>(),
         layer_type::<activation::Relu>(),
         layer_type::<activation::Sigmoid>(),

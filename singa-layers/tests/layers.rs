@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use singa_core::{DType, DeviceRef, Fields, Phase, Shape, Tensor, TensorSpec};
+use singa_core::{DType, DeviceRef, FieldValue, Fields, Phase, Shape, Tensor, TensorSpec};
 use singa_cpu::CpuDevice;
 use singa_layers::gradcheck::build;
 
@@ -207,4 +207,95 @@ fn shard_data_reads_batches_and_resumes() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("nope.shard"), "{e}");
+}
+
+#[test]
+fn image_data_augments_reproducibly_and_checks_its_mean_file() {
+    let dir = std::env::temp_dir().join(format!("singa-layers-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("img.shard");
+    let spec = singa_data::RecordSpec {
+        dtype: DType::U8,
+        shape: vec![3, 4, 4],
+        has_label: true,
+    };
+    let mut w = singa_data::ShardWriter::create(&path, spec).unwrap();
+    for i in 0..6u8 {
+        let values: Vec<u8> = (0..48).map(|j| j * 5 + i).collect();
+        w.append(Some(i as i32), &values).unwrap();
+    }
+    w.finish(&serde_json::json!({})).unwrap();
+
+    let dev = reference();
+    let fields = Fields::new()
+        .with("path", path.display().to_string())
+        .with("batch_size", 2)
+        .with("shuffle", true)
+        .with("scale", 1.0 / 255.0)
+        .with(
+            "mean",
+            FieldValue::List(
+                vec![
+                    FieldValue::Float(0.5),
+                    FieldValue::Float(0.4),
+                    FieldValue::Float(0.3),
+                ]
+                .into(),
+            ),
+        )
+        .with("std", 0.25)
+        .with("crop", 3)
+        .with("pad", 1)
+        .with("mirror", true);
+    let mut built = build(&ty("image_data"), &fields, &dev, &[], 5).unwrap();
+    assert_eq!(built.outputs[0].shape.dims(), &[2, 3, 3, 3]);
+    let mut outs: Vec<Tensor> = built
+        .outputs
+        .iter()
+        .map(|s| Tensor::zeros(&dev, s.shape, s.dtype).unwrap())
+        .collect();
+    let mut step = |layer: &mut singa_core::LayerBox| {
+        layer
+            .forward(
+                Phase::TRAIN,
+                [].as_slice().into(),
+                outs.as_mut_slice().into(),
+            )
+            .into_result()
+            .unwrap();
+        outs[0].to_vec::<f32>().unwrap()
+    };
+    step(&mut built.layer);
+    let saved = built.layer.state().into_result().unwrap();
+    let later: Vec<Vec<f32>> = (0..4).map(|_| step(&mut built.layer)).collect();
+    built
+        .layer
+        .restore_state(saved.as_rslice())
+        .into_result()
+        .unwrap();
+    let again: Vec<Vec<f32>> = (0..4).map(|_| step(&mut built.layer)).collect();
+    assert_eq!(later, again, "resuming replays the same crops and mirrors");
+    // Padding shows as exact zeros; real pixels are ((v/255) - mean) / 0.25.
+    assert!(later
+        .iter()
+        .flatten()
+        .all(|v| *v == 0.0 || (-2.0..=4.0).contains(v)));
+
+    let mean_path = dir.join("mean.shard");
+    singa_data::image::write_mean(&mean_path, &[3, 5, 5], &[0.0; 75], &path).unwrap();
+    let with_mean = Fields::new()
+        .with("path", path.display().to_string())
+        .with("batch_size", 2)
+        .with("mean_file", mean_path.display().to_string());
+    let e = build(&ty("image_data"), &with_mean, &dev, &[], 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("mean.shard") && e.contains("[3, 4, 4]"), "{e}");
+    let both = with_mean.with("mean", 0.5);
+    let e = build(&ty("image_data"), &both, &dev, &[], 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("mean or mean_file"), "{e}");
 }

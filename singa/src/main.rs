@@ -117,12 +117,21 @@ enum Command {
 enum DataCommand {
     /// Turn a public data set into shards: `singa data import mnist SRC DST`.
     Import {
-        /// The kind of data set (mnist, fashion-mnist).
+        /// The kind of data set: mnist, fashion-mnist, cifar10 (the binary batches), or
+        /// image-folder (a folder per class of JPEG/PNG files, in a directory or a .tar.gz;
+        /// with train/ and test/ folders above them for one shard per split).
         kind: String,
         /// Where its files are.
         src: PathBuf,
         /// The folder to write the shards into.
         dst: PathBuf,
+    },
+    /// Write the mean image of a shard's records (a mean file for `image_data`'s `mean_file`).
+    Mean {
+        /// The shard to average.
+        shard: PathBuf,
+        /// The mean file to write.
+        out: PathBuf,
     },
     /// Print a shard's header, label counts and first records (verifying every checksum).
     Inspect {
@@ -227,6 +236,21 @@ fn run(cli: Cli) -> Result<()> {
             for (path, count) in singa_data::import::import(&kind, &src, &dst)? {
                 println!("wrote {} ({count} records)", path.display());
             }
+            Ok(())
+        }
+        Command::Data {
+            command: DataCommand::Mean { shard, out },
+        } => {
+            let s = singa_data::Shard::open(&shard)?;
+            let mean = singa_data::image::compute_mean(&s)?;
+            singa_data::image::write_mean(&out, &s.spec().shape, &mean, &shard)?;
+            let avg = mean.iter().map(|v| *v as f64).sum::<f64>() / mean.len().max(1) as f64;
+            println!(
+                "wrote {} (mean of {} records of {:?}; overall mean {avg:.3})",
+                out.display(),
+                s.len(),
+                s.spec().shape
+            );
             Ok(())
         }
         Command::Data {

@@ -1,16 +1,20 @@
 //! Importers: public data sets in their usual formats into shards.
 
+mod cifar10;
 mod idx;
+mod image_folder;
 mod mnist;
 
+pub use cifar10::import_cifar10;
 pub use idx::{read_idx, Idx};
+pub use image_folder::import_image_folder;
 pub use mnist::{import_mnist, MnistKind};
 
 use singa_core::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// The importer names `singa data import` accepts.
-pub const KINDS: [&str; 2] = ["mnist", "fashion-mnist"];
+pub const KINDS: [&str; 4] = ["mnist", "fashion-mnist", "cifar10", "image-folder"];
 
 /// Runs the importer called `kind` from `src` into the directory `dst`; returns the shards
 /// written and their record counts.
@@ -18,6 +22,8 @@ pub fn import(kind: &str, src: &Path, dst: &Path) -> Result<Vec<(PathBuf, u64)>>
     match kind {
         "mnist" => import_mnist(MnistKind::Digits, src, dst),
         "fashion-mnist" => import_mnist(MnistKind::Fashion, src, dst),
+        "cifar10" => import_cifar10(src, dst),
+        "image-folder" => import_image_folder(src, dst),
         other => {
             let hint = singa_core::fields::nearest(other, &KINDS)
                 .map(|k| format!("; did you mean {k:?}?"))

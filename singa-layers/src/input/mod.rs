@@ -1,0 +1,207 @@
+//! Input layers: where batches enter the net.
+//!
+//! Both read a shard through a [`BatchLoader`] (a background thread, a seeded order) and keep
+//! the number of records consumed as their state, so a checkpoint resumes the data exactly.
+
+mod image_data;
+mod shard_data;
+
+pub use image_data::ImageData;
+pub use shard_data::ShardData;
+
+use singa_core::{Error, FieldKind, FieldSpec, Fields, Result, SetupContext, Tensor};
+use singa_data::{BatchLoader, LoaderConfig, Shard};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The fields every input layer has.
+fn source_fields() -> Vec<FieldSpec> {
+    vec![
+        FieldSpec::new("path", FieldKind::Str, "the shard file (relative to the job file)").required(),
+        FieldSpec::new("batch_size", FieldKind::Int, "records per batch").required(),
+        FieldSpec::new("shuffle", FieldKind::Bool, "a new random order every epoch").default(false),
+        FieldSpec::new("prefetch", FieldKind::Int, "batches prepared ahead").default(4),
+        FieldSpec::new(
+            "import",
+            FieldKind::Table,
+            "build the shard on first use: { kind = \"mnist\", src = \"dir\" } (see `singa data import`)",
+        ),
+    ]
+}
+
+/// A shard read in batches: the part of an input layer that does not depend on what the
+/// records are.
+struct Source {
+    /// The layer type, for messages.
+    ty: &'static str,
+    path: String,
+    batch_size: usize,
+    shuffle: bool,
+    import: Option<(String, String)>,
+    prefetch: usize,
+    run: Option<Running>,
+}
+
+struct Running {
+    shard: Arc<Shard>,
+    /// How the loader was started (its cursor aside).
+    config: LoaderConfig,
+    loader: BatchLoader,
+    /// Records consumed so far.
+    cursor: u64,
+}
+
+fn resolve(base: &str, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() || base.is_empty() {
+        p.to_path_buf()
+    } else {
+        Path::new(base).join(p)
+    }
+}
+
+impl Source {
+    fn new(ty: &'static str, f: &Fields) -> Result<Source> {
+        let batch_size = f.usize("batch_size")?;
+        if batch_size == 0 {
+            return Err(Error::invalid("batch_size must be at least 1"));
+        }
+        let import = match f.opt_table("import")? {
+            None => None,
+            Some(t) => Some((
+                t.str("kind").map_err(|e| e.context("import"))?.to_string(),
+                t.str("src").map_err(|e| e.context("import"))?.to_string(),
+            )),
+        };
+        let prefetch = match f.usize("prefetch")? {
+            p @ 1..=singa_data::loader::MAX_PREFETCH => p,
+            p => {
+                return Err(Error::invalid(format!(
+                    "prefetch must be between 1 and {}, got {p}",
+                    singa_data::loader::MAX_PREFETCH
+                )))
+            }
+        };
+        Ok(Source {
+            ty,
+            path: f.str("path")?.to_string(),
+            batch_size,
+            shuffle: f.bool("shuffle")?,
+            import,
+            prefetch,
+            run: None,
+        })
+    }
+
+    /// Opens the shard, importing it first if it does not exist and the layer says how.
+    fn open(&self, ctx: &SetupContext<'_>) -> Result<Arc<Shard>> {
+        if !ctx.inputs.is_empty() {
+            return Err(Error::shape(
+                format!("layer {}", ctx.layer),
+                "an input layer takes no source layers",
+            ));
+        }
+        let path = resolve(ctx.base_dir.as_str(), &self.path);
+        if !path.exists() {
+            if let Some((kind, src)) = &self.import {
+                let src = resolve(ctx.base_dir.as_str(), src);
+                let dst = path.parent().unwrap_or(Path::new("."));
+                let written = singa_data::import::import(kind, &src, dst)?;
+                if !path.exists() {
+                    let names: Vec<String> = written
+                        .iter()
+                        .map(|(p, _)| p.display().to_string())
+                        .collect();
+                    return Err(Error::io(
+                        &path,
+                        format!(
+                            "not produced by the {kind} importer, which wrote {}",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Arc::new(Shard::open(&path)?))
+    }
+
+    /// Starts loading `shard` from its beginning; `config` says how records become values
+    /// (its batch size, order, seed and prefetch are this source's).
+    fn start(&mut self, shard: Arc<Shard>, seed: u64, config: LoaderConfig) -> Result<()> {
+        let config = LoaderConfig {
+            batch_size: self.batch_size,
+            shuffle: self.shuffle,
+            seed,
+            cursor: 0,
+            prefetch: self.prefetch,
+            ..config
+        };
+        let loader = BatchLoader::new(shard.clone(), config.clone())?;
+        self.run = Some(Running {
+            shard,
+            config,
+            loader,
+            cursor: 0,
+        });
+        Ok(())
+    }
+
+    /// Writes the next batch into `data` and `label`.
+    fn next(&mut self, data: &mut Tensor, label: &mut Tensor) -> Result<()> {
+        let ty = self.ty;
+        let run = self
+            .run
+            .as_mut()
+            .ok_or_else(|| Error::invalid(format!("{ty} used before setup")))?;
+        let batch = run.loader.next_batch()?;
+        data.write_from(&batch.data)?;
+        label.write_from(&batch.labels)?;
+        run.cursor = batch.cursor;
+        Ok(())
+    }
+
+    fn state(&self) -> Vec<u64> {
+        self.run
+            .as_ref()
+            .map(|r| vec![r.cursor])
+            .unwrap_or_default()
+    }
+
+    /// Continues after `state[0]` records.
+    fn restore(&mut self, state: &[u64]) -> Result<()> {
+        let ty = self.ty;
+        let [cursor] = state else {
+            return Err(Error::invalid(format!(
+                "{ty} state has 1 value, got {}",
+                state.len()
+            )));
+        };
+        let run = self
+            .run
+            .take()
+            .ok_or_else(|| Error::invalid(format!("{ty} used before setup")))?;
+        let Running {
+            shard,
+            config,
+            loader,
+            ..
+        } = run;
+        // The old loader thread stops before the new one starts.
+        drop(loader);
+        let config = LoaderConfig {
+            cursor: *cursor,
+            ..config
+        };
+        let loader = BatchLoader::new(shard.clone(), config.clone())?;
+        self.run = Some(Running {
+            shard,
+            config: LoaderConfig {
+                cursor: 0,
+                ..config
+            },
+            loader,
+            cursor: *cursor,
+        });
+        Ok(())
+    }
+}
