@@ -93,23 +93,30 @@ enum Command {
     },
     /// List the layer and updater types with their fields.
     Layers,
-    /// Measure training throughput (MLP 784-1000-500-10 on MNIST, batch 64, SGD lr 0.1).
+    /// Measure training throughput of the peer benchmarks' models (see docs/PERFORMANCE.md).
     Bench {
+        /// mlp (784-1000-500-10 on MNIST) or cnn (the CIFAR-10 convnet).
+        #[arg(default_value = "mlp", value_parser = ["mlp", "cnn"])]
+        model: String,
         /// CPU threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
-        /// Untimed steps first.
-        #[arg(long, default_value_t = 50)]
-        warmup: u64,
+        /// Untimed steps first (default: 50 for mlp, 3 for cnn, as the peers).
+        #[arg(long)]
+        warmup: Option<u64>,
         /// Timed windows (the median is reported).
         #[arg(long, default_value_t = 5)]
         windows: usize,
-        /// Steps per window.
-        #[arg(long, default_value_t = 200)]
-        steps: u64,
+        /// Steps per window (default: 200 for mlp, 20 for cnn, as the peers).
+        #[arg(long)]
+        steps: Option<u64>,
         /// The folder with the MNIST IDX files.
         #[arg(long, default_value = "data/mnist")]
         data: PathBuf,
+        /// For cnn: a CIFAR-10 training shard, or an archive or folder to import it from
+        /// (image-folder layout); without it, synthetic images.
+        #[arg(long)]
+        cifar: Option<PathBuf>,
     },
 }
 
@@ -264,13 +271,21 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench {
+            model,
             threads,
             warmup,
             windows,
             steps,
             data,
+            cifar,
         } => {
-            if !data.join("train-images-idx3-ubyte.gz").exists()
+            let model = if model == "cnn" { bench::Model::Cnn } else { bench::Model::Mlp };
+            let (default_warmup, default_steps) = match model {
+                bench::Model::Mlp => (50, 200),
+                bench::Model::Cnn => (3, 20),
+            };
+            if model == bench::Model::Mlp
+                && !data.join("train-images-idx3-ubyte.gz").exists()
                 && !data.join("train.shard").exists()
             {
                 return Err(Error::io(
@@ -278,12 +293,27 @@ fn run(cli: Cli) -> Result<()> {
                     "no MNIST data here (run from the repository root, or pass --data DIR)",
                 ));
             }
+            let cifar = match cifar {
+                Some(src) if src.extension().is_some_and(|e| e == "shard") => Some(src),
+                Some(src) => {
+                    let dst = PathBuf::from("data/cifar10");
+                    if !dst.join("train.shard").exists() {
+                        eprintln!("importing {} into {} ...", src.display(), dst.display());
+                        singa_data::import::import("image-folder", &src, &dst)?;
+                    }
+                    Some(dst.join("train.shard"))
+                }
+                None => None,
+            };
+            let (warmup, steps) = (warmup.unwrap_or(default_warmup), steps.unwrap_or(default_steps));
             bench::run(&bench::BenchOptions {
                 threads,
                 warmup,
                 windows,
                 steps,
+                model,
                 data,
+                cifar,
                 allocations,
             })
         }

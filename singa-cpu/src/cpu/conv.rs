@@ -33,33 +33,241 @@ fn direct(s: &ConvShape) -> bool {
         && s.pad_w == 0
 }
 
-/// Writes the patch matrix of channels `c0 .. c0 + group channels` of one image.
+/// The padded planes of one group: `group channels × (height + 2·pad_h) × (width + 2·pad_w)`.
+///
+/// With the zeros in memory, every patch row is a plain strided read: no bounds to check in
+/// the inner loops, and unit-stride rows become short copies. Without padding, the image itself
+/// serves.
+struct Padded {
+    height: usize,
+    width: usize,
+}
+
+impl Padded {
+    fn of(s: &ConvShape) -> Padded {
+        Padded { height: s.height + 2 * s.pad_h, width: s.width + 2 * s.pad_w }
+    }
+
+    /// Values in the padded planes of one group (0 when the image serves as is).
+    fn len(&self, s: &ConvShape) -> usize {
+        if s.pad_h == 0 && s.pad_w == 0 {
+            0
+        } else {
+            s.group_channels() * self.height * self.width
+        }
+    }
+}
+
+/// Short runs of `f32`: the copies and additions of one output row, a few dozen values.
+///
+/// A call to `memcpy` would cost more than such a copy, and LLVM does not vectorise these
+/// short loops well on its own, so with AVX-512 they are written with masked vector moves.
+mod runs {
+    /// `dst[..n] = src[..n]`.
+    ///
+    /// # Safety
+    /// Both hold `n` values; with `AVX512`, the CPU has AVX-512F.
+    #[inline(always)]
+    pub unsafe fn copy<const AVX512: bool>(dst: *mut f32, src: *const f32, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            return avx512::copy(dst, src, n);
+        }
+        std::ptr::copy_nonoverlapping(src, dst, n);
+    }
+
+    /// `dst[..n] += src[..n]`.
+    ///
+    /// # Safety
+    /// As for [`copy`].
+    #[inline(always)]
+    pub unsafe fn add<const AVX512: bool>(dst: *mut f32, src: *const f32, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            return avx512::add(dst, src, n);
+        }
+        for i in 0..n {
+            *dst.add(i) += *src.add(i);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub use avx512::gather_col2im;
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx512 {
+        use singa_core::ConvShape;
+        use std::arch::x86_64::*;
+
+        /// The lanes of the last, partial register of a run of `n`.
+        #[inline(always)]
+        fn tail(n: usize) -> __mmask16 {
+            ((1u32 << (n % 16)) - 1) as __mmask16
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn copy(dst: *mut f32, src: *const f32, n: usize) {
+            let mut i = 0;
+            while i + 16 <= n {
+                _mm512_storeu_ps(dst.add(i), _mm512_loadu_ps(src.add(i)));
+                i += 16;
+            }
+            if i < n {
+                let m = tail(n);
+                _mm512_mask_storeu_ps(dst.add(i), m, _mm512_maskz_loadu_ps(m, src.add(i)));
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn add(dst: *mut f32, src: *const f32, n: usize) {
+            let mut i = 0;
+            while i + 16 <= n {
+                let v = _mm512_add_ps(_mm512_loadu_ps(dst.add(i)), _mm512_loadu_ps(src.add(i)));
+                _mm512_storeu_ps(dst.add(i), v);
+                i += 16;
+            }
+            if i < n {
+                let m = tail(n);
+                let v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst.add(i)), _mm512_maskz_loadu_ps(m, src.add(i)));
+                _mm512_mask_storeu_ps(dst.add(i), m, v);
+            }
+        }
+
+        /// The lanes `lo..hi` of a register (none when `hi <= lo`).
+        #[inline(always)]
+        fn between(lo: isize, hi: isize) -> __mmask16 {
+            let (lo, hi) = (lo.clamp(0, 16) as u32, hi.clamp(0, 16) as u32);
+            if hi <= lo {
+                0
+            } else {
+                (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16
+            }
+        }
+
+        /// col2im for unit horizontal stride as a gather: each 16 values of an input row sum
+        /// their taps from the patch matrix in registers and are stored once. (Adding each
+        /// patch row onto the image instead stores and reloads overlapping, misaligned
+        /// vectors, which stalls on store forwarding.)
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F; `col` is the group's patch matrix; `dx` points at the group's
+        /// first channel, `group channels × height × width` writable values.
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn gather_col2im(s: &ConvShape, col: &[f32], dx: *mut f32) {
+            let (oh_len, ow_len) = (s.out_h() as isize, s.out_w() as isize);
+            let spatial = (oh_len * ow_len) as usize;
+            let taps = s.kernel_h * s.kernel_w;
+            assert!(col.len() >= s.group_channels() * taps * spatial);
+            for c in 0..s.group_channels() {
+                let rows = col.as_ptr().add(c * taps * spatial);
+                for h in 0..s.height {
+                    let mut w0 = 0;
+                    while w0 < s.width {
+                        // Four sums in rotation, so that the additions do not wait on each other.
+                        let z = _mm512_setzero_ps();
+                        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                        for r in 0..s.kernel_h {
+                            // Output row whose window row r is input row h.
+                            let oh = (h + s.pad_h) as isize - r as isize;
+                            if oh < 0 || oh % s.stride_h as isize != 0 || oh / s.stride_h as isize >= oh_len {
+                                continue;
+                            }
+                            let oh = oh / s.stride_h as isize;
+                            for q in 0..s.kernel_w {
+                                // Output column of input column w0 through tap q.
+                                let ow0 = (w0 + s.pad_w) as isize - q as isize;
+                                let m = between(-ow0, (ow_len - ow0).min((s.width - w0) as isize));
+                                if m == 0 {
+                                    continue;
+                                }
+                                let row = rows.add((r * s.kernel_w + q) * spatial);
+                                // Lanes outside the mask are neither read nor faulted on.
+                                let src = row.wrapping_offset(oh * ow_len + ow0);
+                                let sum = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(m, src));
+                                (a0, a1, a2, a3) = (a1, a2, a3, sum);
+                            }
+                        }
+                        let sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+                        let m = between(0, (s.width - w0) as isize);
+                        _mm512_mask_storeu_ps(dx.add((c * s.height + h) * s.width + w0), m, sum);
+                        w0 += 16;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the AVX-512 runs can be used.
+fn avx512() -> bool {
+    cfg!(target_arch = "x86_64") && super::simd::level() == super::simd::Level::Avx512
+}
+
+/// The planes im2col reads for channels `c0 ..` of one image: the image itself when unpadded,
+/// else its copy into `buf`, whose borders must already be zero.
 ///
 /// # Safety
-/// `x` holds the image's `channels × height × width` values; `col` has room for the matrix.
-unsafe fn im2col(s: &ConvShape, x: *const f32, c0: usize, col: &mut [f32]) {
+/// `x` holds the image's `channels × height × width` values.
+#[inline(always)]
+unsafe fn planes<'a>(s: &ConvShape, x: *const f32, c0: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    let gc = s.group_channels();
+    if buf.is_empty() {
+        return std::slice::from_raw_parts(x.add(c0 * s.height * s.width), gc * s.height * s.width);
+    }
+    let p = Padded::of(s);
+    for c in 0..gc {
+        let src = std::slice::from_raw_parts(x.add((c0 + c) * s.height * s.width), s.height * s.width);
+        for h in 0..s.height {
+            let d = (c * p.height + h + s.pad_h) * p.width + s.pad_w;
+            let row = &src[h * s.width..(h + 1) * s.width];
+            buf[d..d + s.width].copy_from_slice(row);
+        }
+    }
+    buf
+}
+
+/// Writes the patch matrix (`group channels·kh·kw × out_h·out_w`) of one group from its
+/// (padded) planes: row (c, r, q) holds, at (oh, ow), the value at (oh·sh + r, ow·sw + q).
+fn im2col(s: &ConvShape, planes: &[f32], col: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn wide(s: &ConvShape, planes: &[f32], col: &mut [f32]) {
+            im2col_with::<true>(s, planes, col)
+        }
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { wide(s, planes, col) };
+    }
+    im2col_with::<false>(s, planes, col)
+}
+
+#[inline(always)]
+fn im2col_with<const AVX512: bool>(s: &ConvShape, planes: &[f32], col: &mut [f32]) {
     let (oh_len, ow_len) = (s.out_h(), s.out_w());
+    let p = Padded::of(s);
+    let (ph, pw) = if p.len(s) == 0 { (s.height, s.width) } else { (p.height, p.width) };
+    let spatial = oh_len * ow_len;
+    assert!(planes.len() >= s.group_channels() * ph * pw && col.len() >= patch_rows(s) * spatial);
+    // The last value a patch row reads lies inside its plane.
+    debug_assert!(((oh_len - 1) * s.stride_h + s.kernel_h - 1) * pw + (ow_len - 1) * s.stride_w + s.kernel_w <= ph * pw);
     let mut row = 0;
-    for c in c0..c0 + s.group_channels() {
-        let plane = x.add(c * s.height * s.width);
+    for c in 0..s.group_channels() {
+        let plane = &planes[c * ph * pw..(c + 1) * ph * pw];
         for r in 0..s.kernel_h {
             for q in 0..s.kernel_w {
-                let out = &mut col[row * oh_len * ow_len..(row + 1) * oh_len * ow_len];
-                for oh in 0..oh_len {
-                    let dst = &mut out[oh * ow_len..(oh + 1) * ow_len];
-                    let ih = (oh * s.stride_h + r) as isize - s.pad_h as isize;
-                    if ih < 0 || ih as usize >= s.height {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = std::slice::from_raw_parts(plane.add(ih as usize * s.width), s.width);
-                    for (ow, d) in dst.iter_mut().enumerate() {
-                        let iw = (ow * s.stride_w + q) as isize - s.pad_w as isize;
-                        *d = if iw >= 0 && (iw as usize) < s.width {
-                            src[iw as usize]
-                        } else {
-                            0.0
-                        };
+                let out = &mut col[row * spatial..(row + 1) * spatial];
+                for (oh, dst) in out.chunks_exact_mut(ow_len).enumerate() {
+                    let start = (oh * s.stride_h + r) * pw + q;
+                    if s.stride_w == 1 {
+                        let src = &plane[start..start + ow_len];
+                        // SAFETY: both runs hold ow_len values; AVX-512 is checked by the caller.
+                        unsafe { runs::copy::<AVX512>(dst.as_mut_ptr(), src.as_ptr(), ow_len) };
+                    } else {
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            *d = plane[start + k * s.stride_w];
+                        }
                     }
                 }
                 row += 1;
@@ -68,33 +276,62 @@ unsafe fn im2col(s: &ConvShape, x: *const f32, c0: usize, col: &mut [f32]) {
     }
 }
 
-/// Adds a patch matrix back onto channels `c0 ..` of one image (the transpose of [`im2col`]).
+/// Adds a patch matrix back onto channels `c0 ..` of one image (the transpose of
+/// [`im2col`]), through `buf` (the padded planes, any content) when the convolution pads.
 ///
 /// # Safety
-/// As for [`im2col`], with `dx` writable.
-unsafe fn col2im(s: &ConvShape, col: &[f32], c0: usize, dx: *mut f32) {
+/// `dx` holds the image's `channels × height × width` values, writable; the group's channels
+/// are overwritten.
+unsafe fn col2im(s: &ConvShape, col: &[f32], c0: usize, dx: *mut f32, buf: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && s.stride_w == 1 {
+        return runs::gather_col2im(s, col, dx.add(c0 * s.height * s.width));
+    }
+    col2im_with::<false>(s, col, c0, dx, buf)
+}
+
+#[inline(always)]
+unsafe fn col2im_with<const AVX512: bool>(s: &ConvShape, col: &[f32], c0: usize, dx: *mut f32, buf: &mut [f32]) {
     let (oh_len, ow_len) = (s.out_h(), s.out_w());
+    let spatial = oh_len * ow_len;
+    let gc = s.group_channels();
+    let image = std::slice::from_raw_parts_mut(dx.add(c0 * s.height * s.width), gc * s.height * s.width);
+    let (target, ph, pw): (&mut [f32], usize, usize) = if buf.is_empty() {
+        (image, s.height, s.width)
+    } else {
+        let p = Padded::of(s);
+        (&mut *buf, p.height, p.width)
+    };
+    target.fill(0.0);
     let mut row = 0;
-    for c in c0..c0 + s.group_channels() {
-        let plane = dx.add(c * s.height * s.width);
+    for c in 0..gc {
+        let plane = &mut target[c * ph * pw..(c + 1) * ph * pw];
         for r in 0..s.kernel_h {
             for q in 0..s.kernel_w {
-                let src_rows = &col[row * oh_len * ow_len..(row + 1) * oh_len * ow_len];
-                for oh in 0..oh_len {
-                    let ih = (oh * s.stride_h + r) as isize - s.pad_h as isize;
-                    if ih < 0 || ih as usize >= s.height {
-                        continue;
-                    }
-                    let dst =
-                        std::slice::from_raw_parts_mut(plane.add(ih as usize * s.width), s.width);
-                    for (ow, &v) in src_rows[oh * ow_len..(oh + 1) * ow_len].iter().enumerate() {
-                        let iw = (ow * s.stride_w + q) as isize - s.pad_w as isize;
-                        if iw >= 0 && (iw as usize) < s.width {
-                            dst[iw as usize] += v;
+                let src_rows = &col[row * spatial..(row + 1) * spatial];
+                for (oh, src) in src_rows.chunks_exact(ow_len).enumerate() {
+                    let start = (oh * s.stride_h + r) * pw + q;
+                    if s.stride_w == 1 {
+                        let dst = &mut plane[start..start + ow_len];
+                        runs::add::<AVX512>(dst.as_mut_ptr(), src.as_ptr(), ow_len);
+                    } else {
+                        for (k, v) in src.iter().enumerate() {
+                            plane[start + k * s.stride_w] += v;
                         }
                     }
                 }
                 row += 1;
+            }
+        }
+    }
+    if !buf.is_empty() {
+        // The interior of the padded planes is the gradient.
+        let p = Padded::of(s);
+        for c in 0..gc {
+            for h in 0..s.height {
+                let from = (c * p.height + h + s.pad_h) * p.width + s.pad_w;
+                let to = (c * s.height + h) * s.width;
+                runs::copy::<AVX512>(image[to..].as_mut_ptr(), buf[from..].as_ptr(), s.width);
             }
         }
     }
@@ -158,7 +395,8 @@ pub(crate) unsafe fn run(
     let mut buf = scratch.lock();
     buf.reserve_work(parts);
     let col_len = if direct(s) { 0 } else { z.rows * z.spatial };
-    buf.reserve_temp(parts, col_len);
+    let pad_len = if direct(s) { 0 } else { Padded::of(s).len(s) };
+    buf.reserve_temp(parts, col_len + pad_len);
     if pass == Pass::Filter {
         buf.reserve_partials(parts - 1, s.weight_len());
     }
@@ -178,7 +416,9 @@ pub(crate) unsafe fn run(
     let (pa, pb, po) = (ptr(&a), ptr(&b), ptr(&out));
     let job = |t: usize| {
         let ws = at.work(t);
-        let col = at.temp(t);
+        let (col, padded) = at.temp(t)[..col_len + pad_len].split_at_mut(col_len);
+        // The borders of the padded planes stay zero; images overwrite only the interior.
+        padded.fill(0.0);
         let mut first = true;
         for n in images(s.batch, parts, t) {
             for g in 0..s.groups {
@@ -190,7 +430,7 @@ pub(crate) unsafe fn run(
                         let (cols, ld) = if direct(s) {
                             (x.add(c0 * z.spatial), z.spatial)
                         } else {
-                            im2col(s, x, c0, col);
+                            im2col(s, planes(s, x, c0, padded), col);
                             (col.as_ptr(), z.spatial)
                         };
                         let y = (po as *mut f32).add(n * z.image_out + g * z.gf * z.spatial);
@@ -254,10 +494,7 @@ pub(crate) unsafe fn run(
                                 col.as_mut_ptr(),
                                 z.spatial,
                             );
-                            if g == 0 {
-                                std::slice::from_raw_parts_mut(dx, z.image_in).fill(0.0);
-                            }
-                            col2im(s, col, c0, dx);
+                            col2im(s, col, c0, dx, padded);
                         }
                     }
                     Pass::Filter => {
@@ -266,7 +503,7 @@ pub(crate) unsafe fn run(
                         let cols = if direct(s) {
                             x.add(c0 * z.spatial)
                         } else {
-                            im2col(s, x, c0, col);
+                            im2col(s, planes(s, x, c0, padded), col);
                             col.as_ptr()
                         };
                         // Thread 0 accumulates into dw itself, the others into their partials.

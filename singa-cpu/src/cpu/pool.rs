@@ -32,6 +32,7 @@ pub(crate) unsafe fn forward(
                 )
             });
             match (s.kind, arg) {
+                (PoolKind::Max, Some(arg)) if is_2x2_tiling(s) => max_2x2(s, xs, ys, arg),
                 (PoolKind::Max, Some(arg)) => {
                     for oh in 0..oh_len {
                         for ow in 0..ow_len {
@@ -66,6 +67,32 @@ pub(crate) unsafe fn forward(
             }
         }
     });
+}
+
+/// Whether the windows are 2×2, stride 2, unpadded and all inside the input: the common
+/// halving pool, which has a branch-free path.
+fn is_2x2_tiling(s: &PoolShape) -> bool {
+    (s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w) == (2, 2, 2, 2, 0, 0)
+        && s.out_h() * 2 <= s.height
+        && s.out_w() * 2 <= s.width
+}
+
+/// 2×2 max pooling of one plane, stride 2; ties go to the first in row-major order.
+fn max_2x2(s: &PoolShape, xs: &[f32], ys: &mut [f32], arg: &mut [i32]) {
+    let (w, ow_len) = (s.width, s.out_w());
+    for oh in 0..s.out_h() {
+        let top = &xs[2 * oh * w..2 * oh * w + 2 * ow_len];
+        let bottom = &xs[(2 * oh + 1) * w..(2 * oh + 1) * w + 2 * ow_len];
+        let y = &mut ys[oh * ow_len..(oh + 1) * ow_len];
+        let a = &mut arg[oh * ow_len..(oh + 1) * ow_len];
+        let row0 = (2 * oh * w) as i32;
+        for (j, (((t, b), y), a)) in top.chunks_exact(2).zip(bottom.chunks_exact(2)).zip(y).zip(a).enumerate() {
+            let col = row0 + 2 * j as i32;
+            let (m0, i0) = if t[1] > t[0] { (t[1], col + 1) } else { (t[0], col) };
+            let (m1, i1) = if b[1] > b[0] { (b[1], col + w as i32 + 1) } else { (b[0], col + w as i32) };
+            (*y, *a) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
+        }
+    }
 }
 
 /// Pooling backward over all planes (overwrites `dx`).

@@ -19,10 +19,77 @@ pub struct BenchOptions {
     pub windows: usize,
     /// Steps per window.
     pub steps: u64,
+    /// The model.
+    pub model: Model,
     /// The folder with the MNIST IDX files (shards are built there on first use).
     pub data: PathBuf,
+    /// The CIFAR-10 training shard for the convnet (`None`: synthetic images).
+    pub cifar: Option<PathBuf>,
     /// Reads the process's allocation counter.
     pub allocations: fn() -> u64,
+}
+
+/// The models of the peer benchmarks (`shared/peers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Model {
+    /// 784-1000-500-10 on MNIST.
+    Mlp,
+    /// The CIFAR-10 "quick"-shaped convnet with 2×2 pools.
+    Cnn,
+}
+
+/// The convnet of the peer benchmarks: conv5x5 3→32 pad 2, max-pool 2×2/2, ReLU, conv5x5
+/// 32→32 pad 2, ReLU, max-pool 2×2/2, conv5x5 32→64 pad 2, ReLU, max-pool 2×2/2, inner
+/// product 1024→10, softmax cross-entropy; plain SGD lr 0.01, batch 64, pixels / 255 − 0.5.
+pub fn cnn_job(train: &std::path::Path, threads: usize) -> JobConfig {
+    let conv = |name: &str, src: &str, filters: usize| {
+        LayerConfig::new(name, "convolution")
+            .src(src)
+            .field("num_filters", filters)
+            .field("kernel", 5)
+            .field("pad", 2)
+    };
+    let layer = |name: &str, ty: &str, src: &str| LayerConfig::new(name, ty).src(src);
+    let pool = |name: &str, src: &str| layer(name, "pooling", src).field("kernel", 2).field("stride", 2);
+    JobConfig::new("bench-cnn")
+        .train_steps(u64::MAX / 2)
+        .display_freq(0)
+        .device(DeviceConfig::cpu(threads))
+        .updater(UpdaterConfig::sgd(0.01))
+        .layer(
+            LayerConfig::new("data", "image_data")
+                .field("path", train.display().to_string())
+                .field("batch_size", 64)
+                .field("shuffle", true)
+                .field("scale", 1.0 / 255.0)
+                .field("mean", 0.5),
+        )
+        .layer(conv("conv1", "data", 32))
+        .layer(pool("pool1", "conv1"))
+        .layer(layer("relu1", "relu", "pool1"))
+        .layer(conv("conv2", "relu1", 32))
+        .layer(layer("relu2", "relu", "conv2"))
+        .layer(pool("pool2", "relu2"))
+        .layer(conv("conv3", "pool2", 64))
+        .layer(layer("relu3", "relu", "conv3"))
+        .layer(pool("pool3", "relu3"))
+        .layer(layer("ip", "inner_product", "pool3").field("num_output", 10))
+        .layer(LayerConfig::new("loss", "softmax_loss").src("ip").src("data:label"))
+}
+
+/// Writes a shard of `n` random 32×32 RGB images with random labels (for the convnet
+/// benchmark when CIFAR-10 is not at hand: the speed does not depend on the pixels).
+pub fn synthetic_images(path: &std::path::Path, n: usize) -> Result<()> {
+    let spec = singa_data::RecordSpec { dtype: singa_core::DType::U8, shape: vec![3, 32, 32], has_label: true };
+    let mut w = singa_data::ShardWriter::create(path, spec)?;
+    let mut rng = singa_core::rng::SplitMix64::new(1);
+    let mut pixels = vec![0u8; 3 * 32 * 32];
+    for _ in 0..n {
+        pixels.iter_mut().for_each(|p| *p = rng.next_u64() as u8);
+        w.append(Some(rng.below(10) as i32), &pixels)?;
+    }
+    w.finish(&serde_json::json!({ "source": "synthetic", "classes": 10 }))?;
+    Ok(())
 }
 
 /// The MLP of the peer benchmarks: 784-1000-500-10, ReLU, softmax cross-entropy, plain SGD
@@ -66,11 +133,27 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     if opts.windows == 0 || opts.steps == 0 {
         return Err(Error::invalid("--windows and --steps must be at least 1"));
     }
-    let job = mlp_job(&opts.data, opts.threads);
+    let _synthetic;
+    let (job, title) = match opts.model {
+        Model::Mlp => (mlp_job(&opts.data, opts.threads), "MLP 784-1000-500-10, batch 64, SGD lr 0.1".to_string()),
+        Model::Cnn => {
+            let (train, what) = match &opts.cifar {
+                Some(path) => (path.clone(), "CIFAR-10"),
+                None => {
+                    let dir = std::env::temp_dir().join(format!("singa-bench-{}", std::process::id()));
+                    let path = dir.join("synthetic.shard");
+                    synthetic_images(&path, 6400)?;
+                    _synthetic = TempDir(dir);
+                    (path, "synthetic images (no CIFAR-10 given)")
+                }
+            };
+            (cnn_job(&train, opts.threads), format!("convnet conv5x5-32/pool/conv5x5-32/pool/conv5x5-64/pool/ip10, batch 64, SGD lr 0.01, {what}"))
+        }
+    };
     let mut trainer = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default())?;
     let batch = trainer.train_net().batch_size() as f64;
     let device = trainer.device().info().description.into_string();
-    println!("singa bench: MLP 784-1000-500-10, batch 64, SGD lr 0.1, on {device}");
+    println!("singa bench: {title}, on {device}");
     println!(
         "protocol: {} warm-up steps, then {} windows of {} steps",
         opts.warmup, opts.windows, opts.steps
@@ -113,4 +196,13 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         thousands(rates[rates.len() / 2])
     );
     Ok(())
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
