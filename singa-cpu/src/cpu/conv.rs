@@ -9,7 +9,7 @@
 
 use super::gemm::single;
 use super::parallel::Threads;
-use super::scratch::Scratch;
+use super::scratch::{Buffers, Scratch};
 use super::sgemm::{self, Operand};
 use singa_core::{BufView, ConvShape};
 
@@ -389,10 +389,68 @@ pub(crate) unsafe fn run(
     b: BufView,
     out: BufView,
 ) {
+    let mut buf = scratch.lock();
+    let (pa, pb, po) = (ptr(&a), ptr(&b), ptr(&out));
+    if pass == Pass::Data {
+        if let Some(t) = transposed(s) {
+            // The input gradient of a unit-stride convolution is the convolution of the output
+            // gradient with the flipped filters: no col2im, and a deep matrix product.
+            let mut flipped = std::mem::take(&mut buf.shared);
+            flipped.resize(s.weight_len(), 0.0);
+            flip_filters(s, std::slice::from_raw_parts(pb as *const f32, s.weight_len()), &mut flipped);
+            run_locked(threads, &mut buf, &t, Pass::Forward, pa, flipped.as_ptr() as usize, po);
+            buf.shared = flipped;
+            return;
+        }
+    }
+    run_locked(threads, &mut buf, s, pass, pa, pb, po)
+}
+
+/// The convolution whose forward pass computes `s`'s input gradient from its output gradient,
+/// when there is one (unit strides, padding below the kernel size) and it pays: its product
+/// has the input channels as rows, too few of them (an RGB input) fill no kernel tile.
+fn transposed(s: &ConvShape) -> Option<ConvShape> {
+    const MIN_CHANNELS: usize = 16;
+    let fits = s.stride_h == 1
+        && s.stride_w == 1
+        && s.pad_h < s.kernel_h
+        && s.pad_w < s.kernel_w
+        && s.group_channels() >= MIN_CHANNELS;
+    fits.then(|| ConvShape {
+        channels: s.filters,
+        height: s.out_h(),
+        width: s.out_w(),
+        filters: s.channels,
+        pad_h: s.kernel_h - 1 - s.pad_h,
+        pad_w: s.kernel_w - 1 - s.pad_w,
+        ..*s
+    })
+}
+
+/// The filters of [`transposed`]: `flipped[g·gc + c][f][r][q] = w[g·gf + f][c][kh−1−r][kw−1−q]`.
+fn flip_filters(s: &ConvShape, w: &[f32], flipped: &mut [f32]) {
+    let (gc, gf, kh, kw) = (s.group_channels(), s.group_filters(), s.kernel_h, s.kernel_w);
+    for g in 0..s.groups {
+        for f in 0..gf {
+            for c in 0..gc {
+                let src = &w[((g * gf + f) * gc + c) * kh * kw..][..kh * kw];
+                let dst = &mut flipped[((g * gc + c) * gf + f) * kh * kw..][..kh * kw];
+                for (d, v) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+}
+
+/// [`run`] on locked buffers, with the views as addresses.
+///
+/// # Safety
+/// As for [`run`].
+unsafe fn run_locked(threads: &Threads, buf: &mut Buffers, s: &ConvShape, pass: Pass, pa: usize, pb: usize, po: usize) {
     let own = sgemm::available();
     let z = Sizes::of(s);
     let parts = threads.count().min(s.batch).max(1);
-    let mut buf = scratch.lock();
     buf.reserve_work(parts);
     let col_len = if direct(s) { 0 } else { z.rows * z.spatial };
     let pad_len = if direct(s) { 0 } else { Padded::of(s).len(s) };
@@ -413,7 +471,6 @@ pub(crate) unsafe fn run(
         buf.work[t].reserve((wa, wb));
     }
     let at = buf.addresses();
-    let (pa, pb, po) = (ptr(&a), ptr(&b), ptr(&out));
     let job = |t: usize| {
         let ws = at.work(t);
         let (col, padded) = at.temp(t)[..col_len + pad_len].split_at_mut(col_len);

@@ -29,6 +29,8 @@ pub(crate) struct Buffers {
     pub temp: Vec<Vec<f32>>,
     /// Partial results of threads `1..` (thread 0 writes the destination itself).
     pub partials: Vec<Vec<f32>>,
+    /// One buffer all threads read (prepared before they start).
+    pub shared: Vec<f32>,
 }
 
 /// Makes `count` vectors of at least `len` elements available, growing only.
