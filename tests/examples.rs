@@ -51,3 +51,51 @@ fn mnist_mlp_job_file_and_builder_agree() {
     assert_eq!(file.updater, code.updater);
     assert_eq!(file, code);
 }
+
+/// Every example's job file parses and its layers accept their fields.
+#[test]
+fn every_example_job_file_is_valid() {
+    let registry = Registry::builtin();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let path = entry.unwrap().path().join("job.toml");
+        if path.exists() {
+            let job = JobConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            job.validate(&registry).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "found {checked} example jobs");
+}
+
+/// The CIFAR-10 quick example's job, cut to 400 steps, learns on the real data (needs
+/// `SINGA_DATA_DIR`; the full run's accuracy is in its README).
+#[test]
+fn cifar10_quick_learns_on_real_data() {
+    let Some(root) = std::env::var_os("SINGA_DATA_DIR") else {
+        eprintln!("skipped: SINGA_DATA_DIR is not set (CIFAR-10 lives in ../shared/data)");
+        return;
+    };
+    let archive = Path::new(&root).join("cifar10-jpeg/cifar10_jpeg_q75.tar.gz");
+    let dir = std::env::temp_dir().join(format!("singa-cifar-example-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut job = JobConfig::from_file(repo().join("examples/cifar10-quick/job.toml")).unwrap();
+    job.train_steps = 400;
+    job.test_freq = 0;
+    job.test_steps = 20;
+    job.checkpoint_freq = 0;
+    for l in &mut job.layers {
+        if l.type_name == "image_data" {
+            let split = if l.fields.str("path").unwrap().contains("test") { "test" } else { "train" };
+            l.fields.set("path", dir.join(format!("{split}.shard")).display().to_string());
+            let import = singa_core::Fields::new().with("kind", "image-folder").with("src", archive.display().to_string());
+            l.fields.set("import", import);
+        }
+    }
+    let mut trainer = singa::trainer::Trainer::new(&job, &Registry::builtin(), &Default::default()).unwrap();
+    let summary = trainer.run(&mut singa::trainer::Silent).unwrap();
+    let acc = summary.test.iter().find(|(k, _)| k == "accuracy").unwrap().1;
+    eprintln!("cifar10-quick after 400 steps: test accuracy {acc:.4}");
+    assert!(acc > 0.40, "test accuracy {acc} after 400 steps");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -60,27 +60,56 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    /// Shapes that take the CPU device's fast paths: unit strides, output rows of whole groups
+    /// of 8 (patches packed straight from the image for the filter gradient, over one or more
+    /// depth blocks, some not multiples of 8), and 16+ channels per group (the input gradient
+    /// as a convolution with flipped filters).
+    fn fast_conv_shape()(batch in 1usize..3, g in 1usize..3, cpg in 14usize..19, fpg in 1usize..12,
+                         out_h in 1usize..40, row_groups in 1usize..3, kh in 1usize..4, kw in 1usize..4,
+                         ph in 0usize..3, pw in 0usize..3) -> ConvShape {
+        let (pad_h, pad_w) = (ph.min(kh - 1), pw.min(kw - 1));
+        ConvShape {
+            batch, channels: g * cpg, filters: g * fpg, groups: g,
+            height: out_h + kh - 1 - 2 * pad_h, width: 8 * row_groups + kw - 1 - 2 * pad_w,
+            kernel_h: kh, kernel_w: kw, stride_h: 1, stride_w: 1, pad_h, pad_w,
+        }
+    }
+}
+
+/// Runs the three passes of `s` on both devices and compares.
+fn check_convolution(s: &ConvShape, seed: u64) {
+    let x = values(seed, s.input_len(), -1.0, 1.0);
+    let w = values(seed ^ 1, s.weight_len(), -1.0, 1.0);
+    let dy = values(seed ^ 2, s.output_len(), -1.0, 1.0);
+    let (got, want) = both(|d| {
+        let (tx, tw, tdy) = (t(d, &x)?, t(d, &w)?, t(d, &dy)?);
+        let mut y = Tensor::zeros(d, [s.output_len()], DType::F32)?;
+        let mut dx = t(d, &values(9, s.input_len(), -1.0, 1.0))?;
+        let mut dw = t(d, &values(8, s.weight_len(), -1.0, 1.0))?;
+        d.conv2d(s, &tx, &tw, &mut y)?;
+        d.conv2d_backward_data(s, &tdy, &tw, &mut dx)?;
+        d.conv2d_backward_filter(s, &tx, &tdy, &mut dw)?;
+        Ok([y.to_vec::<f32>()?, dx.to_vec()?, dw.to_vec()?].concat())
+    });
+    let depth = (s.group_channels() * s.kernel_h * s.kernel_w).max(s.batch * s.out_h() * s.out_w()) as f32;
+    close(&got, &want, 1e-5 * depth, 1e-5, &format!("{s:?}"));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
+    fn convolution_fast_paths_match(s in fast_conv_shape(), seed: u64) {
+        prop_assume!(s.problem().is_none());
+        prop_assert_eq!(s.out_w() % 8, 0);
+        check_convolution(&s, seed);
+    }
+
+    #[test]
     fn convolution_matches(s in conv_shape(), seed: u64) {
         prop_assume!(s.problem().is_none());
-        let x = values(seed, s.input_len(), -1.0, 1.0);
-        let w = values(seed ^ 1, s.weight_len(), -1.0, 1.0);
-        let dy = values(seed ^ 2, s.output_len(), -1.0, 1.0);
-        let (got, want) = both(|d| {
-            let (tx, tw, tdy) = (t(d, &x)?, t(d, &w)?, t(d, &dy)?);
-            let mut y = Tensor::zeros(d, [s.output_len()], DType::F32)?;
-            let mut dx = t(d, &values(9, s.input_len(), -1.0, 1.0))?;
-            let mut dw = t(d, &values(8, s.weight_len(), -1.0, 1.0))?;
-            d.conv2d(&s, &tx, &tw, &mut y)?;
-            d.conv2d_backward_data(&s, &tdy, &tw, &mut dx)?;
-            d.conv2d_backward_filter(&s, &tx, &tdy, &mut dw)?;
-            Ok([y.to_vec::<f32>()?, dx.to_vec()?, dw.to_vec()?].concat())
-        });
-        let depth = (s.group_channels() * s.kernel_h * s.kernel_w).max(s.batch * s.out_h() * s.out_w()) as f32;
-        close(&got, &want, 1e-5 * depth, 1e-5, &format!("{s:?}"));
+        check_convolution(&s, seed);
     }
 
     #[test]

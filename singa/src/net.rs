@@ -481,13 +481,17 @@ impl NeuralNet {
     /// A readable listing: each layer with its type, sources, output shapes and parameters.
     pub fn describe(&self, store: &ParamStore) -> String {
         let mut s = String::new();
+        let name_width = self.layers.iter().map(|l| l.name.len()).max().unwrap_or(0);
+        let type_width = self.layers.iter().map(|l| l.type_name.len()).max().unwrap_or(0);
         for l in &self.layers {
             let srcs: Vec<String> = l
                 .sources
                 .iter()
                 .map(|&(p, o)| {
                     let src = &self.layers[p];
-                    if o == 0 {
+                    // Numbered outputs (split, slice) always show their number.
+                    let numbered = src.output_specs[o].name.parse::<usize>().is_ok();
+                    if o == 0 && !numbered {
                         src.name.clone()
                     } else {
                         format!("{}:{}", src.name, src.output_specs[o].name)
@@ -499,7 +503,7 @@ impl NeuralNet {
                 .iter()
                 .map(|o| format!("{} {}", o.shape, o.dtype))
                 .collect();
-            let _ = write!(s, "  {:<10} {:<15}", l.name, l.type_name);
+            let _ = write!(s, "  {:<name_width$}  {:<type_width$}", l.name, l.type_name);
             if !srcs.is_empty() {
                 let _ = write!(s, " <- {}", srcs.join(", "));
             }

@@ -130,3 +130,138 @@ srclayers = ["fc2", "data:label"]
 "#
     )
 }
+
+/// A learnable toy image set as a shard: `n` RGB images `side × side` of 4 classes, class `c`
+/// brightening channel `c % 3` in quadrant `c` over noise.
+pub fn synthetic_images(path: &Path, n: usize, side: usize, seed: u64) {
+    let spec = singa_data::RecordSpec { dtype: singa_core::DType::U8, shape: vec![3, side, side], has_label: true };
+    let mut w = singa_data::ShardWriter::create(path, spec).unwrap();
+    let mut rng = SplitMix64::new(seed);
+    let half = side / 2;
+    for _ in 0..n {
+        let c = rng.below(4) as usize;
+        let mut px = vec![0u8; 3 * side * side];
+        for (i, p) in px.iter_mut().enumerate() {
+            let (ch, y, x) = (i / (side * side), (i / side) % side, i % side);
+            let inside = (y / half.max(1)) * 2 + (x / half.max(1)) == c;
+            *p = (rng.below(80) + if inside && ch == c % 3 { 150 } else { 0 }) as u8;
+        }
+        w.append(Some(c as i32), &px).unwrap();
+    }
+    w.finish(&serde_json::json!({ "source": "synthetic" })).unwrap();
+}
+
+/// A small convnet job on the shards `train.shard` and `test.shard` in `data`: random crops and
+/// mirrors, convolution, batch norm, ReLU, max pooling, LRN, concat of two branches, and a
+/// softmax loss with a top-2 accuracy; `top` holds the job's top-level settings.
+pub fn convnet_job(data: &Path, top: &str) -> String {
+    let d = data.display();
+    format!(
+        r#"name = "convnet"
+{top}
+test_steps = 2
+seed = 3
+
+[updater]
+type = "nesterov"
+momentum = 0.9
+weight_decay = 0.0001
+learning_rate = {{ type = "cosine", base = 0.05, final = 0.001, change_freq = 40, warmup = 5 }}
+
+[[layer]]
+name = "data"
+type = "image_data"
+include = "train"
+path = "{d}/train.shard"
+batch_size = 8
+shuffle = true
+crop = 8
+pad = 1
+mirror = true
+scale = 0.0039
+mean = [0.3, 0.3, 0.3]
+
+[[layer]]
+name = "data"
+type = "image_data"
+include = "test"
+path = "{d}/test.shard"
+batch_size = 8
+scale = 0.0039
+mean = [0.3, 0.3, 0.3]
+
+[[layer]]
+name = "conv"
+type = "convolution"
+srclayers = "data"
+num_filters = 6
+kernel = 3
+pad = 1
+bias_term = false
+
+[[layer]]
+name = "bn"
+type = "batch_norm"
+srclayers = "conv"
+
+[[layer]]
+name = "relu"
+type = "relu"
+srclayers = "bn"
+
+[[layer]]
+name = "split"
+type = "split"
+srclayers = "relu"
+
+[[layer]]
+name = "pool"
+type = "pooling"
+srclayers = "split:0"
+kernel = 2
+stride = 2
+
+[[layer]]
+name = "avg"
+type = "pooling"
+srclayers = "split:1"
+pool = "avg"
+kernel = 2
+stride = 2
+
+[[layer]]
+name = "norm"
+type = "lrn"
+srclayers = "avg"
+local_size = 3
+alpha = 0.001
+
+[[layer]]
+name = "join"
+type = "concat"
+srclayers = ["pool", "norm"]
+
+[[layer]]
+name = "flat"
+type = "flatten"
+srclayers = "join"
+
+[[layer]]
+name = "fc"
+type = "inner_product"
+srclayers = "flat"
+num_output = 4
+
+[[layer]]
+name = "loss"
+type = "softmax_loss"
+srclayers = ["fc", "data:label"]
+
+[[layer]]
+name = "top2"
+type = "accuracy"
+srclayers = ["fc", "data:label"]
+top_k = 2
+"#
+    )
+}

@@ -337,6 +337,70 @@ unsafe fn col2im_with<const AVX512: bool>(s: &ConvShape, col: &[f32], c0: usize,
     }
 }
 
+/// The transposed patch matrix of one group (spatial positions × taps), packed for the filter
+/// gradient's product straight from the (padded) planes: each 8 taps × 8 positions of an output
+/// row are 8 runs of the planes, transposed in registers.
+struct PatchPacker<'a> {
+    s: &'a ConvShape,
+    planes: &'a [f32],
+}
+
+impl PatchPacker<'_> {
+    /// Whether the fast packing applies: unit strides, output rows of whole groups of 8, and
+    /// AVX on x86-64. (The depth blocks must also be whole groups of 8; checked per block.)
+    fn fits(s: &ConvShape) -> bool {
+        cfg!(target_arch = "x86_64")
+            && s.stride_h == 1
+            && s.stride_w == 1
+            && s.out_w().is_multiple_of(8)
+            && matches!(super::simd::level(), super::simd::Level::Avx512 | super::simd::Level::Avx2)
+    }
+
+    /// The value of tap `t` at spatial position `p`.
+    fn at(&self, plane_h: usize, plane_w: usize, t: usize, p: usize) -> f32 {
+        let s = self.s;
+        let (taps, ow_len) = (s.kernel_h * s.kernel_w, s.out_w());
+        let (c, r, q) = (t / taps, (t / s.kernel_w) % s.kernel_h, t % s.kernel_w);
+        let (oh, ow) = (p / ow_len, p % ow_len);
+        self.planes[(c * plane_h + oh * s.stride_h + r) * plane_w + ow * s.stride_w + q]
+    }
+}
+
+impl sgemm::PackB for PatchPacker<'_> {
+    unsafe fn pack(&self, buf: &mut [f32], nr: usize, n: usize, kc: usize, p0: usize) {
+        let s = self.s;
+        let p = Padded::of(s);
+        let (ph, pw) = if p.len(s) == 0 { (s.height, s.width) } else { (p.height, p.width) };
+        let (taps, ow_len) = (s.kernel_h * s.kernel_w, s.out_w());
+        let vector = p0 % 8 == 0 && kc % 8 == 0;
+        for (panel, out) in buf.chunks_exact_mut(kc * nr).enumerate() {
+            let j0 = panel * nr;
+            let cols = nr.min(n.saturating_sub(j0));
+            let full = if vector { cols / 8 * 8 } else { 0 };
+            #[cfg(target_arch = "x86_64")]
+            for g in (0..full).step_by(8) {
+                // Where each of the 8 taps reads its plane for output row 0, column 0.
+                let bases: [usize; 8] = std::array::from_fn(|i| {
+                    let t = j0 + g + i;
+                    let (c, r, q) = (t / taps, (t / s.kernel_w) % s.kernel_h, t % s.kernel_w);
+                    (c * ph + r) * pw + q
+                });
+                for d in (0..kc).step_by(8) {
+                    let (oh, ow) = ((p0 + d) / ow_len, (p0 + d) % ow_len);
+                    let offset = oh * pw + ow;
+                    let rows = bases.map(|b| self.planes[b + offset..b + offset + 8].as_ptr());
+                    sgemm::transpose8x8_rows(rows, out.as_mut_ptr().add(d * nr + g), nr);
+                }
+            }
+            for jj in full..nr {
+                for d in 0..kc {
+                    out[d * nr + jj] = if jj < cols { self.at(ph, pw, j0 + jj, p0 + d) } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
 /// The images of thread `t` of `parts`.
 fn images(batch: usize, parts: usize, t: usize) -> std::ops::Range<usize> {
     let chunk = batch.div_ceil(parts);
@@ -557,12 +621,6 @@ unsafe fn run_locked(threads: &Threads, buf: &mut Buffers, s: &ConvShape, pass: 
                     Pass::Filter => {
                         let x = (pa as *const f32).add(n * z.image_in);
                         let dy = (pb as *const f32).add(n * z.image_out + g * z.gf * z.spatial);
-                        let cols = if direct(s) {
-                            x.add(c0 * z.spatial)
-                        } else {
-                            im2col(s, planes(s, x, c0, padded), col);
-                            col.as_ptr()
-                        };
                         // Thread 0 accumulates into dw itself, the others into their partials.
                         let dw = if t == 0 {
                             po as *mut f32
@@ -575,12 +633,25 @@ unsafe fn run_locked(threads: &Threads, buf: &mut Buffers, s: &ConvShape, pass: 
                             ld: z.spatial,
                             trans: false,
                         };
+                        let beta = if first { 0.0 } else { 1.0 };
+                        if own && !direct(s) && PatchPacker::fits(s) {
+                            // The patches go from the image straight into the product's packed
+                            // panels: no patch matrix written and read back.
+                            let packer = PatchPacker { s, planes: planes(s, x, c0, padded) };
+                            sgemm::gemm_with(ws, z.gf, z.rows, z.spatial, 1.0, dym, sgemm::B::Packer(&packer), beta, dst, z.rows);
+                            continue;
+                        }
+                        let cols = if direct(s) {
+                            x.add(c0 * z.spatial)
+                        } else {
+                            im2col(s, planes(s, x, c0, padded), col);
+                            col.as_ptr()
+                        };
                         let ct = Operand {
                             ptr: cols,
                             ld: z.spatial,
                             trans: true,
                         };
-                        let beta = if first { 0.0 } else { 1.0 };
                         single(
                             ws,
                             own,

@@ -128,6 +128,45 @@ pub unsafe fn gemm(
     c: *mut f32,
     ldc: usize,
 ) {
+    gemm_with(ws, m, n, k, alpha, a, B::Stored(b), beta, c, ldc)
+}
+
+/// Packs depth `p0 .. p0 + kc` of an op(B) that exists only implicitly (convolution patches
+/// read straight from the image) into `buf`, in the layout of [`pack_b`]: panels of `nr`
+/// columns, each depth-major, columns past `n` zero.
+pub trait PackB {
+    /// Fills `buf` (`kc × n` rounded up to whole panels).
+    ///
+    /// # Safety
+    /// `buf` holds `kc · n.next_multiple_of(nr)` values.
+    unsafe fn pack(&self, buf: &mut [f32], nr: usize, n: usize, kc: usize, p0: usize);
+}
+
+/// The right operand of a product.
+pub enum B<'a> {
+    /// A matrix in memory (read in place when row-major, else packed).
+    Stored(Operand),
+    /// A matrix whose panels something else packs.
+    Packer(&'a dyn PackB),
+}
+
+/// [`gemm`] with an op(B) that may be packed by the caller ([`B::Packer`]).
+///
+/// # Safety
+/// As for [`gemm`], with `ws` reserved as for a transposed B.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_with(
+    ws: &mut Workspace,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Operand,
+    b: B<'_>,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -140,17 +179,23 @@ pub unsafe fn gemm(
         let beta_block = if p0 == 0 { beta } else { 1.0 };
         pack_a(&mut ws.a, mr, m, kc, &a, p0);
         // op(B) stored row-major is read in place; stored transposed, it is packed.
-        let (b_ptr, ldb) = if b.trans {
-            pack_b(&mut ws.b, nr, n, kc, &b, p0);
-            (ws.b.as_ptr(), nr)
-        } else {
-            (b.at(p0, 0), b.ld)
+        let packed = !matches!(b, B::Stored(Operand { trans: false, .. }));
+        let (b_ptr, ldb) = match &b {
+            B::Stored(s) if !s.trans => (s.at(p0, 0), s.ld),
+            B::Stored(s) => {
+                pack_b(&mut ws.b, nr, n, kc, s, p0);
+                (ws.b.as_ptr(), nr)
+            }
+            B::Packer(p) => {
+                p.pack(&mut ws.b[..kc * n.next_multiple_of(nr)], nr, n, kc, p0);
+                (ws.b.as_ptr(), nr)
+            }
         };
         let mut j = 0;
         while j < n {
             let cols = nr.min(n - j);
             // Panel j of a packed B starts at j·kc; in place, at column j.
-            let bj = if b.trans {
+            let bj = if packed {
                 b_ptr.add(j * kc)
             } else {
                 b_ptr.add(j)
@@ -259,13 +304,25 @@ fn has_avx() -> bool {
     matches!(level(), Level::Avx512 | Level::Avx2)
 }
 
-/// Writes the transpose of the 8 × 8 block at `src` (row stride `lds`) to `dst` (row stride
+/// Writes the transpose of the 8 × 8 block whose rows start at `rows` to `dst` (row stride
 /// `ldd`).
+///
+/// # Safety
+/// The CPU has AVX; each row holds 8 values; `dst` has room for 8 rows of `ldd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose8x8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+pub unsafe fn transpose8x8_rows(rows: [*const f32; 8], dst: *mut f32, ldd: usize) {
     use std::arch::x86_64::*;
-    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i]));
+    store_transposed(r, dst, ldd);
+}
+
+/// Stores the transpose of the 8 × 8 block `r` (one register per row).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx")]
+unsafe fn store_transposed(r: [std::arch::x86_64::__m256; 8], dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -295,6 +352,16 @@ unsafe fn transpose8x8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     for (i, v) in out.iter().enumerate() {
         _mm256_storeu_ps(dst.add(i * ldd), *v);
     }
+}
+
+/// Writes the transpose of the 8 × 8 block at `src` (row stride `lds`) to `dst` (row stride
+/// `ldd`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8x8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+    store_transposed(r, dst, ldd);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
