@@ -1,6 +1,8 @@
 //! Once warmed up, a training step allocates nothing: every tensor, packing buffer and data
 //! batch is reused. Counted with a global allocator that counts, on the MLP of the benchmark
-//! (784-1000-500-10, batch 64) over synthetic MNIST-shaped data.
+//! (784-1000-500-10, batch 64) over synthetic MNIST-shaped data, and on a convnet with every
+//! image layer (augmented image input, convolution, batch norm, pooling, LRN, split, concat,
+//! flatten, top-k accuracy).
 
 use singa::config::JobConfig;
 use singa::trainer::{TrainOptions, Trainer};
@@ -35,8 +37,41 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is global: the tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Allocations over `steps` training steps after `warmup` steps.
+fn allocations(trainer: &mut Trainer, warmup: usize, steps: usize) -> u64 {
+    for _ in 0..warmup {
+        trainer.train_step().unwrap();
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..steps {
+        trainer.train_step().unwrap();
+    }
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+#[test]
+fn a_warm_convnet_step_allocates_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir("alloc-convnet");
+    singa_tests::synthetic_images(&dir.join("train.shard"), 100, 8, 1);
+    singa_tests::synthetic_images(&dir.join("test.shard"), 16, 8, 2);
+    let text = singa_tests::convnet_job(&dir, "train_steps = 1000000\ndevice = { threads = 2 }");
+    let job = JobConfig::from_toml(&text, Default::default()).unwrap();
+    let mut trainer = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    // Past the first epoch boundary (100 / 8 ≈ 13 steps).
+    let allocated = allocations(&mut trainer, 20, 50);
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in 50 warm training steps"
+    );
+}
+
 #[test]
 fn a_warm_training_step_allocates_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tmpdir("alloc");
     synthetic_mnist(&dir, 2000, 100, 28);
     let d = dir.display();
@@ -95,15 +130,8 @@ srclayers = ["fc3", "data:label"]
     let job = JobConfig::from_toml(&text, Default::default()).unwrap();
     let mut trainer = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
     // Warm up past the first epoch boundary (2000 / 64 ≈ 31 steps), where the order is redrawn.
-    for _ in 0..40 {
-        trainer.train_step().unwrap();
-    }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
     let steps = 100;
-    for _ in 0..steps {
-        trainer.train_step().unwrap();
-    }
-    let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocated = allocations(&mut trainer, 40, steps);
     assert_eq!(
         allocated, 0,
         "{allocated} allocations in {steps} warm training steps"

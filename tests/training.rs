@@ -269,14 +269,29 @@ fn a_convnet_learns_and_resumes_exactly() {
     singa_tests::synthetic_images(&dir.join("test.shard"), 16, 8, 2);
     let full = "train_steps = 40\ndisplay_freq = 20\ncheckpoint_freq = 20\ntest_freq = 40";
     let (straight, summary) = train(&convnet(&dir, full), &dir.join("a"), Existing::Refuse);
-    let metric = |name: &str| summary.test.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap();
-    assert!(metric("loss/accuracy") >= 0.75, "test metrics {:?}", summary.test);
+    let metric = |name: &str| {
+        summary
+            .test
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+            .unwrap()
+    };
+    assert!(
+        metric("loss/accuracy") >= 0.75,
+        "test metrics {:?}",
+        summary.test
+    );
     assert!(metric("top2/top2_accuracy") >= metric("loss/accuracy"));
 
     let half = "train_steps = 20\ndisplay_freq = 20\ncheckpoint_freq = 20\ntest_freq = 40";
     train(&convnet(&dir, half), &dir.join("b"), Existing::Refuse);
     let (resumed, _) = train(&convnet(&dir, full), &dir.join("b"), Existing::Resume);
     let (a, b) = (params(&straight), params(&resumed));
-    assert!(a.iter().any(|(k, _)| k == "bn/mean"), "running statistics are parameters: {:?}", a.iter().map(|p| &p.0).collect::<Vec<_>>());
+    assert!(
+        a.iter().any(|(k, _)| k == "bn/mean"),
+        "running statistics are parameters: {:?}",
+        a.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
     assert_eq!(a, b, "parameters differ bitwise after resuming");
 }

@@ -30,7 +30,9 @@ fn time(mut f: impl FnMut()) -> f64 {
 
 fn t(dev: &DeviceRef, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     Tensor::from_slice(dev, &data, Shape::new(shape).unwrap()).unwrap()
 }
 
@@ -68,10 +70,17 @@ fn pool(channels: usize, size: usize) -> PoolShape {
     }
 }
 
+/// A named pass of a convolution, timed as a closure.
+type Pass<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+
 fn measure(dev: &DeviceRef) -> Vec<(String, f64, Option<f64>)> {
     let mut out = Vec::new();
     let mut total = (0.0, 0.0);
-    for (name, s) in [("conv1 3→32 32×32", conv(3, 32, 32)), ("conv2 32→32 16×16", conv(32, 16, 32)), ("conv3 32→64 8×8", conv(32, 8, 64))] {
+    for (name, s) in [
+        ("conv1 3→32 32×32", conv(3, 32, 32)),
+        ("conv2 32→32 16×16", conv(32, 16, 32)),
+        ("conv3 32→64 8×8", conv(32, 8, 64)),
+    ] {
         let x = t(dev, &[BATCH, s.channels, s.height, s.width]);
         let w = t(dev, &[s.filters, s.channels, 5, 5]);
         let mut y = t(dev, &[BATCH, s.filters, s.out_h(), s.out_w()]);
@@ -79,10 +88,19 @@ fn measure(dev: &DeviceRef) -> Vec<(String, f64, Option<f64>)> {
         let mut dw = t(dev, &[s.filters, s.channels, 5, 5]);
         let dy = t(dev, &[BATCH, s.filters, s.out_h(), s.out_w()]);
         let flops = 2.0 * (BATCH * s.filters * s.out_h() * s.out_w() * s.channels * 25) as f64;
-        let passes: [(&str, Box<dyn FnMut()>); 3] = [
-            ("forward", Box::new(|| dev.conv2d(&s, &x, &w, &mut y).unwrap())),
-            ("input gradient", Box::new(|| dev.conv2d_backward_data(&s, &dy, &w, &mut dx).unwrap())),
-            ("filter gradient", Box::new(|| dev.conv2d_backward_filter(&s, &x, &dy, &mut dw).unwrap())),
+        let passes: [Pass<'_>; 3] = [
+            (
+                "forward",
+                Box::new(|| dev.conv2d(&s, &x, &w, &mut y).unwrap()),
+            ),
+            (
+                "input gradient",
+                Box::new(|| dev.conv2d_backward_data(&s, &dy, &w, &mut dx).unwrap()),
+            ),
+            (
+                "filter gradient",
+                Box::new(|| dev.conv2d_backward_filter(&s, &x, &dy, &mut dw).unwrap()),
+            ),
         ];
         for (pass, mut f) in passes {
             let secs = time(&mut f);
@@ -93,31 +111,55 @@ fn measure(dev: &DeviceRef) -> Vec<(String, f64, Option<f64>)> {
             out.push((format!("{name} {pass}"), secs, Some(flops / secs / 1e9)));
         }
     }
-    out.push(("all convolutions of a step (no conv1 input gradient)".into(), total.0, Some(total.1 / total.0 / 1e9)));
-    for (name, s) in [("max pool 2×2 on 32×32×32", pool(32, 32)), ("max pool 2×2 on 32×16×16", pool(32, 16)), ("max pool 2×2 on 64×8×8", pool(64, 8))] {
+    out.push((
+        "all convolutions of a step (no conv1 input gradient)".into(),
+        total.0,
+        Some(total.1 / total.0 / 1e9),
+    ));
+    for (name, s) in [
+        ("max pool 2×2 on 32×32×32", pool(32, 32)),
+        ("max pool 2×2 on 32×16×16", pool(32, 16)),
+        ("max pool 2×2 on 64×8×8", pool(64, 8)),
+    ] {
         let x = t(dev, &[BATCH, s.channels, s.height, s.width]);
         let mut y = t(dev, &[BATCH, s.channels, s.out_h(), s.out_w()]);
-        let mut arg = Tensor::zeros(dev, [BATCH, s.channels, s.out_h(), s.out_w()], DType::I32).unwrap();
+        let mut arg =
+            Tensor::zeros(dev, [BATCH, s.channels, s.out_h(), s.out_w()], DType::I32).unwrap();
         let mut dx = t(dev, &[BATCH, s.channels, s.height, s.width]);
-        out.push((format!("{name} forward"), time(|| dev.pool2d(&s, &x, &mut y, Some(&mut arg)).unwrap()), None));
+        out.push((
+            format!("{name} forward"),
+            time(|| dev.pool2d(&s, &x, &mut y, Some(&mut arg)).unwrap()),
+            None,
+        ));
         let dy = y.clone();
-        out.push((format!("{name} backward"), time(|| dev.pool2d_backward(&s, &dy, Some(&arg), &mut dx).unwrap()), None));
+        out.push((
+            format!("{name} backward"),
+            time(|| dev.pool2d_backward(&s, &dy, Some(&arg), &mut dx).unwrap()),
+            None,
+        ));
     }
     let x = t(dev, &[BATCH, 32, 32, 32]);
     let mut y = t(dev, &[BATCH, 32, 32, 32]);
-    out.push(("relu 64×32×32×32".into(), time(|| dev.unary(UnaryOp::Relu, &x, &mut y).unwrap()), None));
+    out.push((
+        "relu 64×32×32×32".into(),
+        time(|| dev.unary(UnaryOp::Relu, &x, &mut y).unwrap()),
+        None,
+    ));
     out
 }
 
 fn main() {
-    let results: Vec<Vec<(String, f64, Option<f64>)>> = [1usize, 2].iter().map(|&n| measure(&DeviceRef::new(CpuDevice::new(n).unwrap()))).collect();
+    let results: Vec<Vec<(String, f64, Option<f64>)>> = [1usize, 2]
+        .iter()
+        .map(|&n| measure(&DeviceRef::new(CpuDevice::new(n).unwrap())))
+        .collect();
     println!("| operation | 1 thread | 2 threads |");
     println!("| --- | ---: | ---: |");
-    for i in 0..results[0].len() {
+    for (one, two) in results[0].iter().zip(&results[1]) {
         let cell = |r: &(String, f64, Option<f64>)| match r.2 {
             Some(g) => format!("{:.1} µs ({g:.0} GFLOP/s)", r.1 * 1e6),
             None => format!("{:.1} µs", r.1 * 1e6),
         };
-        println!("| {} | {} | {} |", results[0][i].0, cell(&results[0][i]), cell(&results[1][i]));
+        println!("| {} | {} | {} |", one.0, cell(one), cell(two));
     }
 }

@@ -92,7 +92,8 @@ fn check_convolution(s: &ConvShape, seed: u64) {
         d.conv2d_backward_filter(s, &tx, &tdy, &mut dw)?;
         Ok([y.to_vec::<f32>()?, dx.to_vec()?, dw.to_vec()?].concat())
     });
-    let depth = (s.group_channels() * s.kernel_h * s.kernel_w).max(s.batch * s.out_h() * s.out_w()) as f32;
+    let depth =
+        (s.group_channels() * s.kernel_h * s.kernel_w).max(s.batch * s.out_h() * s.out_w()) as f32;
     close(&got, &want, 1e-5 * depth, 1e-5, &format!("{s:?}"));
 }
 

@@ -101,14 +101,15 @@ impl ImagePrep {
         let offset: Vec<f32> = match &spec.mean {
             Mean::None => vec![0.0; channels * area],
             Mean::PerChannel(m) => {
-                let m =
-                    match m.len() {
-                        1 => vec![m[0]; channels],
-                        n if n == channels => m.clone(),
-                        n => return Err(Error::invalid(format!(
+                let m = match m.len() {
+                    1 => vec![m[0]; channels],
+                    n if n == channels => m.clone(),
+                    n => {
+                        return Err(Error::invalid(format!(
                             "mean has {n} values for {channels} channels (give 1 or {channels})"
-                        ))),
-                    };
+                        )))
+                    }
+                };
                 (0..channels * area)
                     .map(|i| -m[i / area] / std[i / area])
                     .collect()

@@ -63,9 +63,14 @@ impl Blocks {
     }
 
     /// Copies every part into its columns of `whole`.
-    fn gather(&self, dev: &DeviceRef, parts: &[&Tensor], whole: &mut Tensor) -> Result<()> {
+    fn gather<'t>(
+        &self,
+        dev: &DeviceRef,
+        parts: impl IntoIterator<Item = &'t Tensor>,
+        whole: &mut Tensor,
+    ) -> Result<()> {
         let mut w = as_rows(whole, self.rows)?;
-        for (p, &(col, cols)) in parts.iter().zip(&self.parts) {
+        for (p, &(col, cols)) in parts.into_iter().zip(&self.parts) {
             dev.copy_columns(&as_rows(p, self.rows)?, 0, &mut w, col, cols)?;
         }
         Ok(())
@@ -161,8 +166,7 @@ impl Layer for Concat {
     ) -> RResult<(), Error> {
         (|| {
             let (dev, blocks) = self.state.as_ref().ok_or_else(|| not_set_up(Self::TYPE))?;
-            let parts: Vec<&Tensor> = inputs.iter().collect();
-            blocks.gather(dev, &parts, &mut outputs[0])
+            blocks.gather(dev, inputs.iter(), &mut outputs[0])
         })()
         .into()
     }
@@ -346,8 +350,7 @@ impl Layer for Slice {
         (|| {
             let (dev, blocks) = self.state.as_ref().ok_or_else(|| not_set_up(Self::TYPE))?;
             if let ROption::RSome(dx) = &mut grad_inputs[0] {
-                let parts: Vec<&Tensor> = grad_outputs.iter().collect();
-                blocks.gather(dev, &parts, dx)?;
+                blocks.gather(dev, grad_outputs.iter(), dx)?;
             }
             Ok(())
         })()
@@ -433,41 +436,102 @@ impl Layer for Split {
     }
 }
 
-/// A layer whose output is its input with another shape: the elements are copied unchanged,
-/// and so are the gradients.
-struct Reshaped {
-    dev: DeviceRef,
+/// How a shape-only layer ([`Reshaping`]) gets its output shape from its input's.
+pub trait ShapeRule: Send + Sync + Sized + 'static {
+    /// The layer type's name in job files.
+    const TYPE: &'static str;
+    /// One paragraph of help.
+    const DOC: &'static str;
+    /// The fields the rule takes.
+    fn fields() -> Vec<FieldSpec>;
+    /// The rule, from its validated fields.
+    fn new(f: &Fields) -> Result<Self>;
+    /// The output shape for an input of shape `source`.
+    fn target(&self, ctx: &SetupContext<'_>, source: Shape) -> Result<Shape>;
 }
 
-impl Reshaped {
-    fn forward(
-        &self,
-        inputs: RSlice<'_, Tensor>,
-        mut outputs: RSliceMut<'_, Tensor>,
-    ) -> Result<()> {
-        let y = &mut outputs[0];
-        self.dev.copy(&inputs[0], y)
-    }
-
-    fn backward(
-        &self,
-        grad_outputs: RSlice<'_, Tensor>,
-        mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
-    ) -> Result<()> {
-        if let ROption::RSome(dx) = &mut grad_inputs[0] {
-            self.dev.copy(&grad_outputs[0], dx)?;
-        }
-        Ok(())
-    }
+/// A layer whose output is its input with another shape (the rule `R` says which): the
+/// elements are copied unchanged, and so are the gradients.
+pub struct Reshaping<R> {
+    rule: R,
+    dev: Option<DeviceRef>,
 }
 
 /// Flattens the dimensions from `axis` on into one: `[n, c, h, w]` becomes `[n, c·h·w]`.
-pub struct Flatten {
-    axis: usize,
-    state: Option<Reshaped>,
+pub type Flatten = Reshaping<FlattenRule>;
+
+/// Gives its source a new shape of the same size (Caffe's `Reshape`): in `shape`, 0 keeps the
+/// source's dimension at that place and -1 (at most once) takes what is left.
+pub type Reshape = Reshaping<ReshapeRule>;
+
+impl<R: ShapeRule> LayerDef for Reshaping<R> {
+    const TYPE: &'static str = R::TYPE;
+    const DOC: &'static str = R::DOC;
+
+    fn fields() -> Vec<FieldSpec> {
+        R::fields()
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        Ok(Reshaping {
+            rule: R::new(f)?,
+            dev: None,
+        })
+    }
 }
 
-impl LayerDef for Flatten {
+impl<R: ShapeRule> Reshaping<R> {
+    fn dev(&self) -> Result<&DeviceRef> {
+        self.dev.as_ref().ok_or_else(|| not_set_up(R::TYPE))
+    }
+}
+
+impl<R: ShapeRule> Layer for Reshaping<R> {
+    fn setup(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        _: ParamFactoryMut<'_>,
+    ) -> RResult<RVec<TensorSpec>, Error> {
+        (|| {
+            let x = ctx.single_input()?;
+            let shape = self.rule.target(ctx, x.shape)?;
+            self.dev = Some(ctx.device.clone());
+            Ok(vec![TensorSpec::new("output", shape, x.dtype)].into())
+        })()
+        .into()
+    }
+
+    fn forward(
+        &mut self,
+        _: Phase,
+        inputs: RSlice<'_, Tensor>,
+        mut outputs: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        (|| self.dev()?.copy(&inputs[0], &mut outputs[0]))().into()
+    }
+
+    fn backward(
+        &mut self,
+        _: Phase,
+        _: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
+        grad_outputs: RSlice<'_, Tensor>,
+        mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
+    ) -> RResult<(), Error> {
+        (|| match &mut grad_inputs[0] {
+            ROption::RSome(dx) => self.dev()?.copy(&grad_outputs[0], dx),
+            ROption::RNone => Ok(()),
+        })()
+        .into()
+    }
+}
+
+/// The rule of [`Flatten`].
+pub struct FlattenRule {
+    axis: usize,
+}
+
+impl ShapeRule for FlattenRule {
     const TYPE: &'static str = "flatten";
     const DOC: &'static str =
         "Flattens the dimensions from `axis` on: [n, c, h, w] becomes [n, c·h·w] (axis 1).";
@@ -477,68 +541,26 @@ impl LayerDef for Flatten {
     }
 
     fn new(f: &Fields) -> Result<Self> {
-        Ok(Flatten {
+        Ok(FlattenRule {
             axis: f.usize("axis")?,
-            state: None,
         })
     }
-}
 
-impl Layer for Flatten {
-    fn setup(
-        &mut self,
-        ctx: &SetupContext<'_>,
-        _: ParamFactoryMut<'_>,
-    ) -> RResult<RVec<TensorSpec>, Error> {
-        (|| {
-            let x = ctx.single_input()?;
-            check_axis(ctx, self.axis, x.shape)?;
-            let d = x.shape.dims();
-            let mut dims = d[..self.axis].to_vec();
-            dims.push(d[self.axis..].iter().product());
-            self.state = Some(Reshaped {
-                dev: ctx.device.clone(),
-            });
-            Ok(vec![TensorSpec::new("output", Shape::new(&dims)?, x.dtype)].into())
-        })()
-        .into()
-    }
-
-    fn forward(
-        &mut self,
-        _: Phase,
-        inputs: RSlice<'_, Tensor>,
-        outputs: RSliceMut<'_, Tensor>,
-    ) -> RResult<(), Error> {
-        match &self.state {
-            Some(r) => r.forward(inputs, outputs).into(),
-            None => RResult::RErr(not_set_up(Self::TYPE)),
-        }
-    }
-
-    fn backward(
-        &mut self,
-        _: Phase,
-        _: RSlice<'_, Tensor>,
-        _: RSlice<'_, Tensor>,
-        grad_outputs: RSlice<'_, Tensor>,
-        grad_inputs: RSliceMut<'_, ROption<Tensor>>,
-    ) -> RResult<(), Error> {
-        match &self.state {
-            Some(r) => r.backward(grad_outputs, grad_inputs).into(),
-            None => RResult::RErr(not_set_up(Self::TYPE)),
-        }
+    fn target(&self, ctx: &SetupContext<'_>, source: Shape) -> Result<Shape> {
+        check_axis(ctx, self.axis, source)?;
+        let d = source.dims();
+        let mut dims = d[..self.axis].to_vec();
+        dims.push(d[self.axis..].iter().product());
+        Shape::new(&dims)
     }
 }
 
-/// Gives its source a new shape of the same size (Caffe's `Reshape`): in `shape`, 0 keeps the
-/// source's dimension at that place and -1 (at most once) takes what is left.
-pub struct Reshape {
+/// The rule of [`Reshape`].
+pub struct ReshapeRule {
     shape: Vec<i64>,
-    state: Option<Reshaped>,
 }
 
-impl LayerDef for Reshape {
+impl ShapeRule for ReshapeRule {
     const TYPE: &'static str = "reshape";
     const DOC: &'static str = "Gives its source a new shape of the same size: `shape = [0, -1]` keeps the batch (0 copies a dimension) and infers the rest (-1).";
 
@@ -567,11 +589,9 @@ impl LayerDef for Reshape {
                 "shape must list at least one dimension and at most one -1, got {shape:?}"
             )));
         }
-        Ok(Reshape { shape, state: None })
+        Ok(ReshapeRule { shape })
     }
-}
 
-impl Reshape {
     fn target(&self, ctx: &SetupContext<'_>, source: Shape) -> Result<Shape> {
         let problem = |why: &str| {
             Error::shape(
@@ -604,49 +624,5 @@ impl Reshape {
             return Err(problem("the sizes differ"));
         }
         Ok(shape)
-    }
-}
-
-impl Layer for Reshape {
-    fn setup(
-        &mut self,
-        ctx: &SetupContext<'_>,
-        _: ParamFactoryMut<'_>,
-    ) -> RResult<RVec<TensorSpec>, Error> {
-        (|| {
-            let x = ctx.single_input()?;
-            let shape = self.target(ctx, x.shape)?;
-            self.state = Some(Reshaped {
-                dev: ctx.device.clone(),
-            });
-            Ok(vec![TensorSpec::new("output", shape, x.dtype)].into())
-        })()
-        .into()
-    }
-
-    fn forward(
-        &mut self,
-        _: Phase,
-        inputs: RSlice<'_, Tensor>,
-        outputs: RSliceMut<'_, Tensor>,
-    ) -> RResult<(), Error> {
-        match &self.state {
-            Some(r) => r.forward(inputs, outputs).into(),
-            None => RResult::RErr(not_set_up(Self::TYPE)),
-        }
-    }
-
-    fn backward(
-        &mut self,
-        _: Phase,
-        _: RSlice<'_, Tensor>,
-        _: RSlice<'_, Tensor>,
-        grad_outputs: RSlice<'_, Tensor>,
-        grad_inputs: RSliceMut<'_, ROption<Tensor>>,
-    ) -> RResult<(), Error> {
-        match &self.state {
-            Some(r) => r.backward(grad_outputs, grad_inputs).into(),
-            None => RResult::RErr(not_set_up(Self::TYPE)),
-        }
     }
 }

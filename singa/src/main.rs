@@ -279,7 +279,11 @@ fn run(cli: Cli) -> Result<()> {
             data,
             cifar,
         } => {
-            let model = if model == "cnn" { bench::Model::Cnn } else { bench::Model::Mlp };
+            let model = if model == "cnn" {
+                bench::Model::Cnn
+            } else {
+                bench::Model::Mlp
+            };
             let (default_warmup, default_steps) = match model {
                 bench::Model::Mlp => (50, 200),
                 bench::Model::Cnn => (3, 20),
@@ -305,7 +309,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => None,
             };
-            let (warmup, steps) = (warmup.unwrap_or(default_warmup), steps.unwrap_or(default_steps));
+            let (warmup, steps) = (
+                warmup.unwrap_or(default_warmup),
+                steps.unwrap_or(default_steps),
+            );
             bench::run(&bench::BenchOptions {
                 threads,
                 warmup,

@@ -478,53 +478,70 @@ impl NeuralNet {
             .map_err(|e| e.context(format!("layer {name} state")))
     }
 
-    /// A readable listing: each layer with its type, sources, output shapes and parameters.
+    /// A readable listing: each layer with its type, sources, output shapes and parameters,
+    /// in aligned columns.
     pub fn describe(&self, store: &ParamStore) -> String {
-        let mut s = String::new();
-        let name_width = self.layers.iter().map(|l| l.name.len()).max().unwrap_or(0);
-        let type_width = self.layers.iter().map(|l| l.type_name.len()).max().unwrap_or(0);
-        for l in &self.layers {
-            let srcs: Vec<String> = l
-                .sources
-                .iter()
-                .map(|&(p, o)| {
-                    let src = &self.layers[p];
-                    // Numbered outputs (split, slice) always show their number.
-                    let numbered = src.output_specs[o].name.parse::<usize>().is_ok();
-                    if o == 0 && !numbered {
-                        src.name.clone()
+        let rows: Vec<[String; 5]> = self
+            .layers
+            .iter()
+            .map(|l| {
+                let srcs: Vec<String> = l
+                    .sources
+                    .iter()
+                    .map(|&(p, o)| {
+                        let src = &self.layers[p];
+                        // Numbered outputs (split, slice) always show their number.
+                        let numbered = src.output_specs[o].name.parse::<usize>().is_ok();
+                        if o == 0 && !numbered {
+                            src.name.clone()
+                        } else {
+                            format!("{}:{}", src.name, src.output_specs[o].name)
+                        }
+                    })
+                    .collect();
+                let outs: Vec<String> = l
+                    .output_specs
+                    .iter()
+                    .map(|o| format!("{} {}", o.shape, o.dtype))
+                    .collect();
+                let params: Vec<String> = l
+                    .params
+                    .iter()
+                    .map(|&p| {
+                        let e = &store.entries()[p];
+                        let short = e.name.rsplit('/').next().unwrap_or(&e.name);
+                        format!("{short} {}", e.shape())
+                    })
+                    .collect();
+                let arrow = |sign: &str, items: Vec<String>| {
+                    if items.is_empty() {
+                        String::new()
                     } else {
-                        format!("{}:{}", src.name, src.output_specs[o].name)
+                        format!("{sign} {}", items.join(", "))
                     }
-                })
-                .collect();
-            let outs: Vec<String> = l
-                .output_specs
-                .iter()
-                .map(|o| format!("{} {}", o.shape, o.dtype))
-                .collect();
-            let _ = write!(s, "  {:<name_width$}  {:<type_width$}", l.name, l.type_name);
-            if !srcs.is_empty() {
-                let _ = write!(s, " <- {}", srcs.join(", "));
+                };
+                [
+                    l.name.clone(),
+                    l.type_name.to_string(),
+                    arrow("<-", srcs),
+                    arrow("->", outs),
+                    if params.is_empty() {
+                        String::new()
+                    } else {
+                        format!("[{}]", params.join(", "))
+                    },
+                ]
+            })
+            .collect();
+        let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+        let widths = [width(0), width(1), width(2), width(3)];
+        let mut s = String::new();
+        for row in &rows {
+            let mut line = String::new();
+            for (cell, w) in row.iter().zip(widths.iter().chain([&0])) {
+                let _ = write!(line, "  {cell:<w$}");
             }
-            if !outs.is_empty() {
-                let _ = write!(s, "  -> {}", outs.join(", "));
-            }
-            let params: Vec<String> = l
-                .params
-                .iter()
-                .map(|&p| {
-                    let e = &store.entries()[p];
-                    format!(
-                        "{} {}",
-                        e.name.rsplit('/').next().unwrap_or(&e.name),
-                        e.shape()
-                    )
-                })
-                .collect();
-            if !params.is_empty() {
-                let _ = write!(s, "  [{}]", params.join(", "));
-            }
+            s.push_str(line.trim_end());
             s.push('\n');
         }
         s

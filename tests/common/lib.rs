@@ -134,7 +134,11 @@ srclayers = ["fc2", "data:label"]
 /// A learnable toy image set as a shard: `n` RGB images `side × side` of 4 classes, class `c`
 /// brightening channel `c % 3` in quadrant `c` over noise.
 pub fn synthetic_images(path: &Path, n: usize, side: usize, seed: u64) {
-    let spec = singa_data::RecordSpec { dtype: singa_core::DType::U8, shape: vec![3, side, side], has_label: true };
+    let spec = singa_data::RecordSpec {
+        dtype: singa_core::DType::U8,
+        shape: vec![3, side, side],
+        has_label: true,
+    };
     let mut w = singa_data::ShardWriter::create(path, spec).unwrap();
     let mut rng = SplitMix64::new(seed);
     let half = side / 2;
@@ -148,7 +152,8 @@ pub fn synthetic_images(path: &Path, n: usize, side: usize, seed: u64) {
         }
         w.append(Some(c as i32), &px).unwrap();
     }
-    w.finish(&serde_json::json!({ "source": "synthetic" })).unwrap();
+    w.finish(&serde_json::json!({ "source": "synthetic" }))
+        .unwrap();
 }
 
 /// A small convnet job on the shards `train.shard` and `test.shard` in `data`: random crops and

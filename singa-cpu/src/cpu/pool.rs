@@ -72,7 +72,9 @@ pub(crate) unsafe fn forward(
 /// Whether the windows are 2×2, stride 2, unpadded and all inside the input: the common
 /// halving pool, which has a branch-free path.
 fn is_2x2_tiling(s: &PoolShape) -> bool {
-    (s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w) == (2, 2, 2, 2, 0, 0)
+    (
+        s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w,
+    ) == (2, 2, 2, 2, 0, 0)
         && s.out_h() * 2 <= s.height
         && s.out_w() * 2 <= s.width
 }
@@ -86,10 +88,24 @@ fn max_2x2(s: &PoolShape, xs: &[f32], ys: &mut [f32], arg: &mut [i32]) {
         let y = &mut ys[oh * ow_len..(oh + 1) * ow_len];
         let a = &mut arg[oh * ow_len..(oh + 1) * ow_len];
         let row0 = (2 * oh * w) as i32;
-        for (j, (((t, b), y), a)) in top.chunks_exact(2).zip(bottom.chunks_exact(2)).zip(y).zip(a).enumerate() {
+        for (j, (((t, b), y), a)) in top
+            .chunks_exact(2)
+            .zip(bottom.chunks_exact(2))
+            .zip(y)
+            .zip(a)
+            .enumerate()
+        {
             let col = row0 + 2 * j as i32;
-            let (m0, i0) = if t[1] > t[0] { (t[1], col + 1) } else { (t[0], col) };
-            let (m1, i1) = if b[1] > b[0] { (b[1], col + w as i32 + 1) } else { (b[0], col + w as i32) };
+            let (m0, i0) = if t[1] > t[0] {
+                (t[1], col + 1)
+            } else {
+                (t[0], col)
+            };
+            let (m1, i1) = if b[1] > b[0] {
+                (b[1], col + w as i32 + 1)
+            } else {
+                (b[0], col + w as i32)
+            };
             (*y, *a) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
         }
     }

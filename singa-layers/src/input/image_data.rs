@@ -1,34 +1,27 @@
 //! `image_data`: RGB (or any `[channels, height, width]`) images with mean subtraction,
 //! scaling, and seeded crop and mirror augmentation.
 
-use super::{resolve, source_fields, Source};
-use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
-use singa_core::{
-    DType, Error, FieldKind, FieldSpec, FieldValue, Fields, Layer, LayerDef, ParamFactoryMut,
-    Phase, Result, SetupContext, Tensor, TensorSpec,
-};
-use singa_data::{ImagePrep, ImageSpec, LoaderConfig, Mean};
+use super::{resolve, Records};
+use singa_core::{Error, FieldKind, FieldSpec, FieldValue, Fields, Result, SetupContext};
+use singa_data::{ImagePrep, ImageSpec, LoaderConfig, Mean, Shard};
 
-/// Reads images from a shard of `[channels, height, width]` records (SINGA's image parser):
-/// outputs `data`, `[batch, channels, crop_h, crop_w]` f32 values
-/// `((pixel · scale) − mean) / std` (or `(pixel − mean image) · scale / std` with a mean file),
-/// and `label`. In the training net, each image is cropped at a random place (after `pad`
-/// zeros on every side) and mirrored with probability ½ if `mirror`; in the test net, the
-/// centre is cropped. The randomness is a function of the seed and the record's position in
-/// the data stream, so resuming from a checkpoint reproduces it.
-pub struct ImageData {
-    source: Source,
+/// The records of [`ImageData`](super::ImageData): `[channels, height, width]` images as
+/// `((pixel · scale) − mean) / std` (or `(pixel − mean image) · scale / std` with a mean file).
+/// In the training net, each image is cropped at a random place (after `pad` zeros on every
+/// side) and mirrored with probability ½ if `mirror`; in the test net, the centre is cropped.
+/// The randomness is a function of the seed and the record's position in the data stream, so
+/// resuming from a checkpoint reproduces it.
+pub struct Images {
     spec: ImageSpec,
     mean_file: Option<String>,
 }
 
-impl LayerDef for ImageData {
+impl Records for Images {
     const TYPE: &'static str = "image_data";
     const DOC: &'static str = "Images [channels, height, width] from a shard, normalised ((pixel·scale - mean)/std, or a mean_file), randomly cropped (with pad) and mirrored in training, centre-cropped in testing. Outputs `data` and `label`.";
 
     fn fields() -> Vec<FieldSpec> {
-        let mut f = source_fields();
-        f.extend([
+        vec![
             FieldSpec::new(
                 "scale",
                 FieldKind::Float,
@@ -68,8 +61,7 @@ impl LayerDef for ImageData {
                 "mirror left-right at random in training",
             )
             .default(false),
-        ]);
-        f
+        ]
     }
 
     fn new(f: &Fields) -> Result<Self> {
@@ -96,11 +88,32 @@ impl LayerDef for ImageData {
             pad: f.usize("pad")?,
             mirror: f.bool("mirror")?,
         };
-        Ok(ImageData {
-            source: Source::new(Self::TYPE, f)?,
-            spec,
-            mean_file,
-        })
+        Ok(Images { spec, mean_file })
+    }
+
+    fn prepare(&self, ctx: &SetupContext<'_>, shard: &Shard) -> Result<(LoaderConfig, Vec<usize>)> {
+        let record = shard.spec().shape.clone();
+        let here = |e: Error| {
+            e.context(format!(
+                "layer {}: shard {}",
+                ctx.layer,
+                shard.path().display()
+            ))
+        };
+        let mut spec = self.spec.clone();
+        if let Some(file) = &self.mean_file {
+            let path = resolve(ctx.base_dir.as_str(), file);
+            spec.mean = Mean::Image(singa_data::image::read_mean(&path, &record)?);
+        }
+        let prep = ImagePrep::new(&spec, &record, ctx.phase.is_train()).map_err(here)?;
+        let shape = prep.output_shape().to_vec();
+        Ok((
+            LoaderConfig {
+                image: Some(prep),
+                ..LoaderConfig::new(1)
+            },
+            shape,
+        ))
     }
 }
 
@@ -126,78 +139,5 @@ fn size(v: f32) -> Result<usize> {
         Err(Error::invalid(format!(
             "crop sizes are positive integers, got {v}"
         )))
-    }
-}
-
-impl ImageData {
-    fn setup_impl(&mut self, ctx: &SetupContext<'_>) -> Result<RVec<TensorSpec>> {
-        let shard = self.source.open(ctx)?;
-        let record = shard.spec().shape.clone();
-        let here = |e: Error| {
-            e.context(format!(
-                "layer {}: shard {}",
-                ctx.layer,
-                shard.path().display()
-            ))
-        };
-        let mut spec = self.spec.clone();
-        if let Some(file) = &self.mean_file {
-            let path = resolve(ctx.base_dir.as_str(), file);
-            spec.mean = Mean::Image(singa_data::image::read_mean(&path, &record)?);
-        }
-        let prep = ImagePrep::new(&spec, &record, ctx.phase.is_train()).map_err(here)?;
-        let [c, h, w] = prep.output_shape();
-        let batch = self.source.batch_size;
-        let config = LoaderConfig {
-            image: Some(prep),
-            ..LoaderConfig::new(batch)
-        };
-        self.source.start(shard, ctx.seed, config)?;
-        Ok(vec![
-            TensorSpec::new("data", [batch, c, h, w], DType::F32),
-            TensorSpec::new("label", [batch], DType::I32),
-        ]
-        .into())
-    }
-}
-
-impl Layer for ImageData {
-    fn setup(
-        &mut self,
-        ctx: &SetupContext<'_>,
-        _: ParamFactoryMut<'_>,
-    ) -> RResult<RVec<TensorSpec>, Error> {
-        self.setup_impl(ctx).into()
-    }
-
-    fn forward(
-        &mut self,
-        _: Phase,
-        _: RSlice<'_, Tensor>,
-        mut outputs: RSliceMut<'_, Tensor>,
-    ) -> RResult<(), Error> {
-        let [data, label] = outputs.as_mut_slice() else {
-            return RResult::RErr(Error::invalid("image_data has two outputs"));
-        };
-        self.source.next(data, label).into()
-    }
-
-    fn backward(
-        &mut self,
-        _: Phase,
-        _: RSlice<'_, Tensor>,
-        _: RSlice<'_, Tensor>,
-        _: RSlice<'_, Tensor>,
-        _: RSliceMut<'_, ROption<Tensor>>,
-    ) -> RResult<(), Error> {
-        RResult::ROk(())
-    }
-
-    fn state(&self) -> RResult<RVec<u64>, Error> {
-        RResult::ROk(self.source.state().into())
-    }
-
-    fn restore_state(&mut self, state: RSlice<'_, u64>) -> RResult<(), Error> {
-        self.source.restore(state.as_slice()).into()
     }
 }

@@ -6,13 +6,126 @@
 mod image_data;
 mod shard_data;
 
-pub use image_data::ImageData;
-pub use shard_data::ShardData;
+pub use image_data::Images;
+pub use shard_data::Values;
 
-use singa_core::{Error, FieldKind, FieldSpec, Fields, Result, SetupContext, Tensor};
+use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
+use singa_core::{
+    DType, Error, FieldKind, FieldSpec, Fields, Layer, LayerDef, ParamFactoryMut, Phase, Result,
+    SetupContext, Shape, Tensor, TensorSpec,
+};
 use singa_data::{BatchLoader, LoaderConfig, Shard};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Reads batches from a shard (SINGA's `ShardData` with its parser): outputs `data`, the
+/// records as `f32` (`(value · scale − mean) / std`, e.g. MNIST pixels scaled to [0, 1]), and
+/// `label`, the `i32` labels.
+pub type ShardData = Input<Values>;
+
+/// Reads images from a shard of `[channels, height, width]` records (SINGA's image parser),
+/// normalised, randomly cropped and mirrored in training and centre-cropped in testing: see
+/// [`Images`].
+pub type ImageData = Input<Images>;
+
+/// How an input layer turns a shard's records into its `data` output.
+pub trait Records: Send + Sync + Sized + 'static {
+    /// The layer type's name in job files.
+    const TYPE: &'static str;
+    /// One paragraph of help.
+    const DOC: &'static str;
+    /// The fields beyond those every input layer has.
+    fn fields() -> Vec<FieldSpec>;
+    /// Builds it from the layer's validated fields.
+    fn new(f: &Fields) -> Result<Self>;
+    /// How the loader prepares `shard`'s records (its batch size, order and seed are set by
+    /// the layer), and the shape of one prepared record.
+    fn prepare(&self, ctx: &SetupContext<'_>, shard: &Shard) -> Result<(LoaderConfig, Vec<usize>)>;
+}
+
+/// An input layer: batches of a shard, prepared by `R`, as the outputs `data` (f32) and `label`
+/// (i32). Batches are made on a background thread in a seeded order; the position in the data
+/// is the layer's state, saved in checkpoints.
+pub struct Input<R> {
+    source: Source,
+    records: R,
+}
+
+impl<R: Records> LayerDef for Input<R> {
+    const TYPE: &'static str = R::TYPE;
+    const DOC: &'static str = R::DOC;
+
+    fn fields() -> Vec<FieldSpec> {
+        let mut f = source_fields();
+        f.extend(R::fields());
+        f
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        Ok(Input {
+            source: Source::new(R::TYPE, f)?,
+            records: R::new(f)?,
+        })
+    }
+}
+
+impl<R: Records> Input<R> {
+    fn setup_impl(&mut self, ctx: &SetupContext<'_>) -> Result<RVec<TensorSpec>> {
+        let shard = self.source.open(ctx)?;
+        let (config, record) = self.records.prepare(ctx, &shard)?;
+        let batch = self.source.batch_size;
+        let mut dims = vec![batch];
+        dims.extend(record);
+        let shape = Shape::new(&dims)?;
+        self.source.start(shard, ctx.seed, config)?;
+        Ok(vec![
+            TensorSpec::new("data", shape, DType::F32),
+            TensorSpec::new("label", [batch], DType::I32),
+        ]
+        .into())
+    }
+}
+
+impl<R: Records> Layer for Input<R> {
+    fn setup(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        _: ParamFactoryMut<'_>,
+    ) -> RResult<RVec<TensorSpec>, Error> {
+        self.setup_impl(ctx).into()
+    }
+
+    fn forward(
+        &mut self,
+        _: Phase,
+        _: RSlice<'_, Tensor>,
+        mut outputs: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        let [data, label] = outputs.as_mut_slice() else {
+            return RResult::RErr(Error::invalid(format!("{} has two outputs", R::TYPE)));
+        };
+        self.source.next(data, label).into()
+    }
+
+    fn backward(
+        &mut self,
+        _: Phase,
+        _: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
+        _: RSliceMut<'_, ROption<Tensor>>,
+    ) -> RResult<(), Error> {
+        RResult::ROk(())
+    }
+
+    fn state(&self) -> RResult<RVec<u64>, Error> {
+        RResult::ROk(self.source.state().into())
+    }
+
+    fn restore_state(&mut self, state: RSlice<'_, u64>) -> RResult<(), Error> {
+        self.source.restore(state.as_slice()).into()
+    }
+}
 
 /// The fields every input layer has.
 fn source_fields() -> Vec<FieldSpec> {

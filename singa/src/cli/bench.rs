@@ -50,7 +50,11 @@ pub fn cnn_job(train: &std::path::Path, threads: usize) -> JobConfig {
             .field("pad", 2)
     };
     let layer = |name: &str, ty: &str, src: &str| LayerConfig::new(name, ty).src(src);
-    let pool = |name: &str, src: &str| layer(name, "pooling", src).field("kernel", 2).field("stride", 2);
+    let pool = |name: &str, src: &str| {
+        layer(name, "pooling", src)
+            .field("kernel", 2)
+            .field("stride", 2)
+    };
     JobConfig::new("bench-cnn")
         .train_steps(u64::MAX / 2)
         .display_freq(0)
@@ -74,13 +78,21 @@ pub fn cnn_job(train: &std::path::Path, threads: usize) -> JobConfig {
         .layer(layer("relu3", "relu", "conv3"))
         .layer(pool("pool3", "relu3"))
         .layer(layer("ip", "inner_product", "pool3").field("num_output", 10))
-        .layer(LayerConfig::new("loss", "softmax_loss").src("ip").src("data:label"))
+        .layer(
+            LayerConfig::new("loss", "softmax_loss")
+                .src("ip")
+                .src("data:label"),
+        )
 }
 
 /// Writes a shard of `n` random 32×32 RGB images with random labels (for the convnet
 /// benchmark when CIFAR-10 is not at hand: the speed does not depend on the pixels).
 pub fn synthetic_images(path: &std::path::Path, n: usize) -> Result<()> {
-    let spec = singa_data::RecordSpec { dtype: singa_core::DType::U8, shape: vec![3, 32, 32], has_label: true };
+    let spec = singa_data::RecordSpec {
+        dtype: singa_core::DType::U8,
+        shape: vec![3, 32, 32],
+        has_label: true,
+    };
     let mut w = singa_data::ShardWriter::create(path, spec)?;
     let mut rng = singa_core::rng::SplitMix64::new(1);
     let mut pixels = vec![0u8; 3 * 32 * 32];
@@ -135,12 +147,16 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     }
     let _synthetic;
     let (job, title) = match opts.model {
-        Model::Mlp => (mlp_job(&opts.data, opts.threads), "MLP 784-1000-500-10, batch 64, SGD lr 0.1".to_string()),
+        Model::Mlp => (
+            mlp_job(&opts.data, opts.threads),
+            "MLP 784-1000-500-10, batch 64, SGD lr 0.1".to_string(),
+        ),
         Model::Cnn => {
             let (train, what) = match &opts.cifar {
                 Some(path) => (path.clone(), "CIFAR-10"),
                 None => {
-                    let dir = std::env::temp_dir().join(format!("singa-bench-{}", std::process::id()));
+                    let dir =
+                        std::env::temp_dir().join(format!("singa-bench-{}", std::process::id()));
                     let path = dir.join("synthetic.shard");
                     synthetic_images(&path, 6400)?;
                     _synthetic = TempDir(dir);
