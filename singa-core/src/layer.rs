@@ -123,6 +123,12 @@ pub struct SetupContext<'a> {
     /// A seed for the layer's own randomness (dropout masks, data order), derived from the
     /// job's seed and the layer's name.
     pub seed: u64,
+    /// Which part of the layer this instance computes when the layer is partitioned over the
+    /// workers of a group (SINGA's `partition_id`): `0` when it is not.
+    pub partition_id: u32,
+    /// How many parts the layer is split into (`1`: not partitioned). An input layer reads
+    /// part `partition_id` of every batch: `batch_size / num_partitions` records.
+    pub num_partitions: u32,
 }
 
 impl SetupContext<'_> {

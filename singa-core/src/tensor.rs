@@ -7,7 +7,7 @@ use crate::shape::Shape;
 use abi_stable::std_types::RArc;
 use abi_stable::StableAbi;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// One allocation on a device; freed on the device when the last tensor using it is dropped.
 #[repr(C)]
@@ -17,12 +17,119 @@ struct Storage {
     handle: BufHandle,
     len: usize,
     dtype: DType,
-    /// Who is using the memory right now: [`WRITER`] or a count of readers (see [`Access`]).
-    borrow: AtomicUsize,
+    /// Which parts of the memory operations use right now (see [`Access`]).
+    borrows: Borrows,
 }
 
-/// The bit of [`Storage::borrow`] that marks an operation writing the memory.
+/// The value of [`Region::users`] that marks an operation writing the region.
 const WRITER: usize = 1 << (usize::BITS - 1);
+
+/// The most regions of one allocation that operations can use at the same moment.
+const MAX_REGIONS: usize = 16;
+
+/// Elements `start .. end` of an allocation, used by `users` operations: [`WRITER`], a count
+/// of readers, or 0 when the slot is free. Changed only under [`Borrows::lock`].
+#[repr(C)]
+#[derive(StableAbi)]
+struct Region {
+    start: AtomicUsize,
+    end: AtomicUsize,
+    users: AtomicUsize,
+}
+
+/// The regions of an allocation in use. Disjoint regions can be written by different threads
+/// at once (the servers of a group update their slices of one parameter in place); an
+/// operation that would write memory another is reading or writing is refused.
+#[repr(C)]
+#[derive(StableAbi)]
+struct Borrows {
+    lock: AtomicBool,
+    regions: [Region; MAX_REGIONS],
+}
+
+impl Borrows {
+    fn new() -> Borrows {
+        Borrows {
+            lock: AtomicBool::new(false),
+            regions: std::array::from_fn(|_| Region {
+                start: AtomicUsize::new(0),
+                end: AtomicUsize::new(0),
+                users: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Runs `f` holding the lock (held for a few dozen instructions at most).
+    fn locked<T>(&self, f: impl FnOnce(&[Region; MAX_REGIONS]) -> T) -> T {
+        while self
+            .lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        let out = f(&self.regions);
+        self.lock.store(false, Ordering::Release);
+        out
+    }
+
+    /// Takes `start .. end` for writing or reading; `false` if that conflicts with a current
+    /// use (or too many regions are in use).
+    fn acquire(&self, start: usize, end: usize, write: bool) -> bool {
+        self.locked(|regions| {
+            let mut free = None;
+            let mut same = None;
+            for (i, r) in regions.iter().enumerate() {
+                let users = r.users.load(Ordering::Relaxed);
+                if users == 0 {
+                    free.get_or_insert(i);
+                    continue;
+                }
+                let (s, e) = (
+                    r.start.load(Ordering::Relaxed),
+                    r.end.load(Ordering::Relaxed),
+                );
+                if s < end && start < e && (write || users == WRITER) {
+                    return false;
+                }
+                if !write && (s, e) == (start, end) {
+                    same = Some(i);
+                }
+            }
+            if let Some(i) = same {
+                regions[i].users.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            let Some(i) = free else { return false };
+            let r = &regions[i];
+            r.start.store(start, Ordering::Relaxed);
+            r.end.store(end, Ordering::Relaxed);
+            r.users
+                .store(if write { WRITER } else { 1 }, Ordering::Relaxed);
+            true
+        })
+    }
+
+    /// Gives back what [`Borrows::acquire`] took.
+    fn release(&self, start: usize, end: usize, write: bool) {
+        self.locked(|regions| {
+            let held = regions.iter().find(|r| {
+                let users = r.users.load(Ordering::Relaxed);
+                users != 0
+                    && (users == WRITER) == write
+                    && r.start.load(Ordering::Relaxed) == start
+                    && r.end.load(Ordering::Relaxed) == end
+            });
+            if let Some(r) = held {
+                if write {
+                    r.users.store(0, Ordering::Relaxed);
+                } else {
+                    r.users.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        })
+    }
+}
 
 impl Drop for Storage {
     fn drop(&mut self) {
@@ -57,7 +164,7 @@ impl Tensor {
                 handle,
                 len,
                 dtype,
-                borrow: AtomicUsize::new(0),
+                borrows: Borrows::new(),
             }),
             offset: 0,
             shape,
@@ -217,75 +324,68 @@ impl fmt::Debug for Tensor {
     }
 }
 
-/// The right to use the memory of some tensors for one operation: exclusive for the tensors it
-/// writes, shared for those it reads; released when dropped.
+/// The right to use the memory of some tensors for one operation: exclusive for the elements
+/// it writes, shared for those it reads; released when dropped.
 ///
 /// Tensors are shared handles (cloning one does not copy its memory), so two threads can hold
 /// the same memory. Every checked operation takes an `Access` first, and an operation that
-/// would write memory another thread is reading or writing at that moment fails with an error
-/// instead of racing. It costs a few uncontended atomic operations per call.
+/// would write elements another thread is reading or writing at that moment fails with an
+/// error instead of racing; threads may write disjoint parts of one allocation at once. It
+/// costs a short spin lock per tensor and call.
 pub struct Access<'a> {
-    writes: [Option<&'a Storage>; 4],
-    reads: [Option<&'a Storage>; 4],
+    taken: [Option<Taken<'a>>; 8],
+}
+
+/// One region an [`Access`] holds.
+#[derive(Clone, Copy)]
+struct Taken<'a> {
+    storage: &'a Storage,
+    start: usize,
+    end: usize,
+    write: bool,
 }
 
 impl<'a> Access<'a> {
-    /// Takes exclusive access to the memory of `writes` and shared access to that of `reads`
-    /// (memory that is also written is taken once, exclusively). At most four of each.
+    /// Takes exclusive access to the elements of `writes` and shared access to those of
+    /// `reads` (elements that are also written are taken once, exclusively). At most four of
+    /// each.
     pub fn new(
         op: &'static str,
         writes: &[&'a Tensor],
         reads: &[&'a Tensor],
     ) -> Result<Access<'a>> {
-        let mut a = Access {
-            writes: [None; 4],
-            reads: [None; 4],
-        };
+        let mut a = Access { taken: [None; 8] };
         let busy = || {
             Error::invalid(format!(
                 "{op}: a tensor is being used by an operation on another thread (tensors are shared handles; synchronise threads that use the same one)"
             ))
         };
-        for (i, t) in writes.iter().copied().enumerate() {
-            let s: &'a Storage = &t.storage;
-            if a.writes.iter().flatten().any(|w| std::ptr::eq(*w, s)) {
+        let tensors = writes
+            .iter()
+            .map(|t| (*t, true))
+            .chain(reads.iter().map(|t| (*t, false)));
+        for (slot, (t, write)) in tensors.enumerate().take(8) {
+            let storage: &'a Storage = &t.storage;
+            let (start, end) = (t.offset, t.offset + t.numel());
+            // This operation's own writes cover what it reads of the same elements.
+            let covered = a.taken.iter().flatten().any(|h| {
+                std::ptr::eq(h.storage, storage)
+                    && h.start <= start
+                    && end <= h.end
+                    && (h.write || !write)
+            });
+            if covered {
                 continue;
             }
-            if s.borrow
-                .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
+            if !storage.borrows.acquire(start, end, write) {
                 return Err(busy());
             }
-            a.writes[i] = Some(s);
-        }
-        for (i, t) in reads.iter().copied().enumerate() {
-            let s: &'a Storage = &t.storage;
-            let taken = a
-                .writes
-                .iter()
-                .chain(a.reads.iter())
-                .flatten()
-                .any(|w| std::ptr::eq(*w, s));
-            if taken {
-                continue;
-            }
-            let mut cur = s.borrow.load(Ordering::Relaxed);
-            loop {
-                if cur & WRITER != 0 {
-                    return Err(busy());
-                }
-                match s.borrow.compare_exchange_weak(
-                    cur,
-                    cur + 1,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => break,
-                    Err(now) => cur = now,
-                }
-            }
-            a.reads[i] = Some(s);
+            a.taken[slot] = Some(Taken {
+                storage,
+                start,
+                end,
+                write,
+            });
         }
         Ok(a)
     }
@@ -293,11 +393,8 @@ impl<'a> Access<'a> {
 
 impl Drop for Access<'_> {
     fn drop(&mut self) {
-        for s in self.writes.iter().flatten() {
-            s.borrow.store(0, Ordering::Release);
-        }
-        for s in self.reads.iter().flatten() {
-            s.borrow.fetch_sub(1, Ordering::Release);
+        for h in self.taken.iter().flatten() {
+            h.storage.borrows.release(h.start, h.end, h.write);
         }
     }
 }

@@ -7,6 +7,9 @@ use half::{bf16, f16};
 use singa_core::{BufHandle, BufView, DType, Element, Error, Result};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 
+/// The memory space of the CPU and reference devices: handles of either are valid for both.
+pub const HOST: &str = "host";
+
 /// Alignment of every allocation: one cache line, and one AVX-512 register.
 pub const ALIGN: usize = 64;
 

@@ -387,8 +387,9 @@ fn misuse_is_rejected_with_errors() {
     let a = Tensor::zeros(cpu, [2, 3], DType::F32).unwrap();
     let b = Tensor::zeros(reference, [3, 2], DType::F32).unwrap();
     let mut c = Tensor::zeros(cpu, [2, 2], DType::F32).unwrap();
-    // Operands on different devices.
-    assert!(cpu.matmul(1.0, &a, false, &b, false, 0.0, &mut c).is_err());
+    // The CPU and reference devices share host memory: each runs on the other's tensors.
+    assert!(cpu.shares_memory_with(reference));
+    cpu.matmul(1.0, &a, false, &b, false, 0.0, &mut c).unwrap();
     // Shapes that do not chain.
     let b = Tensor::zeros(cpu, [2, 2], DType::F32).unwrap();
     let e = cpu
@@ -460,6 +461,42 @@ fn memory_in_use_elsewhere_is_not_written() {
     let mut y = t.clone();
     dev.unary(UnaryOp::Neg, &x, &mut y).unwrap();
     assert_eq!(t.to_vec::<f32>().unwrap(), vec![-1.0; 8]);
+}
+
+/// Disjoint parts of one allocation can be written at once (the servers of a group update
+/// their slices of a parameter in place); overlapping ones cannot.
+#[test]
+fn disjoint_parts_of_memory_are_written_independently() {
+    let dev = &devices()[0];
+    let t = Tensor::zeros(dev, [10], DType::F32).unwrap();
+    let (left, right) = (t.narrow(0, 5).unwrap(), t.narrow(5, 5).unwrap());
+    {
+        let _writing_left = singa_core::Access::new("test", &[&left], &[]).unwrap();
+        dev.fill(&mut right.clone(), 2.0).unwrap();
+        assert!(
+            dev.fill(&mut t.narrow(4, 2).unwrap(), 1.0).is_err(),
+            "overlaps the left part"
+        );
+        assert!(
+            t.to_vec::<f32>().is_err(),
+            "reading the whole overlaps a write"
+        );
+        let _reading_right = singa_core::Access::new("test", &[], &[&right]).unwrap();
+        assert!(right.to_vec::<f32>().is_ok(), "readers share");
+    }
+    assert_eq!(t.to_vec::<f32>().unwrap(), [[0.0; 5], [2.0; 5]].concat());
+    // Threads writing their own halves, many times over, never collide.
+    std::thread::scope(|s| {
+        for (half, value) in [(left, 3.0), (right, 4.0)] {
+            s.spawn(move || {
+                let mut half = half;
+                for _ in 0..2000 {
+                    dev.fill(&mut half, value).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(t.to_vec::<f32>().unwrap(), [[3.0; 5], [4.0; 5]].concat());
 }
 
 proptest! {

@@ -61,6 +61,11 @@ pub struct LoaderConfig {
     pub cursor: u64,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
+    /// Which part of each batch to read, of how many: the stream is cut into batches of
+    /// `batch_size · parts` records and this loader reads records `part · batch_size ..
+    /// (part + 1) · batch_size` of each, so the `parts` workers of a group together see
+    /// exactly the batches one worker would. The cursor counts the records of whole batches.
+    pub part: (usize, usize),
 }
 
 impl LoaderConfig {
@@ -74,6 +79,7 @@ impl LoaderConfig {
             image: None,
             cursor: 0,
             prefetch: 2,
+            part: (0, 1),
         }
     }
 }
@@ -117,6 +123,12 @@ impl BatchLoader {
         }
         if config.batch_size == 0 {
             return Err(Error::invalid("batch size must be at least 1"));
+        }
+        let (part, parts) = config.part;
+        if part >= parts {
+            return Err(Error::invalid(format!(
+                "part {part} of a batch cut into {parts} parts does not exist"
+            )));
         }
         if n > u32::MAX as usize {
             return Err(Error::data(
@@ -177,6 +189,8 @@ impl BatchLoader {
                 let mut raw = vec![0.0f32; if config.image.is_some() { stored } else { 0 }];
                 while let Ok(mut batch) = spare_rx.recv() {
                     let mut result = Ok(());
+                    let whole_batch_end = pos + (config.batch_size * parts) as u64;
+                    pos += (config.batch_size * part) as u64;
                     for j in 0..config.batch_size {
                         if pos / n as u64 != epoch {
                             epoch = pos / n as u64;
@@ -202,6 +216,7 @@ impl BatchLoader {
                         }
                         pos += 1;
                     }
+                    pos = whole_batch_end;
                     batch.cursor = pos;
                     let failed = result.is_err();
                     if ready_tx.send(result.map(|_| batch)).is_err() || failed {

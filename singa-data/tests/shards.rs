@@ -235,6 +235,7 @@ fn loader_shuffles_each_epoch_and_resumes_exactly() {
         image: None,
         cursor: 0,
         prefetch: 2,
+        part: (0, 1),
     };
     let mut l = BatchLoader::new(shard.clone(), cfg.clone()).unwrap();
     let all = collect(&mut l, 12); // 84 records: almost three epochs
@@ -264,6 +265,54 @@ fn loader_shuffles_each_epoch_and_resumes_exactly() {
     )
     .unwrap();
     assert_eq!(collect(&mut resumed, 7), all[5..12].to_vec());
+}
+
+#[test]
+fn the_parts_of_a_batch_together_are_the_whole_batch() {
+    let dir = tmpdir("loaderparts");
+    let p = dir.join("l.shard");
+    write_shard(&p, 25);
+    let shard = Arc::new(Shard::open(&p).unwrap());
+    let whole = LoaderConfig {
+        shuffle: true,
+        seed: 9,
+        cursor: 6,
+        ..LoaderConfig::new(6)
+    };
+    let expected = collect(
+        &mut BatchLoader::new(shard.clone(), whole.clone()).unwrap(),
+        9,
+    );
+    let parts: Vec<_> = (0..3)
+        .map(|part| {
+            let config = LoaderConfig {
+                batch_size: 2,
+                part: (part, 3),
+                ..whole.clone()
+            };
+            collect(&mut BatchLoader::new(shard.clone(), config).unwrap(), 9)
+        })
+        .collect();
+    for (b, (labels, data, cursor)) in expected.iter().enumerate() {
+        let joined_labels: Vec<i32> = parts.iter().flat_map(|p| p[b].0.clone()).collect();
+        let joined_data: Vec<f32> = parts.iter().flat_map(|p| p[b].1.clone()).collect();
+        assert_eq!(&joined_labels, labels, "batch {b}");
+        assert_eq!(&joined_data, data, "batch {b}");
+        assert!(
+            parts.iter().all(|p| p[b].2 == *cursor),
+            "the cursor counts whole batches"
+        );
+    }
+    let e = BatchLoader::new(
+        shard,
+        LoaderConfig {
+            part: (3, 3),
+            ..whole
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("part 3"), "{e}");
 }
 
 #[test]

@@ -91,6 +91,8 @@ pub fn build(
         phase: Phase::TRAIN,
         base_dir: "".into(),
         seed,
+        partition_id: 0,
+        num_partitions: 1,
     };
     let outputs = layer
         .setup(&ctx, singa_core::param_factory(&mut factory))

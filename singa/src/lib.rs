@@ -23,6 +23,7 @@
 
 pub mod algorithm;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod device;
 pub mod net;

@@ -137,6 +137,20 @@ fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Resul
     Ok(order)
 }
 
+/// Which part of a worker group's net a worker holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// The worker's index in its group.
+    pub id: u32,
+    /// The workers of the group.
+    pub count: u32,
+}
+
+impl Part {
+    /// The whole net, on one worker.
+    pub const WHOLE: Part = Part { id: 0, count: 1 };
+}
+
 impl NeuralNet {
     /// Builds the net of `phase` from a validated job: creates and sets up every layer on `dev`,
     /// registering parameters in `store` (the test net reuses the train net's), and allocates
@@ -147,6 +161,20 @@ impl NeuralNet {
         dev: &DeviceRef,
         store: &mut ParamStore,
         phase: Phase,
+    ) -> Result<NeuralNet> {
+        Self::build_part(job, registry, dev, store, phase, Part::WHOLE)
+    }
+
+    /// Builds the part `part` of the net of a worker group (see [`NeuralNet::build`]): with
+    /// data parallelism every worker holds every layer and its input layers read their part of
+    /// each batch.
+    pub fn build_part(
+        job: &JobConfig,
+        registry: &Registry,
+        dev: &DeviceRef,
+        store: &mut ParamStore,
+        phase: Phase,
+        part: Part,
     ) -> Result<NeuralNet> {
         let file = job.origin.file.as_str();
         let configs: Vec<&LayerConfig> = job.layers.iter().filter(|l| l.in_phase(phase)).collect();
@@ -237,6 +265,8 @@ impl NeuralNet {
                 phase,
                 base_dir: base_dir.as_str().into(),
                 seed: derive_seed(job.seed, &cfg.name),
+                partition_id: part.id,
+                num_partitions: part.count,
             };
             let output_specs = layer
                 .setup(&ctx, param_factory(&mut factory))

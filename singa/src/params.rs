@@ -41,12 +41,29 @@ impl ParamEntry {
 pub struct ParamStore {
     entries: Vec<ParamEntry>,
     by_name: HashMap<String, usize>,
+    /// Values to use instead of new ones for trainable parameters of these names.
+    shared: HashMap<String, Tensor>,
 }
 
 impl ParamStore {
     /// An empty store.
     pub fn new() -> ParamStore {
         ParamStore::default()
+    }
+
+    /// An empty store whose trainable parameters, once created, use the memory of `other`'s
+    /// parameters of the same names (their gradients and updater state stay separate): the
+    /// data-parallel workers of a group in one process share one copy of the values.
+    pub fn sharing_values_of(other: &ParamStore) -> ParamStore {
+        ParamStore {
+            shared: other
+                .entries
+                .iter()
+                .filter(|e| e.trainable)
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            ..ParamStore::default()
+        }
     }
 
     /// The parameters, in creation order.
@@ -136,15 +153,22 @@ impl NetParams<'_> {
                 grad: e.grads[0].clone(),
             });
         }
-        let init = cfg.and_then(|c| c.init).unwrap_or(spec.init);
-        let mut value = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
-        init.apply(
-            self.dev,
-            &mut value,
-            spec.fan_in,
-            spec.fan_out,
-            derive_seed(self.seed, &full),
-        )?;
+        let value = match self.store.shared.get(&full) {
+            Some(v) if spec.trainable && v.shape() == spec.shape => v.clone(),
+            Some(v) if spec.trainable => return Err(mismatch(v.shape(), "the shared replica")),
+            _ => {
+                let init = cfg.and_then(|c| c.init).unwrap_or(spec.init);
+                let mut value = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
+                init.apply(
+                    self.dev,
+                    &mut value,
+                    spec.fan_in,
+                    spec.fan_out,
+                    derive_seed(self.seed, &full),
+                )?;
+                value
+            }
+        };
         let grad = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
         let id = self.store.entries.len();
         self.store.entries.push(ParamEntry {

@@ -2,9 +2,10 @@
 
 use crate::algorithm::{self, GradientSink, TrainOneBatch};
 use crate::checkpoint::{self, CheckpointMeta};
+use crate::cluster::Cluster;
 use crate::config::{JobConfig, Validated};
 use crate::device;
-use crate::net::NeuralNet;
+use crate::net::{NeuralNet, Part};
 use crate::params::ParamStore;
 use crate::registry::Registry;
 use crate::workspace::{Existing, Workspace};
@@ -178,6 +179,8 @@ pub struct Trainer {
     step: u64,
     workspace: Option<Workspace>,
     pending_warnings: Vec<String>,
+    /// The other workers and the servers, when the job has them (this thread is worker 0).
+    cluster: Option<Cluster>,
 }
 
 /// Training steps since the last train report.
@@ -240,9 +243,21 @@ impl Trainer {
     /// (resuming from its latest checkpoint when asked).
     pub fn new(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
         let Validated { job, schedule } = job.validate(registry)?;
-        let dev = device::create(&job.device, options.threads)?;
+        let distributed = job.cluster.is_distributed();
+        let (dev, part) = if distributed {
+            let part = Part {
+                id: 0,
+                count: job.cluster.nworkers_per_group as u32,
+            };
+            (
+                crate::cluster::coordinator_device(&job, options.threads)?,
+                part,
+            )
+        } else {
+            (device::create(&job.device, options.threads)?, Part::WHOLE)
+        };
         let mut store = ParamStore::new();
-        let train = NeuralNet::build(&job, registry, &dev, &mut store, Phase::TRAIN)?;
+        let train = NeuralNet::build_part(&job, registry, &dev, &mut store, Phase::TRAIN, part)?;
         let test = if job.test_steps > 0 {
             Some(NeuralNet::build(
                 &job,
@@ -282,6 +297,18 @@ impl Trainer {
                 ready_after[first].push(id);
             }
         }
+        let cluster = if distributed {
+            Some(Cluster::start(
+                &job,
+                registry,
+                &schedule,
+                &store,
+                ready_after.clone(),
+                options.threads,
+            )?)
+        } else {
+            None
+        };
         let workspace = match &options.workspace {
             Some(dir) => Some(Workspace::open(dir, options.existing)?),
             None => None,
@@ -301,6 +328,7 @@ impl Trainer {
             step: 0,
             workspace,
             pending_warnings: Vec::new(),
+            cluster,
         };
         if options.existing == Existing::Resume {
             trainer.resume_latest()?;
@@ -346,6 +374,10 @@ impl Trainer {
                 .restore_layer_state(layer, state)
                 .map_err(|e| Error::checkpoint(&loaded.path, e))?;
         }
+        if let Some(c) = &mut self.cluster {
+            c.restore_layer_states(&loaded.meta.layer_states)
+                .map_err(|e| Error::checkpoint(&loaded.path, e))?;
+        }
         self.step = loaded.meta.step;
         Ok(())
     }
@@ -387,9 +419,26 @@ impl Trainer {
         self.step
     }
 
+    /// The workers and servers, if the job has them.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Training samples per step: a worker's batch times the workers of its group.
+    pub fn samples_per_step(&self) -> usize {
+        let workers = self.cluster.as_ref().map_or(1, |c| c.workers_per_group());
+        self.train.batch_size() * workers
+    }
+
     /// One training step (TrainOneBatch and the updates); returns its learning rate.
     pub fn train_step(&mut self) -> Result<f32> {
         let lr = self.schedule.lr(self.step);
+        if let Some(c) = &mut self.cluster {
+            c.train_step(&mut self.train, &mut self.store, self.step)
+                .map_err(|e| e.context(format!("step {}", self.step + 1)))?;
+            self.step += 1;
+            return Ok(lr);
+        }
         let mut sink = LocalUpdates {
             store: &mut self.store,
             updater: &mut self.updater,
@@ -405,9 +454,13 @@ impl Trainer {
         Ok(lr)
     }
 
-    /// The training metrics accumulated since they were last read.
+    /// The training metrics accumulated since they were last read (over every worker).
     pub fn train_metrics(&mut self) -> Result<Vec<(String, f64)>> {
-        self.train.read_metrics()
+        let own = self.train.read_metrics()?;
+        match &mut self.cluster {
+            Some(c) => c.read_metrics(own),
+            None => Ok(own),
+        }
     }
 
     /// Runs `test_steps` batches of the test data (from its start) and returns the metrics.
@@ -468,7 +521,7 @@ impl Trainer {
             train_steps: total,
             device: &description,
         });
-        let batch = self.train.batch_size() as f64;
+        let batch = self.samples_per_step() as f64;
         let (display, test_freq, ckpt_freq) = (
             self.job.display_freq,
             self.job.test_freq,
@@ -540,7 +593,7 @@ impl Trainer {
         let report = Report {
             step: self.step,
             phase: "train",
-            metrics: self.train.read_metrics()?,
+            metrics: self.train_metrics()?,
             samples_per_sec: Some(
                 window.steps as f64 * batch / window.time.as_secs_f64().max(1e-9),
             ),

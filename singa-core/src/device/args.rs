@@ -55,6 +55,10 @@ pub struct DeviceInfo {
     pub ordinal: u32,
     /// A one-line description for logs, e.g. `cpu (2 threads, avx512)`.
     pub description: RString,
+    /// Where its buffers live. Devices that name the same memory space can use each other's
+    /// buffers (every CPU and reference device allocates `host` memory, so the workers of one
+    /// process can read each other's tensors without copies); a GPU names its own.
+    pub memory_space: RString,
 }
 
 /// The shape of a (possibly batched) matrix multiply:

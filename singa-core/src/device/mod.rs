@@ -433,19 +433,29 @@ static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(StableAbi, Clone)]
 pub struct DeviceRef {
     id: u64,
+    /// A hash of the device's memory space: operations accept tensors whose device has the
+    /// same one.
+    memory: u64,
     obj: RArc<DynDevice>,
 }
 
 impl DeviceRef {
     /// Wraps a device implementation.
     pub fn new<D: Device + 'static>(device: D) -> DeviceRef {
+        let memory = crate::rng::derive_seed(0, device.info().memory_space.as_str());
         DeviceRef {
             id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+            memory,
             obj: RArc::new(Device_TO::from_value(
                 device,
                 abi_stable::sabi_trait::TD_Opaque,
             )),
         }
+    }
+
+    /// Whether this device can use buffers of `other` (they share a memory space).
+    pub fn shares_memory_with(&self, other: &DeviceRef) -> bool {
+        self.memory == other.memory
     }
 
     /// A number that identifies this device within the process.

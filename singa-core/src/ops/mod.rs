@@ -23,11 +23,13 @@ impl DeviceRef {
         t: &Tensor,
         dtype: Option<DType>,
     ) -> Result<BufView> {
-        if t.device().id() != self.id() {
+        if !t.device().shares_memory_with(self) {
             return Err(Error::invalid(format!(
-                "{op}: a tensor lives on device {} but the operation runs on device {}",
+                "{op}: a tensor lives in the memory of device {} ({}), which device {} ({}) cannot use",
                 t.device().id(),
-                self.id()
+                t.device().info().memory_space,
+                self.id(),
+                self.info().memory_space,
             )));
         }
         if let Some(d) = dtype {

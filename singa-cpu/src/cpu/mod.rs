@@ -221,6 +221,7 @@ impl Device for CpuDevice {
                 if self.threads.count() == 1 { "" } else { "s" }
             )
             .into(),
+            memory_space: crate::memory::HOST.into(),
         }
     }
 

@@ -251,6 +251,7 @@ impl Device for ReferenceDevice {
             kind: NAME.into(),
             ordinal: 0,
             description: "reference (plain loops, f64 arithmetic)".into(),
+            memory_space: crate::memory::HOST.into(),
         }
     }
 

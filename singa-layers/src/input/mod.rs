@@ -73,11 +73,26 @@ impl<R: Records> Input<R> {
     fn setup_impl(&mut self, ctx: &SetupContext<'_>) -> Result<RVec<TensorSpec>> {
         let shard = self.source.open(ctx)?;
         let (config, record) = self.records.prepare(ctx, &shard)?;
-        let batch = self.source.batch_size;
+        let (part, parts) = (
+            ctx.partition_id as usize,
+            ctx.num_partitions.max(1) as usize,
+        );
+        let whole = self.source.batch_size;
+        if !whole.is_multiple_of(parts) {
+            return Err(Error::shape(
+                format!("layer {}", ctx.layer),
+                format!("a batch of {whole} records cannot be split evenly over {parts} workers"),
+            ));
+        }
+        let batch = whole / parts;
         let mut dims = vec![batch];
         dims.extend(record);
         let shape = Shape::new(&dims)?;
-        self.source.start(shard, ctx.seed, config)?;
+        let config = LoaderConfig {
+            part: (part, parts),
+            ..config
+        };
+        self.source.start(shard, ctx.seed, batch, config)?;
         Ok(vec![
             TensorSpec::new("data", shape, DType::F32),
             TensorSpec::new("label", [batch], DType::I32),
@@ -238,11 +253,18 @@ impl Source {
         Ok(Arc::new(Shard::open(&path)?))
     }
 
-    /// Starts loading `shard` from its beginning; `config` says how records become values
-    /// (its batch size, order, seed and prefetch are this source's).
-    fn start(&mut self, shard: Arc<Shard>, seed: u64, config: LoaderConfig) -> Result<()> {
+    /// Starts loading `shard` from its beginning, `batch_size` records a batch; `config` says
+    /// how records become values and which part of each batch to read (its order, seed and
+    /// prefetch are this source's).
+    fn start(
+        &mut self,
+        shard: Arc<Shard>,
+        seed: u64,
+        batch_size: usize,
+        config: LoaderConfig,
+    ) -> Result<()> {
         let config = LoaderConfig {
-            batch_size: self.batch_size,
+            batch_size,
             shuffle: self.shuffle,
             seed,
             cursor: 0,

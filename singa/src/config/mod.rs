@@ -153,6 +153,12 @@ impl JobConfig {
         self
     }
 
+    /// Sets the workers and servers.
+    pub fn cluster(mut self, c: ClusterConfig) -> Self {
+        self.cluster = c;
+        self
+    }
+
     /// Sets the updater.
     pub fn updater(mut self, u: UpdaterConfig) -> Self {
         self.updater = u;
@@ -297,18 +303,26 @@ impl LrConfig {
     }
 }
 
-/// Workers and servers (SINGA's `ClusterProto`). Only a single worker is supported so far;
-/// other values are rejected with a clear error by validation.
+/// Workers and servers (SINGA's `ClusterProto`). A worker group holds one replica of the net,
+/// split over its workers; a server group holds one copy of the parameters, sliced over its
+/// servers. The default is one worker that updates its own parameters (no servers).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
     /// Worker groups (model replicas).
     pub nworker_groups: usize,
-    /// Workers per group (partitions of one replica).
+    /// Workers per group (partitions of one replica; with data parallelism each reads
+    /// `batch_size / nworkers_per_group` records of every batch).
     pub nworkers_per_group: usize,
     /// Server groups (copies of the parameters).
     pub nserver_groups: usize,
     /// Servers per group (slices of the parameters).
     pub nservers_per_group: usize,
+    /// Servers run apart from the workers (Sandblaster) rather than beside them, one per
+    /// worker (AllReduce).
+    pub server_worker_separate: bool,
+    /// Seconds any worker or server waits for a message before the job stops with an error
+    /// that names who it waited for.
+    pub timeout_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -318,6 +332,67 @@ impl Default for ClusterConfig {
             nworkers_per_group: 1,
             nserver_groups: 1,
             nservers_per_group: 1,
+            server_worker_separate: false,
+            timeout_secs: 60,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether the job runs workers and servers rather than a single worker updating its own
+    /// parameters.
+    pub fn is_distributed(&self) -> bool {
+        self.nworker_groups * self.nworkers_per_group > 1
+            || self.nserver_groups * self.nservers_per_group > 1
+            || self.server_worker_separate
+    }
+
+    /// The total number of workers.
+    pub fn nworkers(&self) -> usize {
+        self.nworker_groups * self.nworkers_per_group
+    }
+}
+
+/// The well-known training frameworks, as presets of [`ClusterConfig`] (the `framework` key of
+/// `[cluster]`; the other keys there override the preset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framework {
+    /// One worker group, synchronous, one server group of separate servers (Google's
+    /// Sandblaster).
+    Sandblaster,
+    /// One worker group, synchronous, one server beside each worker owning a slice of every
+    /// parameter (Baidu's Deep Image, Horovod).
+    AllReduce,
+}
+
+impl Framework {
+    /// Names accepted in job files.
+    pub const NAMES: [&'static str; 2] = ["sandblaster", "allreduce"];
+
+    /// The framework called `name`.
+    pub fn from_name(name: &str) -> Option<Framework> {
+        match name {
+            "sandblaster" => Some(Framework::Sandblaster),
+            "allreduce" => Some(Framework::AllReduce),
+            _ => None,
+        }
+    }
+
+    /// The topology with `workers` workers (per group).
+    pub fn preset(self, workers: usize) -> ClusterConfig {
+        let base = ClusterConfig {
+            nworkers_per_group: workers,
+            ..ClusterConfig::default()
+        };
+        match self {
+            Framework::Sandblaster => ClusterConfig {
+                server_worker_separate: true,
+                ..base
+            },
+            Framework::AllReduce => ClusterConfig {
+                nservers_per_group: workers,
+                ..base
+            },
         }
     }
 }

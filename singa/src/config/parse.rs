@@ -2,8 +2,8 @@
 //! was expected.
 
 use super::{
-    Algorithm, ClusterConfig, DeviceConfig, DeviceKind, JobConfig, LayerConfig, LrConfig, Origin,
-    ParamConfig, UpdaterConfig,
+    Algorithm, ClusterConfig, DeviceConfig, DeviceKind, Framework, JobConfig, LayerConfig,
+    LrConfig, Origin, ParamConfig, UpdaterConfig,
 };
 use singa_core::fields::nearest;
 use singa_core::{Error, FieldValue, Fields, Init, Phase, Result};
@@ -112,6 +112,14 @@ impl<'a> Section<'a> {
             None => Ok(None),
             Some(Value::Integer(i)) if *i >= 0 => Ok(Some(*i as u64)),
             Some(v) => Err(self.wrong(key, "a non-negative integer", v)),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.wrong(key, "true or false", v)),
         }
     }
 
@@ -340,15 +348,32 @@ fn parse_updater(s: &Section<'_>) -> Result<UpdaterConfig> {
 }
 
 fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
-    let keys = [
+    let counts = [
         "nworker_groups",
         "nworkers_per_group",
         "nserver_groups",
         "nservers_per_group",
     ];
-    s.only(&keys)?;
-    let mut c = ClusterConfig::default();
-    for (key, slot) in keys.iter().zip([
+    let mut known = counts.to_vec();
+    known.extend(["framework", "server_worker_separate", "timeout"]);
+    s.only(&known)?;
+    let workers = s.u64("nworkers_per_group")?.unwrap_or(1).max(1) as usize;
+    let mut c = match s.str("framework")? {
+        None => ClusterConfig::default(),
+        Some(f) => match Framework::from_name(&f) {
+            Some(f) => f.preset(workers),
+            None => return Err(s.err("framework", choice_message(&f, &Framework::NAMES))),
+        },
+    };
+    c.server_worker_separate = s
+        .bool("server_worker_separate")?
+        .unwrap_or(c.server_worker_separate);
+    match s.u64("timeout")? {
+        Some(0) => return Err(s.err("timeout", "expected at least 1 (seconds)")),
+        Some(t) => c.timeout_secs = t,
+        None => {}
+    }
+    for (key, slot) in counts.iter().zip([
         &mut c.nworker_groups,
         &mut c.nworkers_per_group,
         &mut c.nserver_groups,

@@ -39,10 +39,29 @@ impl JobConfig {
             ("nserver_groups", c.nserver_groups),
             ("nservers_per_group", c.nservers_per_group),
         ] {
+            if v == 0 {
+                return Err(err(
+                    &format!("cluster.{name}"),
+                    "expected at least 1".into(),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("nworker_groups", c.nworker_groups),
+            ("nserver_groups", c.nserver_groups),
+        ] {
             if v != 1 {
                 return Err(err(
                     &format!("cluster.{name}"),
-                    format!("{v} is not supported yet: this version trains with one worker and one server (set it to 1)"),
+                    format!("{v} is not supported yet: this version runs one worker group and one server group (synchronous training; set it to 1)"),
+                ));
+            }
+        }
+        if c.nworkers_per_group > 1 {
+            if let Some(l) = self.layers.iter().find(|l| l.partition_dim == 1) {
+                return Err(err(
+                    &format!("layer[{}].partition_dim", l.name),
+                    "1 (splitting a layer's features over the workers) is not supported yet; use 0 or leave it out (data parallelism)".into(),
                 ));
             }
         }

@@ -1,0 +1,409 @@
+//! SINGA's training architecture in one process: worker groups that compute gradients and
+//! server groups that hold the parameters and update them, talking through a
+//! [`Transport`](singa_core::Transport).
+//!
+//! The coordinating thread (the [`Trainer`](crate::trainer::Trainer)'s) is worker 0 of the
+//! group; the other workers and the servers run on their own threads. Each worker holds the
+//! whole net and reads its part of every batch (data parallelism, `partition_dim = 0`); in one
+//! process the workers of a group share one copy of the parameter values, and each server
+//! updates its slices of that copy in place, so no values are copied. A step: every worker
+//! runs TrainOneBatch and sends each parameter's gradient slices to their servers as soon as
+//! the layer that computes them is done; a server waits for the gradients of every worker of
+//! the group, sums them, runs the updater and sends the fresh values back; a worker's step
+//! ends when every slice it sent came back.
+
+mod server;
+mod slices;
+mod worker;
+
+pub use slices::{slice_params, Slice};
+
+use crate::algorithm::{self, TrainOneBatch};
+use crate::config::{ClusterConfig, DeviceConfig, JobConfig};
+use crate::net::{NeuralNet, Part};
+use crate::params::ParamStore;
+use crate::registry::Registry;
+use server::{Server, ServerSlice};
+use singa_comm::ChannelNetwork;
+use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
+use singa_core::{Addr, DeviceRef, Error, Phase, Result, Role};
+use singa_layers::schedule::LrSchedule;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use worker::{Command, PeerWorker, Reply, WorkerLink};
+
+/// A transport endpoint behind the ABI-stable trait object.
+pub(crate) type TransportBox = Transport_TO<'static, RBox<()>>;
+
+/// The first errors of worker and server threads, for the message the job stops with.
+#[derive(Clone, Default)]
+pub(crate) struct Failures(Arc<Mutex<Vec<Error>>>);
+
+impl Failures {
+    fn record(&self, e: Error) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+    }
+
+    fn first(&self) -> Option<Error> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .cloned()
+    }
+}
+
+/// A worker on its own thread, seen from the coordinator.
+struct Peer {
+    addr: Addr,
+    commands: flume::Sender<Command>,
+    replies: flume::Receiver<Reply>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The workers and servers of a job, started and ready to train.
+pub struct Cluster {
+    config: ClusterConfig,
+    /// Worker 0's link (it runs on the coordinating thread).
+    link: WorkerLink,
+    peers: Vec<Peer>,
+    /// The coordinator's endpoint for stopping the servers.
+    servers: Vec<(Addr, JoinHandle<()>)>,
+    failures: Failures,
+    algorithm: Box<dyn TrainOneBatch>,
+    /// Parameter slices, per server.
+    loads: Vec<usize>,
+}
+
+/// The address of worker `id` of group `group`.
+fn worker_addr(group: u32, id: u32) -> Addr {
+    Addr {
+        group,
+        id,
+        role: Role::Worker,
+    }
+}
+
+fn server_addr(group: u32, id: u32) -> Addr {
+    Addr {
+        group,
+        id,
+        role: Role::Server,
+    }
+}
+
+/// The device configuration of one worker (or server) when `total` share the job's threads.
+pub fn share_of_threads(
+    device: &DeviceConfig,
+    threads: Option<usize>,
+    total: usize,
+) -> DeviceConfig {
+    let all = threads
+        .or(device.threads)
+        .unwrap_or_else(crate::device::default_threads);
+    DeviceConfig {
+        threads: Some((all / total.max(1)).max(1)),
+        ..device.clone()
+    }
+}
+
+impl Cluster {
+    /// Starts the workers and servers of a validated `job` whose worker 0 has built `store`
+    /// (values, gradients and updater state) on its device. Parameters a server updates are
+    /// those of `store` that are trainable; `ready_after` says which are complete after each
+    /// layer's backward.
+    pub fn start(
+        job: &JobConfig,
+        registry: &Registry,
+        schedule: &LrSchedule,
+        store: &ParamStore,
+        ready_after: Vec<Vec<usize>>,
+        threads: Option<usize>,
+    ) -> Result<Cluster> {
+        let c = job.cluster.clone();
+        let nworkers = c.nworkers_per_group;
+        let nservers = c.nservers_per_group;
+        let timeout = Duration::from_secs(c.timeout_secs);
+        let workers: Vec<Addr> = (0..nworkers as u32).map(|i| worker_addr(0, i)).collect();
+        let servers: Vec<Addr> = (0..nservers as u32).map(|i| server_addr(0, i)).collect();
+        let mut addrs = workers.clone();
+        addrs.extend(&servers);
+        let mut endpoints = ChannelNetwork::connect(&addrs)?.into_iter();
+        let mut boxed = || -> TransportBox {
+            Transport_TO::from_value(endpoints.next().expect("one per address"), TD_Opaque)
+        };
+
+        let sizes: Vec<usize> = store
+            .entries()
+            .iter()
+            .map(|e| if e.trainable { e.value.numel() } else { 0 })
+            .collect();
+        let slices = slice_params(&sizes, nservers);
+        let failures = Failures::default();
+        let link = WorkerLink::new(
+            boxed(),
+            store,
+            &slices,
+            &servers,
+            ready_after.clone(),
+            timeout,
+            &workers,
+        )?;
+
+        // Workers 1.. hold their own nets over the shared values.
+        let worker_device = share_of_threads(&job.device, threads, nworkers);
+        let mut peers = Vec::new();
+        for id in 1..nworkers as u32 {
+            let dev = crate::device::create(&worker_device, None)?;
+            let mut own = ParamStore::sharing_values_of(store);
+            let part = Part {
+                id,
+                count: nworkers as u32,
+            };
+            let net = NeuralNet::build_part(job, registry, &dev, &mut own, Phase::TRAIN, part)
+                .map_err(|e| e.context(format!("worker 0.{id}")))?;
+            let link = WorkerLink::new(
+                boxed(),
+                &own,
+                &slices,
+                &servers,
+                ready_after.clone(),
+                timeout,
+                &workers,
+            )?;
+            let peer = PeerWorker {
+                net,
+                store: own,
+                link,
+                algorithm: algorithm::create(job.algorithm),
+            };
+            let (cmd_tx, cmd_rx) = flume::bounded(1);
+            let (reply_tx, reply_rx) = flume::bounded(1);
+            let f = failures.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("singa-worker-0.{id}"))
+                .spawn(move || peer.run(cmd_rx, reply_tx, f))
+                .map_err(|e| Error::invalid(format!("cannot start worker 0.{id}: {e}")))?;
+            peers.push(Peer {
+                addr: worker_addr(0, id),
+                commands: cmd_tx,
+                replies: reply_rx,
+                thread: Some(thread),
+            });
+        }
+
+        // Servers: each updates its slices of worker 0's values and updater state.
+        let ut = registry
+            .updater(&job.updater.type_name)
+            .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
+        let mut loads = vec![0; nservers];
+        let mut server_threads = Vec::new();
+        for (s, &addr) in servers.iter().enumerate() {
+            let mut held = Vec::new();
+            for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
+                let e = &store.entries()[sl.param];
+                let n = e.value.numel();
+                let view = |t: &singa_core::Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
+                held.push(ServerSlice {
+                    key: (sl.param as u32, sl.index),
+                    value: view(&e.value)?,
+                    state: e.state.iter().map(view).collect::<Result<_>>()?,
+                    lr_mult: e.lr_mult,
+                    wd_mult: e.wd_mult,
+                });
+                loads[s] += sl.len;
+            }
+            let server = Server {
+                transport: boxed(),
+                dev: crate::device::create(
+                    &DeviceConfig {
+                        threads: Some(1),
+                        ..job.device.clone()
+                    },
+                    None,
+                )?,
+                updater: (ut.create)(&job.updater.fields).into_result()?,
+                schedule: schedule.clone(),
+                weight_decay: job.updater.weight_decay,
+                slices: held,
+                workers: workers.clone(),
+            };
+            let f = failures.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("singa-server-0.{s}"))
+                .spawn(move || server.run(f))
+                .map_err(|e| Error::invalid(format!("cannot start {addr}: {e}")))?;
+            server_threads.push((addr, thread));
+        }
+        Ok(Cluster {
+            config: c,
+            link,
+            peers,
+            servers: server_threads,
+            failures,
+            algorithm: algorithm::create(job.algorithm),
+            loads,
+        })
+    }
+
+    /// Workers per group: the factor between one worker's batch and the group's.
+    pub fn workers_per_group(&self) -> usize {
+        self.config.nworkers_per_group
+    }
+
+    /// One synchronous step of every worker; `net` and `store` are worker 0's.
+    pub fn train_step(
+        &mut self,
+        net: &mut NeuralNet,
+        store: &mut ParamStore,
+        step: u64,
+    ) -> Result<()> {
+        for p in &self.peers {
+            p.commands
+                .send(Command::Step(step))
+                .map_err(|_| self.stopped(p.addr))?;
+        }
+        let own = self.link.train_step(net, store, &mut *self.algorithm, step);
+        if let Err(e) = &own {
+            self.failures.record(e.clone());
+            self.link.tell_stopped();
+        }
+        let own = own.map_err(|e| self.explain(e));
+        let peers = self.collect();
+        own?;
+        peers.map(|_| ())
+    }
+
+    /// The training metrics since they were last read, averaged over the workers (each saw
+    /// an equal part of every batch); `own` are worker 0's.
+    pub fn read_metrics(&mut self, own: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
+        for p in &self.peers {
+            p.commands
+                .send(Command::Metrics)
+                .map_err(|_| self.stopped(p.addr))?;
+        }
+        let mut sum = own;
+        for theirs in self.collect()? {
+            for ((name, v), (other, x)) in sum.iter_mut().zip(theirs) {
+                debug_assert_eq!(*name, other);
+                *v += x;
+            }
+        }
+        let n = (self.peers.len() + 1) as f64;
+        Ok(sum.into_iter().map(|(k, v)| (k, v / n)).collect())
+    }
+
+    /// Restores the other workers' layer states (worker 0's are the caller's).
+    pub fn restore_layer_states(&mut self, states: &[(String, Vec<u64>)]) -> Result<()> {
+        for p in &self.peers {
+            p.commands
+                .send(Command::Restore(states.to_vec()))
+                .map_err(|_| self.stopped(p.addr))?;
+        }
+        self.collect().map(|_| ())
+    }
+
+    /// The topology, for `--dry-run` and logs.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        let mut s = format!(
+            "cluster: {} worker group{} of {} worker{}, {} server group{} of {} server{} ({}), synchronous\n",
+            c.nworker_groups,
+            plural(c.nworker_groups),
+            c.nworkers_per_group,
+            plural(c.nworkers_per_group),
+            c.nserver_groups,
+            plural(c.nserver_groups),
+            c.nservers_per_group,
+            plural(c.nservers_per_group),
+            if c.server_worker_separate { "separate" } else { "beside the workers" },
+        );
+        for (i, load) in self.loads.iter().enumerate() {
+            s.push_str(&format!("  server 0.{i}: {load} values\n"));
+        }
+        s
+    }
+
+    /// Every peer's reply to the last command, in order; the first failure is the error.
+    fn collect(&self) -> Result<Vec<Vec<(String, f64)>>> {
+        let timeout = Duration::from_secs(self.config.timeout_secs);
+        let mut out = Vec::with_capacity(self.peers.len());
+        let mut first_error = None;
+        for p in &self.peers {
+            match p.replies.recv_timeout(timeout) {
+                Ok(Ok(m)) => out.push(m),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(self.explain(e));
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    first_error.get_or_insert(Error::invalid(format!(
+                        "{} did not answer within {} s (raise cluster.timeout if a step takes longer)",
+                        p.addr, self.config.timeout_secs
+                    )));
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    first_error.get_or_insert(self.stopped(p.addr));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// A failure as the job reports it: the first thread that failed is the cause.
+    fn explain(&self, e: Error) -> Error {
+        match self.failures.first() {
+            Some(cause) if cause.to_string() != e.to_string() => {
+                Error::invalid(format!("{cause} (and so: {e})"))
+            }
+            _ => e,
+        }
+    }
+
+    fn stopped(&self, who: Addr) -> Error {
+        self.failures
+            .first()
+            .unwrap_or_else(|| Error::invalid(format!("{who} has stopped")))
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let me = self.link.addr();
+        for (addr, _) in &self.servers {
+            let _ = self.link.send_raw(server::stop(me, *addr));
+        }
+        // Workers still waiting for values stop waiting.
+        self.link.tell_stopped();
+        for p in &mut self.peers {
+            // Closing its command channel ends a worker thread's loop.
+            let (closed, _) = flume::bounded(0);
+            drop(std::mem::replace(&mut p.commands, closed));
+            if let Some(t) = p.thread.take() {
+                let _ = t.join();
+            }
+        }
+        for (_, t) in self.servers.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The device that worker 0 of a distributed job runs on.
+pub fn coordinator_device(job: &JobConfig, threads: Option<usize>) -> Result<DeviceRef> {
+    crate::device::create(
+        &share_of_threads(&job.device, threads, job.cluster.nworkers()),
+        None,
+    )
+}

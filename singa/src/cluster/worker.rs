@@ -1,0 +1,300 @@
+//! A worker's side of the parameter traffic, and the threads that run workers beside the
+//! coordinating one.
+
+use super::slices::Slice;
+use super::{Failures, TransportBox};
+use crate::algorithm::{GradientSink, TrainOneBatch};
+use crate::net::NeuralNet;
+use crate::params::ParamStore;
+use singa_core::{Addr, Error, Msg, MsgKind, Result, Tensor};
+use std::time::{Duration, Instant};
+
+/// One slice of a parameter as a worker sees it.
+struct LinkSlice {
+    index: u32,
+    server: Addr,
+    /// The worker's gradient of these values (a view).
+    grad: Tensor,
+    /// The worker's copy of these values (a view).
+    value: Tensor,
+}
+
+/// A worker's end of the parameter traffic: sends the gradient slices of each parameter to
+/// their servers as soon as the layer that computes them is done (so communication overlaps
+/// the rest of the backward pass), then waits for the fresh values and installs them.
+pub(crate) struct WorkerLink {
+    transport: TransportBox,
+    /// Per parameter of the store: its slices (none for parameters no server updates).
+    slices: Vec<Vec<LinkSlice>>,
+    /// Parameters whose gradients are complete once a layer's backward is done.
+    ready_after: Vec<Vec<usize>>,
+    /// Fresh slices to receive per step.
+    expected: usize,
+    timeout: Duration,
+    /// The other workers of the group, told when this one fails so that they stop waiting.
+    colleagues: Vec<Addr>,
+}
+
+impl WorkerLink {
+    /// The link of a worker whose parameters are `store`, sliced as `slices` over `servers`.
+    pub fn new(
+        transport: TransportBox,
+        store: &ParamStore,
+        slices: &[Vec<Slice>],
+        servers: &[Addr],
+        ready_after: Vec<Vec<usize>>,
+        timeout: Duration,
+        group: &[Addr],
+    ) -> Result<WorkerLink> {
+        let me = transport.addr();
+        let colleagues = group.iter().copied().filter(|&a| a != me).collect();
+        let mut expected = 0;
+        let slices = store
+            .entries()
+            .iter()
+            .zip(slices)
+            .map(|(e, ss)| {
+                let n = e.value.numel();
+                let flat_grad = e.grads[0].reshape([n])?;
+                let flat_value = e.value.reshape([n])?;
+                ss.iter()
+                    .map(|s| {
+                        expected += 1;
+                        Ok(LinkSlice {
+                            index: s.index,
+                            server: servers[s.server],
+                            grad: flat_grad.narrow(s.offset, s.len)?,
+                            value: flat_value.narrow(s.offset, s.len)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WorkerLink {
+            transport,
+            slices,
+            ready_after,
+            expected,
+            timeout,
+            colleagues,
+        })
+    }
+
+    /// Tells the other workers of the group that this one has stopped.
+    pub fn tell_stopped(&mut self) {
+        let me = self.transport.addr();
+        for &w in &self.colleagues {
+            let _ = self.transport.send(super::server::stop(me, w));
+        }
+    }
+
+    /// This worker's address.
+    pub fn addr(&self) -> Addr {
+        self.transport.addr()
+    }
+
+    /// Sends a message that is not parameter traffic.
+    pub fn send_raw(&mut self, msg: Msg) -> Result<()> {
+        self.transport.send(msg).into_result()
+    }
+
+    /// Runs one training step of `net`: TrainOneBatch with the gradients going to the
+    /// servers, then the fresh values coming back.
+    pub fn train_step(
+        &mut self,
+        net: &mut NeuralNet,
+        store: &mut ParamStore,
+        algorithm: &mut dyn TrainOneBatch,
+        step: u64,
+    ) -> Result<()> {
+        let mut sink = SendGradients {
+            link: self,
+            store,
+            step,
+        };
+        algorithm.train_one_batch(net, step, &mut sink)?;
+        self.await_params(step)
+    }
+
+    fn send_gradients(&mut self, store: &mut ParamStore, param: usize, step: u64) -> Result<()> {
+        let e = &mut store.entries_mut()[param];
+        if e.grads.len() > 1 {
+            // A shared parameter: its users' gradients add up.
+            let dev = e.value.device().clone();
+            let (first, rest) = e.grads.split_at_mut(1);
+            for g in rest.iter() {
+                dev.axpby(1.0, g, 1.0, &mut first[0])?;
+            }
+        }
+        let me = self.transport.addr();
+        for s in &self.slices[param] {
+            self.transport
+                .send(Msg {
+                    src: me,
+                    dst: s.server,
+                    kind: MsgKind::Update,
+                    target: param as u32,
+                    slice: s.index,
+                    version: step,
+                    payload: Some(s.grad.clone()).into(),
+                })
+                .into_result()?;
+        }
+        Ok(())
+    }
+
+    /// Receives the fresh values of every slice updated in `step`.
+    fn await_params(&mut self, step: u64) -> Result<()> {
+        let me = self.transport.addr();
+        let deadline = Instant::now() + self.timeout;
+        let mut missing = self.expected;
+        while missing > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = self.transport.recv(left.as_millis() as u64).into_result()?;
+            let Some(msg) = msg.into_option() else {
+                return Err(self.timeout_error(step, missing));
+            };
+            match msg.kind {
+                MsgKind::Update if msg.version == step => {
+                    let fresh = msg.payload.into_option().ok_or_else(|| {
+                        Error::invalid(format!(
+                            "{me}: fresh values without values from {}",
+                            msg.src
+                        ))
+                    })?;
+                    let slice = self
+                        .slices
+                        .get_mut(msg.target as usize)
+                        .and_then(|s| s.get_mut(msg.slice as usize))
+                        .ok_or_else(|| {
+                            Error::invalid(format!(
+                                "{me}: {} sent parameter {} slice {}, which does not exist",
+                                msg.src, msg.target, msg.slice
+                            ))
+                        })?;
+                    // In one process the group's workers and servers share the values.
+                    if !fresh.shares_storage(&slice.value) {
+                        let dev = slice.value.device().clone();
+                        dev.copy(&fresh, &mut slice.value)?;
+                    }
+                    missing -= 1;
+                }
+                MsgKind::Stop => {
+                    return Err(Error::invalid(format!(
+                        "{me}: {} stopped while this worker waited for step {} values",
+                        msg.src,
+                        step + 1
+                    )))
+                }
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{me}: unexpected {:?} message from {} (step {}) in step {}",
+                        msg.kind,
+                        msg.src,
+                        msg.version + 1,
+                        step + 1
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn timeout_error(&self, step: u64, missing: usize) -> Error {
+        let mut servers: Vec<String> = self
+            .slices
+            .iter()
+            .flatten()
+            .map(|s| s.server.to_string())
+            .collect();
+        servers.sort();
+        servers.dedup();
+        Error::invalid(format!(
+            "{}: waited {} s for {missing} fresh parameter slices of step {} from {} (raise cluster.timeout if a step takes longer)",
+            self.transport.addr(),
+            self.timeout.as_secs(),
+            step + 1,
+            servers.join(", ")
+        ))
+    }
+}
+
+/// The gradient sink of a distributed worker.
+struct SendGradients<'a> {
+    link: &'a mut WorkerLink,
+    store: &'a mut ParamStore,
+    step: u64,
+}
+
+impl GradientSink for SendGradients<'_> {
+    fn layer_done(&mut self, _: &mut NeuralNet, layer: usize) -> Result<()> {
+        for i in 0..self.link.ready_after[layer].len() {
+            let p = self.link.ready_after[layer][i];
+            self.link.send_gradients(self.store, p, self.step)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the coordinator asks a worker thread to do.
+pub(crate) enum Command {
+    /// Train one step.
+    Step(u64),
+    /// Send the training metrics accumulated since the last read.
+    Metrics,
+    /// Restore the layers' states (data positions) from a checkpoint.
+    Restore(Vec<(String, Vec<u64>)>),
+}
+
+/// A worker thread's answer.
+pub(crate) type Reply = Result<Vec<(String, f64)>>;
+
+/// A worker that runs on its own thread.
+pub(crate) struct PeerWorker {
+    pub net: NeuralNet,
+    pub store: ParamStore,
+    pub link: WorkerLink,
+    pub algorithm: Box<dyn TrainOneBatch>,
+}
+
+impl PeerWorker {
+    /// Serves commands until the coordinator hangs up. A panic becomes an error reply and a
+    /// record in `failures`.
+    pub fn run(
+        mut self,
+        commands: flume::Receiver<Command>,
+        replies: flume::Sender<Reply>,
+        failures: Failures,
+    ) {
+        let me = self.link.addr();
+        while let Ok(cmd) = commands.recv() {
+            let outcome = singa_core::catch_panic("the worker", || self.handle(cmd))
+                .map_err(|e| e.context(me.to_string()));
+            if let Err(e) = &outcome {
+                failures.record(e.clone());
+                self.link.tell_stopped();
+            }
+            let failed = outcome.is_err();
+            if replies.send(outcome).is_err() || failed {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) -> Result<Vec<(String, f64)>> {
+        match cmd {
+            Command::Step(step) => {
+                self.link
+                    .train_step(&mut self.net, &mut self.store, &mut *self.algorithm, step)?;
+                Ok(Vec::new())
+            }
+            Command::Metrics => self.net.read_metrics(),
+            Command::Restore(states) => {
+                for (layer, state) in &states {
+                    self.net.restore_layer_state(layer, state)?;
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+}

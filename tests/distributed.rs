@@ -1,0 +1,296 @@
+//! Workers and servers in one process: synchronous data parallelism equals one worker with
+//! the same global batch, checkpoints resume a distributed run exactly, and a failing worker
+//! stops the job with an error that names it.
+
+use singa::config::{ClusterConfig, Framework, JobConfig};
+use singa::trainer::{Silent, TrainOptions, Trainer};
+use singa::workspace::Existing;
+use singa::Registry;
+use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
+use singa_core::{
+    Error, FieldSpec, Fields, Layer, LayerDef, ParamFactoryMut, Phase, SetupContext, Tensor,
+    TensorSpec,
+};
+use singa_tests::{mlp_job, synthetic_mnist, tmpdir};
+use std::path::Path;
+
+/// The MLP of the training tests without dropout (whose masks depend on the batch split),
+/// with Adam or SGD with momentum.
+fn job(data: &Path, steps: u64, updater: &str) -> JobConfig {
+    let text = mlp_job(
+        data,
+        &format!("train_steps = {steps}\ndisplay_freq = 10"),
+        24,
+        0.0,
+    );
+    let mut job = JobConfig::from_toml(&text, Default::default()).unwrap();
+    if updater == "adam" {
+        job.updater.type_name = "adam".into();
+        job.updater.fields = Fields::new();
+        job.updater.learning_rate = singa::config::LrConfig::fixed(0.003);
+    }
+    job
+}
+
+fn train(job: &JobConfig, options: &TrainOptions) -> (Trainer, singa::trainer::Summary) {
+    let mut t = Trainer::new(job, &Registry::builtin(), options).unwrap();
+    let s = t.run(&mut Silent).unwrap();
+    (t, s)
+}
+
+fn params(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+    t.params()
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), e.value.to_vec::<f32>().unwrap()))
+        .collect()
+}
+
+/// The largest difference between two sets of parameters, relative to the values' size.
+fn max_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs() / (1.0 + x.abs()));
+        }
+    }
+    worst
+}
+
+fn options(threads: usize) -> TrainOptions {
+    TrainOptions {
+        threads: Some(threads),
+        ..TrainOptions::default()
+    }
+}
+
+#[test]
+fn synchronous_workers_equal_one_worker_with_the_same_batch() {
+    let dir = tmpdir("dist-equal");
+    synthetic_mnist(&dir, 600, 100, 8);
+    for updater in ["sgd", "adam"] {
+        let single = job(&dir, 60, updater);
+        let (one, one_summary) = train(&single, &options(1));
+        let reference = params(&one);
+        for (framework, workers) in [
+            (Framework::Sandblaster, 1),
+            (Framework::Sandblaster, 2),
+            (Framework::AllReduce, 2),
+            (Framework::AllReduce, 4),
+        ] {
+            let mut j = single.clone();
+            j.cluster = framework.preset(workers);
+            let (many, summary) = train(&j, &options(workers));
+            let diff = max_difference(&reference, &params(&many));
+            let what = format!("{framework:?} with {workers} workers, {updater}");
+            assert!(diff < 2e-5, "{what}: parameters differ by {diff}");
+            assert_eq!(summary.steps, 60, "{what}");
+            let loss =
+                |s: &singa::trainer::Summary| s.train.iter().find(|(k, _)| k == "loss").unwrap().1;
+            assert!(
+                (loss(&summary) - loss(&one_summary)).abs() < 1e-3,
+                "{what}: the reported loss is the whole batch's: {} vs {}",
+                loss(&summary),
+                loss(&one_summary)
+            );
+            if workers == 1 {
+                assert_eq!(
+                    diff, 0.0,
+                    "{what}: one worker and one server do what one worker does"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_distributed_run_resumes_exactly() {
+    let dir = tmpdir("dist-resume");
+    synthetic_mnist(&dir, 600, 100, 8);
+    let mut j = job(&dir, 40, "sgd");
+    j.cluster = Framework::AllReduce.preset(2);
+    j.checkpoint_freq = 20;
+    let ws = dir.join("whole");
+    let whole = |existing| TrainOptions {
+        workspace: Some(ws.clone()),
+        existing,
+        ..options(2)
+    };
+    let (straight, _) = train(&j, &whole(Existing::Refuse));
+    let expected = params(&straight);
+    drop(straight);
+    // Cut the run after its first checkpoint, then resume.
+    let ws2 = dir.join("cut");
+    let mut cut = j.clone();
+    cut.train_steps = 20;
+    train(
+        &cut,
+        &TrainOptions {
+            workspace: Some(ws2.clone()),
+            ..options(2)
+        },
+    );
+    let (resumed, summary) = train(
+        &j,
+        &TrainOptions {
+            workspace: Some(ws2),
+            existing: Existing::Resume,
+            ..options(2)
+        },
+    );
+    assert_eq!(summary.steps, 40);
+    assert_eq!(max_difference(&expected, &params(&resumed)), 0.0);
+}
+
+/// Passes its input through; fails in the worker holding part `fail_part` at step `fail_at`.
+struct FailingLayer {
+    fail_part: u32,
+    fail_at: i64,
+    part: u32,
+    steps: i64,
+}
+
+impl LayerDef for FailingLayer {
+    const TYPE: &'static str = "failing";
+    const DOC: &'static str = "identity that panics in one worker";
+    fn fields() -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::new("part", singa_core::FieldKind::Int, "which worker fails").required(),
+            FieldSpec::new("at", singa_core::FieldKind::Int, "at which step").required(),
+        ]
+    }
+    fn new(f: &Fields) -> singa_core::Result<Self> {
+        Ok(FailingLayer {
+            fail_part: f.usize("part")? as u32,
+            fail_at: f.usize("at")? as i64,
+            part: 0,
+            steps: 0,
+        })
+    }
+}
+
+impl Layer for FailingLayer {
+    fn setup(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        _: ParamFactoryMut<'_>,
+    ) -> RResult<RVec<TensorSpec>, Error> {
+        self.part = ctx.partition_id;
+        let input = ctx.single_input().unwrap();
+        RResult::ROk(vec![TensorSpec::new("out", input.shape, input.dtype)].into())
+    }
+    fn forward(
+        &mut self,
+        _: Phase,
+        inputs: RSlice<'_, Tensor>,
+        mut outputs: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        self.steps += 1;
+        if self.part == self.fail_part && self.steps == self.fail_at {
+            panic!("deliberately, at step {}", self.steps);
+        }
+        let dev = inputs[0].device().clone();
+        dev.copy(&inputs[0], &mut outputs[0]).into()
+    }
+    fn backward(
+        &mut self,
+        _: Phase,
+        _: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
+        grad_outputs: RSlice<'_, Tensor>,
+        mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
+    ) -> RResult<(), Error> {
+        if let ROption::RSome(g) = &mut grad_inputs[0] {
+            let dev = g.device().clone();
+            return dev.copy(&grad_outputs[0], g).into();
+        }
+        RResult::ROk(())
+    }
+}
+
+#[test]
+fn a_failing_worker_stops_the_job_with_its_name_and_the_checkpoint_resumes() {
+    let dir = tmpdir("dist-fail");
+    synthetic_mnist(&dir, 600, 100, 8);
+    let mut registry = Registry::builtin();
+    registry
+        .add_layer(
+            singa_core::layer_type::<FailingLayer>(),
+            singa::registry::Provenance::BuiltIn,
+        )
+        .unwrap();
+    let mut j = job(&dir, 30, "sgd");
+    j.cluster = ClusterConfig {
+        timeout_secs: 20,
+        ..Framework::AllReduce.preset(2)
+    };
+    j.checkpoint_freq = 10;
+    // Insert the failing layer between fc1 and its activation.
+    let pos = j.layers.iter().position(|l| l.name == "act").unwrap();
+    j.layers[pos].srclayers = vec!["fail".into()];
+    j.layers.insert(
+        pos,
+        singa::config::LayerConfig::new("fail", "failing")
+            .src("fc1")
+            .field("part", 1)
+            .field("at", 15),
+    );
+    let ws = dir.join("ws");
+    let opts = TrainOptions {
+        workspace: Some(ws.clone()),
+        ..options(2)
+    };
+    let mut t = Trainer::new(&j, &registry, &opts).unwrap();
+    let started = std::time::Instant::now();
+    let e = t.run(&mut Silent).unwrap_err().to_string();
+    assert!(
+        e.contains("worker 0.1") && e.contains("deliberately, at step 15"),
+        "{e}"
+    );
+    assert!(e.contains("step 15"), "{e}");
+    assert!(
+        started.elapsed().as_secs() < 15,
+        "the other worker stopped waiting at once"
+    );
+    drop(t);
+    // The checkpoint of step 10 is intact: resuming (without the failing layer's trigger) works.
+    let pos = j.layers.iter().position(|l| l.name == "fail").unwrap();
+    j.layers[pos].fields.set("at", 1000);
+    let mut resumed = Trainer::new(
+        &j,
+        &registry,
+        &TrainOptions {
+            workspace: Some(ws),
+            existing: Existing::Resume,
+            ..options(2)
+        },
+    )
+    .unwrap();
+    assert_eq!(resumed.step(), 10);
+    let s = resumed.run(&mut Silent).unwrap();
+    assert_eq!(s.steps, 30);
+}
+
+#[test]
+fn wrong_topologies_are_refused_with_the_field() {
+    let dir = tmpdir("dist-refuse");
+    synthetic_mnist(&dir, 60, 20, 8);
+    let mut j = job(&dir, 5, "sgd");
+    j.cluster = Framework::AllReduce.preset(3);
+    let e = Trainer::new(&j, &Registry::builtin(), &options(2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("32 records cannot be split evenly over 3 workers"),
+        "{e}"
+    );
+    j.cluster = ClusterConfig {
+        nworker_groups: 2,
+        ..ClusterConfig::default()
+    };
+    let e = j.validate(&Registry::builtin()).unwrap_err().to_string();
+    assert!(e.contains("cluster.nworker_groups"), "{e}");
+}
