@@ -2,7 +2,7 @@
 //! batch is reused. Counted with a global allocator that counts, on the MLP of the benchmark
 //! (784-1000-500-10, batch 64) over synthetic MNIST-shaped data, and on a convnet with every
 //! image layer (augmented image input, convolution, batch norm, pooling, LRN, split, concat,
-//! flatten, top-k accuracy).
+//! flatten, top-k accuracy), and on the MLP trained by two workers and two servers.
 
 use singa::config::JobConfig;
 use singa::trainer::{TrainOptions, Trainer};
@@ -135,5 +135,16 @@ srclayers = ["fc3", "data:label"]
     assert_eq!(
         allocated, 0,
         "{allocated} allocations in {steps} warm training steps"
+    );
+    drop(trainer);
+
+    // The same net with two workers and two servers (AllReduce) in this process.
+    let mut job = job;
+    job.cluster = singa::config::Framework::AllReduce.preset(2);
+    let mut trainer = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let allocated = allocations(&mut trainer, 40, steps);
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in {steps} warm distributed training steps"
     );
 }

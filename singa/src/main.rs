@@ -117,6 +117,16 @@ enum Command {
         /// (image-folder layout); without it, synthetic images.
         #[arg(long)]
         cifar: Option<PathBuf>,
+        /// Train with this many workers (synchronous data parallelism); they share --threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// The framework of the workers: allreduce (a server beside each worker) or
+        /// sandblaster (one separate server).
+        #[arg(long, default_value = "allreduce", value_parser = ["allreduce", "sandblaster"])]
+        framework: String,
+        /// Samples per step over all workers (default 64).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
     },
 }
 
@@ -278,6 +288,9 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             data,
             cifar,
+            workers,
+            framework,
+            batch,
         } => {
             let model = if model == "cnn" {
                 bench::Model::Cnn
@@ -322,6 +335,12 @@ fn run(cli: Cli) -> Result<()> {
                 data,
                 cifar,
                 allocations,
+                batch,
+                cluster: (workers > 1 || framework == "sandblaster").then(|| {
+                    singa::config::Framework::from_name(&framework)
+                        .expect("clap checked the name")
+                        .preset(workers)
+                }),
             })
         }
     }

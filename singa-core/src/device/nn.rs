@@ -79,6 +79,9 @@ impl ConvShape {
         if self.kernel_h == 0 || self.kernel_w == 0 || self.stride_h == 0 || self.stride_w == 0 {
             return Some("kernel and stride must be at least 1".into());
         }
+        if self.height == 0 || self.width == 0 {
+            return Some(format!("an empty {}x{} input", self.height, self.width));
+        }
         if self.groups == 0
             || !self.channels.is_multiple_of(self.groups)
             || !self.filters.is_multiple_of(self.groups)

@@ -1,7 +1,7 @@
 //! `singa bench`: training throughput of reference models, measured like the peer benchmarks
 //! in `shared/peers` (warm-up steps, then timed windows; the median window is the result).
 
-use singa::config::{DeviceConfig, JobConfig, LayerConfig, UpdaterConfig};
+use singa::config::{ClusterConfig, DeviceConfig, JobConfig, LayerConfig, UpdaterConfig};
 use singa::progress::thousands;
 use singa::registry::Registry;
 use singa::trainer::{TrainOptions, Trainer};
@@ -27,6 +27,10 @@ pub struct BenchOptions {
     pub cifar: Option<PathBuf>,
     /// Reads the process's allocation counter.
     pub allocations: fn() -> u64,
+    /// Samples per step (over all workers).
+    pub batch: usize,
+    /// Workers and servers (`None`: one worker updating its own parameters).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The models of the peer benchmarks (`shared/peers`).
@@ -41,7 +45,7 @@ pub enum Model {
 /// The convnet of the peer benchmarks: conv5x5 3→32 pad 2, max-pool 2×2/2, ReLU, conv5x5
 /// 32→32 pad 2, ReLU, max-pool 2×2/2, conv5x5 32→64 pad 2, ReLU, max-pool 2×2/2, inner
 /// product 1024→10, softmax cross-entropy; plain SGD lr 0.01, batch 64, pixels / 255 − 0.5.
-pub fn cnn_job(train: &std::path::Path, threads: usize) -> JobConfig {
+pub fn cnn_job(train: &std::path::Path, threads: usize, batch: usize) -> JobConfig {
     let conv = |name: &str, src: &str, filters: usize| {
         LayerConfig::new(name, "convolution")
             .src(src)
@@ -63,7 +67,7 @@ pub fn cnn_job(train: &std::path::Path, threads: usize) -> JobConfig {
         .layer(
             LayerConfig::new("data", "image_data")
                 .field("path", train.display().to_string())
-                .field("batch_size", 64)
+                .field("batch_size", batch)
                 .field("shuffle", true)
                 .field("scale", 1.0 / 255.0)
                 .field("mean", 0.5),
@@ -106,7 +110,7 @@ pub fn synthetic_images(path: &std::path::Path, n: usize) -> Result<()> {
 
 /// The MLP of the peer benchmarks: 784-1000-500-10, ReLU, softmax cross-entropy, plain SGD
 /// with learning rate 0.1, batch 64, MNIST scaled to [0, 1].
-pub fn mlp_job(data: &std::path::Path, threads: usize) -> JobConfig {
+pub fn mlp_job(data: &std::path::Path, threads: usize, batch: usize) -> JobConfig {
     let import = Fields::new()
         .with("kind", "mnist")
         .with("src", data.display().to_string());
@@ -123,7 +127,7 @@ pub fn mlp_job(data: &std::path::Path, threads: usize) -> JobConfig {
         .layer(
             LayerConfig::new("data", "shard_data")
                 .field("path", data.join("train.shard").display().to_string())
-                .field("batch_size", 64)
+                .field("batch_size", batch)
                 .field("shuffle", true)
                 .field("scale", 1.0 / 255.0)
                 .field("import", import),
@@ -148,8 +152,8 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let _synthetic;
     let (job, title) = match opts.model {
         Model::Mlp => (
-            mlp_job(&opts.data, opts.threads),
-            "MLP 784-1000-500-10, batch 64, SGD lr 0.1".to_string(),
+            mlp_job(&opts.data, opts.threads, opts.batch),
+            format!("MLP 784-1000-500-10, batch {}, SGD lr 0.1", opts.batch),
         ),
         Model::Cnn => {
             let (train, what) = match &opts.cifar {
@@ -163,13 +167,20 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                     (path, "synthetic images (no CIFAR-10 given)")
                 }
             };
-            (cnn_job(&train, opts.threads), format!("convnet conv5x5-32/pool/conv5x5-32/pool/conv5x5-64/pool/ip10, batch 64, SGD lr 0.01, {what}"))
+            (cnn_job(&train, opts.threads, opts.batch), format!("convnet conv5x5-32/pool/conv5x5-32/pool/conv5x5-64/pool/ip10, batch {}, SGD lr 0.01, {what}", opts.batch))
         }
     };
+    let mut job = job;
+    if let Some(c) = &opts.cluster {
+        job.cluster = c.clone();
+    }
     let mut trainer = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default())?;
-    let batch = trainer.train_net().batch_size() as f64;
+    let batch = trainer.samples_per_step() as f64;
     let device = trainer.device().info().description.into_string();
     println!("singa bench: {title}, on {device}");
+    if let Some(c) = trainer.cluster() {
+        print!("{}", c.describe());
+    }
     println!(
         "protocol: {} warm-up steps, then {} windows of {} steps",
         opts.warmup, opts.windows, opts.steps

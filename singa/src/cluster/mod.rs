@@ -28,6 +28,7 @@ use singa_comm::ChannelNetwork;
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
 use singa_core::{Addr, DeviceRef, Error, Phase, Result, Role};
 use singa_layers::schedule::LrSchedule;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,11 +56,20 @@ impl Failures {
 }
 
 /// A worker on its own thread, seen from the coordinator.
+///
+/// Commands and replies go through `std::sync::mpsc`, whose blocking receive allocates
+/// nothing (a blocking `flume` receive allocates a waiter record each time).
 struct Peer {
     addr: Addr,
-    commands: flume::Sender<Command>,
-    replies: flume::Receiver<Reply>,
+    commands: Option<SyncSender<Command>>,
+    replies: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Peer {
+    fn send(&self, cmd: Command) -> bool {
+        self.commands.as_ref().is_some_and(|c| c.send(cmd).is_ok())
+    }
 }
 
 /// The workers and servers of a job, started and ready to train.
@@ -178,8 +188,8 @@ impl Cluster {
                 link,
                 algorithm: algorithm::create(job.algorithm),
             };
-            let (cmd_tx, cmd_rx) = flume::bounded(1);
-            let (reply_tx, reply_rx) = flume::bounded(1);
+            let (cmd_tx, cmd_rx) = sync_channel(1);
+            let (reply_tx, reply_rx) = sync_channel(1);
             let f = failures.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("singa-worker-0.{id}"))
@@ -187,7 +197,7 @@ impl Cluster {
                 .map_err(|e| Error::invalid(format!("cannot start worker 0.{id}: {e}")))?;
             peers.push(Peer {
                 addr: worker_addr(0, id),
-                commands: cmd_tx,
+                commands: Some(cmd_tx),
                 replies: reply_rx,
                 thread: Some(thread),
             });
@@ -260,9 +270,9 @@ impl Cluster {
         step: u64,
     ) -> Result<()> {
         for p in &self.peers {
-            p.commands
-                .send(Command::Step(step))
-                .map_err(|_| self.stopped(p.addr))?;
+            if !p.send(Command::Step(step)) {
+                return Err(self.stopped(p.addr));
+            }
         }
         let own = self.link.train_step(net, store, &mut *self.algorithm, step);
         if let Err(e) = &own {
@@ -270,26 +280,26 @@ impl Cluster {
             self.link.tell_stopped();
         }
         let own = own.map_err(|e| self.explain(e));
-        let peers = self.collect();
+        let peers = self.collect(|_| {});
         own?;
-        peers.map(|_| ())
+        peers
     }
 
     /// The training metrics since they were last read, averaged over the workers (each saw
     /// an equal part of every batch); `own` are worker 0's.
     pub fn read_metrics(&mut self, own: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
         for p in &self.peers {
-            p.commands
-                .send(Command::Metrics)
-                .map_err(|_| self.stopped(p.addr))?;
+            if !p.send(Command::Metrics) {
+                return Err(self.stopped(p.addr));
+            }
         }
         let mut sum = own;
-        for theirs in self.collect()? {
+        self.collect(|theirs| {
             for ((name, v), (other, x)) in sum.iter_mut().zip(theirs) {
                 debug_assert_eq!(*name, other);
                 *v += x;
             }
-        }
+        })?;
         let n = (self.peers.len() + 1) as f64;
         Ok(sum.into_iter().map(|(k, v)| (k, v / n)).collect())
     }
@@ -297,11 +307,11 @@ impl Cluster {
     /// Restores the other workers' layer states (worker 0's are the caller's).
     pub fn restore_layer_states(&mut self, states: &[(String, Vec<u64>)]) -> Result<()> {
         for p in &self.peers {
-            p.commands
-                .send(Command::Restore(states.to_vec()))
-                .map_err(|_| self.stopped(p.addr))?;
+            if !p.send(Command::Restore(states.to_vec())) {
+                return Err(self.stopped(p.addr));
+            }
         }
-        self.collect().map(|_| ())
+        self.collect(|_| {})
     }
 
     /// The topology, for `--dry-run` and logs.
@@ -326,30 +336,29 @@ impl Cluster {
     }
 
     /// Every peer's reply to the last command, in order; the first failure is the error.
-    fn collect(&self) -> Result<Vec<Vec<(String, f64)>>> {
+    fn collect(&self, mut each: impl FnMut(Vec<(String, f64)>)) -> Result<()> {
         let timeout = Duration::from_secs(self.config.timeout_secs);
-        let mut out = Vec::with_capacity(self.peers.len());
         let mut first_error = None;
         for p in &self.peers {
             match p.replies.recv_timeout(timeout) {
-                Ok(Ok(m)) => out.push(m),
+                Ok(Ok(m)) => each(m),
                 Ok(Err(e)) => {
                     first_error.get_or_insert(self.explain(e));
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {
+                Err(RecvTimeoutError::Timeout) => {
                     first_error.get_or_insert(Error::invalid(format!(
                         "{} did not answer within {} s (raise cluster.timeout if a step takes longer)",
                         p.addr, self.config.timeout_secs
                     )));
                 }
-                Err(flume::RecvTimeoutError::Disconnected) => {
+                Err(RecvTimeoutError::Disconnected) => {
                     first_error.get_or_insert(self.stopped(p.addr));
                 }
             }
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(out),
+            None => Ok(()),
         }
     }
 
@@ -388,8 +397,7 @@ impl Drop for Cluster {
         self.link.tell_stopped();
         for p in &mut self.peers {
             // Closing its command channel ends a worker thread's loop.
-            let (closed, _) = flume::bounded(0);
-            drop(std::mem::replace(&mut p.commands, closed));
+            p.commands.take();
             if let Some(t) = p.thread.take() {
                 let _ = t.join();
             }

@@ -262,8 +262,8 @@ impl PeerWorker {
     /// record in `failures`.
     pub fn run(
         mut self,
-        commands: flume::Receiver<Command>,
-        replies: flume::Sender<Reply>,
+        commands: std::sync::mpsc::Receiver<Command>,
+        replies: std::sync::mpsc::SyncSender<Reply>,
         failures: Failures,
     ) {
         let me = self.link.addr();
