@@ -58,15 +58,21 @@ fn every_example_job_file_is_valid() {
     let registry = Registry::builtin();
     let mut checked = 0;
     for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
-        let path = entry.unwrap().path().join("job.toml");
-        if path.exists() {
-            let job = JobConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-            job.validate(&registry)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            checked += 1;
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let job = JobConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                job.validate(&registry)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                checked += 1;
+            }
         }
     }
-    assert!(checked >= 4, "found {checked} example jobs");
+    assert!(checked >= 6, "found {checked} example jobs");
 }
 
 /// The CIFAR-10 quick example's job, cut to 400 steps, learns on the real data (needs

@@ -54,8 +54,10 @@ pub enum MsgKind {
     Get,
     /// Install a parameter slice's initial values.
     Put,
-    /// A gradient in; the reply carries fresh values.
+    /// A gradient of a parameter slice, from a worker to the server that holds the slice.
     Update,
+    /// The fresh values of a slice, from its server to a worker, in answer to `Update`s.
+    Updated,
     /// Synchronise a slice between server groups.
     Sync,
     /// Activations or gradients between neighbouring layers on different workers.

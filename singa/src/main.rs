@@ -191,7 +191,17 @@ fn run(cli: Cli) -> Result<()> {
                         ..Default::default()
                     },
                 )?;
-                println!("train net ({} params):", trainer.params().numel());
+                if let Some(c) = trainer.cluster() {
+                    print!("{}", c.describe());
+                    println!(
+                        "train net of worker 0.0, one of {} that each read {} records of every batch ({} params):",
+                        c.workers_per_group(),
+                        trainer.train_net().batch_size(),
+                        trainer.params().numel()
+                    );
+                } else {
+                    println!("train net ({} params):", trainer.params().numel());
+                }
                 print!("{}", trainer.train_net().describe(trainer.params()));
                 if let Some(t) = trainer.test_net() {
                     println!("test net:");
@@ -217,6 +227,10 @@ fn run(cli: Cli) -> Result<()> {
                 job.display(),
                 workspace.display()
             );
+            if let Some(c) = trainer.cluster() {
+                eprint!("{}", c.describe().lines().next().unwrap_or_default());
+                eprintln!();
+            }
             trainer.run(&mut progress::Progress::new())?;
             Ok(())
         }

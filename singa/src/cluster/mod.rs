@@ -23,7 +23,7 @@ use crate::config::{ClusterConfig, DeviceConfig, JobConfig};
 use crate::net::{NeuralNet, Part};
 use crate::params::ParamStore;
 use crate::registry::Registry;
-use server::{Server, ServerSlice};
+use server::{Server, ServerCore, ServerSlice};
 use singa_comm::ChannelNetwork;
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
 use singa_core::{Addr, DeviceRef, Error, Phase, Result, Role};
@@ -75,6 +75,8 @@ impl Peer {
 /// The workers and servers of a job, started and ready to train.
 pub struct Cluster {
     config: ClusterConfig,
+    /// Whether each server runs on the thread of the worker it sits beside.
+    colocated: bool,
     /// Worker 0's link (it runs on the coordinating thread).
     link: WorkerLink,
     peers: Vec<Peer>,
@@ -134,32 +136,83 @@ impl Cluster {
         let c = job.cluster.clone();
         let nworkers = c.nworkers_per_group;
         let nservers = c.nservers_per_group;
+        // AllReduce: one server beside each worker, run by the worker's own thread and
+        // reached at the worker's address. Otherwise every server has a thread and address.
+        let colocated = !c.server_worker_separate && nservers == nworkers;
         let timeout = Duration::from_secs(c.timeout_secs);
         let workers: Vec<Addr> = (0..nworkers as u32).map(|i| worker_addr(0, i)).collect();
-        let servers: Vec<Addr> = (0..nservers as u32).map(|i| server_addr(0, i)).collect();
+        let servers: Vec<Addr> = if colocated {
+            workers.clone()
+        } else {
+            (0..nservers as u32).map(|i| server_addr(0, i)).collect()
+        };
         let mut addrs = workers.clone();
-        addrs.extend(&servers);
+        if !colocated {
+            addrs.extend(&servers);
+        }
         let mut endpoints = ChannelNetwork::connect(&addrs)?.into_iter();
         let mut boxed = || -> TransportBox {
             Transport_TO::from_value(endpoints.next().expect("one per address"), TD_Opaque)
         };
 
+        // The servers: each updates its slices of worker 0's values and updater state.
         let sizes: Vec<usize> = store
             .entries()
             .iter()
             .map(|e| if e.trainable { e.value.numel() } else { 0 })
             .collect();
         let slices = slice_params(&sizes, nservers);
+        let ut = registry
+            .updater(&job.updater.type_name)
+            .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
+        let mut loads = vec![0; nservers];
+        let mut cores = Vec::with_capacity(nservers);
+        for (s, load) in loads.iter_mut().enumerate() {
+            let mut held = Vec::new();
+            for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
+                let e = &store.entries()[sl.param];
+                let n = e.value.numel();
+                let view = |t: &singa_core::Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
+                held.push(ServerSlice {
+                    key: (sl.param as u32, sl.index),
+                    value: view(&e.value)?,
+                    state: e.state.iter().map(view).collect::<Result<_>>()?,
+                    lr_mult: e.lr_mult,
+                    wd_mult: e.wd_mult,
+                });
+                *load += sl.len;
+            }
+            let one_thread = DeviceConfig {
+                threads: Some(1),
+                ..job.device.clone()
+            };
+            cores.push(ServerCore::new(
+                crate::device::create(&one_thread, None)?,
+                (ut.create)(&job.updater.fields).into_result()?,
+                schedule.clone(),
+                job.updater.weight_decay,
+                held,
+                workers.clone(),
+            ));
+        }
+        let mut cores = cores.into_iter();
         let failures = Failures::default();
-        let link = WorkerLink::new(
-            boxed(),
-            store,
-            &slices,
-            &servers,
-            ready_after.clone(),
-            timeout,
-            &workers,
-        )?;
+        let mut link_for = |store: &ParamStore| -> Result<WorkerLink> {
+            let link = WorkerLink::new(
+                boxed(),
+                store,
+                &slices,
+                &servers,
+                ready_after.clone(),
+                timeout,
+                &workers,
+            )?;
+            Ok(match colocated {
+                true => link.with_server(cores.next().expect("one per worker")),
+                false => link,
+            })
+        };
+        let link = link_for(store)?;
 
         // Workers 1.. hold their own nets over the shared values.
         let worker_device = share_of_threads(&job.device, threads, nworkers);
@@ -173,19 +226,10 @@ impl Cluster {
             };
             let net = NeuralNet::build_part(job, registry, &dev, &mut own, Phase::TRAIN, part)
                 .map_err(|e| e.context(format!("worker 0.{id}")))?;
-            let link = WorkerLink::new(
-                boxed(),
-                &own,
-                &slices,
-                &servers,
-                ready_after.clone(),
-                timeout,
-                &workers,
-            )?;
             let peer = PeerWorker {
+                link: link_for(&own)?,
                 net,
                 store: own,
-                link,
                 algorithm: algorithm::create(job.algorithm),
             };
             let (cmd_tx, cmd_rx) = sync_channel(1);
@@ -203,51 +247,24 @@ impl Cluster {
             });
         }
 
-        // Servers: each updates its slices of worker 0's values and updater state.
-        let ut = registry
-            .updater(&job.updater.type_name)
-            .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
-        let mut loads = vec![0; nservers];
         let mut server_threads = Vec::new();
-        for (s, &addr) in servers.iter().enumerate() {
-            let mut held = Vec::new();
-            for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
-                let e = &store.entries()[sl.param];
-                let n = e.value.numel();
-                let view = |t: &singa_core::Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
-                held.push(ServerSlice {
-                    key: (sl.param as u32, sl.index),
-                    value: view(&e.value)?,
-                    state: e.state.iter().map(view).collect::<Result<_>>()?,
-                    lr_mult: e.lr_mult,
-                    wd_mult: e.wd_mult,
-                });
-                loads[s] += sl.len;
+        if !colocated {
+            for (core, &addr) in cores.zip(&servers) {
+                let server = Server {
+                    transport: boxed(),
+                    core,
+                };
+                let f = failures.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("singa-{addr}").replace(' ', "-"))
+                    .spawn(move || server.run(f))
+                    .map_err(|e| Error::invalid(format!("cannot start {addr}: {e}")))?;
+                server_threads.push((addr, thread));
             }
-            let server = Server {
-                transport: boxed(),
-                dev: crate::device::create(
-                    &DeviceConfig {
-                        threads: Some(1),
-                        ..job.device.clone()
-                    },
-                    None,
-                )?,
-                updater: (ut.create)(&job.updater.fields).into_result()?,
-                schedule: schedule.clone(),
-                weight_decay: job.updater.weight_decay,
-                slices: held,
-                workers: workers.clone(),
-            };
-            let f = failures.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("singa-server-0.{s}"))
-                .spawn(move || server.run(f))
-                .map_err(|e| Error::invalid(format!("cannot start {addr}: {e}")))?;
-            server_threads.push((addr, thread));
         }
         Ok(Cluster {
             config: c,
+            colocated,
             link,
             peers,
             servers: server_threads,
@@ -327,7 +344,11 @@ impl Cluster {
             plural(c.nserver_groups),
             c.nservers_per_group,
             plural(c.nservers_per_group),
-            if c.server_worker_separate { "separate" } else { "beside the workers" },
+            if self.colocated {
+                "each on the thread of the worker it sits beside"
+            } else {
+                "each on a thread of its own"
+            },
         );
         for (i, load) in self.loads.iter().enumerate() {
             s.push_str(&format!("  server 0.{i}: {load} values\n"));

@@ -1,4 +1,4 @@
-//! A server: holds slices of the parameters and runs the updater on them.
+//! Servers: they hold slices of the parameters and run the updater on them.
 
 use super::{Failures, TransportBox};
 use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result, Tensor, UpdateArgs, UpdaterBox};
@@ -27,110 +27,72 @@ struct Pending {
     step: u64,
 }
 
-/// Updates its slices once every worker of the group has sent its gradient for them (the
-/// synchronous frameworks), and sends the fresh values back to each worker.
-pub(crate) struct Server {
-    /// Its endpoint.
-    pub transport: TransportBox,
+/// What a server does, wherever it runs: on a thread of its own ([`Server`]) or on the thread
+/// of the worker it sits beside. It updates a slice once every worker of the group has sent
+/// its gradient for it (the synchronous frameworks) and sends the fresh values to each worker.
+pub(crate) struct ServerCore {
     /// Where its updates run.
     pub dev: DeviceRef,
-    /// The job's updater.
-    pub updater: UpdaterBox,
-    /// The learning rate of each step.
-    pub schedule: LrSchedule,
-    /// The job's weight decay.
-    pub weight_decay: f32,
-    /// The slices it holds.
-    pub slices: Vec<ServerSlice>,
+    updater: UpdaterBox,
+    schedule: LrSchedule,
+    weight_decay: f32,
     /// The workers of the group it serves, by their index in the group.
-    pub workers: Vec<Addr>,
+    workers: Vec<Addr>,
+    index: HashMap<(u32, u32), usize>,
+    pending: Vec<Pending>,
 }
 
-impl Server {
-    /// Serves until a `Stop` message; a failure is recorded in `failures` and told to the
-    /// workers (who stop waiting) before the thread ends.
-    pub fn run(mut self, failures: Failures) {
-        let me = self.transport.addr();
-        if let Err(e) = self.serve() {
-            failures.record(e.context(format!("{me}")));
-            for &w in &self.workers {
-                let _ = self.transport.send(stop(me, w));
-            }
-        }
-    }
-
-    fn serve(&mut self) -> Result<()> {
-        let index: HashMap<(u32, u32), usize> = self
-            .slices
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.key, i))
-            .collect();
-        let mut pending: Vec<Pending> = std::mem::take(&mut self.slices)
+impl ServerCore {
+    /// A server of `slices` for the group of `workers`.
+    pub fn new(
+        dev: DeviceRef,
+        updater: UpdaterBox,
+        schedule: LrSchedule,
+        weight_decay: f32,
+        slices: Vec<ServerSlice>,
+        workers: Vec<Addr>,
+    ) -> ServerCore {
+        let index = slices.iter().enumerate().map(|(i, s)| (s.key, i)).collect();
+        let pending = slices
             .into_iter()
             .map(|slice| Pending {
                 slice,
-                grads: vec![None; self.workers.len()],
+                grads: vec![None; workers.len()],
                 received: 0,
                 step: 0,
             })
             .collect();
-        let me = self.transport.addr();
-        loop {
-            // A server waits for as long as the workers compute; they time out, not it.
-            let Some(msg) = self.transport.recv(1000).into_result()?.into_option() else {
-                continue;
-            };
-            match msg.kind {
-                MsgKind::Stop => return Ok(()),
-                MsgKind::Update => {
-                    let update = Update {
-                        dev: &self.dev,
-                        updater: &mut self.updater,
-                        schedule: &self.schedule,
-                        weight_decay: self.weight_decay,
-                        workers: &self.workers,
-                        me,
-                    };
-                    update.receive(&index, &mut pending, msg, &mut self.transport)?;
-                }
-                other => {
-                    return Err(Error::invalid(format!(
-                        "unexpected {other:?} message from {}",
-                        msg.src
-                    )))
-                }
-            }
+        ServerCore {
+            dev,
+            updater,
+            schedule,
+            weight_decay,
+            workers,
+            index,
+            pending,
         }
     }
-}
 
-/// What a server needs to apply one update.
-struct Update<'a> {
-    dev: &'a DeviceRef,
-    updater: &'a mut UpdaterBox,
-    schedule: &'a LrSchedule,
-    weight_decay: f32,
-    workers: &'a [Addr],
-    me: Addr,
-}
+    /// The workers it serves.
+    pub fn workers(&self) -> &[Addr] {
+        &self.workers
+    }
 
-impl Update<'_> {
-    fn receive(
-        self,
-        index: &HashMap<(u32, u32), usize>,
-        pending: &mut [Pending],
-        msg: Msg,
-        transport: &mut TransportBox,
-    ) -> Result<()> {
-        let me = self.me;
+    /// Takes in an `Update` (a worker's gradient of a slice); once every worker's is in, sums
+    /// them, runs the updater and sends `Updated` with the fresh values to every worker.
+    pub fn receive(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<()> {
+        let me = transport.addr();
         let key = (msg.target, msg.slice);
-        let p = index.get(&key).map(|&i| &mut pending[i]).ok_or_else(|| {
-            Error::invalid(format!(
-                "{} sent a gradient for parameter {} slice {}, which this server does not hold",
-                msg.src, key.0, key.1
-            ))
-        })?;
+        let p = self
+            .index
+            .get(&key)
+            .map(|&i| &mut self.pending[i])
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{} sent a gradient for parameter {} slice {}, which this server does not hold",
+                    msg.src, key.0, key.1
+                ))
+            })?;
         let w = self
             .workers
             .iter()
@@ -186,12 +148,12 @@ impl Update<'_> {
             *g = None;
         }
         p.received = 0;
-        for &w in self.workers {
+        for &w in &self.workers {
             transport
                 .send(Msg {
                     src: me,
                     dst: w,
-                    kind: MsgKind::Update,
+                    kind: MsgKind::Updated,
                     target: key.0,
                     slice: key.1,
                     version: p.step,
@@ -200,6 +162,47 @@ impl Update<'_> {
                 .into_result()?;
         }
         Ok(())
+    }
+}
+
+/// A server on a thread of its own (Sandblaster's separate servers).
+pub(crate) struct Server {
+    /// Its endpoint.
+    pub transport: TransportBox,
+    /// Its slices.
+    pub core: ServerCore,
+}
+
+impl Server {
+    /// Serves until a `Stop` message; a failure is recorded in `failures` and told to the
+    /// workers (who stop waiting) before the thread ends.
+    pub fn run(mut self, failures: Failures) {
+        let me = self.transport.addr();
+        if let Err(e) = self.serve() {
+            failures.record(e.context(format!("{me}")));
+            for &w in self.core.workers() {
+                let _ = self.transport.send(stop(me, w));
+            }
+        }
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        loop {
+            // A server waits for as long as the workers compute; they time out, not it.
+            let Some(msg) = self.transport.recv(1000).into_result()?.into_option() else {
+                continue;
+            };
+            match msg.kind {
+                MsgKind::Stop => return Ok(()),
+                MsgKind::Update => self.core.receive(msg, &mut self.transport)?,
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unexpected {other:?} message from {}",
+                        msg.src
+                    )))
+                }
+            }
+        }
     }
 }
 
@@ -213,5 +216,134 @@ pub(crate) fn stop(src: Addr, dst: Addr) -> Msg {
         slice: 0,
         version: 0,
         payload: None.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use singa_comm::ChannelNetwork;
+    use singa_core::abi::{TD_Opaque, Transport_TO};
+    use singa_core::{DType, Fields, Role};
+
+    fn addr(role: Role, id: u32) -> Addr {
+        Addr { group: 0, id, role }
+    }
+
+    fn sgd() -> UpdaterBox {
+        let registry = crate::registry::Registry::builtin();
+        let t = registry.updater("sgd").unwrap();
+        let fields = singa_core::validate_fields(&t.fields, &Fields::new()).unwrap();
+        (t.create)(&fields).into_result().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Gradients arrive in any order within a step; each slice is updated exactly once per
+        /// step, with the mean of every worker's gradient, and each worker hears of it once.
+        #[test]
+        fn each_slice_is_updated_once_per_step_in_any_order(
+            workers in 1usize..4,
+            lens in proptest::collection::vec(1usize..9, 1..4),
+            order_seed: u64,
+        ) {
+            let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
+            let worker_addrs: Vec<Addr> = (0..workers as u32).map(|i| addr(Role::Worker, i)).collect();
+            let mut addrs = worker_addrs.clone();
+            addrs.push(addr(Role::Server, 0));
+            let mut ends = ChannelNetwork::connect(&addrs).unwrap();
+            let mut server_end: TransportBox = Transport_TO::from_value(ends.pop().unwrap(), TD_Opaque);
+            let mut worker_ends: Vec<TransportBox> = ends.into_iter().map(|e| Transport_TO::from_value(e, TD_Opaque)).collect();
+            let values: Vec<Tensor> = lens.iter().map(|&n| Tensor::zeros(&dev, [n], DType::F32).unwrap()).collect();
+            let slices = values.iter().enumerate().map(|(i, v)| ServerSlice {
+                key: (i as u32, 0), value: v.clone(), state: Vec::new(), lr_mult: 1.0, wd_mult: 1.0,
+            }).collect();
+            let sgd = sgd();
+            let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
+            let mut core = ServerCore::new(dev.clone(), sgd, schedule, 0.0, slices, worker_addrs.clone());
+            let mut expected: Vec<Vec<f32>> = lens.iter().map(|&n| vec![0.0; n]).collect();
+            let mut rng = singa_core::rng::SplitMix64::new(order_seed);
+            for step in 0..3u64 {
+                // Worker w's gradient of slice i: every value (w + 1) · (i + 1) · (step + 1).
+                let mut msgs = Vec::new();
+                for (w, &src) in worker_addrs.iter().enumerate() {
+                    for (i, &n) in lens.iter().enumerate() {
+                        let g = ((w + 1) * (i + 1)) as f32 * (step + 1) as f32;
+                        msgs.push(Msg {
+                            src, dst: addr(Role::Server, 0), kind: MsgKind::Update,
+                            target: i as u32, slice: 0, version: step,
+                            payload: Some(Tensor::from_slice(&dev, &vec![g; n], [n]).unwrap()).into(),
+                        });
+                    }
+                }
+                rng.shuffle(&mut msgs);
+                for m in msgs {
+                    core.receive(m, &mut server_end).unwrap();
+                }
+                for (i, e) in expected.iter_mut().enumerate() {
+                    let mean = (1..=workers).map(|w| (w * (i + 1)) as f32 * (step + 1) as f32).sum::<f32>() / workers as f32;
+                    for x in e.iter_mut() {
+                        *x -= 0.5 * mean;
+                    }
+                }
+                for (v, e) in values.iter().zip(&expected) {
+                    let got = v.to_vec::<f32>().unwrap();
+                    for (a, b) in got.iter().zip(e) {
+                        prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "step {step}: {got:?} vs {e:?}");
+                    }
+                }
+                for end in &mut worker_ends {
+                    let mut heard = vec![0; lens.len()];
+                    while let Some(m) = end.recv(0).into_result().unwrap().into_option() {
+                        prop_assert_eq!((m.kind, m.version), (MsgKind::Updated, step));
+                        heard[m.target as usize] += 1;
+                    }
+                    prop_assert!(heard.iter().all(|&h| h == 1), "{heard:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_second_gradient_from_one_worker_in_a_step_is_an_error() {
+        let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
+        let workers = vec![addr(Role::Worker, 0), addr(Role::Worker, 1)];
+        let mut addrs = workers.clone();
+        addrs.push(addr(Role::Server, 0));
+        let mut ends = ChannelNetwork::connect(&addrs).unwrap();
+        let mut server_end: TransportBox = Transport_TO::from_value(ends.pop().unwrap(), TD_Opaque);
+        let value = Tensor::zeros(&dev, [2], DType::F32).unwrap();
+        let slices = vec![ServerSlice {
+            key: (0, 0),
+            value,
+            state: Vec::new(),
+            lr_mult: 1.0,
+            wd_mult: 1.0,
+        }];
+        let sgd = sgd();
+        let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
+        let mut core = ServerCore::new(dev.clone(), sgd, schedule, 0.0, slices, workers.clone());
+        let grad = |src| Msg {
+            src,
+            dst: addr(Role::Server, 0),
+            kind: MsgKind::Update,
+            target: 0,
+            slice: 0,
+            version: 0,
+            payload: Some(Tensor::zeros(&dev, [2], DType::F32).unwrap()).into(),
+        };
+        core.receive(grad(workers[0]), &mut server_end).unwrap();
+        let e = core.receive(grad(workers[0]), &mut server_end).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("two gradients of parameter 0 slice 0 from worker 0.0"),
+            "{e}"
+        );
+        let e = core
+            .receive(grad(addr(Role::Worker, 7)), &mut server_end)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a worker of its group"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! A worker's side of the parameter traffic, and the threads that run workers beside the
 //! coordinating one.
 
+use super::server::ServerCore;
 use super::slices::Slice;
 use super::{Failures, TransportBox};
 use crate::algorithm::{GradientSink, TrainOneBatch};
@@ -33,6 +34,10 @@ pub(crate) struct WorkerLink {
     timeout: Duration,
     /// The other workers of the group, told when this one fails so that they stop waiting.
     colleagues: Vec<Addr>,
+    /// Fresh slices still to receive in this step.
+    missing: usize,
+    /// The server that runs on this worker's thread (AllReduce), if any.
+    server: Option<ServerCore>,
 }
 
 impl WorkerLink {
@@ -77,7 +82,15 @@ impl WorkerLink {
             expected,
             timeout,
             colleagues,
+            missing: 0,
+            server: None,
         })
+    }
+
+    /// Runs `server` on this worker's thread: it receives gradients at this worker's address.
+    pub fn with_server(mut self, server: ServerCore) -> Self {
+        self.server = Some(server);
+        self
     }
 
     /// Tells the other workers of the group that this one has stopped.
@@ -107,6 +120,7 @@ impl WorkerLink {
         algorithm: &mut dyn TrainOneBatch,
         step: u64,
     ) -> Result<()> {
+        self.missing = self.expected;
         let mut sink = SendGradients {
             link: self,
             store,
@@ -140,64 +154,80 @@ impl WorkerLink {
                 })
                 .into_result()?;
         }
-        Ok(())
+        self.drain(step)
     }
 
-    /// Receives the fresh values of every slice updated in `step`.
+    /// Receives the fresh values of every slice updated in `step` (serving the gradients that
+    /// arrive for the server beside this worker, if it has one).
     fn await_params(&mut self, step: u64) -> Result<()> {
-        let me = self.transport.addr();
         let deadline = Instant::now() + self.timeout;
-        let mut missing = self.expected;
-        while missing > 0 {
+        while self.missing > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             let msg = self.transport.recv(left.as_millis() as u64).into_result()?;
             let Some(msg) = msg.into_option() else {
-                return Err(self.timeout_error(step, missing));
+                return Err(self.timeout_error(step, self.missing));
             };
-            match msg.kind {
-                MsgKind::Update if msg.version == step => {
-                    let fresh = msg.payload.into_option().ok_or_else(|| {
-                        Error::invalid(format!(
-                            "{me}: fresh values without values from {}",
-                            msg.src
-                        ))
-                    })?;
-                    let slice = self
-                        .slices
-                        .get_mut(msg.target as usize)
-                        .and_then(|s| s.get_mut(msg.slice as usize))
-                        .ok_or_else(|| {
-                            Error::invalid(format!(
-                                "{me}: {} sent parameter {} slice {}, which does not exist",
-                                msg.src, msg.target, msg.slice
-                            ))
-                        })?;
-                    // In one process the group's workers and servers share the values.
-                    if !fresh.shares_storage(&slice.value) {
-                        let dev = slice.value.device().clone();
-                        dev.copy(&fresh, &mut slice.value)?;
-                    }
-                    missing -= 1;
-                }
-                MsgKind::Stop => {
-                    return Err(Error::invalid(format!(
-                        "{me}: {} stopped while this worker waited for step {} values",
-                        msg.src,
-                        step + 1
-                    )))
-                }
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "{me}: unexpected {:?} message from {} (step {}) in step {}",
-                        msg.kind,
-                        msg.src,
-                        msg.version + 1,
-                        step + 1
-                    )))
-                }
-            }
+            self.handle(msg, step)?;
         }
         Ok(())
+    }
+
+    /// Handles the messages already waiting, without blocking: while the backward pass goes
+    /// on, the server beside this worker updates the slices whose gradients are all in.
+    fn drain(&mut self, step: u64) -> Result<()> {
+        while let Some(msg) = self.transport.recv(0).into_result()?.into_option() {
+            self.handle(msg, step)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Msg, step: u64) -> Result<()> {
+        let me = self.transport.addr();
+        match msg.kind {
+            MsgKind::Updated if msg.version == step => {
+                let fresh = msg.payload.into_option().ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{me}: fresh values without values from {}",
+                        msg.src
+                    ))
+                })?;
+                let slice = self
+                    .slices
+                    .get_mut(msg.target as usize)
+                    .and_then(|s| s.get_mut(msg.slice as usize))
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "{me}: {} sent parameter {} slice {}, which does not exist",
+                            msg.src, msg.target, msg.slice
+                        ))
+                    })?;
+                // In one process the group's workers and servers share the values.
+                if !fresh.shares_storage(&slice.value) {
+                    let dev = slice.value.device().clone();
+                    dev.copy(&fresh, &mut slice.value)?;
+                }
+                self.missing -= 1;
+                Ok(())
+            }
+            MsgKind::Update if self.server.is_some() => {
+                let server = self.server.as_mut().expect("checked");
+                server
+                    .receive(msg, &mut self.transport)
+                    .map_err(|e| e.context(format!("{me} (its server)")))
+            }
+            MsgKind::Stop => Err(Error::invalid(format!(
+                "{me}: {} stopped while this worker waited for step {} values",
+                msg.src,
+                step + 1
+            ))),
+            _ => Err(Error::invalid(format!(
+                "{me}: unexpected {:?} message from {} (step {}) in step {}",
+                msg.kind,
+                msg.src,
+                msg.version + 1,
+                step + 1
+            ))),
+        }
     }
 
     fn timeout_error(&self, step: u64, missing: usize) -> Error {
