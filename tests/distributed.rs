@@ -288,9 +288,67 @@ fn wrong_topologies_are_refused_with_the_field() {
         "{e}"
     );
     j.cluster = ClusterConfig {
-        nworker_groups: 2,
+        nserver_groups: 2,
         ..ClusterConfig::default()
     };
     let e = j.validate(&Registry::builtin()).unwrap_err().to_string();
-    assert!(e.contains("cluster.nworker_groups"), "{e}");
+    assert!(e.contains("cluster.nserver_groups"), "{e}");
+}
+
+/// The MNIST example's MLP on the real data the repo ships, cut to `steps` steps.
+fn mnist_job(steps: u64) -> JobConfig {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut job = JobConfig::from_file(root.join("examples/mnist-mlp/job.toml")).unwrap();
+    job.train_steps = steps;
+    job.display_freq = 0;
+    job.test_freq = 0;
+    job.checkpoint_freq = 0;
+    job
+}
+
+fn test_accuracy(s: &singa::trainer::Summary) -> f64 {
+    s.test.iter().find(|(k, _)| k == "accuracy").unwrap().1
+}
+
+#[test]
+fn downpour_reaches_the_synchronous_accuracy_on_mnist() {
+    let sync = mnist_job(9400);
+    let (_, sync_summary) = train(&sync, &options(2));
+    let mut downpour = sync.clone();
+    downpour.cluster = Framework::Downpour.preset(2);
+    let (_, async_summary) = train(&downpour, &options(2));
+    let (a, b) = (test_accuracy(&sync_summary), test_accuracy(&async_summary));
+    eprintln!("MNIST after 9400 steps: synchronous {a:.4}, Downpour with 2 groups {b:.4}");
+    assert!(a > 0.95, "synchronous accuracy {a}");
+    assert!((a - b).abs() < 0.005, "Downpour {b} vs synchronous {a}");
+}
+
+#[test]
+fn downpour_groups_learn_and_checkpoints_resume() {
+    let dir = tmpdir("dist-downpour");
+    synthetic_mnist(&dir, 600, 100, 8);
+    let mut j = job(&dir, 40, "sgd");
+    j.cluster = Framework::Downpour.preset(4);
+    j.test_steps = 2;
+    j.checkpoint_freq = 20;
+    let ws = dir.join("ws");
+    let opts = |existing| TrainOptions {
+        workspace: Some(ws.clone()),
+        existing,
+        ..options(2)
+    };
+    let (t, s) = train(&j, &opts(Existing::Refuse));
+    assert!(test_accuracy(&s) > 0.9, "{:?}", s.test);
+    let finished = params(&t);
+    drop(t);
+    // Resuming from the last checkpoint restores the servers' values everywhere.
+    let mut resumed = Trainer::new(&j, &Registry::builtin(), &opts(Existing::Resume)).unwrap();
+    assert_eq!(resumed.step(), 40);
+    assert_eq!(max_difference(&finished, &params(&resumed)), 0.0);
+    let m = resumed.evaluate().unwrap();
+    let acc = m.iter().find(|(k, _)| k == "accuracy").unwrap().1;
+    assert!(
+        (acc - test_accuracy(&s)).abs() < 1e-9,
+        "{acc} after resuming"
+    );
 }

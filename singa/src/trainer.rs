@@ -377,6 +377,7 @@ impl Trainer {
         if let Some(c) = &mut self.cluster {
             c.restore_layer_states(&loaded.meta.layer_states)
                 .map_err(|e| Error::checkpoint(&loaded.path, e))?;
+            c.push_restored(&self.store)?;
         }
         self.step = loaded.meta.step;
         Ok(())
@@ -386,6 +387,9 @@ impl Trainer {
     pub fn load_params(&mut self, path: &Path) -> Result<u64> {
         let loaded = checkpoint::load(path)?;
         loaded.restore(&mut self.store, &[])?;
+        if let Some(c) = &mut self.cluster {
+            c.push_restored(&self.store)?;
+        }
         Ok(loaded.meta.step)
     }
 
@@ -465,6 +469,9 @@ impl Trainer {
 
     /// Runs `test_steps` batches of the test data (from its start) and returns the metrics.
     pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
+        if let Some(c) = &mut self.cluster {
+            c.pull_master(&mut self.store)?;
+        }
         let steps = self.job.test_steps;
         let test = self.test.as_mut().ok_or_else(|| {
             Error::config(
@@ -489,6 +496,9 @@ impl Trainer {
             return Ok(None);
         };
         let path = ws.checkpoint_dir().join(checkpoint::file_name(self.step));
+        if let Some(c) = &mut self.cluster {
+            c.pull_master(&mut self.store)?;
+        }
         let meta = CheckpointMeta {
             step: self.step,
             job: self.job.name.clone(),
@@ -555,6 +565,10 @@ impl Trainer {
         }
         if window.steps > 0 {
             last_train = self.train_report(&mut window, batch, lr, start, obs)?;
+        }
+        if let Some(c) = &mut self.cluster {
+            // The parameters the run leaves are the servers'.
+            c.pull_master(&mut self.store)?;
         }
         let test = if self.test.is_some() {
             self.test_report(start, obs)?.metrics

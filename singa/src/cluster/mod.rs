@@ -26,7 +26,7 @@ use crate::registry::Registry;
 use server::{Server, ServerCore, ServerSlice};
 use singa_comm::ChannelNetwork;
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
-use singa_core::{Addr, DeviceRef, Error, Phase, Result, Role};
+use singa_core::{Addr, DeviceRef, Error, Phase, Result, Role, Tensor};
 use singa_layers::schedule::LrSchedule;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -84,8 +84,21 @@ pub struct Cluster {
     servers: Vec<(Addr, JoinHandle<()>)>,
     failures: Failures,
     algorithm: Box<dyn TrainOneBatch>,
-    /// Parameter slices, per server.
+    /// Parameter values held by each server.
     loads: Vec<usize>,
+    /// With several worker groups: the servers' copy of each trainable parameter.
+    master: Vec<Option<Tensor>>,
+    /// With several worker groups: the values of groups 1.. (group 0's are the coordinator's).
+    replicas: Vec<Vec<Option<Tensor>>>,
+}
+
+/// The values of the trainable parameters of `store` (`None` for the others).
+fn trainable_values(store: &ParamStore) -> Vec<Option<Tensor>> {
+    store
+        .entries()
+        .iter()
+        .map(|e| e.trainable.then(|| e.value.clone()))
+        .collect()
 }
 
 /// The address of worker `id` of group `group`.
@@ -134,13 +147,17 @@ impl Cluster {
         threads: Option<usize>,
     ) -> Result<Cluster> {
         let c = job.cluster.clone();
+        let ngroups = c.nworker_groups;
         let nworkers = c.nworkers_per_group;
         let nservers = c.nservers_per_group;
         // AllReduce: one server beside each worker, run by the worker's own thread and
         // reached at the worker's address. Otherwise every server has a thread and address.
-        let colocated = !c.server_worker_separate && nservers == nworkers;
+        let colocated = ngroups == 1 && !c.server_worker_separate && nservers == nworkers;
         let timeout = Duration::from_secs(c.timeout_secs);
-        let workers: Vec<Addr> = (0..nworkers as u32).map(|i| worker_addr(0, i)).collect();
+        let groups: Vec<Vec<Addr>> = (0..ngroups as u32)
+            .map(|g| (0..nworkers as u32).map(|i| worker_addr(g, i)).collect())
+            .collect();
+        let workers: Vec<Addr> = groups.iter().flatten().copied().collect();
         let servers: Vec<Addr> = if colocated {
             workers.clone()
         } else {
@@ -155,7 +172,66 @@ impl Cluster {
             Transport_TO::from_value(endpoints.next().expect("one per address"), TD_Opaque)
         };
 
-        // The servers: each updates its slices of worker 0's values and updater state.
+        // Every group's nets: its first worker's store holds the group's copy of the values
+        // (group 0's is the caller's), the other workers of the group share it.
+        let worker_device = share_of_threads(&job.device, threads, ngroups * nworkers);
+        let mut nets = Vec::new();
+        let mut replicas: Vec<Vec<Option<Tensor>>> = Vec::new();
+        for g in 0..ngroups {
+            let mut leader: Option<ParamStore> = None;
+            for i in 0..nworkers {
+                if g == 0 && i == 0 {
+                    continue;
+                }
+                let id = (g * nworkers + i) as u32;
+                let dev = crate::device::create(&worker_device, None)?;
+                let mut own = match (&leader, g) {
+                    (Some(l), _) => ParamStore::sharing_values_of(l),
+                    (None, 0) => ParamStore::sharing_values_of(store),
+                    (None, _) => ParamStore::new(),
+                };
+                let part = Part {
+                    id,
+                    count: (ngroups * nworkers) as u32,
+                };
+                let addr = worker_addr(g as u32, i as u32);
+                let net = NeuralNet::build_part(job, registry, &dev, &mut own, Phase::TRAIN, part)
+                    .map_err(|e| e.context(format!("{addr}")))?;
+                if i == 0 {
+                    replicas.push(trainable_values(&own));
+                    leader = Some(ParamStore::sharing_values_of(&own));
+                }
+                nets.push((addr, net, own));
+            }
+            if g == 0 {
+                replicas.insert(0, trainable_values(store));
+            }
+        }
+        // With one group, the servers update its values in place; with several, they keep a
+        // master copy and refresh a group's copy after each of its updates.
+        let master: Vec<Option<Tensor>> = if ngroups == 1 {
+            replicas[0].clone()
+        } else {
+            let dev = store
+                .entries()
+                .first()
+                .map(|e| e.value.device().clone())
+                .ok_or_else(|| Error::invalid("the net has no parameters to train"))?;
+            replicas[0]
+                .iter()
+                .map(|v| {
+                    v.as_ref()
+                        .map(|v| {
+                            let mut m = Tensor::zeros(&dev, v.shape(), v.dtype())?;
+                            dev.copy(v, &mut m)?;
+                            Ok(m)
+                        })
+                        .transpose()
+                })
+                .collect::<Result<_>>()?
+        };
+
+        // The servers: each updates its slices of the master values and updater state.
         let sizes: Vec<usize> = store
             .entries()
             .iter()
@@ -172,13 +248,20 @@ impl Cluster {
             for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
                 let e = &store.entries()[sl.param];
                 let n = e.value.numel();
-                let view = |t: &singa_core::Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
+                let view = |t: &Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
+                let of = |t: &Option<Tensor>| -> Result<Tensor> {
+                    view(t.as_ref().expect("trainable parameters have values"))
+                };
                 held.push(ServerSlice {
                     key: (sl.param as u32, sl.index),
-                    value: view(&e.value)?,
+                    value: of(&master[sl.param])?,
                     state: e.state.iter().map(view).collect::<Result<_>>()?,
                     lr_mult: e.lr_mult,
                     wd_mult: e.wd_mult,
+                    replicas: replicas
+                        .iter()
+                        .map(|r| of(&r[sl.param]))
+                        .collect::<Result<_>>()?,
                 });
                 *load += sl.len;
             }
@@ -192,12 +275,12 @@ impl Cluster {
                 schedule.clone(),
                 job.updater.weight_decay,
                 held,
-                workers.clone(),
+                groups.clone(),
             ));
         }
         let mut cores = cores.into_iter();
         let failures = Failures::default();
-        let mut link_for = |store: &ParamStore| -> Result<WorkerLink> {
+        let mut link_for = |store: &ParamStore, group: usize| -> Result<WorkerLink> {
             let link = WorkerLink::new(
                 boxed(),
                 store,
@@ -205,29 +288,19 @@ impl Cluster {
                 &servers,
                 ready_after.clone(),
                 timeout,
-                &workers,
+                &groups[group],
             )?;
             Ok(match colocated {
                 true => link.with_server(cores.next().expect("one per worker")),
                 false => link,
             })
         };
-        let link = link_for(store)?;
+        let link = link_for(store, 0)?;
 
-        // Workers 1.. hold their own nets over the shared values.
-        let worker_device = share_of_threads(&job.device, threads, nworkers);
         let mut peers = Vec::new();
-        for id in 1..nworkers as u32 {
-            let dev = crate::device::create(&worker_device, None)?;
-            let mut own = ParamStore::sharing_values_of(store);
-            let part = Part {
-                id,
-                count: nworkers as u32,
-            };
-            let net = NeuralNet::build_part(job, registry, &dev, &mut own, Phase::TRAIN, part)
-                .map_err(|e| e.context(format!("worker 0.{id}")))?;
+        for (addr, net, own) in nets {
             let peer = PeerWorker {
-                link: link_for(&own)?,
+                link: link_for(&own, addr.group as usize)?,
                 net,
                 store: own,
                 algorithm: algorithm::create(job.algorithm),
@@ -236,11 +309,11 @@ impl Cluster {
             let (reply_tx, reply_rx) = sync_channel(1);
             let f = failures.clone();
             let thread = std::thread::Builder::new()
-                .name(format!("singa-worker-0.{id}"))
+                .name(format!("singa-{addr}").replace(' ', "-"))
                 .spawn(move || peer.run(cmd_rx, reply_tx, f))
-                .map_err(|e| Error::invalid(format!("cannot start worker 0.{id}: {e}")))?;
+                .map_err(|e| Error::invalid(format!("cannot start {addr}: {e}")))?;
             peers.push(Peer {
-                addr: worker_addr(0, id),
+                addr,
                 commands: Some(cmd_tx),
                 replies: reply_rx,
                 thread: Some(thread),
@@ -271,7 +344,37 @@ impl Cluster {
             failures,
             algorithm: algorithm::create(job.algorithm),
             loads,
+            master: if ngroups == 1 { Vec::new() } else { master },
+            replicas: replicas.into_iter().skip(1).collect(),
         })
+    }
+
+    /// With several worker groups, copies the master values into worker 0's (to test them or
+    /// write them to a checkpoint); between steps, when no server is updating.
+    pub fn pull_master(&mut self, store: &mut ParamStore) -> Result<()> {
+        for (m, e) in self.master.iter().zip(store.entries_mut()) {
+            if let Some(m) = m {
+                let dev = e.value.device().clone();
+                dev.copy(m, &mut e.value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After worker 0's values were restored from a checkpoint: copies them into the master
+    /// and into every other group's values.
+    pub fn push_restored(&mut self, store: &ParamStore) -> Result<()> {
+        for (p, e) in store.entries().iter().enumerate() {
+            let dev = e.value.device().clone();
+            let master = self.master.get_mut(p).into_iter();
+            let others = self.replicas.iter_mut().map(|r| &mut r[p]);
+            for dst in master.chain(others) {
+                if let Some(dst) = dst.as_mut().filter(|d| !d.shares_storage(&e.value)) {
+                    dev.copy(&e.value, dst)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Workers per group: the factor between one worker's batch and the group's.
@@ -335,7 +438,7 @@ impl Cluster {
     pub fn describe(&self) -> String {
         let c = &self.config;
         let mut s = format!(
-            "cluster: {} worker group{} of {} worker{}, {} server group{} of {} server{} ({}), synchronous\n",
+            "cluster: {} worker group{} of {} worker{}, {} server group{} of {} server{} ({}), {}\n",
             c.nworker_groups,
             plural(c.nworker_groups),
             c.nworkers_per_group,
@@ -349,6 +452,11 @@ impl Cluster {
             } else {
                 "each on a thread of its own"
             },
+            if c.nworker_groups == 1 {
+                "synchronous"
+            } else {
+                "groups asynchronous at the servers, at most one step apart"
+            }
         );
         for (i, load) in self.loads.iter().enumerate() {
             s.push_str(&format!("  server 0.{i}: {load} values\n"));

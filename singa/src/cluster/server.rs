@@ -9,7 +9,7 @@ use std::collections::HashMap;
 pub(crate) struct ServerSlice {
     /// The parameter and slice numbers messages name it by.
     pub key: (u32, u32),
-    /// The values (in one process, a view of the group's shared replica).
+    /// The values the updater changes (the master copy).
     pub value: Tensor,
     /// The updater's state for these values.
     pub state: Vec<Tensor>,
@@ -17,69 +17,94 @@ pub(crate) struct ServerSlice {
     pub lr_mult: f32,
     /// See `lr_mult`.
     pub wd_mult: f32,
+    /// Per worker group, the group's copy of these values, which the server refreshes after
+    /// each update from the group (in one process; it is `value` itself when the group uses
+    /// the master copy).
+    pub replicas: Vec<Tensor>,
 }
 
-/// A slice and the gradients received for it in the current step.
-struct Pending {
-    slice: ServerSlice,
+/// The gradients of one slice received from one worker group in its current step.
+struct Collecting {
     grads: Vec<Option<Tensor>>,
     received: usize,
     step: u64,
 }
 
+/// A slice and what is being collected for it.
+struct Pending {
+    slice: ServerSlice,
+    groups: Vec<Collecting>,
+}
+
 /// What a server does, wherever it runs: on a thread of its own ([`Server`]) or on the thread
-/// of the worker it sits beside. It updates a slice once every worker of the group has sent
-/// its gradient for it (the synchronous frameworks) and sends the fresh values to each worker.
+/// of the worker it sits beside. It updates a slice once every worker of a group has sent its
+/// gradient for it (workers of a group are synchronous), and sends the fresh values to the
+/// workers of that group. Groups are independent: each update uses one group's gradients, in
+/// the order they come (asynchronous, as in Downpour).
 pub(crate) struct ServerCore {
     /// Where its updates run.
     pub dev: DeviceRef,
     updater: UpdaterBox,
     schedule: LrSchedule,
     weight_decay: f32,
-    /// The workers of the group it serves, by their index in the group.
-    workers: Vec<Addr>,
+    /// The workers of each group it serves.
+    groups: Vec<Vec<Addr>>,
+    /// A worker's group and index in it.
+    whose: HashMap<Addr, (usize, usize)>,
     index: HashMap<(u32, u32), usize>,
     pending: Vec<Pending>,
 }
 
 impl ServerCore {
-    /// A server of `slices` for the group of `workers`.
+    /// A server of `slices` for the worker groups `groups`.
     pub fn new(
         dev: DeviceRef,
         updater: UpdaterBox,
         schedule: LrSchedule,
         weight_decay: f32,
         slices: Vec<ServerSlice>,
-        workers: Vec<Addr>,
+        groups: Vec<Vec<Addr>>,
     ) -> ServerCore {
         let index = slices.iter().enumerate().map(|(i, s)| (s.key, i)).collect();
         let pending = slices
             .into_iter()
             .map(|slice| Pending {
                 slice,
-                grads: vec![None; workers.len()],
-                received: 0,
-                step: 0,
+                groups: groups
+                    .iter()
+                    .map(|g| Collecting {
+                        grads: vec![None; g.len()],
+                        received: 0,
+                        step: 0,
+                    })
+                    .collect(),
             })
+            .collect();
+        let whose = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, ws)| ws.iter().enumerate().map(move |(i, &a)| (a, (g, i))))
             .collect();
         ServerCore {
             dev,
             updater,
             schedule,
             weight_decay,
-            workers,
+            groups,
+            whose,
             index,
             pending,
         }
     }
 
-    /// The workers it serves.
-    pub fn workers(&self) -> &[Addr] {
-        &self.workers
+    /// Every worker it serves.
+    pub fn workers(&self) -> impl Iterator<Item = Addr> + '_ {
+        self.groups.iter().flatten().copied()
     }
 
-    /// Takes in an `Update` (a worker's gradient of a slice); once every worker's is in, sums
-    /// them, runs the updater and sends `Updated` with the fresh values to every worker.
+    /// Takes in an `Update` (a worker's gradient of a slice); once every worker of the group
+    /// has sent its own, sums them, runs the updater and sends `Updated` with the fresh values
+    /// to the workers of the group.
     pub fn receive(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<()> {
         let me = transport.addr();
         let key = (msg.target, msg.slice);
@@ -93,62 +118,64 @@ impl ServerCore {
                     msg.src, key.0, key.1
                 ))
             })?;
-        let w = self
-            .workers
-            .iter()
-            .position(|&a| a == msg.src)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "a gradient from {}, which is not a worker of its group",
-                    msg.src
-                ))
-            })?;
-        if p.received > 0 && msg.version != p.step {
+        let &(g, w) = self.whose.get(&msg.src).ok_or_else(|| {
+            Error::invalid(format!(
+                "a gradient from {}, which is not a worker this server serves",
+                msg.src
+            ))
+        })?;
+        let c = &mut p.groups[g];
+        if c.received > 0 && msg.version != c.step {
             return Err(Error::invalid(format!(
                 "parameter {} slice {}: a gradient of step {} from {} while collecting step {}",
-                key.0, key.1, msg.version, msg.src, p.step
+                key.0, key.1, msg.version, msg.src, c.step
             )));
         }
         let grad = msg.payload.into_option().ok_or_else(|| {
             Error::invalid(format!("an update without a gradient from {}", msg.src))
         })?;
-        if p.grads[w].replace(grad).is_some() {
+        if c.grads[w].replace(grad).is_some() {
             return Err(Error::invalid(format!(
                 "two gradients of parameter {} slice {} from {} in step {}",
                 key.0, key.1, msg.src, msg.version
             )));
         }
-        p.step = msg.version;
-        p.received += 1;
-        if p.received < self.workers.len() {
+        c.step = msg.version;
+        c.received += 1;
+        let workers = &self.groups[g];
+        if c.received < workers.len() {
             return Ok(());
         }
         // Every worker's gradient is in: sum them into the first one, update, reply.
-        let (first, rest) = p.grads.split_at_mut(1);
+        let (first, rest) = c.grads.split_at_mut(1);
         let sum = first[0].as_mut().expect("all received");
-        for g in rest.iter().flatten() {
-            self.dev.axpby(1.0, g, 1.0, sum)?;
+        for grad in rest.iter().flatten() {
+            self.dev.axpby(1.0, grad, 1.0, sum)?;
         }
         let s = &mut p.slice;
         let args = UpdateArgs {
-            lr: self.schedule.lr(p.step) * s.lr_mult,
+            lr: self.schedule.lr(c.step) * s.lr_mult,
             weight_decay: self.weight_decay * s.wd_mult,
-            grad_scale: 1.0 / self.workers.len() as f32,
+            grad_scale: 1.0 / workers.len() as f32,
         };
         self.updater
             .update(
-                p.step,
+                c.step,
                 &args,
                 &mut s.value,
                 sum,
                 s.state.as_mut_slice().into(),
             )
             .into_result()?;
-        for g in &mut p.grads {
-            *g = None;
+        for grad in &mut c.grads {
+            *grad = None;
         }
-        p.received = 0;
-        for &w in &self.workers {
+        c.received = 0;
+        let replica = &mut s.replicas[g];
+        if !replica.shares_storage(&s.value) {
+            self.dev.copy(&s.value, replica)?;
+        }
+        for &w in workers {
             transport
                 .send(Msg {
                     src: me,
@@ -156,8 +183,8 @@ impl ServerCore {
                     kind: MsgKind::Updated,
                     target: key.0,
                     slice: key.1,
-                    version: p.step,
-                    payload: Some(s.value.clone()).into(),
+                    version: c.step,
+                    payload: Some(replica.clone()).into(),
                 })
                 .into_result()?;
         }
@@ -180,7 +207,8 @@ impl Server {
         let me = self.transport.addr();
         if let Err(e) = self.serve() {
             failures.record(e.context(format!("{me}")));
-            for &w in self.core.workers() {
+            let workers: Vec<Addr> = self.core.workers().collect();
+            for w in workers {
                 let _ = self.transport.send(stop(me, w));
             }
         }
@@ -259,10 +287,11 @@ mod tests {
             let values: Vec<Tensor> = lens.iter().map(|&n| Tensor::zeros(&dev, [n], DType::F32).unwrap()).collect();
             let slices = values.iter().enumerate().map(|(i, v)| ServerSlice {
                 key: (i as u32, 0), value: v.clone(), state: Vec::new(), lr_mult: 1.0, wd_mult: 1.0,
+                replicas: vec![v.clone()],
             }).collect();
             let sgd = sgd();
             let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
-            let mut core = ServerCore::new(dev.clone(), sgd, schedule, 0.0, slices, worker_addrs.clone());
+            let mut core = ServerCore::new(dev.clone(), sgd, schedule, 0.0, slices, vec![worker_addrs.clone()]);
             let mut expected: Vec<Vec<f32>> = lens.iter().map(|&n| vec![0.0; n]).collect();
             let mut rng = singa_core::rng::SplitMix64::new(order_seed);
             for step in 0..3u64 {
@@ -317,14 +346,22 @@ mod tests {
         let value = Tensor::zeros(&dev, [2], DType::F32).unwrap();
         let slices = vec![ServerSlice {
             key: (0, 0),
-            value,
+            value: value.clone(),
             state: Vec::new(),
             lr_mult: 1.0,
             wd_mult: 1.0,
+            replicas: vec![value],
         }];
         let sgd = sgd();
         let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
-        let mut core = ServerCore::new(dev.clone(), sgd, schedule, 0.0, slices, workers.clone());
+        let mut core = ServerCore::new(
+            dev.clone(),
+            sgd,
+            schedule,
+            0.0,
+            slices,
+            vec![workers.clone()],
+        );
         let grad = |src| Msg {
             src,
             dst: addr(Role::Server, 0),
@@ -344,6 +381,9 @@ mod tests {
         let e = core
             .receive(grad(addr(Role::Worker, 7)), &mut server_end)
             .unwrap_err();
-        assert!(e.to_string().contains("not a worker of its group"), "{e}");
+        assert!(
+            e.to_string().contains("not a worker this server serves"),
+            "{e}"
+        );
     }
 }

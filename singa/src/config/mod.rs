@@ -363,22 +363,27 @@ pub enum Framework {
     /// One worker group, synchronous, one server beside each worker owning a slice of every
     /// parameter (Baidu's Deep Image, Horovod).
     AllReduce,
+    /// Several worker groups of one worker, asynchronous, one server group of separate
+    /// servers (Google's Downpour).
+    Downpour,
 }
 
 impl Framework {
     /// Names accepted in job files.
-    pub const NAMES: [&'static str; 2] = ["sandblaster", "allreduce"];
+    pub const NAMES: [&'static str; 3] = ["sandblaster", "allreduce", "downpour"];
 
     /// The framework called `name`.
     pub fn from_name(name: &str) -> Option<Framework> {
         match name {
             "sandblaster" => Some(Framework::Sandblaster),
             "allreduce" => Some(Framework::AllReduce),
+            "downpour" => Some(Framework::Downpour),
             _ => None,
         }
     }
 
-    /// The topology with `workers` workers (per group).
+    /// The topology with `workers` workers: per group for the synchronous frameworks, one per
+    /// group (that many groups) for Downpour.
     pub fn preset(self, workers: usize) -> ClusterConfig {
         let base = ClusterConfig {
             nworkers_per_group: workers,
@@ -391,6 +396,12 @@ impl Framework {
             },
             Framework::AllReduce => ClusterConfig {
                 nservers_per_group: workers,
+                ..base
+            },
+            Framework::Downpour => ClusterConfig {
+                nworker_groups: workers,
+                nworkers_per_group: 1,
+                server_worker_separate: true,
                 ..base
             },
         }

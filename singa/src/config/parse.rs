@@ -357,11 +357,17 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
     let mut known = counts.to_vec();
     known.extend(["framework", "server_worker_separate", "timeout"]);
     s.only(&known)?;
-    let workers = s.u64("nworkers_per_group")?.unwrap_or(1).max(1) as usize;
     let mut c = match s.str("framework")? {
         None => ClusterConfig::default(),
         Some(f) => match Framework::from_name(&f) {
-            Some(f) => f.preset(workers),
+            Some(f) => {
+                // The count the preset scales with: workers per group, or groups.
+                let key = match f {
+                    Framework::Downpour => "nworker_groups",
+                    _ => "nworkers_per_group",
+                };
+                f.preset(s.u64(key)?.unwrap_or(1).max(1) as usize)
+            }
             None => return Err(s.err("framework", choice_message(&f, &Framework::NAMES))),
         },
     };

@@ -46,16 +46,11 @@ impl JobConfig {
                 ));
             }
         }
-        for (name, v) in [
-            ("nworker_groups", c.nworker_groups),
-            ("nserver_groups", c.nserver_groups),
-        ] {
-            if v != 1 {
-                return Err(err(
-                    &format!("cluster.{name}"),
-                    format!("{v} is not supported yet: this version runs one worker group and one server group (synchronous training; set it to 1)"),
-                ));
-            }
+        if c.nserver_groups != 1 {
+            return Err(err(
+                "cluster.nserver_groups",
+                format!("{} is not supported yet: this version runs one server group (Sandblaster, AllReduce, Downpour; set it to 1)", c.nserver_groups),
+            ));
         }
         if c.nworkers_per_group > 1 {
             if let Some(l) = self.layers.iter().find(|l| l.partition_dim == 1) {
@@ -199,13 +194,13 @@ mod tests {
         );
         let mut j = job();
         j.cluster = ClusterConfig {
-            nworker_groups: 2,
+            nserver_groups: 2,
             ..Default::default()
         };
         assert!(j
             .validate(&r)
             .unwrap_err()
             .to_string()
-            .contains("cluster.nworker_groups"));
+            .contains("cluster.nserver_groups"));
     }
 }
