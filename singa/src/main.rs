@@ -117,12 +117,12 @@ enum Command {
         /// (image-folder layout); without it, synthetic images.
         #[arg(long)]
         cifar: Option<PathBuf>,
-        /// Train with this many workers (synchronous data parallelism); they share --threads.
+        /// Train with this many workers (worker groups for downpour); they share --threads.
         #[arg(long, default_value_t = 1)]
         workers: usize,
-        /// The framework of the workers: allreduce (a server beside each worker) or
-        /// sandblaster (one separate server).
-        #[arg(long, default_value = "allreduce", value_parser = ["allreduce", "sandblaster"])]
+        /// The framework of the workers: allreduce (a server beside each worker), sandblaster
+        /// (one separate server) or downpour (asynchronous groups, one separate server).
+        #[arg(long, default_value = "allreduce", value_parser = ["allreduce", "sandblaster", "downpour"])]
         framework: String,
         /// Samples per step over all workers (default 64).
         #[arg(long, default_value_t = 64)]
@@ -350,7 +350,7 @@ fn run(cli: Cli) -> Result<()> {
                 cifar,
                 allocations,
                 batch,
-                cluster: (workers > 1 || framework == "sandblaster").then(|| {
+                cluster: (workers > 1 || framework != "allreduce").then(|| {
                     singa::config::Framework::from_name(&framework)
                         .expect("clap checked the name")
                         .preset(workers)
