@@ -121,8 +121,9 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         workers: usize,
         /// The framework of the workers: allreduce (a server beside each worker), sandblaster
-        /// (one separate server) or downpour (asynchronous groups, one separate server).
-        #[arg(long, default_value = "allreduce", value_parser = ["allreduce", "sandblaster", "downpour"])]
+        /// (one separate server), downpour (asynchronous groups, one separate server) or
+        /// hogwild (groups with servers of their own, averaged every 10 steps).
+        #[arg(long, default_value = "allreduce", value_parser = ["allreduce", "sandblaster", "downpour", "hogwild"])]
         framework: String,
         /// Samples per step over all workers (default 64).
         #[arg(long, default_value_t = 64)]
@@ -195,7 +196,7 @@ fn run(cli: Cli) -> Result<()> {
                     print!("{}", c.describe());
                     println!(
                         "train net of worker 0.0, one of {} that each read {} records of every batch ({} params):",
-                        c.workers_per_group(),
+                        c.workers(),
                         trainer.train_net().batch_size(),
                         trainer.params().numel()
                     );

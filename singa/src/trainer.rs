@@ -430,7 +430,7 @@ impl Trainer {
 
     /// Training samples per step: a worker's batch times the workers of its group.
     pub fn samples_per_step(&self) -> usize {
-        let workers = self.cluster.as_ref().map_or(1, |c| c.workers_per_group());
+        let workers = self.cluster.as_ref().map_or(1, |c| c.workers());
         self.train.batch_size() * workers
     }
 
@@ -470,7 +470,7 @@ impl Trainer {
     /// Runs `test_steps` batches of the test data (from its start) and returns the metrics.
     pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
         if let Some(c) = &mut self.cluster {
-            c.pull_master(&mut self.store)?;
+            c.settle(&mut self.store)?;
         }
         let steps = self.job.test_steps;
         let test = self.test.as_mut().ok_or_else(|| {
@@ -497,7 +497,7 @@ impl Trainer {
         };
         let path = ws.checkpoint_dir().join(checkpoint::file_name(self.step));
         if let Some(c) = &mut self.cluster {
-            c.pull_master(&mut self.store)?;
+            c.settle(&mut self.store)?;
         }
         let meta = CheckpointMeta {
             step: self.step,
@@ -568,7 +568,7 @@ impl Trainer {
         }
         if let Some(c) = &mut self.cluster {
             // The parameters the run leaves are the servers'.
-            c.pull_master(&mut self.store)?;
+            c.settle(&mut self.store)?;
         }
         let test = if self.test.is_some() {
             self.test_report(start, obs)?.metrics

@@ -86,10 +86,16 @@ pub struct Cluster {
     algorithm: Box<dyn TrainOneBatch>,
     /// Parameter values held by each server.
     loads: Vec<usize>,
-    /// With several worker groups: the servers' copy of each trainable parameter.
-    master: Vec<Option<Tensor>>,
-    /// With several worker groups: the values of groups 1.. (group 0's are the coordinator's).
-    replicas: Vec<Vec<Option<Tensor>>>,
+    /// For copies and averages between steps.
+    dev: DeviceRef,
+    /// Downpour's master copy of each trainable parameter.
+    downpour_master: Option<Vec<Option<Tensor>>>,
+    /// Each worker group's values of each trainable parameter (group 0's are worker 0's).
+    values: Vec<Vec<Option<Tensor>>>,
+    /// Each server group's updater state, per parameter (group 0's are worker 0's).
+    states: Vec<Vec<Vec<Tensor>>>,
+    /// Hogwild: the server groups average their values every this many steps.
+    sync_freq: Option<u64>,
 }
 
 /// The values of the trainable parameters of `store` (`None` for the others).
@@ -150,22 +156,21 @@ impl Cluster {
         let ngroups = c.nworker_groups;
         let nworkers = c.nworkers_per_group;
         let nservers = c.nservers_per_group;
-        // AllReduce: one server beside each worker, run by the worker's own thread and
-        // reached at the worker's address. Otherwise every server has a thread and address.
-        let colocated = ngroups == 1 && !c.server_worker_separate && nservers == nworkers;
+        // AllReduce (and Hogwild's groups): one server beside each worker, run by the worker's
+        // own thread and reached at the worker's address, when a server group serves one
+        // worker group. Otherwise every server has a thread and address of its own.
+        let colocated =
+            c.nserver_groups == ngroups && !c.server_worker_separate && nservers == nworkers;
         let timeout = Duration::from_secs(c.timeout_secs);
         let groups: Vec<Vec<Addr>> = (0..ngroups as u32)
             .map(|g| (0..nworkers as u32).map(|i| worker_addr(g, i)).collect())
             .collect();
         let workers: Vec<Addr> = groups.iter().flatten().copied().collect();
-        let servers: Vec<Addr> = if colocated {
-            workers.clone()
-        } else {
-            (0..nservers as u32).map(|i| server_addr(0, i)).collect()
-        };
         let mut addrs = workers.clone();
         if !colocated {
-            addrs.extend(&servers);
+            for h in 0..c.nserver_groups as u32 {
+                addrs.extend((0..nservers as u32).map(|s| server_addr(h, s)));
+            }
         }
         let mut endpoints = ChannelNetwork::connect(&addrs)?.into_iter();
         let mut boxed = || -> TransportBox {
@@ -207,17 +212,24 @@ impl Cluster {
                 replicas.insert(0, trainable_values(store));
             }
         }
-        // With one group, the servers update its values in place; with several, they keep a
-        // master copy and refresh a group's copy after each of its updates.
-        let master: Vec<Option<Tensor>> = if ngroups == 1 {
-            replicas[0].clone()
+        // A server group serves every worker group (nserver_groups = 1) or its own (Hogwild).
+        let nsgroups = c.nserver_groups;
+        let sync_freq = c.sync_freq.max(1);
+        let served: Vec<Vec<usize>> = if nsgroups == 1 {
+            vec![(0..ngroups).collect()]
         } else {
-            let dev = store
-                .entries()
-                .first()
-                .map(|e| e.value.device().clone())
-                .ok_or_else(|| Error::invalid("the net has no parameters to train"))?;
-            replicas[0]
+            (0..ngroups).map(|g| vec![g]).collect()
+        };
+        let dev = store
+            .entries()
+            .first()
+            .map(|e| e.value.device().clone())
+            .ok_or_else(|| Error::invalid("the net has no parameters to train"))?;
+        // A server group that serves one worker group updates that group's values in place;
+        // one that serves several keeps a master copy and refreshes a group's copy after each
+        // of its updates (Downpour).
+        let copy_of = |values: &[Option<Tensor>]| -> Result<Vec<Option<Tensor>>> {
+            values
                 .iter()
                 .map(|v| {
                     v.as_ref()
@@ -228,10 +240,34 @@ impl Cluster {
                         })
                         .transpose()
                 })
-                .collect::<Result<_>>()?
+                .collect()
         };
+        let masters: Vec<Vec<Option<Tensor>>> = served
+            .iter()
+            .map(|gs| match gs.as_slice() {
+                [g] => Ok(replicas[*g].clone()),
+                _ => copy_of(&replicas[0]),
+            })
+            .collect::<Result<_>>()?;
+        // Updater state: server group 0 uses worker 0's (what checkpoints save), others their own.
+        let states: Vec<Vec<Vec<Tensor>>> = (0..nsgroups)
+            .map(|h| {
+                store
+                    .entries()
+                    .iter()
+                    .map(|e| match h {
+                        0 => Ok(e.state.clone()),
+                        _ => e
+                            .state
+                            .iter()
+                            .map(|s| Tensor::zeros(&dev, s.shape(), s.dtype()))
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
 
-        // The servers: each updates its slices of the master values and updater state.
+        // The servers: each updates its slices of its group's master values and state.
         let sizes: Vec<usize> = store
             .entries()
             .iter()
@@ -242,65 +278,89 @@ impl Cluster {
             .updater(&job.updater.type_name)
             .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
         let mut loads = vec![0; nservers];
-        let mut cores = Vec::with_capacity(nservers);
-        for (s, load) in loads.iter_mut().enumerate() {
-            let mut held = Vec::new();
-            for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
-                let e = &store.entries()[sl.param];
-                let n = e.value.numel();
-                let view = |t: &Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
-                let of = |t: &Option<Tensor>| -> Result<Tensor> {
-                    view(t.as_ref().expect("trainable parameters have values"))
-                };
-                held.push(ServerSlice {
-                    key: (sl.param as u32, sl.index),
-                    value: of(&master[sl.param])?,
-                    state: e.state.iter().map(view).collect::<Result<_>>()?,
-                    lr_mult: e.lr_mult,
-                    wd_mult: e.wd_mult,
-                    replicas: replicas
-                        .iter()
-                        .map(|r| of(&r[sl.param]))
-                        .collect::<Result<_>>()?,
-                });
-                *load += sl.len;
-            }
-            let one_thread = DeviceConfig {
-                threads: Some(1),
-                ..job.device.clone()
-            };
-            cores.push(ServerCore::new(
-                crate::device::create(&one_thread, None)?,
-                (ut.create)(&job.updater.fields).into_result()?,
-                schedule.clone(),
-                job.updater.weight_decay,
-                held,
-                groups.clone(),
-            ));
+        for sl in slices.iter().flatten() {
+            loads[sl.server] += sl.len;
         }
-        let mut cores = cores.into_iter();
+        let mut cores: Vec<Vec<Option<ServerCore>>> = Vec::with_capacity(nsgroups);
+        for (h, gs) in served.iter().enumerate() {
+            let mut group_cores = Vec::with_capacity(nservers);
+            for s in 0..nservers {
+                let mut held = Vec::new();
+                for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
+                    let n = store.entries()[sl.param].value.numel();
+                    let view = |t: &Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
+                    let of = |t: &Option<Tensor>| -> Result<Tensor> {
+                        view(t.as_ref().expect("trainable parameters have values"))
+                    };
+                    let e = &store.entries()[sl.param];
+                    held.push(ServerSlice {
+                        key: (sl.param as u32, sl.index),
+                        value: of(&masters[h][sl.param])?,
+                        state: states[h][sl.param]
+                            .iter()
+                            .map(view)
+                            .collect::<Result<_>>()?,
+                        lr_mult: e.lr_mult,
+                        wd_mult: e.wd_mult,
+                        replicas: gs
+                            .iter()
+                            .map(|&g| of(&replicas[g][sl.param]))
+                            .collect::<Result<_>>()?,
+                    });
+                }
+                let one_thread = DeviceConfig {
+                    threads: Some(1),
+                    ..job.device.clone()
+                };
+                group_cores.push(Some(ServerCore::new(
+                    crate::device::create(&one_thread, None)?,
+                    (ut.create)(&job.updater.fields).into_result()?,
+                    schedule.clone(),
+                    job.updater.weight_decay,
+                    held,
+                    gs.iter().map(|&g| groups[g].clone()).collect(),
+                )));
+            }
+            cores.push(group_cores);
+        }
+        let server_group_of = |g: usize| if nsgroups == 1 { 0 } else { g };
+        let server_addrs: Vec<Vec<Addr>> = (0..ngroups)
+            .map(|g| {
+                if colocated {
+                    groups[g].clone()
+                } else {
+                    let h = server_group_of(g) as u32;
+                    (0..nservers as u32).map(|s| server_addr(h, s)).collect()
+                }
+            })
+            .collect();
         let failures = Failures::default();
-        let mut link_for = |store: &ParamStore, group: usize| -> Result<WorkerLink> {
+        let mut link_for = |store: &ParamStore, worker: Addr| -> Result<WorkerLink> {
+            let g = worker.group as usize;
             let link = WorkerLink::new(
                 boxed(),
                 store,
                 &slices,
-                &servers,
+                &server_addrs[g],
                 ready_after.clone(),
                 timeout,
-                &groups[group],
+                &groups[g],
             )?;
             Ok(match colocated {
-                true => link.with_server(cores.next().expect("one per worker")),
+                true => link.with_server(
+                    cores[server_group_of(g)][worker.id as usize]
+                        .take()
+                        .expect("one server per worker"),
+                ),
                 false => link,
             })
         };
-        let link = link_for(store, 0)?;
+        let link = link_for(store, worker_addr(0, 0))?;
 
         let mut peers = Vec::new();
         for (addr, net, own) in nets {
             let peer = PeerWorker {
-                link: link_for(&own, addr.group as usize)?,
+                link: link_for(&own, addr)?,
                 net,
                 store: own,
                 algorithm: algorithm::create(job.algorithm),
@@ -322,7 +382,13 @@ impl Cluster {
 
         let mut server_threads = Vec::new();
         if !colocated {
-            for (core, &addr) in cores.zip(&servers) {
+            let all = cores.into_iter().enumerate().flat_map(|(h, cs)| {
+                cs.into_iter()
+                    .enumerate()
+                    .map(move |(s, core)| (server_addr(h as u32, s as u32), core))
+            });
+            for (addr, core) in all {
+                let core = core.expect("not taken by a worker");
                 let server = Server {
                     transport: boxed(),
                     core,
@@ -344,42 +410,78 @@ impl Cluster {
             failures,
             algorithm: algorithm::create(job.algorithm),
             loads,
-            master: if ngroups == 1 { Vec::new() } else { master },
-            replicas: replicas.into_iter().skip(1).collect(),
+            dev,
+            downpour_master: match served.as_slice() {
+                [gs] if gs.len() > 1 => Some(masters.into_iter().next().expect("one")),
+                _ => None,
+            },
+            values: replicas,
+            states,
+            sync_freq: (nsgroups > 1).then_some(sync_freq),
         })
     }
 
-    /// With several worker groups, copies the master values into worker 0's (to test them or
-    /// write them to a checkpoint); between steps, when no server is updating.
-    pub fn pull_master(&mut self, store: &mut ParamStore) -> Result<()> {
-        for (m, e) in self.master.iter().zip(store.entries_mut()) {
-            if let Some(m) = m {
-                let dev = e.value.device().clone();
-                dev.copy(m, &mut e.value)?;
+    /// Brings worker 0's values to what the servers hold, between steps (to test them or
+    /// write them to a checkpoint): with Downpour, the master copy; with Hogwild, the average
+    /// of the groups' values (a synchronisation of the server groups).
+    pub fn settle(&mut self, store: &mut ParamStore) -> Result<()> {
+        if let Some(master) = &self.downpour_master {
+            for (m, e) in master.iter().zip(store.entries_mut()) {
+                if let Some(m) = m {
+                    self.dev.copy(m, &mut e.value)?;
+                }
+            }
+        }
+        if self.sync_freq.is_some() {
+            self.average()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces every group's values by their average (Hogwild's server groups synchronise).
+    fn average(&mut self) -> Result<()> {
+        let n = self.values.len();
+        let (first, rest) = self.values.split_at_mut(1);
+        for (p, v) in first[0].iter_mut().enumerate() {
+            let Some(v) = v else { continue };
+            for other in rest.iter().filter_map(|r| r[p].as_ref()) {
+                self.dev.axpby(1.0, other, 1.0, v)?;
+            }
+            let scale = 1.0 / n as f32;
+            self.dev.affine(&v.clone(), v, scale, 0.0)?;
+            for other in rest.iter_mut().filter_map(|r| r[p].as_mut()) {
+                self.dev.copy(v, other)?;
             }
         }
         Ok(())
     }
 
-    /// After worker 0's values were restored from a checkpoint: copies them into the master
-    /// and into every other group's values.
+    /// After worker 0's values and updater state were restored from a checkpoint: copies them
+    /// into every other group's values and server state, and into the master copy.
     pub fn push_restored(&mut self, store: &ParamStore) -> Result<()> {
         for (p, e) in store.entries().iter().enumerate() {
-            let dev = e.value.device().clone();
-            let master = self.master.get_mut(p).into_iter();
-            let others = self.replicas.iter_mut().map(|r| &mut r[p]);
+            let master = self
+                .downpour_master
+                .iter_mut()
+                .filter_map(move |m| m[p].as_mut());
+            let others = self.values.iter_mut().skip(1).filter_map(|r| r[p].as_mut());
             for dst in master.chain(others) {
-                if let Some(dst) = dst.as_mut().filter(|d| !d.shares_storage(&e.value)) {
-                    dev.copy(&e.value, dst)?;
+                if !dst.shares_storage(&e.value) {
+                    self.dev.copy(&e.value, dst)?;
+                }
+            }
+            for state in self.states.iter_mut().skip(1) {
+                for (src, dst) in e.state.iter().zip(&mut state[p]) {
+                    self.dev.copy(src, dst)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Workers per group: the factor between one worker's batch and the group's.
-    pub fn workers_per_group(&self) -> usize {
-        self.config.nworkers_per_group
+    /// All workers: the factor between one worker's batch and a step's.
+    pub fn workers(&self) -> usize {
+        self.config.nworkers()
     }
 
     /// One synchronous step of every worker; `net` and `store` are worker 0's.
@@ -402,7 +504,11 @@ impl Cluster {
         let own = own.map_err(|e| self.explain(e));
         let peers = self.collect(|_| {});
         own?;
-        peers
+        peers?;
+        match self.sync_freq {
+            Some(freq) if (step + 1).is_multiple_of(freq) => self.average(),
+            _ => Ok(()),
+        }
     }
 
     /// The training metrics since they were last read, averaged over the workers (each saw
@@ -452,14 +558,21 @@ impl Cluster {
             } else {
                 "each on a thread of its own"
             },
-            if c.nworker_groups == 1 {
-                "synchronous"
-            } else {
-                "groups asynchronous at the servers, at most one step apart"
+            match (c.nworker_groups, self.sync_freq) {
+                (1, _) => "synchronous".to_string(),
+                (_, None) => "groups asynchronous at the servers, at most one step apart".to_string(),
+                (_, Some(f)) => format!(
+                    "each worker group with a server group of its own, their values averaged every {f} steps"
+                ),
             }
         );
         for (i, load) in self.loads.iter().enumerate() {
-            s.push_str(&format!("  server 0.{i}: {load} values\n"));
+            let each = if c.nserver_groups > 1 {
+                " (in each server group)"
+            } else {
+                ""
+            };
+            s.push_str(&format!("  server {i}: {load} values{each}\n"));
         }
         s
     }

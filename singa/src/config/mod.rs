@@ -323,6 +323,9 @@ pub struct ClusterConfig {
     /// Seconds any worker or server waits for a message before the job stops with an error
     /// that names who it waited for.
     pub timeout_secs: u64,
+    /// With one server group per worker group (Distributed Hogwild): the groups' values are
+    /// averaged every this many steps.
+    pub sync_freq: u64,
 }
 
 impl Default for ClusterConfig {
@@ -334,6 +337,7 @@ impl Default for ClusterConfig {
             nservers_per_group: 1,
             server_worker_separate: false,
             timeout_secs: 60,
+            sync_freq: 10,
         }
     }
 }
@@ -366,11 +370,15 @@ pub enum Framework {
     /// Several worker groups of one worker, asynchronous, one server group of separate
     /// servers (Google's Downpour).
     Downpour,
+    /// Several worker groups of one worker, each with a server group of its own beside it;
+    /// the server groups average their values every `sync_freq` steps (Caffe's Hogwild,
+    /// distributed).
+    Hogwild,
 }
 
 impl Framework {
     /// Names accepted in job files.
-    pub const NAMES: [&'static str; 3] = ["sandblaster", "allreduce", "downpour"];
+    pub const NAMES: [&'static str; 4] = ["sandblaster", "allreduce", "downpour", "hogwild"];
 
     /// The framework called `name`.
     pub fn from_name(name: &str) -> Option<Framework> {
@@ -378,12 +386,13 @@ impl Framework {
             "sandblaster" => Some(Framework::Sandblaster),
             "allreduce" => Some(Framework::AllReduce),
             "downpour" => Some(Framework::Downpour),
+            "hogwild" => Some(Framework::Hogwild),
             _ => None,
         }
     }
 
     /// The topology with `workers` workers: per group for the synchronous frameworks, one per
-    /// group (that many groups) for Downpour.
+    /// group (that many groups) for Downpour and Hogwild.
     pub fn preset(self, workers: usize) -> ClusterConfig {
         let base = ClusterConfig {
             nworkers_per_group: workers,
@@ -402,6 +411,12 @@ impl Framework {
                 nworker_groups: workers,
                 nworkers_per_group: 1,
                 server_worker_separate: true,
+                ..base
+            },
+            Framework::Hogwild => ClusterConfig {
+                nworker_groups: workers,
+                nworkers_per_group: 1,
+                nserver_groups: workers,
                 ..base
             },
         }

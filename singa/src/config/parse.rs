@@ -355,7 +355,12 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         "nservers_per_group",
     ];
     let mut known = counts.to_vec();
-    known.extend(["framework", "server_worker_separate", "timeout"]);
+    known.extend([
+        "framework",
+        "server_worker_separate",
+        "timeout",
+        "sync_freq",
+    ]);
     s.only(&known)?;
     let mut c = match s.str("framework")? {
         None => ClusterConfig::default(),
@@ -363,7 +368,7 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
             Some(f) => {
                 // The count the preset scales with: workers per group, or groups.
                 let key = match f {
-                    Framework::Downpour => "nworker_groups",
+                    Framework::Downpour | Framework::Hogwild => "nworker_groups",
                     _ => "nworkers_per_group",
                 };
                 f.preset(s.u64(key)?.unwrap_or(1).max(1) as usize)
@@ -377,6 +382,11 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
     match s.u64("timeout")? {
         Some(0) => return Err(s.err("timeout", "expected at least 1 (seconds)")),
         Some(t) => c.timeout_secs = t,
+        None => {}
+    }
+    match s.u64("sync_freq")? {
+        Some(0) => return Err(s.err("sync_freq", "expected at least 1 (steps)")),
+        Some(f) => c.sync_freq = f,
         None => {}
     }
     for (key, slot) in counts.iter().zip([

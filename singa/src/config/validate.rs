@@ -46,10 +46,13 @@ impl JobConfig {
                 ));
             }
         }
-        if c.nserver_groups != 1 {
+        if c.nserver_groups != 1 && c.nserver_groups != c.nworker_groups {
             return Err(err(
                 "cluster.nserver_groups",
-                format!("{} is not supported yet: this version runs one server group (Sandblaster, AllReduce, Downpour; set it to 1)", c.nserver_groups),
+                format!(
+                    "{} server groups for {} worker groups: expected one server group for all (Sandblaster, AllReduce, Downpour) or one per worker group (Hogwild)",
+                    c.nserver_groups, c.nworker_groups
+                ),
             ));
         }
         if c.nworkers_per_group > 1 {
