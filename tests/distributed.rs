@@ -347,6 +347,8 @@ fn downpour_groups_learn_and_checkpoints_resume() {
     };
     let (t, s) = train(&j, &opts(Existing::Refuse));
     assert!(test_accuracy(&s) > 0.9, "{:?}", s.test);
+    // Each of the 4 groups' worker reads 8 of every 32 records.
+    assert_eq!((t.train_net().batch_size(), t.samples_per_step()), (8, 32));
     let finished = params(&t);
     drop(t);
     // Resuming from the last checkpoint restores the servers' values everywhere.

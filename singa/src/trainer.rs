@@ -247,7 +247,7 @@ impl Trainer {
         let (dev, part) = if distributed {
             let part = Part {
                 id: 0,
-                count: job.cluster.nworkers_per_group as u32,
+                count: job.cluster.nworkers() as u32,
             };
             (
                 crate::cluster::coordinator_device(&job, options.threads)?,
