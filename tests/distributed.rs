@@ -11,7 +11,7 @@ use singa_core::{
     Error, FieldSpec, Fields, Layer, LayerDef, ParamFactoryMut, Phase, SetupContext, Tensor,
     TensorSpec,
 };
-use singa_tests::{mlp_job, synthetic_mnist, tmpdir};
+use singa_tests::{metric, mlp_job, param_values, synthetic_mnist, tmpdir};
 use std::path::Path;
 
 /// The MLP of the training tests without dropout (whose masks depend on the batch split),
@@ -36,14 +36,6 @@ fn train(job: &JobConfig, options: &TrainOptions) -> (Trainer, singa::trainer::S
     let mut t = Trainer::new(job, &Registry::builtin(), options).unwrap();
     let s = t.run(&mut Silent).unwrap();
     (t, s)
-}
-
-fn params(t: &Trainer) -> Vec<(String, Vec<f32>)> {
-    t.params()
-        .entries()
-        .iter()
-        .map(|e| (e.name.clone(), e.value.to_vec::<f32>().unwrap()))
-        .collect()
 }
 
 /// The largest difference between two sets of parameters, relative to the values' size.
@@ -73,7 +65,7 @@ fn synchronous_workers_equal_one_worker_with_the_same_batch() {
     for updater in ["sgd", "adam"] {
         let single = job(&dir, 60, updater);
         let (one, one_summary) = train(&single, &options(1));
-        let reference = params(&one);
+        let reference = param_values(&one);
         for (framework, workers) in [
             (Framework::Sandblaster, 1),
             (Framework::Sandblaster, 2),
@@ -83,7 +75,7 @@ fn synchronous_workers_equal_one_worker_with_the_same_batch() {
             let mut j = single.clone();
             j.cluster = framework.preset(workers);
             let (many, summary) = train(&j, &options(workers));
-            let diff = max_difference(&reference, &params(&many));
+            let diff = max_difference(&reference, &param_values(&many));
             let what = format!("{framework:?} with {workers} workers, {updater}");
             assert!(diff < 2e-5, "{what}: parameters differ by {diff}");
             assert_eq!(summary.steps, 60, "{what}");
@@ -119,7 +111,7 @@ fn a_distributed_run_resumes_exactly() {
         ..options(2)
     };
     let (straight, _) = train(&j, &whole(Existing::Refuse));
-    let expected = params(&straight);
+    let expected = param_values(&straight);
     drop(straight);
     // Cut the run after its first checkpoint, then resume.
     let ws2 = dir.join("cut");
@@ -141,7 +133,7 @@ fn a_distributed_run_resumes_exactly() {
         },
     );
     assert_eq!(summary.steps, 40);
-    assert_eq!(max_difference(&expected, &params(&resumed)), 0.0);
+    assert_eq!(max_difference(&expected, &param_values(&resumed)), 0.0);
 }
 
 /// Passes its input through; fails in the worker holding part `fail_part` at step `fail_at`.
@@ -307,7 +299,7 @@ fn mnist_job(steps: u64) -> JobConfig {
 }
 
 fn test_accuracy(s: &singa::trainer::Summary) -> f64 {
-    s.test.iter().find(|(k, _)| k == "accuracy").unwrap().1
+    metric(&s.test, "accuracy")
 }
 
 /// Downpour and Hogwild with two groups end the MNIST example's schedule within half a point
@@ -331,65 +323,49 @@ fn asynchronous_frameworks_reach_the_synchronous_accuracy_on_mnist() {
     }
 }
 
+/// Asynchronous groups learn, and resuming from the last checkpoint restores the servers'
+/// values in every group.
 #[test]
-fn downpour_groups_learn_and_checkpoints_resume() {
-    let dir = tmpdir("dist-downpour");
+fn asynchronous_groups_learn_and_checkpoints_resume() {
+    let dir = tmpdir("dist-async");
     synthetic_mnist(&dir, 600, 100, 8);
-    let mut j = job(&dir, 40, "sgd");
-    j.cluster = Framework::Downpour.preset(4);
-    j.test_steps = 2;
-    j.checkpoint_freq = 20;
-    let ws = dir.join("ws");
-    let opts = |existing| TrainOptions {
-        workspace: Some(ws.clone()),
-        existing,
-        ..options(2)
-    };
-    let (t, s) = train(&j, &opts(Existing::Refuse));
-    assert!(test_accuracy(&s) > 0.9, "{:?}", s.test);
-    // Each of the 4 groups' worker reads 8 of every 32 records.
-    assert_eq!((t.train_net().batch_size(), t.samples_per_step()), (8, 32));
-    let finished = params(&t);
-    drop(t);
-    // Resuming from the last checkpoint restores the servers' values everywhere.
-    let mut resumed = Trainer::new(&j, &Registry::builtin(), &opts(Existing::Resume)).unwrap();
-    assert_eq!(resumed.step(), 40);
-    assert_eq!(max_difference(&finished, &params(&resumed)), 0.0);
-    let m = resumed.evaluate().unwrap();
-    let acc = m.iter().find(|(k, _)| k == "accuracy").unwrap().1;
-    assert!(
-        (acc - test_accuracy(&s)).abs() < 1e-9,
-        "{acc} after resuming"
-    );
-}
-
-#[test]
-fn hogwild_groups_learn_synchronise_and_resume() {
-    let dir = tmpdir("dist-hogwild");
-    synthetic_mnist(&dir, 600, 100, 8);
-    let mut j = job(&dir, 40, "sgd");
-    j.cluster = ClusterConfig {
+    let hogwild = ClusterConfig {
         sync_freq: 5,
         ..Framework::Hogwild.preset(2)
     };
-    j.test_steps = 2;
-    j.checkpoint_freq = 20;
-    let ws = dir.join("ws");
-    let opts = |existing| TrainOptions {
-        workspace: Some(ws.clone()),
-        existing,
-        ..options(2)
-    };
-    let (t, s) = train(&j, &opts(Existing::Refuse));
-    assert!(test_accuracy(&s) > 0.9, "{:?}", s.test);
-    assert!(t
-        .cluster()
-        .unwrap()
-        .describe()
-        .contains("averaged every 5 steps"));
-    let finished = params(&t);
-    drop(t);
-    let resumed = Trainer::new(&j, &Registry::builtin(), &opts(Existing::Resume)).unwrap();
-    assert_eq!(resumed.step(), 40);
-    assert_eq!(max_difference(&finished, &params(&resumed)), 0.0);
+    // Downpour's 4 groups each read 8 of every 32 records; Hogwild's 2, 16.
+    for (cluster, batch) in [(Framework::Downpour.preset(4), 8), (hogwild, 16)] {
+        let mut j = job(&dir, 40, "sgd");
+        let what = format!("{cluster:?}");
+        j.cluster = cluster;
+        j.test_steps = 2;
+        j.checkpoint_freq = 20;
+        let ws = dir.join(format!("ws-{batch}"));
+        let opts = |existing| TrainOptions {
+            workspace: Some(ws.clone()),
+            existing,
+            ..options(2)
+        };
+        let (t, s) = train(&j, &opts(Existing::Refuse));
+        assert!(test_accuracy(&s) > 0.9, "{what}: {:?}", s.test);
+        assert_eq!(
+            (t.train_net().batch_size(), t.samples_per_step()),
+            (batch, 32)
+        );
+        let finished = param_values(&t);
+        drop(t);
+        let mut resumed = Trainer::new(&j, &Registry::builtin(), &opts(Existing::Resume)).unwrap();
+        assert_eq!(resumed.step(), 40);
+        assert_eq!(
+            max_difference(&finished, &param_values(&resumed)),
+            0.0,
+            "{what}"
+        );
+        let m = resumed.evaluate().unwrap();
+        let acc = metric(&m, "accuracy");
+        assert!(
+            (acc - test_accuracy(&s)).abs() < 1e-9,
+            "{what}: {acc} after resuming"
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod net;
 use singa::config::JobConfig;
 use singa::Registry;
 use singa_core::FieldValue;
+use singa_tests::metric;
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
@@ -112,12 +113,7 @@ fn cifar10_quick_learns_on_real_data() {
     let mut trainer =
         singa::trainer::Trainer::new(&job, &Registry::builtin(), &Default::default()).unwrap();
     let summary = trainer.run(&mut singa::trainer::Silent).unwrap();
-    let acc = summary
-        .test
-        .iter()
-        .find(|(k, _)| k == "accuracy")
-        .unwrap()
-        .1;
+    let acc = metric(&summary.test, "accuracy");
     eprintln!("cifar10-quick after 400 steps: test accuracy {acc:.4}");
     assert!(acc > 0.40, "test accuracy {acc} after 400 steps");
     let _ = std::fs::remove_dir_all(&dir);

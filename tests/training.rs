@@ -5,7 +5,7 @@ use singa::config::JobConfig;
 use singa::trainer::{Silent, TrainOptions, Trainer};
 use singa::workspace::Existing;
 use singa::Registry;
-use singa_tests::{mlp_job, synthetic_mnist, tmpdir};
+use singa_tests::{metric, mlp_job, param_values, synthetic_mnist, tmpdir};
 use std::path::{Path, PathBuf};
 
 fn job(data: &Path, top: &str, dropout: f64) -> JobConfig {
@@ -27,14 +27,6 @@ fn train(
     (t, s)
 }
 
-fn params(t: &Trainer) -> Vec<(String, Vec<f32>)> {
-    t.params()
-        .entries()
-        .iter()
-        .map(|e| (e.name.clone(), e.value.to_vec::<f32>().unwrap()))
-        .collect()
-}
-
 #[test]
 fn a_run_leaves_metrics_summary_and_checkpoints() {
     let dir = tmpdir("run");
@@ -42,12 +34,7 @@ fn a_run_leaves_metrics_summary_and_checkpoints() {
     let top = "train_steps = 150\ndisplay_freq = 50\ntest_freq = 50\ntest_steps = 4\ncheckpoint_freq = 100";
     let ws = dir.join("ws");
     let (_, summary) = train(&job(&dir, top, 0.2), &ws, Existing::Refuse);
-    let test_acc = summary
-        .test
-        .iter()
-        .find(|(k, _)| k == "accuracy")
-        .unwrap()
-        .1;
+    let test_acc = metric(&summary.test, "accuracy");
     assert!(
         test_acc > 0.9,
         "the toy problem is learnable, got test accuracy {test_acc}"
@@ -118,8 +105,8 @@ fn resuming_from_a_checkpoint_continues_exactly() {
     let (resumed, summary) = train(&job(&dir, full, 0.3), &dir.join("b"), Existing::Resume);
     assert_eq!(summary.steps, 60);
     assert_eq!(
-        params(&straight),
-        params(&resumed),
+        param_values(&straight),
+        param_values(&resumed),
         "parameters differ bitwise after resuming"
     );
 }
@@ -193,12 +180,7 @@ fn mnist_mlp_example_reaches_98_percent() {
     let job = JobConfig::from_file(repo().join("examples/mnist-mlp/job.toml")).unwrap();
     let ws = tmpdir("mnist-example");
     let (_, summary) = train(&job, &ws, Existing::Refuse);
-    let acc = summary
-        .test
-        .iter()
-        .find(|(k, _)| k == "accuracy")
-        .unwrap()
-        .1;
+    let acc = metric(&summary.test, "accuracy");
     eprintln!(
         "MNIST MLP test accuracy {acc:.4} after {} steps, {:.0} samples/s",
         summary.steps, summary.samples_per_sec
@@ -224,11 +206,11 @@ fn lr_mult_zero_freezes_a_parameter_and_share_from_ties_two() {
         );
     let job = JobConfig::from_toml(&text, Default::default()).unwrap();
     let before = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
-    let init = params(&before);
+    let init = param_values(&before);
     let (after, _) = train(&job, &dir.join("ws"), Existing::Refuse);
     let get =
         |ps: &[(String, Vec<f32>)], n: &str| ps.iter().find(|(k, _)| k == n).unwrap().1.clone();
-    let trained = params(&after);
+    let trained = param_values(&after);
     assert_eq!(
         get(&trained, "fc1/bias"),
         vec![0.25; 16],
@@ -269,25 +251,18 @@ fn a_convnet_learns_and_resumes_exactly() {
     singa_tests::synthetic_images(&dir.join("test.shard"), 16, 8, 2);
     let full = "train_steps = 40\ndisplay_freq = 20\ncheckpoint_freq = 20\ntest_freq = 40";
     let (straight, summary) = train(&convnet(&dir, full), &dir.join("a"), Existing::Refuse);
-    let metric = |name: &str| {
-        summary
-            .test
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| *v)
-            .unwrap()
-    };
+    let test_metric = |name: &str| metric(&summary.test, name);
     assert!(
-        metric("loss/accuracy") >= 0.75,
+        test_metric("loss/accuracy") >= 0.75,
         "test metrics {:?}",
         summary.test
     );
-    assert!(metric("top2/top2_accuracy") >= metric("loss/accuracy"));
+    assert!(test_metric("top2/top2_accuracy") >= test_metric("loss/accuracy"));
 
     let half = "train_steps = 20\ndisplay_freq = 20\ncheckpoint_freq = 20\ntest_freq = 40";
     train(&convnet(&dir, half), &dir.join("b"), Existing::Refuse);
     let (resumed, _) = train(&convnet(&dir, full), &dir.join("b"), Existing::Resume);
-    let (a, b) = (params(&straight), params(&resumed));
+    let (a, b) = (param_values(&straight), param_values(&resumed));
     assert!(
         a.iter().any(|(k, _)| k == "bn/mean"),
         "running statistics are parameters: {:?}",

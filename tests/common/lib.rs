@@ -270,3 +270,21 @@ top_k = 2
 "#
     )
 }
+
+/// Every parameter of a trainer by name, with its values.
+pub fn param_values(t: &singa::Trainer) -> Vec<(String, Vec<f32>)> {
+    t.params()
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), e.value.to_vec::<f32>().unwrap()))
+        .collect()
+}
+
+/// The metric `name` among `metrics` (panics if it is missing).
+pub fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
+    metrics
+        .iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no metric {name} in {metrics:?}"))
+        .1
+}

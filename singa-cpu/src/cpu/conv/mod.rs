@@ -256,31 +256,25 @@ unsafe fn run_locked(
                             ld: z.spatial,
                             trans: false,
                         };
-                        if direct(s) {
-                            let dst = dx.add(c0 * z.spatial);
-                            single(
-                                ws,
-                                own,
-                                (z.rows, z.spatial, z.gf),
-                                1.0,
-                                wt,
-                                dym,
-                                0.0,
-                                dst,
-                                z.spatial,
-                            );
+                        // Straight into dx when the patches are the pixels, else through col.
+                        let into_dx = direct(s);
+                        let dst = if into_dx {
+                            dx.add(c0 * z.spatial)
                         } else {
-                            single(
-                                ws,
-                                own,
-                                (z.rows, z.spatial, z.gf),
-                                1.0,
-                                wt,
-                                dym,
-                                0.0,
-                                col.as_mut_ptr(),
-                                z.spatial,
-                            );
+                            col.as_mut_ptr()
+                        };
+                        single(
+                            ws,
+                            own,
+                            (z.rows, z.spatial, z.gf),
+                            1.0,
+                            wt,
+                            dym,
+                            0.0,
+                            dst,
+                            z.spatial,
+                        );
+                        if !into_dx {
                             col2im(s, col, c0, dx, padded);
                         }
                     }
