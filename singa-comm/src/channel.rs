@@ -11,6 +11,22 @@ use std::time::{Duration, Instant};
 /// The endpoints of a set of threads that talk to each other in one process.
 pub struct ChannelNetwork;
 
+/// Messages each endpoint's queue holds without growing.
+pub const QUEUE_ROOM: usize = 256;
+
+/// A message that only takes room in a queue.
+fn placeholder(addr: Addr) -> Msg {
+    Msg {
+        src: addr,
+        dst: addr,
+        kind: singa_core::MsgKind::Stop,
+        target: 0,
+        slice: 0,
+        version: 0,
+        payload: None.into(),
+    }
+}
+
 /// Payload bytes sent through a network, for measurements.
 #[derive(Default)]
 struct Counters {
@@ -31,6 +47,15 @@ impl ChannelNetwork {
                 return Err(Error::invalid(format!("two endpoints are both {a}")));
             }
             receivers.push((a, rx, waiter));
+        }
+        // A flume queue grows as messages pile up; fill each one to the most messages a step
+        // may leave waiting, so that it never needs to grow (allocate) during training.
+        for ((tx, _), (addr, rx, _)) in addrs.iter().map(|a| &senders[a]).zip(&receivers) {
+            for _ in 0..QUEUE_ROOM {
+                let _ = tx.send(placeholder(*addr));
+            }
+            // Popping keeps the queue's room (`drain` would take the queue away).
+            while rx.try_recv().is_ok() {}
         }
         let senders = Arc::new(senders);
         let counters = Arc::new(Counters::default());

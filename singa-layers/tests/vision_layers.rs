@@ -87,12 +87,13 @@ proptest! {
     }
 
     #[test]
-    fn batch_norm_gradients(b in 2usize..5, c in 1usize..5, hw in 2usize..7, seed in 0u64..1000) {
-        // Normalising divides by the batch's standard deviation: values spread apart (and at
-        // least 4 per channel) keep it far from 0, so a finite-difference step stays in the
-        // linear range.
-        let opts = GradCheckOptions { seed, eps: 2e-3, ..Default::default() };
-        Case::new("batch_norm", Fields::new(), vec![f32_spec(&[b, c, hw])], seed).values(Values::Distinct).gradcheck_with(opts);
+    fn batch_norm_gradients(b in 2usize..5, c in 1usize..5, hw in 3usize..7, seed in 0u64..1000) {
+        // Normalising divides by the batch's standard deviation: values spread over [-1, 1]
+        // (at least 6 per channel) keep it far from 0, so a finite-difference step stays in
+        // the linear range. (A ladder of close values, 4 per channel, once gave a standard
+        // deviation of 0.02 and a step of a tenth of it.)
+        let opts = GradCheckOptions { seed, eps: 1e-3, ..Default::default() };
+        Case::new("batch_norm", Fields::new(), vec![f32_spec(&[b, c, hw])], seed).values(Values::AwayFromZero).gradcheck_with(opts);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! the group, sums them, runs the updater and sends the fresh values back; a worker's step
 //! ends when every slice it sent came back.
 
+mod build;
 mod server;
 mod slices;
 mod worker;
@@ -20,13 +21,13 @@ pub use slices::{slice_params, Slice};
 
 use crate::algorithm::{self, TrainOneBatch};
 use crate::config::{ClusterConfig, DeviceConfig, JobConfig};
-use crate::net::{NeuralNet, Part};
+use crate::net::NeuralNet;
 use crate::params::ParamStore;
 use crate::registry::Registry;
-use server::{Server, ServerCore, ServerSlice};
+use server::Server;
 use singa_comm::ChannelNetwork;
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
-use singa_core::{Addr, DeviceRef, Error, Phase, Result, Role, Tensor};
+use singa_core::{Addr, DeviceRef, Error, Result, Role};
 use singa_layers::schedule::LrSchedule;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -89,22 +90,13 @@ pub struct Cluster {
     /// For copies and averages between steps.
     dev: DeviceRef,
     /// Downpour's master copy of each trainable parameter.
-    downpour_master: Option<Vec<Option<Tensor>>>,
+    downpour_master: Option<build::Values>,
     /// Each worker group's values of each trainable parameter (group 0's are worker 0's).
-    values: Vec<Vec<Option<Tensor>>>,
+    values: Vec<build::Values>,
     /// Each server group's updater state, per parameter (group 0's are worker 0's).
-    states: Vec<Vec<Vec<Tensor>>>,
+    states: Vec<build::States>,
     /// Hogwild: the server groups average their values every this many steps.
     sync_freq: Option<u64>,
-}
-
-/// The values of the trainable parameters of `store` (`None` for the others).
-fn trainable_values(store: &ParamStore) -> Vec<Option<Tensor>> {
-    store
-        .entries()
-        .iter()
-        .map(|e| e.trainable.then(|| e.value.clone()))
-        .collect()
 }
 
 /// The address of worker `id` of group `group`.
@@ -177,41 +169,8 @@ impl Cluster {
             Transport_TO::from_value(endpoints.next().expect("one per address"), TD_Opaque)
         };
 
-        // Every group's nets: its first worker's store holds the group's copy of the values
-        // (group 0's is the caller's), the other workers of the group share it.
         let worker_device = share_of_threads(&job.device, threads, ngroups * nworkers);
-        let mut nets = Vec::new();
-        let mut replicas: Vec<Vec<Option<Tensor>>> = Vec::new();
-        for g in 0..ngroups {
-            let mut leader: Option<ParamStore> = None;
-            for i in 0..nworkers {
-                if g == 0 && i == 0 {
-                    continue;
-                }
-                let id = (g * nworkers + i) as u32;
-                let dev = crate::device::create(&worker_device, None)?;
-                let mut own = match (&leader, g) {
-                    (Some(l), _) => ParamStore::sharing_values_of(l),
-                    (None, 0) => ParamStore::sharing_values_of(store),
-                    (None, _) => ParamStore::new(),
-                };
-                let part = Part {
-                    id,
-                    count: (ngroups * nworkers) as u32,
-                };
-                let addr = worker_addr(g as u32, i as u32);
-                let net = NeuralNet::build_part(job, registry, &dev, &mut own, Phase::TRAIN, part)
-                    .map_err(|e| e.context(format!("{addr}")))?;
-                if i == 0 {
-                    replicas.push(trainable_values(&own));
-                    leader = Some(ParamStore::sharing_values_of(&own));
-                }
-                nets.push((addr, net, own));
-            }
-            if g == 0 {
-                replicas.insert(0, trainable_values(store));
-            }
-        }
+        let (nets, replicas) = build::worker_nets(job, registry, store, &worker_device)?;
         // A server group serves every worker group (nserver_groups = 1) or its own (Hogwild).
         let nsgroups = c.nserver_groups;
         let sync_freq = c.sync_freq.max(1);
@@ -225,47 +184,7 @@ impl Cluster {
             .first()
             .map(|e| e.value.device().clone())
             .ok_or_else(|| Error::invalid("the net has no parameters to train"))?;
-        // A server group that serves one worker group updates that group's values in place;
-        // one that serves several keeps a master copy and refreshes a group's copy after each
-        // of its updates (Downpour).
-        let copy_of = |values: &[Option<Tensor>]| -> Result<Vec<Option<Tensor>>> {
-            values
-                .iter()
-                .map(|v| {
-                    v.as_ref()
-                        .map(|v| {
-                            let mut m = Tensor::zeros(&dev, v.shape(), v.dtype())?;
-                            dev.copy(v, &mut m)?;
-                            Ok(m)
-                        })
-                        .transpose()
-                })
-                .collect()
-        };
-        let masters: Vec<Vec<Option<Tensor>>> = served
-            .iter()
-            .map(|gs| match gs.as_slice() {
-                [g] => Ok(replicas[*g].clone()),
-                _ => copy_of(&replicas[0]),
-            })
-            .collect::<Result<_>>()?;
-        // Updater state: server group 0 uses worker 0's (what checkpoints save), others their own.
-        let states: Vec<Vec<Vec<Tensor>>> = (0..nsgroups)
-            .map(|h| {
-                store
-                    .entries()
-                    .iter()
-                    .map(|e| match h {
-                        0 => Ok(e.state.clone()),
-                        _ => e
-                            .state
-                            .iter()
-                            .map(|s| Tensor::zeros(&dev, s.shape(), s.dtype()))
-                            .collect(),
-                    })
-                    .collect()
-            })
-            .collect::<Result<_>>()?;
+        let (masters, states) = build::masters_and_states(store, &served, &replicas, &dev)?;
 
         // The servers: each updates its slices of its group's master values and state.
         let sizes: Vec<usize> = store
@@ -274,55 +193,24 @@ impl Cluster {
             .map(|e| if e.trainable { e.value.numel() } else { 0 })
             .collect();
         let slices = slice_params(&sizes, nservers);
-        let ut = registry
-            .updater(&job.updater.type_name)
-            .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
         let mut loads = vec![0; nservers];
         for sl in slices.iter().flatten() {
             loads[sl.server] += sl.len;
         }
-        let mut cores: Vec<Vec<Option<ServerCore>>> = Vec::with_capacity(nsgroups);
-        for (h, gs) in served.iter().enumerate() {
-            let mut group_cores = Vec::with_capacity(nservers);
-            for s in 0..nservers {
-                let mut held = Vec::new();
-                for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
-                    let n = store.entries()[sl.param].value.numel();
-                    let view = |t: &Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
-                    let of = |t: &Option<Tensor>| -> Result<Tensor> {
-                        view(t.as_ref().expect("trainable parameters have values"))
-                    };
-                    let e = &store.entries()[sl.param];
-                    held.push(ServerSlice {
-                        key: (sl.param as u32, sl.index),
-                        value: of(&masters[h][sl.param])?,
-                        state: states[h][sl.param]
-                            .iter()
-                            .map(view)
-                            .collect::<Result<_>>()?,
-                        lr_mult: e.lr_mult,
-                        wd_mult: e.wd_mult,
-                        replicas: gs
-                            .iter()
-                            .map(|&g| of(&replicas[g][sl.param]))
-                            .collect::<Result<_>>()?,
-                    });
-                }
-                let one_thread = DeviceConfig {
-                    threads: Some(1),
-                    ..job.device.clone()
-                };
-                group_cores.push(Some(ServerCore::new(
-                    crate::device::create(&one_thread, None)?,
-                    (ut.create)(&job.updater.fields).into_result()?,
-                    schedule.clone(),
-                    job.updater.weight_decay,
-                    held,
-                    gs.iter().map(|&g| groups[g].clone()).collect(),
-                )));
-            }
-            cores.push(group_cores);
-        }
+        let mut cores = build::server_cores(
+            job,
+            registry,
+            schedule,
+            store,
+            &slices,
+            build::Held {
+                served: &served,
+                masters: &masters,
+                states: &states,
+                replicas: &replicas,
+                groups: &groups,
+            },
+        )?;
         let server_group_of = |g: usize| if nsgroups == 1 { 0 } else { g };
         let server_addrs: Vec<Vec<Addr>> = (0..ngroups)
             .map(|g| {

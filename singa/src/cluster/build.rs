@@ -1,0 +1,189 @@
+//! Building a cluster's workers and servers: their nets, the copies of the values each group
+//! and server group works on, and the servers' slices.
+
+use super::server::{ServerCore, ServerSlice};
+use super::slices::Slice;
+use super::worker_addr;
+use crate::config::{DeviceConfig, JobConfig};
+use crate::net::{NeuralNet, Part};
+use crate::params::ParamStore;
+use crate::registry::Registry;
+use singa_core::{Addr, DeviceRef, Error, Phase, Result, Tensor};
+use singa_layers::schedule::LrSchedule;
+
+/// The values of the trainable parameters of `store` (`None` for the others).
+pub(super) fn trainable_values(store: &ParamStore) -> Values {
+    store
+        .entries()
+        .iter()
+        .map(|e| e.trainable.then(|| e.value.clone()))
+        .collect()
+}
+
+/// A worker built but not started: its address, net and parameters.
+pub(super) type BuiltWorker = (Addr, NeuralNet, ParamStore);
+
+/// A copy of the values of every parameter (`None` for those no server updates).
+pub(super) type Values = Vec<Option<Tensor>>;
+
+/// An updater's state tensors for every parameter.
+pub(super) type States = Vec<Vec<Tensor>>;
+
+/// The nets of every worker but worker 0 (whose parameters are `store`), each reading its part
+/// of every batch, and each group's values. A group's first worker holds the group's copy of
+/// the values (group 0's are `store`'s); the other workers of the group share it.
+pub(super) fn worker_nets(
+    job: &JobConfig,
+    registry: &Registry,
+    store: &ParamStore,
+    device: &DeviceConfig,
+) -> Result<(Vec<BuiltWorker>, Vec<Values>)> {
+    let (ngroups, nworkers) = (job.cluster.nworker_groups, job.cluster.nworkers_per_group);
+    let mut nets = Vec::new();
+    let mut values = vec![trainable_values(store)];
+    for g in 0..ngroups {
+        let mut leader: Option<ParamStore> = None;
+        for i in 0..nworkers {
+            if g == 0 && i == 0 {
+                continue;
+            }
+            let dev = crate::device::create(device, None)?;
+            let mut own = match (&leader, g) {
+                (Some(l), _) => ParamStore::sharing_values_of(l),
+                (None, 0) => ParamStore::sharing_values_of(store),
+                (None, _) => ParamStore::new(),
+            };
+            let part = Part {
+                id: (g * nworkers + i) as u32,
+                count: (ngroups * nworkers) as u32,
+            };
+            let addr = worker_addr(g as u32, i as u32);
+            let net = NeuralNet::build_part(job, registry, &dev, &mut own, Phase::TRAIN, part)
+                .map_err(|e| e.context(format!("{addr}")))?;
+            if i == 0 {
+                values.push(trainable_values(&own));
+                leader = Some(ParamStore::sharing_values_of(&own));
+            }
+            nets.push((addr, net, own));
+        }
+    }
+    Ok((nets, values))
+}
+
+/// The values and updater state of each server group. A server group that serves one worker
+/// group updates that group's values in place; one that serves several keeps a master copy
+/// and refreshes a group's copy after each of its updates (Downpour). Server group 0's state is
+/// worker 0's (what checkpoints save); the others have their own.
+pub(super) fn masters_and_states(
+    store: &ParamStore,
+    served: &[Vec<usize>],
+    values: &[Values],
+    dev: &DeviceRef,
+) -> Result<(Vec<Values>, Vec<States>)> {
+    let copy_of = |values: &[Option<Tensor>]| -> Result<Values> {
+        values
+            .iter()
+            .map(|v| {
+                v.as_ref()
+                    .map(|v| {
+                        let mut m = Tensor::zeros(dev, v.shape(), v.dtype())?;
+                        dev.copy(v, &mut m)?;
+                        Ok(m)
+                    })
+                    .transpose()
+            })
+            .collect()
+    };
+    let masters = served
+        .iter()
+        .map(|gs| match gs.as_slice() {
+            [g] => Ok(values[*g].clone()),
+            _ => copy_of(&values[0]),
+        })
+        .collect::<Result<_>>()?;
+    let states = (0..served.len())
+        .map(|h| {
+            store
+                .entries()
+                .iter()
+                .map(|e| match h {
+                    0 => Ok(e.state.clone()),
+                    _ => e
+                        .state
+                        .iter()
+                        .map(|s| Tensor::zeros(dev, s.shape(), s.dtype()))
+                        .collect(),
+                })
+                .collect()
+        })
+        .collect::<Result<_>>()?;
+    Ok((masters, states))
+}
+
+/// What the server groups hold, by server group (`served`, `masters`, `states`) and by worker
+/// group (`replicas`: each group's values; `groups`: its workers).
+pub(super) struct Held<'a> {
+    pub served: &'a [Vec<usize>],
+    pub masters: &'a [Values],
+    pub states: &'a [States],
+    pub replicas: &'a [Values],
+    pub groups: &'a [Vec<Addr>],
+}
+
+/// The servers of every server group, each over its slices of its group's values and state
+/// (`Option`s, so that workers can take the servers that run beside them).
+pub(super) fn server_cores(
+    job: &JobConfig,
+    registry: &Registry,
+    schedule: &LrSchedule,
+    store: &ParamStore,
+    slices: &[Vec<Slice>],
+    held: Held<'_>,
+) -> Result<Vec<Vec<Option<ServerCore>>>> {
+    let ut = registry
+        .updater(&job.updater.type_name)
+        .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
+    let one_thread = DeviceConfig {
+        threads: Some(1),
+        ..job.device.clone()
+    };
+    let mut cores = Vec::with_capacity(held.served.len());
+    for (h, gs) in held.served.iter().enumerate() {
+        let mut group_cores = Vec::new();
+        for s in 0..job.cluster.nservers_per_group {
+            let mut mine = Vec::new();
+            for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
+                let e = &store.entries()[sl.param];
+                let n = e.value.numel();
+                let view = |t: &Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
+                let of = |t: &Option<Tensor>| -> Result<Tensor> {
+                    view(t.as_ref().expect("trainable parameters have values"))
+                };
+                mine.push(ServerSlice {
+                    key: (sl.param as u32, sl.index),
+                    value: of(&held.masters[h][sl.param])?,
+                    state: held.states[h][sl.param]
+                        .iter()
+                        .map(view)
+                        .collect::<Result<_>>()?,
+                    lr_mult: e.lr_mult,
+                    wd_mult: e.wd_mult,
+                    replicas: gs
+                        .iter()
+                        .map(|&g| of(&held.replicas[g][sl.param]))
+                        .collect::<Result<_>>()?,
+                });
+            }
+            group_cores.push(Some(ServerCore::new(
+                crate::device::create(&one_thread, None)?,
+                (ut.create)(&job.updater.fields).into_result()?,
+                schedule.clone(),
+                job.updater.weight_decay,
+                mine,
+                gs.iter().map(|&g| held.groups[g].clone()).collect(),
+            )));
+        }
+        cores.push(group_cores);
+    }
+    Ok(cores)
+}
