@@ -276,7 +276,7 @@ fn wrong_topologies_are_refused_with_the_field() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("32 records cannot be split evenly over 3 workers"),
+        e.contains("layer[data].batch_size: 32 records cannot be split evenly over the 3 workers"),
         "{e}"
     );
     j.cluster = ClusterConfig {

@@ -4,7 +4,7 @@ use super::parse::{unknown_field_message, LAYER_KEYS, UPDATER_KEYS};
 use super::JobConfig;
 use crate::registry::Registry;
 use singa_core::fields::nearest;
-use singa_core::{validate_fields, Error, FieldSpec, Fields, Result};
+use singa_core::{validate_fields, Error, FieldSpec, FieldValue, Fields, Phase, Result};
 use singa_layers::schedule::LrSchedule;
 
 /// A job that passed validation: every layer's and the updater's fields complete (defaults
@@ -54,6 +54,20 @@ impl JobConfig {
                     c.nserver_groups, c.nworker_groups
                 ),
             ));
+        }
+        // Every worker reads an equal part of each batch of the train net's input layers.
+        let workers = c.nworkers();
+        for l in self.layers.iter().filter(|l| l.in_phase(Phase::TRAIN)) {
+            if let Some(FieldValue::Int(b)) = l.fields.get("batch_size") {
+                if workers > 1 && *b > 0 && !(*b as usize).is_multiple_of(workers) {
+                    return Err(err(
+                        &format!("layer[{}].batch_size", l.name),
+                        format!(
+                            "{b} records cannot be split evenly over the {workers} workers of [cluster]; expected a multiple of {workers}"
+                        ),
+                    ));
+                }
+            }
         }
         if c.nworkers_per_group > 1 {
             if let Some(l) = self.layers.iter().find(|l| l.partition_dim == 1) {
