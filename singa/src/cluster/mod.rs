@@ -2,22 +2,27 @@
 //! server groups that hold the parameters and update them, talking through a
 //! [`Transport`](singa_core::Transport).
 //!
-//! The coordinating thread (the [`Trainer`](crate::trainer::Trainer)'s) is worker 0 of the
-//! group; the other workers and the servers run on their own threads. Each worker holds the
-//! whole net and reads its part of every batch (data parallelism, `partition_dim = 0`); in one
-//! process the workers of a group share one copy of the parameter values, and each server
-//! updates its slices of that copy in place, so no values are copied. A step: every worker
-//! runs TrainOneBatch and sends each parameter's gradient slices to their servers as soon as
-//! the layer that computes them is done; a server waits for the gradients of every worker of
-//! the group, sums them, runs the updater and sends the fresh values back; a worker's step
-//! ends when every slice it sent came back.
+//! The coordinating thread (the [`Trainer`](crate::trainer::Trainer)'s) is worker 0 of group
+//! 0; the other workers run on their own threads, and so do the servers unless each sits beside
+//! a worker (AllReduce, Hogwild), when the worker's thread runs it. Each worker holds the whole
+//! net and reads its part of every batch (data parallelism, `partition_dim = 0`). In one
+//! process the workers of a group share one copy of the parameter values; a server group that
+//! serves one worker group updates that copy in place, one that serves several (Downpour) keeps
+//! a master copy and refreshes a group's copy after each of its updates.
+//!
+//! A step: every worker runs TrainOneBatch and sends each parameter's gradient slices to their
+//! servers as soon as the layer that computes them is done; a server waits for the gradients
+//! of every worker of a group, sums them, runs the updater and sends the fresh values back; a
+//! worker's step ends when every slice it sent came back. The coordinator starts a step on
+//! every worker and waits for all of them, so asynchronous groups are at most one step apart;
+//! Hogwild's server groups average their values every `sync_freq` steps.
 
 mod build;
 mod server;
 mod slices;
 mod worker;
 
-pub use slices::{slice_params, Slice};
+pub use slices::{slice_params, Slice, MIN_SLICE};
 
 use crate::algorithm::{self, TrainOneBatch};
 use crate::config::{ClusterConfig, DeviceConfig, JobConfig};
