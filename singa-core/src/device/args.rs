@@ -45,7 +45,7 @@ impl BufView {
     }
 }
 
-/// What kind of device, and how it is set up. Returned by [`Device::info`].
+/// What kind of device, and how it is set up. Returned by [`Device::info`](crate::Device::info).
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug, PartialEq)]
 pub struct DeviceInfo {
@@ -212,7 +212,7 @@ pub enum BinaryOp {
     Min,
 }
 
-/// How [`Device::reduce`] combines values.
+/// How [`Device::reduce`](crate::Device::reduce) combines values.
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {
@@ -245,7 +245,7 @@ impl Dims3 {
     }
 }
 
-/// A distribution for [`Device::random`].
+/// A distribution for [`Device::random`](crate::Device::random).
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
 pub enum Distribution {
@@ -272,7 +272,7 @@ pub enum Distribution {
     },
 }
 
-/// Hyper-parameters of one fused SGD step, see [`Device::sgd_update`].
+/// Hyper-parameters of one fused SGD step, see [`Device::sgd_update`](crate::Device::sgd_update).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
 pub struct SgdArgs {
@@ -327,7 +327,7 @@ pub enum AdaptiveRule {
     },
 }
 
-/// The arguments of [`Device::adaptive_update`].
+/// The arguments of [`Device::adaptive_update`](crate::Device::adaptive_update).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
 pub struct AdaptiveArgs {
