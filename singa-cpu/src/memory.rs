@@ -153,3 +153,23 @@ pub fn check_host_len(view: &BufView, host_len: usize, op: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Copies host bytes into `dst`: `Device::write` of the host devices.
+///
+/// # Safety
+/// `dst` is a live view of a block from [`allocate`].
+pub unsafe fn write(dst: BufView, src: &[u8]) -> Result<()> {
+    check_host_len(&dst, src.len(), "write")?;
+    bytes_mut(dst).copy_from_slice(src);
+    Ok(())
+}
+
+/// Copies `src` into host bytes: `Device::read` of the host devices.
+///
+/// # Safety
+/// `src` is a live view of a block from [`allocate`].
+pub unsafe fn read(src: BufView, dst: &mut [u8]) -> Result<()> {
+    check_host_len(&src, dst.len(), "read")?;
+    dst.copy_from_slice(bytes(src));
+    Ok(())
+}

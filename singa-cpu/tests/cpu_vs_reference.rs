@@ -6,48 +6,13 @@
 //! and in-place calls.
 
 use proptest::prelude::*;
-use singa_core::rng::SplitMix64;
 use singa_core::{
     AdaptiveArgs, AdaptiveRule, BinaryOp, DType, DeviceRef, Dims3, Distribution, GemmLayout,
     ReduceOp, Result, SgdArgs, Tensor, UnaryOp,
 };
-use singa_cpu::{CpuDevice, ReferenceDevice};
-use std::sync::OnceLock;
+mod common;
 
-fn devices() -> &'static [DeviceRef; 2] {
-    static DEVS: OnceLock<[DeviceRef; 2]> = OnceLock::new();
-    DEVS.get_or_init(|| {
-        [
-            DeviceRef::new(CpuDevice::new(2).unwrap()),
-            DeviceRef::new(ReferenceDevice::new()),
-        ]
-    })
-}
-
-/// Values uniform on `[lo, hi)` from `seed`.
-fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut r = SplitMix64::new(seed);
-    (0..n)
-        .map(|_| lo + (hi - lo) * ((r.next_u64() >> 40) as f32 / (1u64 << 24) as f32))
-        .collect()
-}
-
-/// Runs `f` on the CPU and the reference device and returns both results.
-fn both<T>(f: impl Fn(&DeviceRef) -> Result<T>) -> (T, T) {
-    let [cpu, reference] = devices();
-    (
-        f(cpu).expect("cpu device"),
-        f(reference).expect("reference device"),
-    )
-}
-
-fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let ok = (g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan());
-        assert!(ok, "{what}: element {i}: cpu {g}, reference {w}");
-    }
-}
+use common::{assert_close, both, devices, values};
 
 fn t(dev: &DeviceRef, data: &[f32], shape: &[usize]) -> Result<Tensor> {
     Tensor::from_slice(dev, data, singa_core::Shape::new(shape)?)

@@ -2,48 +2,13 @@
 //! random shapes: odd sizes, padding, strides above 1, non-square kernels and inputs, groups.
 
 use proptest::prelude::*;
-use singa_core::rng::SplitMix64;
 use singa_core::{
     BatchNormArgs, ConvShape, DType, DeviceRef, Dims3, LrnShape, PoolKind, PoolShape, Result,
     Shape, Tensor,
 };
-use singa_cpu::{CpuDevice, ReferenceDevice};
-use std::sync::OnceLock;
+mod common;
 
-fn devices() -> &'static [DeviceRef; 2] {
-    static DEVS: OnceLock<[DeviceRef; 2]> = OnceLock::new();
-    DEVS.get_or_init(|| {
-        [
-            DeviceRef::new(CpuDevice::new(2).unwrap()),
-            DeviceRef::new(ReferenceDevice::new()),
-        ]
-    })
-}
-
-fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut r = SplitMix64::new(seed);
-    (0..n)
-        .map(|_| lo + (hi - lo) * ((r.next_u64() >> 40) as f32 / (1u64 << 24) as f32))
-        .collect()
-}
-
-fn both<T>(f: impl Fn(&DeviceRef) -> Result<T>) -> (T, T) {
-    let [cpu, reference] = devices();
-    (
-        f(cpu).expect("cpu device"),
-        f(reference).expect("reference device"),
-    )
-}
-
-fn close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= atol + rtol * w.abs(),
-            "{what}: element {i}: cpu {g}, reference {w}"
-        );
-    }
-}
+use common::{assert_close, both, devices, values};
 
 fn t(d: &DeviceRef, v: &[f32]) -> Result<Tensor> {
     Tensor::from_slice(d, v, Shape::new(&[v.len()])?)
@@ -95,7 +60,7 @@ fn check_convolution(s: &ConvShape, seed: u64) {
     });
     let depth =
         (s.group_channels() * s.kernel_h * s.kernel_w).max(s.batch * s.out_h() * s.out_w()) as f32;
-    close(&got, &want, 1e-5 * depth, 1e-5, &format!("{s:?}"));
+    assert_close(&got, &want, 1e-5 * depth, 1e-5, &format!("{s:?}"));
 }
 
 proptest! {
@@ -142,7 +107,7 @@ proptest! {
             let args: Vec<f32> = arg.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect();
             Ok([y.to_vec::<f32>()?, dx.to_vec()?, args].concat())
         });
-        close(&got, &want, 1e-5, 1e-5, &format!("{s:?}"));
+        assert_close(&got, &want, 1e-5, 1e-5, &format!("{s:?}"));
     }
 
     #[test]
@@ -160,7 +125,7 @@ proptest! {
             d.lrn_backward(&s, &tx, &y, &sc, &t(d, &dy)?, &mut dx)?;
             Ok([y.to_vec::<f32>()?, sc.to_vec()?, dx.to_vec()?].concat())
         });
-        close(&got, &want, 1e-5, 1e-4, &format!("{s:?}"));
+        assert_close(&got, &want, 1e-5, 1e-4, &format!("{s:?}"));
     }
 
     #[test]
@@ -186,7 +151,7 @@ proptest! {
             }
             Ok(out)
         });
-        close(&got, &want, 1e-4, 1e-4, &format!("{a:?}"));
+        assert_close(&got, &want, 1e-4, 1e-4, &format!("{a:?}"));
     }
 
     #[test]
@@ -209,7 +174,7 @@ proptest! {
             let idx: Vec<f32> = idx.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect();
             Ok([dx.to_vec::<f32>()?, idx, stats.to_vec()?].concat())
         });
-        close(&got, &want, 1e-6, 1e-5, "softmax backward / top-k");
+        assert_close(&got, &want, 1e-6, 1e-5, "softmax backward / top-k");
     }
 }
 

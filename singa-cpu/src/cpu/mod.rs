@@ -13,7 +13,7 @@ mod scratch;
 mod sgemm;
 pub mod simd;
 
-use crate::memory::{self, bytes, bytes_mut, check_host_len, convert, load, store};
+use crate::memory::{self, bytes, bytes_mut, convert, load, store};
 use elementwise as ew;
 pub use parallel::Threads;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
@@ -234,19 +234,11 @@ impl Device for CpuDevice {
     }
 
     unsafe fn write(&self, dst: BufView, src: RSlice<'_, u8>) -> RResult<(), Error> {
-        guard(|| {
-            check_host_len(&dst, src.len(), "write")?;
-            bytes_mut(dst).copy_from_slice(src.as_slice());
-            Ok(())
-        })
+        guard(|| memory::write(dst, src.as_slice()))
     }
 
     unsafe fn read(&self, src: BufView, mut dst: RSliceMut<'_, u8>) -> RResult<(), Error> {
-        guard(|| {
-            check_host_len(&src, dst.len(), "read")?;
-            dst.as_mut_slice().copy_from_slice(bytes(src));
-            Ok(())
-        })
+        guard(|| memory::read(src, dst.as_mut_slice()))
     }
 
     unsafe fn copy(&self, src: BufView, dst: BufView) -> RResult<(), Error> {

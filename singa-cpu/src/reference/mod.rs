@@ -6,7 +6,7 @@
 
 mod nn;
 
-use crate::memory::{self, bytes, bytes_mut, check_host_len, convert, load, store};
+use crate::memory::{self, bytes, bytes_mut, convert, load, store};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
     catch_panic, rng, AdaptiveArgs, AdaptiveRule, BatchNormArgs, BinaryOp, BufHandle, BufView,
@@ -264,19 +264,11 @@ impl Device for ReferenceDevice {
     }
 
     unsafe fn write(&self, dst: BufView, src: RSlice<'_, u8>) -> RResult<(), Error> {
-        guard(|| {
-            check_host_len(&dst, src.len(), "write")?;
-            bytes_mut(dst).copy_from_slice(src.as_slice());
-            Ok(())
-        })
+        guard(|| memory::write(dst, src.as_slice()))
     }
 
     unsafe fn read(&self, src: BufView, mut dst: RSliceMut<'_, u8>) -> RResult<(), Error> {
-        guard(|| {
-            check_host_len(&src, dst.len(), "read")?;
-            dst.as_mut_slice().copy_from_slice(bytes(src));
-            Ok(())
-        })
+        guard(|| memory::read(src, dst.as_mut_slice()))
     }
 
     unsafe fn copy(&self, src: BufView, dst: BufView) -> RResult<(), Error> {
