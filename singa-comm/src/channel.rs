@@ -1,11 +1,11 @@
 //! The in-process transport: one `flume` channel per endpoint.
 
 use singa_core::abi::{ROption, RResult};
+use singa_core::park::Waiter;
 use singa_core::{Addr, Error, Msg, Result, Transport};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::Thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The endpoints of a set of threads that talk to each other in one process.
@@ -75,28 +75,6 @@ impl ChannelNetwork {
 /// How to reach an endpoint: its queue, and the thread to wake.
 type Inbox = (flume::Sender<Msg>, Arc<Waiter>);
 
-/// The thread waiting on an endpoint, woken by senders. Waiting parks the thread rather than
-/// blocking in the channel, because a blocking `flume` receive allocates a waiter record each
-/// time and a training step waits a dozen times.
-#[derive(Default)]
-struct Waiter(Mutex<Option<Thread>>);
-
-impl Waiter {
-    fn register(&self) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let me = std::thread::current();
-        if t.as_ref().map(Thread::id) != Some(me.id()) {
-            *t = Some(me);
-        }
-    }
-
-    fn wake(&self) {
-        if let Some(t) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            t.unpark();
-        }
-    }
-}
-
 /// One endpoint of a [`ChannelNetwork`]. Sending never blocks; receiving waits at most the
 /// timeout given.
 pub struct ChannelEndpoint {
@@ -135,27 +113,19 @@ impl ChannelEndpoint {
 
     fn recv_msg(&self, timeout_ms: u64) -> Result<Option<Msg>> {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        self.waiter.register();
-        loop {
-            match self.inbox.try_recv() {
-                Ok(m) => return Ok(Some(m)),
-                Err(flume::TryRecvError::Empty) => {}
+        // Waiting parks the thread: a blocking flume receive allocates each time it waits.
+        let got = self
+            .waiter
+            .wait_for(Some(deadline), || match self.inbox.try_recv() {
+                Ok(m) => Some(Ok(m)),
+                Err(flume::TryRecvError::Empty) => None,
                 // Unreachable while this endpoint holds a sender to itself; said plainly anyway.
-                Err(flume::TryRecvError::Disconnected) => {
-                    return Err(Error::invalid(format!(
-                        "{}: every sender has stopped",
-                        self.addr
-                    )))
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            // A send after the check above unparks this thread, or has already left the
-            // token that makes this return at once: no wake-up is lost.
-            std::thread::park_timeout(left);
-        }
+                Err(flume::TryRecvError::Disconnected) => Some(Err(Error::invalid(format!(
+                    "{}: every sender has stopped",
+                    self.addr
+                )))),
+            });
+        got.transpose()
     }
 }
 

@@ -24,6 +24,7 @@ pub mod fields;
 pub mod layer;
 pub mod ops;
 pub mod param;
+pub mod park;
 pub mod rng;
 pub mod shape;
 pub mod tensor;

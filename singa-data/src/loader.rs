@@ -7,13 +7,12 @@
 
 use crate::image::ImagePrep;
 use crate::shard::Shard;
+use singa_core::park::Waiter;
 use singa_core::rng::{mix64, SplitMix64};
 use singa_core::{Error, Result};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::thread::Thread;
-use std::time::Duration;
 
 /// The most batches a loader prepares ahead.
 pub const MAX_PREFETCH: usize = 64;
@@ -105,7 +104,7 @@ pub struct BatchLoader {
     thread: Option<JoinHandle<()>>,
     shard: Arc<Shard>,
     /// The consumer's thread, woken by the loader when a batch is ready.
-    consumer: Arc<Mutex<Option<Thread>>>,
+    consumer: Arc<Waiter>,
 }
 
 /// The order of records in `epoch`.
@@ -181,7 +180,7 @@ impl BatchLoader {
                 .expect("the spare channel has room for every buffer");
         }
         let worker_shard = shard.clone();
-        let consumer: Arc<Mutex<Option<Thread>>> = Arc::default();
+        let consumer: Arc<Waiter> = Arc::default();
         let wake = consumer.clone();
         let thread = std::thread::Builder::new()
             .name("singa-loader".into())
@@ -226,9 +225,7 @@ impl BatchLoader {
                     batch.cursor = pos;
                     let failed = result.is_err();
                     let sent = ready_tx.send(result.map(|_| batch));
-                    if let Some(t) = wake.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                        t.unpark();
-                    }
+                    wake.wake();
                     if sent.is_err() || failed {
                         return;
                     }
@@ -252,24 +249,16 @@ impl BatchLoader {
             let _ = self.spare.as_ref().map(|s| s.send(prev));
         }
         let ready = self.ready.as_ref().expect("loader used after drop");
-        // Waiting parks this thread until the loader unparks it: a blocking channel receive
-        // may allocate the first time it waits, which could fall in the middle of training.
-        {
-            let me = std::thread::current();
-            let mut c = self.consumer.lock().unwrap_or_else(|p| p.into_inner());
-            if c.as_ref().map(Thread::id) != Some(me.id()) {
-                *c = Some(me);
-            }
-        }
-        let batch = loop {
-            match ready.try_recv() {
-                Ok(b) => break Ok(b),
-                Err(TryRecvError::Disconnected) => break Err(()),
-                // A batch sent after this check unparks the thread, or has left the token
-                // that makes `park` return at once; the timeout is only a safety net.
-                Err(TryRecvError::Empty) => std::thread::park_timeout(Duration::from_millis(100)),
-            }
-        };
+        // Waiting parks this thread until the loader wakes it: a blocking channel receive may
+        // allocate the first time it waits, which could fall in the middle of training.
+        let batch = self
+            .consumer
+            .wait_for(None, || match ready.try_recv() {
+                Ok(b) => Some(Ok(b)),
+                Err(TryRecvError::Disconnected) => Some(Err(())),
+                Err(TryRecvError::Empty) => None,
+            })
+            .unwrap_or(Err(()));
         let batch = batch.map_err(|_| {
             Error::data(
                 self.shard.path(),

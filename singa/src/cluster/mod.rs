@@ -81,8 +81,6 @@ impl Peer {
 /// The workers and servers of a job, started and ready to train.
 pub struct Cluster {
     config: ClusterConfig,
-    /// Whether each server runs on the thread of the worker it sits beside.
-    colocated: bool,
     /// Worker 0's link (it runs on the coordinating thread).
     link: WorkerLink,
     peers: Vec<Peer>,
@@ -100,8 +98,9 @@ pub struct Cluster {
     values: Vec<build::Values>,
     /// Each server group's updater state, per parameter (group 0's are worker 0's).
     states: Vec<build::States>,
-    /// Hogwild: the server groups average their values every this many steps.
-    sync_freq: Option<u64>,
+    /// Whether the workers' values match what the servers hold (Downpour's master, the
+    /// average of Hogwild's groups): true after [`Cluster::settle`] until the next step.
+    settled: bool,
 }
 
 /// The address of worker `id` of group `group`.
@@ -156,8 +155,7 @@ impl Cluster {
         // AllReduce (and Hogwild's groups): one server beside each worker, run by the worker's
         // own thread and reached at the worker's address, when a server group serves one
         // worker group. Otherwise every server has a thread and address of its own.
-        let colocated =
-            c.nserver_groups == ngroups && !c.server_worker_separate && nservers == nworkers;
+        let colocated = c.servers_beside_workers();
         let timeout = Duration::from_secs(c.timeout_secs);
         let groups: Vec<Vec<Addr>> = (0..ngroups as u32)
             .map(|g| (0..nworkers as u32).map(|i| worker_addr(g, i)).collect())
@@ -178,7 +176,6 @@ impl Cluster {
         let (nets, replicas) = build::worker_nets(job, registry, store, &worker_device)?;
         // A server group serves every worker group (nserver_groups = 1) or its own (Hogwild).
         let nsgroups = c.nserver_groups;
-        let sync_freq = c.sync_freq.max(1);
         let served: Vec<Vec<usize>> = if nsgroups == 1 {
             vec![(0..ngroups).collect()]
         } else {
@@ -296,7 +293,6 @@ impl Cluster {
         }
         Ok(Cluster {
             config: c,
-            colocated,
             link,
             peers,
             servers: server_threads,
@@ -310,7 +306,7 @@ impl Cluster {
             },
             values: replicas,
             states,
-            sync_freq: (nsgroups > 1).then_some(sync_freq),
+            settled: true,
         })
     }
 
@@ -318,6 +314,9 @@ impl Cluster {
     /// write them to a checkpoint): with Downpour, the master copy; with Hogwild, the average
     /// of the groups' values (a synchronisation of the server groups).
     pub fn settle(&mut self, store: &mut ParamStore) -> Result<()> {
+        if self.settled {
+            return Ok(());
+        }
         if let Some(master) = &self.downpour_master {
             for (m, e) in master.iter().zip(store.entries_mut()) {
                 if let Some(m) = m {
@@ -325,9 +324,10 @@ impl Cluster {
                 }
             }
         }
-        if self.sync_freq.is_some() {
+        if self.config.hogwild_sync_freq().is_some() {
             self.average()?;
         }
+        self.settled = true;
         Ok(())
     }
 
@@ -369,6 +369,7 @@ impl Cluster {
                 }
             }
         }
+        self.settled = true;
         Ok(())
     }
 
@@ -384,6 +385,7 @@ impl Cluster {
         store: &mut ParamStore,
         step: u64,
     ) -> Result<()> {
+        self.settled = false;
         for p in &self.peers {
             if !p.send(Command::Step(step)) {
                 return Err(self.stopped(p.addr));
@@ -398,7 +400,7 @@ impl Cluster {
         let peers = self.collect(|_| {});
         own?;
         peers?;
-        match self.sync_freq {
+        match self.config.hogwild_sync_freq() {
             Some(freq) if (step + 1).is_multiple_of(freq) => self.average(),
             _ => Ok(()),
         }
@@ -446,12 +448,12 @@ impl Cluster {
             plural(c.nserver_groups),
             c.nservers_per_group,
             plural(c.nservers_per_group),
-            if self.colocated {
+            if c.servers_beside_workers() {
                 "each on the thread of the worker it sits beside"
             } else {
                 "each on a thread of its own"
             },
-            match (c.nworker_groups, self.sync_freq) {
+            match (c.nworker_groups, c.hogwild_sync_freq()) {
                 (1, _) => "synchronous".to_string(),
                 (_, None) => "groups asynchronous at the servers, at most one step apart".to_string(),
                 (_, Some(f)) => format!(

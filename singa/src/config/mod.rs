@@ -355,6 +355,21 @@ impl ClusterConfig {
     pub fn nworkers(&self) -> usize {
         self.nworker_groups * self.nworkers_per_group
     }
+
+    /// Whether each server sits beside a worker and runs on its thread (AllReduce, and
+    /// Hogwild's groups): when every worker group has a server group of its own with one
+    /// server per worker, and servers are not asked to be separate.
+    pub fn servers_beside_workers(&self) -> bool {
+        self.nserver_groups == self.nworker_groups
+            && self.nservers_per_group == self.nworkers_per_group
+            && !self.server_worker_separate
+    }
+
+    /// Hogwild's averaging period: `Some(sync_freq)` when every worker group has a server
+    /// group of its own (and there are several).
+    pub fn hogwild_sync_freq(&self) -> Option<u64> {
+        (self.nserver_groups > 1).then_some(self.sync_freq.max(1))
+    }
 }
 
 /// The well-known training frameworks, as presets of [`ClusterConfig`] (the `framework` key of
