@@ -316,6 +316,28 @@ pub struct LayerType {
     pub fields: RVec<FieldSpec>,
     /// Builds a layer from validated fields.
     pub create: extern "C" fn(&Fields) -> RResult<LayerBox, Error>,
+    /// Configurations to check the layer with (`singa plugin check`): fields and inputs.
+    pub examples: RVec<LayerExample>,
+}
+
+/// One configuration a layer can be checked with: its fields and the inputs it takes.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct LayerExample {
+    /// The layer's fields (validated against its schema before use).
+    pub fields: Fields,
+    /// The inputs' specs, batch dimension first; `i32` inputs are labels.
+    pub inputs: RVec<TensorSpec>,
+}
+
+impl LayerExample {
+    /// An example with these fields and inputs.
+    pub fn new(fields: Fields, inputs: Vec<TensorSpec>) -> LayerExample {
+        LayerExample {
+            fields,
+            inputs: inputs.into(),
+        }
+    }
 }
 
 impl fmt::Debug for LayerType {
@@ -334,6 +356,11 @@ pub trait LayerDef: Layer + Sized + 'static {
     fn fields() -> Vec<FieldSpec>;
     /// Builds the layer from its validated fields.
     fn new(fields: &Fields) -> Result<Self>;
+    /// Configurations `singa plugin check` (and any other checker) exercises the layer with;
+    /// without any, a checker falls back to a 2-d `f32` input and the default fields.
+    fn examples() -> Vec<LayerExample> {
+        Vec::new()
+    }
 }
 
 /// The registry entry of a [`LayerDef`].
@@ -343,6 +370,7 @@ pub fn layer_type<L: LayerDef>() -> LayerType {
         doc: L::DOC.into(),
         fields: L::fields().into(),
         create: create_layer::<L>,
+        examples: L::examples().into(),
     }
 }
 

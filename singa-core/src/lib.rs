@@ -25,6 +25,7 @@ pub mod layer;
 pub mod ops;
 pub mod param;
 pub mod park;
+pub mod plugin;
 pub mod rng;
 pub mod shape;
 pub mod tensor;
@@ -40,10 +41,11 @@ pub use dtype::{DType, Element};
 pub use error::{catch_panic, Error, Result, ResultExt};
 pub use fields::{validate_fields, FieldError, FieldKind, FieldSpec, FieldValue, Fields};
 pub use layer::{
-    layer_box, layer_type, param_factory, Layer, LayerBox, LayerDef, LayerType, ParamFactory,
-    ParamFactoryMut, Phase, SetupContext, TensorSpec,
+    layer_box, layer_type, param_factory, Layer, LayerBox, LayerDef, LayerExample, LayerType,
+    ParamFactory, ParamFactoryMut, Phase, SetupContext, TensorSpec,
 };
 pub use param::{Init, Param, ParamSpec};
+pub use plugin::INTERFACE_VERSION;
 pub use shape::{Shape, MAX_DIMS};
 pub use tensor::{Access, Tensor};
 pub use transport::{Addr, Msg, MsgKind, Role, Transport};
@@ -65,7 +67,3 @@ pub mod abi {
     };
     pub use abi_stable::StableAbi;
 }
-
-/// The version of the plugin-facing interface (the traits and types above). A plugin built
-/// against another interface version is refused when loaded.
-pub const INTERFACE_VERSION: &str = "0.1";

@@ -286,6 +286,127 @@ pub fn check_gradients(
     Ok(report)
 }
 
+/// One training forward and backward pass of `built` on `inputs`, with random output
+/// gradients drawn from `seed`: its outputs, input gradients, parameter gradients and metrics,
+/// in that order, as `f32` (to compare the same layer across devices).
+pub fn forward_backward(
+    built: &mut Built,
+    dev: &DeviceRef,
+    inputs: &[Tensor],
+    seed: u64,
+) -> Result<Vec<Vec<f32>>> {
+    let mut outs: Vec<Tensor> = built
+        .outputs
+        .iter()
+        .map(|s| Tensor::zeros(dev, s.shape, s.dtype))
+        .collect::<Result<_>>()?;
+    built
+        .layer
+        .forward(Phase::TRAIN, inputs.into(), outs.as_mut_slice().into())
+        .into_result()?;
+    let douts: Vec<Tensor> = built
+        .outputs
+        .iter()
+        .map(|s| {
+            let g = random_away_from_zero(seed, s.shape.numel(), 0.0);
+            Tensor::from_slice(dev, &g, s.shape)
+        })
+        .collect::<Result<_>>()?;
+    let mut dins: Vec<ROption<Tensor>> = inputs
+        .iter()
+        .map(|x| {
+            if x.dtype() == DType::F32 {
+                Tensor::zeros(dev, x.shape(), DType::F32).map(ROption::RSome)
+            } else {
+                Ok(ROption::RNone)
+            }
+        })
+        .collect::<Result<_>>()?;
+    built
+        .layer
+        .backward(
+            Phase::TRAIN,
+            inputs.into(),
+            outs.as_slice().into(),
+            douts.as_slice().into(),
+            dins.as_mut_slice().into(),
+        )
+        .into_result()?;
+    let mut result = Vec::new();
+    for o in outs.iter().filter(|o| o.dtype() == DType::F32) {
+        result.push(o.to_vec::<f32>()?);
+    }
+    for o in outs.iter().filter(|o| o.dtype() == DType::I32) {
+        result.push(o.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect());
+    }
+    for d in dins.iter().filter_map(|d| d.as_ref().into_option()) {
+        result.push(d.to_vec::<f32>()?);
+    }
+    for p in &built.params {
+        result.push(p.grad.to_vec::<f32>()?);
+    }
+    let n = built.layer.metric_names().into_result()?.len();
+    let mut m = vec![0.0f64; n];
+    built
+        .layer
+        .read_metrics(m.as_mut_slice().into())
+        .into_result()?;
+    result.push(m.iter().map(|v| *v as f32).collect());
+    Ok(result)
+}
+
+/// Inputs for `specs`: `f32` values from [`random_away_from_zero`], integer ones (labels)
+/// spread over `0..classes`.
+pub fn example_inputs(
+    dev: &DeviceRef,
+    specs: &[TensorSpec],
+    classes: usize,
+    seed: u64,
+) -> Result<Vec<Tensor>> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s.dtype {
+            DType::F32 => {
+                let v = random_away_from_zero(seed + i as u64, s.shape.numel(), 0.05);
+                Tensor::from_slice(dev, &v, s.shape)
+            }
+            DType::I32 => {
+                let labels: Vec<i32> = (0..s.shape.numel())
+                    .map(|j| ((seed as usize + j * 7) % classes.max(1)) as i32)
+                    .collect();
+                Tensor::from_slice(dev, &labels, s.shape)
+            }
+            other => Err(Error::invalid(format!(
+                "no example values for {other} inputs"
+            ))),
+        })
+        .collect()
+}
+
+/// The largest difference between `got` and `want`, relative to the largest magnitude of
+/// each tensor (at least 1), with where it was: `(difference, tensor, index)`.
+pub fn largest_difference(got: &[Vec<f32>], want: &[Vec<f32>]) -> Result<(f32, usize, usize)> {
+    if got.len() != want.len() || got.iter().zip(want).any(|(a, b)| a.len() != b.len()) {
+        return Err(Error::invalid(
+            "the two runs produced tensors of different counts or sizes",
+        ));
+    }
+    let mut worst = (0.0f32, 0, 0);
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        let scale = w.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            let d = (a - b).abs() / scale;
+            // A NaN on either side is the worst difference there is.
+            let d = if d.is_nan() { f32::INFINITY } else { d };
+            if d > worst.0 {
+                worst = (d, k, i);
+            }
+        }
+    }
+    Ok(worst)
+}
+
 /// Random `f32` values in `[-1, 1]` kept at least `gap` away from 0 (away from the kinks of
 /// ReLU-like functions, where finite differences are meaningless).
 pub fn random_away_from_zero(seed: u64, n: usize, gap: f32) -> Vec<f32> {

@@ -28,6 +28,7 @@ pub mod config;
 pub mod device;
 pub mod net;
 pub mod params;
+pub mod plugins;
 pub mod progress;
 pub mod registry;
 pub mod trainer;

@@ -5,6 +5,7 @@ mod cli;
 use clap::{Parser, Subcommand};
 use cli::bench;
 use singa::config::JobConfig;
+use singa::plugins::Detail;
 use singa::progress;
 use singa::registry::Registry;
 use singa::trainer::{Report, TrainOptions, Trainer};
@@ -49,6 +50,9 @@ fn allocations() -> u64 {
 #[derive(Parser)]
 #[command(name = "singa", version, about, long_about = None)]
 struct Cli {
+    /// Say more when something is refused (e.g. abi_stable's full layout report for a plugin).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,6 +78,10 @@ enum Command {
         /// Build the nets and print them without training.
         #[arg(long)]
         dry_run: bool,
+        /// A plugin library with layer or updater types (repeatable; also read from the job
+        /// file's `plugins` and from SINGA_PLUGIN_PATH).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
     /// Evaluate a checkpoint on the job's test net.
     Test {
@@ -85,14 +93,28 @@ enum Command {
         /// CPU threads (overrides the job file).
         #[arg(long)]
         threads: Option<usize>,
+        /// A plugin library with layer or updater types (repeatable; also read from the job
+        /// file's `plugins` and from SINGA_PLUGIN_PATH).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
     /// Build and look into data shards.
     Data {
         #[command(subcommand)]
         command: DataCommand,
     },
-    /// List the layer and updater types with their fields.
-    Layers,
+    /// List the layer and updater types with their fields and origins.
+    Layers {
+        /// A plugin library with layer or updater types (repeatable; also read from the job
+        /// file's `plugins` and from SINGA_PLUGIN_PATH).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
+    },
+    /// Work with plugin libraries.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Measure training throughput of the peer benchmarks' models (see docs/PERFORMANCE.md).
     Bench {
         /// mlp (784-1000-500-10 on MNIST) or cnn (the CIFAR-10 convnet).
@@ -128,6 +150,16 @@ enum Command {
         /// Samples per step over all workers (default 64).
         #[arg(long, default_value_t = 64)]
         batch: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a plugin and run on each of its types the checks built-in ones get: shape
+    /// inference, gradients against finite differences, CPU device against the reference.
+    Check {
+        /// The plugin library (a .so built with `cargo build --release`).
+        path: PathBuf,
     },
 }
 
@@ -172,6 +204,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let detail = if cli.verbose {
+        Detail::Full
+    } else {
+        Detail::Brief
+    };
     match cli.command {
         Command::Train {
             job,
@@ -180,9 +217,10 @@ fn run(cli: Cli) -> Result<()> {
             overwrite,
             threads,
             dry_run,
+            plugins,
         } => {
             let config = JobConfig::from_file(&job)?;
-            let registry = Registry::builtin();
+            let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
             if dry_run {
                 let trainer = Trainer::new(
                     &config,
@@ -239,11 +277,12 @@ fn run(cli: Cli) -> Result<()> {
             job,
             checkpoint,
             threads,
+            plugins,
         } => {
             let config = JobConfig::from_file(&job)?;
             let mut trainer = Trainer::new(
                 &config,
-                &Registry::builtin(),
+                &Registry::with_plugins(&plugins, Some(&config), detail)?,
                 &TrainOptions {
                     threads,
                     ..Default::default()
@@ -291,8 +330,36 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", singa_data::inspect::inspect(&shard, records)?);
             Ok(())
         }
-        Command::Layers => {
-            list_types(&Registry::builtin());
+        Command::Layers { plugins } => {
+            list_types(&Registry::with_plugins(&plugins, None, detail)?);
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::Check { path },
+        } => {
+            let plugin = singa::plugins::load(&path, detail)?;
+            // Refuse a plugin whose type names collide with the built-in ones, as training would.
+            Registry::builtin().load_plugins(std::slice::from_ref(&path), detail)?;
+            println!(
+                "plugin {} {} ({}): {} layer type(s), {} updater type(s)",
+                plugin.name,
+                plugin.version,
+                path.display(),
+                plugin.layers.len(),
+                plugin.updaters.len()
+            );
+            let verdicts = singa::plugins::check::check_plugin(&plugin);
+            for v in &verdicts {
+                println!("{v}");
+            }
+            let failed = verdicts.iter().filter(|v| !v.passed()).count();
+            if failed > 0 {
+                return Err(Error::plugin(
+                    path.display(),
+                    format!("{failed} of {} type(s) failed the checks", verdicts.len()),
+                ));
+            }
+            println!("all {} type(s) passed", verdicts.len());
             Ok(())
         }
         Command::Bench {

@@ -1,4 +1,5 @@
-//! The layer and updater types a job can use: the built-in ones, and later those of plugins.
+//! The layer and updater types a job can use: the built-in ones and those of plugins
+//! ([`crate::plugins`]).
 
 use singa_core::{Error, LayerType, Result, UpdaterType};
 use std::fmt;
@@ -47,7 +48,7 @@ impl Registry {
     pub fn add_layer(&mut self, t: LayerType, from: Provenance) -> Result<()> {
         if let Some((_, existing)) = self.layers.iter().find(|(l, _)| l.name == t.name) {
             return Err(Error::invalid(format!(
-                "layer type {:?} from {from} is already defined ({existing})",
+                "layer type {:?} ({from}) is already defined ({existing})",
                 t.name.as_str()
             )));
         }
@@ -59,7 +60,7 @@ impl Registry {
     pub fn add_updater(&mut self, t: UpdaterType, from: Provenance) -> Result<()> {
         if let Some((_, existing)) = self.updaters.iter().find(|(u, _)| u.name == t.name) {
             return Err(Error::invalid(format!(
-                "updater type {:?} from {from} is already defined ({existing})",
+                "updater type {:?} ({from}) is already defined ({existing})",
                 t.name.as_str()
             )));
         }

@@ -3,10 +3,11 @@
 
 #![allow(dead_code)]
 
-use singa_core::abi::ROption;
-use singa_core::{DType, DeviceRef, Fields, LayerType, Phase, Shape, Tensor, TensorSpec};
+use singa_core::{DType, DeviceRef, Fields, LayerType, Shape, Tensor, TensorSpec};
 use singa_cpu::{CpuDevice, ReferenceDevice};
-use singa_layers::gradcheck::{build, check_gradients, random_away_from_zero, GradCheckOptions};
+use singa_layers::gradcheck::{
+    build, check_gradients, forward_backward, random_away_from_zero, GradCheckOptions,
+};
 use singa_layers::layer_types;
 
 /// The built-in layer type called `name`.
@@ -149,80 +150,7 @@ impl Case {
     pub fn forward_backward(&self, dev: &DeviceRef) -> Vec<Vec<f32>> {
         let mut built = build(&ty(self.name), &self.fields, dev, &self.specs, self.seed).unwrap();
         let xs = inputs(dev, &self.specs, self.classes, self.seed, self.values);
-        let mut outs: Vec<Tensor> = built
-            .outputs
-            .iter()
-            .map(|s| Tensor::zeros(dev, s.shape, s.dtype).unwrap())
-            .collect();
-        built
-            .layer
-            .forward(
-                Phase::TRAIN,
-                xs.as_slice().into(),
-                outs.as_mut_slice().into(),
-            )
-            .into_result()
-            .unwrap();
-        let douts: Vec<Tensor> = built
-            .outputs
-            .iter()
-            .map(|s| {
-                Tensor::from_slice(
-                    dev,
-                    &random_away_from_zero(self.seed ^ 5, s.shape.numel(), 0.0),
-                    s.shape,
-                )
-                .unwrap()
-            })
-            .collect();
-        let mut dins: Vec<_> = xs
-            .iter()
-            .map(|x| {
-                if x.dtype() == DType::F32 {
-                    ROption::RSome(Tensor::zeros(dev, x.shape(), DType::F32).unwrap())
-                } else {
-                    ROption::RNone
-                }
-            })
-            .collect();
-        built
-            .layer
-            .backward(
-                Phase::TRAIN,
-                xs.as_slice().into(),
-                outs.as_slice().into(),
-                douts.as_slice().into(),
-                dins.as_mut_slice().into(),
-            )
-            .into_result()
-            .unwrap();
-        let mut result: Vec<Vec<f32>> = outs
-            .iter()
-            .filter(|o| o.dtype() == DType::F32)
-            .map(|o| o.to_vec().unwrap())
-            .collect();
-        result.extend(outs.iter().filter(|o| o.dtype() == DType::I32).map(|o| {
-            o.to_vec::<i32>()
-                .unwrap()
-                .into_iter()
-                .map(|v| v as f32)
-                .collect()
-        }));
-        result.extend(
-            dins.iter()
-                .filter_map(|d| d.as_ref().into_option())
-                .map(|d| d.to_vec().unwrap()),
-        );
-        result.extend(built.params.iter().map(|p| p.grad.to_vec().unwrap()));
-        let n = built.layer.metric_names().into_result().unwrap().len();
-        let mut m = vec![0.0f64; n];
-        built
-            .layer
-            .read_metrics(m.as_mut_slice().into())
-            .into_result()
-            .unwrap();
-        result.push(m.iter().map(|v| *v as f32).collect());
-        result
+        forward_backward(&mut built, dev, &xs, self.seed ^ 5).unwrap()
     }
 
     /// The layer on the CPU device (with `threads`) gives what it gives on the reference

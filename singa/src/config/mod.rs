@@ -82,6 +82,9 @@ pub struct JobConfig {
     pub cluster: ClusterConfig,
     /// The layers of the net, in any order (the net is sorted by its edges).
     pub layers: Vec<LayerConfig>,
+    /// Plugin libraries providing layer or updater types the job uses, resolved against the
+    /// job file's directory.
+    pub plugins: Vec<PathBuf>,
 }
 
 impl JobConfig {
@@ -103,6 +106,7 @@ impl JobConfig {
             updater: UpdaterConfig::sgd(0.01),
             cluster: ClusterConfig::default(),
             layers: Vec::new(),
+            plugins: Vec::new(),
         }
     }
 

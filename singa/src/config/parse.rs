@@ -243,8 +243,9 @@ fn to_field_value(v: &Value) -> std::result::Result<FieldValue, String> {
     })
 }
 
-const JOB_KEYS: [&str; 12] = [
+const JOB_KEYS: [&str; 13] = [
     "name",
+    "plugins",
     "algorithm",
     "train_steps",
     "display_freq",
@@ -277,6 +278,11 @@ fn parse_job(s: &Section<'_>) -> Result<JobConfig> {
     job.test_steps = s.u64("test_steps")?.unwrap_or(0);
     job.checkpoint_freq = s.u64("checkpoint_freq")?.unwrap_or(0);
     job.seed = s.u64("seed")?.unwrap_or(job.seed);
+    job.plugins = s
+        .strings("plugins")?
+        .iter()
+        .map(|p| job.origin.base_dir.join(p))
+        .collect();
     if let Some(d) = s.table("device")? {
         job.device = parse_device(&d)?;
     }

@@ -1,0 +1,304 @@
+//! Plugins end to end: the example plugins are built, loaded and train a net; every refusal
+//! (missing file, not a plugin, another interface version, a type defined twice, wrong fields,
+//! a panic during training) is one clear error and leaves the process and the checkpoints
+//! intact.
+
+use singa::config::JobConfig;
+use singa::plugins::{self, Detail};
+use singa::trainer::{Silent, TrainOptions, Trainer};
+use singa::workspace::Existing;
+use singa::Registry;
+use singa_tests::{metric, mlp_job, synthetic_mnist, tmpdir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The folder cargo builds into for the profile these tests were built with.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/plugins-<hash>
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Builds the workspace package `package` (a plugin, or the `singa` binary) with the same
+/// profile as these tests and returns what it built. `cargo test` builds a cdylib's tests,
+/// not the library itself, hence this.
+fn build(package: &str, artifact: &str) -> PathBuf {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = profile_dir();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", package, "--target-dir"])
+        .arg(dir.parent().unwrap());
+    if dir.file_name().unwrap() == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "cargo build -p {package} failed");
+    let path = dir.join(artifact);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+fn plugin(package: &str) -> PathBuf {
+    let file = format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    );
+    build(package, &file)
+}
+
+fn singa_binary() -> PathBuf {
+    build("singa", &format!("singa{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// An MLP job on synthetic MNIST in `dir`, with `act` as the activation layer's type and
+/// `updater` as the `[updater]` table's body.
+fn job_text(dir: &Path, top: &str, act: &str, updater: &str) -> String {
+    let text = mlp_job(dir, top, 32, 0.0);
+    let text = text.replace("type = \"stanh\"", act);
+    let start = text.find("[updater]").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    format!("{}[updater]\n{updater}{}", &text[..start], &text[end..])
+}
+
+fn train(job: &JobConfig, ws: &Path, existing: Existing) -> singa_core::Result<Trainer> {
+    let registry = Registry::with_plugins(&[], Some(job), Detail::Brief)?;
+    let mut trainer = Trainer::new(
+        job,
+        &registry,
+        &TrainOptions {
+            threads: None,
+            workspace: Some(ws.to_path_buf()),
+            existing,
+        },
+    )?;
+    trainer.run(&mut Silent)?;
+    Ok(trainer)
+}
+
+#[test]
+fn plugin_layer_and_updater_train_a_net_from_the_job_file() {
+    let swish = plugin("singa-plugin-swish");
+    let lion = plugin("singa-plugin-lion");
+    let dir = tmpdir("plugins-train");
+    synthetic_mnist(&dir, 800, 200, 8);
+    // The job names the plugins relative to its own folder, as a user would.
+    std::fs::copy(&swish, dir.join("libswish.so")).unwrap();
+    let top = format!(
+        "train_steps = 150\ntest_steps = 4\nplugins = [\"libswish.so\", {:?}]",
+        lion.display().to_string()
+    );
+    let text = job_text(
+        &dir,
+        &top,
+        "type = \"swish\"\nbeta = 1.5",
+        "type = \"lion\"\nlearning_rate = 0.002\nweight_decay = 0.01\n",
+    );
+    let job_file = dir.join("job.toml");
+    std::fs::write(&job_file, text).unwrap();
+    let job = JobConfig::from_file(&job_file).unwrap();
+    let mut trainer = train(&job, &dir.join("ws"), Existing::Refuse).unwrap();
+    let accuracy = metric(&trainer.evaluate().unwrap(), "accuracy");
+    assert!(
+        accuracy > 0.9,
+        "swish + lion learn the toy problem, got {accuracy}"
+    );
+}
+
+#[test]
+fn refusals_are_one_line_and_name_the_plugin() {
+    let dir = tmpdir("plugins-refusals");
+    let refuse = |path: &Path| -> String {
+        let mut r = Registry::builtin();
+        let e = r
+            .load_plugins(&[path.to_path_buf()], Detail::Brief)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        e
+    };
+
+    let missing = refuse(&dir.join("libnothing.so"));
+    assert!(
+        missing.contains("libnothing.so") && missing.contains("no such file"),
+        "{missing}"
+    );
+
+    let text = dir.join("notes.so");
+    std::fs::write(&text, "not a library").unwrap();
+    let e = refuse(&text);
+    assert!(
+        e.contains("notes.so") && e.contains("not a loadable shared library"),
+        "{e}"
+    );
+
+    // A real shared library that is not a singa plugin: a proc-macro crate cargo built.
+    let deps = profile_dir().join("deps");
+    let other = std::fs::read_dir(&deps)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("libthiserror_impl") && name.ends_with(std::env::consts::DLL_SUFFIX)
+        })
+        .expect("cargo built thiserror's proc macro as a shared library");
+    let e = refuse(&other);
+    assert!(e.contains("not a singa plugin"), "{e}");
+
+    let old = plugin("plugin-old-interface");
+    let e = refuse(&old);
+    assert!(
+        e.contains("0.0.3") && e.contains(singa_core::INTERFACE_VERSION) && e.contains("rebuild"),
+        "{e}"
+    );
+
+    let shadows = plugin("plugin-shadows-relu");
+    let e = refuse(&shadows);
+    assert!(
+        e.contains("\"relu\"") && e.contains("plugin-shadows-relu") && e.contains("built in"),
+        "{e}"
+    );
+
+    // The same layer type from two libraries (a copy of the plugin under another name).
+    let swish = plugin("singa-plugin-swish");
+    let copy = dir.join("libswish-copy.so");
+    std::fs::copy(&swish, &copy).unwrap();
+    let mut r = Registry::builtin();
+    let e = r
+        .load_plugins(&[swish.clone(), copy.clone()], Detail::Brief)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"swish\"") && e.contains("libswish-copy.so") && e.contains("already defined"),
+        "{e}"
+    );
+    // The same library named twice (say in SINGA_PLUGIN_PATH and the job file) loads once.
+    let mut r = Registry::builtin();
+    let loaded = r
+        .load_plugins(&[swish.clone(), swish], Detail::Brief)
+        .unwrap();
+    assert_eq!(loaded.len(), 1);
+}
+
+#[test]
+fn wrong_fields_of_a_plugin_layer_name_the_file_and_field() {
+    let swish = plugin("singa-plugin-swish");
+    let dir = tmpdir("plugins-fields");
+    synthetic_mnist(&dir, 100, 50, 8);
+    let sgd = "type = \"sgd\"\nlearning_rate = 0.05\n";
+    let top = format!(
+        "train_steps = 5\nplugins = [{:?}]",
+        swish.display().to_string()
+    );
+    for (act, want) in [
+        ("type = \"swish\"\nbetta = 2.0", "did you mean `beta`?"),
+        ("type = \"swish\"\nbeta = \"large\"", "beta"),
+    ] {
+        let file = dir.join("job.toml");
+        std::fs::write(&file, job_text(&dir, &top, act, sgd)).unwrap();
+        let job = JobConfig::from_file(&file).unwrap();
+        let e = train(&job, &dir.join("ws"), Existing::Overwrite)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("job.toml") && e.contains("layer[act]") && e.contains(want),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_panicking_plugin_layer_stops_the_job_and_the_checkpoint_resumes() {
+    let faulty = plugin("plugin-faulty");
+    let dir = tmpdir("plugins-panic");
+    synthetic_mnist(&dir, 800, 200, 8);
+    let sgd = "type = \"sgd\"\nlearning_rate = 0.05\n";
+    let job = |panic_at: u64| {
+        let top = format!(
+            "train_steps = 150\ncheckpoint_freq = 50\nplugins = [{:?}]",
+            faulty.display().to_string()
+        );
+        // The plugin's layer goes between the activation and the dropout.
+        let text = job_text(&dir, &top, "type = \"stanh\"", sgd).replace(
+            "type = \"dropout\"\nsrclayers = \"act\"",
+            "type = \"dropout\"\nsrclayers = \"faulty\"",
+        ) + &format!(
+            "\n[[layer]]\nname = \"faulty\"\ntype = \"faulty_identity\"\nsrclayers = \"act\"\npanic_at = {panic_at}\n"
+        );
+        JobConfig::from_toml(&text, Default::default()).unwrap()
+    };
+    let ws = dir.join("ws");
+    let e = train(&job(120), &ws, Existing::Refuse)
+        .err()
+        .expect("the panic stops the job")
+        .to_string();
+    assert!(
+        e.contains("layer faulty")
+            && e.contains("faulty_identity")
+            && e.contains("plugin plugin-faulty")
+            && e.contains("deliberate panic"),
+        "{e}"
+    );
+    // The checkpoint of step 100 is intact: a run without the fault resumes from it.
+    let trainer = train(&job(0), &ws, Existing::Resume).unwrap();
+    assert_eq!(trainer.step(), 150);
+}
+
+#[test]
+fn the_cli_loads_plugins_lists_them_and_checks_them() {
+    let singa = singa_binary();
+    let swish = plugin("singa-plugin-swish");
+    let lion = plugin("singa-plugin-lion");
+
+    // SINGA_PLUGIN_PATH and --plugin together; `singa layers` names each type's origin.
+    let out = Command::new(&singa)
+        .args(["layers", "--plugin"])
+        .arg(&lion)
+        .env(plugins::PLUGIN_PATH_VAR, &swish)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert!(listing.contains("relu  (built in)"), "{listing}");
+    assert!(
+        listing.contains("swish  (plugin singa-plugin-swish 0.1.0 from"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("lion  (plugin singa-plugin-lion"),
+        "{listing}"
+    );
+
+    // A refusal: one line on stderr, a failing exit status.
+    let out = Command::new(&singa)
+        .args(["layers", "--plugin"])
+        .arg(plugin("plugin-old-interface"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: plugin ") && err.contains("rebuild"),
+        "{err}"
+    );
+
+    // `singa plugin check`: a verdict per type, success when all pass.
+    for (lib, verdict) in [
+        (&swish, "ok      layer swish"),
+        (&lion, "ok      updater lion"),
+    ] {
+        let out = Command::new(&singa)
+            .args(["plugin", "check"])
+            .arg(lib)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(verdict), "{text}");
+    }
+}
