@@ -155,6 +155,21 @@ fn refusals_are_one_line_and_name_the_plugin() {
         "{e}"
     );
 
+    // Same interface version, other layout: abi_stable's report, condensed to one line...
+    let wrong = plugin("plugin-wrong-layout");
+    let e = refuse(&wrong);
+    assert!(
+        e.contains("layout differs") && e.contains("rebuild") && e.contains("-v"),
+        "{e}"
+    );
+    // ...and in full on request.
+    let mut r = Registry::builtin();
+    let full = r
+        .load_plugins(&[wrong], Detail::Full)
+        .unwrap_err()
+        .to_string();
+    assert!(full.lines().count() > 5, "{full}");
+
     let shadows = plugin("plugin-shadows-relu");
     let e = refuse(&shadows);
     assert!(

@@ -241,14 +241,59 @@ impl<T> ResultExt<T> for Result<T> {
     }
 }
 
-/// Runs `f`, turning a panic into [`Error::Panic`] naming `what`.
+/// Runs `f`, turning a panic into [`Error::Panic`] naming `what` and where it panicked.
 ///
 /// Every implementation of an ABI-stable trait routes its methods through this: a panic that
-/// unwinds into an `extern "C"` boundary would abort the whole process.
+/// unwinds into an `extern "C"` boundary would abort the whole process. The panic is not
+/// printed (the error carries its message and location) unless `RUST_BACKTRACE` asks for
+/// backtraces.
 pub fn catch_panic<T>(what: impl Display, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    quiet_panics::install();
+    quiet_panics::DEPTH.with(|d| d.set(d.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    quiet_panics::DEPTH.with(|d| d.set(d.get() - 1));
+    match result {
         Ok(r) => r,
-        Err(payload) => Err(Error::from_panic(what, payload.as_ref())),
+        Err(payload) => {
+            let e = Error::from_panic(what, payload.as_ref());
+            match (quiet_panics::LOCATION.with(|l| l.take()), e) {
+                (Some(at), Error::Panic { what, message }) => Err(Error::Panic {
+                    what,
+                    message: format!("{message} (at {at})").into(),
+                }),
+                (_, e) => Err(e),
+            }
+        }
+    }
+}
+
+/// A panic hook that, inside [`catch_panic`], records where the panic happened instead of
+/// printing it, and otherwise defers to the hook it replaced. (A plugin has its own copy of
+/// the standard library and of this module, so it installs its own.)
+mod quiet_panics {
+    use std::cell::{Cell, RefCell};
+    use std::sync::Once;
+
+    thread_local! {
+        /// How many `catch_panic` calls this thread is inside.
+        pub(super) static DEPTH: Cell<u32> = const { Cell::new(0) };
+        /// Where the last caught panic happened.
+        pub(super) static LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn install() {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            let previous = std::panic::take_hook();
+            let backtraces = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+            std::panic::set_hook(Box::new(move |info| {
+                if DEPTH.with(|d| d.get()) == 0 || backtraces {
+                    previous(info);
+                }
+                let at = info.location().map(|l| l.to_string());
+                LOCATION.with(|l| *l.borrow_mut() = at);
+            }));
+        });
     }
 }
 
@@ -274,8 +319,12 @@ mod tests {
     #[test]
     fn panics_become_errors() {
         let r: Result<()> = catch_panic("layer fc1", || panic!("boom"));
-        assert_eq!(r.unwrap_err().to_string(), "layer fc1 panicked: boom");
+        let line = line!() - 1;
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            format!("layer fc1 panicked: boom (at singa-core/src/error.rs:{line}:57)")
+        );
         let r: Result<()> = catch_panic("x", || panic!("{}", String::from("owned")));
-        assert_eq!(r.unwrap_err().to_string(), "x panicked: owned");
+        assert!(r.unwrap_err().to_string().starts_with("x panicked: owned (at "));
     }
 }

@@ -151,22 +151,29 @@ pub fn plugin_updater_type<U: UpdaterDef, P: PluginInfo>() -> UpdaterType {
     }
 }
 
-fn provided_by<P: PluginInfo>(kind: &str, name: &str) -> String {
-    format!("{kind} type {name} of plugin {} {}", P::NAME, P::VERSION)
+/// A type's name with the plugin it comes from, as errors show it.
+fn provided_by<P: PluginInfo>(name: &str) -> String {
+    format!("{name} of plugin {} {}", P::NAME, P::VERSION)
 }
 
 extern "C" fn create_plugin_layer<L: LayerDef, P: PluginInfo>(
     fields: &Fields,
 ) -> RResult<LayerBox, Error> {
-    let what = provided_by::<P>("layer", L::TYPE);
-    catch_panic(&what, || Ok(layer_box(&what, L::new(fields)?))).into()
+    let name = provided_by::<P>(L::TYPE);
+    catch_panic(format_args!("layer type {name}"), || {
+        Ok(layer_box(&name, L::new(fields)?))
+    })
+    .into()
 }
 
 extern "C" fn create_plugin_updater<U: UpdaterDef, P: PluginInfo>(
     fields: &Fields,
 ) -> RResult<UpdaterBox, Error> {
-    let what = provided_by::<P>("updater", U::TYPE);
-    catch_panic(&what, || Ok(updater_box(&what, U::new(fields)?))).into()
+    let name = provided_by::<P>(U::TYPE);
+    catch_panic(format_args!("updater type {name}"), || {
+        Ok(updater_box(&name, U::new(fields)?))
+    })
+    .into()
 }
 
 /// Runs a plugin's type listing, turning a panic into an error naming the plugin.

@@ -130,10 +130,10 @@ fn describe_library_error(e: &LibraryError, version: &str, detail: Detail) -> St
     match e {
         LibraryError::AbiInstability(report) => {
             let brief = format!(
-                "its types' layout differs from this singa's although both use interface {version} (interface {INTERFACE_VERSION} here): rebuild it against this singa-core"
+                "its types' layout differs from this singa's although it claims the same interface {version}, so it was built against another singa-core: rebuild it against this one"
             );
             match detail {
-                Detail::Brief => format!("{brief}; run with -v for abi_stable's full report"),
+                Detail::Brief => format!("{brief} (run with -v for abi_stable's full report)"),
                 Detail::Full => format!("{brief}\n{report}"),
             }
         }
