@@ -6,7 +6,7 @@ mod net;
 use singa::config::JobConfig;
 use singa::Registry;
 use singa_core::FieldValue;
-use singa_tests::metric;
+use singa_tests::{metric, plugin};
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
@@ -56,7 +56,14 @@ fn mnist_mlp_job_file_and_builder_agree() {
 /// Every example's job file parses and its layers accept their fields.
 #[test]
 fn every_example_job_file_is_valid() {
-    let registry = Registry::builtin();
+    // Jobs that name plugins get them built with this test's profile (the job files name the
+    // release build, which a test run need not have).
+    let plugins = [plugin("singa-plugin-swish"), plugin("singa-plugin-lion")];
+    let mut with_plugins = Registry::builtin();
+    with_plugins
+        .load_plugins(&plugins, singa::plugins::Detail::Brief)
+        .unwrap();
+    let builtin = Registry::builtin();
     let mut checked = 0;
     for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
         let dir = entry.unwrap().path();
@@ -67,7 +74,20 @@ fn every_example_job_file_is_valid() {
             let path = file.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let job = JobConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-                job.validate(&registry)
+                let registry = if job.plugins.is_empty() {
+                    &builtin
+                } else {
+                    for p in &job.plugins {
+                        assert!(
+                            plugins.iter().any(|b| b.file_name() == p.file_name()),
+                            "{}: unknown plugin {}",
+                            path.display(),
+                            p.display()
+                        );
+                    }
+                    &with_plugins
+                };
+                job.validate(registry)
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 checked += 1;
             }

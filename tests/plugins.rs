@@ -8,51 +8,9 @@ use singa::plugins::{self, Detail};
 use singa::trainer::{Silent, TrainOptions, Trainer};
 use singa::workspace::Existing;
 use singa::Registry;
-use singa_tests::{metric, mlp_job, synthetic_mnist, tmpdir};
-use std::path::{Path, PathBuf};
+use singa_tests::{metric, mlp_job, plugin, profile_dir, singa_binary, synthetic_mnist, tmpdir};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
-
-/// The folder cargo builds into for the profile these tests were built with.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/plugins-<hash>
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-/// Builds the workspace package `package` (a plugin, or the `singa` binary) with the same
-/// profile as these tests and returns what it built. `cargo test` builds a cdylib's tests,
-/// not the library itself, hence this.
-fn build(package: &str, artifact: &str) -> PathBuf {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = profile_dir();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "-p", package, "--target-dir"])
-        .arg(dir.parent().unwrap());
-    if dir.file_name().unwrap() == "release" {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("cargo runs");
-    assert!(status.success(), "cargo build -p {package} failed");
-    let path = dir.join(artifact);
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
-
-fn plugin(package: &str) -> PathBuf {
-    let file = format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        package.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    );
-    build(package, &file)
-}
-
-fn singa_binary() -> PathBuf {
-    build("singa", &format!("singa{}", std::env::consts::EXE_SUFFIX))
-}
 
 /// An MLP job on synthetic MNIST in `dir`, with `act` as the activation layer's type and
 /// `updater` as the `[updater]` table's body.

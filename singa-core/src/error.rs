@@ -325,6 +325,9 @@ mod tests {
             format!("layer fc1 panicked: boom (at singa-core/src/error.rs:{line}:57)")
         );
         let r: Result<()> = catch_panic("x", || panic!("{}", String::from("owned")));
-        assert!(r.unwrap_err().to_string().starts_with("x panicked: owned (at "));
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .starts_with("x panicked: owned (at "));
     }
 }

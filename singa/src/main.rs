@@ -150,6 +150,12 @@ enum Command {
         /// Samples per step over all workers (default 64).
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// The layer type to use in place of the model's ReLU layers (say, a plugin's).
+        #[arg(long, default_value = "relu")]
+        activation: String,
+        /// A plugin library with layer types (repeatable; also read from SINGA_PLUGIN_PATH).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
 }
 
@@ -373,7 +379,10 @@ fn run(cli: Cli) -> Result<()> {
             workers,
             framework,
             batch,
+            activation,
+            plugins,
         } => {
+            let registry = Registry::with_plugins(&plugins, None, detail)?;
             let model = if model == "cnn" {
                 bench::Model::Cnn
             } else {
@@ -408,22 +417,26 @@ fn run(cli: Cli) -> Result<()> {
                 warmup.unwrap_or(default_warmup),
                 steps.unwrap_or(default_steps),
             );
-            bench::run(&bench::BenchOptions {
-                threads,
-                warmup,
-                windows,
-                steps,
-                model,
-                data,
-                cifar,
-                allocations,
-                batch,
-                cluster: (workers > 1 || framework != "allreduce").then(|| {
-                    singa::config::Framework::from_name(&framework)
-                        .expect("clap checked the name")
-                        .preset(workers)
-                }),
-            })
+            bench::run(
+                &bench::BenchOptions {
+                    threads,
+                    warmup,
+                    windows,
+                    steps,
+                    model,
+                    data,
+                    cifar,
+                    allocations,
+                    batch,
+                    activation,
+                    cluster: (workers > 1 || framework != "allreduce").then(|| {
+                        singa::config::Framework::from_name(&framework)
+                            .expect("clap checked the name")
+                            .preset(workers)
+                    }),
+                },
+                &registry,
+            )
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Helpers shared by the end-to-end tests: temporary folders and small synthetic data sets in
-//! the MNIST file format.
+//! the MNIST file format, and building the plugin crates the tests load.
 
 use singa_core::rng::SplitMix64;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
 
 /// A fresh, empty folder under the system's temporary directory.
 pub fn tmpdir(name: &str) -> PathBuf {
@@ -287,4 +289,47 @@ pub fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
         .find(|(k, _)| k == name)
         .unwrap_or_else(|| panic!("no metric {name} in {metrics:?}"))
         .1
+}
+
+/// The folder cargo builds into for the profile these tests were built with.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/plugins-<hash>
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Builds the workspace package `package` (a plugin, or the `singa` binary) with the same
+/// profile as these tests and returns what it built. `cargo test` builds a cdylib's tests,
+/// not the library itself, hence this.
+pub fn build(package: &str, artifact: &str) -> PathBuf {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = profile_dir();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", package, "--target-dir"])
+        .arg(dir.parent().unwrap());
+    if dir.file_name().unwrap() == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "cargo build -p {package} failed");
+    let path = dir.join(artifact);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Builds the plugin crate `package` and returns its library.
+pub fn plugin(package: &str) -> PathBuf {
+    let file = format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    );
+    build(package, &file)
+}
+
+/// Builds the `singa` command and returns it.
+pub fn singa_binary() -> PathBuf {
+    build("singa", &format!("singa{}", std::env::consts::EXE_SUFFIX))
 }

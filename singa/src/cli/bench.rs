@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub batch: usize,
     /// Workers and servers (`None`: one worker updating its own parameters).
     pub cluster: Option<ClusterConfig>,
+    /// The layer type in place of the models' ReLU layers (e.g. a plugin's activation).
+    pub activation: String,
 }
 
 /// The models of the peer benchmarks (`shared/peers`).
@@ -144,8 +146,8 @@ pub fn mlp_job(data: &std::path::Path, threads: usize, batch: usize) -> JobConfi
         )
 }
 
-/// Runs the benchmark and prints its table.
-pub fn run(opts: &BenchOptions) -> Result<()> {
+/// Runs the benchmark and prints its table; layer types are looked up in `registry`.
+pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     if opts.windows == 0 || opts.steps == 0 {
         return Err(Error::invalid("--windows and --steps must be at least 1"));
     }
@@ -174,7 +176,15 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     if let Some(c) = &opts.cluster {
         job.cluster = c.clone();
     }
-    let mut trainer = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default())?;
+    for layer in job.layers.iter_mut().filter(|l| l.type_name == "relu") {
+        layer.type_name = opts.activation.clone();
+    }
+    let title = if opts.activation == "relu" {
+        title
+    } else {
+        format!("{title}, {} in place of relu", opts.activation)
+    };
+    let mut trainer = Trainer::new(&job, registry, &TrainOptions::default())?;
     let batch = trainer.samples_per_step() as f64;
     let device = trainer.device().info().description.into_string();
     println!("singa bench: {title}, on {device}");
