@@ -18,7 +18,7 @@
 //!   constructors of its types. `abi_stable` checks its layout against the host's when it loads.
 //!
 //! Every function the macro exports catches panics, and so does every method of the layers and
-//! updaters it hands out ([`layer_box`](crate::layer_box)), so a plugin never unwinds into the
+//! updaters it hands out ([`layer_box`]), so a plugin never unwinds into the
 //! host: a panic becomes an [`Error`] naming the plugin and the type.
 
 use crate::error::{catch_panic, Error, Result};

@@ -2,7 +2,8 @@
 //!
 //! The runtime of singa and its `singa` command: job files ([`config`]), nets built from them
 //! as DAGs of layers ([`net`]), the TrainOneBatch algorithms ([`algorithm`]), the training loop
-//! with its metrics and checkpoints ([`trainer`], [`checkpoint`], [`workspace`]).
+//! with its metrics and checkpoints ([`trainer`], [`checkpoint`], [`workspace`]), and the
+//! loading and checking of plugin libraries ([`plugins`]).
 //!
 //! A separate crate from the layers and devices because it is the one part that knows them
 //! all: it picks the device a job asks for, looks layer types up in a [`registry`], and
