@@ -369,3 +369,161 @@ fn asynchronous_groups_learn_and_checkpoints_resume() {
         );
     }
 }
+
+/// `job` with its layers `split` split along the features (`partition_dim = 1`).
+fn split_features(mut job: JobConfig, split: &[&str]) -> JobConfig {
+    for l in job.layers.iter_mut() {
+        if split.contains(&l.name.as_str()) {
+            l.partition_dim = 1;
+        }
+    }
+    job
+}
+
+/// `job` with its inner products among `split` storing their weights `[out, in]`, as they do
+/// when split along the features: the unpartitioned net to compare a partitioned one with.
+fn transposed(mut job: JobConfig, split: &[&str]) -> JobConfig {
+    for l in job.layers.iter_mut() {
+        if l.type_name == "inner_product" && split.contains(&l.name.as_str()) {
+            l.fields.set("transpose", true);
+        }
+    }
+    job
+}
+
+/// The MLP of `job` behind data-parallel convolutions: data -> conv 3x3 (6 filters) -> relu ->
+/// max-pool 2x2 -> fc1 -> act -> drop -> fc2 -> loss.
+fn hybrid_job(data: &Path, steps: u64) -> JobConfig {
+    let mut j = job(data, steps, "sgd");
+    let fc1 = j.layers.iter_mut().find(|l| l.name == "fc1").unwrap();
+    fc1.srclayers = vec!["pool".into()];
+    let text = r#"
+name = "convs"
+train_steps = 1
+[updater]
+type = "sgd"
+learning_rate = 0.1
+[[layer]]
+name = "conv"
+type = "convolution"
+srclayers = "data"
+num_filters = 6
+kernel = 3
+pad = 1
+[[layer]]
+name = "crelu"
+type = "relu"
+srclayers = "conv"
+[[layer]]
+name = "pool"
+type = "pooling"
+srclayers = "crelu"
+kernel = 2
+stride = 2
+"#;
+    let convs = JobConfig::from_toml(text, Default::default()).unwrap();
+    j.layers.extend(convs.layers);
+    j
+}
+
+/// Layers split along the features over the workers of a group (model parallelism), alone or
+/// after data-parallel convolutions (hybrid), train exactly as the unpartitioned net on one
+/// worker with the same batch: same forward values (the reported loss) and the same gradients
+/// (the parameters after every update), with bridges wherever neighbouring layers are split
+/// differently.
+#[test]
+fn feature_split_workers_equal_one_worker_with_the_same_batch() {
+    let dir = tmpdir("dist-model");
+    synthetic_mnist(&dir, 600, 100, 8);
+    let cases: Vec<(&str, JobConfig, &[&str])> = vec![
+        // fc1 and act split, drop on the batch, fc2 split: rows -> all -> cols -> rows -> all.
+        ("mlp", job(&dir, 40, "sgd"), &["fc1", "act", "fc2"]),
+        (
+            "mlp, adam",
+            job(&dir, 40, "adam"),
+            &["fc1", "act", "drop", "fc2"],
+        ),
+        (
+            "hybrid",
+            hybrid_job(&dir, 40),
+            &["fc1", "act", "drop", "fc2"],
+        ),
+        (
+            "convolution split on filters",
+            hybrid_job(&dir, 40),
+            &["conv", "crelu", "pool", "fc1"],
+        ),
+    ];
+    for (what, base, split) in cases {
+        let reference = transposed(base.clone(), split);
+        let (one, one_summary) = train(&reference, &options(1));
+        let expected = param_values(&one);
+        for (framework, workers) in [(Framework::Sandblaster, 2), (Framework::AllReduce, 2)] {
+            let mut j = split_features(base.clone(), split);
+            j.cluster = framework.preset(workers);
+            let (many, summary) = train(&j, &options(workers));
+            let what = format!("{what}, {framework:?} with {workers} workers");
+            let diff = max_difference(&expected, &param_values(&many));
+            assert!(diff < 2e-5, "{what}: parameters differ by {diff}");
+            let loss =
+                |s: &singa::trainer::Summary| s.train.iter().find(|(k, _)| k == "loss").unwrap().1;
+            assert!(
+                (loss(&summary) - loss(&one_summary)).abs() < 1e-3,
+                "{what}: loss {} vs {}",
+                loss(&summary),
+                loss(&one_summary)
+            );
+        }
+    }
+    // Four workers: fc1 (24 outputs) and fc2 (4) split four ways.
+    let base = job(&dir, 40, "sgd");
+    let split = ["fc1", "act", "fc2"];
+    let (one, _) = train(&transposed(base.clone(), &split), &options(1));
+    let mut j = split_features(base, &split);
+    j.cluster = Framework::AllReduce.preset(4);
+    let (many, _) = train(&j, &options(4));
+    let diff = max_difference(&param_values(&one), &param_values(&many));
+    assert!(diff < 2e-5, "4 workers: parameters differ by {diff}");
+}
+
+/// What cannot be split along the features is refused, naming the file and the field.
+#[test]
+fn impossible_feature_splits_are_refused() {
+    let dir = tmpdir("dist-model-refusals");
+    synthetic_mnist(&dir, 100, 50, 8);
+    let refused = |split: &[&str], workers: usize, fix: &dyn Fn(&mut JobConfig)| -> String {
+        let mut j = split_features(job(&dir, 5, "sgd"), split);
+        j.cluster = Framework::AllReduce.preset(workers);
+        fix(&mut j);
+        match Trainer::new(&j, &Registry::builtin(), &options(2)) {
+            Ok(_) => panic!("{split:?} with {workers} workers was accepted"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = refused(&["loss"], 2, &|_| {});
+    assert!(
+        e.contains("layer[loss].partition_dim") && e.contains("inner_product, convolution"),
+        "{e}"
+    );
+    let e = refused(&["data"], 2, &|_| {});
+    assert!(
+        e.contains("layer[data].partition_dim") && e.contains("input layer"),
+        "{e}"
+    );
+    // fc2 has 4 outputs: not three ways.
+    let e = refused(&["fc2"], 3, &|j| {
+        for l in j.layers.iter_mut().filter(|l| l.name == "data") {
+            l.fields.set("batch_size", 33usize);
+        }
+    });
+    assert!(
+        e.contains("layer[fc2].num_output") && e.contains("3 workers"),
+        "{e}"
+    );
+    let e = refused(&["fc1"], 2, &|j| {
+        for l in j.layers.iter_mut().filter(|l| l.name == "fc1") {
+            l.fields.set("transpose", false);
+        }
+    });
+    assert!(e.contains("layer[fc1].transpose"), "{e}");
+}

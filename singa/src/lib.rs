@@ -29,6 +29,7 @@ pub mod config;
 pub mod device;
 pub mod net;
 pub mod params;
+pub mod partition;
 pub mod plugins;
 pub mod progress;
 pub mod registry;

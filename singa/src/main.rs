@@ -248,6 +248,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("train net ({} params):", trainer.params().numel());
                 }
                 print!("{}", trainer.train_net().describe(trainer.params()));
+                print!("{}", describe_other_members(&trainer, &registry)?);
                 if let Some(t) = trainer.test_net() {
                     println!("test net:");
                     print!("{}", t.describe(trainer.params()));
@@ -439,6 +440,39 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
     }
+}
+
+/// The nets of worker group 0's other workers, when layers are split over them (with data
+/// parallelism alone every worker's net is worker 0's).
+fn describe_other_members(trainer: &Trainer, registry: &Registry) -> Result<String> {
+    let job = trainer.job();
+    let c = &job.cluster;
+    if c.nworkers_per_group < 2 || !job.layers.iter().any(singa::partition::splits_features) {
+        return Ok(String::new());
+    }
+    let exchanges = singa::partition::Exchanges::new(std::time::Duration::from_secs(1));
+    let mut out = String::new();
+    for member in 1..c.nworkers_per_group as u32 {
+        let part = singa::net::Part::of_worker(
+            0,
+            member,
+            c.nworker_groups as u32,
+            c.nworkers_per_group as u32,
+        );
+        let mut store = singa::params::ParamStore::new();
+        let net = singa::net::NeuralNet::build_part(
+            job,
+            registry,
+            trainer.device(),
+            &mut store,
+            singa_core::Phase::TRAIN,
+            part,
+            Some(&exchanges),
+        )?;
+        out.push_str(&format!("train net of worker 0.{member}:\n"));
+        out.push_str(&net.describe(&store));
+    }
+    Ok(out)
 }
 
 fn list_types(registry: &Registry) {

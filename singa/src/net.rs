@@ -3,13 +3,17 @@
 
 use crate::config::{JobConfig, LayerConfig};
 use crate::params::{NetParams, ParamStore};
+use crate::partition::bridge::Bridge;
+use crate::partition::{
+    effective_fields, feature_split, splits_features, Dist, Exchanges, FeatureSplit,
+};
 use crate::registry::Registry;
 use singa_core::abi::ROption;
 use singa_core::fields::nearest;
 use singa_core::rng::derive_seed;
 use singa_core::{
-    param_factory, DType, DeviceRef, Error, LayerBox, Phase, Result, ResultExt, SetupContext,
-    Tensor, TensorSpec,
+    layer_box, param_factory, DType, DeviceRef, Error, LayerBox, Phase, Result, ResultExt,
+    SetupContext, Tensor, TensorSpec,
 };
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -37,6 +41,52 @@ pub struct NetLayer {
 }
 
 impl NetLayer {
+    /// A bridge layer reading output `source` (of spec `input`) of `layers`, set up on `dev`.
+    fn bridge(
+        name: String,
+        bridge: Bridge,
+        dev: &DeviceRef,
+        source: (usize, usize),
+        input: TensorSpec,
+        layers: &[NetLayer],
+    ) -> Result<NetLayer> {
+        let mut layer = layer_box("bridge", bridge);
+        let mut no_params = crate::params::NoParams;
+        let ctx = SetupContext {
+            layer: name.as_str().into(),
+            device: dev,
+            inputs: std::slice::from_ref(&input).into(),
+            phase: Phase::TRAIN,
+            base_dir: "".into(),
+            seed: 0,
+            partition_id: 0,
+            num_partitions: 1,
+        };
+        let output_specs = layer
+            .setup(&ctx, param_factory(&mut no_params))
+            .into_result()?
+            .into_vec();
+        let outputs = output_specs
+            .iter()
+            .map(|s| Tensor::zeros(dev, s.shape, s.dtype))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(NetLayer {
+            name,
+            type_name: "bridge".to_string(),
+            layer,
+            sources: vec![source],
+            inputs: vec![layers[source.0].outputs[source.1].clone()],
+            outputs,
+            output_specs,
+            grad_outputs: Vec::new(),
+            grad_inputs: Vec::new(),
+            fanout: Vec::new(),
+            needs_backward: false,
+            params: Vec::new(),
+            metric_names: Vec::new(),
+        })
+    }
+
     /// The layer's output specs.
     pub fn output_specs(&self) -> &[TensorSpec] {
         &self.output_specs
@@ -137,18 +187,42 @@ fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Resul
     Ok(order)
 }
 
-/// Which part of a worker group's net a worker holds.
+/// Which part of the job's net a worker holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Part {
-    /// The worker's index in its group.
+    /// The worker's index among all workers: its input layers read part `id` of `count` of
+    /// every batch.
     pub id: u32,
-    /// The workers of the group.
+    /// All workers.
     pub count: u32,
+    /// The worker's group.
+    pub group: u32,
+    /// The worker's index in its group: its share of the layers split along the features.
+    pub member: u32,
+    /// The workers of the group.
+    pub members: u32,
 }
 
 impl Part {
     /// The whole net, on one worker.
-    pub const WHOLE: Part = Part { id: 0, count: 1 };
+    pub const WHOLE: Part = Part {
+        id: 0,
+        count: 1,
+        group: 0,
+        member: 0,
+        members: 1,
+    };
+
+    /// Worker `member` of group `group`, in `groups` groups of `members` workers.
+    pub fn of_worker(group: u32, member: u32, groups: u32, members: u32) -> Part {
+        Part {
+            id: group * members + member,
+            count: groups * members,
+            group,
+            member,
+            members,
+        }
+    }
 }
 
 impl NeuralNet {
@@ -162,12 +236,14 @@ impl NeuralNet {
         store: &mut ParamStore,
         phase: Phase,
     ) -> Result<NeuralNet> {
-        Self::build_part(job, registry, dev, store, phase, Part::WHOLE)
+        Self::build_part(job, registry, dev, store, phase, Part::WHOLE, None)
     }
 
-    /// Builds the part `part` of the net of a worker group (see [`NeuralNet::build`]): with
-    /// data parallelism every worker holds every layer and its input layers read their part of
-    /// each batch.
+    /// Builds the part `part` of the net of a worker group (see [`NeuralNet::build`]). Input
+    /// layers read their part of each batch; layers split along the features
+    /// (`partition_dim = 1`) compute their share of the outputs on the whole batch, with
+    /// bridges (met at `exchanges`, shared by the group's workers) where neighbouring layers
+    /// are split differently; see [`crate::partition`].
     pub fn build_part(
         job: &JobConfig,
         registry: &Registry,
@@ -175,6 +251,7 @@ impl NeuralNet {
         store: &mut ParamStore,
         phase: Phase,
         part: Part,
+        exchanges: Option<&Exchanges>,
     ) -> Result<NeuralNet> {
         let file = job.origin.file.as_str();
         let configs: Vec<&LayerConfig> = job.layers.iter().filter(|l| l.in_phase(phase)).collect();
@@ -202,8 +279,30 @@ impl NeuralNet {
         let base_dir = job.origin.base_dir.display().to_string();
         let mut layers: Vec<NetLayer> = Vec::with_capacity(order.len());
         let mut position: HashMap<&str, usize> = HashMap::new();
+        // With features split over the group: how each layer's outputs are held, and the
+        // bridges made so far, by (producer, output, wanted holding).
+        let partitioned = part.members > 1 && configs.iter().any(|c| splits_features(c));
+        let exchanges = match (partitioned, exchanges) {
+            (false, _) => None,
+            (true, Some(x)) => Some(x),
+            (true, None) => {
+                return Err(Error::invalid(
+                    "a net split over the workers of a group needs their exchanges",
+                ))
+            }
+        };
+        let mut dist: Vec<Dist> = Vec::new();
+        let mut bridges: HashMap<(usize, usize, Dist), usize> = HashMap::new();
         for &ci in &order {
             let cfg = configs[ci];
+            let split = (partitioned && splits_features(cfg))
+                .then(|| feature_split(&cfg.type_name))
+                .flatten();
+            let want = match split {
+                None => Dist::Rows,
+                Some(FeatureSplit::Neurons(_)) => Dist::All,
+                Some(FeatureSplit::Elementwise) => Dist::Cols,
+            };
             let context = || format!("layer {} ({})", cfg.name, cfg.type_name);
             let ty = registry.layer(&cfg.type_name).ok_or_else(|| {
                 Error::config(
@@ -240,11 +339,40 @@ impl NeuralNet {
                         )
                     })?,
                 };
+                let (p, o) = match exchanges {
+                    Some(x) if dist[p] != want => {
+                        let key = (p, o, want);
+                        let b = match bridges.get(&key) {
+                            Some(&b) => b,
+                            None => {
+                                let name = format!("{r}~{}", want.label());
+                                let hub = x.hub(part.group, &name, part.members);
+                                let bridge = Bridge::new(hub, part.member, dist[p], want);
+                                let spec = layers[p].output_specs[o].clone();
+                                let l = NetLayer::bridge(name, bridge, dev, (p, o), spec, &layers)
+                                    .map_err(|e| {
+                                        Error::config(
+                                            file,
+                                            format!("layer[{}].partition_dim", cfg.name),
+                                            e,
+                                        )
+                                    })?;
+                                layers.push(l);
+                                dist.push(want);
+                                bridges.insert(key, layers.len() - 1);
+                                layers.len() - 1
+                            }
+                        };
+                        (b, 0)
+                    }
+                    _ => (p, o),
+                };
                 sources.push((p, o));
-                input_specs.push(specs[o].clone());
+                input_specs.push(layers[p].output_specs[o].clone());
             }
             // The constructor checks the values of the fields (ranges, combinations).
-            let mut layer = (ty.create)(&cfg.fields)
+            let fields = effective_fields(cfg, part.members as usize);
+            let mut layer = (ty.create)(&fields)
                 .into_result()
                 .map_err(|e| Error::config(file, format!("layer[{}]", cfg.name), e))?;
             let mut factory = NetParams {
@@ -257,6 +385,12 @@ impl NeuralNet {
                 phase,
                 used: Vec::new(),
                 asked: Vec::new(),
+                split: match split {
+                    Some(FeatureSplit::Neurons(_)) => {
+                        Some((part.member as usize, part.members as usize))
+                    }
+                    _ => None,
+                },
             };
             let ctx = SetupContext {
                 layer: cfg.name.as_str().into(),
@@ -291,6 +425,11 @@ impl NeuralNet {
                 .map(|s| s.into_string())
                 .collect();
             position.insert(cfg.name.as_str(), layers.len());
+            dist.push(if split.is_some() {
+                Dist::Cols
+            } else {
+                Dist::Rows
+            });
             layers.push(NetLayer {
                 name: cfg.name.clone(),
                 type_name: cfg.type_name.clone(),

@@ -27,6 +27,9 @@ pub struct ParamEntry {
     pub trainable: bool,
     /// The updater's state tensors, by the updater's state names.
     pub state: Vec<Tensor>,
+    /// Whether the layers of a worker split along the features each compute a block of rows
+    /// of the gradient (the rest of the worker's gradient stays zero, so must not be written).
+    pub split: bool,
 }
 
 impl ParamEntry {
@@ -101,10 +104,40 @@ pub(crate) struct NetParams<'a> {
     pub used: Vec<usize>,
     /// Short names of the parameters the layer asked for.
     pub asked: Vec<String>,
+    /// `(i, k)` when the layer is part `i` of `k` of a layer split along its outputs: its
+    /// parameters are blocks of rows of the whole ones, which the store keeps.
+    pub split: Option<(usize, usize)>,
 }
 
 impl NetParams<'_> {
     fn create(&mut self, spec: ParamSpec) -> Result<Param> {
+        let Some((i, k)) = self.split else {
+            return self.create_whole(spec);
+        };
+        let part_shape = spec.shape;
+        let whole = ParamSpec {
+            shape: part_shape.with_dim0(part_shape.dim(0) * k),
+            fan_out: spec.fan_out * k,
+            ..spec
+        };
+        let p = self.create_whole(whole)?;
+        if let Some(&id) = self.used.last() {
+            self.store.entries[id].split = true;
+        }
+        let n = part_shape.numel();
+        let block = |t: &Tensor| -> Result<Tensor> {
+            t.reshape([t.numel()])?
+                .narrow(i * n, n)?
+                .reshape(part_shape)
+        };
+        Ok(Param {
+            value: block(&p.value)?,
+            grad: block(&p.grad)?,
+            name: p.name,
+        })
+    }
+
+    fn create_whole(&mut self, spec: ParamSpec) -> Result<Param> {
         let full = format!("{}/{}", self.layer, spec.name);
         self.asked.push(spec.name.to_string());
         let cfg = self.configs.iter().find(|c| c.name == spec.name.as_str());
@@ -184,6 +217,7 @@ impl NetParams<'_> {
             wd_mult: cfg.map_or(1.0, |c| c.wd_mult),
             trainable: spec.trainable,
             state: Vec::new(),
+            split: false,
         });
         self.store.by_name.insert(full.clone(), id);
         self.used.push(id);
@@ -210,6 +244,18 @@ impl NetParams<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The factory of layers the runtime inserts (bridges), which have no parameters.
+pub(crate) struct NoParams;
+
+impl ParamFactory for NoParams {
+    fn param(&mut self, spec: ParamSpec) -> RResult<Param, Error> {
+        RResult::RErr(Error::invalid(format!(
+            "this layer has no parameters, but asked for {}",
+            spec.name
+        )))
     }
 }
 

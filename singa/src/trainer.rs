@@ -7,6 +7,7 @@ use crate::config::{JobConfig, Validated};
 use crate::device;
 use crate::net::{NeuralNet, Part};
 use crate::params::ParamStore;
+use crate::partition::Exchanges;
 use crate::registry::Registry;
 use crate::workspace::{Existing, Workspace};
 use singa_core::{DType, DeviceRef, Error, Phase, Result, Tensor, UpdateArgs, UpdaterBox};
@@ -244,11 +245,10 @@ impl Trainer {
     pub fn new(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
         let Validated { job, schedule } = job.validate(registry)?;
         let distributed = job.cluster.is_distributed();
+        let exchanges = Exchanges::new(std::time::Duration::from_secs(job.cluster.timeout_secs));
         let (dev, part) = if distributed {
-            let part = Part {
-                id: 0,
-                count: job.cluster.nworkers() as u32,
-            };
+            let c = &job.cluster;
+            let part = Part::of_worker(0, 0, c.nworker_groups as u32, c.nworkers_per_group as u32);
             (
                 crate::cluster::coordinator_device(&job, options.threads)?,
                 part,
@@ -257,7 +257,15 @@ impl Trainer {
             (device::create(&job.device, options.threads)?, Part::WHOLE)
         };
         let mut store = ParamStore::new();
-        let train = NeuralNet::build_part(&job, registry, &dev, &mut store, Phase::TRAIN, part)?;
+        let train = NeuralNet::build_part(
+            &job,
+            registry,
+            &dev,
+            &mut store,
+            Phase::TRAIN,
+            part,
+            Some(&exchanges),
+        )?;
         let test = if job.test_steps > 0 {
             Some(NeuralNet::build(
                 &job,
@@ -305,6 +313,7 @@ impl Trainer {
                 &store,
                 ready_after.clone(),
                 options.threads,
+                &exchanges,
             )?)
         } else {
             None

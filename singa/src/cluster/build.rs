@@ -7,6 +7,7 @@ use super::worker_addr;
 use crate::config::{DeviceConfig, JobConfig};
 use crate::net::{NeuralNet, Part};
 use crate::params::ParamStore;
+use crate::partition::Exchanges;
 use crate::registry::Registry;
 use singa_core::{Addr, DeviceRef, Error, Phase, Result, Tensor};
 use singa_layers::schedule::LrSchedule;
@@ -37,6 +38,7 @@ pub(super) fn worker_nets(
     registry: &Registry,
     store: &ParamStore,
     device: &DeviceConfig,
+    exchanges: &Exchanges,
 ) -> Result<(Vec<BuiltWorker>, Vec<Values>)> {
     let (ngroups, nworkers) = (job.cluster.nworker_groups, job.cluster.nworkers_per_group);
     let mut nets = Vec::new();
@@ -53,13 +55,18 @@ pub(super) fn worker_nets(
                 (None, 0) => ParamStore::sharing_values_of(store),
                 (None, _) => ParamStore::new(),
             };
-            let part = Part {
-                id: (g * nworkers + i) as u32,
-                count: (ngroups * nworkers) as u32,
-            };
+            let part = Part::of_worker(g as u32, i as u32, ngroups as u32, nworkers as u32);
             let addr = worker_addr(g as u32, i as u32);
-            let net = NeuralNet::build_part(job, registry, &dev, &mut own, Phase::TRAIN, part)
-                .map_err(|e| e.context(format!("{addr}")))?;
+            let net = NeuralNet::build_part(
+                job,
+                registry,
+                &dev,
+                &mut own,
+                Phase::TRAIN,
+                part,
+                Some(exchanges),
+            )
+            .map_err(|e| e.context(format!("{addr}")))?;
             if i == 0 {
                 values.push(trainable_values(&own));
                 leader = Some(ParamStore::sharing_values_of(&own));
@@ -151,6 +158,7 @@ pub(super) fn server_cores(
     for (h, gs) in held.served.iter().enumerate() {
         let mut group_cores = Vec::new();
         for s in 0..job.cluster.nservers_per_group {
+            let core_dev = crate::device::create(&one_thread, None)?;
             let mut mine = Vec::new();
             for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
                 let e = &store.entries()[sl.param];
@@ -172,10 +180,15 @@ pub(super) fn server_cores(
                         .iter()
                         .map(|&g| of(&held.replicas[g][sl.param]))
                         .collect::<Result<_>>()?,
+                    sum: if e.split {
+                        Some(Tensor::zeros(&core_dev, [sl.len], e.value.dtype())?)
+                    } else {
+                        None
+                    },
                 });
             }
             group_cores.push(Some(ServerCore::new(
-                crate::device::create(&one_thread, None)?,
+                core_dev,
                 (ut.create)(&job.updater.fields).into_result()?,
                 schedule.clone(),
                 job.updater.weight_decay,

@@ -4,8 +4,10 @@
 //!
 //! The coordinating thread (the [`Trainer`](crate::trainer::Trainer)'s) is worker 0 of group
 //! 0; the other workers run on their own threads, and so do the servers unless each sits beside
-//! a worker (AllReduce, Hogwild), when the worker's thread runs it. Each worker holds the whole
-//! net and reads its part of every batch (data parallelism, `partition_dim = 0`). In one
+//! a worker (AllReduce, Hogwild), when the worker's thread runs it. Each worker reads its part
+//! of every batch; a layer split along the features (`partition_dim = 1`) has a block of its
+//! neurons on each worker of the group, with bridges between differently split layers (see
+//! [`crate::partition`]). In one
 //! process the workers of a group share one copy of the parameter values; a server group that
 //! serves one worker group updates that copy in place, one that serves several (Downpour) keeps
 //! a master copy and refreshes a group's copy after each of its updates.
@@ -28,6 +30,7 @@ use crate::algorithm::{self, TrainOneBatch};
 use crate::config::{ClusterConfig, DeviceConfig, JobConfig};
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
+use crate::partition::Exchanges;
 use crate::registry::Registry;
 use server::Server;
 use singa_comm::ChannelNetwork;
@@ -147,6 +150,7 @@ impl Cluster {
         store: &ParamStore,
         ready_after: Vec<Vec<usize>>,
         threads: Option<usize>,
+        exchanges: &Exchanges,
     ) -> Result<Cluster> {
         let c = job.cluster.clone();
         let ngroups = c.nworker_groups;
@@ -173,7 +177,7 @@ impl Cluster {
         };
 
         let worker_device = share_of_threads(&job.device, threads, ngroups * nworkers);
-        let (nets, replicas) = build::worker_nets(job, registry, store, &worker_device)?;
+        let (nets, replicas) = build::worker_nets(job, registry, store, &worker_device, exchanges)?;
         // A server group serves every worker group (nserver_groups = 1) or its own (Hogwild).
         let nsgroups = c.nserver_groups;
         let served: Vec<Vec<usize>> = if nsgroups == 1 {

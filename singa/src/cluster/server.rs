@@ -21,6 +21,10 @@ pub(crate) struct ServerSlice {
     /// each update from the group (in one process; it is `value` itself when the group uses
     /// the master copy).
     pub replicas: Vec<Tensor>,
+    /// Where the workers' gradients are summed when they must stay as they are (a parameter
+    /// split along the features: each worker's gradient is zero outside its block, and stays
+    /// so only if nobody writes there); `None`: into the first worker's gradient.
+    pub sum: Option<Tensor>,
 }
 
 /// The gradients of one slice received from one worker group in its current step.
@@ -146,13 +150,20 @@ impl ServerCore {
         if c.received < workers.len() {
             return Ok(());
         }
-        // Every worker's gradient is in: sum them into the first one, update, reply.
+        // Every worker's gradient is in: sum them, update, reply.
+        let s = &mut p.slice;
         let (first, rest) = c.grads.split_at_mut(1);
-        let sum = first[0].as_mut().expect("all received");
+        let first = first[0].as_mut().expect("all received");
+        let sum = match &mut s.sum {
+            Some(sum) => {
+                self.dev.copy(first, sum)?;
+                sum
+            }
+            None => first,
+        };
         for grad in rest.iter().flatten() {
             self.dev.axpby(1.0, grad, 1.0, sum)?;
         }
-        let s = &mut p.slice;
         let args = UpdateArgs {
             lr: self.schedule.lr(c.step) * s.lr_mult,
             weight_decay: self.weight_decay * s.wd_mult,
@@ -276,6 +287,7 @@ mod tests {
             workers in 1usize..4,
             lens in proptest::collection::vec(1usize..9, 1..4),
             order_seed: u64,
+            separate_sum: bool,
         ) {
             let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
             let worker_addrs: Vec<Addr> = (0..workers as u32).map(|i| addr(Role::Worker, i)).collect();
@@ -288,6 +300,7 @@ mod tests {
             let slices = values.iter().enumerate().map(|(i, v)| ServerSlice {
                 key: (i as u32, 0), value: v.clone(), state: Vec::new(), lr_mult: 1.0, wd_mult: 1.0,
                 replicas: vec![v.clone()],
+                sum: separate_sum.then(|| Tensor::zeros(&dev, [lens[i]], DType::F32).unwrap()),
             }).collect();
             let sgd = sgd();
             let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
@@ -351,6 +364,7 @@ mod tests {
             lr_mult: 1.0,
             wd_mult: 1.0,
             replicas: vec![value],
+            sum: None,
         }];
         let sgd = sgd();
         let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();

@@ -69,13 +69,13 @@ impl JobConfig {
                 }
             }
         }
-        if c.nworkers_per_group > 1 {
-            if let Some(l) = self.layers.iter().find(|l| l.partition_dim == 1) {
-                return Err(err(
-                    &format!("layer[{}].partition_dim", l.name),
-                    "1 (splitting a layer's features over the workers) is not supported yet; use 0 or leave it out (data parallelism)".into(),
-                ));
-            }
+        // Checked on the fields as written, before defaults fill them in.
+        for l in self
+            .layers
+            .iter()
+            .filter(|l| crate::partition::splits_features(l))
+        {
+            crate::partition::check_feature_split(&self.origin.file, l, c.nworkers_per_group)?;
         }
         let mut job = self.clone();
 
