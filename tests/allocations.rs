@@ -149,4 +149,20 @@ srclayers = ["fc3", "data:label"]
         allocated, 0,
         "{allocated} allocations in {steps} warm distributed training steps"
     );
+    drop(trainer);
+
+    // And with every layer but the data and the loss split over the two workers (model
+    // parallelism, with bridges between the workers).
+    let mut job = job;
+    for l in job.layers.iter_mut() {
+        if !matches!(l.name.as_str(), "data" | "loss") {
+            l.partition_dim = 1;
+        }
+    }
+    let mut trainer = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let allocated = allocations(&mut trainer, 40, steps);
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in {steps} warm model-parallel training steps"
+    );
 }
