@@ -261,9 +261,11 @@ fn the_cli_loads_plugins_lists_them_and_checks_them() {
     );
 
     // `singa plugin check`: a verdict per type, success when all pass.
+    let template = plugin("singa-plugin-template");
     for (lib, verdict) in [
         (&swish, "ok      layer swish"),
         (&lion, "ok      updater lion"),
+        (&template, "ok      layer softsign"),
     ] {
         let out = Command::new(&singa)
             .args(["plugin", "check"])
@@ -274,4 +276,63 @@ fn the_cli_loads_plugins_lists_them_and_checks_them() {
         assert!(out.status.success(), "{text}");
         assert!(text.contains(verdict), "{text}");
     }
+
+    // ... and a failure with a failing exit status when one does not.
+    let out = Command::new(&singa)
+        .args(["plugin", "check"])
+        .arg(plugin("plugin-faulty"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("ok      layer faulty_identity"), "{text}");
+    assert!(
+        text.contains("FAILED  layer wrong_gradient")
+            && text.contains("backward disagrees with finite differences"),
+        "{text}"
+    );
+}
+
+/// A plugin that panics during `singa train`: a failing exit status, the error on stderr's
+/// last line naming the plugin, the layer and the panic, and the checkpoint before it intact.
+#[test]
+fn the_cli_survives_a_panicking_plugin() {
+    let singa = singa_binary();
+    let faulty = plugin("plugin-faulty");
+    let dir = tmpdir("plugins-cli-panic");
+    synthetic_mnist(&dir, 800, 200, 8);
+    let sgd = "type = \"sgd\"\nlearning_rate = 0.05\n";
+    let top = format!(
+        "train_steps = 60\ncheckpoint_freq = 20\nplugins = [{:?}]",
+        faulty.display().to_string()
+    );
+    let text = job_text(&dir, &top, "type = \"stanh\"", sgd).replace(
+        "type = \"dropout\"\nsrclayers = \"act\"",
+        "type = \"dropout\"\nsrclayers = \"faulty\"",
+    ) + "\n[[layer]]\nname = \"faulty\"\ntype = \"faulty_identity\"\nsrclayers = \"act\"\npanic_at = 30\n";
+    let job = dir.join("job.toml");
+    std::fs::write(&job, text).unwrap();
+    let ws = dir.join("ws");
+    let out = Command::new(&singa)
+        .arg("train")
+        .arg(&job)
+        .arg("--workspace")
+        .arg(&ws)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: step 30: layer faulty (faulty_identity) forward")
+            && last.contains("plugin plugin-faulty")
+            && last.contains("deliberate panic"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("thread '"),
+        "the panic is reported once, as the error: {err}"
+    );
+    assert!(ws.join("checkpoints/step-00000020.safetensors").exists());
 }

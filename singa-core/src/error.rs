@@ -249,13 +249,25 @@ impl<T> ResultExt<T> for Result<T> {
 /// backtraces.
 pub fn catch_panic<T>(what: impl Display, f: impl FnOnce() -> Result<T>) -> Result<T> {
     quiet_panics::install();
+    quiet_panics::LOCATION.with(|l| l.borrow_mut().take());
     quiet_panics::DEPTH.with(|d| d.set(d.get() + 1));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     quiet_panics::DEPTH.with(|d| d.set(d.get() - 1));
     match result {
         Ok(r) => r,
         Err(payload) => {
-            let e = Error::from_panic(what, payload.as_ref());
+            // One line, whatever the message (`assert_eq!` writes several).
+            let e = match Error::from_panic(what, payload.as_ref()) {
+                Error::Panic { what, message } => Error::Panic {
+                    what,
+                    message: message
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .into(),
+                },
+                e => e,
+            };
             match (quiet_panics::LOCATION.with(|l| l.take()), e) {
                 (Some(at), Error::Panic { what, message }) => Err(Error::Panic {
                     what,
@@ -287,11 +299,14 @@ mod quiet_panics {
             let previous = std::panic::take_hook();
             let backtraces = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
             std::panic::set_hook(Box::new(move |info| {
-                if DEPTH.with(|d| d.get()) == 0 || backtraces {
+                let caught = DEPTH.with(|d| d.get()) > 0;
+                if !caught || backtraces {
                     previous(info);
                 }
-                let at = info.location().map(|l| l.to_string());
-                LOCATION.with(|l| *l.borrow_mut() = at);
+                if caught {
+                    let at = info.location().map(|l| l.to_string());
+                    LOCATION.with(|l| *l.borrow_mut() = at);
+                }
             }));
         });
     }
@@ -329,5 +344,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("x panicked: owned (at "));
+        let r: Result<()> = catch_panic("y", || panic!("two\nlines"));
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .starts_with("y panicked: two lines (at "));
     }
 }

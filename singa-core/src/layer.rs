@@ -232,7 +232,7 @@ pub fn layer_box<L: Layer + 'static>(type_name: &str, layer: L) -> LayerBox {
     Layer_TO::from_value(
         Guarded {
             what: format!("layer type {type_name}"),
-            inner: layer,
+            inner: std::mem::ManuallyDrop::new(layer),
         },
         TD_Opaque,
     )
@@ -241,7 +241,22 @@ pub fn layer_box<L: Layer + 'static>(type_name: &str, layer: L) -> LayerBox {
 /// A layer whose methods catch panics (and report them as errors naming `what`).
 struct Guarded<L> {
     what: String,
-    inner: L,
+    /// Dropped by `Guarded`'s own `Drop`, which catches a panic there too.
+    inner: std::mem::ManuallyDrop<L>,
+}
+
+impl<L> Drop for Guarded<L> {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is taken once, here, and never used again.
+        let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.inner) };
+        if let Err(e) = catch_panic(format_args!("{} (dropping it)", self.what), || {
+            drop(inner);
+            Ok(())
+        }) {
+            // Nobody is left to return the error to.
+            eprintln!("warning: {e}");
+        }
+    }
 }
 
 impl<L: Layer> Layer for Guarded<L> {

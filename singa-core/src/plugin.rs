@@ -18,8 +18,9 @@
 //!   constructors of its types. `abi_stable` checks its layout against the host's when it loads.
 //!
 //! Every function the macro exports catches panics, and so does every method of the layers and
-//! updaters it hands out ([`layer_box`]), so a plugin never unwinds into the
-//! host: a panic becomes an [`Error`] naming the plugin and the type.
+//! updaters it hands out ([`layer_box`]), their drop included; the host's parameter factory,
+//! which plugin layers call back, catches its own. A panic becomes an [`Error`] naming the
+//! plugin and the type, not an unwind across the library boundary (which would abort).
 
 use crate::error::{catch_panic, Error, Result};
 use crate::layer::{layer_box, LayerBox, LayerDef, LayerType};
@@ -81,8 +82,8 @@ impl InterfaceStamp {
 }
 
 /// Whether a plugin built against interface `plugin` can be loaded by a host on `host`: the
-/// same major version, and before 1.0 the same minor (semver's rule, which `abi_stable`
-/// applies too).
+/// same major version, and before 1.0 the same minor (semver's rule). `abi_stable` then
+/// checks the root module's layout (and its version with its own rule).
 pub fn interface_compatible(host: &str, plugin: &str) -> bool {
     fn parts(v: &str) -> Option<(u64, u64)> {
         let mut it = v.split('.');

@@ -53,7 +53,7 @@ pub fn updater_box<U: Updater + 'static>(type_name: &str, updater: U) -> Updater
     Updater_TO::from_value(
         Guarded {
             what: format!("updater type {type_name}"),
-            inner: updater,
+            inner: std::mem::ManuallyDrop::new(updater),
         },
         TD_Opaque,
     )
@@ -61,7 +61,22 @@ pub fn updater_box<U: Updater + 'static>(type_name: &str, updater: U) -> Updater
 
 struct Guarded<U> {
     what: String,
-    inner: U,
+    /// Dropped by `Guarded`'s own `Drop`, which catches a panic there too.
+    inner: std::mem::ManuallyDrop<U>,
+}
+
+impl<U> Drop for Guarded<U> {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is taken once, here, and never used again.
+        let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.inner) };
+        if let Err(e) = catch_panic(format_args!("{} (dropping it)", self.what), || {
+            drop(inner);
+            Ok(())
+        }) {
+            // Nobody is left to return the error to.
+            eprintln!("warning: {e}");
+        }
+    }
 }
 
 impl<U: Updater> Updater for Guarded<U> {

@@ -57,7 +57,8 @@ impl SimpleParams {
 
 impl ParamFactory for SimpleParams {
     fn param(&mut self, spec: ParamSpec) -> RResult<Param, Error> {
-        self.create(spec).into()
+        // Called from layers, which may live in a plugin: a panic must not unwind into them.
+        singa_core::catch_panic("the parameter factory", || self.create(spec)).into()
     }
 }
 

@@ -261,6 +261,7 @@ impl ParamFactory for NoParams {
 
 impl ParamFactory for NetParams<'_> {
     fn param(&mut self, spec: ParamSpec) -> RResult<Param, Error> {
-        self.create(spec).into()
+        // Called from layers, which may live in a plugin: a panic must not unwind into them.
+        singa_core::catch_panic("the parameter factory", || self.create(spec)).into()
     }
 }

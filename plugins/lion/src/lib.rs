@@ -68,17 +68,12 @@ impl Updater for Lion {
                 return Err(Error::invalid("lion needs its two state tensors"));
             };
             let dev = value.device().clone();
-            if b1 == 0.0 {
-                dev.unary(UnaryOp::Sign, grad, direction)?;
-                dev.axpby((1.0 - b2) * gs, grad, b2, m)?;
-            } else {
-                // m ← c, its sign into `direction`, then m ← β₂·m_old + (1 − β₂)·g rewritten
-                // in terms of c: m_old = (c − (1 − β₁)·g) / β₁.
-                dev.axpby((1.0 - b1) * gs, grad, b1, m)?;
-                dev.unary(UnaryOp::Sign, m, direction)?;
-                let g_coef = (1.0 - b2) - b2 * (1.0 - b1) / b1;
-                dev.axpby(g_coef * gs, grad, b2 / b1, m)?;
-            }
+            // direction ← c = β₁·m + (1 − β₁)·g, then its sign, in place.
+            dev.axpby((1.0 - b1) * gs, grad, 0.0, direction)?;
+            dev.axpby(b1, m, 1.0, direction)?;
+            let c = direction.clone(); // a second handle, to read and write it in place
+            dev.unary(UnaryOp::Sign, &c, direction)?;
+            dev.axpby((1.0 - b2) * gs, grad, b2, m)?;
             dev.axpby(-a.lr, direction, 1.0 - a.lr * a.weight_decay, value)
         })()
         .into()

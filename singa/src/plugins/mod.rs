@@ -62,9 +62,12 @@ impl Plugin {
 pub fn load(path: &Path, detail: Detail) -> Result<Plugin> {
     let refuse = |message: String| Error::plugin(path.display(), message);
     // The loader searches the system's library folders for a bare file name: make it a path.
-    let file = path
-        .canonicalize()
-        .map_err(|_| refuse("no such file".into()))?;
+    let file = path.canonicalize().map_err(|e| {
+        refuse(match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".into(),
+            _ => format!("cannot be read ({e})"),
+        })
+    })?;
     let not_loadable = |e: &dyn std::fmt::Display| {
         let reason = first_line(e);
         let reason = reason
@@ -75,6 +78,9 @@ pub fn load(path: &Path, detail: Detail) -> Result<Plugin> {
     // SAFETY: loading a library runs its initialisers; that is what asking for a plugin means.
     // Rust cdylibs (what `export_plugin!` builds) have none beyond the standard library's.
     let lib = unsafe { libloading::Library::new(&file) }.map_err(|e| not_loadable(&e))?;
+    // From here on the library stays loaded, even when it is refused: abi_stable's layout
+    // checks keep references into it (and so do the types it hands out).
+    let lib = std::mem::ManuallyDrop::new(lib);
     // SAFETY: the symbol is an `InterfaceStamp` in every singa plugin; its layout is fixed
     // forever, and its magic bytes are checked before anything else is read.
     let stamp = unsafe { lib.get::<*const InterfaceStamp>(INTERFACE_SYMBOL.as_bytes()) }
@@ -96,14 +102,12 @@ pub fn load(path: &Path, detail: Detail) -> Result<Plugin> {
             "built against singa plugin interface {version}, but this singa has interface {INTERFACE_VERSION}: rebuild the plugin against singa-core {INTERFACE_VERSION}"
         )));
     }
-    let raw = RawLibrary::load_at(&file).map_err(|e| not_loadable(&e))?;
-    // SAFETY: as above; the header is only used while the library stays loaded (forever).
+    let raw =
+        std::mem::ManuallyDrop::new(RawLibrary::load_at(&file).map_err(|e| not_loadable(&e))?);
+    // SAFETY: as above; the library stays loaded for the rest of the process.
     let module = unsafe { lib_header_from_raw_library(&raw) }
         .and_then(|header| header.init_root_module::<PluginModuleRef>())
         .map_err(|e| refuse(describe_library_error(&e, &version, detail)))?;
-    // Types, vtables and functions handed out below live in the library.
-    std::mem::forget(raw);
-    std::mem::forget(lib);
 
     let name = module.name().to_string();
     let plugin_version = module.version().to_string();
@@ -130,7 +134,7 @@ fn describe_library_error(e: &LibraryError, version: &str, detail: Detail) -> St
     match e {
         LibraryError::AbiInstability(report) => {
             let brief = format!(
-                "its types' layout differs from this singa's although it claims the same interface {version}, so it was built against another singa-core: rebuild it against this one"
+                "its types' layout differs from this singa's although it claims a compatible interface ({version}; {INTERFACE_VERSION} here), so it was built against another singa-core: rebuild it against this one"
             );
             match detail {
                 Detail::Brief => format!("{brief} (run with -v for abi_stable's full report)"),
