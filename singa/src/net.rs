@@ -346,8 +346,16 @@ impl NeuralNet {
                             Some(&b) => b,
                             None => {
                                 let name = format!("{r}~{}", want.label());
-                                let hub = x.hub(part.group, &name, part.members);
-                                let bridge = Bridge::new(hub, part.member, dist[p], want);
+                                let link = x.link(part.group, part.member, part.members)?;
+                                let bridge = Bridge::new(
+                                    &name,
+                                    bridges.len() as u32,
+                                    link,
+                                    (part.group, part.member, part.members),
+                                    x.timeout(),
+                                    dist[p],
+                                    want,
+                                );
                                 let spec = layers[p].output_specs[o].clone();
                                 let l = NetLayer::bridge(name, bridge, dev, (p, o), spec, &layers)
                                     .map_err(|e| {

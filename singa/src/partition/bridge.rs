@@ -2,179 +2,277 @@
 //! bridge moves the tensor between the group's workers (SINGA's bridge source/destination
 //! pair, fused with the concat or slice it feeds).
 //!
-//! Every worker of the group runs its own instance of a bridge; the instances meet at a
-//! [`Hub`]. Forward, each publishes its part, waits for the others and assembles what its
-//! consumer needs; backward, each publishes its output gradient and sums (or gathers) the
-//! pieces that belong to its own input part. In one process the parts are tensor handles the
-//! peers read directly; a multi-process transport will move the same blocks as messages.
+//! Every worker of the group runs its own instance of a bridge, and the instances talk through
+//! a [`Transport`](singa_core::Transport): each worker has one bridge endpoint for all its
+//! bridges, and since every worker runs its bridges in the same order, the messages from a
+//! peer arrive in the order they are consumed. Forward, each instance sends its part to every
+//! peer (`Bridge` messages), receives theirs and assembles what its consumer needs; backward,
+//! it sends its output gradient and sums (or gathers) the pieces that belong to its own input
+//! part. A last round of empty messages says "read": nobody overwrites a part a peer may
+//! still read. In one process a message carries a tensor handle; a multi-process transport
+//! would carry the block itself.
 
 use super::Dist;
-use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
+use singa_comm::ChannelNetwork;
+use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec, TD_Opaque, Transport_TO};
 use singa_core::{
-    DType, DeviceRef, Error, Layer, ParamFactoryMut, Phase, Result, SetupContext, Tensor,
-    TensorSpec,
+    Addr, DType, DeviceRef, Error, Layer, Msg, MsgKind, ParamFactoryMut, Phase, Result, Role,
+    SetupContext, Tensor, TensorSpec,
 };
-use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// The bridges of every worker group, by group and bridge name: each group's workers find
-/// their peers' halves here while their nets are built.
+/// A transport endpoint behind the ABI-stable trait object.
+type Endpoint = Transport_TO<'static, singa_core::abi::RBox<()>>;
+
+/// One worker's bridge endpoint, shared by its bridges (which run one at a time, on its
+/// thread).
+pub(crate) type Link = Arc<Mutex<LinkState>>;
+
+/// A worker's bridge endpoint and the messages that came early on it.
+pub(crate) struct LinkState {
+    endpoint: Endpoint,
+    /// A message per peer that came before it was due: for the round after the current one,
+    /// maybe of the next bridge (a peer that has all it needs moves on, and can be one round
+    /// ahead, never more).
+    early: Vec<Option<Msg>>,
+}
+
+/// The bridge endpoints of every worker group, handed to the group's workers while their nets
+/// are built.
 pub struct Exchanges {
     timeout: Duration,
-    hubs: Mutex<HashMap<(u32, String), Arc<Hub>>>,
+    groups: Mutex<Vec<Vec<Option<Link>>>>,
 }
 
 impl Exchanges {
-    /// No bridges yet; every wait at a bridge gives up after `timeout`.
+    /// No endpoints yet; every wait at a bridge gives up after `timeout`.
     pub fn new(timeout: Duration) -> Arc<Exchanges> {
         Arc::new(Exchanges {
             timeout,
-            hubs: Mutex::new(HashMap::new()),
+            groups: Mutex::new(Vec::new()),
         })
     }
 
-    /// The hub of bridge `name` in worker group `group` of `members` workers.
-    pub(crate) fn hub(&self, group: u32, name: &str, members: u32) -> Arc<Hub> {
-        let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-        hubs.entry((group, name.to_string()))
-            .or_insert_with(|| {
-                Arc::new(Hub {
-                    name: format!("bridge {name} of worker group {group}"),
-                    members,
-                    timeout: self.timeout,
-                    parts: (0..members).map(|_| Mutex::new(None)).collect(),
-                    barrier: Barrier::new(members),
+    /// The bridge endpoint of worker `member` of group `group` of `members` workers.
+    pub(crate) fn link(&self, group: u32, member: u32, members: u32) -> Result<Link> {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let g = group as usize;
+        if groups.len() <= g {
+            groups.resize_with(g + 1, Vec::new);
+        }
+        if groups[g].is_empty() {
+            let addrs: Vec<Addr> = (0..members).map(|m| bridge_addr(group, m)).collect();
+            groups[g] = ChannelNetwork::connect(&addrs)?
+                .into_iter()
+                .map(|e| {
+                    Some(Arc::new(Mutex::new(LinkState {
+                        endpoint: Transport_TO::from_value(e, TD_Opaque),
+                        early: vec![None; members as usize],
+                    })))
                 })
-            })
-            .clone()
-    }
-}
-
-/// Where the instances of one bridge meet.
-pub(crate) struct Hub {
-    name: String,
-    members: u32,
-    timeout: Duration,
-    /// What each member published for the current pass (its input forward, its output
-    /// gradient backward).
-    parts: Vec<Mutex<Option<Tensor>>>,
-    barrier: Barrier,
-}
-
-impl Hub {
-    fn publish(&self, member: u32, t: &Tensor) {
-        *self.parts[member as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
-    }
-
-    fn part(&self, member: u32) -> Result<Tensor> {
-        self.parts[member as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+                .collect();
+        }
+        groups[g]
+            .get(member as usize)
+            .and_then(|l| l.clone())
             .ok_or_else(|| {
-                Error::invalid(format!("{}: worker {member} published nothing", self.name))
+                Error::invalid(format!("no bridge endpoint for worker {group}.{member}"))
             })
     }
 
-    fn wait(&self, member: u32) -> Result<()> {
-        self.barrier.wait(member, self.timeout, &self.name)
+    /// How long a bridge waits for its peers.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
-/// A reusable barrier for the workers of a group whose wait gives up after a timeout, naming
-/// the workers that did not arrive. Waiting allocates nothing.
-struct Barrier {
-    members: u32,
-    state: Mutex<BarrierState>,
-    turned: Condvar,
+/// The address of worker `member`'s bridge endpoint in group `group`.
+fn bridge_addr(group: u32, member: u32) -> Addr {
+    Addr {
+        group,
+        id: member,
+        role: Role::Worker,
+    }
 }
 
-struct BarrierState {
-    /// Bit `m` is set once member `m` arrived in this generation.
-    arrived: u64,
-    generation: u64,
-}
-
-impl Barrier {
-    fn new(members: u32) -> Barrier {
-        Barrier {
-            members,
-            state: Mutex::new(BarrierState {
-                arrived: 0,
-                generation: 0,
-            }),
-            turned: Condvar::new(),
-        }
-    }
-
-    fn wait(&self, member: u32, timeout: Duration, what: &str) -> Result<()> {
-        let all = if self.members == 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.members) - 1
-        };
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.arrived |= 1 << member;
-        if s.arrived == all {
-            s.arrived = 0;
-            s.generation += 1;
-            self.turned.notify_all();
-            return Ok(());
-        }
-        let generation = s.generation;
-        let deadline = Instant::now() + timeout;
-        while s.generation == generation {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let missing: Vec<String> = (0..self.members)
-                    .filter(|m| s.arrived & (1 << m) == 0)
-                    .map(|m| m.to_string())
-                    .collect();
-                return Err(Error::timeout(
-                    format!("{what}: workers {} of the group", missing.join(", ")),
-                    timeout.as_secs_f64(),
-                ));
-            }
-            s = self
-                .turned
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        Ok(())
-    }
+/// Which exchange of a bridge a message belongs to (its `slice` field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    Forward = 0,
+    Backward = 1,
+    /// "I have read your part": the end of a forward or backward exchange.
+    Read = 2,
 }
 
 /// One worker's instance of a bridge from `from` to `to`.
 pub(crate) struct Bridge {
-    pub hub: Arc<Hub>,
-    pub member: u32,
-    pub from: Dist,
-    pub to: Dist,
+    name: String,
+    /// Names the bridge in its messages (`target`): its index among the worker's bridges.
+    id: u32,
+    link: Link,
+    group: u32,
+    member: u32,
+    members: u32,
+    timeout: Duration,
+    from: Dist,
+    to: Dist,
+    /// Every member's part of the current exchange (this worker's own included).
+    parts: Vec<Option<Tensor>>,
+    /// Which peers' messages of the current round have arrived.
+    arrived: Vec<bool>,
+    /// Exchanges done, to check that messages belong to the current one.
+    exchanges: u64,
     dev: Option<DeviceRef>,
     /// Backward's scratch for summing column blocks.
     scratch: Option<Tensor>,
 }
 
 impl Bridge {
-    /// The bridge instance of worker `member` at `hub`.
-    pub fn new(hub: Arc<Hub>, member: u32, from: Dist, to: Dist) -> Bridge {
+    /// Worker `member`'s instance of bridge `name` (the `id`-th of its net), from `from` to `to`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        id: u32,
+        link: Link,
+        (group, member, members): (u32, u32, u32),
+        timeout: Duration,
+        from: Dist,
+        to: Dist,
+    ) -> Bridge {
         Bridge {
-            hub,
+            name: format!("bridge {name} of worker {group}.{member}"),
+            id,
+            link,
+            group,
             member,
+            members,
+            timeout,
             from,
             to,
+            parts: vec![None; members as usize],
+            arrived: vec![false; members as usize],
+            exchanges: 0,
             dev: None,
             scratch: None,
         }
     }
 
+    /// Sends `mine` to every peer and receives theirs into `self.parts` (`round`), or sends
+    /// and receives the empty "read" messages (`Round::Read`).
+    fn exchange(&mut self, round: Round, mine: Option<&Tensor>) -> Result<()> {
+        let me = bridge_addr(self.group, self.member);
+        let link = Arc::clone(&self.link);
+        let mut link = link.lock().unwrap_or_else(|p| p.into_inner());
+        let LinkState { endpoint, early } = &mut *link;
+        for j in (0..self.members).filter(|&j| j != self.member) {
+            endpoint
+                .send(Msg {
+                    src: me,
+                    dst: bridge_addr(self.group, j),
+                    kind: MsgKind::Bridge,
+                    target: self.id,
+                    slice: round as u32,
+                    version: self.exchanges,
+                    payload: mine.cloned().into(),
+                })
+                .into_result()?;
+        }
+        if let Some(t) = mine {
+            self.parts[self.member as usize] = Some(t.clone());
+        }
+        let (current, serial, id) = (round as u32, self.exchanges, self.id);
+        let belongs = |m: &Msg| {
+            m.kind == MsgKind::Bridge && m.target == id && m.slice == current && m.version == serial
+        };
+        for a in &mut self.arrived {
+            *a = false;
+        }
+        self.arrived[self.member as usize] = true;
+        let mut missing = self.members - 1;
+        // What came early from a peer is this round's.
+        for slot in early.iter_mut() {
+            if let Some(m) = slot.take() {
+                if !belongs(&m) {
+                    return Err(self.unexpected(round, &m));
+                }
+                self.take(m, round)?;
+                missing -= 1;
+            }
+        }
+        let deadline = std::time::Instant::now() + self.timeout;
+        while missing > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(msg) = endpoint
+                .recv(left.as_millis() as u64)
+                .into_result()?
+                .into_option()
+            else {
+                let late: Vec<String> = (0..self.members as usize)
+                    .filter(|&j| !self.arrived[j])
+                    .map(|j| format!("worker {}.{j}", self.group))
+                    .collect();
+                return Err(Error::timeout(
+                    format!("{}: {}", self.name, late.join(", ")),
+                    self.timeout.as_secs_f64(),
+                ));
+            };
+            let j = msg.src.id as usize;
+            if j >= self.members as usize {
+                return Err(self.unexpected(round, &msg));
+            }
+            if belongs(&msg) && !self.arrived[j] {
+                self.take(msg, round)?;
+                missing -= 1;
+            } else if self.arrived[j] && early[j].is_none() {
+                early[j] = Some(msg);
+            } else {
+                return Err(self.unexpected(round, &msg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a message of the current round.
+    fn take(&mut self, msg: Msg, round: Round) -> Result<()> {
+        let j = msg.src.id as usize;
+        self.arrived[j] = true;
+        if round != Round::Read {
+            let part = msg.payload.into_option().ok_or_else(|| {
+                Error::invalid(format!("{}: an empty part from {}", self.name, msg.src))
+            })?;
+            self.parts[j] = Some(part);
+        }
+        Ok(())
+    }
+
+    fn unexpected(&self, round: Round, msg: &Msg) -> Error {
+        Error::invalid(format!(
+            "{}: expected {round:?} message {} of bridge {}, got {:?} round {} message {} of bridge {} from {}",
+            self.name, self.exchanges, self.id, msg.kind, msg.slice, msg.version, msg.target, msg.src
+        ))
+    }
+
+    /// The part member `j` sent in the current exchange.
+    fn part(&self, j: u32) -> Result<Tensor> {
+        self.parts[j as usize]
+            .clone()
+            .ok_or_else(|| Error::invalid(format!("{}: no part from worker {j}", self.name)))
+    }
+
+    /// Ends an exchange: every peer has read what it needed, and the handles are let go.
+    fn finish(&mut self) -> Result<()> {
+        self.exchange(Round::Read, None)?;
+        for p in &mut self.parts {
+            *p = None;
+        }
+        self.exchanges += 1;
+        Ok(())
+    }
+
     /// The shape of the output for an input part of shape `input`.
     pub fn output_shape(&self, input: singa_core::Shape) -> Result<singa_core::Shape> {
-        let k = self.hub.members as usize;
+        let k = self.members as usize;
         let full = match self.from {
             Dist::Rows => input.with_dim0(input.dim(0) * k),
             Dist::Cols => with_dim1(input, input.dim(1) * k)?,
@@ -196,23 +294,22 @@ impl Bridge {
     /// Column block `j` of the columns of `t` seen as a matrix, when `t` is split into the
     /// group's parts along dimension 1: (first column, width).
     fn col_block(&self, t: &Tensor, j: u32) -> (usize, usize) {
-        let w = t.shape().as_matrix().1 / self.hub.members as usize;
+        let w = t.shape().as_matrix().1 / self.members as usize;
         (j as usize * w, w)
     }
 
     /// Row block `j` of `t` split into the group's parts along dimension 0.
     fn row_block(&self, t: &Tensor, j: u32) -> Result<Tensor> {
-        let rows = t.shape().dim(0) / self.hub.members as usize;
+        let rows = t.shape().dim(0) / self.members as usize;
         t.narrow(j as usize * rows, rows)
     }
 
     fn forward_parts(&mut self, input: &Tensor, out: &mut Tensor) -> Result<()> {
-        let (me, k) = (self.member, self.hub.members);
-        self.hub.publish(me, input);
-        self.hub.wait(me)?;
+        let (me, k) = (self.member, self.members);
+        self.exchange(Round::Forward, Some(input))?;
         let dev = self.dev()?.clone();
         for j in 0..k {
-            let part = self.hub.part(j)?;
+            let part = self.part(j)?;
             match (self.from, self.to) {
                 // Gather: every part into its block of the whole.
                 (Dist::Rows, Dist::All) => dev.copy(&part, &mut self.row_block(out, j)?)?,
@@ -233,22 +330,21 @@ impl Bridge {
                 (from, to) => {
                     return Err(Error::invalid(format!(
                         "{}: no bridge from {from:?} to {to:?}",
-                        self.hub.name
+                        self.name
                     )))
                 }
             }
         }
         // Nobody overwrites a part before every peer has read it.
-        self.hub.wait(me)
+        self.finish()
     }
 
     fn backward_parts(&mut self, grad_out: &Tensor, grad_in: &mut Tensor) -> Result<()> {
-        let (me, k) = (self.member, self.hub.members);
-        self.hub.publish(me, grad_out);
-        self.hub.wait(me)?;
+        let (me, k) = (self.member, self.members);
+        self.exchange(Round::Backward, Some(grad_out))?;
         let dev = self.dev()?.clone();
         for j in 0..k {
-            let g = self.hub.part(j)?;
+            let g = self.part(j)?;
             match (self.from, self.to) {
                 // The whole was copied to everyone: my part's gradient is the sum of every
                 // peer's gradient over my block.
@@ -286,12 +382,12 @@ impl Bridge {
                 (from, to) => {
                     return Err(Error::invalid(format!(
                         "{}: no bridge from {from:?} to {to:?}",
-                        self.hub.name
+                        self.name
                     )))
                 }
             }
         }
-        self.hub.wait(me)
+        self.finish()
     }
 }
 
@@ -352,8 +448,8 @@ impl Layer for Bridge {
         grad_outputs: RSlice<'_, Tensor>,
         mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
     ) -> RResult<(), Error> {
-        // Every member takes part, so that the hub's passes stay in step even where an input
-        // needs no gradient.
+        // Every worker's net has the same layers, so either every instance of a bridge runs
+        // backward or none does.
         match &mut grad_inputs[0] {
             ROption::RSome(dx) => self.backward_parts(&grad_outputs[0], dx).into(),
             ROption::RNone => RResult::ROk(()),

@@ -7,7 +7,7 @@
 //! ([`Dist::Rows`]: each worker has its part of the batch), in columns ([`Dist::Cols`]: its part
 //! of the features) or whole ([`Dist::All`]). Where a layer needs its input held another way
 //! than its source produces it, the net builder inserts a [`bridge`] layer that moves the
-//! blocks between the workers.
+//! blocks between the workers, as `Bridge` messages through a [`Transport`](singa_core::Transport).
 //!
 //! Which layers can be split along the features, and how:
 //! - `inner_product` and `convolution` keep `num_output` / `num_filters` divided by the
