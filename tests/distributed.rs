@@ -333,14 +333,26 @@ fn asynchronous_groups_learn_and_checkpoints_resume() {
         sync_freq: 5,
         ..Framework::Hogwild.preset(2)
     };
-    // Downpour's 4 groups each read 8 of every 32 records; Hogwild's 2, 16.
-    for (cluster, batch) in [(Framework::Downpour.preset(4), 8), (hogwild, 16)] {
+    // Downpour's 4 groups each read 8 of every 32 records; Hogwild's 2, 16; and Downpour's 2
+    // groups with a staleness bound of 3 steps.
+    let stale = ClusterConfig {
+        staleness: 3,
+        ..Framework::Downpour.preset(2)
+    };
+    for (run, (cluster, batch)) in [
+        (Framework::Downpour.preset(4), 8),
+        (hogwild, 16),
+        (stale, 16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut j = job(&dir, 40, "sgd");
         let what = format!("{cluster:?}");
         j.cluster = cluster;
         j.test_steps = 2;
         j.checkpoint_freq = 20;
-        let ws = dir.join(format!("ws-{batch}"));
+        let ws = dir.join(format!("ws-{run}"));
         let opts = |existing| TrainOptions {
             workspace: Some(ws.clone()),
             existing,
@@ -348,6 +360,11 @@ fn asynchronous_groups_learn_and_checkpoints_resume() {
         };
         let (t, s) = train(&j, &opts(Existing::Refuse));
         assert!(test_accuracy(&s) > 0.9, "{what}: {:?}", s.test);
+        let lag = t.cluster().unwrap().max_lag();
+        assert!(
+            lag as u64 <= j.cluster.staleness,
+            "{what}: a group lagged {lag} steps"
+        );
         assert_eq!(
             (t.train_net().batch_size(), t.samples_per_step()),
             (batch, 32)
@@ -526,4 +543,38 @@ fn impossible_feature_splits_are_refused() {
         }
     });
     assert!(e.contains("layer[fc1].transpose"), "{e}");
+}
+
+/// A staleness bound needs asynchronous groups, and a sensible size.
+#[test]
+fn a_staleness_bound_without_asynchronous_groups_is_refused() {
+    let dir = tmpdir("dist-stale-refusal");
+    synthetic_mnist(&dir, 100, 50, 8);
+    for (cluster, field_says) in [
+        (
+            ClusterConfig {
+                staleness: 2,
+                ..Framework::AllReduce.preset(2)
+            },
+            "this job has one group",
+        ),
+        (
+            ClusterConfig {
+                staleness: 1000,
+                ..Framework::Downpour.preset(2)
+            },
+            "expected at most 64",
+        ),
+    ] {
+        let mut j = job(&dir, 5, "sgd");
+        j.cluster = cluster;
+        let e = Trainer::new(&j, &Registry::builtin(), &options(2))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("cluster.staleness") && e.contains(field_says),
+            "{e}"
+        );
+    }
 }

@@ -73,6 +73,9 @@ struct Peer {
     commands: Option<SyncSender<Command>>,
     replies: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
+    /// Steps sent whose replies the coordinator has not taken yet (asynchronous groups with a
+    /// staleness bound run ahead of their replies).
+    pending: usize,
 }
 
 impl Peer {
@@ -104,6 +107,8 @@ pub struct Cluster {
     /// Whether the workers' values match what the servers hold (Downpour's master, the
     /// average of Hogwild's groups): true after [`Cluster::settle`] until the next step.
     settled: bool,
+    /// The most steps any group had left to finish when group 0 started one.
+    max_lag: usize,
 }
 
 /// The address of worker `id` of group `group`.
@@ -259,8 +264,10 @@ impl Cluster {
                 store: own,
                 algorithm: algorithm::create(job.algorithm),
             };
-            let (cmd_tx, cmd_rx) = sync_channel(1);
-            let (reply_tx, reply_rx) = sync_channel(1);
+            // Room for every step a lagging group may have queued.
+            let room = c.staleness as usize + 1;
+            let (cmd_tx, cmd_rx) = sync_channel(room);
+            let (reply_tx, reply_rx) = sync_channel(room);
             let f = failures.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("singa-{addr}").replace(' ', "-"))
@@ -271,6 +278,7 @@ impl Cluster {
                 commands: Some(cmd_tx),
                 replies: reply_rx,
                 thread: Some(thread),
+                pending: 0,
             });
         }
 
@@ -311,6 +319,7 @@ impl Cluster {
             values: replicas,
             states,
             settled: true,
+            max_lag: 0,
         })
     }
 
@@ -318,6 +327,7 @@ impl Cluster {
     /// write them to a checkpoint): with Downpour, the master copy; with Hogwild, the average
     /// of the groups' values (a synchronisation of the server groups).
     pub fn settle(&mut self, store: &mut ParamStore) -> Result<()> {
+        self.drain()?;
         if self.settled {
             return Ok(());
         }
@@ -382,7 +392,9 @@ impl Cluster {
         self.config.nworkers()
     }
 
-    /// One synchronous step of every worker; `net` and `store` are worker 0's.
+    /// One step of every worker; `net` and `store` are worker 0's. The workers of group 0
+    /// finish it together; other groups finish it before the next step when
+    /// `cluster.staleness` is 0, and at most that many steps later otherwise.
     pub fn train_step(
         &mut self,
         net: &mut NeuralNet,
@@ -390,6 +402,9 @@ impl Cluster {
         step: u64,
     ) -> Result<()> {
         self.settled = false;
+        if self.config.staleness > 0 {
+            return self.stale_step(net, store, step);
+        }
         for p in &self.peers {
             if !p.send(Command::Step(step)) {
                 return Err(self.stopped(p.addr));
@@ -410,9 +425,85 @@ impl Cluster {
         }
     }
 
+    /// A step with a staleness bound: before group 0 starts step `step`, every other group has
+    /// at most `staleness` earlier steps left to finish (it waits for them otherwise).
+    fn stale_step(&mut self, net: &mut NeuralNet, store: &mut ParamStore, step: u64) -> Result<()> {
+        let bound = self.config.staleness as usize;
+        for i in 0..self.peers.len() {
+            let allowed = if self.peers[i].addr.group == 0 {
+                0
+            } else {
+                bound
+            };
+            while self.peers[i].pending > allowed {
+                self.take_step_reply(i)?;
+            }
+            self.max_lag = self.max_lag.max(self.peers[i].pending);
+            if !self.peers[i].send(Command::Step(step)) {
+                return Err(self.stopped(self.peers[i].addr));
+            }
+            self.peers[i].pending += 1;
+        }
+        let own = self.link.train_step(net, store, &mut *self.algorithm, step);
+        if let Err(e) = &own {
+            self.failures.record(e.clone());
+            self.link.tell_stopped();
+        }
+        own.map_err(|e| self.explain(e))?;
+        // The other workers of group 0 finished this step with worker 0.
+        for i in 0..self.peers.len() {
+            if self.peers[i].addr.group == 0 {
+                while self.peers[i].pending > 0 {
+                    self.take_step_reply(i)?;
+                }
+            }
+        }
+        match self.config.hogwild_sync_freq() {
+            Some(freq) if (step + 1).is_multiple_of(freq) => {
+                self.drain()?;
+                self.average()
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes peer `i`'s reply to its oldest pending step.
+    fn take_step_reply(&mut self, i: usize) -> Result<()> {
+        let timeout = Duration::from_secs(self.config.timeout_secs);
+        let p = &self.peers[i];
+        let outcome = match p.replies.recv_timeout(timeout) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.explain(e)),
+            Err(RecvTimeoutError::Timeout) => Err(Error::invalid(format!(
+                "{} did not finish a step within {} s (raise cluster.timeout if a step takes longer)",
+                p.addr, self.config.timeout_secs
+            ))),
+            Err(RecvTimeoutError::Disconnected) => Err(self.stopped(p.addr)),
+        };
+        self.peers[i].pending -= 1;
+        outcome
+    }
+
+    /// Waits until every group has finished every step it was given.
+    fn drain(&mut self) -> Result<()> {
+        for i in 0..self.peers.len() {
+            while self.peers[i].pending > 0 {
+                self.take_step_reply(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The most steps a group had left to finish when group 0 started one (at most
+    /// `cluster.staleness`).
+    pub fn max_lag(&self) -> usize {
+        self.max_lag
+    }
+
     /// The training metrics since they were last read, averaged over the workers (each saw
     /// an equal part of every batch); `own` are worker 0's.
     pub fn read_metrics(&mut self, own: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
+        self.drain()?;
         for p in &self.peers {
             if !p.send(Command::Metrics) {
                 return Err(self.stopped(p.addr));
@@ -431,6 +522,7 @@ impl Cluster {
 
     /// Restores the other workers' layer states (worker 0's are the caller's).
     pub fn restore_layer_states(&mut self, states: &[(String, Vec<u64>)]) -> Result<()> {
+        self.drain()?;
         for p in &self.peers {
             if !p.send(Command::Restore(states.to_vec())) {
                 return Err(self.stopped(p.addr));
@@ -459,6 +551,10 @@ impl Cluster {
             },
             match (c.nworker_groups, c.hogwild_sync_freq()) {
                 (1, _) => "synchronous".to_string(),
+                (_, None) if c.staleness > 0 => format!(
+                    "groups asynchronous at the servers, another group at most {} steps behind group 0",
+                    c.staleness
+                ),
                 (_, None) => "groups asynchronous at the servers, at most one step apart".to_string(),
                 (_, Some(f)) => format!(
                     "each worker group with a server group of its own, their values averaged every {f} steps"

@@ -330,6 +330,10 @@ pub struct ClusterConfig {
     /// With one server group per worker group (Distributed Hogwild): the groups' values are
     /// averaged every this many steps.
     pub sync_freq: u64,
+    /// Asynchronous worker groups: how many steps another group may still have to finish when
+    /// group 0 starts a step (a staleness bound, as in stale synchronous parallel). 0: every
+    /// group finishes each step before the next starts.
+    pub staleness: u64,
 }
 
 impl Default for ClusterConfig {
@@ -342,6 +346,7 @@ impl Default for ClusterConfig {
             server_worker_separate: false,
             timeout_secs: 60,
             sync_freq: 10,
+            staleness: 0,
         }
     }
 }

@@ -366,6 +366,7 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         "server_worker_separate",
         "timeout",
         "sync_freq",
+        "staleness",
     ]);
     s.only(&known)?;
     let mut c = match s.str("framework")? {
@@ -395,6 +396,7 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         Some(f) => c.sync_freq = f,
         None => {}
     }
+    c.staleness = s.u64("staleness")?.unwrap_or(c.staleness);
     for (key, slot) in counts.iter().zip([
         &mut c.nworker_groups,
         &mut c.nworkers_per_group,

@@ -7,6 +7,9 @@ use singa_core::fields::nearest;
 use singa_core::{validate_fields, Error, FieldSpec, FieldValue, Fields, Phase, Result};
 use singa_layers::schedule::LrSchedule;
 
+/// The largest staleness bound: each step a group may lag costs a queued command.
+pub const MAX_STALENESS: u64 = 64;
+
 /// A job that passed validation: every layer's and the updater's fields complete (defaults
 /// filled in) and well-typed, and the learning-rate schedule built.
 #[derive(Clone, Debug)]
@@ -52,6 +55,21 @@ impl JobConfig {
                 format!(
                     "{} server groups for {} worker groups: expected one server group for all (Sandblaster, AllReduce, Downpour) or one per worker group (Hogwild)",
                     c.nserver_groups, c.nworker_groups
+                ),
+            ));
+        }
+        if c.staleness > 0 && c.nworker_groups < 2 {
+            return Err(err(
+                "cluster.staleness",
+                "bounds how far asynchronous worker groups drift apart, and this job has one group (Downpour and Hogwild have several)".into(),
+            ));
+        }
+        if c.staleness > MAX_STALENESS {
+            return Err(err(
+                "cluster.staleness",
+                format!(
+                    "expected at most {MAX_STALENESS} steps, got {}",
+                    c.staleness
                 ),
             ));
         }
