@@ -279,6 +279,39 @@ pub fn catch_panic<T>(what: impl Display, f: impl FnOnce() -> Result<T>) -> Resu
     }
 }
 
+/// An implementation of an ABI-stable trait whose methods catch panics, reporting them as
+/// errors naming `what` (the layer and updater traits implement themselves for it). Its drop
+/// catches a panic too.
+pub(crate) struct Guarded<T> {
+    pub what: String,
+    /// Dropped by `Guarded`'s own `Drop`.
+    pub inner: std::mem::ManuallyDrop<T>,
+}
+
+impl<T> Guarded<T> {
+    /// `inner`, guarded, named `what` in errors.
+    pub fn new(what: String, inner: T) -> Guarded<T> {
+        Guarded {
+            what,
+            inner: std::mem::ManuallyDrop::new(inner),
+        }
+    }
+}
+
+impl<T> Drop for Guarded<T> {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is taken once, here, and never used again.
+        let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.inner) };
+        if let Err(e) = catch_panic(format_args!("{} (dropping it)", self.what), || {
+            drop(inner);
+            Ok(())
+        }) {
+            // Nobody is left to return the error to.
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
 /// A panic hook that, inside [`catch_panic`], records where the panic happened instead of
 /// printing it, and otherwise defers to the hook it replaced. (A plugin has its own copy of
 /// the standard library and of this module, so it installs its own.)

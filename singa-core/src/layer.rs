@@ -10,7 +10,7 @@
 
 use crate::device::DeviceRef;
 use crate::dtype::DType;
-use crate::error::{catch_panic, Error, Result};
+use crate::error::{catch_panic, Error, Guarded, Result};
 use crate::fields::{FieldSpec, Fields};
 use crate::param::{Param, ParamSpec};
 use crate::shape::Shape;
@@ -230,33 +230,9 @@ pub type LayerBox = Layer_TO<'static, RBox<()>>;
 /// Boxes a layer behind the ABI-stable trait object, catching panics in every method.
 pub fn layer_box<L: Layer + 'static>(type_name: &str, layer: L) -> LayerBox {
     Layer_TO::from_value(
-        Guarded {
-            what: format!("layer type {type_name}"),
-            inner: std::mem::ManuallyDrop::new(layer),
-        },
+        Guarded::new(format!("layer type {type_name}"), layer),
         TD_Opaque,
     )
-}
-
-/// A layer whose methods catch panics (and report them as errors naming `what`).
-struct Guarded<L> {
-    what: String,
-    /// Dropped by `Guarded`'s own `Drop`, which catches a panic there too.
-    inner: std::mem::ManuallyDrop<L>,
-}
-
-impl<L> Drop for Guarded<L> {
-    fn drop(&mut self) {
-        // SAFETY: `inner` is taken once, here, and never used again.
-        let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.inner) };
-        if let Err(e) = catch_panic(format_args!("{} (dropping it)", self.what), || {
-            drop(inner);
-            Ok(())
-        }) {
-            // Nobody is left to return the error to.
-            eprintln!("warning: {e}");
-        }
-    }
 }
 
 impl<L: Layer> Layer for Guarded<L> {

@@ -5,7 +5,7 @@
 //! and passes back every step. That lets a server hold only a slice of a parameter, and lets
 //! checkpoints save the state by name.
 
-use crate::error::{catch_panic, Error, Result};
+use crate::error::{catch_panic, Error, Guarded, Result};
 use crate::fields::{FieldSpec, Fields};
 use crate::tensor::Tensor;
 use abi_stable::sabi_trait;
@@ -51,32 +51,9 @@ pub type UpdaterBox = Updater_TO<'static, RBox<()>>;
 /// Boxes an updater behind the ABI-stable trait object, catching panics in every method.
 pub fn updater_box<U: Updater + 'static>(type_name: &str, updater: U) -> UpdaterBox {
     Updater_TO::from_value(
-        Guarded {
-            what: format!("updater type {type_name}"),
-            inner: std::mem::ManuallyDrop::new(updater),
-        },
+        Guarded::new(format!("updater type {type_name}"), updater),
         TD_Opaque,
     )
-}
-
-struct Guarded<U> {
-    what: String,
-    /// Dropped by `Guarded`'s own `Drop`, which catches a panic there too.
-    inner: std::mem::ManuallyDrop<U>,
-}
-
-impl<U> Drop for Guarded<U> {
-    fn drop(&mut self) {
-        // SAFETY: `inner` is taken once, here, and never used again.
-        let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.inner) };
-        if let Err(e) = catch_panic(format_args!("{} (dropping it)", self.what), || {
-            drop(inner);
-            Ok(())
-        }) {
-            // Nobody is left to return the error to.
-            eprintln!("warning: {e}");
-        }
-    }
 }
 
 impl<U: Updater> Updater for Guarded<U> {

@@ -211,26 +211,7 @@ pub fn check_gradients(
         .zip(&weights)
         .map(|(s, w)| Tensor::from_slice(dev, w, s.shape))
         .collect::<Result<_>>()?;
-    let mut grad_inputs: Vec<ROption<Tensor>> = inputs
-        .iter()
-        .map(|x| {
-            if x.dtype() == DType::F32 {
-                Tensor::zeros(dev, x.shape(), DType::F32).map(ROption::RSome)
-            } else {
-                Ok(ROption::RNone)
-            }
-        })
-        .collect::<Result<_>>()?;
-    built
-        .layer
-        .backward(
-            Phase::TRAIN,
-            inputs.into(),
-            outputs.as_slice().into(),
-            grad_outputs.as_slice().into(),
-            grad_inputs.as_mut_slice().into(),
-        )
-        .into_result()?;
+    let grad_inputs = backward_once(built, dev, inputs, &outputs, &grad_outputs)?;
 
     // (what, value tensor, analytic gradient) for every differentiable tensor.
     let mut targets: Vec<(String, Tensor, Vec<f32>)> = Vec::new();
@@ -287,6 +268,38 @@ pub fn check_gradients(
     Ok(report)
 }
 
+/// Runs `built` backward once (after a forward that produced `outputs`) and returns the
+/// gradients of its `f32` inputs (`RNone` for the others, like labels).
+fn backward_once(
+    built: &mut Built,
+    dev: &DeviceRef,
+    inputs: &[Tensor],
+    outputs: &[Tensor],
+    grad_outputs: &[Tensor],
+) -> Result<Vec<ROption<Tensor>>> {
+    let mut grad_inputs: Vec<ROption<Tensor>> = inputs
+        .iter()
+        .map(|x| {
+            if x.dtype() == DType::F32 {
+                Tensor::zeros(dev, x.shape(), DType::F32).map(ROption::RSome)
+            } else {
+                Ok(ROption::RNone)
+            }
+        })
+        .collect::<Result<_>>()?;
+    built
+        .layer
+        .backward(
+            Phase::TRAIN,
+            inputs.into(),
+            outputs.into(),
+            grad_outputs.into(),
+            grad_inputs.as_mut_slice().into(),
+        )
+        .into_result()?;
+    Ok(grad_inputs)
+}
+
 /// One training forward and backward pass of `built` on `inputs`, with random output
 /// gradients drawn from `seed`: its outputs, input gradients, parameter gradients and metrics,
 /// in that order, as `f32` (to compare the same layer across devices).
@@ -313,26 +326,7 @@ pub fn forward_backward(
             Tensor::from_slice(dev, &g, s.shape)
         })
         .collect::<Result<_>>()?;
-    let mut dins: Vec<ROption<Tensor>> = inputs
-        .iter()
-        .map(|x| {
-            if x.dtype() == DType::F32 {
-                Tensor::zeros(dev, x.shape(), DType::F32).map(ROption::RSome)
-            } else {
-                Ok(ROption::RNone)
-            }
-        })
-        .collect::<Result<_>>()?;
-    built
-        .layer
-        .backward(
-            Phase::TRAIN,
-            inputs.into(),
-            outs.as_slice().into(),
-            douts.as_slice().into(),
-            dins.as_mut_slice().into(),
-        )
-        .into_result()?;
+    let dins = backward_once(built, dev, inputs, &outs, &douts)?;
     let mut result = Vec::new();
     for o in outs.iter().filter(|o| o.dtype() == DType::F32) {
         result.push(o.to_vec::<f32>()?);

@@ -66,16 +66,40 @@ impl NetLayer {
             .setup(&ctx, param_factory(&mut no_params))
             .into_result()?
             .into_vec();
+        NetLayer::new(
+            (name, "bridge".to_string()),
+            layer,
+            vec![source],
+            output_specs,
+            dev,
+            layers,
+        )
+    }
+
+    /// A layer set up to read `sources` of `layers` and produce `output_specs`, with its
+    /// outputs allocated on `dev`; no parameters or metrics yet, gradients decided later.
+    fn new(
+        (name, type_name): (String, String),
+        layer: LayerBox,
+        sources: Vec<(usize, usize)>,
+        output_specs: Vec<TensorSpec>,
+        dev: &DeviceRef,
+        layers: &[NetLayer],
+    ) -> Result<NetLayer> {
         let outputs = output_specs
             .iter()
             .map(|s| Tensor::zeros(dev, s.shape, s.dtype))
             .collect::<Result<Vec<_>>>()?;
+        let inputs = sources
+            .iter()
+            .map(|&(p, o)| layers[p].outputs[o].clone())
+            .collect();
         Ok(NetLayer {
             name,
-            type_name: "bridge".to_string(),
+            type_name,
             layer,
-            sources: vec![source],
-            inputs: vec![layers[source.0].outputs[source.1].clone()],
+            sources,
+            inputs,
             outputs,
             output_specs,
             grad_outputs: Vec::new(),
@@ -417,14 +441,6 @@ impl NeuralNet {
                 .into_vec();
             factory.check_configs_used().context(context)?;
             let params = factory.used;
-            let outputs = output_specs
-                .iter()
-                .map(|s| Tensor::zeros(dev, s.shape, s.dtype))
-                .collect::<Result<Vec<_>>>()?;
-            let inputs = sources
-                .iter()
-                .map(|&(p, o)| layers[p].outputs[o].clone())
-                .collect();
             let metric_names = layer
                 .metric_names()
                 .into_result()
@@ -438,21 +454,17 @@ impl NeuralNet {
             } else {
                 Dist::Rows
             });
-            layers.push(NetLayer {
-                name: cfg.name.clone(),
-                type_name: cfg.type_name.clone(),
+            let mut l = NetLayer::new(
+                (cfg.name.clone(), cfg.type_name.clone()),
                 layer,
                 sources,
-                inputs,
-                outputs,
                 output_specs,
-                grad_outputs: Vec::new(),
-                grad_inputs: Vec::new(),
-                fanout: Vec::new(),
-                needs_backward: false,
-                params,
-                metric_names,
-            });
+                dev,
+                &layers,
+            )?;
+            l.params = params;
+            l.metric_names = metric_names;
+            layers.push(l);
         }
         let mut net = NeuralNet {
             phase,
