@@ -26,6 +26,7 @@ pub mod algorithm;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod cost;
 pub mod device;
 pub mod net;
 pub mod params;

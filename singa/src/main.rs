@@ -110,6 +110,27 @@ enum Command {
         #[arg(long = "plugin", value_name = "PATH")]
         plugins: Vec<PathBuf>,
     },
+    /// Predict the throughput of a job on k synchronous data-parallel workers (AllReduce's
+    /// layout) from this machine's measured compute and a given link (see docs/PERFORMANCE.md).
+    Cost {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Worker counts to predict (each must divide the batch).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        workers: Vec<usize>,
+        /// Link bandwidth per worker and direction, in gigabits per second.
+        #[arg(long, default_value_t = 10.0)]
+        gbits: f64,
+        /// Latency per message, in microseconds.
+        #[arg(long, default_value_t = 20.0)]
+        latency_us: f64,
+        /// Timed runs per measurement (the median is used).
+        #[arg(long, default_value_t = 15)]
+        reps: usize,
+        /// A plugin library with layer or updater types (repeatable).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
+    },
     /// Work with plugin libraries.
     Plugin {
         #[command(subcommand)]
@@ -341,6 +362,18 @@ fn run(cli: Cli) -> Result<()> {
             list_types(&Registry::with_plugins(&plugins, None, detail)?);
             Ok(())
         }
+        Command::Cost {
+            job,
+            workers,
+            gbits,
+            latency_us,
+            reps,
+            plugins,
+        } => {
+            let config = JobConfig::from_file(&job)?;
+            let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
+            print_cost(&config, &registry, &workers, gbits, latency_us, reps.max(1))
+        }
         Command::Plugin {
             command: PluginCommand::Check { path },
         } => {
@@ -440,6 +473,63 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
     }
+}
+
+/// Measures the job's compute at each worker count's batch and prints the predictions.
+fn print_cost(
+    job: &JobConfig,
+    registry: &Registry,
+    workers: &[usize],
+    gbits: f64,
+    latency_us: f64,
+    reps: usize,
+) -> Result<()> {
+    let validated = job.validate(registry)?.job;
+    let batch = validated
+        .layers
+        .iter()
+        .filter(|l| l.srclayers.is_empty() && l.in_phase(singa_core::Phase::TRAIN))
+        .find_map(|l| match l.fields.get("batch_size") {
+            Some(singa_core::FieldValue::Int(b)) => Some(*b as usize),
+            _ => None,
+        })
+        .ok_or_else(|| Error::invalid("the train net has no input layer with a batch_size"))?;
+    let link = singa::cost::Link {
+        bandwidth: gbits * 1e9 / 8.0,
+        latency: latency_us * 1e-6,
+    };
+    println!(
+        "singa cost: {} (batch {batch}), k synchronous workers each with a server owning 1/k of every parameter, {gbits} Gbit/s and {latency_us} µs per message; compute measured here with 1 thread per worker",
+        job.name
+    );
+    println!("
+| workers | batch per worker | compute ms | exposed network ms | step ms | MB sent per worker | samples/s | vs 1 worker |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut base = None;
+    for &k in workers {
+        if k == 0 || batch % k != 0 {
+            println!("| {k} | (the batch of {batch} does not split into {k}) | | | | | | |");
+            continue;
+        }
+        let m = singa::cost::measure(&validated, registry, batch / k, reps)?;
+        let p = singa::cost::predict(&m, k, link);
+        let one = *base.get_or_insert(if k == 1 { p.throughput } else { f64::NAN });
+        println!(
+            "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
+            batch / k,
+            p.compute * 1e3,
+            p.exposed_comm * 1e3,
+            p.step * 1e3,
+            p.bytes / 1e6,
+            p.throughput,
+            if one.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{:.2}x", p.throughput / one)
+            }
+        );
+    }
+    Ok(())
 }
 
 /// The nets of worker group 0's other workers, when layers are split over them (with data
