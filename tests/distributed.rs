@@ -333,15 +333,21 @@ fn asynchronous_groups_learn_and_checkpoints_resume() {
         sync_freq: 5,
         ..Framework::Hogwild.preset(2)
     };
-    // Downpour's 4 groups each read 8 of every 32 records; Hogwild's 2, 16; and Downpour's 2
-    // groups with a staleness bound of 3 steps.
+    // Downpour's 4 groups each read 8 of every 32 records; Hogwild's 2, 16 (with servers
+    // beside the workers, and on threads of their own); and Downpour's 2 groups with a
+    // staleness bound of 3 steps.
     let stale = ClusterConfig {
         staleness: 3,
         ..Framework::Downpour.preset(2)
     };
+    let hogwild_apart = ClusterConfig {
+        server_worker_separate: true,
+        ..hogwild.clone()
+    };
     for (run, (cluster, batch)) in [
         (Framework::Downpour.preset(4), 8),
         (hogwild, 16),
+        (hogwild_apart, 16),
         (stale, 16),
     ]
     .into_iter()

@@ -17,7 +17,9 @@
 //! of every worker of a group, sums them, runs the updater and sends the fresh values back; a
 //! worker's step ends when every slice it sent came back. The coordinator starts a step on
 //! every worker and waits for all of them, so asynchronous groups are at most one step apart;
-//! Hogwild's server groups average their values every `sync_freq` steps.
+//! Hogwild's server groups average their values every `sync_freq` steps with a round of `Sync`
+//! messages: server `s` of each group sends its slices to server `s` of group 0, which sends
+//! the averages back.
 
 mod build;
 mod server;
@@ -32,7 +34,7 @@ use crate::net::NeuralNet;
 use crate::params::ParamStore;
 use crate::partition::Exchanges;
 use crate::registry::Registry;
-use server::Server;
+use server::{Server, SyncRole};
 use singa_comm::ChannelNetwork;
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
 use singa_core::{Addr, DeviceRef, Error, Result, Role};
@@ -109,6 +111,12 @@ pub struct Cluster {
     settled: bool,
     /// The most steps any group had left to finish when group 0 started one.
     max_lag: usize,
+    /// Hogwild: every server, group 0's (the leaders) first, told to start a synchronisation.
+    sync_servers: Vec<Addr>,
+    /// How many of them report the end of a round (those with threads of their own).
+    sync_reports: usize,
+    /// The last step trained.
+    last_step: u64,
 }
 
 /// The address of worker `id` of group `group`.
@@ -222,6 +230,28 @@ impl Cluster {
                 groups: &groups,
             },
         )?;
+        // Hogwild: server s of every group synchronises with server s of group 0.
+        let server_at = |h: usize, s: usize| {
+            if colocated {
+                worker_addr(h as u32, s as u32)
+            } else {
+                server_addr(h as u32, s as u32)
+            }
+        };
+        let mut sync_servers = Vec::new();
+        if c.hogwild_sync_freq().is_some() {
+            for (h, group) in cores.iter_mut().enumerate() {
+                for (s, core) in group.iter_mut().enumerate() {
+                    let role = if h == 0 {
+                        SyncRole::Leader((1..nsgroups).map(|f| server_at(f, s)).collect())
+                    } else {
+                        SyncRole::Follower(server_at(0, s))
+                    };
+                    *core = core.take().map(|c| c.with_sync(role, worker_addr(0, 0)));
+                    sync_servers.push(server_at(h, s));
+                }
+            }
+        }
         let server_group_of = |g: usize| if nsgroups == 1 { 0 } else { g };
         let server_addrs: Vec<Vec<Addr>> = (0..ngroups)
             .map(|g| {
@@ -320,6 +350,9 @@ impl Cluster {
             states,
             settled: true,
             max_lag: 0,
+            sync_reports: if colocated { 0 } else { sync_servers.len() },
+            sync_servers,
+            last_step: 0,
         })
     }
 
@@ -339,28 +372,34 @@ impl Cluster {
             }
         }
         if self.config.hogwild_sync_freq().is_some() {
-            self.average()?;
+            self.sync_server_groups(self.last_step)?;
         }
         self.settled = true;
         Ok(())
     }
 
-    /// Replaces every group's values by their average (Hogwild's server groups synchronise).
-    fn average(&mut self) -> Result<()> {
-        let n = self.values.len();
-        let (first, rest) = self.values.split_at_mut(1);
-        for (p, v) in first[0].iter_mut().enumerate() {
-            let Some(v) = v else { continue };
-            for other in rest.iter().filter_map(|r| r[p].as_ref()) {
-                self.dev.axpby(1.0, other, 1.0, v)?;
-            }
-            let scale = 1.0 / n as f32;
-            self.dev.affine(&v.clone(), v, scale, 0.0)?;
-            for other in rest.iter_mut().filter_map(|r| r[p].as_mut()) {
-                self.dev.copy(v, other)?;
+    /// Replaces every group's values by their average: a round of `Sync` messages between
+    /// the server groups (Hogwild), which the coordinator starts and waits for.
+    fn sync_server_groups(&mut self, step: u64) -> Result<()> {
+        let me = self.link.addr();
+        // Leaders first: a leader's start is then in its queue before any follower's slices.
+        for &server in &self.sync_servers {
+            self.link.send_raw(server::sync_signal(me, server, step))?;
+        }
+        for p in &self.peers {
+            if !p.send(Command::Sync(step)) {
+                return Err(self.stopped(p.addr));
             }
         }
-        Ok(())
+        let own = self.link.sync(step, self.sync_reports);
+        if let Err(e) = &own {
+            self.failures.record(e.clone());
+            self.link.tell_stopped();
+        }
+        let own = own.map_err(|e| self.explain(e));
+        let peers = self.collect(|_| {});
+        own?;
+        peers
     }
 
     /// After worker 0's values and updater state were restored from a checkpoint: copies them
@@ -402,6 +441,7 @@ impl Cluster {
         step: u64,
     ) -> Result<()> {
         self.settled = false;
+        self.last_step = step;
         if self.config.staleness > 0 {
             return self.stale_step(net, store, step);
         }
@@ -420,7 +460,7 @@ impl Cluster {
         own?;
         peers?;
         match self.config.hogwild_sync_freq() {
-            Some(freq) if (step + 1).is_multiple_of(freq) => self.average(),
+            Some(freq) if (step + 1).is_multiple_of(freq) => self.sync_server_groups(step),
             _ => Ok(()),
         }
     }
@@ -461,7 +501,7 @@ impl Cluster {
         match self.config.hogwild_sync_freq() {
             Some(freq) if (step + 1).is_multiple_of(freq) => {
                 self.drain()?;
-                self.average()
+                self.sync_server_groups(step)
             }
             _ => Ok(()),
         }

@@ -57,6 +57,31 @@ pub(crate) struct ServerCore {
     whose: HashMap<Addr, (usize, usize)>,
     index: HashMap<(u32, u32), usize>,
     pending: Vec<Pending>,
+    /// Its part in synchronising the server groups (Distributed Hogwild), if any.
+    sync: Option<GroupSync>,
+}
+
+/// A server's part in synchronising the server groups: server `s` of group 0 (the leader)
+/// averages slice by slice what server `s` of every other group (a follower) sends, and sends
+/// the average back.
+pub(crate) enum SyncRole {
+    /// Server `s` of group 0, and its followers' addresses by group (1, 2, ...).
+    Leader(Vec<Addr>),
+    /// Server `s` of another group, and its leader's address.
+    Follower(Addr),
+}
+
+/// The state of a synchronisation round.
+struct GroupSync {
+    role: SyncRole,
+    /// Whom to tell when the round is done here (when the server has a thread of its own).
+    coordinator: Addr,
+    /// Leader: per slice, what each follower sent this round.
+    parts: Vec<Vec<Option<Tensor>>>,
+    /// Slices whose round is not over.
+    remaining: usize,
+    /// The step the round belongs to.
+    step: u64,
 }
 
 impl ServerCore {
@@ -98,7 +123,126 @@ impl ServerCore {
             whose,
             index,
             pending,
+            sync: None,
         }
+    }
+
+    /// Makes this server take part in synchronising the server groups as `role`; when it
+    /// runs on a thread of its own it reports the end of a round to `coordinator`.
+    pub fn with_sync(mut self, role: SyncRole, coordinator: Addr) -> Self {
+        let followers = match &role {
+            SyncRole::Leader(f) => f.len(),
+            SyncRole::Follower(_) => 0,
+        };
+        self.sync = Some(GroupSync {
+            role,
+            coordinator,
+            parts: self.pending.iter().map(|_| vec![None; followers]).collect(),
+            remaining: 0,
+            step: 0,
+        });
+        self
+    }
+
+    /// Handles a `Sync` message; `Ok(true)` when this server's part of the round is over.
+    ///
+    /// A round starts with an empty `Sync` from the coordinator. A follower then sends each
+    /// of its slices to its leader and installs the averages that come back; the leader
+    /// averages each slice once every follower's has come (in group order, so that the
+    /// result does not depend on arrival order) and sends the average back.
+    pub fn on_sync(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<bool> {
+        let me = transport.addr();
+        let sync = self.sync.as_mut().ok_or_else(|| {
+            Error::invalid(format!(
+                "{me}: a Sync message from {}, but this server does not synchronise",
+                msg.src
+            ))
+        })?;
+        let Some(values) = msg.payload.into_option() else {
+            // The coordinator starts a round.
+            sync.step = msg.version;
+            sync.remaining = self.pending.len();
+            if let SyncRole::Follower(leader) = sync.role {
+                for p in &self.pending {
+                    transport
+                        .send(Msg {
+                            src: me,
+                            dst: leader,
+                            kind: MsgKind::Sync,
+                            target: p.slice.key.0,
+                            slice: p.slice.key.1,
+                            version: sync.step,
+                            payload: Some(p.slice.value.clone()).into(),
+                        })
+                        .into_result()?;
+                }
+            }
+            return Ok(sync.remaining == 0);
+        };
+        let key = (msg.target, msg.slice);
+        let i = *self.index.get(&key).ok_or_else(|| {
+            Error::invalid(format!(
+                "{me}: {} synchronised parameter {} slice {}, which this server does not hold",
+                msg.src, key.0, key.1
+            ))
+        })?;
+        match &sync.role {
+            SyncRole::Follower(_) => {
+                // The average, from the leader.
+                let value = &mut self.pending[i].slice.value;
+                if !values.shares_storage(value) {
+                    self.dev.copy(&values, value)?;
+                }
+                sync.remaining -= 1;
+            }
+            SyncRole::Leader(followers) => {
+                let from = followers
+                    .iter()
+                    .position(|&f| f == msg.src)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "{me}: a Sync message from {}, which is not a follower",
+                            msg.src
+                        ))
+                    })?;
+                let parts = &mut sync.parts[i];
+                if parts[from].replace(values).is_some() {
+                    return Err(Error::invalid(format!(
+                        "{me}: two Sync messages from {} for parameter {} slice {}",
+                        msg.src, key.0, key.1
+                    )));
+                }
+                if parts.iter().all(Option::is_some) {
+                    let value = &mut self.pending[i].slice.value;
+                    for part in parts.iter_mut() {
+                        let part = part.take().expect("all arrived");
+                        self.dev.axpby(1.0, &part, 1.0, value)?;
+                    }
+                    let n = (followers.len() + 1) as f32;
+                    self.dev.affine(&value.clone(), value, 1.0 / n, 0.0)?;
+                    for &f in followers {
+                        transport
+                            .send(Msg {
+                                src: me,
+                                dst: f,
+                                kind: MsgKind::Sync,
+                                target: key.0,
+                                slice: key.1,
+                                version: sync.step,
+                                payload: Some(value.clone()).into(),
+                            })
+                            .into_result()?;
+                    }
+                    sync.remaining -= 1;
+                }
+            }
+        }
+        Ok(sync.remaining == 0)
+    }
+
+    /// Where a server with a thread of its own reports the end of a synchronisation round.
+    pub fn sync_coordinator(&self) -> Option<Addr> {
+        self.sync.as_ref().map(|s| s.coordinator)
     }
 
     /// Every worker it serves.
@@ -234,6 +378,17 @@ impl Server {
             match msg.kind {
                 MsgKind::Stop => return Ok(()),
                 MsgKind::Update => self.core.receive(msg, &mut self.transport)?,
+                MsgKind::Sync => {
+                    let step = msg.version;
+                    if self.core.on_sync(msg, &mut self.transport)? {
+                        if let Some(c) = self.core.sync_coordinator() {
+                            let me = self.transport.addr();
+                            self.transport
+                                .send(sync_signal(me, c, step))
+                                .into_result()?;
+                        }
+                    }
+                }
                 other => {
                     return Err(Error::invalid(format!(
                         "unexpected {other:?} message from {}",
@@ -242,6 +397,20 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// An empty `Sync`: from the coordinator, "start a round of synchronisation after `step`";
+/// from a server with a thread of its own, "my part of that round is over".
+pub(crate) fn sync_signal(src: Addr, dst: Addr, step: u64) -> Msg {
+    Msg {
+        src,
+        dst,
+        kind: MsgKind::Sync,
+        target: 0,
+        slice: 0,
+        version: step,
+        payload: None.into(),
     }
 }
 

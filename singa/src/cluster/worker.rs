@@ -7,7 +7,7 @@ use super::{Failures, TransportBox};
 use crate::algorithm::{GradientSink, TrainOneBatch};
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
-use singa_core::{Addr, Error, Msg, MsgKind, Result, Tensor};
+use singa_core::{Addr, Error, Msg, MsgKind, Result, Role, Tensor};
 use std::time::{Duration, Instant};
 
 /// One slice of a parameter as a worker sees it.
@@ -230,6 +230,66 @@ impl WorkerLink {
         }
     }
 
+    /// Takes part in a round of synchronising the server groups (after the step `step`): runs
+    /// the server beside this worker, if it synchronises, until its part is over, and waits
+    /// for `reports` servers with threads of their own to say theirs is (the coordinator).
+    pub fn sync(&mut self, step: u64, mut reports: usize) -> Result<()> {
+        let me = self.transport.addr();
+        let mut own_done = self
+            .server
+            .as_ref()
+            .is_none_or(|s| s.sync_coordinator().is_none());
+        let deadline = Instant::now() + self.timeout;
+        while !own_done || reports > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(msg) = self
+                .transport
+                .recv(left.as_millis() as u64)
+                .into_result()?
+                .into_option()
+            else {
+                return Err(Error::invalid(format!(
+                    "{me}: waited {} s for the server groups to synchronise after step {} ({})",
+                    self.timeout.as_secs(),
+                    step + 1,
+                    if own_done {
+                        format!("{reports} servers have not finished")
+                    } else {
+                        "the server beside this worker has not finished".to_string()
+                    }
+                )));
+            };
+            match msg.kind {
+                MsgKind::Sync if msg.src.role == Role::Server && msg.payload.is_none() => {
+                    reports = reports.checked_sub(1).ok_or_else(|| {
+                        Error::invalid(format!("{me}: an unexpected end of synchronisation from {}", msg.src))
+                    })?;
+                }
+                MsgKind::Sync => {
+                    let server = self.server.as_mut().ok_or_else(|| {
+                        Error::invalid(format!("{me}: a Sync message from {}, but no server beside this worker", msg.src))
+                    })?;
+                    own_done |= server
+                        .on_sync(msg, &mut self.transport)
+                        .map_err(|e| e.context(format!("{me} (its server)")))?;
+                }
+                MsgKind::Stop => {
+                    return Err(Error::invalid(format!(
+                        "{me}: {} stopped while the server groups synchronised",
+                        msg.src
+                    )))
+                }
+                other => {
+                    return Err(Error::invalid(format!(
+                        "{me}: unexpected {other:?} message from {} while the server groups synchronised",
+                        msg.src
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn timeout_error(&self, step: u64, missing: usize) -> Error {
         let mut servers: Vec<String> = self
             .slices
@@ -274,6 +334,8 @@ pub(crate) enum Command {
     Metrics,
     /// Restore the layers' states (data positions) from a checkpoint.
     Restore(Vec<(String, Vec<u64>)>),
+    /// Take part in synchronising the server groups after the given step.
+    Sync(u64),
 }
 
 /// A worker thread's answer.
@@ -319,6 +381,10 @@ impl PeerWorker {
                 Ok(Vec::new())
             }
             Command::Metrics => self.net.read_metrics(),
+            Command::Sync(step) => {
+                self.link.sync(step, 0)?;
+                Ok(Vec::new())
+            }
             Command::Restore(states) => {
                 for (layer, state) in &states {
                     self.net.restore_layer_state(layer, state)?;
