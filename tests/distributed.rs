@@ -101,39 +101,46 @@ fn synchronous_workers_equal_one_worker_with_the_same_batch() {
 fn a_distributed_run_resumes_exactly() {
     let dir = tmpdir("dist-resume");
     synthetic_mnist(&dir, 600, 100, 8);
-    let mut j = job(&dir, 40, "sgd");
-    j.cluster = Framework::AllReduce.preset(2);
-    j.checkpoint_freq = 20;
-    let ws = dir.join("whole");
-    let whole = |existing| TrainOptions {
-        workspace: Some(ws.clone()),
-        existing,
-        ..options(2)
-    };
-    let (straight, _) = train(&j, &whole(Existing::Refuse));
-    let expected = param_values(&straight);
-    drop(straight);
-    // Cut the run after its first checkpoint, then resume.
-    let ws2 = dir.join("cut");
-    let mut cut = j.clone();
-    cut.train_steps = 20;
-    train(
-        &cut,
-        &TrainOptions {
-            workspace: Some(ws2.clone()),
+    // Data parallel, and with the layers split along the features (model parallel).
+    for (run, split) in [&[][..], &["fc1", "act", "fc2"]].into_iter().enumerate() {
+        let mut j = split_features(job(&dir, 40, "sgd"), split);
+        j.cluster = Framework::AllReduce.preset(2);
+        j.checkpoint_freq = 20;
+        let ws = dir.join(format!("whole-{run}"));
+        let whole = |existing| TrainOptions {
+            workspace: Some(ws.clone()),
+            existing,
             ..options(2)
-        },
-    );
-    let (resumed, summary) = train(
-        &j,
-        &TrainOptions {
-            workspace: Some(ws2),
-            existing: Existing::Resume,
-            ..options(2)
-        },
-    );
-    assert_eq!(summary.steps, 40);
-    assert_eq!(max_difference(&expected, &param_values(&resumed)), 0.0);
+        };
+        let (straight, _) = train(&j, &whole(Existing::Refuse));
+        let expected = param_values(&straight);
+        drop(straight);
+        // Cut the run after its first checkpoint, then resume.
+        let ws2 = dir.join(format!("cut-{run}"));
+        let mut cut = j.clone();
+        cut.train_steps = 20;
+        train(
+            &cut,
+            &TrainOptions {
+                workspace: Some(ws2.clone()),
+                ..options(2)
+            },
+        );
+        let (resumed, summary) = train(
+            &j,
+            &TrainOptions {
+                workspace: Some(ws2),
+                existing: Existing::Resume,
+                ..options(2)
+            },
+        );
+        assert_eq!(summary.steps, 40);
+        assert_eq!(
+            max_difference(&expected, &param_values(&resumed)),
+            0.0,
+            "split {split:?}"
+        );
+    }
 }
 
 /// Passes its input through; fails in the worker holding part `fail_part` at step `fail_at`.
