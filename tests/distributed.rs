@@ -220,56 +220,60 @@ fn a_failing_worker_stops_the_job_with_its_name_and_the_checkpoint_resumes() {
             singa::registry::Provenance::BuiltIn,
         )
         .unwrap();
-    let mut j = job(&dir, 30, "sgd");
-    j.cluster = ClusterConfig {
-        timeout_secs: 20,
-        ..Framework::AllReduce.preset(2)
-    };
-    j.checkpoint_freq = 10;
-    // Insert the failing layer between fc1 and its activation.
-    let pos = j.layers.iter().position(|l| l.name == "act").unwrap();
-    j.layers[pos].srclayers = vec!["fail".into()];
-    j.layers.insert(
-        pos,
-        singa::config::LayerConfig::new("fail", "failing")
-            .src("fc1")
-            .field("part", 1)
-            .field("at", 15),
-    );
-    let ws = dir.join("ws");
-    let opts = TrainOptions {
-        workspace: Some(ws.clone()),
-        ..options(2)
-    };
-    let mut t = Trainer::new(&j, &registry, &opts).unwrap();
-    let started = std::time::Instant::now();
-    let e = t.run(&mut Silent).unwrap_err().to_string();
-    assert!(
-        e.contains("worker 0.1") && e.contains("deliberately, at step 15"),
-        "{e}"
-    );
-    assert!(e.contains("step 15"), "{e}");
-    assert!(
-        started.elapsed().as_secs() < 15,
-        "the other worker stopped waiting at once"
-    );
-    drop(t);
-    // The checkpoint of step 10 is intact: resuming (without the failing layer's trigger) works.
-    let pos = j.layers.iter().position(|l| l.name == "fail").unwrap();
-    j.layers[pos].fields.set("at", 1000);
-    let mut resumed = Trainer::new(
-        &j,
-        &registry,
-        &TrainOptions {
-            workspace: Some(ws),
-            existing: Existing::Resume,
+    // Data parallel, and with fc1 and fc2 split along the features: then worker 0 waits for
+    // worker 1 at a bridge, and must stop waiting when it fails.
+    for (run, split) in [&[][..], &["fc1", "act", "fc2"]].into_iter().enumerate() {
+        let mut j = split_features(job(&dir, 30, "sgd"), split);
+        j.cluster = ClusterConfig {
+            timeout_secs: 20,
+            ..Framework::AllReduce.preset(2)
+        };
+        j.checkpoint_freq = 10;
+        // Insert the failing layer between fc1 and its activation.
+        let pos = j.layers.iter().position(|l| l.name == "act").unwrap();
+        j.layers[pos].srclayers = vec!["fail".into()];
+        j.layers.insert(
+            pos,
+            singa::config::LayerConfig::new("fail", "failing")
+                .src("fc1")
+                .field("part", 1)
+                .field("at", 15),
+        );
+        let ws = dir.join(format!("ws-{run}"));
+        let opts = TrainOptions {
+            workspace: Some(ws.clone()),
             ..options(2)
-        },
-    )
-    .unwrap();
-    assert_eq!(resumed.step(), 10);
-    let s = resumed.run(&mut Silent).unwrap();
-    assert_eq!(s.steps, 30);
+        };
+        let mut t = Trainer::new(&j, &registry, &opts).unwrap();
+        let started = std::time::Instant::now();
+        let e = t.run(&mut Silent).unwrap_err().to_string();
+        assert!(
+            e.contains("worker 0.1") && e.contains("deliberately, at step 15"),
+            "{e}"
+        );
+        assert!(e.contains("step 15"), "{e}");
+        assert!(
+            started.elapsed().as_secs() < 15,
+            "split {split:?}: the other worker stopped waiting at once"
+        );
+        drop(t);
+        // The checkpoint of step 10 is intact: resuming (without the failing layer's trigger) works.
+        let pos = j.layers.iter().position(|l| l.name == "fail").unwrap();
+        j.layers[pos].fields.set("at", 1000);
+        let mut resumed = Trainer::new(
+            &j,
+            &registry,
+            &TrainOptions {
+                workspace: Some(ws),
+                existing: Existing::Resume,
+                ..options(2)
+            },
+        )
+        .unwrap();
+        assert_eq!(resumed.step(), 10);
+        let s = resumed.run(&mut Silent).unwrap();
+        assert_eq!(s.steps, 30);
+    }
 }
 
 #[test]

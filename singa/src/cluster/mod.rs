@@ -117,6 +117,8 @@ pub struct Cluster {
     sync_reports: usize,
     /// The last step trained.
     last_step: u64,
+    /// The worker groups' bridges, told when worker 0 fails.
+    exchanges: Arc<Exchanges>,
 }
 
 /// The address of worker `id` of group `group`.
@@ -163,7 +165,7 @@ impl Cluster {
         store: &ParamStore,
         ready_after: Vec<Vec<usize>>,
         threads: Option<usize>,
-        exchanges: &Exchanges,
+        exchanges: &Arc<Exchanges>,
     ) -> Result<Cluster> {
         let c = job.cluster.clone();
         let ngroups = c.nworker_groups;
@@ -293,6 +295,7 @@ impl Cluster {
                 net,
                 store: own,
                 algorithm: algorithm::create(job.algorithm),
+                exchanges: Arc::clone(exchanges),
             };
             // Room for every step a lagging group may have queued.
             let room = c.staleness as usize + 1;
@@ -353,6 +356,7 @@ impl Cluster {
             sync_reports: if colocated { 0 } else { sync_servers.len() },
             sync_servers,
             last_step: 0,
+            exchanges: Arc::clone(exchanges),
         })
     }
 
@@ -395,6 +399,7 @@ impl Cluster {
         if let Err(e) = &own {
             self.failures.record(e.clone());
             self.link.tell_stopped();
+            self.exchanges.tell_stopped(0, 0);
         }
         let own = own.map_err(|e| self.explain(e));
         let peers = self.collect(|_| {});
@@ -454,6 +459,7 @@ impl Cluster {
         if let Err(e) = &own {
             self.failures.record(e.clone());
             self.link.tell_stopped();
+            self.exchanges.tell_stopped(0, 0);
         }
         let own = own.map_err(|e| self.explain(e));
         let peers = self.collect(|_| {});
@@ -488,6 +494,7 @@ impl Cluster {
         if let Err(e) = &own {
             self.failures.record(e.clone());
             self.link.tell_stopped();
+            self.exchanges.tell_stopped(0, 0);
         }
         own.map_err(|e| self.explain(e))?;
         // The other workers of group 0 finished this step with worker 0.

@@ -347,6 +347,8 @@ pub(crate) struct PeerWorker {
     pub store: ParamStore,
     pub link: WorkerLink,
     pub algorithm: Box<dyn TrainOneBatch>,
+    /// Its group's bridges, told when it fails.
+    pub exchanges: std::sync::Arc<crate::partition::Exchanges>,
 }
 
 impl PeerWorker {
@@ -365,6 +367,7 @@ impl PeerWorker {
             if let Err(e) = &outcome {
                 failures.record(e.clone());
                 self.link.tell_stopped();
+                self.exchanges.tell_stopped(me.group, me.id);
             }
             let failed = outcome.is_err();
             if replies.send(outcome).is_err() || failed {

@@ -85,6 +85,33 @@ impl Exchanges {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+
+    /// Tells the other workers of `group` that worker `member` has stopped, so that their
+    /// bridges stop waiting for it at once.
+    pub fn tell_stopped(&self, group: u32, member: u32) {
+        let link = {
+            let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            groups
+                .get(group as usize)
+                .and_then(|g| g.get(member as usize))
+                .and_then(|l| l.clone())
+        };
+        let Some(link) = link else { return };
+        let mut link = link.lock().unwrap_or_else(|p| p.into_inner());
+        let peers = link.early.len() as u32;
+        let me = bridge_addr(group, member);
+        for j in (0..peers).filter(|&j| j != member) {
+            let _ = link.endpoint.send(Msg {
+                src: me,
+                dst: bridge_addr(group, j),
+                kind: MsgKind::Stop,
+                target: 0,
+                slice: 0,
+                version: 0,
+                payload: None.into(),
+            });
+        }
+    }
 }
 
 /// The address of worker `member`'s bridge endpoint in group `group`.
@@ -218,6 +245,12 @@ impl Bridge {
                 ));
             };
             let j = msg.src.id as usize;
+            if msg.kind == MsgKind::Stop {
+                return Err(Error::invalid(format!(
+                    "{}: worker {}.{j} stopped",
+                    self.name, self.group
+                )));
+            }
             if j >= self.members as usize {
                 return Err(self.unexpected(round, &msg));
             }
