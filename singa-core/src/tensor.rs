@@ -225,6 +225,11 @@ impl Tensor {
         std::ptr::eq(&*self.storage, &*other.storage)
     }
 
+    /// Whether `self` and `other` are the very same elements (same memory, offset and size).
+    pub fn same_view(&self, other: &Tensor) -> bool {
+        self.shares_storage(other) && self.offset == other.offset && self.numel() == other.numel()
+    }
+
     /// The same elements with another shape of the same size.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();

@@ -46,6 +46,9 @@ pub struct ParamStore {
     by_name: HashMap<String, usize>,
     /// Values to use instead of new ones for trainable parameters of these names.
     shared: HashMap<String, Tensor>,
+    /// Gradients to use instead of new ones for parameters split along the features: the
+    /// workers of a group write disjoint blocks of rows of one gradient.
+    shared_grads: HashMap<String, Tensor>,
 }
 
 impl ParamStore {
@@ -55,15 +58,19 @@ impl ParamStore {
     }
 
     /// An empty store whose trainable parameters, once created, use the memory of `other`'s
-    /// parameters of the same names (their gradients and updater state stay separate): the
-    /// data-parallel workers of a group in one process share one copy of the values.
+    /// parameters of the same names: the workers of a group in one process share one copy of
+    /// the values. Gradients stay separate (each worker's covers its part of the batch), but
+    /// for parameters split along the features, whose blocks of rows the workers compute
+    /// apart, and updater state stays with the servers.
     pub fn sharing_values_of(other: &ParamStore) -> ParamStore {
+        let trainable = || other.entries.iter().filter(|e| e.trainable);
         ParamStore {
-            shared: other
-                .entries
-                .iter()
-                .filter(|e| e.trainable)
+            shared: trainable()
                 .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            shared_grads: trainable()
+                .filter(|e| e.split)
+                .map(|e| (e.name.clone(), e.grads[0].clone()))
                 .collect(),
             ..ParamStore::default()
         }
@@ -202,7 +209,10 @@ impl NetParams<'_> {
                 value
             }
         };
-        let grad = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
+        let grad = match self.store.shared_grads.get(&full) {
+            Some(g) if self.split.is_some() && g.shape() == spec.shape => g.clone(),
+            _ => Tensor::zeros(self.dev, spec.shape, DType::F32)?,
+        };
         let id = self.store.entries.len();
         self.store.entries.push(ParamEntry {
             name: full.clone(),

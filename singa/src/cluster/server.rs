@@ -22,8 +22,8 @@ pub(crate) struct ServerSlice {
     /// the master copy).
     pub replicas: Vec<Tensor>,
     /// Where the workers' gradients are summed when they must stay as they are (a parameter
-    /// split along the features: each worker's gradient is zero outside its block, and stays
-    /// so only if nobody writes there); `None`: into the first worker's gradient.
+    /// split along the features, each worker's gradient zero outside its block, when the
+    /// workers do not share one gradient); `None`: into the first worker's gradient.
     pub sum: Option<Tensor>,
 }
 
@@ -298,16 +298,25 @@ impl ServerCore {
         let s = &mut p.slice;
         let (first, rest) = c.grads.split_at_mut(1);
         let first = first[0].as_mut().expect("all received");
+        // Workers that wrote disjoint blocks of one gradient (a parameter split along the
+        // features, in one process) sent the same slice k times: it is the sum already.
+        let one_buffer = s.sum.is_some() && rest.iter().flatten().all(|g| g.same_view(first));
         let sum = match &mut s.sum {
+            _ if one_buffer => first,
             Some(sum) => {
                 self.dev.copy(first, sum)?;
+                for grad in rest.iter().flatten() {
+                    self.dev.axpby(1.0, grad, 1.0, sum)?;
+                }
                 sum
             }
-            None => first,
+            None => {
+                for grad in rest.iter().flatten() {
+                    self.dev.axpby(1.0, grad, 1.0, first)?;
+                }
+                first
+            }
         };
-        for grad in rest.iter().flatten() {
-            self.dev.axpby(1.0, grad, 1.0, sum)?;
-        }
         let args = UpdateArgs {
             lr: self.schedule.lr(c.step) * s.lr_mult,
             weight_decay: self.weight_decay * s.wd_mult,
