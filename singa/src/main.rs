@@ -174,6 +174,9 @@ enum Command {
         /// The layer type to use in place of the model's ReLU layers (say, a plugin's).
         #[arg(long, default_value = "relu")]
         activation: String,
+        /// The updater type to use in place of the model's SGD (one with SGD's fields).
+        #[arg(long, default_value = "sgd")]
+        updater: String,
         /// A plugin library with layer types (repeatable; also read from SINGA_PLUGIN_PATH).
         #[arg(long = "plugin", value_name = "PATH")]
         plugins: Vec<PathBuf>,
@@ -414,6 +417,7 @@ fn run(cli: Cli) -> Result<()> {
             framework,
             batch,
             activation,
+            updater,
             plugins,
         } => {
             let registry = Registry::with_plugins(&plugins, None, detail)?;
@@ -463,6 +467,7 @@ fn run(cli: Cli) -> Result<()> {
                     allocations,
                     batch,
                     activation,
+                    updater,
                     cluster: (workers > 1 || framework != "allreduce").then(|| {
                         singa::config::Framework::from_name(&framework)
                             .expect("clap checked the name")

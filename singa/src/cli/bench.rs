@@ -33,6 +33,8 @@ pub struct BenchOptions {
     pub cluster: Option<ClusterConfig>,
     /// The layer type in place of the models' ReLU layers (e.g. a plugin's activation).
     pub activation: String,
+    /// The updater type in place of the models' SGD (same fields, e.g. a plugin's copy).
+    pub updater: String,
 }
 
 /// The models of the peer benchmarks (`shared/peers`).
@@ -179,11 +181,14 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     for layer in job.layers.iter_mut().filter(|l| l.type_name == "relu") {
         layer.type_name = opts.activation.clone();
     }
-    let title = if opts.activation == "relu" {
-        title
-    } else {
-        format!("{title}, {} in place of relu", opts.activation)
-    };
+    job.updater.type_name = opts.updater.clone();
+    let mut title = title;
+    if opts.activation != "relu" {
+        title = format!("{title}, {} in place of relu", opts.activation);
+    }
+    if opts.updater != "sgd" {
+        title = format!("{title}, {} in place of sgd", opts.updater);
+    }
     let mut trainer = Trainer::new(&job, registry, &TrainOptions::default())?;
     let batch = trainer.samples_per_step() as f64;
     let device = trainer.device().info().description.into_string();
