@@ -221,6 +221,32 @@ fn a_panicking_plugin_layer_stops_the_job_and_the_checkpoint_resumes() {
     assert_eq!(trainer.step(), 150);
 }
 
+/// A plugin updater that panics stops the job the same way, naming the plugin and the updater.
+#[test]
+fn a_panicking_plugin_updater_stops_the_job() {
+    let faulty = plugin("plugin-faulty");
+    let dir = tmpdir("plugins-updater-panic");
+    synthetic_mnist(&dir, 800, 200, 8);
+    let top = format!(
+        "train_steps = 60\ncheckpoint_freq = 20\nplugins = [{:?}]",
+        faulty.display().to_string()
+    );
+    let updater = "type = \"faulty_sgd\"\nlearning_rate = 0.05\npanic_at = 25\n";
+    let text = job_text(&dir, &top, "type = \"stanh\"", updater);
+    let job = JobConfig::from_toml(&text, Default::default()).unwrap();
+    let ws = dir.join("ws");
+    let e = train(&job, &ws, Existing::Refuse)
+        .err()
+        .expect("the panic stops the job")
+        .to_string();
+    assert!(
+        e.contains("updater type faulty_sgd of plugin plugin-faulty")
+            && e.contains("deliberate panic in step 25"),
+        "{e}"
+    );
+    assert!(ws.join("checkpoints/step-00000020.safetensors").exists());
+}
+
 #[test]
 fn the_cli_loads_plugins_lists_them_and_checks_them() {
     let singa = singa_binary();
