@@ -101,10 +101,27 @@ fn synchronous_workers_equal_one_worker_with_the_same_batch() {
 fn a_distributed_run_resumes_exactly() {
     let dir = tmpdir("dist-resume");
     synthetic_mnist(&dir, 600, 100, 8);
-    // Data parallel, and with the layers split along the features (model parallel).
-    for (run, split) in [&[][..], &["fc1", "act", "fc2"]].into_iter().enumerate() {
+    // Data parallel, with the layers split along the features (model parallel), and two
+    // Hogwild groups of two workers each.
+    let pairs = ClusterConfig {
+        nworkers_per_group: 2,
+        nservers_per_group: 2,
+        sync_freq: 5,
+        ..Framework::Hogwild.preset(2)
+    };
+    let cases: [(&[&str], ClusterConfig); 3] = [
+        (&[], Framework::AllReduce.preset(2)),
+        (&["fc1", "act", "fc2"], Framework::AllReduce.preset(2)),
+        (&[], pairs),
+    ];
+    for (run, (split, cluster)) in cases.into_iter().enumerate() {
         let mut j = split_features(job(&dir, 40, "sgd"), split);
-        j.cluster = Framework::AllReduce.preset(2);
+        if cluster.hogwild_sync_freq().is_some() {
+            // Checkpoints keep server group 0's updater state only (the other groups' momenta
+            // are not saved): compare with a stateless updater.
+            j.updater.fields.set("momentum", 0.0);
+        }
+        j.cluster = cluster;
         j.checkpoint_freq = 20;
         let ws = dir.join(format!("whole-{run}"));
         let whole = |existing| TrainOptions {
@@ -138,7 +155,7 @@ fn a_distributed_run_resumes_exactly() {
         assert_eq!(
             max_difference(&expected, &param_values(&resumed)),
             0.0,
-            "split {split:?}"
+            "run {run}: split {split:?}"
         );
     }
 }
@@ -355,10 +372,17 @@ fn asynchronous_groups_learn_and_checkpoints_resume() {
         server_worker_separate: true,
         ..hogwild.clone()
     };
+    // Groups of two workers each (the second worker of group 1 shares group 1's values).
+    let hogwild_pairs = ClusterConfig {
+        nworkers_per_group: 2,
+        nservers_per_group: 2,
+        ..hogwild.clone()
+    };
     for (run, (cluster, batch)) in [
         (Framework::Downpour.preset(4), 8),
         (hogwild, 16),
         (hogwild_apart, 16),
+        (hogwild_pairs, 8),
         (stale, 16),
     ]
     .into_iter()
@@ -560,6 +584,18 @@ fn impossible_feature_splits_are_refused() {
         }
     });
     assert!(e.contains("layer[fc1].transpose"), "{e}");
+    // A split layer's parameters are blocks on each worker: not shareable whole.
+    let e = refused(&["fc1"], 2, &|j| {
+        for l in j.layers.iter_mut().filter(|l| l.name == "fc2") {
+            let mut p = singa::config::ParamConfig::new("weight");
+            p.share_from = Some("fc1/weight".into());
+            l.params.push(p);
+        }
+    });
+    assert!(
+        e.contains("layer[fc2].param[weight].share_from") && e.contains("cannot be shared"),
+        "{e}"
+    );
 }
 
 /// A staleness bound needs asynchronous groups, and a sensible size.

@@ -71,7 +71,12 @@ impl Layer for Dropout {
             self.state = Some(State {
                 dev: ctx.device.clone(),
                 mask: Tensor::zeros(ctx.device, input.shape, DType::F32)?,
-                seed: ctx.seed,
+                // Each part of a partitioned layer draws its own masks (its rows or columns
+                // are not its peers'); the data layers keep one shared order instead.
+                seed: match ctx.num_partitions {
+                    0 | 1 => ctx.seed,
+                    _ => singa_core::rng::derive_seed(ctx.seed, &ctx.partition_id.to_string()),
+                },
             });
             Ok(vec![TensorSpec::new("output", input.shape, DType::F32)].into())
         })()

@@ -27,8 +27,9 @@ pub struct ParamEntry {
     pub trainable: bool,
     /// The updater's state tensors, by the updater's state names.
     pub state: Vec<Tensor>,
-    /// Whether the layers of a worker split along the features each compute a block of rows
-    /// of the gradient (the rest of the worker's gradient stays zero, so must not be written).
+    /// Whether the layers of the workers of a group, split along the features, each compute
+    /// a block of rows of the gradient. In one process they share one gradient buffer;
+    /// otherwise the rest of a worker's gradient stays zero.
     pub split: bool,
 }
 

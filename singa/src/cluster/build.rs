@@ -41,17 +41,18 @@ pub(super) fn worker_nets(
     exchanges: &Exchanges,
 ) -> Result<(Vec<BuiltWorker>, Vec<Values>)> {
     let (ngroups, nworkers) = (job.cluster.nworker_groups, job.cluster.nworkers_per_group);
-    let mut nets = Vec::new();
+    let mut nets: Vec<BuiltWorker> = Vec::new();
     let mut values = vec![trainable_values(store)];
     for g in 0..ngroups {
-        let mut leader: Option<ParamStore> = None;
+        // The index in `nets` of the group's first worker (group 0's is `store`'s owner).
+        let mut leader: Option<usize> = None;
         for i in 0..nworkers {
             if g == 0 && i == 0 {
                 continue;
             }
             let dev = crate::device::create(device, None)?;
-            let mut own = match (&leader, g) {
-                (Some(l), _) => ParamStore::sharing_values_of(l),
+            let mut own = match (leader, g) {
+                (Some(l), _) => ParamStore::sharing_values_of(&nets[l].2),
                 (None, 0) => ParamStore::sharing_values_of(store),
                 (None, _) => ParamStore::new(),
             };
@@ -69,7 +70,7 @@ pub(super) fn worker_nets(
             .map_err(|e| e.context(format!("{addr}")))?;
             if i == 0 {
                 values.push(trainable_values(&own));
-                leader = Some(ParamStore::sharing_values_of(&own));
+                leader = Some(nets.len());
             }
             nets.push((addr, net, own));
         }

@@ -16,7 +16,8 @@
 //! servers as soon as the layer that computes them is done; a server waits for the gradients
 //! of every worker of a group, sums them, runs the updater and sends the fresh values back; a
 //! worker's step ends when every slice it sent came back. The coordinator starts a step on
-//! every worker and waits for all of them, so asynchronous groups are at most one step apart;
+//! every worker and waits for all of them, so asynchronous groups are at most one step apart,
+//! unless `cluster.staleness` lets other groups lag group 0 by up to that many steps.
 //! Hogwild's server groups average their values every `sync_freq` steps with a round of `Sync`
 //! messages: server `s` of each group sends its slices to server `s` of group 0, which sends
 //! the averages back.
@@ -475,6 +476,8 @@ impl Cluster {
     /// at most `staleness` earlier steps left to finish (it waits for them otherwise).
     fn stale_step(&mut self, net: &mut NeuralNet, store: &mut ParamStore, step: u64) -> Result<()> {
         let bound = self.config.staleness as usize;
+        // Wait for the groups that lag too far first, then start everyone together (a worker
+        // of group 0 must not wait at a bridge for worker 0 meanwhile).
         for i in 0..self.peers.len() {
             let allowed = if self.peers[i].addr.group == 0 {
                 0
@@ -485,6 +488,8 @@ impl Cluster {
                 self.take_step_reply(i)?;
             }
             self.max_lag = self.max_lag.max(self.peers[i].pending);
+        }
+        for i in 0..self.peers.len() {
             if !self.peers[i].send(Command::Step(step)) {
                 return Err(self.stopped(self.peers[i].addr));
             }
@@ -603,6 +608,10 @@ impl Cluster {
                     c.staleness
                 ),
                 (_, None) => "groups asynchronous at the servers, at most one step apart".to_string(),
+                (_, Some(f)) if c.staleness > 0 => format!(
+                    "each worker group with a server group of its own, their values averaged every {f} steps, another group at most {} steps behind group 0",
+                    c.staleness
+                ),
                 (_, Some(f)) => format!(
                     "each worker group with a server group of its own, their values averaged every {f} steps"
                 ),

@@ -88,12 +88,35 @@ impl JobConfig {
             }
         }
         // Checked on the fields as written, before defaults fill them in.
-        for l in self
+        let split: Vec<&str> = self
             .layers
             .iter()
             .filter(|l| crate::partition::splits_features(l))
+            .map(|l| l.name.as_str())
+            .collect();
+        for l in self
+            .layers
+            .iter()
+            .filter(|l| split.contains(&l.name.as_str()))
         {
             crate::partition::check_feature_split(&self.origin.file, l, c.nworkers_per_group)?;
+        }
+        // Each worker holds a block of a split layer's parameters: none can be shared whole.
+        if c.nworkers_per_group > 1 {
+            for l in &self.layers {
+                for p in &l.params {
+                    let Some(source) = p.share_from.as_deref() else {
+                        continue;
+                    };
+                    let owner = source.split('/').next().unwrap_or_default();
+                    if split.contains(&l.name.as_str()) || split.contains(&owner) {
+                        return Err(err(
+                            &format!("layer[{}].param[{}].share_from", l.name, p.name),
+                            "a parameter of a layer split along the features (partition_dim = 1) cannot be shared".into(),
+                        ));
+                    }
+                }
+            }
         }
         let mut job = self.clone();
 
