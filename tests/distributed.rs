@@ -631,3 +631,32 @@ fn a_staleness_bound_without_asynchronous_groups_is_refused() {
         );
     }
 }
+
+/// A split inner product stores its weight `[out, in]`: a checkpoint written with the other
+/// layout is refused, even for a square weight whose shape cannot tell.
+#[test]
+fn a_checkpoint_in_the_other_weight_layout_is_refused() {
+    let dir = tmpdir("dist-layout");
+    synthetic_mnist(&dir, 200, 50, 8);
+    // fc1 is 64 → 64 on 8×8 images: square.
+    let text = mlp_job(&dir, "train_steps = 10\ncheckpoint_freq = 10", 64, 0.0);
+    let plain = JobConfig::from_toml(&text, Default::default()).unwrap();
+    let ws = dir.join("ws");
+    let opts = |existing| TrainOptions {
+        workspace: Some(ws.clone()),
+        existing,
+        ..options(2)
+    };
+    train(&plain, &opts(Existing::Refuse));
+    let mut split = split_features(plain, &["fc1"]);
+    split.cluster = Framework::AllReduce.preset(2);
+    split.train_steps = 20;
+    let e = Trainer::new(&split, &Registry::builtin(), &opts(Existing::Resume))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("layer fc1's weight as [in, out], this job as [out, in]"),
+        "{e}"
+    );
+}

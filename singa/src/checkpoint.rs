@@ -2,7 +2,8 @@
 //!
 //! A checkpoint holds every parameter (`param/<layer>/<name>`), the updater's state
 //! (`state/<layer>/<name>/<slot>`), and in its metadata the step, the job's name, the updater,
-//! and the state of layers that have some (a data layer's position). It is written to a
+//! the state of layers that have some (a data layer's position), and which inner products store
+//! their weights `[out, in]`. It is written to a
 //! temporary file, flushed to disk and renamed into place, so a crash never leaves a partial
 //! checkpoint, and an existing checkpoint is never overwritten by a failed write.
 
@@ -25,6 +26,10 @@ pub struct CheckpointMeta {
     pub updater: String,
     /// Non-parameter state per layer.
     pub layer_states: Vec<(String, Vec<u64>)>,
+    /// The inner products whose weights are stored `[out, in]` (`transpose = true`, as when
+    /// split along the features): a square weight's shape alone cannot tell. `None` in
+    /// checkpoints written before it was recorded.
+    pub transposed: Option<Vec<String>>,
 }
 
 /// The file name of the checkpoint after `step` steps.
@@ -103,6 +108,7 @@ pub fn save(
             "layer_states",
             serde_json::Value::Object(layer_states).to_string(),
         ),
+        ("transposed", serde_json::json!(meta.transposed).to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -179,6 +185,13 @@ pub fn load(path: &Path) -> Result<Loaded> {
             Ok((k, s))
         })
         .collect::<Result<_>>()?;
+    let transposed: Option<Vec<String>> =
+        match md.get("transposed") {
+            None => None,
+            Some(t) => Some(serde_json::from_str(t).map_err(|e| {
+                Error::checkpoint(path, format!("metadata field \"transposed\": {e}"))
+            })?),
+        };
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
@@ -201,6 +214,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
             job: get("job")?,
             updater: get("updater")?,
             layer_states,
+            transposed,
         },
         tensors,
     })

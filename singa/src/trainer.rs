@@ -377,6 +377,7 @@ impl Trainer {
 
     /// Restores parameters, updater state, step and layer states from a checkpoint.
     pub fn restore(&mut self, loaded: &checkpoint::Loaded) -> Result<()> {
+        self.check_layouts(loaded)?;
         loaded.restore(&mut self.store, &self.state_names)?;
         for (layer, state) in &loaded.meta.layer_states {
             self.train
@@ -395,11 +396,41 @@ impl Trainer {
     /// Loads only the parameters of a checkpoint (for evaluation).
     pub fn load_params(&mut self, path: &Path) -> Result<u64> {
         let loaded = checkpoint::load(path)?;
+        self.check_layouts(&loaded)?;
         loaded.restore(&mut self.store, &[])?;
         if let Some(c) = &mut self.cluster {
             c.push_restored(&self.store)?;
         }
         Ok(loaded.meta.step)
+    }
+
+    /// Refuses a checkpoint that stores an inner product's weight in the other layout.
+    fn check_layouts(&self, loaded: &checkpoint::Loaded) -> Result<()> {
+        let Some(recorded) = &loaded.meta.transposed else {
+            return Ok(());
+        };
+        let mine = transposed_layers(&self.job);
+        for l in self
+            .job
+            .layers
+            .iter()
+            .filter(|l| l.type_name == "inner_product")
+        {
+            let (theirs, ours) = (recorded.contains(&l.name), mine.contains(&l.name));
+            if theirs != ours {
+                let layout = |t: bool| if t { "[out, in]" } else { "[in, out]" };
+                return Err(Error::checkpoint(
+                    &loaded.path,
+                    format!(
+                        "it stores layer {}'s weight as {}, this job as {} (transpose, or partition_dim = 1, differs)",
+                        l.name,
+                        layout(theirs),
+                        layout(ours)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The validated job.
@@ -513,6 +544,7 @@ impl Trainer {
             job: self.job.name.clone(),
             updater: self.job.updater.type_name.clone(),
             layer_states: self.train.layer_states()?,
+            transposed: Some(transposed_layers(&self.job)),
         };
         checkpoint::save(&path, &self.store, &self.state_names, &meta)?;
         Ok(Some(path))
@@ -647,4 +679,20 @@ impl Trainer {
         self.log(&report, obs)?;
         Ok(report)
     }
+}
+
+/// The inner products of `job` that store their weights `[out, in]`.
+fn transposed_layers(job: &JobConfig) -> Vec<String> {
+    job.layers
+        .iter()
+        .filter(|l| l.type_name == "inner_product")
+        .filter(|l| {
+            crate::partition::splits_features(l)
+                || matches!(
+                    l.fields.get("transpose"),
+                    Some(singa_core::FieldValue::Bool(true))
+                )
+        })
+        .map(|l| l.name.clone())
+        .collect()
 }
