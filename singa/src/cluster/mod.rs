@@ -397,12 +397,7 @@ impl Cluster {
             }
         }
         let own = self.link.sync(step, self.sync_reports);
-        if let Err(e) = &own {
-            self.failures.record(e.clone());
-            self.link.tell_stopped();
-            self.exchanges.tell_stopped(0, 0);
-        }
-        let own = own.map_err(|e| self.explain(e));
+        let own = self.own_outcome(own);
         let peers = self.collect(|_| {});
         own?;
         peers
@@ -457,12 +452,7 @@ impl Cluster {
             }
         }
         let own = self.link.train_step(net, store, &mut *self.algorithm, step);
-        if let Err(e) = &own {
-            self.failures.record(e.clone());
-            self.link.tell_stopped();
-            self.exchanges.tell_stopped(0, 0);
-        }
-        let own = own.map_err(|e| self.explain(e));
+        let own = self.own_outcome(own);
         let peers = self.collect(|_| {});
         own?;
         peers?;
@@ -496,12 +486,7 @@ impl Cluster {
             self.peers[i].pending += 1;
         }
         let own = self.link.train_step(net, store, &mut *self.algorithm, step);
-        if let Err(e) = &own {
-            self.failures.record(e.clone());
-            self.link.tell_stopped();
-            self.exchanges.tell_stopped(0, 0);
-        }
-        own.map_err(|e| self.explain(e))?;
+        self.own_outcome(own)?;
         // The other workers of group 0 finished this step with worker 0.
         for i in 0..self.peers.len() {
             if self.peers[i].addr.group == 0 {
@@ -626,6 +611,17 @@ impl Cluster {
             s.push_str(&format!("  server {i}: {load} values{each}\n"));
         }
         s
+    }
+
+    /// Worker 0's own outcome: a failure is recorded and told to the other workers (their
+    /// parameter traffic and their bridges), and reported with its first cause.
+    fn own_outcome(&mut self, own: Result<()>) -> Result<()> {
+        if let Err(e) = &own {
+            self.failures.record(e.clone());
+            self.link.tell_stopped();
+            self.exchanges.tell_stopped(0, 0);
+        }
+        own.map_err(|e| self.explain(e))
     }
 
     /// Every peer's reply to the last command, in order; the first failure is the error.
