@@ -105,6 +105,8 @@ enum Command {
     },
     /// List the layer and updater types with their fields and origins.
     Layers {
+        /// A job file whose `plugins` to load as well.
+        job: Option<PathBuf>,
         /// A plugin library with layer or updater types (repeatable; also read from the job
         /// file's `plugins` and from SINGA_PLUGIN_PATH).
         #[arg(long = "plugin", value_name = "PATH")]
@@ -361,8 +363,9 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", singa_data::inspect::inspect(&shard, records)?);
             Ok(())
         }
-        Command::Layers { plugins } => {
-            list_types(&Registry::with_plugins(&plugins, None, detail)?);
+        Command::Layers { job, plugins } => {
+            let config = job.map(JobConfig::from_file).transpose()?;
+            list_types(&Registry::with_plugins(&plugins, config.as_ref(), detail)?);
             Ok(())
         }
         Command::Cost {
