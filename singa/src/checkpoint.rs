@@ -9,7 +9,7 @@
 
 use crate::params::ParamStore;
 use safetensors::tensor::{Dtype, TensorView};
-use singa_core::{Error, Result, Shape};
+use singa_core::{Error, Result, Shape, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -63,14 +63,23 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes a checkpoint of `store` to `path` atomically.
+/// Writes a checkpoint of `store` to `path` atomically, with the tensors of `extra` beside
+/// (say, the updater state of Hogwild's other server groups).
 pub fn save(
     path: &Path,
     store: &ParamStore,
     state_names: &[String],
+    extra: &[(String, Tensor)],
     meta: &CheckpointMeta,
 ) -> Result<()> {
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in extra {
+        buffers.push((
+            name.clone(),
+            t.shape().dims().to_vec(),
+            f32_bytes(&t.to_vec::<f32>()?),
+        ));
+    }
     for e in store.entries() {
         let shape = e.shape().dims().to_vec();
         buffers.push((
@@ -221,6 +230,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
 }
 
 impl Loaded {
+    /// The values of tensor `name`, if the checkpoint has it.
+    pub fn tensor(&self, name: &str) -> Option<&[f32]> {
+        self.tensors.get(name).map(|(_, v)| v.as_slice())
+    }
+
     /// Copies the checkpoint into `store`, after checking that it was written for this net:
     /// the same parameters with the same shapes, and updater state for each of them.
     pub fn restore(&self, store: &mut ParamStore, state_names: &[String]) -> Result<()> {

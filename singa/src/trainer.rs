@@ -387,7 +387,7 @@ impl Trainer {
         if let Some(c) = &mut self.cluster {
             c.restore_layer_states(&loaded.meta.layer_states)
                 .map_err(|e| Error::checkpoint(&loaded.path, e))?;
-            c.push_restored(&self.store)?;
+            c.push_restored(&self.store, loaded, &self.state_names)?;
         }
         self.step = loaded.meta.step;
         Ok(())
@@ -399,7 +399,7 @@ impl Trainer {
         self.check_layouts(&loaded)?;
         loaded.restore(&mut self.store, &[])?;
         if let Some(c) = &mut self.cluster {
-            c.push_restored(&self.store)?;
+            c.push_restored(&self.store, &loaded, &self.state_names)?;
         }
         Ok(loaded.meta.step)
     }
@@ -546,7 +546,11 @@ impl Trainer {
             layer_states: self.train.layer_states()?,
             transposed: Some(transposed_layers(&self.job)),
         };
-        checkpoint::save(&path, &self.store, &self.state_names, &meta)?;
+        let extra = match &self.cluster {
+            Some(c) => c.group_states(&self.store, &self.state_names),
+            None => Vec::new(),
+        };
+        checkpoint::save(&path, &self.store, &self.state_names, &extra, &meta)?;
         Ok(Some(path))
     }
 

@@ -38,7 +38,7 @@ use crate::registry::Registry;
 use server::{Server, SyncRole};
 use singa_comm::ChannelNetwork;
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
-use singa_core::{Addr, DeviceRef, Error, Result, Role};
+use singa_core::{Addr, DeviceRef, Error, Result, Role, Tensor};
 use singa_layers::schedule::LrSchedule;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -403,9 +403,33 @@ impl Cluster {
         peers
     }
 
-    /// After worker 0's values and updater state were restored from a checkpoint: copies them
-    /// into every other group's values and server state, and into the master copy.
-    pub fn push_restored(&mut self, store: &ParamStore) -> Result<()> {
+    /// The updater state of the server groups after the first (Hogwild's), named for a
+    /// checkpoint: `group<h>/state/<param>/<slot>`.
+    pub fn group_states(
+        &self,
+        store: &ParamStore,
+        state_names: &[String],
+    ) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (h, states) in self.states.iter().enumerate().skip(1) {
+            for (e, slots) in store.entries().iter().zip(states) {
+                for (slot, t) in state_names.iter().zip(slots) {
+                    out.push((format!("group{h}/state/{}/{slot}", e.name), t.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// After worker 0's values and updater state were restored from `loaded`: copies them
+    /// into every other group's values and into the master copy. The other server groups'
+    /// updater state comes from the checkpoint where it has it, from worker 0's otherwise.
+    pub fn push_restored(
+        &mut self,
+        store: &ParamStore,
+        loaded: &crate::checkpoint::Loaded,
+        state_names: &[String],
+    ) -> Result<()> {
         for (p, e) in store.entries().iter().enumerate() {
             let master = self
                 .downpour_master
@@ -417,9 +441,12 @@ impl Cluster {
                     self.dev.copy(&e.value, dst)?;
                 }
             }
-            for state in self.states.iter_mut().skip(1) {
-                for (src, dst) in e.state.iter().zip(&mut state[p]) {
-                    self.dev.copy(src, dst)?;
+            for (h, state) in self.states.iter_mut().enumerate().skip(1) {
+                for ((src, dst), slot) in e.state.iter().zip(&mut state[p]).zip(state_names) {
+                    match loaded.tensor(&format!("group{h}/state/{}/{slot}", e.name)) {
+                        Some(saved) => dst.write_from(saved)?,
+                        None => self.dev.copy(src, dst)?,
+                    }
                 }
             }
         }
