@@ -181,11 +181,6 @@ pub(super) fn server_cores(
                         .iter()
                         .map(|&g| of(&held.replicas[g][sl.param]))
                         .collect::<Result<_>>()?,
-                    sum: if e.split {
-                        Some(Tensor::zeros(&core_dev, [sl.len], e.value.dtype())?)
-                    } else {
-                        None
-                    },
                 });
             }
             group_cores.push(Some(ServerCore::new(

@@ -114,8 +114,6 @@ pub struct Cluster {
     max_lag: usize,
     /// Hogwild: every server, group 0's (the leaders) first, told to start a synchronisation.
     sync_servers: Vec<Addr>,
-    /// How many of them report the end of a round (those with threads of their own).
-    sync_reports: usize,
     /// The last step trained.
     last_step: u64,
     /// The worker groups' bridges, told when worker 0 fails.
@@ -354,7 +352,6 @@ impl Cluster {
             states,
             settled: true,
             max_lag: 0,
-            sync_reports: if colocated { 0 } else { sync_servers.len() },
             sync_servers,
             last_step: 0,
             exchanges: Arc::clone(exchanges),
@@ -396,7 +393,14 @@ impl Cluster {
                 return Err(self.stopped(p.addr));
             }
         }
-        let own = self.link.sync(step, self.sync_reports);
+        // Servers with threads of their own report the end of their round; the others run on
+        // the workers' threads, which answer the command.
+        let reports = if self.config.servers_beside_workers() {
+            0
+        } else {
+            self.sync_servers.len()
+        };
+        let own = self.link.sync(step, reports);
         let own = self.own_outcome(own);
         let peers = self.collect(|_| {});
         own?;

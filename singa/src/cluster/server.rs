@@ -21,10 +21,6 @@ pub(crate) struct ServerSlice {
     /// each update from the group (in one process; it is `value` itself when the group uses
     /// the master copy).
     pub replicas: Vec<Tensor>,
-    /// Where the workers' gradients are summed when they must stay as they are (a parameter
-    /// split along the features, each worker's gradient zero outside its block, when the
-    /// workers do not share one gradient); `None`: into the first worker's gradient.
-    pub sum: Option<Tensor>,
 }
 
 /// The gradients of one slice received from one worker group in its current step.
@@ -298,25 +294,15 @@ impl ServerCore {
         let s = &mut p.slice;
         let (first, rest) = c.grads.split_at_mut(1);
         let first = first[0].as_mut().expect("all received");
-        // Workers that wrote disjoint blocks of one gradient (a parameter split along the
-        // features, in one process) sent the same slice k times: it is the sum already.
-        let one_buffer = s.sum.is_some() && rest.iter().flatten().all(|g| g.same_view(first));
-        let sum = match &mut s.sum {
-            _ if one_buffer => first,
-            Some(sum) => {
-                self.dev.copy(first, sum)?;
-                for grad in rest.iter().flatten() {
-                    self.dev.axpby(1.0, grad, 1.0, sum)?;
-                }
-                sum
+        // The sum goes into the first gradient. Workers that wrote disjoint blocks of one
+        // gradient (a parameter split along the features, in one process) sent the very same
+        // slice k times: it is the sum already.
+        for grad in rest.iter().flatten() {
+            if !grad.same_view(first) {
+                self.dev.axpby(1.0, grad, 1.0, first)?;
             }
-            None => {
-                for grad in rest.iter().flatten() {
-                    self.dev.axpby(1.0, grad, 1.0, first)?;
-                }
-                first
-            }
-        };
+        }
+        let sum = first;
         let args = UpdateArgs {
             lr: self.schedule.lr(c.step) * s.lr_mult,
             weight_decay: self.weight_decay * s.wd_mult,
@@ -465,7 +451,6 @@ mod tests {
             workers in 1usize..4,
             lens in proptest::collection::vec(1usize..9, 1..4),
             order_seed: u64,
-            separate_sum: bool,
         ) {
             let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
             let worker_addrs: Vec<Addr> = (0..workers as u32).map(|i| addr(Role::Worker, i)).collect();
@@ -478,7 +463,6 @@ mod tests {
             let slices = values.iter().enumerate().map(|(i, v)| ServerSlice {
                 key: (i as u32, 0), value: v.clone(), state: Vec::new(), lr_mult: 1.0, wd_mult: 1.0,
                 replicas: vec![v.clone()],
-                sum: separate_sum.then(|| Tensor::zeros(&dev, [lens[i]], DType::F32).unwrap()),
             }).collect();
             let sgd = sgd();
             let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
@@ -542,7 +526,6 @@ mod tests {
             lr_mult: 1.0,
             wd_mult: 1.0,
             replicas: vec![value],
-            sum: None,
         }];
         let sgd = sgd();
         let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();

@@ -76,8 +76,8 @@ pub fn splits_features(layer: &LayerConfig) -> bool {
     layer.partition_dim == 1
 }
 
-/// Checks that `layer`, split along the features, can be: its type, its fields and its
-/// sources. `is_input`: it reads data (has no sources).
+/// Checks that `layer`, split along the features over `members` workers, can be: its type,
+/// its fields and its sources.
 pub fn check_feature_split(file: &str, layer: &LayerConfig, members: usize) -> Result<()> {
     let at = format!("layer[{}].partition_dim", layer.name);
     if layer.srclayers.is_empty() {
