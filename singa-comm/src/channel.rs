@@ -2,7 +2,7 @@
 
 use singa_core::abi::{ROption, RResult};
 use singa_core::park::Waiter;
-use singa_core::{Addr, Error, Msg, Result, Transport};
+use singa_core::{Addr, Error, Msg, Result, Tensor, Transport};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,51 +29,70 @@ fn placeholder(addr: Addr) -> Msg {
 
 /// Payload bytes sent through a network, for measurements.
 #[derive(Default)]
-struct Counters {
-    messages: AtomicU64,
-    bytes: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) messages: AtomicU64,
+    pub(crate) bytes: AtomicU64,
 }
 
 impl ChannelNetwork {
     /// One connected endpoint per address, in the order given. Any endpoint can send to any
     /// other; addresses must be distinct.
     pub fn connect(addrs: &[Addr]) -> Result<Vec<ChannelEndpoint>> {
-        let mut senders = HashMap::with_capacity(addrs.len());
+        let mut routes = HashMap::with_capacity(addrs.len());
         let mut receivers = Vec::with_capacity(addrs.len());
         for &a in addrs {
-            let (tx, rx) = flume::unbounded();
-            let waiter = Arc::new(Waiter::default());
-            if senders.insert(a, (tx, waiter.clone())).is_some() {
+            let (inbox, rx) = queue(a);
+            if routes.insert(a, Route::Direct(inbox.clone())).is_some() {
                 return Err(Error::invalid(format!("two endpoints are both {a}")));
             }
-            receivers.push((a, rx, waiter));
+            receivers.push((a, rx, inbox.1));
         }
-        // A flume queue grows as messages pile up; fill each one to the most messages a step
-        // may leave waiting, so that it never needs to grow (allocate) during training.
-        for ((tx, _), (addr, rx, _)) in addrs.iter().map(|a| &senders[a]).zip(&receivers) {
-            for _ in 0..QUEUE_ROOM {
-                let _ = tx.send(placeholder(*addr));
-            }
-            // Popping keeps the queue's room (`drain` would take the queue away).
-            while rx.try_recv().is_ok() {}
-        }
-        let senders = Arc::new(senders);
+        let routes = Arc::new(routes);
         let counters = Arc::new(Counters::default());
         Ok(receivers
             .into_iter()
-            .map(|(addr, inbox, waiter)| ChannelEndpoint {
-                addr,
-                inbox,
-                waiter,
-                peers: senders.clone(),
-                counters: counters.clone(),
-            })
+            .map(|(addr, rx, waiter)| ChannelEndpoint::new(addr, rx, waiter, &routes, &counters))
             .collect())
     }
 }
 
 /// How to reach an endpoint: its queue, and the thread to wake.
-type Inbox = (flume::Sender<Msg>, Arc<Waiter>);
+pub(crate) type Inbox = (flume::Sender<Msg>, Arc<Waiter>);
+
+/// A new queue for `addr`, with room for [`QUEUE_ROOM`] messages made in advance.
+pub(crate) fn queue(addr: Addr) -> (Inbox, flume::Receiver<Msg>) {
+    let (tx, rx) = flume::unbounded();
+    // A flume queue grows as messages pile up; fill each one to the most messages a step
+    // may leave waiting, so that it never needs to grow (allocate) during training.
+    for _ in 0..QUEUE_ROOM {
+        let _ = tx.send(placeholder(addr));
+    }
+    // Popping keeps the queue's room (`drain` would take the queue away).
+    while rx.try_recv().is_ok() {}
+    ((tx, Arc::new(Waiter::default())), rx)
+}
+
+/// Puts `msg` in `inbox` and wakes its thread.
+pub(crate) fn deliver(inbox: &Inbox, msg: Msg) -> std::result::Result<(), Msg> {
+    inbox.0.send(msg).map_err(|e| e.into_inner())?;
+    inbox.1.wake();
+    Ok(())
+}
+
+/// How an endpoint reaches an address.
+#[derive(Clone)]
+pub(crate) enum Route {
+    /// Straight into its queue: it lives in the same process.
+    Direct(Inbox),
+    /// Through this process's router, which forwards to the router of the process it lives
+    /// in. The payload is copied on the way, as a transport between processes would.
+    Router(Inbox),
+}
+
+/// Which reusable wire buffer a copied payload goes into: one per kind of message a sender
+/// sends to a receiver about a slice, since the protocols never have two such messages in
+/// flight (the next one is sent only after the receiver has answered the last).
+type WireKey = (Addr, singa_core::MsgKind, u32, u32);
 
 /// One endpoint of a [`ChannelNetwork`]. Sending never blocks; receiving waits at most the
 /// timeout given.
@@ -81,11 +100,31 @@ pub struct ChannelEndpoint {
     addr: Addr,
     inbox: flume::Receiver<Msg>,
     waiter: Arc<Waiter>,
-    peers: Arc<HashMap<Addr, Inbox>>,
+    peers: Arc<HashMap<Addr, Route>>,
     counters: Arc<Counters>,
+    /// Buffers for payloads copied on their way to another process, reused message after
+    /// message (allocated the first time only).
+    wire: HashMap<WireKey, Tensor>,
 }
 
 impl ChannelEndpoint {
+    pub(crate) fn new(
+        addr: Addr,
+        inbox: flume::Receiver<Msg>,
+        waiter: Arc<Waiter>,
+        peers: &Arc<HashMap<Addr, Route>>,
+        counters: &Arc<Counters>,
+    ) -> ChannelEndpoint {
+        ChannelEndpoint {
+            addr,
+            inbox,
+            waiter,
+            peers: Arc::clone(peers),
+            counters: Arc::clone(counters),
+            wire: HashMap::new(),
+        }
+    }
+
     /// Messages and payload bytes sent so far by all endpoints of this network.
     pub fn traffic(&self) -> (u64, u64) {
         (
@@ -94,18 +133,28 @@ impl ChannelEndpoint {
         )
     }
 
-    fn send_msg(&self, msg: Msg) -> Result<()> {
+    fn send_msg(&mut self, mut msg: Msg) -> Result<()> {
         let dst = msg.dst;
-        let (peer, waiter) = self.peers.get(&dst).ok_or_else(|| {
+        let route = self.peers.get(&dst).ok_or_else(|| {
             Error::invalid(format!("{}: no endpoint {dst} in this network", self.addr))
         })?;
         let bytes = match &msg.payload {
             ROption::RSome(t) => (t.numel() * t.dtype().size()) as u64,
             ROption::RNone => 0,
         };
-        peer.send(msg)
+        let inbox = match route {
+            Route::Direct(inbox) => inbox,
+            Route::Router(inbox) => {
+                if let ROption::RSome(t) = &msg.payload {
+                    let key = (dst, msg.kind, msg.target, msg.slice);
+                    let copy = copy_into(&mut self.wire, key, t)?;
+                    msg.payload = ROption::RSome(copy);
+                }
+                inbox
+            }
+        };
+        deliver(inbox, msg)
             .map_err(|_| Error::invalid(format!("{}: {dst} has stopped", self.addr)))?;
-        waiter.wake();
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
@@ -127,6 +176,22 @@ impl ChannelEndpoint {
             });
         got.transpose()
     }
+}
+
+/// Copies `t` into the wire buffer of `key` (made on first use, or when the shape changes)
+/// and returns a handle to the copy.
+fn copy_into(wire: &mut HashMap<WireKey, Tensor>, key: WireKey, t: &Tensor) -> Result<Tensor> {
+    let dev = t.device();
+    let fits = |b: &Tensor| b.shape() == t.shape() && b.dtype() == t.dtype();
+    let buf = match wire.get_mut(&key) {
+        Some(b) if fits(b) => b,
+        _ => {
+            wire.insert(key, Tensor::zeros(dev, t.shape(), t.dtype())?);
+            wire.get_mut(&key).expect("just inserted")
+        }
+    };
+    dev.copy(t, buf)?;
+    Ok(buf.clone())
 }
 
 impl Transport for ChannelEndpoint {
