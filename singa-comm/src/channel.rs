@@ -72,11 +72,13 @@ pub(crate) fn queue(addr: Addr) -> (Inbox, flume::Receiver<Msg>) {
     ((tx, Arc::new(Waiter::default())), rx)
 }
 
-/// Puts `msg` in `inbox` and wakes its thread.
-pub(crate) fn deliver(inbox: &Inbox, msg: Msg) -> std::result::Result<(), Msg> {
-    inbox.0.send(msg).map_err(|e| e.into_inner())?;
+/// Puts `msg` in `inbox` and wakes its thread; false if the receiver has stopped.
+pub(crate) fn deliver(inbox: &Inbox, msg: Msg) -> bool {
+    if inbox.0.send(msg).is_err() {
+        return false;
+    }
     inbox.1.wake();
-    Ok(())
+    true
 }
 
 /// How an endpoint reaches an address.
@@ -153,8 +155,9 @@ impl ChannelEndpoint {
                 inbox
             }
         };
-        deliver(inbox, msg)
-            .map_err(|_| Error::invalid(format!("{}: {dst} has stopped", self.addr)))?;
+        if !deliver(inbox, msg) {
+            return Err(Error::invalid(format!("{}: {dst} has stopped", self.addr)));
+        }
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())

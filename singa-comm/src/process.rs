@@ -109,7 +109,7 @@ impl ProcessNetwork {
 impl Drop for ProcessNetwork {
     fn drop(&mut self) {
         for (addr, inbox, _) in &self.routers {
-            let _ = deliver(
+            deliver(
                 inbox,
                 Msg {
                     src: *addr,
@@ -158,7 +158,7 @@ impl Router {
                 continue;
             }
             if let Some(inbox) = self.local.get(&msg.dst) {
-                let _ = deliver(inbox, msg);
+                deliver(inbox, msg);
             } else if let Some(&p) = self.process_of.get(&msg.dst) {
                 let bytes = match &msg.payload {
                     singa_core::abi::ROption::RSome(t) => (t.numel() * t.dtype().size()) as u64,
@@ -166,7 +166,7 @@ impl Router {
                 };
                 self.crossed.messages.fetch_add(1, Ordering::Relaxed);
                 self.crossed.bytes.fetch_add(bytes, Ordering::Relaxed);
-                let _ = deliver(&self.stubs[p], msg);
+                deliver(&self.stubs[p], msg);
             }
         }
     }
