@@ -11,7 +11,7 @@ use singa_core::{
     Error, FieldSpec, Fields, Layer, LayerDef, ParamFactoryMut, Phase, SetupContext, Tensor,
     TensorSpec,
 };
-use singa_tests::{metric, mlp_job, param_values, synthetic_mnist, tmpdir};
+use singa_tests::{max_difference, metric, mlp_job, param_values, synthetic_mnist, tmpdir};
 use std::path::Path;
 
 /// The MLP of the training tests without dropout (whose masks depend on the batch split),
@@ -36,19 +36,6 @@ fn train(job: &JobConfig, options: &TrainOptions) -> (Trainer, singa::trainer::S
     let mut t = Trainer::new(job, &Registry::builtin(), options).unwrap();
     let s = t.run(&mut Silent).unwrap();
     (t, s)
-}
-
-/// The largest difference between two sets of parameters, relative to the values' size.
-fn max_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0.0f32;
-    for ((na, va), (nb, vb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        for (x, y) in va.iter().zip(vb) {
-            worst = worst.max((x - y).abs() / (1.0 + x.abs()));
-        }
-    }
-    worst
 }
 
 fn options(threads: usize) -> TrainOptions {

@@ -282,6 +282,19 @@ pub fn param_values(t: &singa::Trainer) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// The largest difference between two sets of parameters, relative to the values' size.
+pub fn max_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs() / (1.0 + x.abs()));
+        }
+    }
+    worst
+}
+
 /// The metric `name` among `metrics` (panics if it is missing).
 pub fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
     metrics

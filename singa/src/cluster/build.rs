@@ -32,7 +32,8 @@ pub(super) type States = Vec<Vec<Tensor>>;
 
 /// The nets of every worker but worker 0 (whose parameters are `store`), each reading its part
 /// of every batch, and each group's values. A group's first worker holds the group's copy of
-/// the values (group 0's are `store`'s); the other workers of the group share it.
+/// the values (group 0's are `store`'s); the other workers of the group share it, unless the
+/// job's processes share no memory, when every worker has a copy of its own.
 pub(super) fn worker_nets(
     job: &JobConfig,
     registry: &Registry,
@@ -41,6 +42,7 @@ pub(super) fn worker_nets(
     exchanges: &Exchanges,
 ) -> Result<(Vec<BuiltWorker>, Vec<Values>)> {
     let (ngroups, nworkers) = (job.cluster.nworker_groups, job.cluster.nworkers_per_group);
+    let share = !job.cluster.separate_memory();
     let mut nets: Vec<BuiltWorker> = Vec::new();
     let mut values = vec![trainable_values(store)];
     for g in 0..ngroups {
@@ -52,6 +54,7 @@ pub(super) fn worker_nets(
             }
             let dev = crate::device::create(device, None)?;
             let mut own = match (leader, g) {
+                _ if !share => ParamStore::new(),
                 (Some(l), _) => ParamStore::sharing_values_of(&nets[l].2),
                 (None, 0) => ParamStore::sharing_values_of(store),
                 (None, _) => ParamStore::new(),
@@ -80,13 +83,15 @@ pub(super) fn worker_nets(
 
 /// The values and updater state of each server group. A server group that serves one worker
 /// group updates that group's values in place; one that serves several keeps a master copy
-/// and refreshes a group's copy after each of its updates (Downpour). Server group 0's state is
-/// worker 0's (what checkpoints save); the others have their own.
+/// and refreshes a group's copy after each of its updates (Downpour). With `separate` memory
+/// every server group has values of its own, zero until worker 0 puts its values there. Server
+/// group 0's state is worker 0's (what checkpoints save); the others have their own.
 pub(super) fn masters_and_states(
     store: &ParamStore,
     served: &[Vec<usize>],
     values: &[Values],
     dev: &DeviceRef,
+    separate: bool,
 ) -> Result<(Vec<Values>, Vec<States>)> {
     let copy_of = |values: &[Option<Tensor>]| -> Result<Values> {
         values
@@ -95,7 +100,9 @@ pub(super) fn masters_and_states(
                 v.as_ref()
                     .map(|v| {
                         let mut m = Tensor::zeros(dev, v.shape(), v.dtype())?;
-                        dev.copy(v, &mut m)?;
+                        if !separate {
+                            dev.copy(v, &mut m)?;
+                        }
                         Ok(m)
                     })
                     .transpose()
@@ -105,7 +112,7 @@ pub(super) fn masters_and_states(
     let masters = served
         .iter()
         .map(|gs| match gs.as_slice() {
-            [g] => Ok(values[*g].clone()),
+            [g] if !separate => Ok(values[*g].clone()),
             _ => copy_of(&values[0]),
         })
         .collect::<Result<_>>()?;
@@ -129,8 +136,10 @@ pub(super) fn masters_and_states(
 }
 
 /// What the server groups hold, by server group (`served`, `masters`, `states`) and by worker
-/// group (`replicas`: each group's values; `groups`: its workers).
+/// group (`replicas`: each group's values; `groups`: its workers). With `separate` memory a
+/// server sends its own values to the workers, which copy them.
 pub(super) struct Held<'a> {
+    pub separate: bool,
     pub served: &'a [Vec<usize>],
     pub masters: &'a [Values],
     pub states: &'a [States],
@@ -177,10 +186,17 @@ pub(super) fn server_cores(
                         .collect::<Result<_>>()?,
                     lr_mult: e.lr_mult,
                     wd_mult: e.wd_mult,
-                    replicas: gs
-                        .iter()
-                        .map(|&g| of(&held.replicas[g][sl.param]))
-                        .collect::<Result<_>>()?,
+                    replicas: match (held.separate, gs.len()) {
+                        (false, _) => gs
+                            .iter()
+                            .map(|&g| of(&held.replicas[g][sl.param]))
+                            .collect::<Result<_>>()?,
+                        // What a group reads while the server updates for another: a copy.
+                        (true, n) if n > 1 => (0..n)
+                            .map(|_| Tensor::zeros(&core_dev, [sl.len], e.value.dtype()))
+                            .collect::<Result<_>>()?,
+                        (true, _) => vec![of(&held.masters[h][sl.param])?],
+                    },
                 });
             }
             group_cores.push(Some(ServerCore::new(

@@ -36,10 +36,11 @@ use crate::params::ParamStore;
 use crate::partition::Exchanges;
 use crate::registry::Registry;
 use server::{Server, SyncRole};
-use singa_comm::ChannelNetwork;
+use singa_comm::{ChannelEndpoint, ChannelNetwork, ProcessNetwork};
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
 use singa_core::{Addr, DeviceRef, Error, Result, Role, Tensor};
 use singa_layers::schedule::LrSchedule;
+use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -118,6 +119,12 @@ pub struct Cluster {
     last_step: u64,
     /// The worker groups' bridges, told when worker 0 fails.
     exchanges: Arc<Exchanges>,
+    /// The routers between the job's processes, when it has several (dropped last).
+    processes: Option<ProcessNetwork>,
+    /// Each server group's servers, where worker 0 puts the values (with separate memory).
+    server_groups: Vec<Vec<Addr>>,
+    /// The last round of `Put`s.
+    round: u64,
 }
 
 /// The address of worker `id` of group `group`.
@@ -172,8 +179,10 @@ impl Cluster {
         let nservers = c.nservers_per_group;
         // AllReduce (and Hogwild's groups): one server beside each worker, run by the worker's
         // own thread and reached at the worker's address, when a server group serves one
-        // worker group. Otherwise every server has a thread and address of its own.
-        let colocated = c.servers_beside_workers();
+        // worker group. Otherwise every server has a thread and address of its own, and so
+        // has every server of a job in several processes (which share no memory).
+        let separate = c.separate_memory();
+        let colocated = c.servers_on_worker_threads();
         let timeout = Duration::from_secs(c.timeout_secs);
         let groups: Vec<Vec<Addr>> = (0..ngroups as u32)
             .map(|g| (0..nworkers as u32).map(|i| worker_addr(g, i)).collect())
@@ -185,9 +194,11 @@ impl Cluster {
                 addrs.extend((0..nservers as u32).map(|s| server_addr(h, s)));
             }
         }
-        let mut endpoints = ChannelNetwork::connect(&addrs)?.into_iter();
-        let mut boxed = || -> TransportBox {
-            Transport_TO::from_value(endpoints.next().expect("one per address"), TD_Opaque)
+        let (processes, endpoints) = connect(&c, &addrs)?;
+        let mut endpoints: HashMap<Addr, ChannelEndpoint> = endpoints;
+        let mut boxed = |a: Addr| -> TransportBox {
+            let e = endpoints.remove(&a).expect("one endpoint per address");
+            Transport_TO::from_value(e, TD_Opaque)
         };
 
         let worker_device = share_of_threads(&job.device, threads, ngroups * nworkers);
@@ -204,7 +215,8 @@ impl Cluster {
             .first()
             .map(|e| e.value.device().clone())
             .ok_or_else(|| Error::invalid("the net has no parameters to train"))?;
-        let (masters, states) = build::masters_and_states(store, &served, &replicas, &dev)?;
+        let (masters, states) =
+            build::masters_and_states(store, &served, &replicas, &dev, separate)?;
 
         // The servers: each updates its slices of its group's master values and state.
         let sizes: Vec<usize> = store
@@ -224,6 +236,7 @@ impl Cluster {
             store,
             &slices,
             build::Held {
+                separate,
                 served: &served,
                 masters: &masters,
                 states: &states,
@@ -268,7 +281,7 @@ impl Cluster {
         let mut link_for = |store: &ParamStore, worker: Addr| -> Result<WorkerLink> {
             let g = worker.group as usize;
             let link = WorkerLink::new(
-                boxed(),
+                boxed(worker),
                 store,
                 &slices,
                 &server_addrs[g],
@@ -324,7 +337,7 @@ impl Cluster {
             for (addr, core) in all {
                 let core = core.expect("not taken by a worker");
                 let server = Server {
-                    transport: boxed(),
+                    transport: boxed(addr),
                     core,
                 };
                 let f = failures.clone();
@@ -335,7 +348,10 @@ impl Cluster {
                 server_threads.push((addr, thread));
             }
         }
-        Ok(Cluster {
+        let server_groups = (0..nsgroups)
+            .map(|h| (0..nservers).map(|s| server_at(h, s)).collect())
+            .collect();
+        let mut cluster = Cluster {
             config: c,
             link,
             peers,
@@ -355,7 +371,47 @@ impl Cluster {
             sync_servers,
             last_step: 0,
             exchanges: Arc::clone(exchanges),
-        })
+            processes,
+            server_groups,
+            round: 0,
+        };
+        if separate {
+            // The servers' values and every worker's come from worker 0's.
+            cluster.refresh(true, None)?;
+        }
+        Ok(cluster)
+    }
+
+    /// With separate memory: a round of `Put`s of worker 0's values to every server group
+    /// (when `put`), then of `Get`s by every worker (of group `only`, if given), which install
+    /// the values their servers hold. A `Get` names the last round of `Put`s, which its server
+    /// must have installed before it answers.
+    fn refresh(&mut self, put: bool, only: Option<u32>) -> Result<()> {
+        let takes_part = |p: &Peer| only.is_none_or(|g| p.addr.group == g);
+        if put {
+            self.round += 1;
+            let own = self.link.put_all(self.round, &self.server_groups);
+            self.own_outcome(own)?;
+        }
+        let round = self.round;
+        for p in self.peers.iter().filter(|p| takes_part(p)) {
+            if !p.send(Command::Refresh(round)) {
+                return Err(self.stopped(p.addr));
+            }
+        }
+        let own = self.link.get_all(round);
+        let own = self.own_outcome(own);
+        let peers = self.collect_from(takes_part, |_| {});
+        own?;
+        peers
+    }
+
+    /// Messages and payload bytes that went from one of the job's processes to another so far
+    /// (none when it has one).
+    pub fn traffic_between_processes(&self) -> (u64, u64) {
+        self.processes
+            .as_ref()
+            .map_or((0, 0), ProcessNetwork::traffic)
     }
 
     /// Brings worker 0's values to what the servers hold, between steps (to test them or
@@ -366,7 +422,11 @@ impl Cluster {
         if self.settled {
             return Ok(());
         }
-        if let Some(master) = &self.downpour_master {
+        if self.config.separate_memory() {
+            if self.downpour_master.is_some() {
+                self.refresh(false, Some(0))?;
+            }
+        } else if let Some(master) = &self.downpour_master {
             for (m, e) in master.iter().zip(store.entries_mut()) {
                 if let Some(m) = m {
                     self.dev.copy(m, &mut e.value)?;
@@ -395,7 +455,7 @@ impl Cluster {
         }
         // Servers with threads of their own report the end of their round; the others run on
         // the workers' threads, which answer the command.
-        let reports = if self.config.servers_beside_workers() {
+        let reports = if self.config.servers_on_worker_threads() {
             0
         } else {
             self.sync_servers.len()
@@ -404,7 +464,12 @@ impl Cluster {
         let own = self.own_outcome(own);
         let peers = self.collect(|_| {});
         own?;
-        peers
+        peers?;
+        if self.config.separate_memory() {
+            // The workers copy the averages from their servers.
+            self.refresh(false, None)?;
+        }
+        Ok(())
     }
 
     /// The updater state of the server groups after the first (Hogwild's), named for a
@@ -434,6 +499,7 @@ impl Cluster {
         loaded: &crate::checkpoint::Loaded,
         state_names: &[String],
     ) -> Result<()> {
+        let separate = self.config.separate_memory();
         for (p, e) in store.entries().iter().enumerate() {
             let master = self
                 .downpour_master
@@ -441,7 +507,7 @@ impl Cluster {
                 .filter_map(move |m| m[p].as_mut());
             let others = self.values.iter_mut().skip(1).filter_map(|r| r[p].as_mut());
             for dst in master.chain(others) {
-                if !dst.shares_storage(&e.value) {
+                if !separate && !dst.shares_storage(&e.value) {
                     self.dev.copy(&e.value, dst)?;
                 }
             }
@@ -453,6 +519,9 @@ impl Cluster {
                     }
                 }
             }
+        }
+        if separate {
+            self.refresh(true, None)?;
         }
         self.settled = true;
         Ok(())
@@ -612,7 +681,7 @@ impl Cluster {
             plural(c.nserver_groups),
             c.nservers_per_group,
             plural(c.nservers_per_group),
-            if c.servers_beside_workers() {
+            if c.servers_on_worker_threads() {
                 "each on the thread of the worker it sits beside"
             } else {
                 "each on a thread of its own"
@@ -656,10 +725,19 @@ impl Cluster {
     }
 
     /// Every peer's reply to the last command, in order; the first failure is the error.
-    fn collect(&self, mut each: impl FnMut(Vec<(String, f64)>)) -> Result<()> {
+    fn collect(&self, each: impl FnMut(Vec<(String, f64)>)) -> Result<()> {
+        self.collect_from(|_| true, each)
+    }
+
+    /// The replies of the peers `which` selects, as [`Cluster::collect`].
+    fn collect_from(
+        &self,
+        which: impl Fn(&Peer) -> bool,
+        mut each: impl FnMut(Vec<(String, f64)>),
+    ) -> Result<()> {
         let timeout = Duration::from_secs(self.config.timeout_secs);
         let mut first_error = None;
-        for p in &self.peers {
+        for p in self.peers.iter().filter(|p| which(p)) {
             match p.replies.recv_timeout(timeout) {
                 Ok(Ok(m)) => each(m),
                 Ok(Err(e)) => {
@@ -726,6 +804,34 @@ impl Drop for Cluster {
             let _ = t.join();
         }
     }
+}
+
+/// The endpoints of `addrs`: in one network, or spread over the job's processes (workers in
+/// order, servers as [`ClusterConfig::process_of_server`] says) with a router each.
+fn connect(
+    c: &ClusterConfig,
+    addrs: &[Addr],
+) -> Result<(Option<ProcessNetwork>, HashMap<Addr, ChannelEndpoint>)> {
+    if !c.separate_memory() {
+        let ends = ChannelNetwork::connect(addrs)?;
+        return Ok((None, addrs.iter().copied().zip(ends).collect()));
+    }
+    let mut placement = vec![Vec::new(); c.nprocs];
+    for &a in addrs {
+        let p = match a.role {
+            Role::Worker => {
+                c.process_of_worker(a.group as usize * c.nworkers_per_group + a.id as usize)
+            }
+            _ => c.process_of_server(a.group as usize, a.id as usize),
+        };
+        placement[p].push(a);
+    }
+    let (net, ends) = ProcessNetwork::connect(&placement)?;
+    let ends = placement
+        .into_iter()
+        .flatten()
+        .zip(ends.into_iter().flatten());
+    Ok((Some(net), ends.collect()))
 }
 
 /// The device that worker 0 of a distributed job runs on.

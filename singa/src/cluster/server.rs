@@ -34,6 +34,10 @@ struct Collecting {
 struct Pending {
     slice: ServerSlice,
     groups: Vec<Collecting>,
+    /// The last round of `Put`s that installed its values (0: none yet).
+    epoch: u64,
+    /// `Get`s that came before the `Put` of their round: who asked, and for which round.
+    waiting: Vec<(Addr, u64)>,
 }
 
 /// What a server does, wherever it runs: on a thread of its own ([`Server`]) or on the thread
@@ -95,6 +99,8 @@ impl ServerCore {
             .into_iter()
             .map(|slice| Pending {
                 slice,
+                epoch: 0,
+                waiting: Vec::with_capacity(groups.iter().map(Vec::len).sum()),
                 groups: groups
                     .iter()
                     .map(|g| Collecting {
@@ -236,6 +242,61 @@ impl ServerCore {
         Ok(sync.remaining == 0)
     }
 
+    /// Handles a `Put`: installs the values it carries as this slice's, for the round its
+    /// version names, and answers the `Get`s of that round that came before it.
+    pub fn on_put(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<()> {
+        let i = self.slice_index(&msg, transport.addr(), "sent values of")?;
+        let values = msg
+            .payload
+            .into_option()
+            .ok_or_else(|| Error::invalid(format!("a Put without values from {}", msg.src)))?;
+        let p = &mut self.pending[i];
+        if !values.shares_storage(&p.slice.value) {
+            self.dev.copy(&values, &mut p.slice.value)?;
+        }
+        p.epoch = p.epoch.max(msg.version);
+        let epoch = p.epoch;
+        let mut k = 0;
+        while k < p.waiting.len() {
+            if p.waiting[k].1 <= epoch {
+                let (who, round) = p.waiting.swap_remove(k);
+                transport
+                    .send(values_msg(transport.addr(), who, &p.slice, round))
+                    .into_result()?;
+            } else {
+                k += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a `Get`: sends the slice's values to whoever asked, once the `Put` of the round
+    /// its version names has come.
+    pub fn on_get(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<()> {
+        let i = self.slice_index(&msg, transport.addr(), "asked for")?;
+        let p = &mut self.pending[i];
+        if p.epoch >= msg.version {
+            transport
+                .send(values_msg(transport.addr(), msg.src, &p.slice, msg.version))
+                .into_result()
+        } else {
+            p.waiting.push((msg.src, msg.version));
+            Ok(())
+        }
+    }
+
+    fn slice_index(&self, msg: &Msg, me: Addr, what: &str) -> Result<usize> {
+        self.index
+            .get(&(msg.target, msg.slice))
+            .copied()
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{me}: {} {what} parameter {} slice {}, which this server does not hold",
+                    msg.src, msg.target, msg.slice
+                ))
+            })
+    }
+
     /// Where a server with a thread of its own reports the end of a synchronisation round.
     pub fn sync_coordinator(&self) -> Option<Addr> {
         self.sync.as_ref().map(|s| s.coordinator)
@@ -373,6 +434,8 @@ impl Server {
             match msg.kind {
                 MsgKind::Stop => return Ok(()),
                 MsgKind::Update => self.core.receive(msg, &mut self.transport)?,
+                MsgKind::Put => self.core.on_put(msg, &mut self.transport)?,
+                MsgKind::Get => self.core.on_get(msg, &mut self.transport)?,
                 MsgKind::Sync => {
                     let step = msg.version;
                     if self.core.on_sync(msg, &mut self.transport)? {
@@ -392,6 +455,19 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// The values of `slice` for `dst`, in answer to its `Get` of round `round`.
+fn values_msg(src: Addr, dst: Addr, slice: &ServerSlice, round: u64) -> Msg {
+    Msg {
+        src,
+        dst,
+        kind: MsgKind::Updated,
+        target: slice.key.0,
+        slice: slice.key.1,
+        version: round,
+        payload: Some(slice.value.clone()).into(),
     }
 }
 

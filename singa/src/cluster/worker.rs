@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 /// One slice of a parameter as a worker sees it.
 struct LinkSlice {
     index: u32,
+    /// The server that holds it, and that server's index in its group.
     server: Addr,
+    owner: usize,
     /// The worker's gradient of these values (a view).
     grad: Tensor,
     /// The worker's copy of these values (a view).
@@ -68,6 +70,7 @@ impl WorkerLink {
                         Ok(LinkSlice {
                             index: s.index,
                             server: servers[s.server],
+                            owner: s.server,
                             grad: flat_grad.narrow(s.offset, s.len)?,
                             value: flat_value.narrow(s.offset, s.len)?,
                         })
@@ -157,6 +160,113 @@ impl WorkerLink {
         self.drain(step)
     }
 
+    /// Sends this worker's values of every slice to the server that holds it in each server
+    /// group of `groups` (their servers' addresses), as round `round` of `Put`s.
+    pub fn put_all(&mut self, round: u64, groups: &[Vec<Addr>]) -> Result<()> {
+        let me = self.transport.addr();
+        for (param, slices) in self.slices.iter().enumerate() {
+            for s in slices {
+                for servers in groups {
+                    self.transport
+                        .send(Msg {
+                            src: me,
+                            dst: servers[s.owner],
+                            kind: MsgKind::Put,
+                            target: param as u32,
+                            slice: s.index,
+                            version: round,
+                            payload: Some(s.value.clone()).into(),
+                        })
+                        .into_result()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the servers for the values of every slice as of round `round` of `Put`s (`Get`),
+    /// and installs them as they come.
+    pub fn get_all(&mut self, round: u64) -> Result<()> {
+        let me = self.transport.addr();
+        for (param, slices) in self.slices.iter().enumerate() {
+            for s in slices {
+                self.transport
+                    .send(Msg {
+                        src: me,
+                        dst: s.server,
+                        kind: MsgKind::Get,
+                        target: param as u32,
+                        slice: s.index,
+                        version: round,
+                        payload: None.into(),
+                    })
+                    .into_result()?;
+            }
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut missing = self.expected;
+        while missing > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(msg) = self
+                .transport
+                .recv(left.as_millis() as u64)
+                .into_result()?
+                .into_option()
+            else {
+                return Err(Error::invalid(format!(
+                    "{me}: waited {} s for the values of {missing} parameter slices from the servers (raise cluster.timeout if that takes longer)",
+                    self.timeout.as_secs()
+                )));
+            };
+            match msg.kind {
+                MsgKind::Updated if msg.version == round => {
+                    self.install(msg)?;
+                    missing -= 1;
+                }
+                MsgKind::Stop => {
+                    return Err(Error::invalid(format!(
+                        "{me}: {} stopped while this worker waited for values",
+                        msg.src
+                    )))
+                }
+                other => {
+                    return Err(Error::invalid(format!(
+                        "{me}: unexpected {other:?} message from {} while waiting for values",
+                        msg.src
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the values an `Updated` message carries into this worker's copy of the slice.
+    fn install(&mut self, msg: Msg) -> Result<()> {
+        let me = self.transport.addr();
+        let fresh = msg.payload.into_option().ok_or_else(|| {
+            Error::invalid(format!(
+                "{me}: fresh values without values from {}",
+                msg.src
+            ))
+        })?;
+        let slice = self
+            .slices
+            .get_mut(msg.target as usize)
+            .and_then(|s| s.get_mut(msg.slice as usize))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{me}: {} sent parameter {} slice {}, which does not exist",
+                    msg.src, msg.target, msg.slice
+                ))
+            })?;
+        // In one process the group's workers and servers share the values.
+        if !fresh.shares_storage(&slice.value) {
+            let dev = slice.value.device().clone();
+            dev.copy(&fresh, &mut slice.value)?;
+        }
+        Ok(())
+    }
+
     /// Receives the fresh values of every slice updated in `step` (serving the gradients that
     /// arrive for the server beside this worker, if it has one).
     fn await_params(&mut self, step: u64) -> Result<()> {
@@ -185,27 +295,7 @@ impl WorkerLink {
         let me = self.transport.addr();
         match msg.kind {
             MsgKind::Updated if msg.version == step => {
-                let fresh = msg.payload.into_option().ok_or_else(|| {
-                    Error::invalid(format!(
-                        "{me}: fresh values without values from {}",
-                        msg.src
-                    ))
-                })?;
-                let slice = self
-                    .slices
-                    .get_mut(msg.target as usize)
-                    .and_then(|s| s.get_mut(msg.slice as usize))
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "{me}: {} sent parameter {} slice {}, which does not exist",
-                            msg.src, msg.target, msg.slice
-                        ))
-                    })?;
-                // In one process the group's workers and servers share the values.
-                if !fresh.shares_storage(&slice.value) {
-                    let dev = slice.value.device().clone();
-                    dev.copy(&fresh, &mut slice.value)?;
-                }
+                self.install(msg)?;
                 self.missing -= 1;
                 Ok(())
             }
@@ -336,6 +426,8 @@ pub(crate) enum Command {
     Restore(Vec<(String, Vec<u64>)>),
     /// Take part in synchronising the server groups after the given step.
     Sync(u64),
+    /// Get the values of every slice from the servers, as of the given round of `Put`s.
+    Refresh(u64),
 }
 
 /// A worker thread's answer.
@@ -386,6 +478,10 @@ impl PeerWorker {
             Command::Metrics => self.net.read_metrics(),
             Command::Sync(step) => {
                 self.link.sync(step, 0)?;
+                Ok(Vec::new())
+            }
+            Command::Refresh(round) => {
+                self.link.get_all(round)?;
                 Ok(Vec::new())
             }
             Command::Restore(states) => {

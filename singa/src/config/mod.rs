@@ -334,6 +334,13 @@ pub struct ClusterConfig {
     /// group 0 starts a step (a staleness bound, as in stale synchronous parallel). 0: every
     /// group finishes each step before the next starts.
     pub staleness: u64,
+    /// Processes the workers and servers are spread over (SINGA's `nworkers_per_procs`, as a
+    /// count): each holds its own memory and talks to the others through its router only.
+    /// Workers go to processes in order, an equal number each; a server beside a worker goes
+    /// with it, separate servers are spread in order too. `singa train` runs the processes
+    /// inside one OS process (what crosses between them is copied, as a network would), which
+    /// checks a topology before it runs on several machines.
+    pub nprocs: usize,
 }
 
 impl Default for ClusterConfig {
@@ -347,6 +354,7 @@ impl Default for ClusterConfig {
             timeout_secs: 60,
             sync_freq: 10,
             staleness: 0,
+            nprocs: 1,
         }
     }
 }
@@ -372,6 +380,33 @@ impl ClusterConfig {
         self.nserver_groups == self.nworker_groups
             && self.nservers_per_group == self.nworkers_per_group
             && !self.server_worker_separate
+    }
+
+    /// Whether each server runs on the thread of the worker it sits beside: when it sits beside
+    /// one and they share memory (otherwise it answers at an address of its own).
+    pub fn servers_on_worker_threads(&self) -> bool {
+        self.servers_beside_workers() && !self.separate_memory()
+    }
+
+    /// Whether workers and servers live in several processes, with no memory shared between
+    /// them: every worker then has its own copy of the values and every server its own slices.
+    pub fn separate_memory(&self) -> bool {
+        self.nprocs > 1
+    }
+
+    /// The process that worker `index` (counting group after group) lives in.
+    pub fn process_of_worker(&self, index: usize) -> usize {
+        index / (self.nworkers() / self.nprocs).max(1)
+    }
+
+    /// The process that server `s` of server group `h` lives in: its worker's when servers sit
+    /// beside workers, otherwise servers are spread in order over the processes.
+    pub fn process_of_server(&self, h: usize, s: usize) -> usize {
+        if self.servers_beside_workers() {
+            return self.process_of_worker(h * self.nworkers_per_group + s);
+        }
+        let total = self.nserver_groups * self.nservers_per_group;
+        (h * self.nservers_per_group + s) * self.nprocs / total
     }
 
     /// Hogwild's averaging period: `Some(sync_freq)` when every worker group has a server

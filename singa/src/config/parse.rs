@@ -367,6 +367,7 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         "timeout",
         "sync_freq",
         "staleness",
+        "nprocs",
     ]);
     s.only(&known)?;
     let mut c = match s.str("framework")? {
@@ -397,6 +398,11 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         None => {}
     }
     c.staleness = s.u64("staleness")?.unwrap_or(c.staleness);
+    match s.u64("nprocs")? {
+        Some(0) => return Err(s.err("nprocs", "expected at least 1 (processes)")),
+        Some(n) => c.nprocs = n as usize,
+        None => {}
+    }
     for (key, slot) in counts.iter().zip([
         &mut c.nworker_groups,
         &mut c.nworkers_per_group,

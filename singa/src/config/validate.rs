@@ -73,6 +73,17 @@ impl JobConfig {
                 ),
             ));
         }
+        if c.nprocs > 1 && !c.nworkers().is_multiple_of(c.nprocs) {
+            return Err(err(
+                "cluster.nprocs",
+                format!(
+                    "{} processes for {} workers: expected a divisor of {} (each process runs an equal number of workers)",
+                    c.nprocs,
+                    c.nworkers(),
+                    c.nworkers()
+                ),
+            ));
+        }
         // Every worker reads an equal part of each batch of the train net's input layers.
         let workers = c.nworkers();
         for l in self.layers.iter().filter(|l| l.in_phase(Phase::TRAIN)) {
@@ -100,6 +111,15 @@ impl JobConfig {
             .filter(|l| split.contains(&l.name.as_str()))
         {
             crate::partition::check_feature_split(&self.origin.file, l, c.nworkers_per_group)?;
+            if c.nprocs > 1 && c.nworkers_per_group > 1 {
+                return Err(err(
+                    &format!("layer[{}].partition_dim", l.name),
+                    format!(
+                        "a layer split along the features runs in one process for now (its workers share the blocks of its parameters), and cluster.nprocs is {}",
+                        c.nprocs
+                    ),
+                ));
+            }
         }
         // Each worker holds a block of a split layer's parameters: none can be shared whole.
         if c.nworkers_per_group > 1 {

@@ -1,0 +1,186 @@
+//! A job whose workers and servers are spread over several processes (`cluster.nprocs`), each
+//! with memory of its own and a router: it trains exactly as in one process, what crosses
+//! between processes is counted, and it resumes from its checkpoints.
+
+use singa::config::{ClusterConfig, Framework, JobConfig};
+use singa::trainer::{Silent, Summary, TrainOptions, Trainer};
+use singa::workspace::Existing;
+use singa::Registry;
+use singa_tests::{max_difference, metric, mlp_job, param_values, synthetic_mnist, tmpdir};
+use std::path::Path;
+
+/// The MLP of the training tests, without dropout, with SGD and momentum.
+fn job(data: &Path, steps: u64) -> JobConfig {
+    let text = mlp_job(
+        data,
+        &format!("train_steps = {steps}\ndisplay_freq = 10"),
+        24,
+        0.0,
+    );
+    JobConfig::from_toml(&text, Default::default()).unwrap()
+}
+
+fn options(workspace: Option<&Path>, existing: Existing) -> TrainOptions {
+    TrainOptions {
+        threads: Some(2),
+        workspace: workspace.map(Path::to_path_buf),
+        existing,
+    }
+}
+
+fn train(job: &JobConfig, options: &TrainOptions) -> (Trainer, Summary) {
+    let mut t = Trainer::new(job, &Registry::builtin(), options).unwrap();
+    let s = t.run(&mut Silent).unwrap();
+    (t, s)
+}
+
+fn in_procs(cluster: ClusterConfig, nprocs: usize) -> ClusterConfig {
+    ClusterConfig { nprocs, ..cluster }
+}
+
+/// The values of every trainable parameter, counted in f32.
+fn trainable_values(t: &Trainer) -> u64 {
+    let store = t.params();
+    let n: usize = store
+        .entries()
+        .iter()
+        .filter(|e| e.trainable)
+        .map(|e| e.value.numel())
+        .sum();
+    n as u64
+}
+
+#[test]
+fn a_job_in_several_processes_trains_exactly_like_one_process() {
+    let dir = tmpdir("procs-equal");
+    synthetic_mnist(&dir, 600, 100, 8);
+    let hogwild_pairs = ClusterConfig {
+        nworkers_per_group: 2,
+        nservers_per_group: 2,
+        sync_freq: 5,
+        ..Framework::Hogwild.preset(2)
+    };
+    let cases = [
+        (Framework::AllReduce.preset(2), 2),
+        (Framework::AllReduce.preset(4), 4),
+        (Framework::AllReduce.preset(4), 2),
+        (Framework::Sandblaster.preset(2), 2),
+        // Each group in a process of its own, and each worker in one.
+        (hogwild_pairs.clone(), 2),
+        (hogwild_pairs, 4),
+    ];
+    let steps = 30;
+    for (cluster, nprocs) in cases {
+        let what = format!("{nprocs} processes, {cluster:?}");
+        let mut one = job(&dir, steps);
+        one.cluster = cluster.clone();
+        let (reference, _) = train(&one, &options(None, Existing::Refuse));
+        assert_eq!(
+            reference.cluster().unwrap().traffic_between_processes(),
+            (0, 0)
+        );
+        let mut many = one.clone();
+        many.cluster = in_procs(cluster, nprocs);
+        let (t, _) = train(&many, &options(None, Existing::Refuse));
+        assert_eq!(
+            max_difference(&param_values(&reference), &param_values(&t)),
+            0.0,
+            "{what}"
+        );
+        let (messages, bytes) = t.cluster().unwrap().traffic_between_processes();
+        assert!(messages > 0, "{what}: nothing crossed");
+        if many.cluster.nworkers() == 2 && nprocs == 2 {
+            // Every step, each worker's gradients of the slices served in the other process
+            // cross, and their fresh values come back: between them the two workers send
+            // every value's gradient once and get every value once. The first round of `Put`s
+            // and `Get`s adds less than a step.
+            let per_step = 2 * trainable_values(&t) * 4;
+            assert!(
+                bytes >= steps * per_step && bytes < (steps + 1) * per_step,
+                "{what}: {bytes} bytes in {steps} steps, expected about {per_step} a step"
+            );
+        }
+    }
+}
+
+#[test]
+fn downpour_in_several_processes_learns_and_resumes() {
+    let dir = tmpdir("procs-downpour");
+    synthetic_mnist(&dir, 600, 100, 8);
+    for (run, cluster) in [
+        in_procs(Framework::Downpour.preset(2), 2),
+        in_procs(Framework::AllReduce.preset(2), 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let what = format!("{cluster:?}");
+        let mut j = job(&dir, 40);
+        j.cluster = cluster;
+        j.test_steps = 2;
+        j.checkpoint_freq = 20;
+        let ws = dir.join(format!("ws-{run}"));
+        let (t, s) = train(&j, &options(Some(&ws), Existing::Refuse));
+        assert!(metric(&s.test, "accuracy") > 0.9, "{what}: {:?}", s.test);
+        let finished = param_values(&t);
+        drop(t);
+        // The last checkpoint holds what the servers held; every process gets it back.
+        let mut resumed = Trainer::new(
+            &j,
+            &Registry::builtin(),
+            &options(Some(&ws), Existing::Resume),
+        )
+        .unwrap();
+        assert_eq!(
+            max_difference(&finished, &param_values(&resumed)),
+            0.0,
+            "{what}"
+        );
+        let acc = metric(&resumed.evaluate().unwrap(), "accuracy");
+        assert!((acc - metric(&s.test, "accuracy")).abs() < 1e-9, "{what}");
+        // Cut after the first checkpoint and resumed, a synchronous run ends where the
+        // straight one did.
+        if j.cluster.nworker_groups == 1 {
+            let mut cut = j.clone();
+            cut.train_steps = 20;
+            let ws2 = dir.join(format!("cut-{run}"));
+            train(&cut, &options(Some(&ws2), Existing::Refuse));
+            let (again, summary) = train(&j, &options(Some(&ws2), Existing::Resume));
+            assert_eq!(summary.steps, 40);
+            assert_eq!(
+                max_difference(&finished, &param_values(&again)),
+                0.0,
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn process_counts_that_do_not_fit_are_refused() {
+    let dir = tmpdir("procs-refuse");
+    synthetic_mnist(&dir, 60, 20, 8);
+    let mut j = job(&dir, 5);
+    j.cluster = in_procs(Framework::AllReduce.preset(2), 3);
+    let e = j.validate(&Registry::builtin()).unwrap_err().to_string();
+    assert!(
+        e.contains("cluster.nprocs: 3 processes for 2 workers: expected a divisor of 2"),
+        "{e}"
+    );
+    j.cluster = in_procs(Framework::AllReduce.preset(2), 2);
+    for l in j.layers.iter_mut().filter(|l| l.name == "fc1") {
+        l.partition_dim = 1;
+    }
+    let e = j.validate(&Registry::builtin()).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "layer[fc1].partition_dim: a layer split along the features runs in one process"
+        ),
+        "{e}"
+    );
+    let text = mlp_job(&dir, "train_steps = 5\n[cluster]\nnprocs = 0", 24, 0.0);
+    let e = JobConfig::from_toml(&text, Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cluster.nprocs: expected at least 1"), "{e}");
+}
