@@ -165,4 +165,24 @@ srclayers = ["fc3", "data:label"]
         allocated, 0,
         "{allocated} allocations in {steps} warm model-parallel training steps"
     );
+    drop(trainer);
+
+    // Both again with each worker in a process of its own: what crosses between processes
+    // goes into wire buffers made during the first steps and reused after.
+    for split in [true, false] {
+        let mut job = job.clone();
+        job.cluster.nprocs = 2;
+        if !split {
+            for l in job.layers.iter_mut() {
+                l.partition_dim = -1;
+            }
+        }
+        let mut trainer =
+            Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+        let allocated = allocations(&mut trainer, 40, steps);
+        assert_eq!(
+            allocated, 0,
+            "{allocated} allocations in {steps} warm steps in two processes (split: {split})"
+        );
+    }
 }

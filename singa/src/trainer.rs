@@ -245,7 +245,7 @@ impl Trainer {
     pub fn new(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
         let Validated { job, schedule } = job.validate(registry)?;
         let distributed = job.cluster.is_distributed();
-        let exchanges = Exchanges::new(std::time::Duration::from_secs(job.cluster.timeout_secs));
+        let exchanges = Exchanges::for_cluster(&job.cluster);
         let (dev, part) = if distributed {
             let c = &job.cluster;
             let part = Part::of_worker(0, 0, c.nworker_groups as u32, c.nworkers_per_group as u32);

@@ -197,6 +197,10 @@ pub(super) fn server_cores(
                             .collect::<Result<_>>()?,
                         (true, _) => vec![of(&held.masters[h][sl.param])?],
                     },
+                    sum: match held.separate && e.split && job.cluster.nworkers_per_group > 1 {
+                        true => Some(Tensor::zeros(&core_dev, [sl.len], e.value.dtype())?),
+                        false => None,
+                    },
                 });
             }
             group_cores.push(Some(ServerCore::new(

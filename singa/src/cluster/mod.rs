@@ -406,12 +406,15 @@ impl Cluster {
         peers
     }
 
-    /// Messages and payload bytes that went from one of the job's processes to another so far
-    /// (none when it has one).
+    /// Messages and payload bytes that went from one of the job's processes to another so far,
+    /// parameter traffic and bridges together (none when it has one process).
     pub fn traffic_between_processes(&self) -> (u64, u64) {
-        self.processes
+        let params = self
+            .processes
             .as_ref()
-            .map_or((0, 0), ProcessNetwork::traffic)
+            .map_or((0, 0), ProcessNetwork::traffic);
+        let bridges = self.exchanges.traffic_between_processes();
+        (params.0 + bridges.0, params.1 + bridges.1)
     }
 
     /// Brings worker 0's values to what the servers hold, between steps (to test them or
@@ -709,6 +712,29 @@ impl Cluster {
                 ""
             };
             s.push_str(&format!("  server {i}: {load} values{each}\n"));
+        }
+        if c.separate_memory() {
+            s.push_str(&format!(
+                "{} processes, each with memory of its own and a router (run in this one, copying what crosses between them):\n",
+                c.nprocs
+            ));
+            for p in 0..c.nprocs {
+                let workers = (0..c.nworkers())
+                    .filter(|&k| c.process_of_worker(k) == p)
+                    .map(|k| {
+                        format!(
+                            "worker {}.{}",
+                            k / c.nworkers_per_group,
+                            k % c.nworkers_per_group
+                        )
+                    });
+                let servers = (0..c.nserver_groups)
+                    .flat_map(|h| (0..c.nservers_per_group).map(move |s| (h, s)))
+                    .filter(|&(h, s)| c.process_of_server(h, s) == p)
+                    .map(|(h, s)| format!("server {h}.{s}"));
+                let all: Vec<String> = workers.chain(servers).collect();
+                s.push_str(&format!("  process {p}: {}\n", all.join(", ")));
+            }
         }
         s
     }

@@ -21,6 +21,10 @@ pub(crate) struct ServerSlice {
     /// each update from the group (in one process; it is `value` itself when the group uses
     /// the master copy).
     pub replicas: Vec<Tensor>,
+    /// Where the gradients are summed, when not into the first worker's: for a parameter
+    /// split along the features whose workers each have a gradient of their own, zero outside
+    /// their rows. Summing into one of those would leave other rows in it for the next step.
+    pub sum: Option<Tensor>,
 }
 
 /// The gradients of one slice received from one worker group in its current step.
@@ -355,6 +359,10 @@ impl ServerCore {
         let s = &mut p.slice;
         let (first, rest) = c.grads.split_at_mut(1);
         let first = first[0].as_mut().expect("all received");
+        if let Some(sum) = &mut s.sum {
+            self.dev.copy(first, sum)?;
+            *first = sum.clone();
+        }
         // The sum goes into the first gradient. Workers that wrote disjoint blocks of one
         // gradient (a parameter split along the features, in one process) sent the very same
         // slice k times: it is the sum already.
@@ -539,6 +547,7 @@ mod tests {
             let slices = values.iter().enumerate().map(|(i, v)| ServerSlice {
                 key: (i as u32, 0), value: v.clone(), state: Vec::new(), lr_mult: 1.0, wd_mult: 1.0,
                 replicas: vec![v.clone()],
+                sum: None,
             }).collect();
             let sgd = sgd();
             let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
@@ -602,6 +611,7 @@ mod tests {
             lr_mult: 1.0,
             wd_mult: 1.0,
             replicas: vec![value],
+            sum: None,
         }];
         let sgd = sgd();
         let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();

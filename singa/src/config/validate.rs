@@ -111,15 +111,6 @@ impl JobConfig {
             .filter(|l| split.contains(&l.name.as_str()))
         {
             crate::partition::check_feature_split(&self.origin.file, l, c.nworkers_per_group)?;
-            if c.nprocs > 1 && c.nworkers_per_group > 1 {
-                return Err(err(
-                    &format!("layer[{}].partition_dim", l.name),
-                    format!(
-                        "a layer split along the features runs in one process for now (its workers share the blocks of its parameters), and cluster.nprocs is {}",
-                        c.nprocs
-                    ),
-                ));
-            }
         }
         // Each worker holds a block of a split layer's parameters: none can be shared whole.
         if c.nworkers_per_group > 1 {

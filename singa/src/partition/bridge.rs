@@ -13,7 +13,7 @@
 //! would carry the block itself.
 
 use super::Dist;
-use singa_comm::ChannelNetwork;
+use singa_comm::{ChannelNetwork, ProcessNetwork};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec, TD_Opaque, Transport_TO};
 use singa_core::{
     Addr, DType, DeviceRef, Error, Layer, Msg, MsgKind, ParamFactoryMut, Phase, Result, Role,
@@ -43,6 +43,10 @@ pub(crate) struct LinkState {
 pub struct Exchanges {
     timeout: Duration,
     groups: Mutex<Vec<Vec<Option<Link>>>>,
+    /// The process of each worker, counting group after group (empty: all in one).
+    process_of: Vec<usize>,
+    /// The routers of groups whose workers live in several processes.
+    routers: Mutex<Vec<ProcessNetwork>>,
 }
 
 impl Exchanges {
@@ -51,7 +55,75 @@ impl Exchanges {
         Arc::new(Exchanges {
             timeout,
             groups: Mutex::new(Vec::new()),
+            process_of: Vec::new(),
+            routers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The bridges of the workers of `cluster`: between workers in different processes,
+    /// through their routers (copying what crosses).
+    pub fn for_cluster(cluster: &crate::config::ClusterConfig) -> Arc<Exchanges> {
+        let process_of = match cluster.separate_memory() {
+            true => (0..cluster.nworkers())
+                .map(|k| cluster.process_of_worker(k))
+                .collect(),
+            false => Vec::new(),
+        };
+        Arc::new(Exchanges {
+            timeout: Duration::from_secs(cluster.timeout_secs),
+            groups: Mutex::new(Vec::new()),
+            process_of,
+            routers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Endpoints for the bridges of group `group` of `members` workers.
+    fn connect(&self, group: u32, members: u32) -> Result<Vec<singa_comm::ChannelEndpoint>> {
+        let addrs: Vec<Addr> = (0..members).map(|m| bridge_addr(group, m)).collect();
+        let process = |m: u32| {
+            self.process_of
+                .get((group * members + m) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        let first = process(0);
+        if (0..members).all(|m| process(m) == first) {
+            return ChannelNetwork::connect(&addrs);
+        }
+        // The group's processes, numbered from 0 in order.
+        let mut placement: Vec<Vec<Addr>> = Vec::new();
+        let mut seen: Vec<usize> = Vec::new();
+        for (m, &a) in addrs.iter().enumerate() {
+            let p = process(m as u32);
+            let i = seen.iter().position(|&q| q == p).unwrap_or_else(|| {
+                seen.push(p);
+                placement.push(Vec::new());
+                seen.len() - 1
+            });
+            placement[i].push(a);
+        }
+        let (net, ends) = ProcessNetwork::connect(&placement)?;
+        self.routers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(net);
+        // Back in member order.
+        let mut by_addr: Vec<(Addr, singa_comm::ChannelEndpoint)> = placement
+            .into_iter()
+            .flatten()
+            .zip(ends.into_iter().flatten())
+            .collect();
+        by_addr.sort_by_key(|(a, _)| a.id);
+        Ok(by_addr.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Messages and payload bytes the bridges sent from one process to another so far.
+    pub fn traffic_between_processes(&self) -> (u64, u64) {
+        let routers = self.routers.lock().unwrap_or_else(|p| p.into_inner());
+        routers
+            .iter()
+            .map(ProcessNetwork::traffic)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     /// The bridge endpoint of worker `member` of group `group` of `members` workers.
@@ -62,8 +134,8 @@ impl Exchanges {
             groups.resize_with(g + 1, Vec::new);
         }
         if groups[g].is_empty() {
-            let addrs: Vec<Addr> = (0..members).map(|m| bridge_addr(group, m)).collect();
-            groups[g] = ChannelNetwork::connect(&addrs)?
+            groups[g] = self
+                .connect(group, members)?
                 .into_iter()
                 .map(|e| {
                     Some(Arc::new(Mutex::new(LinkState {
