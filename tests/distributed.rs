@@ -220,11 +220,15 @@ fn a_failing_worker_stops_the_job_with_its_name_and_the_checkpoint_resumes() {
         )
         .unwrap();
     // Data parallel, and with fc1 and fc2 split along the features: then worker 0 waits for
-    // worker 1 at a bridge, and must stop waiting when it fails.
-    for (run, split) in [&[][..], &["fc1", "act", "fc2"]].into_iter().enumerate() {
+    // worker 1 at a bridge, and must stop waiting when it fails. Both in one process, and
+    // with each worker in a process of its own (the news of the failure crosses the routers).
+    let splits = [&[][..], &["fc1", "act", "fc2"]];
+    let cases = splits.iter().flat_map(|s| [(*s, 1), (*s, 2)]);
+    for (run, (split, nprocs)) in cases.enumerate() {
         let mut j = split_features(job(&dir, 30, "sgd"), split);
         j.cluster = ClusterConfig {
             timeout_secs: 20,
+            nprocs,
             ..Framework::AllReduce.preset(2)
         };
         j.checkpoint_freq = 10;
@@ -253,7 +257,7 @@ fn a_failing_worker_stops_the_job_with_its_name_and_the_checkpoint_resumes() {
         assert!(e.contains("step 15"), "{e}");
         assert!(
             started.elapsed().as_secs() < 15,
-            "split {split:?}: the other worker stopped waiting at once"
+            "split {split:?}, {nprocs} processes: the other worker stopped waiting at once"
         );
         drop(t);
         // The checkpoint of step 10 is intact: resuming (without the failing layer's trigger) works.

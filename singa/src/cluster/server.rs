@@ -595,6 +595,87 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// `Put`s and `Get`s in any order: a `Get` is answered once, with the values of the
+        /// `Put` of its round, as soon as that `Put` is in (at once if it already is).
+        #[test]
+        fn a_get_is_answered_once_with_the_values_put_in_its_round(
+            workers in 1usize..4,
+            lens in proptest::collection::vec(1usize..6, 1..4),
+            order_seed: u64,
+        ) {
+            let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
+            let worker_addrs: Vec<Addr> =
+                (0..workers as u32).map(|i| addr(Role::Worker, i)).collect();
+            let server = addr(Role::Server, 0);
+            let mut addrs = worker_addrs.clone();
+            addrs.push(server);
+            let mut ends = ChannelNetwork::connect(&addrs).unwrap();
+            let mut server_end: TransportBox =
+                Transport_TO::from_value(ends.pop().unwrap(), TD_Opaque);
+            let mut worker_ends: Vec<TransportBox> = ends
+                .into_iter()
+                .map(|e| Transport_TO::from_value(e, TD_Opaque))
+                .collect();
+            let slices = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| ServerSlice {
+                    key: (i as u32, 0),
+                    value: Tensor::zeros(&dev, [n], DType::F32).unwrap(),
+                    state: Vec::new(),
+                    lr_mult: 1.0,
+                    wd_mult: 1.0,
+                    replicas: Vec::new(),
+                    sum: None,
+                })
+                .collect();
+            let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
+            let mut core =
+                ServerCore::new(dev.clone(), sgd(), schedule, 0.0, slices, vec![worker_addrs.clone()]);
+            let mut rng = singa_core::rng::SplitMix64::new(order_seed);
+            for round in 1..=2u64 {
+                // Slice i of round r holds r · 10 + i everywhere.
+                let put_value = |i: usize| (round * 10 + i as u64) as f32;
+                let mut msgs = Vec::new();
+                for (i, &n) in lens.iter().enumerate() {
+                    msgs.push(Msg {
+                        src: worker_addrs[0], dst: server, kind: MsgKind::Put,
+                        target: i as u32, slice: 0, version: round,
+                        payload: Some(Tensor::from_slice(&dev, &vec![put_value(i); n], [n]).unwrap()).into(),
+                    });
+                    for &w in &worker_addrs {
+                        msgs.push(Msg {
+                            src: w, dst: server, kind: MsgKind::Get,
+                            target: i as u32, slice: 0, version: round,
+                            payload: None.into(),
+                        });
+                    }
+                }
+                rng.shuffle(&mut msgs);
+                for m in msgs {
+                    match m.kind {
+                        MsgKind::Put => core.on_put(m, &mut server_end).unwrap(),
+                        _ => core.on_get(m, &mut server_end).unwrap(),
+                    }
+                }
+                for end in &mut worker_ends {
+                    let mut heard = vec![0; lens.len()];
+                    while let Some(m) = end.recv(0).into_result().unwrap().into_option() {
+                        prop_assert_eq!((m.kind, m.version), (MsgKind::Updated, round));
+                        let i = m.target as usize;
+                        let got = m.payload.into_option().unwrap().to_vec::<f32>().unwrap();
+                        prop_assert_eq!(got, vec![put_value(i); lens[i]]);
+                        heard[i] += 1;
+                    }
+                    prop_assert!(heard.iter().all(|&h| h == 1), "{heard:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_second_gradient_from_one_worker_in_a_step_is_an_error() {
         let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
