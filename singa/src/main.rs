@@ -173,6 +173,10 @@ enum Command {
         /// Samples per step over all workers (default 64).
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// Spread the workers and servers over this many processes, each with memory of its
+        /// own and a router (run inside this one; what crosses between them is copied).
+        #[arg(long, default_value_t = 1)]
+        nprocs: usize,
         /// The layer type to use in place of the model's ReLU layers (say, a plugin's).
         #[arg(long, default_value = "relu")]
         activation: String,
@@ -419,6 +423,7 @@ fn run(cli: Cli) -> Result<()> {
             workers,
             framework,
             batch,
+            nprocs,
             activation,
             updater,
             plugins,
@@ -472,9 +477,12 @@ fn run(cli: Cli) -> Result<()> {
                     activation,
                     updater,
                     cluster: (workers > 1 || framework != "allreduce").then(|| {
-                        singa::config::Framework::from_name(&framework)
-                            .expect("clap checked the name")
-                            .preset(workers)
+                        singa::config::ClusterConfig {
+                            nprocs,
+                            ..singa::config::Framework::from_name(&framework)
+                                .expect("clap checked the name")
+                                .preset(workers)
+                        }
                     }),
                 },
                 &registry,

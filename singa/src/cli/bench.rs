@@ -204,6 +204,11 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     for _ in 0..warmup {
         trainer.train_step()?;
     }
+    let crossed = |t: &Trainer| {
+        t.cluster()
+            .map_or((0, 0), |c| c.traffic_between_processes())
+    };
+    let crossed_before = crossed(&trainer);
     let mut measured = Vec::new();
     for _ in 0..windows {
         let a0 = count();
@@ -227,6 +232,15 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
         );
     }
     rates.sort_by(|a, b| a.total_cmp(b));
+    let crossed_after = crossed(&trainer);
+    if crossed_after != crossed_before {
+        let timed = (windows as u64 * steps) as f64;
+        println!(
+            "\nbetween processes: {:.1} messages and {:.3} MB a step",
+            (crossed_after.0 - crossed_before.0) as f64 / timed,
+            (crossed_after.1 - crossed_before.1) as f64 / timed / 1e6
+        );
+    }
     let metrics = trainer.train_metrics()?;
     let loss = metrics
         .iter()
