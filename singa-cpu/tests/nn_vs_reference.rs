@@ -43,6 +43,20 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    /// Shapes of the Winograd path: 5×5 kernels with unit stride over multiples of 16 channels
+    /// and filters, on even and odd sizes (edge tiles cut off), with any padding up to 4, and
+    /// batches of several blocks of tiles over the threads.
+    fn winograd_shape()(batch in 1usize..20, cpg in 1usize..3, fpg in 1usize..4,
+                        height in 1usize..18, width in 1usize..18, ph in 0usize..5, pw in 0usize..5) -> ConvShape {
+        ConvShape {
+            batch, channels: 16 * cpg, filters: 16 * fpg, groups: 1,
+            height: height.max(5 - 2 * ph.min(2)), width: width.max(5 - 2 * pw.min(2)),
+            kernel_h: 5, kernel_w: 5, stride_h: 1, stride_w: 1, pad_h: ph, pad_w: pw,
+        }
+    }
+}
+
 /// Runs the three passes of `s` on both devices and compares.
 fn check_convolution(s: &ConvShape, seed: u64) {
     let x = values(seed, s.input_len(), -1.0, 1.0);
@@ -70,6 +84,12 @@ proptest! {
     fn convolution_fast_paths_match(s in fast_conv_shape(), seed: u64) {
         prop_assume!(s.problem().is_none());
         prop_assert_eq!(s.out_w() % 8, 0);
+        check_convolution(&s, seed);
+    }
+
+    #[test]
+    fn winograd_convolution_matches(s in winograd_shape(), seed: u64) {
+        prop_assume!(s.problem().is_none());
         check_convolution(&s, seed);
     }
 

@@ -31,6 +31,9 @@ pub(crate) struct Buffers {
     pub partials: Vec<Vec<f32>>,
     /// One buffer all threads read (prepared before they start).
     pub shared: Vec<f32>,
+    /// Another, for filters transformed before a convolution (whose filters may already be
+    /// in `shared`).
+    pub transformed: Vec<f32>,
 }
 
 /// Makes `count` vectors of at least `len` elements available, growing only.

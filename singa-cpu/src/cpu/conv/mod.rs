@@ -14,6 +14,7 @@
 
 mod patches;
 mod runs;
+mod winograd;
 
 use super::gemm::single;
 use super::parallel::Threads;
@@ -96,6 +97,9 @@ pub(crate) unsafe fn run(
 ) {
     let mut buf = scratch.lock();
     let (pa, pb, po) = (ptr(&a), ptr(&b), ptr(&out));
+    if pass == Pass::Forward && winograd::applies(s) {
+        return winograd::forward(threads, &mut buf, s, pa, pb, po);
+    }
     if pass == Pass::Data {
         if let Some(t) = transposed(s) {
             // The input gradient of a unit-stride convolution is the convolution of the output
@@ -107,15 +111,19 @@ pub(crate) unsafe fn run(
                 std::slice::from_raw_parts(pb as *const f32, s.weight_len()),
                 &mut flipped,
             );
-            run_locked(
-                threads,
-                &mut buf,
-                &t,
-                Pass::Forward,
-                pa,
-                flipped.as_ptr() as usize,
-                po,
-            );
+            if winograd::applies(&t) {
+                winograd::forward(threads, &mut buf, &t, pa, flipped.as_ptr() as usize, po);
+            } else {
+                run_locked(
+                    threads,
+                    &mut buf,
+                    &t,
+                    Pass::Forward,
+                    pa,
+                    flipped.as_ptr() as usize,
+                    po,
+                );
+            }
             buf.shared = flipped;
             return;
         }
