@@ -100,6 +100,9 @@ pub(crate) unsafe fn run(
     if pass == Pass::Forward && winograd::applies(s) {
         return winograd::forward(threads, &mut buf, s, pa, pb, po);
     }
+    if pass == Pass::Filter && winograd::applies(s) {
+        return winograd::filter(threads, &mut buf, s, pa, pb, po);
+    }
     if pass == Pass::Data {
         if let Some(t) = transposed(s) {
             // The input gradient of a unit-stride convolution is the convolution of the output

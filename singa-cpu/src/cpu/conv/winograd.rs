@@ -162,6 +162,203 @@ pub(super) unsafe fn forward(
     buf.transformed = u;
 }
 
+/// `dw = x ⋆ dy` for the whole batch on `threads`, as F(5×5, 2×2): each 2×2 tile of the
+/// output gradient and the 6×6 input block under it contribute a 5×5 correlation to every
+/// filter's gradient. Transformed, the contributions of all tiles add up position by position
+/// in one matrix product per position (filters × tiles times tiles × channels), and one
+/// inverse transform per filter and channel ends the pass.
+///
+/// # Safety
+/// As for [`forward`].
+pub(super) unsafe fn filter(
+    threads: &Threads,
+    buf: &mut Buffers,
+    s: &ConvShape,
+    x: usize,
+    dy: usize,
+    dw: usize,
+) {
+    let t = Tiles::of(s);
+    let (c, k) = (s.channels, s.filters);
+    let (per_block, p) = block(s, &t);
+    let blocks = s.batch.div_ceil(per_block);
+    let parts = threads.count().min(blocks).max(1);
+    let input_len = t.hb * t.wb * c;
+    let grad_len = 4 * t.per_image() * k;
+    let acc_len = POS * k * c;
+    buf.reserve_work(parts);
+    buf.reserve_temp(parts, POS * p * (c + k) + input_len + grad_len + acc_len);
+    for ws in &mut buf.work[..parts] {
+        ws.reserve(sgemm::workspace_size(k, c, p, false));
+    }
+    let at = buf.addresses();
+    let z = Sizes::of(s);
+    let job = |part: usize| {
+        let ws = at.work(part);
+        let temp = at.temp(part);
+        let (v, rest) = temp.split_at_mut(POS * p * c);
+        let (u, rest) = rest.split_at_mut(POS * p * k);
+        let (xh, rest) = rest.split_at_mut(input_len);
+        let (dyh, acc) = rest.split_at_mut(grad_len);
+        let acc = &mut acc[..acc_len];
+        acc.fill(0.0);
+        let mut b = part;
+        while b < blocks {
+            let first = b * per_block;
+            let images = per_block.min(s.batch - first);
+            let tiles = images * t.per_image();
+            for i in 0..images {
+                let n = first + i;
+                channels_last(s, &t, (x as *const f32).add(n * z.image_in), xh);
+                transform_inputs(&t, c, xh, v, i * t.per_image());
+                gradient_tiles(s, &t, (dy as *const f32).add(n * z.image_out), dyh);
+                transform_gradients(&t, k, dyh, u, i * t.per_image());
+            }
+            // acc[f][pos][ch] += Σ_tiles U[tile][pos][f] · V[tile][pos][ch].
+            for pos in 0..POS {
+                sgemm::gemm(
+                    ws,
+                    k,
+                    c,
+                    tiles,
+                    1.0,
+                    Operand {
+                        ptr: u.as_ptr().add(pos * k),
+                        ld: POS * k,
+                        trans: true,
+                    },
+                    Operand {
+                        ptr: v.as_ptr().add(pos * c),
+                        ld: POS * c,
+                        trans: false,
+                    },
+                    1.0,
+                    acc.as_mut_ptr().add(pos * c),
+                    POS * c,
+                );
+            }
+            b += parts;
+        }
+    };
+    threads.run(parts, &job);
+    // The threads' sums into the first's, then back from the transformed domain.
+    let acc0 = at.temp(0)[POS * p * (c + k) + input_len + grad_len..][..acc_len].as_mut_ptr();
+    for part in 1..parts {
+        let other = &at.temp(part)[POS * p * (c + k) + input_len + grad_len..][..acc_len];
+        for (i, o) in other.iter().enumerate() {
+            *acc0.add(i) += o;
+        }
+    }
+    let acc = std::slice::from_raw_parts(acc0, acc_len);
+    untransform_filters(
+        c,
+        k,
+        acc,
+        std::slice::from_raw_parts_mut(dw as *mut f32, s.weight_len()),
+    );
+}
+
+/// Copies the output gradient of one image into `dyh`: tile by tile, its 2×2 values (rows,
+/// then columns) with the filters last, zero where an edge tile falls outside.
+unsafe fn gradient_tiles(s: &ConvShape, t: &Tiles, dy: *const f32, dyh: &mut [f32]) {
+    let (oh, ow, k) = (s.out_h(), s.out_w(), s.filters);
+    let plane = oh * ow;
+    for ty in 0..t.th {
+        for tx in 0..t.tw {
+            let tile = ty * t.tw + tx;
+            for e in 0..4 {
+                let (oy, ox) = (2 * ty + e / 2, 2 * tx + e % 2);
+                let dst = &mut dyh[(tile * 4 + e) * k..][..k];
+                if oy < oh && ox < ow {
+                    let src = dy.add(oy * ow + ox);
+                    for (f, d) in dst.iter_mut().enumerate() {
+                        *d = *src.add(f * plane);
+                    }
+                } else {
+                    dst.fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// `G' · g · G'ᵀ` of every output-gradient tile `g` of one image (G' of F(5, 2)): row `p0 + j`
+/// of `U` (`tiles × 36 × filters`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_gradients(t: &Tiles, k: usize, dyh: &[f32], u: &mut [f32], p0: usize) {
+    // G' = [1/4 0; −1/6 −1/6; −1/6 1/6; 1/24 1/12; 1/24 −1/12; 0 1], applied to a pair.
+    #[inline(always)]
+    unsafe fn g2(a: __m512, b: __m512) -> [__m512; 6] {
+        let s = _mm512_add_ps(a, b);
+        let d = _mm512_sub_ps(a, b);
+        let sixth = _mm512_set1_ps(1.0 / 6.0);
+        let half = _mm512_set1_ps(0.5);
+        // 1/24·a ± 1/12·b = (a/4 ± b/2)/6.
+        let a4 = _mm512_mul_ps(_mm512_set1_ps(0.25), a);
+        [
+            a4,
+            _mm512_mul_ps(_mm512_set1_ps(-1.0 / 6.0), s),
+            _mm512_mul_ps(_mm512_set1_ps(-1.0 / 6.0), d),
+            _mm512_mul_ps(sixth, _mm512_fmadd_ps(half, b, a4)),
+            _mm512_mul_ps(sixth, _mm512_fnmadd_ps(half, b, a4)),
+            b,
+        ]
+    }
+    let gp = dyh.as_ptr();
+    let up = u.as_mut_ptr();
+    for tile in 0..t.per_image() {
+        for kb in (0..k).step_by(16) {
+            let at = |e: usize| _mm512_loadu_ps(gp.add((tile * 4 + e) * k + kb));
+            // Columns of G'·g (each a transformed column of the 2×2 tile), then rows.
+            let c0 = g2(at(0), at(2));
+            let c1 = g2(at(1), at(3));
+            for i in 0..6 {
+                let row = g2(c0[i], c1[i]);
+                for (j, o) in row.iter().enumerate() {
+                    _mm512_storeu_ps(up.add(((p0 + tile) * POS + i * 6 + j) * k + kb), *o);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transform_gradients(_: &Tiles, _: usize, _: &[f32], _: &mut [f32], _: usize) {
+    unreachable!("Winograd convolutions run on AVX-512 only")
+}
+
+/// `dw[f][ch] = A'ᵀ · acc[f][·][ch] · A'` (A'ᵀ of F(5, 2), 5 × 6), for the sums `acc`
+/// (`filters × 36 × channels`).
+fn untransform_filters(c: usize, k: usize, acc: &[f32], dw: &mut [f32]) {
+    const AT: [[f32; 6]; 5] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 0.0],
+        [0.0, 1.0, 1.0, 16.0, 16.0, 1.0],
+    ];
+    for f in 0..k {
+        let sums = &acc[f * POS * c..][..POS * c];
+        for ch in 0..c {
+            let m = |i: usize, j: usize| sums[(i * 6 + j) * c + ch];
+            // A'ᵀ m: 5 × 6.
+            let mut am = [[0.0f32; 6]; 5];
+            for (r, row) in am.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = (0..6).map(|i| AT[r][i] * m(i, j)).sum();
+                }
+            }
+            let out = &mut dw[(f * c + ch) * 25..][..25];
+            for r in 0..5 {
+                for q in 0..5 {
+                    out[r * 5 + q] = (0..6).map(|j| am[r][j] * AT[q][j]).sum();
+                }
+            }
+        }
+    }
+}
+
 /// `U[pos][c][k] = (G · w[k][c] · Gᵀ)[pos]`, with `G` of F(2, 5).
 fn transform_filters(s: &ConvShape, w: &[f32], u: &mut [f32]) {
     const G: [[f32; 5]; 6] = [
