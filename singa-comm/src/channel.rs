@@ -1,8 +1,9 @@
 //! The in-process transport: one `flume` channel per endpoint.
 
+use crate::wire::Wire;
 use singa_core::abi::{ROption, RResult};
 use singa_core::park::Waiter;
-use singa_core::{Addr, Error, Msg, Result, Tensor, Transport};
+use singa_core::{Addr, Error, Msg, Result, Transport};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,6 +73,14 @@ pub(crate) fn queue(addr: Addr) -> (Inbox, flume::Receiver<Msg>) {
     ((tx, Arc::new(Waiter::default())), rx)
 }
 
+/// The bytes of a message's payload.
+pub(crate) fn payload_bytes(msg: &Msg) -> u64 {
+    match &msg.payload {
+        ROption::RSome(t) => (t.numel() * t.dtype().size()) as u64,
+        ROption::RNone => 0,
+    }
+}
+
 /// Puts `msg` in `inbox` and wakes its thread; false if the receiver has stopped.
 pub(crate) fn deliver(inbox: &Inbox, msg: Msg) -> bool {
     if inbox.0.send(msg).is_err() {
@@ -91,22 +100,16 @@ pub(crate) enum Route {
     Router(Inbox),
 }
 
-/// Which reusable wire buffer a copied payload goes into: one per kind of message a sender
-/// sends to a receiver about a slice, since the protocols never have two such messages in
-/// flight (the next one is sent only after the receiver has answered the last).
-type WireKey = (Addr, singa_core::MsgKind, u32, u32);
-
-/// One endpoint of a [`ChannelNetwork`]. Sending never blocks; receiving waits at most the
-/// timeout given.
+/// One endpoint of a [`ChannelNetwork`] or a [`ProcessNetwork`](crate::ProcessNetwork). Sending
+/// never blocks; receiving waits at most the timeout given.
 pub struct ChannelEndpoint {
     addr: Addr,
     inbox: flume::Receiver<Msg>,
     waiter: Arc<Waiter>,
     peers: Arc<HashMap<Addr, Route>>,
     counters: Arc<Counters>,
-    /// Buffers for payloads copied on their way to another process, reused message after
-    /// message (allocated the first time only).
-    wire: HashMap<WireKey, Tensor>,
+    /// Buffers for payloads copied on their way to another process.
+    wire: Wire,
 }
 
 impl ChannelEndpoint {
@@ -123,11 +126,12 @@ impl ChannelEndpoint {
             waiter,
             peers: Arc::clone(peers),
             counters: Arc::clone(counters),
-            wire: HashMap::new(),
+            wire: Wire::default(),
         }
     }
 
-    /// Messages and payload bytes sent so far by all endpoints of this network.
+    /// Messages and payload bytes sent so far by all endpoints of this network (in a
+    /// [`ProcessNetwork`](crate::ProcessNetwork), those within a process included).
     pub fn traffic(&self) -> (u64, u64) {
         (
             self.counters.messages.load(Ordering::Relaxed),
@@ -140,16 +144,12 @@ impl ChannelEndpoint {
         let route = self.peers.get(&dst).ok_or_else(|| {
             Error::invalid(format!("{}: no endpoint {dst} in this network", self.addr))
         })?;
-        let bytes = match &msg.payload {
-            ROption::RSome(t) => (t.numel() * t.dtype().size()) as u64,
-            ROption::RNone => 0,
-        };
+        let bytes = payload_bytes(&msg);
         let inbox = match route {
             Route::Direct(inbox) => inbox,
             Route::Router(inbox) => {
                 if let ROption::RSome(t) = &msg.payload {
-                    let key = (dst, msg.kind, msg.target, msg.slice);
-                    let copy = copy_into(&mut self.wire, key, t)?;
+                    let copy = self.wire.copy(&msg, t)?;
                     msg.payload = ROption::RSome(copy);
                 }
                 inbox
@@ -179,22 +179,6 @@ impl ChannelEndpoint {
             });
         got.transpose()
     }
-}
-
-/// Copies `t` into the wire buffer of `key` (made on first use, or when the shape changes)
-/// and returns a handle to the copy.
-fn copy_into(wire: &mut HashMap<WireKey, Tensor>, key: WireKey, t: &Tensor) -> Result<Tensor> {
-    let dev = t.device();
-    let fits = |b: &Tensor| b.shape() == t.shape() && b.dtype() == t.dtype();
-    let buf = match wire.get_mut(&key) {
-        Some(b) if fits(b) => b,
-        _ => {
-            wire.insert(key, Tensor::zeros(dev, t.shape(), t.dtype())?);
-            wire.get_mut(&key).expect("just inserted")
-        }
-    };
-    dev.copy(t, buf)?;
-    Ok(buf.clone())
 }
 
 impl Transport for ChannelEndpoint {

@@ -10,6 +10,7 @@
 
 mod channel;
 mod process;
+mod wire;
 
 pub use channel::{ChannelEndpoint, ChannelNetwork};
 pub use process::{stub_addr, ProcessNetwork};

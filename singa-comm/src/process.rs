@@ -4,13 +4,16 @@
 //! [`ChannelNetwork`](crate::ChannelNetwork), and every other one through its process's router:
 //! the sender copies the payload into a buffer of the wire (what serialising it would do), its
 //! router hands the message to the router of the receiver's process, and that router delivers
-//! it. Nothing a message carries across is shared with the sender afterwards.
+//! it. Nothing a message carries across is shared with the sender afterwards (the receiver
+//! reads the wire buffer, which the sender only writes again for its next message of that
+//! kind: see `wire.rs` for why that is safe).
 //!
 //! Here the processes are emulated inside one OS process and the wire between routers is a
-//! channel. A transport between real processes (MPI) replaces that wire; the workers and
-//! servers see no difference, since they already find no memory shared across processes.
+//! channel. A transport between real processes (MPI) replaces that wire, and the parameter
+//! and bridge traffic of workers and servers needs no change for it: they already copy what
+//! they receive from another process.
 
-use crate::channel::{deliver, queue, ChannelEndpoint, Counters, Inbox, Route};
+use crate::channel::{deliver, payload_bytes, queue, ChannelEndpoint, Counters, Inbox, Route};
 use singa_core::{Addr, Error, Msg, MsgKind, Result, Role};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -42,10 +45,13 @@ impl ProcessNetwork {
         for (p, addrs) in placement.iter().enumerate() {
             let mut mine = Vec::with_capacity(addrs.len());
             for &a in addrs {
-                if a.role == Role::Stub || process_of.insert(a, p).is_some() {
+                if a.role == Role::Stub {
                     return Err(Error::invalid(format!(
-                        "two endpoints are both {a}, or it names a router"
+                        "{a} names a router, which the network makes itself"
                     )));
+                }
+                if process_of.insert(a, p).is_some() {
+                    return Err(Error::invalid(format!("two endpoints are both {a}")));
                 }
                 let (inbox, rx) = queue(a);
                 mine.push((a, inbox, rx));
@@ -58,7 +64,11 @@ impl ProcessNetwork {
         let process_of = Arc::new(process_of);
         let sent = Arc::new(Counters::default());
         let crossed = Arc::new(Counters::default());
-        let mut routers = Vec::new();
+        // Routers join the network as they start, so that a failure stops those started.
+        let mut net = ProcessNetwork {
+            routers: Vec::new(),
+            crossed: Arc::clone(&crossed),
+        };
         let mut endpoints = Vec::new();
         for (p, ((stub_inbox, stub_rx), mine)) in stubs.into_iter().zip(queues).enumerate() {
             let local: HashMap<Addr, Inbox> =
@@ -92,9 +102,9 @@ impl ProcessNetwork {
                 .map_err(|e| {
                     Error::invalid(format!("cannot start the router of process {p}: {e}"))
                 })?;
-            routers.push((addr, stub_inbox, Some(thread)));
+            net.routers.push((addr, stub_inbox, Some(thread)));
         }
-        Ok((ProcessNetwork { routers, crossed }, endpoints))
+        Ok((net, endpoints))
     }
 
     /// Messages and payload bytes that went from one process to another so far.
@@ -160,10 +170,7 @@ impl Router {
             if let Some(inbox) = self.local.get(&msg.dst) {
                 deliver(inbox, msg);
             } else if let Some(&p) = self.process_of.get(&msg.dst) {
-                let bytes = match &msg.payload {
-                    singa_core::abi::ROption::RSome(t) => (t.numel() * t.dtype().size()) as u64,
-                    singa_core::abi::ROption::RNone => 0,
-                };
+                let bytes = payload_bytes(&msg);
                 self.crossed.messages.fetch_add(1, Ordering::Relaxed);
                 self.crossed.bytes.fetch_add(bytes, Ordering::Relaxed);
                 deliver(&self.stubs[p], msg);

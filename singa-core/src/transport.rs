@@ -50,13 +50,16 @@ impl fmt::Display for Addr {
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MsgKind {
-    /// Request a parameter slice's values (newer than `version`).
+    /// Request a parameter slice's values, as of the round of `Put`s `version` names (at
+    /// least); the answer is an `Updated` with the same version.
     Get,
-    /// Install a parameter slice's initial values.
+    /// Install a parameter slice's values at its server (the initial ones, or a checkpoint's),
+    /// as round `version`.
     Put,
     /// A gradient of a parameter slice, from a worker to the server that holds the slice.
     Update,
-    /// The fresh values of a slice, from its server to a worker, in answer to `Update`s.
+    /// The fresh values of a slice, from its server to a worker, in answer to `Update`s (the
+    /// version is the step) or to a `Get` (the version is its round).
     Updated,
     /// Synchronise a slice between server groups.
     Sync,

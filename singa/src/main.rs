@@ -476,7 +476,7 @@ fn run(cli: Cli) -> Result<()> {
                     batch,
                     activation,
                     updater,
-                    cluster: (workers > 1 || framework != "allreduce").then(|| {
+                    cluster: (workers > 1 || framework != "allreduce" || nprocs > 1).then(|| {
                         singa::config::ClusterConfig {
                             nprocs,
                             ..singa::config::Framework::from_name(&framework)

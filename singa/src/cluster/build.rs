@@ -84,8 +84,9 @@ pub(super) fn worker_nets(
 /// The values and updater state of each server group. A server group that serves one worker
 /// group updates that group's values in place; one that serves several keeps a master copy
 /// and refreshes a group's copy after each of its updates (Downpour). With `separate` memory
-/// every server group has values of its own, zero until worker 0 puts its values there. Server
-/// group 0's state is worker 0's (what checkpoints save); the others have their own.
+/// the servers make values of their own ([`server_cores`]), so there are no masters here
+/// (`None` for every parameter). Server group 0's state is worker 0's (what checkpoints save);
+/// the others have their own.
 pub(super) fn masters_and_states(
     store: &ParamStore,
     served: &[Vec<usize>],
@@ -98,11 +99,10 @@ pub(super) fn masters_and_states(
             .iter()
             .map(|v| {
                 v.as_ref()
+                    .filter(|_| !separate)
                     .map(|v| {
                         let mut m = Tensor::zeros(dev, v.shape(), v.dtype())?;
-                        if !separate {
-                            dev.copy(v, &mut m)?;
-                        }
+                        dev.copy(v, &mut m)?;
                         Ok(m)
                     })
                     .transpose()
@@ -139,6 +139,7 @@ pub(super) fn masters_and_states(
 /// group (`replicas`: each group's values; `groups`: its workers). With `separate` memory a
 /// server sends its own values to the workers, which copy them.
 pub(super) struct Held<'a> {
+    /// Whether the job's processes share no memory (`cluster.nprocs > 1`).
     pub separate: bool,
     pub served: &'a [Vec<usize>],
     pub masters: &'a [Values],
@@ -177,9 +178,14 @@ pub(super) fn server_cores(
                 let of = |t: &Option<Tensor>| -> Result<Tensor> {
                     view(t.as_ref().expect("trainable parameters have values"))
                 };
+                // With separate memory a server's values are its own, zero until a `Put`.
+                let value = match held.separate {
+                    true => Tensor::zeros(&core_dev, [sl.len], e.value.dtype())?,
+                    false => of(&held.masters[h][sl.param])?,
+                };
                 mine.push(ServerSlice {
                     key: (sl.param as u32, sl.index),
-                    value: of(&held.masters[h][sl.param])?,
+                    value: value.clone(),
                     state: held.states[h][sl.param]
                         .iter()
                         .map(view)
@@ -195,7 +201,7 @@ pub(super) fn server_cores(
                         (true, n) if n > 1 => (0..n)
                             .map(|_| Tensor::zeros(&core_dev, [sl.len], e.value.dtype()))
                             .collect::<Result<_>>()?,
-                        (true, _) => vec![of(&held.masters[h][sl.param])?],
+                        (true, _) => vec![value],
                     },
                     sum: match held.separate && e.split && job.cluster.nworkers_per_group > 1 {
                         true => Some(Tensor::zeros(&core_dev, [sl.len], e.value.dtype())?),

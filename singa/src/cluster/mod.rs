@@ -1,6 +1,5 @@
-//! SINGA's training architecture in one process: worker groups that compute gradients and
-//! server groups that hold the parameters and update them, talking through a
-//! [`Transport`](singa_core::Transport).
+//! SINGA's training architecture: worker groups that compute gradients and server groups that
+//! hold the parameters and update them, talking through a [`Transport`](singa_core::Transport).
 //!
 //! The coordinating thread (the [`Trainer`](crate::trainer::Trainer)'s) is worker 0 of group
 //! 0; the other workers run on their own threads, and so do the servers unless each sits beside
@@ -21,8 +20,19 @@
 //! Hogwild's server groups average their values every `sync_freq` steps with a round of `Sync`
 //! messages: server `s` of each group sends its slices to server `s` of group 0, which sends
 //! the averages back.
+//!
+//! With `cluster.nprocs > 1` the workers and servers are spread over processes that share no
+//! values ([`processes`]): every worker has its own copy and every server its own slices, on
+//! a thread of its own; the servers start from worker 0's values (`Put`), the workers fetch
+//! theirs (`Get`), and what crosses between processes goes through their routers as a copy.
+//! The processes run inside this one, and two things still bypass the routers: the
+//! coordinator's commands to the workers (start a step, read metrics, restore layer states),
+//! which travel over channels, and the updater state, which server group 0 keeps in worker
+//! 0's parameter store and the coordinator reads and writes directly for checkpoints (the
+//! other server groups' too). Across machines both will need messages of their own.
 
 mod build;
+mod processes;
 mod server;
 mod slices;
 mod worker;
@@ -36,7 +46,7 @@ use crate::params::ParamStore;
 use crate::partition::Exchanges;
 use crate::registry::Registry;
 use server::{Server, SyncRole};
-use singa_comm::{ChannelEndpoint, ChannelNetwork, ProcessNetwork};
+use singa_comm::{ChannelEndpoint, ProcessNetwork};
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
 use singa_core::{Addr, DeviceRef, Error, Result, Role, Tensor};
 use singa_layers::schedule::LrSchedule;
@@ -124,7 +134,7 @@ pub struct Cluster {
     /// Each server group's servers, where worker 0 puts the values (with separate memory).
     server_groups: Vec<Vec<Addr>>,
     /// The last round of `Put`s.
-    round: u64,
+    put_round: u64,
 }
 
 /// The address of worker `id` of group `group`.
@@ -194,7 +204,7 @@ impl Cluster {
                 addrs.extend((0..nservers as u32).map(|s| server_addr(h, s)));
             }
         }
-        let (processes, endpoints) = connect(&c, &addrs)?;
+        let (processes, endpoints) = processes::connect(&c, &addrs)?;
         let mut endpoints: HashMap<Addr, ChannelEndpoint> = endpoints;
         let mut boxed = |a: Addr| -> TransportBox {
             let e = endpoints.remove(&a).expect("one endpoint per address");
@@ -373,48 +383,13 @@ impl Cluster {
             exchanges: Arc::clone(exchanges),
             processes,
             server_groups,
-            round: 0,
+            put_round: 0,
         };
         if separate {
             // The servers' values and every worker's come from worker 0's.
             cluster.refresh(true, None)?;
         }
         Ok(cluster)
-    }
-
-    /// With separate memory: a round of `Put`s of worker 0's values to every server group
-    /// (when `put`), then of `Get`s by every worker (of group `only`, if given), which install
-    /// the values their servers hold. A `Get` names the last round of `Put`s, which its server
-    /// must have installed before it answers.
-    fn refresh(&mut self, put: bool, only: Option<u32>) -> Result<()> {
-        let takes_part = |p: &Peer| only.is_none_or(|g| p.addr.group == g);
-        if put {
-            self.round += 1;
-            let own = self.link.put_all(self.round, &self.server_groups);
-            self.own_outcome(own)?;
-        }
-        let round = self.round;
-        for p in self.peers.iter().filter(|p| takes_part(p)) {
-            if !p.send(Command::Refresh(round)) {
-                return Err(self.stopped(p.addr));
-            }
-        }
-        let own = self.link.get_all(round);
-        let own = self.own_outcome(own);
-        let peers = self.collect_from(takes_part, |_| {});
-        own?;
-        peers
-    }
-
-    /// Messages and payload bytes that went from one of the job's processes to another so far,
-    /// parameter traffic and bridges together (none when it has one process).
-    pub fn traffic_between_processes(&self) -> (u64, u64) {
-        let params = self
-            .processes
-            .as_ref()
-            .map_or((0, 0), ProcessNetwork::traffic);
-        let bridges = self.exchanges.traffic_between_processes();
-        (params.0 + bridges.0, params.1 + bridges.1)
     }
 
     /// Brings worker 0's values to what the servers hold, between steps (to test them or
@@ -472,6 +447,8 @@ impl Cluster {
             // The workers copy the averages from their servers.
             self.refresh(false, None)?;
         }
+        // Every group now holds the average: a settle right after has nothing to do.
+        self.settled = true;
         Ok(())
     }
 
@@ -830,34 +807,6 @@ impl Drop for Cluster {
             let _ = t.join();
         }
     }
-}
-
-/// The endpoints of `addrs`: in one network, or spread over the job's processes (workers in
-/// order, servers as [`ClusterConfig::process_of_server`] says) with a router each.
-fn connect(
-    c: &ClusterConfig,
-    addrs: &[Addr],
-) -> Result<(Option<ProcessNetwork>, HashMap<Addr, ChannelEndpoint>)> {
-    if !c.separate_memory() {
-        let ends = ChannelNetwork::connect(addrs)?;
-        return Ok((None, addrs.iter().copied().zip(ends).collect()));
-    }
-    let mut placement = vec![Vec::new(); c.nprocs];
-    for &a in addrs {
-        let p = match a.role {
-            Role::Worker => {
-                c.process_of_worker(a.group as usize * c.nworkers_per_group + a.id as usize)
-            }
-            _ => c.process_of_server(a.group as usize, a.id as usize),
-        };
-        placement[p].push(a);
-    }
-    let (net, ends) = ProcessNetwork::connect(&placement)?;
-    let ends = placement
-        .into_iter()
-        .flatten()
-        .zip(ends.into_iter().flatten());
-    Ok((Some(net), ends.collect()))
 }
 
 /// The device that worker 0 of a distributed job runs on.

@@ -39,7 +39,7 @@ struct Pending {
     slice: ServerSlice,
     groups: Vec<Collecting>,
     /// The last round of `Put`s that installed its values (0: none yet).
-    epoch: u64,
+    put_round: u64,
     /// `Get`s that came before the `Put` of their round: who asked, and for which round.
     waiting: Vec<(Addr, u64)>,
 }
@@ -103,7 +103,7 @@ impl ServerCore {
             .into_iter()
             .map(|slice| Pending {
                 slice,
-                epoch: 0,
+                put_round: 0,
                 waiting: Vec::with_capacity(groups.iter().map(Vec::len).sum()),
                 groups: groups
                     .iter()
@@ -258,11 +258,11 @@ impl ServerCore {
         if !values.shares_storage(&p.slice.value) {
             self.dev.copy(&values, &mut p.slice.value)?;
         }
-        p.epoch = p.epoch.max(msg.version);
-        let epoch = p.epoch;
+        p.put_round = p.put_round.max(msg.version);
+        let done = p.put_round;
         let mut k = 0;
         while k < p.waiting.len() {
-            if p.waiting[k].1 <= epoch {
+            if p.waiting[k].1 <= done {
                 let (who, round) = p.waiting.swap_remove(k);
                 transport
                     .send(values_msg(transport.addr(), who, &p.slice, round))
@@ -279,7 +279,7 @@ impl ServerCore {
     pub fn on_get(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<()> {
         let i = self.slice_index(&msg, transport.addr(), "asked for")?;
         let p = &mut self.pending[i];
-        if p.epoch >= msg.version {
+        if p.put_round >= msg.version {
             transport
                 .send(values_msg(transport.addr(), msg.src, &p.slice, msg.version))
                 .into_result()
@@ -426,8 +426,13 @@ impl Server {
         let me = self.transport.addr();
         if let Err(e) = self.serve() {
             failures.record(e.context(format!("{me}")));
-            let workers: Vec<Addr> = self.core.workers().collect();
-            for w in workers {
+            // Its workers stop waiting for values, and the coordinator for a synchronisation.
+            let waiting: Vec<Addr> = self
+                .core
+                .workers()
+                .chain(self.core.sync_coordinator())
+                .collect();
+            for w in waiting {
                 let _ = self.transport.send(stop(me, w));
             }
         }

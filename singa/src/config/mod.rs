@@ -335,11 +335,13 @@ pub struct ClusterConfig {
     /// group finishes each step before the next starts.
     pub staleness: u64,
     /// Processes the workers and servers are spread over (SINGA's `nworkers_per_procs`, as a
-    /// count): each holds its own memory and talks to the others through its router only.
-    /// Workers go to processes in order, an equal number each; a server beside a worker goes
-    /// with it, separate servers are spread in order too. `singa train` runs the processes
-    /// inside one OS process (what crosses between them is copied, as a network would), which
-    /// checks a topology before it runs on several machines.
+    /// count): each holds its own copy of the values, and their parameter and bridge messages
+    /// cross between processes through the processes' routers. Workers go to processes in
+    /// order, an equal number each; a server beside a worker goes with it, separate servers
+    /// are spread in order too. `singa train` runs the processes inside one OS process (what
+    /// crosses between them is copied, as a network would), which checks a topology before it
+    /// runs on several machines; the coordinator's commands and the updater state do not cross
+    /// the routers yet (see `cluster`).
     pub nprocs: usize,
 }
 

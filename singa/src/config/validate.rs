@@ -73,13 +73,20 @@ impl JobConfig {
                 ),
             ));
         }
+        if c.nprocs == 0 {
+            return Err(err(
+                "cluster.nprocs",
+                "expected at least 1 (processes)".into(),
+            ));
+        }
         if c.nprocs > 1 && !c.nworkers().is_multiple_of(c.nprocs) {
             return Err(err(
                 "cluster.nprocs",
                 format!(
-                    "{} processes for {} workers: expected a divisor of {} (each process runs an equal number of workers)",
+                    "{} processes for {} worker{}: expected a divisor of {} (each process runs an equal number of workers)",
                     c.nprocs,
                     c.nworkers(),
+                    if c.nworkers() == 1 { "" } else { "s" },
                     c.nworkers()
                 ),
             ));

@@ -52,10 +52,14 @@ pub struct Exchanges {
 impl Exchanges {
     /// No endpoints yet; every wait at a bridge gives up after `timeout`.
     pub fn new(timeout: Duration) -> Arc<Exchanges> {
+        Exchanges::placed(timeout, Vec::new())
+    }
+
+    fn placed(timeout: Duration, process_of: Vec<usize>) -> Arc<Exchanges> {
         Arc::new(Exchanges {
             timeout,
             groups: Mutex::new(Vec::new()),
-            process_of: Vec::new(),
+            process_of,
             routers: Mutex::new(Vec::new()),
         })
     }
@@ -69,12 +73,7 @@ impl Exchanges {
                 .collect(),
             false => Vec::new(),
         };
-        Arc::new(Exchanges {
-            timeout: Duration::from_secs(cluster.timeout_secs),
-            groups: Mutex::new(Vec::new()),
-            process_of,
-            routers: Mutex::new(Vec::new()),
-        })
+        Exchanges::placed(Duration::from_secs(cluster.timeout_secs), process_of)
     }
 
     /// Endpoints for the bridges of group `group` of `members` workers.
