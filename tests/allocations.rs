@@ -70,6 +70,31 @@ fn a_warm_convnet_step_allocates_nothing() {
         allocated, 0,
         "{allocated} allocations in 50 warm training steps"
     );
+    drop(trainer);
+
+    // With 5×5 convolutions over 16 channels, which the CPU device runs as Winograd
+    // transforms (its buffers and transformed filters are kept too).
+    let mut job = job;
+    let conv = job.layers.iter_mut().find(|l| l.name == "conv").unwrap();
+    conv.fields.set("num_filters", 16);
+    conv.fields.set("kernel", 5);
+    conv.fields.set("pad", 2);
+    let split = job.layers.iter().position(|l| l.name == "split").unwrap();
+    job.layers[split].srclayers = vec!["wino".into()];
+    job.layers.insert(
+        split,
+        singa::config::LayerConfig::new("wino", "convolution")
+            .src("relu")
+            .field("num_filters", 16)
+            .field("kernel", 5)
+            .field("pad", 2),
+    );
+    let mut trainer = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let allocated = allocations(&mut trainer, 20, 50);
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in 50 warm training steps with 5×5 convolutions"
+    );
 }
 
 /// The benchmark MLP on one worker, then on two workers and two servers (AllReduce).
