@@ -25,6 +25,12 @@ use singa_core::{
 
 const NAME: &str = "cpu";
 
+/// Whether this CPU device runs the convolution `s` as Winograd transforms (tests use it to
+/// say when they cannot check that path here).
+pub fn convolution_uses_winograd(s: &ConvShape) -> bool {
+    conv::uses_winograd(s)
+}
+
 /// Elements per thread below which an elementwise operation is not split: a hand-over to
 /// another core costs about as much as streaming this many floats.
 const ELEMENTWISE_GRAIN: usize = 1 << 16;

@@ -12,9 +12,11 @@
 //! it needs no col2im and gets a deep product. The filter gradient needs the patch matrix
 //! transposed; its panels are packed straight from the image ([`patches`]).
 //!
-//! 5×5 convolutions with unit stride over multiples of 16 channels and filters (the CIFAR-10
-//! nets' second and third) skip all this: all three passes run as Winograd transforms
-//! ([`winograd`]), which do 2.25-6× fewer multiplications.
+//! 5×5 convolutions with unit stride, one group, padding up to 4 and multiples of 16 channels
+//! and filters (the CIFAR-10 nets' second and third) skip all this on CPUs with AVX-512: all
+//! three passes run as Winograd transforms ([`winograd`]), with 64 products per 4×4 tile where
+//! the direct convolution needs 400 (6.25× fewer). `SINGA_NO_WINOGRAD` set to anything turns
+//! them off, for comparisons.
 
 mod patches;
 mod runs;
@@ -26,6 +28,11 @@ use super::scratch::{Buffers, Scratch};
 use super::sgemm::{self, Operand};
 use patches::{col2im, im2col, planes, Padded, PatchPacker};
 use singa_core::{BufView, ConvShape};
+
+/// Whether `s` runs as Winograd transforms.
+pub(crate) fn uses_winograd(s: &ConvShape) -> bool {
+    winograd::applies(s)
+}
 
 /// The address of a view's first element.
 fn ptr(v: &BufView) -> usize {

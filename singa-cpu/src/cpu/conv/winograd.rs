@@ -12,7 +12,8 @@
 //! 5×5 correlation; summed over the tiles position by position (one product per position,
 //! filters × tiles times tiles × channels), one inverse transform per filter and channel
 //! (`A'`) gives the gradient. The matrices come from the interpolation points 0, ±1, ±2, ±½
-//! and ∞ (Lavin and Gray, 2015; the points NNPACK uses for F(6×6, 3×3), with the same Bᵀ).
+//! and ∞ (Lavin and Gray, 2015; the points NNPACK uses for F(6×6, 3×3), with its Bᵀ up to the
+//! sign of the first row, which the first row of G compensates).
 //!
 //! The transforms run 16 channels (or filters) to a register, on a copy of the input with the
 //! channels last, and write each tile's 64 positions together (a layout by position would put
@@ -33,7 +34,8 @@ const ALPHA: usize = 8;
 const POS: usize = ALPHA * ALPHA;
 /// Outputs per tile and dimension.
 const TILE: usize = 4;
-/// Tiles per block of the matrix products (about what keeps a block's operands in L2).
+/// Tiles per block of the matrix products (about what keeps a block's operands in L2; a
+/// block holds whole images, so an image of more tiles makes a larger one).
 const BLOCK_TILES: usize = 64;
 
 /// Whether Winograd convolutions are on: unless `SINGA_NO_WINOGRAD` is set (to compare with the
@@ -44,8 +46,13 @@ fn enabled() -> bool {
 }
 
 /// Whether the passes of `s` run here.
-pub(super) fn applies(s: &ConvShape) -> bool {
+pub(crate) fn applies(s: &ConvShape) -> bool {
+    // The scatters and gathers index a plane, or a filter's taps, 16 times over in 32 bits.
+    let indexable = |n: usize| n.checked_mul(16).is_some_and(|v| v <= i32::MAX as usize);
     enabled()
+        && s.batch > 0
+        && indexable(s.out_h() * s.out_w())
+        && indexable(s.channels * 25)
         && level() == Level::Avx512
         && s.kernel_h == 5
         && s.kernel_w == 5
@@ -85,9 +92,12 @@ impl Tiles {
     }
 }
 
-/// Images per block, and the block's tiles.
-fn block(s: &ConvShape, t: &Tiles) -> (usize, usize) {
-    let images = (BLOCK_TILES / t.per_image()).clamp(1, s.batch);
+/// Images per block, and the block's tiles: about [`BLOCK_TILES`], whole images, and no more
+/// than gives each of `threads` a block.
+fn block(s: &ConvShape, t: &Tiles, threads: usize) -> (usize, usize) {
+    let images = (BLOCK_TILES / t.per_image())
+        .min(s.batch.div_ceil(threads.max(1)))
+        .max(1);
     (images, images * t.per_image())
 }
 
@@ -105,7 +115,7 @@ pub(super) unsafe fn forward(
 ) {
     let t = Tiles::of(s);
     let (c, k) = (s.channels, s.filters);
-    let (per_block, p) = block(s, &t);
+    let (per_block, p) = block(s, &t, threads.count());
     let blocks = s.batch.div_ceil(per_block);
     let parts = threads.count().min(blocks).max(1);
     // The transformed filters, read by every thread.
@@ -184,7 +194,7 @@ pub(super) unsafe fn filter(
 ) {
     let t = Tiles::of(s);
     let (c, k) = (s.channels, s.filters);
-    let (per_block, p) = block(s, &t);
+    let (per_block, p) = block(s, &t, threads.count());
     let blocks = s.batch.div_ceil(per_block);
     let parts = threads.count().min(blocks).max(1);
     let input_len = t.hb * t.wb * c;
@@ -660,3 +670,113 @@ mod off_x86 {
 
 #[cfg(not(target_arch = "x86_64"))]
 use off_x86::*;
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::kernels::{at4, at5, bt, g4, g5};
+    use std::arch::x86_64::*;
+
+    const BT: [[f32; 8]; 8] = [
+        [-1.0, 0.0, 5.25, 0.0, -5.25, 0.0, 1.0, 0.0],
+        [0.0, 1.0, 1.0, -4.25, -4.25, 1.0, 1.0, 0.0],
+        [0.0, -1.0, 1.0, 4.25, -4.25, -1.0, 1.0, 0.0],
+        [0.0, 0.5, 0.25, -2.5, -1.25, 2.0, 1.0, 0.0],
+        [0.0, -0.5, 0.25, 2.5, -1.25, -2.0, 1.0, 0.0],
+        [0.0, 2.0, 4.0, -2.5, -5.0, 0.5, 1.0, 0.0],
+        [0.0, -2.0, 4.0, 2.5, -5.0, -0.5, 1.0, 0.0],
+        [0.0, -1.0, 0.0, 5.25, 0.0, -5.25, 0.0, 1.0],
+    ];
+    const AT: [[f32; 8]; 5] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.25, 0.25, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 0.125, -0.125, 0.0],
+        [0.0, 1.0, 1.0, 16.0, 16.0, 0.0625, 0.0625, 1.0],
+    ];
+    const G: [[f32; 5]; 8] = [
+        [-1.0, 0.0, 0.0, 0.0, 0.0],
+        [-2.0 / 9.0, -2.0 / 9.0, -2.0 / 9.0, -2.0 / 9.0, -2.0 / 9.0],
+        [-2.0 / 9.0, 2.0 / 9.0, -2.0 / 9.0, 2.0 / 9.0, -2.0 / 9.0],
+        [1.0 / 90.0, 1.0 / 45.0, 2.0 / 45.0, 4.0 / 45.0, 8.0 / 45.0],
+        [1.0 / 90.0, -1.0 / 45.0, 2.0 / 45.0, -4.0 / 45.0, 8.0 / 45.0],
+        [32.0 / 45.0, 16.0 / 45.0, 8.0 / 45.0, 4.0 / 45.0, 2.0 / 45.0],
+        [
+            32.0 / 45.0,
+            -16.0 / 45.0,
+            8.0 / 45.0,
+            -4.0 / 45.0,
+            2.0 / 45.0,
+        ],
+        [0.0, 0.0, 0.0, 0.0, 1.0],
+    ];
+
+    /// Column `j` of a transform, from its image of the unit vector `e_j`.
+    fn column<const N: usize, const M: usize>(
+        f: impl Fn([__m512; N]) -> [__m512; M],
+        j: usize,
+    ) -> [f32; M] {
+        let unit: [__m512; N] =
+            std::array::from_fn(|i| unsafe { _mm512_set1_ps(if i == j { 1.0 } else { 0.0 }) });
+        f(unit).map(|v| unsafe { _mm512_cvtss_f32(v) })
+    }
+
+    fn assert_matches<const N: usize, const M: usize>(
+        name: &str,
+        f: impl Fn([__m512; N]) -> [__m512; M],
+        entry: impl Fn(usize, usize) -> f32,
+    ) {
+        for j in 0..N {
+            let got = column(&f, j);
+            for (i, g) in got.iter().enumerate() {
+                let want = entry(i, j);
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{name}[{i}][{j}]: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// The hand-written transforms are the matrices of the module documentation, entry by
+    /// entry (the rows derived from the interpolation points with exact fractions).
+    #[test]
+    fn the_transforms_are_their_matrices() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        unsafe {
+            assert_matches("Bᵀ", |d| bt(d), |i, j| BT[i][j]);
+            assert_matches(
+                "Aᵀ (F(4, 5))",
+                |m| at4(m),
+                |i, j| {
+                    // Row 3 of F(4, 5) ends with the ∞ point's 1.
+                    if i == 3 && j == 7 {
+                        1.0
+                    } else {
+                        AT[i][j]
+                    }
+                },
+            );
+            assert_matches("A'ᵀ (F(5, 4))", |m| at5(m), |i, j| AT[i][j]);
+            assert_matches("G (F(4, 5))", |g| g5(g), |i, j| G[i][j]);
+            assert_matches(
+                "G' (F(5, 4))",
+                |g| g4(g),
+                |i, j| {
+                    // G' is G's first four columns, its last row the ∞ point's [0, 0, 0, 1].
+                    if i == 7 {
+                        if j == 3 {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    } else {
+                        G[i][j]
+                    }
+                },
+            );
+        }
+    }
+}

@@ -170,6 +170,16 @@ pub unsafe fn gemm_with(
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        // An empty product: C = beta · C (not read when beta is 0).
+        for i in 0..m {
+            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), n);
+            for v in row {
+                *v = if beta == 0.0 { 0.0 } else { beta * *v };
+            }
+        }
+        return;
+    }
     let (mr, nr) = tile(n);
     let nv = vectors(n);
     let kc_max = depth_block(k);
