@@ -206,13 +206,7 @@ impl WorkerLink {
         let deadline = Instant::now() + self.timeout;
         let mut missing = self.expected;
         while missing > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(msg) = self
-                .transport
-                .recv(left.as_millis() as u64)
-                .into_result()?
-                .into_option()
-            else {
+            let Some(msg) = self.recv_until(deadline)? else {
                 return Err(Error::invalid(format!(
                     "{me}: waited {} s for the values of {missing} parameter slices from the servers (raise cluster.timeout if that takes longer)",
                     self.timeout.as_secs()
@@ -238,6 +232,13 @@ impl WorkerLink {
             }
         }
         Ok(())
+    }
+
+    /// The next message, or `None` once `deadline` has passed.
+    fn recv_until(&mut self, deadline: Instant) -> Result<Option<Msg>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = self.transport.recv(left.as_millis() as u64).into_result()?;
+        Ok(msg.into_option())
     }
 
     /// Copies the values an `Updated` message carries into this worker's copy of the slice.
@@ -272,9 +273,7 @@ impl WorkerLink {
     fn await_params(&mut self, step: u64) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
         while self.missing > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = self.transport.recv(left.as_millis() as u64).into_result()?;
-            let Some(msg) = msg.into_option() else {
+            let Some(msg) = self.recv_until(deadline)? else {
                 return Err(self.timeout_error(step, self.missing));
             };
             self.handle(msg, step)?;
@@ -331,13 +330,7 @@ impl WorkerLink {
             .is_none_or(|s| s.sync_coordinator().is_none());
         let deadline = Instant::now() + self.timeout;
         while !own_done || reports > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(msg) = self
-                .transport
-                .recv(left.as_millis() as u64)
-                .into_result()?
-                .into_option()
-            else {
+            let Some(msg) = self.recv_until(deadline)? else {
                 return Err(Error::invalid(format!(
                     "{me}: waited {} s for the server groups to synchronise after step {} ({})",
                     self.timeout.as_secs(),

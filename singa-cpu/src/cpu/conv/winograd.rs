@@ -101,6 +101,19 @@ fn block(s: &ConvShape, t: &Tiles, threads: usize) -> (usize, usize) {
     (images, images * t.per_image())
 }
 
+/// The blocks thread `part` of `parts` takes (every `parts`-th): first image and images.
+fn blocks_of(
+    s: &ConvShape,
+    part: usize,
+    parts: usize,
+    per_block: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let batch = s.batch;
+    (part * per_block..batch)
+        .step_by(parts * per_block)
+        .map(move |first| (first, per_block.min(batch - first)))
+}
+
 /// `y = w ⊛ x` for the whole batch on `threads`.
 ///
 /// # Safety
@@ -137,10 +150,7 @@ pub(super) unsafe fn forward(
         let (v, rest) = temp.split_at_mut(POS * p * c);
         let (m, xh) = rest.split_at_mut(POS * p * k);
         let xh = &mut xh[..input_len];
-        let mut b = part;
-        while b < blocks {
-            let first = b * per_block;
-            let images = per_block.min(s.batch - first);
+        for (first, images) in blocks_of(s, part, parts, per_block) {
             let tiles = images * t.per_image();
             for i in 0..images {
                 channels_last(s, &t, (x as *const f32).add((first + i) * z.image_in), xh);
@@ -173,7 +183,6 @@ pub(super) unsafe fn forward(
                 let out = (y as *mut f32).add((first + i) * z.image_out);
                 transform_outputs(s, &t, k, m, i * t.per_image(), out);
             }
-            b += parts;
         }
     };
     threads.run(parts, &job);
@@ -216,11 +225,8 @@ pub(super) unsafe fn filter(
         let (xh, rest) = rest.split_at_mut(input_len);
         let (dyh, acc) = rest.split_at_mut(grad_len);
         let acc = &mut acc[..acc_len];
-        let mut b = part;
         let mut beta = 0.0;
-        while b < blocks {
-            let first = b * per_block;
-            let images = per_block.min(s.batch - first);
+        for (first, images) in blocks_of(s, part, parts, per_block) {
             let tiles = images * t.per_image();
             for i in 0..images {
                 let n = first + i;
@@ -253,7 +259,6 @@ pub(super) unsafe fn filter(
                 );
             }
             beta = 1.0;
-            b += parts;
         }
     };
     threads.run(parts, &job);
