@@ -401,7 +401,8 @@ impl Cluster {
             return Ok(());
         }
         if self.config.separate_memory() {
-            if self.downpour_master.is_some() {
+            // Downpour: group 0 takes the values of the one server group.
+            if self.config.nserver_groups == 1 && self.config.nworker_groups > 1 {
                 self.refresh(false, Some(0))?;
             }
         } else if let Some(master) = &self.downpour_master {

@@ -217,18 +217,7 @@ impl WorkerLink {
                     self.install(msg)?;
                     missing -= 1;
                 }
-                MsgKind::Stop => {
-                    return Err(Error::invalid(format!(
-                        "{me}: {} stopped while this worker waited for values",
-                        msg.src
-                    )))
-                }
-                other => {
-                    return Err(Error::invalid(format!(
-                        "{me}: unexpected {other:?} message from {} while waiting for values",
-                        msg.src
-                    )))
-                }
+                _ => return Err(interrupted(me, &msg, "this worker waited for values")),
             }
         }
         Ok(())
@@ -345,29 +334,24 @@ impl WorkerLink {
             match msg.kind {
                 MsgKind::Sync if msg.src.role == Role::Server && msg.payload.is_none() => {
                     reports = reports.checked_sub(1).ok_or_else(|| {
-                        Error::invalid(format!("{me}: an unexpected end of synchronisation from {}", msg.src))
+                        Error::invalid(format!(
+                            "{me}: an unexpected end of synchronisation from {}",
+                            msg.src
+                        ))
                     })?;
                 }
                 MsgKind::Sync => {
                     let server = self.server.as_mut().ok_or_else(|| {
-                        Error::invalid(format!("{me}: a Sync message from {}, but no server beside this worker", msg.src))
+                        Error::invalid(format!(
+                            "{me}: a Sync message from {}, but no server beside this worker",
+                            msg.src
+                        ))
                     })?;
                     own_done |= server
                         .on_sync(msg, &mut self.transport)
                         .map_err(|e| e.context(format!("{me} (its server)")))?;
                 }
-                MsgKind::Stop => {
-                    return Err(Error::invalid(format!(
-                        "{me}: {} stopped while the server groups synchronised",
-                        msg.src
-                    )))
-                }
-                other => {
-                    return Err(Error::invalid(format!(
-                        "{me}: unexpected {other:?} message from {} while the server groups synchronised",
-                        msg.src
-                    )))
-                }
+                _ => return Err(interrupted(me, &msg, "the server groups synchronised")),
             }
         }
         Ok(())
@@ -389,6 +373,18 @@ impl WorkerLink {
             step + 1,
             servers.join(", ")
         ))
+    }
+}
+
+/// What `me` says of `msg`, which came while `during`: its sender stopped, or it was not
+/// expected then.
+fn interrupted(me: Addr, msg: &Msg, during: &str) -> Error {
+    match msg.kind {
+        MsgKind::Stop => Error::invalid(format!("{me}: {} stopped while {during}", msg.src)),
+        other => Error::invalid(format!(
+            "{me}: unexpected {other:?} message from {} while {during}",
+            msg.src
+        )),
     }
 }
 

@@ -92,13 +92,14 @@ impl Tiles {
     }
 }
 
-/// Images per block, and the block's tiles: about [`BLOCK_TILES`], whole images, and no more
-/// than gives each of `threads` a block.
-fn block(s: &ConvShape, t: &Tiles, threads: usize) -> (usize, usize) {
+/// Images per block, the block's tiles, and the threads that get blocks: about
+/// [`BLOCK_TILES`] tiles, whole images, and no more than gives each of `threads` a block.
+fn block(s: &ConvShape, t: &Tiles, threads: usize) -> (usize, usize, usize) {
     let images = (BLOCK_TILES / t.per_image())
         .min(s.batch.div_ceil(threads.max(1)))
         .max(1);
-    (images, images * t.per_image())
+    let parts = threads.min(s.batch.div_ceil(images)).max(1);
+    (images, images * t.per_image(), parts)
 }
 
 /// The blocks thread `part` of `parts` takes (every `parts`-th): first image and images.
@@ -128,9 +129,7 @@ pub(super) unsafe fn forward(
 ) {
     let t = Tiles::of(s);
     let (c, k) = (s.channels, s.filters);
-    let (per_block, p) = block(s, &t, threads.count());
-    let blocks = s.batch.div_ceil(per_block);
-    let parts = threads.count().min(blocks).max(1);
+    let (per_block, p, parts) = block(s, &t, threads.count());
     // The transformed filters, read by every thread.
     let mut u = std::mem::take(&mut buf.transformed);
     u.resize(POS * c * k, 0.0);
@@ -203,9 +202,7 @@ pub(super) unsafe fn filter(
 ) {
     let t = Tiles::of(s);
     let (c, k) = (s.channels, s.filters);
-    let (per_block, p) = block(s, &t, threads.count());
-    let blocks = s.batch.div_ceil(per_block);
-    let parts = threads.count().min(blocks).max(1);
+    let (per_block, p, parts) = block(s, &t, threads.count());
     let input_len = t.hb * t.wb * c;
     let grad_len = TILE * TILE * t.per_image() * k;
     let acc_len = POS * k * c;
