@@ -1,5 +1,5 @@
-//! Waiting for a queue without allocating: the waiting thread parks, and the threads that fill
-//! the queue unpark it.
+//! Waiting for a queue without allocating: the waiting thread polls briefly, then parks, and
+//! the threads that fill the queue unpark it.
 //!
 //! A blocking receive of `flume` allocates a waiter record every time it waits, and one of
 //! `std::sync::mpsc` the first time, which can fall in the middle of training. The transports
@@ -17,6 +17,12 @@ pub struct Waiter(Mutex<Option<Thread>>);
 /// producer wakes the waiter.
 const SAFETY_NET: Duration = Duration::from_millis(100);
 
+/// How long a waiter polls before it parks. Waking a parked thread costs tens of
+/// microseconds on a virtual machine (its core halts), more than the short waits of
+/// synchronous workers for each other; polling yields the core between polls, so a producer
+/// that shares it still runs.
+const POLL_BEFORE_PARKING: Duration = Duration::from_micros(50);
+
 impl Waiter {
     /// Wakes the waiting thread, if there is one. Call after putting something in the queue.
     pub fn wake(&self) {
@@ -25,7 +31,8 @@ impl Waiter {
         }
     }
 
-    /// Polls until `poll` gives a value, parking between polls, or until `deadline` passes
+    /// Polls until `poll` gives a value (yielding the core between polls for the first 50 µs,
+    /// parking between later ones), or until `deadline` passes
     /// (`None`: no deadline). The calling thread becomes the one [`Waiter::wake`] wakes before
     /// it polls, so a value queued after a poll unparks it (or leaves the token that makes the
     /// park return at once): no wake-up is lost.
@@ -41,9 +48,15 @@ impl Waiter {
                 *t = Some(me);
             }
         }
+        let poll_until = Instant::now() + POLL_BEFORE_PARKING;
         loop {
             if let Some(v) = poll() {
                 return Some(v);
+            }
+            let now = Instant::now();
+            if now < poll_until && deadline.is_none_or(|d| now < d) {
+                std::thread::yield_now();
+                continue;
             }
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),

@@ -177,6 +177,11 @@ enum Command {
         /// own and a router (run inside this one; what crosses between them is copied).
         #[arg(long, default_value_t = 1)]
         nprocs: usize,
+        /// How the workers of a group share the model: 0 splits each batch (data
+        /// parallelism), 1 splits every layer but the data and loss layers along its features
+        /// (model parallelism: the MLP's neurons, the convnet's filters).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=1))]
+        partition_dim: i32,
         /// The layer type to use in place of the model's ReLU layers (say, a plugin's).
         #[arg(long, default_value = "relu")]
         activation: String,
@@ -424,6 +429,7 @@ fn run(cli: Cli) -> Result<()> {
             framework,
             batch,
             nprocs,
+            partition_dim,
             activation,
             updater,
             plugins,
@@ -474,6 +480,7 @@ fn run(cli: Cli) -> Result<()> {
                     cifar,
                     allocations,
                     batch,
+                    partition_dim,
                     activation,
                     updater,
                     cluster: (workers > 1 || framework != "allreduce" || nprocs > 1).then(|| {

@@ -31,6 +31,9 @@ pub struct BenchOptions {
     pub batch: usize,
     /// Workers and servers (`None`: one worker updating its own parameters).
     pub cluster: Option<ClusterConfig>,
+    /// The `partition_dim` of every layer but the data and loss layers (1: model
+    /// parallelism over the workers of a group).
+    pub partition_dim: i32,
     /// The layer type in place of the models' ReLU layers (e.g. a plugin's activation).
     pub activation: String,
     /// The updater type in place of the models' SGD (same fields, e.g. a plugin's copy).
@@ -174,15 +177,25 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
             (cnn_job(&train, opts.threads, opts.batch), format!("convnet conv5x5-32/pool/conv5x5-32/pool/conv5x5-64/pool/ip10, batch {}, SGD lr 0.01, {what}", opts.batch))
         }
     };
-    let mut job = job;
+    let (mut job, mut title) = (job, title);
     if let Some(c) = &opts.cluster {
         job.cluster = c.clone();
+    }
+    if opts.partition_dim > 0 {
+        // The input layers (no sources) and the loss read and score parts of the batch.
+        let inner = |l: &LayerConfig| !l.srclayers.is_empty() && l.type_name != "softmax_loss";
+        for layer in job.layers.iter_mut().filter(|l| inner(l)) {
+            layer.partition_dim = opts.partition_dim;
+        }
+        title = format!(
+            "{title}, layers split along dimension {}",
+            opts.partition_dim
+        );
     }
     for layer in job.layers.iter_mut().filter(|l| l.type_name == "relu") {
         layer.type_name = opts.activation.clone();
     }
     job.updater.type_name = opts.updater.clone();
-    let mut title = title;
     if opts.activation != "relu" {
         title = format!("{title}, {} in place of relu", opts.activation);
     }
