@@ -65,6 +65,17 @@ fn synchronous_workers_equal_one_worker_with_the_same_batch() {
             let diff = max_difference(&reference, &param_values(&many));
             let what = format!("{framework:?} with {workers} workers, {updater}");
             assert!(diff < 2e-5, "{what}: parameters differ by {diff}");
+            // The workers compute the weight gradients together (a block of rows each).
+            let described = many.cluster().unwrap().describe();
+            assert_eq!(
+                described.contains("compute together, each worker a block of rows"),
+                workers > 1,
+                "{what}: {described}"
+            );
+            assert!(
+                described.contains("fc1/weight") == (workers > 1),
+                "{what}: {described}"
+            );
             assert_eq!(summary.steps, 60, "{what}");
             let loss =
                 |s: &singa::trainer::Summary| s.train.iter().find(|(k, _)| k == "loss").unwrap().1;

@@ -79,6 +79,7 @@ fn a_job_in_several_processes_trains_exactly_like_one_process() {
     let steps = 30;
     for (cluster, nprocs) in cases {
         let what = format!("{nprocs} processes, {cluster:?}");
+        let groups_of_several = cluster.nworkers_per_group > 1;
         let mut one = job(&dir, steps);
         one.cluster = cluster.clone();
         let (reference, _) = train(&one, &options(None, Existing::Refuse));
@@ -89,6 +90,12 @@ fn a_job_in_several_processes_trains_exactly_like_one_process() {
         let mut many = one.clone();
         many.cluster = in_procs(cluster, nprocs);
         let (t, _) = train(&many, &options(None, Existing::Refuse));
+        // In one process the workers of a group compute the weight gradients together, a
+        // block of rows each; in processes apart each sends a whole gradient and the servers
+        // sum them. Both add the workers' parts in the same order, so they agree to the bit.
+        let shares = |t: &Trainer| t.cluster().unwrap().describe().contains("need not sum");
+        assert_eq!(shares(&reference), groups_of_several, "{what}");
+        assert!(!shares(&t), "{what}");
         assert_eq!(
             max_difference(&param_values(&reference), &param_values(&t)),
             0.0,

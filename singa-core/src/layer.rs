@@ -222,6 +222,36 @@ pub trait Layer: Send {
     fn restore_state(&mut self, _state: RSlice<'_, u64>) -> RResult<(), Error> {
         RResult::ROk(())
     }
+
+    /// Data parallelism in one process: asks the layer to leave the gradient of its
+    /// `param`-th parameter (in the order it created them) out of `backward`, because the
+    /// workers of its group compute that gradient together through
+    /// [`Layer::param_grad_rows`], each a block of rows over every worker's batch. Returns
+    /// whether the layer agrees; the default declines, and the workers then sum whole
+    /// gradients instead.
+    fn share_param_grad(&mut self, _param: u32) -> RResult<bool, Error> {
+        RResult::ROk(false)
+    }
+
+    /// Computes rows `start .. start + grad.shape().dim(0)` (along the first dimension) of
+    /// the gradient of the `param`-th parameter over one batch, into `grad`, or adds them to
+    /// it when `accumulate`. The batch is given by its `inputs` and `grad_outputs`: this
+    /// layer's own, or those of the same layer on another worker of the group. Called only
+    /// for parameters [`Layer::share_param_grad`] agreed to share.
+    #[allow(clippy::too_many_arguments)]
+    fn param_grad_rows(
+        &mut self,
+        _param: u32,
+        _start: u64,
+        _inputs: RSlice<'_, Tensor>,
+        _grad_outputs: RSlice<'_, Tensor>,
+        _accumulate: bool,
+        _grad: &mut Tensor,
+    ) -> RResult<(), Error> {
+        RResult::RErr(Error::invalid(
+            "this layer does not compute blocks of rows of its parameter gradients",
+        ))
+    }
 }
 
 /// An owned, type-erased layer.
@@ -291,6 +321,29 @@ impl<L: Layer> Layer for Guarded<L> {
     fn restore_state(&mut self, state: RSlice<'_, u64>) -> RResult<(), Error> {
         let inner = &mut self.inner;
         catch_panic(&self.what, || inner.restore_state(state).into_result()).into()
+    }
+
+    fn share_param_grad(&mut self, param: u32) -> RResult<bool, Error> {
+        let inner = &mut self.inner;
+        catch_panic(&self.what, || inner.share_param_grad(param).into_result()).into()
+    }
+
+    fn param_grad_rows(
+        &mut self,
+        param: u32,
+        start: u64,
+        inputs: RSlice<'_, Tensor>,
+        grad_outputs: RSlice<'_, Tensor>,
+        accumulate: bool,
+        grad: &mut Tensor,
+    ) -> RResult<(), Error> {
+        let inner = &mut self.inner;
+        catch_panic(&self.what, || {
+            inner
+                .param_grad_rows(param, start, inputs, grad_outputs, accumulate, grad)
+                .into_result()
+        })
+        .into()
     }
 }
 

@@ -67,6 +67,10 @@ pub enum MsgKind {
     Bridge,
     /// Shut down.
     Stop,
+    /// A worker's backward pass of step `version` is done: in one process, the other workers
+    /// of its group may now read its layers' inputs and output gradients, to compute their
+    /// blocks of rows of the group's shared gradients.
+    BackwardDone,
 }
 
 /// One message. In one process the payload is a tensor handle (no copy); across processes the

@@ -2,8 +2,9 @@
 
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
-    DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, Init, Layer, LayerDef, Param,
-    ParamFactoryMut, ParamSpec, Phase, ReduceOp, Result, SetupContext, Tensor, TensorSpec,
+    DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, GemmLayout, Init, Layer,
+    LayerDef, Param, ParamFactoryMut, ParamSpec, Phase, ReduceOp, Result, SetupContext, Tensor,
+    TensorSpec,
 };
 
 /// `y = x·W + b`, with the input seen as a matrix (batch × features).
@@ -21,6 +22,9 @@ struct State {
     weight: Param,
     bias: Option<Param>,
     rows: usize,
+    /// Whether the workers of the group compute the weight gradient together
+    /// ([`Layer::param_grad_rows`]), so that `backward` leaves it alone.
+    shared_weight_grad: bool,
 }
 
 impl LayerDef for InnerProduct {
@@ -98,6 +102,7 @@ impl InnerProduct {
             weight,
             bias,
             rows,
+            shared_weight_grad: false,
         });
         Ok(vec![TensorSpec::new("output", [rows, out], DType::F32)].into())
     }
@@ -157,7 +162,9 @@ impl Layer for InnerProduct {
         (|| {
             let s = self.state()?;
             let (x, dy) = (&inputs[0], &grad_outputs[0]);
-            if transpose {
+            if s.shared_weight_grad {
+                // The group computes it (`param_grad_rows`).
+            } else if transpose {
                 s.dev
                     .matmul(1.0, dy, true, x, false, 0.0, &mut s.weight.grad)?;
             } else {
@@ -178,6 +185,67 @@ impl Layer for InnerProduct {
                     .matmul(1.0, dy, false, &s.weight.value, !transpose, 0.0, dx)?;
             }
             Ok(())
+        })()
+        .into()
+    }
+
+    fn share_param_grad(&mut self, param: u32) -> RResult<bool, Error> {
+        (|| {
+            let s = self.state()?;
+            s.shared_weight_grad |= param == 0;
+            Ok(param == 0)
+        })()
+        .into()
+    }
+
+    fn param_grad_rows(
+        &mut self,
+        param: u32,
+        start: u64,
+        inputs: RSlice<'_, Tensor>,
+        grad_outputs: RSlice<'_, Tensor>,
+        accumulate: bool,
+        grad: &mut Tensor,
+    ) -> RResult<(), Error> {
+        let (transpose, out) = (self.transpose, self.num_output);
+        (|| {
+            let s = self.state()?;
+            if param != 0 {
+                return Err(Error::invalid(format!(
+                    "inner_product computes rows of its weight gradient only, not of parameter {param}"
+                )));
+            }
+            let (x, dy) = (&inputs[0], &grad_outputs[0]);
+            let (wrows, wcols) = s.weight.grad.shape().as_matrix();
+            let (rows, start) = (grad.shape().dim(0), start as usize);
+            if start + rows > wrows || grad.numel() != rows * wcols {
+                return Err(Error::shape(
+                    "param_grad_rows",
+                    format!(
+                        "rows {start}..{} of a weight gradient of shape {} into a tensor of shape {}",
+                        start + rows,
+                        s.weight.grad.shape(),
+                        grad.shape()
+                    ),
+                ));
+            }
+            if rows == 0 {
+                return Ok(());
+            }
+            let batch = dy.numel() / out;
+            // Rows of W are columns of x (W is [in, out]: dW = xᵀ·dy) or of dy (W is
+            // [out, in]: dW = dyᵀ·x): the left operand starts at column `start` of one of them,
+            // read transposed with its full row stride.
+            let (a, lda, b) = if transpose { (dy, out, x) } else { (x, wrows, dy) };
+            let a = a.reshape([a.numel()])?;
+            let a = a.narrow(start, a.numel() - start)?;
+            let layout = GemmLayout {
+                lda,
+                trans_a: true,
+                ..GemmLayout::dense(rows, wcols, batch, true, false)
+            };
+            let beta = if accumulate { 1.0 } else { 0.0 };
+            s.dev.gemm(layout, 1.0, &a, b, beta, grad)
         })()
         .into()
     }

@@ -13,6 +13,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
+    fn inner_product_rows_over_every_part_make_the_whole_gradient(parts in 1usize..4, per in 1usize..4, f in 1usize..9, out in 1usize..7, transpose: bool, seed in 0u64..1000) {
+        for dev in [reference(), cpu(2)] {
+            rows_over_parts(&dev, parts, per, f, out, transpose, seed);
+        }
+    }
+
+    #[test]
     fn inner_product_gradients(b in 1usize..5, c in 1usize..4, h in 1usize..4, out in 1usize..7, bias: bool, transpose: bool, seed in 0u64..1000) {
         let fields = Fields::new().with("num_output", out).with("bias_term", bias).with("transpose", transpose);
         Case::new("inner_product", fields, vec![f32_spec(&[b, c, h])], seed).gradcheck();
@@ -298,4 +305,120 @@ fn image_data_augments_reproducibly_and_checks_its_mean_file() {
         .unwrap()
         .to_string();
     assert!(e.contains("mean or mean_file"), "{e}");
+}
+
+/// Data parallelism with a shared weight gradient: `parts` workers each hold `per` samples of
+/// a batch; each computes a block of rows of the weight gradient over every part (its own
+/// first, then the others, added), into one tensor. That must be the gradient of the whole
+/// batch, and `backward` must leave the weight gradient alone once it is shared.
+fn rows_over_parts(
+    dev: &DeviceRef,
+    parts: usize,
+    per: usize,
+    f: usize,
+    out: usize,
+    transpose: bool,
+    seed: u64,
+) {
+    let fields = Fields::new()
+        .with("num_output", out)
+        .with("transpose", transpose);
+    let ip = ty("inner_product");
+    let random = |n: usize, s: u64| singa_layers::gradcheck::random_away_from_zero(s, n, 0.0);
+    let (x_all, dy_all) = (
+        random(parts * per * f, seed),
+        random(parts * per * out, seed + 1),
+    );
+    let tensor = |v: &[f32], shape: &[usize]| {
+        Tensor::from_slice(dev, v, Shape::new(shape).unwrap()).unwrap()
+    };
+    let pass = |built: &mut singa_layers::gradcheck::Built, x: &Tensor, dy: &Tensor| {
+        let mut y = vec![Tensor::zeros(dev, built.outputs[0].shape, DType::F32).unwrap()];
+        built
+            .layer
+            .forward(
+                Phase::TRAIN,
+                std::slice::from_ref(x).into(),
+                y.as_mut_slice().into(),
+            )
+            .into_result()
+            .unwrap();
+        let mut dx = vec![singa_core::abi::ROption::RSome(
+            Tensor::zeros(dev, x.shape(), DType::F32).unwrap(),
+        )];
+        built
+            .layer
+            .backward(
+                Phase::TRAIN,
+                std::slice::from_ref(x).into(),
+                y.as_slice().into(),
+                std::slice::from_ref(dy).into(),
+                dx.as_mut_slice().into(),
+            )
+            .into_result()
+            .unwrap();
+    };
+    // The whole batch on one layer.
+    let mut whole = build(&ip, &fields, dev, &[f32_spec(&[parts * per, f])], seed).unwrap();
+    pass(
+        &mut whole,
+        &tensor(&x_all, &[parts * per, f]),
+        &tensor(&dy_all, &[parts * per, out]),
+    );
+    let expected: Vec<f32> = whole.params[0].grad.to_vec().unwrap();
+    // One layer per part, sharing the weight gradient.
+    let xs: Vec<Tensor> = (0..parts)
+        .map(|p| tensor(&x_all[p * per * f..(p + 1) * per * f], &[per, f]))
+        .collect();
+    let dys: Vec<Tensor> = (0..parts)
+        .map(|p| tensor(&dy_all[p * per * out..(p + 1) * per * out], &[per, out]))
+        .collect();
+    let mut layers: Vec<_> = (0..parts)
+        .map(|_| build(&ip, &fields, dev, &[f32_spec(&[per, f])], seed).unwrap())
+        .collect();
+    let wshape = whole.params[0].grad.shape();
+    let shared = Tensor::zeros(dev, wshape, DType::F32).unwrap();
+    for (p, l) in layers.iter_mut().enumerate() {
+        assert!(l.layer.share_param_grad(0).into_result().unwrap());
+        assert!(
+            !l.layer.share_param_grad(1).into_result().unwrap(),
+            "only the weight is shared"
+        );
+        dev.fill(&mut l.params[0].grad, 7.0).unwrap();
+        pass(l, &xs[p], &dys[p]);
+        assert!(
+            l.params[0]
+                .grad
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .all(|&v| v == 7.0),
+            "backward left the shared gradient alone"
+        );
+    }
+    let rows = wshape.dim(0);
+    for (p, l) in layers.iter_mut().enumerate() {
+        let (start, end) = (p * rows / parts, (p + 1) * rows / parts);
+        let mut block = shared.narrow(start, end - start).unwrap();
+        for (i, q) in (p..parts).chain(0..p).enumerate() {
+            l.layer
+                .param_grad_rows(
+                    0,
+                    start as u64,
+                    std::slice::from_ref(&xs[q]).into(),
+                    std::slice::from_ref(&dys[q]).into(),
+                    i > 0,
+                    &mut block,
+                )
+                .into_result()
+                .unwrap();
+        }
+    }
+    let got: Vec<f32> = shared.to_vec().unwrap();
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert!(
+            (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+            "value {i}: {g} against {e} (parts {parts}, transpose {transpose})"
+        );
+    }
 }

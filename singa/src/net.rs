@@ -589,6 +589,50 @@ impl NeuralNet {
             .map_err(|e| e.context(format!("layer {} ({}) backward", l.name, l.type_name)))
     }
 
+    /// Asks layer `i` to leave the gradient of its `position`-th parameter to
+    /// [`NeuralNet::param_grad_rows`] (see [`singa_core::Layer::share_param_grad`]).
+    pub fn share_param_grad(&mut self, i: usize, position: usize) -> Result<bool> {
+        let l = &mut self.layers[i];
+        l.layer
+            .share_param_grad(position as u32)
+            .into_result()
+            .map_err(|e| e.context(format!("layer {} ({})", l.name, l.type_name)))
+    }
+
+    /// Layer `i`'s inputs and output gradients: the batch its parameter gradients come from.
+    /// They are the same tensors every step.
+    pub fn batch_of(&self, i: usize) -> (Vec<Tensor>, Vec<Tensor>) {
+        let l = &self.layers[i];
+        (l.inputs.clone(), l.grad_outputs.clone())
+    }
+
+    /// Rows from `start` of the gradient of layer `i`'s `position`-th parameter over `batch`
+    /// (inputs and output gradients; `None`: the layer's own), written to `grad` or added to
+    /// it (see [`singa_core::Layer::param_grad_rows`]).
+    pub fn param_grad_rows(
+        &mut self,
+        i: usize,
+        position: usize,
+        start: usize,
+        batch: Option<(&[Tensor], &[Tensor])>,
+        accumulate: bool,
+        grad: &mut Tensor,
+    ) -> Result<()> {
+        let l = &mut self.layers[i];
+        let (inputs, grad_outputs) = batch.unwrap_or((&l.inputs, &l.grad_outputs));
+        l.layer
+            .param_grad_rows(
+                position as u32,
+                start as u64,
+                inputs.into(),
+                grad_outputs.into(),
+                accumulate,
+                grad,
+            )
+            .into_result()
+            .map_err(|e| e.context(format!("layer {} ({}) gradient rows", l.name, l.type_name)))
+    }
+
     /// Every layer forward, in order.
     pub fn forward(&mut self, phase: Phase) -> Result<()> {
         (0..self.layers.len()).try_for_each(|i| self.forward_layer(i, phase))

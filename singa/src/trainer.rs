@@ -257,7 +257,7 @@ impl Trainer {
             (device::create(&job.device, options.threads)?, Part::WHOLE)
         };
         let mut store = ParamStore::new();
-        let train = NeuralNet::build_part(
+        let mut train = NeuralNet::build_part(
             &job,
             registry,
             &dev,
@@ -310,6 +310,7 @@ impl Trainer {
                 &job,
                 registry,
                 &schedule,
+                &mut train,
                 &store,
                 ready_after.clone(),
                 options.threads,

@@ -222,3 +222,104 @@ pub(super) fn server_cores(
     }
     Ok(cores)
 }
+
+/// A parameter whose gradient the workers of a group compute together (data parallelism in
+/// one process): each worker computes a block of rows over every worker's batch, into one
+/// gradient, the group's first worker's. The servers find the sum made, and no worker holds a
+/// whole gradient of its own.
+pub(crate) struct SharedGrad {
+    /// The parameter (its index in the store).
+    pub param: usize,
+    /// The layer that uses it.
+    pub layer: usize,
+    /// The parameter's position among the layer's.
+    pub position: usize,
+    /// The first of this worker's rows.
+    pub start: usize,
+    /// This worker's rows of the group's gradient.
+    pub rows: Tensor,
+    /// The group's whole gradient, which the servers read.
+    pub whole: Tensor,
+    /// This worker's index in its group.
+    pub member: usize,
+    /// The inputs and output gradients of the layer on each worker of the group, in order
+    /// (`None` for this one).
+    pub batches: Vec<Option<(Vec<Tensor>, Vec<Tensor>)>>,
+}
+
+impl SharedGrad {
+    /// Whether this worker adds its own batch's part to its rows first, as soon as its
+    /// layer's backward is done. The parts are added in the order of the workers, as a
+    /// server sums whole gradients (the values then match those of workers in processes
+    /// apart to the bit); the first two parts can come in either order, since float
+    /// addition commutes.
+    pub fn own_part_first(&self) -> bool {
+        self.member <= 1
+    }
+}
+
+/// The worker groups' shared gradients (`[group][member]`), given each group's workers in
+/// order (nets and parameter stores, the first holding the group's values). A parameter is
+/// shared when its layer agrees (a layer implementing `Layer::param_grad_rows`), it is
+/// trainable, used by that layer alone, and not already split over the workers; groups of
+/// one worker share nothing.
+pub(super) fn shared_grads(
+    groups: &mut [Vec<(&mut NeuralNet, &ParamStore)>],
+) -> Result<Vec<Vec<Vec<SharedGrad>>>> {
+    let mut all = Vec::with_capacity(groups.len());
+    for group in groups.iter_mut() {
+        let k = group.len();
+        let mut per: Vec<Vec<SharedGrad>> = (0..k).map(|_| Vec::new()).collect();
+        if k < 2 {
+            all.push(per);
+            continue;
+        }
+        for l in 0..group[0].0.layers().len() {
+            let layer = &group[0].0.layers()[l];
+            if !layer.needs_backward() {
+                continue;
+            }
+            for (position, p) in layer.params.clone().into_iter().enumerate() {
+                let e = &group[0].1.entries()[p];
+                if !e.trainable || e.split || e.grads.len() != 1 || e.users != [l] {
+                    continue;
+                }
+                let mut agreed = 0;
+                for (net, _) in group.iter_mut() {
+                    agreed += usize::from(net.share_param_grad(l, position)?);
+                }
+                if agreed == 0 {
+                    continue;
+                }
+                if agreed < k {
+                    return Err(Error::invalid(format!(
+                        "parameter {}: {agreed} of the {k} workers of a group would compute blocks of its gradient, the others not",
+                        e.name
+                    )));
+                }
+                let whole = e.grads[0].clone();
+                let rows = whole.shape().dim(0);
+                let batches: Vec<_> = group.iter().map(|(net, _)| net.batch_of(l)).collect();
+                for (m, shared) in per.iter_mut().enumerate() {
+                    let (start, end) = (m * rows / k, (m + 1) * rows / k);
+                    shared.push(SharedGrad {
+                        param: p,
+                        layer: l,
+                        position,
+                        start,
+                        rows: whole.narrow(start, end - start)?,
+                        whole: whole.clone(),
+                        member: m,
+                        batches: batches
+                            .iter()
+                            .enumerate()
+                            .map(|(q, b)| (q != m).then(|| b.clone()))
+                            .collect(),
+                    });
+                }
+            }
+        }
+        all.push(per);
+    }
+    Ok(all)
+}

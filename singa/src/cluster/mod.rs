@@ -110,6 +110,8 @@ pub struct Cluster {
     algorithm: Box<dyn TrainOneBatch>,
     /// Parameter values held by each server.
     loads: Vec<usize>,
+    /// The parameters whose gradients the workers of a group compute together.
+    shared_grads: Vec<String>,
     /// For copies and averages between steps.
     dev: DeviceRef,
     /// Downpour's master copy of each trainable parameter.
@@ -170,14 +172,16 @@ pub fn share_of_threads(
 }
 
 impl Cluster {
-    /// Starts the workers and servers of a validated `job` whose worker 0 has built `store`
-    /// (values, gradients and updater state) on its device. Parameters a server updates are
-    /// those of `store` that are trainable; `ready_after` says which are complete after each
-    /// layer's backward.
+    /// Starts the workers and servers of a validated `job` whose worker 0 has built `net` and
+    /// `store` (values, gradients and updater state) on its device. Parameters a server
+    /// updates are those of `store` that are trainable; `ready_after` says which are complete
+    /// after each layer's backward.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         job: &JobConfig,
         registry: &Registry,
         schedule: &LrSchedule,
+        net: &mut NeuralNet,
         store: &ParamStore,
         ready_after: Vec<Vec<usize>>,
         threads: Option<usize>,
@@ -212,7 +216,38 @@ impl Cluster {
         };
 
         let worker_device = share_of_threads(&job.device, threads, ngroups * nworkers);
-        let (nets, replicas) = build::worker_nets(job, registry, store, &worker_device, exchanges)?;
+        let (mut nets, replicas) =
+            build::worker_nets(job, registry, store, &worker_device, exchanges)?;
+        // In one process, the workers of a group compute the gradients their layers can
+        // share together, each a block of rows.
+        let mut shared = if separate {
+            Vec::new()
+        } else {
+            let mut members: Vec<Vec<(&mut NeuralNet, &ParamStore)>> =
+                (0..ngroups).map(|_| Vec::new()).collect();
+            members[0].push((net, store));
+            for (addr, n, s) in nets.iter_mut() {
+                members[addr.group as usize].push((n, &*s));
+            }
+            build::shared_grads(&mut members)?
+        };
+        let shared_grads: Vec<String> = shared
+            .iter()
+            .flatten()
+            .next()
+            .map(|l| {
+                l.iter()
+                    .map(|s| store.entries()[s.param].name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut shared_of = |worker: Addr| -> Vec<build::SharedGrad> {
+            shared
+                .get_mut(worker.group as usize)
+                .and_then(|g| g.get_mut(worker.id as usize))
+                .map(std::mem::take)
+                .unwrap_or_default()
+        };
         // A server group serves every worker group (nserver_groups = 1) or its own (Hogwild).
         let nsgroups = c.nserver_groups;
         let served: Vec<Vec<usize>> = if nsgroups == 1 {
@@ -298,6 +333,7 @@ impl Cluster {
                 ready_after.clone(),
                 timeout,
                 &groups[g],
+                shared_of(worker),
             )?;
             Ok(match colocated {
                 true => link.with_server(
@@ -369,6 +405,7 @@ impl Cluster {
             failures,
             algorithm: algorithm::create(job.algorithm),
             loads,
+            shared_grads,
             dev,
             downpour_master: match served.as_slice() {
                 [gs] if gs.len() > 1 => Some(masters.into_iter().next().expect("one")),
@@ -690,6 +727,12 @@ impl Cluster {
                 ""
             };
             s.push_str(&format!("  server {i}: {load} values{each}\n"));
+        }
+        if !self.shared_grads.is_empty() {
+            s.push_str(&format!(
+                "  gradients the workers of each group compute together, each worker a block of rows over every worker's batch, so the servers need not sum them: {}\n",
+                self.shared_grads.join(", ")
+            ));
         }
         if c.separate_memory() {
             s.push_str(&format!(

@@ -1,6 +1,7 @@
 //! A worker's side of the parameter traffic, and the threads that run workers beside the
 //! coordinating one.
 
+use super::build::SharedGrad;
 use super::server::ServerCore;
 use super::slices::Slice;
 use super::{Failures, TransportBox};
@@ -40,10 +41,19 @@ pub(crate) struct WorkerLink {
     missing: usize,
     /// The server that runs on this worker's thread (AllReduce), if any.
     server: Option<ServerCore>,
+    /// The gradients this worker computes blocks of rows of, with the rest of its group.
+    shared: Vec<SharedGrad>,
+    /// Per parameter of the store: its index in `shared`, if it is there.
+    shared_index: Vec<Option<usize>>,
+    /// Colleagues whose backward pass of this step is done, and of the next (one that has
+    /// its values already may run ahead by one step, no more).
+    backward_done: (usize, usize),
 }
 
 impl WorkerLink {
-    /// The link of a worker whose parameters are `store`, sliced as `slices` over `servers`.
+    /// The link of a worker whose parameters are `store`, sliced as `slices` over `servers`,
+    /// computing `shared` gradients with the other workers of `group`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         transport: TransportBox,
         store: &ParamStore,
@@ -52,17 +62,25 @@ impl WorkerLink {
         ready_after: Vec<Vec<usize>>,
         timeout: Duration,
         group: &[Addr],
+        shared: Vec<SharedGrad>,
     ) -> Result<WorkerLink> {
         let me = transport.addr();
         let colleagues = group.iter().copied().filter(|&a| a != me).collect();
+        let mut shared_index = vec![None; store.entries().len()];
+        for (i, s) in shared.iter().enumerate() {
+            shared_index[s.param] = Some(i);
+        }
         let mut expected = 0;
         let slices = store
             .entries()
             .iter()
             .zip(slices)
-            .map(|(e, ss)| {
+            .zip(&shared_index)
+            .map(|((e, ss), sh)| {
                 let n = e.value.numel();
-                let flat_grad = e.grads[0].reshape([n])?;
+                // What the servers read: the group's gradient when it is shared.
+                let grad = sh.map_or(&e.grads[0], |i| &shared[i].whole);
+                let flat_grad = grad.reshape([n])?;
                 let flat_value = e.value.reshape([n])?;
                 ss.iter()
                     .map(|s| {
@@ -87,6 +105,9 @@ impl WorkerLink {
             colleagues,
             missing: 0,
             server: None,
+            shared,
+            shared_index,
+            backward_done: (0, 0),
         })
     }
 
@@ -124,13 +145,70 @@ impl WorkerLink {
         step: u64,
     ) -> Result<()> {
         self.missing = self.expected;
+        self.backward_done = (self.backward_done.1, 0);
         let mut sink = SendGradients {
             link: self,
             store,
             step,
         };
         algorithm.train_one_batch(net, step, &mut sink)?;
+        if !self.shared.is_empty() {
+            self.finish_shared_grads(net, store, step)?;
+        }
         self.await_params(step)
+    }
+
+    /// Once every colleague's backward pass is done, adds their batches' parts to this
+    /// worker's rows of the shared gradients (and its own, unless that is in since its
+    /// layers' backward), and sends them.
+    fn finish_shared_grads(
+        &mut self,
+        net: &mut NeuralNet,
+        store: &mut ParamStore,
+        step: u64,
+    ) -> Result<()> {
+        let me = self.transport.addr();
+        for &c in &self.colleagues {
+            self.transport
+                .send(Msg {
+                    src: me,
+                    dst: c,
+                    kind: MsgKind::BackwardDone,
+                    target: 0,
+                    slice: 0,
+                    version: step,
+                    payload: None.into(),
+                })
+                .into_result()?;
+        }
+        let deadline = Instant::now() + self.timeout;
+        while self.backward_done.0 < self.colleagues.len() {
+            let Some(msg) = self.recv_until(deadline)? else {
+                return Err(Error::invalid(format!(
+                    "{me}: waited {} s in step {} for the backward pass of {} of the other {} workers of its group (raise cluster.timeout if that takes longer)",
+                    self.timeout.as_secs(),
+                    step + 1,
+                    self.colleagues.len() - self.backward_done.0,
+                    self.colleagues.len()
+                )));
+            };
+            self.handle(msg, step)?;
+        }
+        for i in 0..self.shared.len() {
+            let s = &mut self.shared[i];
+            let mut written = s.own_part_first();
+            for batch in &s.batches {
+                if batch.is_none() && s.own_part_first() {
+                    continue;
+                }
+                let batch = batch.as_ref().map(|(x, dy)| (x.as_slice(), dy.as_slice()));
+                net.param_grad_rows(s.layer, s.position, s.start, batch, written, &mut s.rows)?;
+                written = true;
+            }
+            let param = s.param;
+            self.send_gradients(store, param, step)?;
+        }
+        Ok(())
     }
 
     fn send_gradients(&mut self, store: &mut ParamStore, param: usize, step: u64) -> Result<()> {
@@ -287,6 +365,14 @@ impl WorkerLink {
                 self.missing -= 1;
                 Ok(())
             }
+            MsgKind::BackwardDone if msg.version == step => {
+                self.backward_done.0 += 1;
+                Ok(())
+            }
+            MsgKind::BackwardDone if msg.version == step + 1 => {
+                self.backward_done.1 += 1;
+                Ok(())
+            }
             MsgKind::Update if self.server.is_some() => {
                 let server = self.server.as_mut().expect("checked");
                 server
@@ -396,10 +482,19 @@ struct SendGradients<'a> {
 }
 
 impl GradientSink for SendGradients<'_> {
-    fn layer_done(&mut self, _: &mut NeuralNet, layer: usize) -> Result<()> {
+    fn layer_done(&mut self, net: &mut NeuralNet, layer: usize) -> Result<()> {
         for i in 0..self.link.ready_after[layer].len() {
             let p = self.link.ready_after[layer][i];
-            self.link.send_gradients(self.store, p, self.step)?;
+            match self.link.shared_index[p] {
+                // This worker's own batch's part of its rows now (when it comes first); the
+                // rest, and the sending, once every backward pass is done.
+                Some(s) if self.link.shared[s].own_part_first() => {
+                    let s = &mut self.link.shared[s];
+                    net.param_grad_rows(s.layer, s.position, s.start, None, false, &mut s.rows)?;
+                }
+                Some(_) => {}
+                None => self.link.send_gradients(self.store, p, self.step)?,
+            }
         }
         Ok(())
     }
