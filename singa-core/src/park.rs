@@ -48,15 +48,13 @@ impl Waiter {
                 *t = Some(me);
             }
         }
-        let poll_until = Instant::now() + POLL_BEFORE_PARKING;
+        let until = Instant::now() + POLL_BEFORE_PARKING;
+        if let Some(v) = poll_until(deadline.map_or(until, |d| d.min(until)), &mut poll) {
+            return Some(v);
+        }
         loop {
             if let Some(v) = poll() {
                 return Some(v);
-            }
-            let now = Instant::now();
-            if now < poll_until && deadline.is_none_or(|d| now < d) {
-                std::thread::yield_now();
-                continue;
             }
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
@@ -67,6 +65,19 @@ impl Waiter {
             }
             std::thread::park_timeout(left.min(SAFETY_NET));
         }
+    }
+}
+
+/// Polls until `until`, yielding the core between polls.
+fn poll_until<T>(until: Instant, poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
+    loop {
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::yield_now();
     }
 }
 

@@ -48,13 +48,14 @@ use crate::registry::Registry;
 use server::{Server, SyncRole};
 use singa_comm::{ChannelEndpoint, ProcessNetwork};
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
+use singa_core::park::Waiter;
 use singa_core::{Addr, DeviceRef, Error, Result, Role, Tensor};
 use singa_layers::schedule::LrSchedule;
 use std::collections::HashMap;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use worker::{Command, PeerWorker, Reply, WorkerLink};
 
 /// A transport endpoint behind the ABI-stable trait object.
@@ -80,11 +81,15 @@ impl Failures {
 
 /// A worker on its own thread, seen from the coordinator.
 ///
-/// Commands and replies go through `std::sync::mpsc`, whose blocking receive allocates
-/// nothing (a blocking `flume` receive allocates a waiter record each time).
+/// Commands and replies go through `std::sync::mpsc` queues, and each side waits through a
+/// [`Waiter`] that the other wakes: a blocking receive would allocate (`flume`'s every time,
+/// `std`'s the first time a thread parks, which can fall into any step since waiters poll
+/// briefly first).
 struct Peer {
     addr: Addr,
     commands: Option<SyncSender<Command>>,
+    /// Where the worker thread waits for commands.
+    waiter: Arc<Waiter>,
     replies: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
     /// Steps sent whose replies the coordinator has not taken yet (asynchronous groups with a
@@ -94,7 +99,21 @@ struct Peer {
 
 impl Peer {
     fn send(&self, cmd: Command) -> bool {
-        self.commands.as_ref().is_some_and(|c| c.send(cmd).is_ok())
+        let sent = self.commands.as_ref().is_some_and(|c| c.send(cmd).is_ok());
+        self.waiter.wake();
+        sent
+    }
+
+    /// The worker's next reply, waited for through `waiter` (the coordinator's) for at most
+    /// `timeout`.
+    fn reply(&self, waiter: &Waiter, timeout: Duration) -> Result<Reply, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        let got = waiter.wait_for(Some(deadline), || match self.replies.try_recv() {
+            Ok(r) => Some(Ok(r)),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+        });
+        got.unwrap_or(Err(RecvTimeoutError::Timeout))
     }
 }
 
@@ -104,6 +123,8 @@ pub struct Cluster {
     /// Worker 0's link (it runs on the coordinating thread).
     link: WorkerLink,
     peers: Vec<Peer>,
+    /// Where the coordinator waits for the workers' replies.
+    replies: Arc<Waiter>,
     /// The coordinator's endpoint for stopping the servers.
     servers: Vec<(Addr, JoinHandle<()>)>,
     failures: Failures,
@@ -347,6 +368,7 @@ impl Cluster {
         let link = link_for(store, worker_addr(0, 0))?;
 
         let mut peers = Vec::new();
+        let replies = Arc::new(Waiter::default());
         for (addr, net, own) in nets {
             let peer = PeerWorker {
                 link: link_for(&own, addr)?,
@@ -360,13 +382,16 @@ impl Cluster {
             let (cmd_tx, cmd_rx) = sync_channel(room);
             let (reply_tx, reply_rx) = sync_channel(room);
             let f = failures.clone();
+            let waiter = Arc::new(Waiter::default());
+            let waiters = (Arc::clone(&waiter), Arc::clone(&replies));
             let thread = std::thread::Builder::new()
                 .name(format!("singa-{addr}").replace(' ', "-"))
-                .spawn(move || peer.run(cmd_rx, reply_tx, f))
+                .spawn(move || peer.run((cmd_rx, reply_tx), waiters, f))
                 .map_err(|e| Error::invalid(format!("cannot start {addr}: {e}")))?;
             peers.push(Peer {
                 addr,
                 commands: Some(cmd_tx),
+                waiter,
                 replies: reply_rx,
                 thread: Some(thread),
                 pending: 0,
@@ -401,6 +426,7 @@ impl Cluster {
             config: c,
             link,
             peers,
+            replies,
             servers: server_threads,
             failures,
             algorithm: algorithm::create(job.algorithm),
@@ -626,7 +652,7 @@ impl Cluster {
     fn take_step_reply(&mut self, i: usize) -> Result<()> {
         let timeout = Duration::from_secs(self.config.timeout_secs);
         let p = &self.peers[i];
-        let outcome = match p.replies.recv_timeout(timeout) {
+        let outcome = match p.reply(&self.replies, timeout) {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.explain(e)),
             Err(RecvTimeoutError::Timeout) => Err(Error::invalid(format!(
@@ -785,7 +811,7 @@ impl Cluster {
         let timeout = Duration::from_secs(self.config.timeout_secs);
         let mut first_error = None;
         for p in self.peers.iter().filter(|p| which(p)) {
-            match p.replies.recv_timeout(timeout) {
+            match p.reply(&self.replies, timeout) {
                 Ok(Ok(m)) => each(m),
                 Ok(Err(e)) => {
                     first_error.get_or_insert(self.explain(e));

@@ -8,7 +8,10 @@ use super::{Failures, TransportBox};
 use crate::algorithm::{GradientSink, TrainOneBatch};
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
+use singa_core::park::Waiter;
 use singa_core::{Addr, Error, Msg, MsgKind, Result, Role, Tensor};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One slice of a parameter as a worker sees it.
@@ -528,16 +531,25 @@ pub(crate) struct PeerWorker {
 }
 
 impl PeerWorker {
-    /// Serves commands until the coordinator hangs up. A panic becomes an error reply and a
-    /// record in `failures`.
+    /// Serves commands until the coordinator hangs up, waiting for them through the first
+    /// waiter (which the coordinator wakes) and waking the second (the coordinator's) after
+    /// each reply. A panic becomes an error reply and a record in `failures`.
     pub fn run(
         mut self,
-        commands: std::sync::mpsc::Receiver<Command>,
-        replies: std::sync::mpsc::SyncSender<Reply>,
+        (commands, replies): (Receiver<Command>, SyncSender<Reply>),
+        (waiter, coordinator): (Arc<Waiter>, Arc<Waiter>),
         failures: Failures,
     ) {
         let me = self.link.addr();
-        while let Ok(cmd) = commands.recv() {
+        let next = || {
+            waiter
+                .wait_for(None, || match commands.try_recv() {
+                    Err(TryRecvError::Empty) => None,
+                    other => Some(other.ok()),
+                })
+                .flatten()
+        };
+        while let Some(cmd) = next() {
             let outcome = singa_core::catch_panic("the worker", || self.handle(cmd))
                 .map_err(|e| e.context(me.to_string()));
             if let Err(e) = &outcome {
@@ -546,7 +558,9 @@ impl PeerWorker {
                 self.exchanges.tell_stopped(me.group, me.id);
             }
             let failed = outcome.is_err();
-            if replies.send(outcome).is_err() || failed {
+            let sent = replies.send(outcome);
+            coordinator.wake();
+            if sent.is_err() || failed {
                 return;
             }
         }
