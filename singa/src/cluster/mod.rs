@@ -14,7 +14,11 @@
 //! A step: every worker runs TrainOneBatch and sends each parameter's gradient slices to their
 //! servers as soon as the layer that computes them is done; a server waits for the gradients
 //! of every worker of a group, sums them, runs the updater and sends the fresh values back; a
-//! worker's step ends when every slice it sent came back. The coordinator starts a step on
+//! worker's step ends when every slice it sent came back. In one process, the workers of a group
+//! compute the weight gradients their layers can share together instead (see
+//! [`singa_core::Layer::param_grad_rows`]): each a block of rows over every worker's batch, into
+//! one gradient, once every colleague's backward pass is done (`BackwardDone`); the servers then
+//! have no sum to make. The coordinator starts a step on
 //! every worker and waits for all of them, so asynchronous groups are at most one step apart,
 //! unless `cluster.staleness` lets other groups lag group 0 by up to that many steps.
 //! Hogwild's server groups average their values every `sync_freq` steps with a round of `Sync`
