@@ -26,7 +26,7 @@
 //! the averages back.
 //!
 //! With `cluster.nprocs > 1` the workers and servers are spread over processes that share no
-//! values ([`processes`]): every worker has its own copy and every server its own slices, on
+//! values (see `processes.rs`): every worker has its own copy and every server its own slices, on
 //! a thread of its own; the servers start from worker 0's values (`Put`), the workers fetch
 //! theirs (`Get`), and what crosses between processes goes through their routers as a copy.
 //! The processes run inside this one, and two things still bypass the routers: the
