@@ -657,3 +657,21 @@ fn a_checkpoint_in_the_other_weight_layout_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn large_groups_sum_whole_gradients_and_train_the_same() {
+    // More workers than can share a gradient (the access checker tracks a bounded number of
+    // regions of a tensor at once): each computes a whole gradient, the servers sum them.
+    let dir = tmpdir("dist-large-group");
+    synthetic_mnist(&dir, 600, 100, 8);
+    let single = job(&dir, 10, "sgd");
+    let (one, _) = train(&single, &options(1));
+    let mut j = single.clone();
+    j.cluster = Framework::AllReduce.preset(16);
+    let (many, summary) = train(&j, &options(2));
+    assert_eq!(summary.steps, 10);
+    let described = many.cluster().unwrap().describe();
+    assert!(!described.contains("compute together"), "{described}");
+    let diff = max_difference(&param_values(&one), &param_values(&many));
+    assert!(diff < 2e-5, "16 workers: parameters differ by {diff}");
+}

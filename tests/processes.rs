@@ -92,7 +92,8 @@ fn a_job_in_several_processes_trains_exactly_like_one_process() {
         let (t, _) = train(&many, &options(None, Existing::Refuse));
         // In one process the workers of a group compute the weight gradients together, a
         // block of rows each; in processes apart each sends a whole gradient and the servers
-        // sum them. Both add the workers' parts in the same order, so they agree to the bit.
+        // sum them. Both add the workers' parts in the same order, so they agree to the bit
+        // (each part is one block of the products' depth: under 256 samples a worker).
         let shares = |t: &Trainer| t.cluster().unwrap().describe().contains("need not sum");
         assert_eq!(shares(&reference), groups_of_several, "{what}");
         assert!(!shares(&t), "{what}");

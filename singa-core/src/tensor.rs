@@ -24,8 +24,9 @@ struct Storage {
 /// The value of [`Region::users`] that marks an operation writing the region.
 const WRITER: usize = 1 << (usize::BITS - 1);
 
-/// The most regions of one allocation that operations can use at the same moment.
-const MAX_REGIONS: usize = 16;
+/// The most regions of one allocation that operations can use at the same moment (an
+/// operation that would need another one is refused as if it conflicted).
+pub const MAX_REGIONS: usize = 16;
 
 /// Elements `start .. end` of an allocation, used by `users` operations: [`WRITER`], a count
 /// of readers, or 0 when the slot is free. Changed only under [`Borrows::lock`].

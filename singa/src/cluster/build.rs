@@ -250,19 +250,25 @@ pub(crate) struct SharedGrad {
 impl SharedGrad {
     /// Whether this worker adds its own batch's part to its rows first, as soon as its
     /// layer's backward is done. The parts are added in the order of the workers, as a
-    /// server sums whole gradients (the values then match those of workers in processes
-    /// apart to the bit); the first two parts can come in either order, since float
-    /// addition commutes.
+    /// server sums whole gradients; the first two can come in either order, since float
+    /// addition commutes. The values then match those of workers in processes apart to the
+    /// bit when each part is one block of the product's depth (at most 256 samples per
+    /// worker, on a device of one thread); otherwise they differ by rounding.
     pub fn own_part_first(&self) -> bool {
         self.member <= 1
     }
 }
 
+/// The most workers of a group that share gradients: each writes its rows of one gradient and
+/// reads the others' batches at once, and the tensor access checker tracks a bounded number of
+/// regions of an allocation in use at the same moment (with room to spare).
+pub(super) const MAX_SHARING_WORKERS: usize = singa_core::tensor::MAX_REGIONS / 2;
+
 /// The worker groups' shared gradients (`[group][member]`), given each group's workers in
 /// order (nets and parameter stores, the first holding the group's values). A parameter is
 /// shared when its layer agrees (a layer implementing `Layer::param_grad_rows`), it is
-/// trainable, used by that layer alone, and not already split over the workers; groups of
-/// one worker share nothing.
+/// trainable, used by that layer alone, and not already split over the workers. Groups of one
+/// worker share nothing, nor do groups of more than [`MAX_SHARING_WORKERS`].
 pub(super) fn shared_grads(
     groups: &mut [Vec<(&mut NeuralNet, &ParamStore)>],
 ) -> Result<Vec<Vec<Vec<SharedGrad>>>> {
@@ -270,7 +276,7 @@ pub(super) fn shared_grads(
     for group in groups.iter_mut() {
         let k = group.len();
         let mut per: Vec<Vec<SharedGrad>> = (0..k).map(|_| Vec::new()).collect();
-        if k < 2 {
+        if !(2..=MAX_SHARING_WORKERS).contains(&k) {
             all.push(per);
             continue;
         }

@@ -873,6 +873,7 @@ impl Drop for Cluster {
         for p in &mut self.peers {
             // Closing its command channel ends a worker thread's loop.
             p.commands.take();
+            p.waiter.wake();
             if let Some(t) = p.thread.take() {
                 let _ = t.join();
             }

@@ -195,6 +195,13 @@ impl WorkerLink {
                     self.colleagues.len()
                 )));
             };
+            if msg.kind == MsgKind::Stop {
+                let during = format!(
+                    "this worker waited for its group's backward passes of step {}",
+                    step + 1
+                );
+                return Err(interrupted(me, &msg, &during));
+            }
             self.handle(msg, step)?;
         }
         for i in 0..self.shared.len() {
