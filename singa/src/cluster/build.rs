@@ -231,20 +231,20 @@ pub(crate) struct SharedGrad {
     /// The parameter (its index in the store).
     pub param: usize,
     /// The layer that uses it.
-    pub layer: usize,
+    layer: usize,
     /// The parameter's position among the layer's.
-    pub position: usize,
+    position: usize,
     /// The first of this worker's rows.
-    pub start: usize,
+    start: usize,
     /// This worker's rows of the group's gradient.
-    pub rows: Tensor,
+    rows: Tensor,
     /// The group's whole gradient, which the servers read.
     pub whole: Tensor,
     /// This worker's index in its group.
-    pub member: usize,
+    member: usize,
     /// The inputs and output gradients of the layer on each worker of the group, in order
     /// (`None` for this one).
-    pub batches: Vec<Option<(Vec<Tensor>, Vec<Tensor>)>>,
+    batches: Vec<Option<(Vec<Tensor>, Vec<Tensor>)>>,
 }
 
 impl SharedGrad {
@@ -254,8 +254,46 @@ impl SharedGrad {
     /// addition commutes. The values then match those of workers in processes apart to the
     /// bit when each part is one block of the product's depth (at most 256 samples per
     /// worker, on a device of one thread); otherwise they differ by rounding.
-    pub fn own_part_first(&self) -> bool {
+    fn own_part_first(&self) -> bool {
         self.member <= 1
+    }
+
+    /// Right after the layer's backward on this worker: writes this worker's own part into
+    /// its rows, if that part comes first.
+    pub fn after_own_backward(&mut self, net: &mut NeuralNet) -> Result<()> {
+        if !self.own_part_first() {
+            return Ok(());
+        }
+        net.param_grad_rows(
+            self.layer,
+            self.position,
+            self.start,
+            None,
+            false,
+            &mut self.rows,
+        )
+    }
+
+    /// Once every worker's backward pass is done: adds the other parts to this worker's rows
+    /// (all of them, in the workers' order, when its own part did not come first).
+    pub fn after_group_backward(&mut self, net: &mut NeuralNet) -> Result<()> {
+        let mut written = self.own_part_first();
+        for batch in &self.batches {
+            if batch.is_none() && self.own_part_first() {
+                continue;
+            }
+            let batch = batch.as_ref().map(|(x, dy)| (x.as_slice(), dy.as_slice()));
+            net.param_grad_rows(
+                self.layer,
+                self.position,
+                self.start,
+                batch,
+                written,
+                &mut self.rows,
+            )?;
+            written = true;
+        }
+        Ok(())
     }
 }
 

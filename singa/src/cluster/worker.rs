@@ -205,17 +205,8 @@ impl WorkerLink {
             self.handle(msg, step)?;
         }
         for i in 0..self.shared.len() {
-            let s = &mut self.shared[i];
-            let mut written = s.own_part_first();
-            for batch in &s.batches {
-                if batch.is_none() && s.own_part_first() {
-                    continue;
-                }
-                let batch = batch.as_ref().map(|(x, dy)| (x.as_slice(), dy.as_slice()));
-                net.param_grad_rows(s.layer, s.position, s.start, batch, written, &mut s.rows)?;
-                written = true;
-            }
-            let param = s.param;
+            self.shared[i].after_group_backward(net)?;
+            let param = self.shared[i].param;
             self.send_gradients(store, param, step)?;
         }
         Ok(())
@@ -496,13 +487,8 @@ impl GradientSink for SendGradients<'_> {
         for i in 0..self.link.ready_after[layer].len() {
             let p = self.link.ready_after[layer][i];
             match self.link.shared_index[p] {
-                // This worker's own batch's part of its rows now (when it comes first); the
-                // rest, and the sending, once every backward pass is done.
-                Some(s) if self.link.shared[s].own_part_first() => {
-                    let s = &mut self.link.shared[s];
-                    net.param_grad_rows(s.layer, s.position, s.start, None, false, &mut s.rows)?;
-                }
-                Some(_) => {}
+                // The rest, and the sending, once every backward pass is done.
+                Some(s) => self.link.shared[s].after_own_backward(net)?,
                 None => self.link.send_gradients(self.store, p, self.step)?,
             }
         }
