@@ -31,6 +31,7 @@ fn train(job: &JobConfig, ws: &Path, existing: Existing) -> singa_core::Result<T
             threads: None,
             workspace: Some(ws.to_path_buf()),
             existing,
+            ..Default::default()
         },
     )?;
     trainer.run(&mut Silent)?;

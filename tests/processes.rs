@@ -25,6 +25,7 @@ fn options(workspace: Option<&Path>, existing: Existing) -> TrainOptions {
         threads: Some(2),
         workspace: workspace.map(Path::to_path_buf),
         existing,
+        ..Default::default()
     }
 }
 

@@ -21,6 +21,7 @@ fn train(
         threads: None,
         workspace: Some(workspace.to_path_buf()),
         existing,
+        ..Default::default()
     };
     let mut t = Trainer::new(job, &Registry::builtin(), &options).unwrap();
     let s = t.run(&mut Silent).unwrap();

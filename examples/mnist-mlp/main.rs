@@ -18,6 +18,7 @@ fn main() -> singa_core::Result<()> {
         threads: None,
         workspace: Some("runs/mnist-mlp-code".into()),
         existing: Existing::Overwrite,
+        ..Default::default()
     };
     let mut trainer = Trainer::new(&net::job(&data), &Registry::builtin(), &options)?;
     let summary = trainer.run(&mut Progress::new())?;

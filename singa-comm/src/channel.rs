@@ -1,5 +1,6 @@
 //! The in-process transport: one `flume` channel per endpoint.
 
+use crate::fabric::{is_control, Traffic};
 use crate::wire::Wire;
 use singa_core::abi::{ROption, RResult};
 use singa_core::park::Waiter;
@@ -28,11 +29,37 @@ fn placeholder(addr: Addr) -> Msg {
     }
 }
 
-/// Payload bytes sent through a network, for measurements.
+/// Messages and payload bytes sent through a network, for measurements: training traffic
+/// (parameters, bridges) and the control plane (commands, reports, updater state) apart.
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) messages: AtomicU64,
-    pub(crate) bytes: AtomicU64,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    control_messages: AtomicU64,
+    control_bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Counts `msg`.
+    pub(crate) fn add(&self, msg: &Msg) {
+        let bytes = payload_bytes(msg);
+        let (m, b) = match is_control(msg.kind) {
+            false => (&self.messages, &self.bytes),
+            true => (&self.control_messages, &self.control_bytes),
+        };
+        m.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// What was counted so far.
+    pub(crate) fn read(&self) -> Traffic {
+        Traffic {
+            messages: self.messages.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            control_messages: self.control_messages.load(Ordering::Relaxed),
+            control_bytes: self.control_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl ChannelNetwork {
@@ -132,11 +159,8 @@ impl ChannelEndpoint {
 
     /// Messages and payload bytes sent so far by all endpoints of this network (in a
     /// [`ProcessNetwork`](crate::ProcessNetwork), those within a process included).
-    pub fn traffic(&self) -> (u64, u64) {
-        (
-            self.counters.messages.load(Ordering::Relaxed),
-            self.counters.bytes.load(Ordering::Relaxed),
-        )
+    pub fn traffic(&self) -> Traffic {
+        self.counters.read()
     }
 
     fn send_msg(&mut self, mut msg: Msg) -> Result<()> {
@@ -144,7 +168,7 @@ impl ChannelEndpoint {
         let route = self.peers.get(&dst).ok_or_else(|| {
             Error::invalid(format!("{}: no endpoint {dst} in this network", self.addr))
         })?;
-        let bytes = payload_bytes(&msg);
+        self.counters.add(&msg);
         let inbox = match route {
             Route::Direct(inbox) => inbox,
             Route::Router(inbox) => {
@@ -158,8 +182,6 @@ impl ChannelEndpoint {
         if !deliver(inbox, msg) {
             return Err(Error::invalid(format!("{}: {dst} has stopped", self.addr)));
         }
-        self.counters.messages.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
@@ -243,7 +265,8 @@ mod tests {
             assert!(p.shares_storage(&t), "no copy in one process");
             assert_eq!(p.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
         }
-        assert_eq!(worker.traffic(), (5, 5 * 12));
+        let t = worker.traffic();
+        assert_eq!((t.messages, t.bytes), (5, 5 * 12));
         assert!(
             server.recv(10).into_result().unwrap().is_none(),
             "times out"

@@ -1,16 +1,24 @@
 //! Transports: the engines under singa-core's [`Transport`](singa_core::Transport) trait.
 //!
-//! Workers, servers and stubs see only that trait. In one process they are threads and talk
-//! over [`flume`] channels ([`ChannelNetwork`]); a message's payload is a tensor handle, so
-//! nothing is copied or serialised on the way. A [`ProcessNetwork`] spreads the endpoints over
-//! several processes, each with a router (SINGA's stub) that forwards what crosses between
-//! them, its payload copied.
+//! Workers, servers and stubs see only that trait. The runtime places its endpoints on ranks
+//! (processes) and gets each rank's endpoints from a [`Fabric`]: in one process they are
+//! threads that talk over [`flume`] channels, a message's payload a tensor handle, nothing
+//! copied ([`ChannelNetwork`]); with several ranks each has a router (SINGA's stub) that
+//! forwards what crosses between them, its payload copied: between processes emulated inside
+//! this one ([`ProcessNetwork`], for tests) or between real processes over MPI (`MpiFabric`,
+//! feature `mpi`).
 
 #![warn(missing_docs)]
 
 mod channel;
+#[cfg(any(feature = "mpi", test))]
+mod codec;
+mod fabric;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod process;
 mod wire;
 
 pub use channel::{ChannelEndpoint, ChannelNetwork};
+pub use fabric::{is_control, Endpoints, Fabric, LocalFabric, Placement, Traffic};
 pub use process::{stub_addr, ProcessNetwork};

@@ -13,10 +13,10 @@
 //! and bridge traffic of workers and servers needs no change for it: they already copy what
 //! they receive from another process.
 
-use crate::channel::{deliver, payload_bytes, queue, ChannelEndpoint, Counters, Inbox, Route};
+use crate::channel::{deliver, queue, ChannelEndpoint, Counters, Inbox, Route};
+use crate::fabric::Traffic;
 use singa_core::{Addr, Error, Msg, MsgKind, Result, Role};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -35,33 +35,67 @@ pub fn stub_addr(process: usize) -> Addr {
     }
 }
 
+/// The process of every address of `placement` (`placement[p]`: the addresses of process
+/// `p`); refuses an address twice, and routers' addresses (the network makes those).
+pub(crate) fn process_of(placement: &[Vec<Addr>]) -> Result<HashMap<Addr, usize>> {
+    let mut process_of = HashMap::new();
+    for (p, addrs) in placement.iter().enumerate() {
+        for &a in addrs {
+            if a.role == Role::Stub {
+                return Err(Error::invalid(format!(
+                    "{a} names a router, which the network makes itself"
+                )));
+            }
+            if process_of.insert(a, p).is_some() {
+                return Err(Error::invalid(format!("two endpoints are both {a}")));
+            }
+        }
+    }
+    Ok(process_of)
+}
+
+/// The endpoints of process `p`'s addresses `mine`: they reach each other directly and every
+/// other address of `process_of` through `router` (their process's router). Returns the
+/// endpoints, and the queues of `mine` for the router to deliver into.
+pub(crate) fn process_endpoints(
+    p: usize,
+    mine: &[Addr],
+    process_of: &HashMap<Addr, usize>,
+    router: &Inbox,
+    sent: &Arc<Counters>,
+) -> (Vec<ChannelEndpoint>, HashMap<Addr, Inbox>) {
+    let queues: Vec<(Addr, Inbox, flume::Receiver<Msg>)> = mine
+        .iter()
+        .map(|&a| {
+            let (inbox, rx) = queue(a);
+            (a, inbox, rx)
+        })
+        .collect();
+    let local: HashMap<Addr, Inbox> = queues.iter().map(|(a, i, _)| (*a, i.clone())).collect();
+    let routes: HashMap<Addr, Route> = process_of
+        .iter()
+        .map(|(&a, &q)| match q == p {
+            true => (a, Route::Direct(local[&a].clone())),
+            false => (a, Route::Router(router.clone())),
+        })
+        .collect();
+    let routes = Arc::new(routes);
+    let endpoints = queues
+        .into_iter()
+        .map(|(a, inbox, rx)| ChannelEndpoint::new(a, rx, inbox.1, &routes, sent))
+        .collect();
+    (endpoints, local)
+}
+
 impl ProcessNetwork {
     /// Connects the endpoints of `placement[p]`, the addresses that live in process `p`: one
     /// endpoint per address, by process, in the order given. Any endpoint can send to any
     /// other; addresses must be distinct.
     pub fn connect(placement: &[Vec<Addr>]) -> Result<(ProcessNetwork, Vec<Vec<ChannelEndpoint>>)> {
-        let mut process_of = HashMap::new();
-        let mut queues = Vec::with_capacity(placement.len());
-        for (p, addrs) in placement.iter().enumerate() {
-            let mut mine = Vec::with_capacity(addrs.len());
-            for &a in addrs {
-                if a.role == Role::Stub {
-                    return Err(Error::invalid(format!(
-                        "{a} names a router, which the network makes itself"
-                    )));
-                }
-                if process_of.insert(a, p).is_some() {
-                    return Err(Error::invalid(format!("two endpoints are both {a}")));
-                }
-                let (inbox, rx) = queue(a);
-                mine.push((a, inbox, rx));
-            }
-            queues.push(mine);
-        }
+        let process_of = Arc::new(process_of(placement)?);
         let stubs: Vec<(Inbox, flume::Receiver<Msg>)> =
             (0..placement.len()).map(|p| queue(stub_addr(p))).collect();
         let stub_inboxes: Arc<Vec<Inbox>> = Arc::new(stubs.iter().map(|s| s.0.clone()).collect());
-        let process_of = Arc::new(process_of);
         let sent = Arc::new(Counters::default());
         let crossed = Arc::new(Counters::default());
         // Routers join the network as they start, so that a failure stops those started.
@@ -70,22 +104,9 @@ impl ProcessNetwork {
             crossed: Arc::clone(&crossed),
         };
         let mut endpoints = Vec::new();
-        for (p, ((stub_inbox, stub_rx), mine)) in stubs.into_iter().zip(queues).enumerate() {
-            let local: HashMap<Addr, Inbox> =
-                mine.iter().map(|(a, i, _)| (*a, i.clone())).collect();
-            let routes: HashMap<Addr, Route> = process_of
-                .iter()
-                .map(|(&a, &q)| match q == p {
-                    true => (a, Route::Direct(local[&a].clone())),
-                    false => (a, Route::Router(stub_inbox.clone())),
-                })
-                .collect();
-            let routes = Arc::new(routes);
-            endpoints.push(
-                mine.into_iter()
-                    .map(|(a, inbox, rx)| ChannelEndpoint::new(a, rx, inbox.1, &routes, &sent))
-                    .collect(),
-            );
+        for (p, ((stub_inbox, stub_rx), mine)) in stubs.into_iter().zip(placement).enumerate() {
+            let (ends, local) = process_endpoints(p, mine, &process_of, &stub_inbox, &sent);
+            endpoints.push(ends);
             let router = Router {
                 addr: stub_addr(p),
                 inbox: stub_rx,
@@ -108,11 +129,8 @@ impl ProcessNetwork {
     }
 
     /// Messages and payload bytes that went from one process to another so far.
-    pub fn traffic(&self) -> (u64, u64) {
-        (
-            self.crossed.messages.load(Ordering::Relaxed),
-            self.crossed.bytes.load(Ordering::Relaxed),
-        )
+    pub fn traffic(&self) -> Traffic {
+        self.crossed.read()
     }
 }
 
@@ -170,9 +188,7 @@ impl Router {
             if let Some(inbox) = self.local.get(&msg.dst) {
                 deliver(inbox, msg);
             } else if let Some(&p) = self.process_of.get(&msg.dst) {
-                let bytes = payload_bytes(&msg);
-                self.crossed.messages.fetch_add(1, Ordering::Relaxed);
-                self.crossed.bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.crossed.add(&msg);
                 deliver(&self.stubs[p], msg);
             }
         }
@@ -233,7 +249,7 @@ mod tests {
             .unwrap();
         let m = recv(&mut srv);
         assert!(m.payload.into_option().unwrap().shares_storage(&t));
-        assert_eq!(net.traffic(), (0, 0), "nothing crossed");
+        assert_eq!(net.traffic(), Traffic::default(), "nothing crossed");
 
         w1.send(msg(worker(1), server(0), 0, Some(t.clone())))
             .into_result()
@@ -245,14 +261,14 @@ mod tests {
         let p = m.payload.into_option().unwrap();
         assert!(!p.shares_storage(&t));
         assert_eq!(p.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
-        assert_eq!(net.traffic(), (1, 12));
+        assert_eq!((net.traffic().messages, net.traffic().bytes), (1, 12));
 
         // Answers go back through both routers, and empty messages cross too.
         srv.send(msg(server(0), worker(1), 0, None))
             .into_result()
             .unwrap();
         assert_eq!(recv(&mut w1).src, server(0));
-        assert_eq!(net.traffic(), (2, 12));
+        assert_eq!((net.traffic().messages, net.traffic().bytes), (2, 12));
     }
 
     #[test]

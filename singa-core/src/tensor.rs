@@ -297,6 +297,39 @@ impl Tensor {
         unsafe { self.device().raw().write(self.view(), bytes.into()) }.into_result()
     }
 
+    /// Copies the elements' bytes (native order) into `out`, which must hold exactly
+    /// `numel · dtype size` bytes: what a transport between processes sends, whatever the
+    /// dtype.
+    pub fn read_bytes(&self, out: &mut [u8]) -> Result<()> {
+        self.check_bytes("read_bytes", out.len())?;
+        let _access = Access::new("read_bytes", &[], &[self])?;
+        // SAFETY: the view is this tensor's own, and the byte length was checked.
+        unsafe { self.device().raw().read(self.view(), out.into()) }.into_result()
+    }
+
+    /// Overwrites the elements with the bytes `data` (native order; exactly `numel · dtype
+    /// size` of them): what a transport between processes receives.
+    pub fn write_bytes(&mut self, data: &[u8]) -> Result<()> {
+        self.check_bytes("write_bytes", data.len())?;
+        let _access = Access::new("write_bytes", &[self], &[])?;
+        // SAFETY: the view is this tensor's own, and the byte length was checked.
+        unsafe { self.device().raw().write(self.view(), data.into()) }.into_result()
+    }
+
+    fn check_bytes(&self, what: &str, len: usize) -> Result<()> {
+        let want = self.numel() * self.dtype.size();
+        if len != want {
+            return Err(Error::shape(
+                what,
+                format!(
+                    "{len} bytes for a tensor of shape {} and dtype {} ({want} bytes)",
+                    self.shape, self.dtype
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_host<T: Element>(&self, what: &str, len: usize) -> Result<()> {
         if T::DTYPE != self.dtype {
             return Err(Error::invalid(format!(

@@ -21,6 +21,15 @@ pub enum Role {
     Server,
     /// Routes messages for one process (SINGA's stub).
     Stub,
+    /// A worker's end of its group's bridges (activations and gradients between workers
+    /// that hold differently split layers).
+    Bridge,
+    /// Where a worker takes commands from the coordinator (worker 0's is the coordinator's
+    /// own, where the answers come).
+    Control,
+    /// A process (rank) of the job, as a whole: its id is the rank. Says when the process
+    /// has built its part of the job, or why it could not.
+    Node,
 }
 
 /// Where a message goes: a role, its group, and its index inside the group.
@@ -41,7 +50,13 @@ impl fmt::Display for Addr {
             Role::Worker => "worker",
             Role::Server => "server",
             Role::Stub => "stub",
+            Role::Bridge => "bridge",
+            Role::Control => "control",
+            Role::Node => "rank",
         };
+        if self.role == Role::Node {
+            return write!(f, "{r} {}", self.id);
+        }
         write!(f, "{r} {}.{}", self.group, self.id)
     }
 }
@@ -71,6 +86,16 @@ pub enum MsgKind {
     /// of its group may now read its layers' inputs and output gradients, to compute their
     /// blocks of rows of the group's shared gradients.
     BackwardDone,
+    /// A command from the coordinator: what to do in `target`, its argument in `version`,
+    /// anything larger encoded in the payload.
+    Control,
+    /// An answer to the coordinator: the command it answers in `target`, its argument in
+    /// `version`, whether it succeeded in `slice` (see the runtime's control module), and
+    /// metrics, states or an error encoded in the payload.
+    Report,
+    /// A slice of a parameter's updater state (`target` the parameter, `slice` the slice,
+    /// `version` the state tensor's index): to a server, install it; from a server, here it is.
+    State,
 }
 
 /// One message. In one process the payload is a tensor handle (no copy); across processes the

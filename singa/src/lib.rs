@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod cost;
 pub mod device;
+pub mod engine;
 pub mod net;
 pub mod params;
 pub mod partition;

@@ -300,6 +300,7 @@ fn run(cli: Cli) -> Result<()> {
                 threads,
                 workspace: Some(workspace.clone()),
                 existing,
+                ..Default::default()
             };
             let mut trainer = Trainer::new(&config, &registry, &options)?;
             eprintln!(

@@ -96,6 +96,19 @@ impl ParamStore {
     pub fn numel(&self) -> usize {
         self.entries.iter().map(|e| e.value.numel()).sum()
     }
+
+    /// Per layer of a train net of `layers` layers: the trainable parameters whose gradients
+    /// are complete once that layer's backward is done (the first of their users, since
+    /// backward runs in reverse).
+    pub fn ready_after(&self, layers: usize) -> Vec<Vec<usize>> {
+        let mut ready = vec![Vec::new(); layers];
+        for (id, e) in self.entries.iter().enumerate() {
+            if let (true, Some(&first)) = (e.trainable, e.users.iter().min()) {
+                ready[first].push(id);
+            }
+        }
+        ready
+    }
 }
 
 /// The [`ParamFactory`] a layer sees during setup in a net: it applies the job file's settings

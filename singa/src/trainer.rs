@@ -1,22 +1,25 @@
 //! The training loop of a single worker: TrainOneBatch, updates, display, test, checkpoints.
 
-use crate::algorithm::{self, GradientSink, TrainOneBatch};
+use crate::algorithm;
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::cluster::Cluster;
+use crate::cluster::{self, Cluster, Topology};
 use crate::config::{JobConfig, Validated};
 use crate::device;
+use crate::engine::{Engine, Local};
 use crate::net::{NeuralNet, Part};
 use crate::params::ParamStore;
 use crate::partition::Exchanges;
 use crate::registry::Registry;
 use crate::workspace::{Existing, Workspace};
-use singa_core::{DType, DeviceRef, Error, Phase, Result, Tensor, UpdateArgs, UpdaterBox};
+use singa_comm::{Fabric, LocalFabric};
+use singa_core::{DType, DeviceRef, Error, Phase, Result, Tensor};
 use singa_layers::schedule::LrSchedule;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How to run a job, beyond what the job file says.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TrainOptions {
     /// CPU threads (overrides the job file).
     pub threads: Option<usize>,
@@ -24,6 +27,10 @@ pub struct TrainOptions {
     pub workspace: Option<PathBuf>,
     /// What to do when the workspace already holds a run.
     pub existing: Existing,
+    /// The engine between the job's ranks, when they live in several OS processes (MPI);
+    /// it must connect [`Topology::placement`] with `cluster.nprocs` ranks. `None`: every
+    /// rank in this process.
+    pub fabric: Option<Arc<dyn Fabric>>,
 }
 
 impl Default for TrainOptions {
@@ -32,7 +39,19 @@ impl Default for TrainOptions {
             threads: None,
             workspace: None,
             existing: Existing::Refuse,
+            fabric: None,
         }
+    }
+}
+
+impl std::fmt::Debug for TrainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("threads", &self.threads)
+            .field("workspace", &self.workspace)
+            .field("existing", &self.existing)
+            .field("fabric", &self.fabric.as_ref().map(|f| f.engine()))
+            .finish()
     }
 }
 
@@ -172,16 +191,13 @@ pub struct Trainer {
     train: NeuralNet,
     test: Option<NeuralNet>,
     test_start: Vec<(String, Vec<u64>)>,
-    updater: UpdaterBox,
     state_names: Vec<String>,
-    algorithm: Box<dyn TrainOneBatch>,
-    /// Parameters whose gradients are complete once a layer's backward is done.
-    ready_after: Vec<Vec<usize>>,
     step: u64,
     workspace: Option<Workspace>,
     pending_warnings: Vec<String>,
-    /// The other workers and the servers, when the job has them (this thread is worker 0).
-    cluster: Option<Cluster>,
+    /// Who trains: this thread alone, or the workers and servers of a cluster (this thread
+    /// is worker 0).
+    engine: Box<dyn Engine>,
 }
 
 /// Training steps since the last train report.
@@ -198,63 +214,50 @@ impl Window {
     }
 }
 
-/// Applies the updater to each parameter as soon as its last gradient is computed.
-struct LocalUpdates<'a> {
-    store: &'a mut ParamStore,
-    updater: &'a mut UpdaterBox,
-    ready_after: &'a [Vec<usize>],
-    step: u64,
-    lr: f32,
-    weight_decay: f32,
-}
-
-impl GradientSink for LocalUpdates<'_> {
-    fn layer_done(&mut self, _: &mut NeuralNet, layer: usize) -> Result<()> {
-        for &p in &self.ready_after[layer] {
-            let e = &mut self.store.entries_mut()[p];
-            if e.grads.len() > 1 {
-                let dev = e.value.device().clone();
-                let (first, rest) = e.grads.split_at_mut(1);
-                for g in rest.iter() {
-                    dev.axpby(1.0, g, 1.0, &mut first[0])?;
-                }
-            }
-            let args = UpdateArgs {
-                lr: self.lr * e.lr_mult,
-                weight_decay: self.weight_decay * e.wd_mult,
-                grad_scale: 1.0,
-            };
-            self.updater
-                .update(
-                    self.step,
-                    &args,
-                    &mut e.value,
-                    &e.grads[0],
-                    e.state.as_mut_slice().into(),
-                )
-                .into_result()
-                .map_err(|err| err.context(format!("updating {}", e.name)))?;
-        }
-        Ok(())
-    }
-}
-
 impl Trainer {
     /// Validates `job` against `registry`, creates its device and nets, and opens the workspace
     /// (resuming from its latest checkpoint when asked).
     pub fn new(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
         let Validated { job, schedule } = job.validate(registry)?;
-        let distributed = job.cluster.is_distributed();
-        let exchanges = Exchanges::for_cluster(&job.cluster);
-        let (dev, part) = if distributed {
-            let c = &job.cluster;
-            let part = Part::of_worker(0, 0, c.nworker_groups as u32, c.nworkers_per_group as u32);
-            (
-                crate::cluster::coordinator_device(&job, options.threads)?,
-                part,
-            )
+        let timeout = Duration::from_secs(job.cluster.timeout_secs);
+        // A distributed job: its ranks, connected, and rank 0's endpoints.
+        let ranks = if job.cluster.is_distributed() {
+            let topology = Topology::new(&job.cluster, job.cluster.nprocs);
+            let fabric: Arc<dyn Fabric> = match &options.fabric {
+                Some(f) => Arc::clone(f),
+                None => Arc::new(LocalFabric::connect(&topology.placement())?),
+            };
+            if fabric.ranks() != topology.ranks() {
+                return Err(Error::invalid(format!(
+                    "the job has {} ranks but its fabric ({}) connects {}",
+                    topology.ranks(),
+                    fabric.engine(),
+                    fabric.ranks()
+                )));
+            }
+            let mut ends = fabric.take_rank(0)?;
+            let bridges = job.cluster.nworkers_per_group > 1;
+            let exchanges =
+                Exchanges::for_rank(timeout, &mut ends, &topology.rank_workers(0), bridges)?;
+            Some((topology, fabric, ends, exchanges))
         } else {
-            (device::create(&job.device, options.threads)?, Part::WHOLE)
+            None
+        };
+        let (dev, part, exchanges) = match &ranks {
+            Some((topology, fabric, _, exchanges)) => {
+                let c = &job.cluster;
+                let worker = cluster::worker_device(&job, topology, &**fabric, options.threads);
+                (
+                    device::create(&worker, None)?,
+                    Part::of_worker(0, 0, c.nworker_groups as u32, c.nworkers_per_group as u32),
+                    Arc::clone(exchanges),
+                )
+            }
+            None => (
+                device::create(&job.device, options.threads)?,
+                Part::WHOLE,
+                Exchanges::new(timeout),
+            ),
         };
         let mut store = ParamStore::new();
         let mut train = NeuralNet::build_part(
@@ -299,32 +302,37 @@ impl Trainer {
                     .collect::<Result<_>>()?;
             }
         }
-        let mut ready_after = vec![Vec::new(); train.layers().len()];
-        for (id, e) in store.entries().iter().enumerate() {
-            if let (true, Some(&first)) = (e.trainable, e.users.iter().min()) {
-                ready_after[first].push(id);
-            }
-        }
-        let cluster = if distributed {
-            Some(Cluster::start(
-                &job,
-                registry,
-                &schedule,
+        let ready_after = store.ready_after(train.layers().len());
+        let engine: Box<dyn Engine> = match ranks {
+            Some((topology, fabric, endpoints, exchanges)) => Box::new(Cluster::start(
+                cluster::Start {
+                    job: &job,
+                    registry,
+                    schedule: &schedule,
+                    topology,
+                    fabric,
+                    endpoints,
+                    exchanges,
+                    threads: options.threads,
+                    state_names: state_names.clone(),
+                },
                 &mut train,
                 &store,
-                ready_after.clone(),
-                options.threads,
-                &exchanges,
-            )?)
-        } else {
-            None
+                ready_after,
+            )?),
+            None => Box::new(Local::new(
+                updater,
+                schedule.clone(),
+                job.updater.weight_decay,
+                algorithm::create(job.algorithm),
+                ready_after,
+            )),
         };
         let workspace = match &options.workspace {
             Some(dir) => Some(Workspace::open(dir, options.existing)?),
             None => None,
         };
         let mut trainer = Trainer {
-            algorithm: algorithm::create(job.algorithm),
             job,
             schedule,
             dev,
@@ -332,13 +340,11 @@ impl Trainer {
             train,
             test,
             test_start,
-            updater,
             state_names,
-            ready_after,
             step: 0,
             workspace,
             pending_warnings: Vec::new(),
-            cluster,
+            engine,
         };
         if options.existing == Existing::Resume {
             trainer.resume_latest()?;
@@ -385,11 +391,9 @@ impl Trainer {
                 .restore_layer_state(layer, state)
                 .map_err(|e| Error::checkpoint(&loaded.path, e))?;
         }
-        if let Some(c) = &mut self.cluster {
-            c.restore_layer_states(&loaded.meta.layer_states)
-                .map_err(|e| Error::checkpoint(&loaded.path, e))?;
-            c.push_restored(&self.store, loaded, &self.state_names)?;
-        }
+        self.engine
+            .restore(&self.store, loaded, &loaded.meta.layer_states)
+            .map_err(|e| Error::checkpoint(&loaded.path, e))?;
         self.step = loaded.meta.step;
         Ok(())
     }
@@ -399,9 +403,7 @@ impl Trainer {
         let loaded = checkpoint::load(path)?;
         self.check_layouts(&loaded)?;
         loaded.restore(&mut self.store, &[])?;
-        if let Some(c) = &mut self.cluster {
-            c.push_restored(&self.store, &loaded, &self.state_names)?;
-        }
+        self.engine.restore(&self.store, &loaded, &[])?;
         Ok(loaded.meta.step)
     }
 
@@ -466,34 +468,19 @@ impl Trainer {
 
     /// The workers and servers, if the job has them.
     pub fn cluster(&self) -> Option<&Cluster> {
-        self.cluster.as_ref()
+        self.engine.cluster()
     }
 
     /// Training samples per step: a worker's batch times the workers of its group.
     pub fn samples_per_step(&self) -> usize {
-        let workers = self.cluster.as_ref().map_or(1, |c| c.workers());
-        self.train.batch_size() * workers
+        self.train.batch_size() * self.engine.workers()
     }
 
     /// One training step (TrainOneBatch and the updates); returns its learning rate.
     pub fn train_step(&mut self) -> Result<f32> {
         let lr = self.schedule.lr(self.step);
-        if let Some(c) = &mut self.cluster {
-            c.train_step(&mut self.train, &mut self.store, self.step)
-                .map_err(|e| e.context(format!("step {}", self.step + 1)))?;
-            self.step += 1;
-            return Ok(lr);
-        }
-        let mut sink = LocalUpdates {
-            store: &mut self.store,
-            updater: &mut self.updater,
-            ready_after: &self.ready_after,
-            step: self.step,
-            lr,
-            weight_decay: self.job.updater.weight_decay,
-        };
-        self.algorithm
-            .train_one_batch(&mut self.train, self.step, &mut sink)
+        self.engine
+            .train_step(&mut self.train, &mut self.store, self.step)
             .map_err(|e| e.context(format!("step {}", self.step + 1)))?;
         self.step += 1;
         Ok(lr)
@@ -502,17 +489,12 @@ impl Trainer {
     /// The training metrics accumulated since they were last read (over every worker).
     pub fn train_metrics(&mut self) -> Result<Vec<(String, f64)>> {
         let own = self.train.read_metrics()?;
-        match &mut self.cluster {
-            Some(c) => c.read_metrics(own),
-            None => Ok(own),
-        }
+        self.engine.train_metrics(own)
     }
 
     /// Runs `test_steps` batches of the test data (from its start) and returns the metrics.
     pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
-        if let Some(c) = &mut self.cluster {
-            c.settle(&mut self.store)?;
-        }
+        self.engine.settle(&mut self.store)?;
         let steps = self.job.test_steps;
         let test = self.test.as_mut().ok_or_else(|| {
             Error::config(
@@ -537,9 +519,7 @@ impl Trainer {
             return Ok(None);
         };
         let path = ws.checkpoint_dir().join(checkpoint::file_name(self.step));
-        if let Some(c) = &mut self.cluster {
-            c.settle(&mut self.store)?;
-        }
+        self.engine.settle(&mut self.store)?;
         let meta = CheckpointMeta {
             step: self.step,
             job: self.job.name.clone(),
@@ -547,10 +527,7 @@ impl Trainer {
             layer_states: self.train.layer_states()?,
             transposed: Some(transposed_layers(&self.job)),
         };
-        let extra = match &self.cluster {
-            Some(c) => c.group_states(&self.store, &self.state_names),
-            None => Vec::new(),
-        };
+        let extra = self.engine.checkpoint_state(&mut self.store)?;
         checkpoint::save(&path, &self.store, &self.state_names, &extra, &meta)?;
         Ok(Some(path))
     }
@@ -612,10 +589,8 @@ impl Trainer {
         if window.steps > 0 {
             last_train = self.train_report(&mut window, batch, lr, start, obs)?;
         }
-        if let Some(c) = &mut self.cluster {
-            // The parameters the run leaves are the servers'.
-            c.settle(&mut self.store)?;
-        }
+        // The parameters the run leaves are the servers'.
+        self.engine.settle(&mut self.store)?;
         let test = if self.test.is_some() {
             self.test_report(start, obs)?.metrics
         } else {

@@ -1,19 +1,25 @@
-//! Building a cluster's workers and servers: their nets, the copies of the values each group
-//! and server group works on, and the servers' slices.
+//! Building a rank's workers and servers: their nets, the copies of the values each group
+//! and server group works on (in one process), and the servers' slices.
 
-use super::server::{ServerCore, ServerSlice};
-use super::slices::Slice;
-use super::worker_addr;
+use super::server::{Server, ServerCore, ServerSlice, SyncRole};
+use super::slices::{slice_params, Slice};
+use super::topology::{control_addr, server_addr, worker_addr, Topology};
+use super::worker::{PeerWorker, WorkerLink};
+use super::TransportBox;
 use crate::config::{DeviceConfig, JobConfig};
 use crate::net::{NeuralNet, Part};
 use crate::params::ParamStore;
 use crate::partition::Exchanges;
 use crate::registry::Registry;
+use singa_comm::Endpoints;
+use singa_core::abi::{TD_Opaque, Transport_TO};
 use singa_core::{Addr, DeviceRef, Error, Phase, Result, Tensor};
 use singa_layers::schedule::LrSchedule;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The values of the trainable parameters of `store` (`None` for the others).
-pub(super) fn trainable_values(store: &ParamStore) -> Values {
+fn trainable_values(store: &ParamStore) -> Values {
     store
         .entries()
         .iter()
@@ -21,206 +27,446 @@ pub(super) fn trainable_values(store: &ParamStore) -> Values {
         .collect()
 }
 
-/// A worker built but not started: its address, net and parameters.
-pub(super) type BuiltWorker = (Addr, NeuralNet, ParamStore);
-
 /// A copy of the values of every parameter (`None` for those no server updates).
-pub(super) type Values = Vec<Option<Tensor>>;
+type Values = Vec<Option<Tensor>>;
 
 /// An updater's state tensors for every parameter.
-pub(super) type States = Vec<Vec<Tensor>>;
+type States = Vec<Vec<Tensor>>;
 
-/// The nets of every worker but worker 0 (whose parameters are `store`), each reading its part
-/// of every batch, and each group's values. A group's first worker holds the group's copy of
-/// the values (group 0's are `store`'s); the other workers of the group share it, unless the
-/// job's processes share no memory, when every worker has a copy of its own.
-pub(super) fn worker_nets(
-    job: &JobConfig,
-    registry: &Registry,
-    store: &ParamStore,
-    device: &DeviceConfig,
-    exchanges: &Exchanges,
-) -> Result<(Vec<BuiltWorker>, Vec<Values>)> {
-    let (ngroups, nworkers) = (job.cluster.nworker_groups, job.cluster.nworkers_per_group);
-    let share = !job.cluster.separate_memory();
-    let mut nets: Vec<BuiltWorker> = Vec::new();
-    let mut values = vec![trainable_values(store)];
-    for g in 0..ngroups {
-        // The index in `nets` of the group's first worker (group 0's is `store`'s owner).
-        let mut leader: Option<usize> = None;
-        for i in 0..nworkers {
-            if g == 0 && i == 0 {
-                continue;
-            }
-            let dev = crate::device::create(device, None)?;
-            let mut own = match (leader, g) {
-                _ if !share => ParamStore::new(),
-                (Some(l), _) => ParamStore::sharing_values_of(&nets[l].2),
-                (None, 0) => ParamStore::sharing_values_of(store),
-                (None, _) => ParamStore::new(),
-            };
-            let part = Part::of_worker(g as u32, i as u32, ngroups as u32, nworkers as u32);
-            let addr = worker_addr(g as u32, i as u32);
-            let net = NeuralNet::build_part(
-                job,
-                registry,
-                &dev,
-                &mut own,
-                Phase::TRAIN,
-                part,
-                Some(exchanges),
-            )
-            .map_err(|e| e.context(format!("{addr}")))?;
-            if i == 0 {
-                values.push(trainable_values(&own));
-                leader = Some(nets.len());
-            }
-            nets.push((addr, net, own));
-        }
-    }
-    Ok((nets, values))
+/// What a rank's workers and servers are built from.
+pub(crate) struct Plan<'a> {
+    pub job: &'a JobConfig,
+    pub registry: &'a Registry,
+    pub schedule: &'a LrSchedule,
+    pub topology: &'a Topology,
+    /// Each worker's device (its share of the threads).
+    pub worker_device: DeviceConfig,
+    /// The rank's bridges.
+    pub exchanges: &'a Arc<Exchanges>,
 }
 
-/// The values and updater state of each server group. A server group that serves one worker
-/// group updates that group's values in place; one that serves several keeps a master copy
-/// and refreshes a group's copy after each of its updates (Downpour). With `separate` memory
-/// the servers make values of their own ([`server_cores`]), so there are no masters here
-/// (`None` for every parameter). Server group 0's state is worker 0's (what checkpoints save);
-/// the others have their own.
-pub(super) fn masters_and_states(
-    store: &ParamStore,
-    served: &[Vec<usize>],
-    values: &[Values],
-    dev: &DeviceRef,
-    separate: bool,
-) -> Result<(Vec<Values>, Vec<States>)> {
-    let copy_of = |values: &[Option<Tensor>]| -> Result<Values> {
-        values
+impl Plan<'_> {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.job.cluster.timeout_secs)
+    }
+}
+
+/// Worker 0 of a job, built by the trainer on the coordinating thread: its net, parameters,
+/// and which parameters are complete after each layer's backward.
+pub(crate) struct Lead<'a> {
+    pub net: &'a mut NeuralNet,
+    pub store: &'a ParamStore,
+    pub ready_after: Vec<Vec<usize>>,
+}
+
+/// A rank's workers and servers, built and ready to run.
+pub(crate) struct Rank {
+    /// Worker 0's link, when the rank holds the lead.
+    pub lead: Option<WorkerLink>,
+    /// The workers that run on threads of their own.
+    pub workers: Vec<PeerWorker>,
+    /// The servers that run on threads of their own.
+    pub servers: Vec<Server>,
+    /// The slices of every parameter over the servers of a group.
+    pub slices: Vec<Vec<Slice>>,
+    /// The parameters' names.
+    pub names: Vec<String>,
+    /// The parameters whose gradients the workers of a group compute together.
+    pub shared_grads: Vec<String>,
+}
+
+/// A worker built but not started: its address, net and parameters.
+type BuiltWorker = (Addr, NeuralNet, ParamStore);
+
+/// Builds rank `ends.rank()`'s workers (but `lead`, built already) and servers, taking their
+/// endpoints from `ends`.
+pub(crate) fn build_rank(
+    plan: &Plan<'_>,
+    ends: &mut Endpoints,
+    lead: Option<Lead<'_>>,
+) -> Result<Rank> {
+    let t = plan.topology;
+    let rank = ends.rank();
+    let shared_memory = !t.separate_memory();
+    let mut lead = lead;
+    let mut nets = worker_nets(plan, rank, lead.as_ref().map(|l| l.store))?;
+    // Any worker's parameters tell the servers what they hold; a rank without workers builds
+    // the net once to know.
+    let meta: Vec<ParamInfo> = match (&lead, nets.first()) {
+        (Some(l), _) => ParamInfo::of(l.store),
+        (None, Some((_, _, s))) => ParamInfo::of(s),
+        (None, None) => ParamInfo::of(&parameters_of(plan)?),
+    };
+    let sizes: Vec<usize> = meta
+        .iter()
+        .map(|e| if e.trainable { e.numel } else { 0 })
+        .collect();
+    let slices = slice_params(&sizes, plan.job.cluster.nservers_per_group);
+    let names = meta.iter().map(|e| e.name.clone()).collect();
+    let held = if shared_memory {
+        let lead = lead
+            .as_ref()
+            .ok_or_else(|| Error::invalid("one process without worker 0"))?;
+        Some(SharedHeld::new(t, lead.store, &nets)?)
+    } else {
+        None
+    };
+    let mut shared = match (shared_memory, &mut lead) {
+        (true, Some(l)) => {
+            let mut members: Vec<Vec<(&mut NeuralNet, &ParamStore)>> =
+                (0..plan.job.cluster.nworker_groups)
+                    .map(|_| Vec::new())
+                    .collect();
+            members[0].push((&mut *l.net, l.store));
+            for (addr, n, s) in nets.iter_mut() {
+                members[addr.group as usize].push((n, &*s));
+            }
+            shared_grads(&mut members)?
+        }
+        _ => Vec::new(),
+    };
+    let shared_grads: Vec<String> = shared
+        .iter()
+        .flatten()
+        .next()
+        .map(|l| l.iter().map(|s| meta[s.param].name.clone()).collect())
+        .unwrap_or_default();
+    let mut shared_of = |w: Addr| -> Vec<SharedGrad> {
+        shared
+            .get_mut(w.group as usize)
+            .and_then(|g| g.get_mut(w.id as usize))
+            .map(std::mem::take)
+            .unwrap_or_default()
+    };
+
+    let mut cores: Vec<((usize, usize), ServerCore)> = t
+        .rank_servers(rank)
+        .into_iter()
+        .map(|(h, s)| {
+            Ok((
+                (h, s),
+                server_core(plan, &meta, &slices, h, s, held.as_ref())?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut take_core = |h: usize, s: usize| -> Option<ServerCore> {
+        let i = cores.iter().position(|(k, _)| *k == (h, s))?;
+        Some(cores.swap_remove(i).1)
+    };
+    let boxed =
+        |e: singa_comm::ChannelEndpoint| -> TransportBox { Transport_TO::from_value(e, TD_Opaque) };
+    let mut link_for =
+        |ends: &mut Endpoints, store: &ParamStore, w: Addr, ready_after: Vec<Vec<usize>>| {
+            let g = w.group as usize;
+            let servers = t.server_group(t.server_group_of(g));
+            let link = WorkerLink::new(
+                boxed(ends.take(w)?),
+                store,
+                &slices,
+                &servers,
+                ready_after,
+                plan.timeout(),
+                &t.group(g),
+                shared_of(w),
+            )?;
+            Result::Ok(match t.servers_on_worker_threads() {
+                true => link.with_server(
+                    take_core(g, w.id as usize)
+                        .ok_or_else(|| Error::invalid("one server per worker"))?,
+                ),
+                false => link,
+            })
+        };
+    let lead_link = match lead {
+        Some(l) => Some(link_for(ends, l.store, worker_addr(0, 0), l.ready_after)?),
+        None => None,
+    };
+    let mut workers = Vec::with_capacity(nets.len());
+    for (addr, net, store) in nets {
+        let ready_after = store.ready_after(net.layers().len());
+        let link = link_for(ends, &store, addr, ready_after)?;
+        workers.push(PeerWorker {
+            dev: net.device().clone(),
+            link,
+            net,
+            store,
+            algorithm: crate::algorithm::create(plan.job.algorithm),
+            exchanges: Arc::clone(plan.exchanges),
+            control: boxed(ends.take(control_addr(addr))?),
+        });
+    }
+    let servers = cores
+        .into_iter()
+        .map(|((h, s), core)| {
+            Ok(Server {
+                transport: boxed(ends.take(server_addr(h as u32, s as u32))?),
+                core,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Rank {
+        lead: lead_link,
+        workers,
+        servers,
+        slices,
+        names,
+        shared_grads,
+    })
+}
+
+/// What servers need to know of a parameter.
+struct ParamInfo {
+    name: String,
+    numel: usize,
+    dtype: singa_core::DType,
+    trainable: bool,
+    lr_mult: f32,
+    wd_mult: f32,
+    /// Split along the features over the workers of a group.
+    split: bool,
+}
+
+impl ParamInfo {
+    fn of(store: &ParamStore) -> Vec<ParamInfo> {
+        store
+            .entries()
             .iter()
-            .map(|v| {
-                v.as_ref()
-                    .filter(|_| !separate)
-                    .map(|v| {
-                        let mut m = Tensor::zeros(dev, v.shape(), v.dtype())?;
-                        dev.copy(v, &mut m)?;
-                        Ok(m)
-                    })
-                    .transpose()
+            .map(|e| ParamInfo {
+                name: e.name.clone(),
+                numel: e.value.numel(),
+                dtype: e.value.dtype(),
+                trainable: e.trainable,
+                lr_mult: e.lr_mult,
+                wd_mult: e.wd_mult,
+                split: e.split,
             })
             .collect()
-    };
-    let masters = served
-        .iter()
-        .map(|gs| match gs.as_slice() {
-            [g] if !separate => Ok(values[*g].clone()),
-            _ => copy_of(&values[0]),
-        })
-        .collect::<Result<_>>()?;
-    let states = (0..served.len())
-        .map(|h| {
-            store
-                .entries()
+    }
+}
+
+/// The parameters of the job's train net, for a rank that holds servers but no worker.
+fn parameters_of(plan: &Plan<'_>) -> Result<ParamStore> {
+    let dev = crate::device::create(&plan.worker_device, Some(1))?;
+    let mut store = ParamStore::new();
+    NeuralNet::build(plan.job, plan.registry, &dev, &mut store, Phase::TRAIN)?;
+    Ok(store)
+}
+
+/// The nets of rank `rank`'s workers but worker 0 (whose parameters are `lead`, when the rank
+/// holds it), each reading its part of every batch. In one process a group's first worker
+/// holds the group's copy of the values (group 0's are `lead`'s) and the other workers of the
+/// group share it; with ranks apart every worker has a copy of its own.
+fn worker_nets(
+    plan: &Plan<'_>,
+    rank: usize,
+    lead: Option<&ParamStore>,
+) -> Result<Vec<BuiltWorker>> {
+    let t = plan.topology;
+    let c = &plan.job.cluster;
+    let share = !t.separate_memory();
+    let mut nets: Vec<BuiltWorker> = Vec::new();
+    for w in t.rank_workers(rank) {
+        if w == worker_addr(0, 0) && lead.is_some() {
+            continue;
+        }
+        let g = w.group as usize;
+        let dev = crate::device::create(&plan.worker_device, None)?;
+        // The index in `nets` of the group's first worker, which holds its values.
+        let leader = nets
+            .iter()
+            .position(|(a, _, _)| a.group == w.group && a.id == 0);
+        let mut own = match (share, leader, g, lead) {
+            (false, ..) => ParamStore::new(),
+            (true, Some(l), _, _) => ParamStore::sharing_values_of(&nets[l].2),
+            (true, None, 0, Some(store)) => ParamStore::sharing_values_of(store),
+            _ => ParamStore::new(),
+        };
+        let part = Part::of_worker(
+            w.group,
+            w.id,
+            c.nworker_groups as u32,
+            c.nworkers_per_group as u32,
+        );
+        let net = NeuralNet::build_part(
+            plan.job,
+            plan.registry,
+            &dev,
+            &mut own,
+            Phase::TRAIN,
+            part,
+            Some(plan.exchanges),
+        )
+        .map_err(|e| e.context(format!("{w}")))?;
+        nets.push((w, net, own));
+    }
+    Ok(nets)
+}
+
+/// In one process, what the server groups update in place: a server group that serves one
+/// worker group updates that group's values; one that serves several keeps a master copy and
+/// refreshes a group's copy after each of its updates (Downpour). Server group 0's updater
+/// state is worker 0's (the trainer's); the others have their own.
+struct SharedHeld {
+    /// Each server group's values.
+    masters: Vec<Values>,
+    /// Each server group's updater state.
+    states: Vec<States>,
+    /// Each worker group's values.
+    replicas: Vec<Values>,
+}
+
+impl SharedHeld {
+    fn new(t: &Topology, lead: &ParamStore, nets: &[BuiltWorker]) -> Result<SharedHeld> {
+        let dev = lead
+            .entries()
+            .first()
+            .map(|e| e.value.device().clone())
+            .ok_or_else(|| Error::invalid("the net has no parameters to train"))?;
+        let mut replicas = vec![trainable_values(lead)];
+        for (a, _, s) in nets {
+            if a.id == 0 {
+                replicas.push(trainable_values(s));
+            }
+        }
+        let c = t.cluster();
+        let copy_of = |values: &[Option<Tensor>]| -> Result<Values> {
+            values
                 .iter()
-                .map(|e| match h {
-                    0 => Ok(e.state.clone()),
-                    _ => e
-                        .state
-                        .iter()
-                        .map(|s| Tensor::zeros(dev, s.shape(), s.dtype()))
-                        .collect(),
+                .map(|v| {
+                    v.as_ref()
+                        .map(|v| {
+                            let mut m = Tensor::zeros(&dev, v.shape(), v.dtype())?;
+                            dev.copy(v, &mut m)?;
+                            Ok(m)
+                        })
+                        .transpose()
                 })
                 .collect()
+        };
+        let masters = (0..c.nserver_groups)
+            .map(|h| match t.served_by(h).as_slice() {
+                [g] => Ok(replicas[*g].clone()),
+                _ => copy_of(&replicas[0]),
+            })
+            .collect::<Result<_>>()?;
+        let states = (0..c.nserver_groups)
+            .map(|h| {
+                lead.entries()
+                    .iter()
+                    .map(|e| match h {
+                        0 => Ok(e.state.clone()),
+                        _ => e
+                            .state
+                            .iter()
+                            .map(|s| Tensor::zeros(&dev, s.shape(), s.dtype()))
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        Ok(SharedHeld {
+            masters,
+            states,
+            replicas,
         })
-        .collect::<Result<_>>()?;
-    Ok((masters, states))
+    }
 }
 
-/// What the server groups hold, by server group (`served`, `masters`, `states`) and by worker
-/// group (`replicas`: each group's values; `groups`: its workers). With `separate` memory a
-/// server sends its own values to the workers, which copy them.
-pub(super) struct Held<'a> {
-    /// Whether the job's processes share no memory (`cluster.nprocs > 1`).
-    pub separate: bool,
-    pub served: &'a [Vec<usize>],
-    pub masters: &'a [Values],
-    pub states: &'a [States],
-    pub replicas: &'a [Values],
-    pub groups: &'a [Vec<Addr>],
-}
-
-/// The servers of every server group, each over its slices of its group's values and state
-/// (`Option`s, so that workers can take the servers that run beside them).
-pub(super) fn server_cores(
-    job: &JobConfig,
-    registry: &Registry,
-    schedule: &LrSchedule,
-    store: &ParamStore,
+/// Server `s` of server group `h`, over its slices: in one process (`held`), views of what its
+/// group updates in place; with ranks apart, values and state of its own (zero until a
+/// `Put` and the coordinator's `State` messages).
+fn server_core(
+    plan: &Plan<'_>,
+    meta: &[ParamInfo],
     slices: &[Vec<Slice>],
-    held: Held<'_>,
-) -> Result<Vec<Vec<Option<ServerCore>>>> {
-    let ut = registry
+    h: usize,
+    s: usize,
+    held: Option<&SharedHeld>,
+) -> Result<ServerCore> {
+    let t = plan.topology;
+    let job = plan.job;
+    let ut = plan
+        .registry
         .updater(&job.updater.type_name)
         .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
+    let updater = (ut.create)(&job.updater.fields).into_result()?;
+    let slots = updater.state_names().into_result()?.len();
     let one_thread = DeviceConfig {
         threads: Some(1),
         ..job.device.clone()
     };
-    let mut cores = Vec::with_capacity(held.served.len());
-    for (h, gs) in held.served.iter().enumerate() {
-        let mut group_cores = Vec::new();
-        for s in 0..job.cluster.nservers_per_group {
-            let core_dev = crate::device::create(&one_thread, None)?;
-            let mut mine = Vec::new();
-            for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
-                let e = &store.entries()[sl.param];
-                let n = e.value.numel();
-                let view = |t: &Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
-                let of = |t: &Option<Tensor>| -> Result<Tensor> {
-                    view(t.as_ref().expect("trainable parameters have values"))
-                };
-                // With separate memory a server's values are its own, zero until a `Put`.
-                let value = match held.separate {
-                    true => Tensor::zeros(&core_dev, [sl.len], e.value.dtype())?,
-                    false => of(&held.masters[h][sl.param])?,
-                };
-                mine.push(ServerSlice {
+    let dev: DeviceRef = crate::device::create(&one_thread, None)?;
+    let served = t.served_by(h);
+    let mut mine = Vec::new();
+    for sl in slices.iter().flatten().filter(|sl| sl.server == s) {
+        let e = &meta[sl.param];
+        let n = e.numel;
+        let view = |t: &Tensor| t.reshape([n])?.narrow(sl.offset, sl.len);
+        let of = |t: &Option<Tensor>| -> Result<Tensor> {
+            view(t.as_ref().expect("trainable parameters have values"))
+        };
+        let zeros = || Tensor::zeros(&dev, [sl.len], e.dtype);
+        let slice = match held {
+            Some(held) => ServerSlice {
+                key: (sl.param as u32, sl.index),
+                value: of(&held.masters[h][sl.param])?,
+                state: held.states[h][sl.param]
+                    .iter()
+                    .map(view)
+                    .collect::<Result<_>>()?,
+                lr_mult: e.lr_mult,
+                wd_mult: e.wd_mult,
+                replicas: served
+                    .iter()
+                    .map(|&g| of(&held.replicas[g][sl.param]))
+                    .collect::<Result<_>>()?,
+                sum: None,
+            },
+            None => {
+                let value = zeros()?;
+                ServerSlice {
                     key: (sl.param as u32, sl.index),
                     value: value.clone(),
-                    state: held.states[h][sl.param]
-                        .iter()
-                        .map(view)
-                        .collect::<Result<_>>()?,
+                    state: (0..slots).map(|_| zeros()).collect::<Result<_>>()?,
                     lr_mult: e.lr_mult,
                     wd_mult: e.wd_mult,
-                    replicas: match (held.separate, gs.len()) {
-                        (false, _) => gs
-                            .iter()
-                            .map(|&g| of(&held.replicas[g][sl.param]))
-                            .collect::<Result<_>>()?,
-                        // What a group reads while the server updates for another: a copy.
-                        (true, n) if n > 1 => (0..n)
-                            .map(|_| Tensor::zeros(&core_dev, [sl.len], e.value.dtype()))
-                            .collect::<Result<_>>()?,
-                        (true, _) => vec![value],
+                    // What a group reads while the server updates for another: a copy.
+                    replicas: match served.len() {
+                        1 => vec![value],
+                        k => (0..k).map(|_| zeros()).collect::<Result<_>>()?,
                     },
-                    sum: match held.separate && e.split && job.cluster.nworkers_per_group > 1 {
-                        true => Some(Tensor::zeros(&core_dev, [sl.len], e.value.dtype())?),
+                    // Workers that each hold a whole gradient of a parameter split along the
+                    // features, zero outside their rows: summing into one of them would leave
+                    // other rows in it for the next step.
+                    sum: match e.split && job.cluster.nworkers_per_group > 1 {
+                        true => Some(zeros()?),
                         false => None,
                     },
-                });
+                }
             }
-            group_cores.push(Some(ServerCore::new(
-                core_dev,
-                (ut.create)(&job.updater.fields).into_result()?,
-                schedule.clone(),
-                job.updater.weight_decay,
-                mine,
-                gs.iter().map(|&g| held.groups[g].clone()).collect(),
-            )));
-        }
-        cores.push(group_cores);
+        };
+        mine.push(slice);
     }
-    Ok(cores)
+    let core = ServerCore::new(
+        dev,
+        updater,
+        plan.schedule.clone(),
+        job.updater.weight_decay,
+        mine,
+        served.iter().map(|&g| t.group(g)).collect(),
+    );
+    // Hogwild: server s of every group synchronises with server s of group 0.
+    Ok(match job.cluster.hogwild_sync_freq() {
+        Some(_) => core.with_sync(match h {
+            0 => SyncRole::Leader(
+                (1..job.cluster.nserver_groups)
+                    .map(|f| t.server_at(f, s))
+                    .collect(),
+            ),
+            _ => SyncRole::Follower(t.server_at(0, s)),
+        }),
+        None => core,
+    })
 }
 
 /// A parameter whose gradient the workers of a group compute together (data parallelism in
@@ -307,7 +553,7 @@ pub(super) const MAX_SHARING_WORKERS: usize = singa_core::tensor::MAX_REGIONS / 
 /// shared when its layer agrees (a layer implementing `Layer::param_grad_rows`), it is
 /// trainable, used by that layer alone, and not already split over the workers. Groups of one
 /// worker share nothing, nor do groups of more than [`MAX_SHARING_WORKERS`].
-pub(super) fn shared_grads(
+fn shared_grads(
     groups: &mut [Vec<(&mut NeuralNet, &ParamStore)>],
 ) -> Result<Vec<Vec<Vec<SharedGrad>>>> {
     let mut all = Vec::with_capacity(groups.len());

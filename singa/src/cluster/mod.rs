@@ -1,187 +1,136 @@
 //! SINGA's training architecture: worker groups that compute gradients and server groups that
 //! hold the parameters and update them, talking through a [`Transport`](singa_core::Transport).
 //!
-//! The coordinating thread (the [`Trainer`](crate::trainer::Trainer)'s) is worker 0 of group
-//! 0; the other workers run on their own threads, and so do the servers unless each sits beside
-//! a worker (AllReduce, Hogwild), when the worker's thread runs it. Each worker reads its part
-//! of every batch; a layer split along the features (`partition_dim = 1`) has a block of its
-//! neurons on each worker of the group, with bridges between differently split layers (see
-//! [`crate::partition`]). In one
-//! process the workers of a group share one copy of the parameter values; a server group that
-//! serves one worker group updates that copy in place, one that serves several (Downpour) keeps
-//! a master copy and refreshes a group's copy after each of its updates.
+//! A job's workers and servers are placed on ranks (processes) by its [`Topology`]; a
+//! [`Fabric`] (threads of one process, processes emulated in this one, or MPI) gives each rank
+//! the endpoints of what it holds, and each rank builds only its own workers and servers
+//! (`build.rs`). Rank 0 runs the [`Cluster`]: the coordinator, on the trainer's thread, which
+//! runs worker 0 itself and commands every other worker, wherever it lives, through the
+//! control plane (`control.rs`): start a step, report metrics, restore layer states, take part
+//! in a synchronisation or a refresh, send or take in updater state, stop. Every other rank
+//! runs [`run_rank`]. Nothing crosses between ranks but messages.
 //!
 //! A step: every worker runs TrainOneBatch and sends each parameter's gradient slices to their
 //! servers as soon as the layer that computes them is done; a server waits for the gradients
 //! of every worker of a group, sums them, runs the updater and sends the fresh values back; a
-//! worker's step ends when every slice it sent came back. In one process, the workers of a group
-//! compute the weight gradients their layers can share together instead (see
-//! [`singa_core::Layer::param_grad_rows`]): each a block of rows over every worker's batch, into
-//! one gradient, once every colleague's backward pass is done (`BackwardDone`); the servers then
-//! have no sum to make. The coordinator starts a step on
-//! every worker and waits for all of them, so asynchronous groups are at most one step apart,
-//! unless `cluster.staleness` lets other groups lag group 0 by up to that many steps.
-//! Hogwild's server groups average their values every `sync_freq` steps with a round of `Sync`
-//! messages: server `s` of each group sends its slices to server `s` of group 0, which sends
-//! the averages back.
+//! worker's step ends when every slice it sent came back. In one process the workers of a
+//! group share one copy of the values, each server sits on the thread of the worker beside it
+//! (AllReduce), and the workers of a group compute the weight gradients their layers can
+//! share together (see [`singa_core::Layer::param_grad_rows`]): each a block of rows over
+//! every worker's batch, into one gradient, once every colleague's backward pass is done
+//! (`BackwardDone`); the servers then have no sum to make. A server group that serves several
+//! worker groups (Downpour) keeps a master copy and refreshes a group's copy after each of its
+//! updates. With ranks apart every worker has its own copy of the values and every server its
+//! own slices, on a thread of its own; the servers start from worker 0's values (`Put`) and the
+//! workers fetch theirs (`Get`).
 //!
-//! With `cluster.nprocs > 1` the workers and servers are spread over processes that share no
-//! values (see `processes.rs`): every worker has its own copy and every server its own slices, on
-//! a thread of its own; the servers start from worker 0's values (`Put`), the workers fetch
-//! theirs (`Get`), and what crosses between processes goes through their routers as a copy.
-//! The processes run inside this one, and two things still bypass the routers: the
-//! coordinator's commands to the workers (start a step, read metrics, restore layer states),
-//! which travel over channels, and the updater state, which server group 0 keeps in worker
-//! 0's parameter store and the coordinator reads and writes directly for checkpoints (the
-//! other server groups' too). Across machines both will need messages of their own.
+//! The coordinator starts a step on every worker and waits for all of them, so asynchronous
+//! groups are at most one step apart, unless `cluster.staleness` lets other groups lag group
+//! 0 by up to that many steps. Hogwild's server groups average their values every `sync_freq`
+//! steps with a round of `Sync` messages: server `s` of each group sends its slices to server
+//! `s` of group 0, which sends the averages back. For a checkpoint the coordinator gathers
+//! every server's updater state (`State` messages), and after a resume sends it back, so a
+//! checkpoint is the same file whatever the number of ranks.
 
 mod build;
-mod processes;
+mod control;
+mod node;
 mod server;
 mod slices;
+pub mod topology;
 mod worker;
 
+pub use node::run_rank;
 pub use slices::{slice_params, Slice, MIN_SLICE};
+pub use topology::Topology;
 
 use crate::algorithm::{self, TrainOneBatch};
-use crate::config::{ClusterConfig, DeviceConfig, JobConfig};
+use crate::checkpoint::Loaded;
+use crate::config::{DeviceConfig, JobConfig};
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
 use crate::partition::Exchanges;
 use crate::registry::Registry;
-use server::{Server, SyncRole};
-use singa_comm::{ChannelEndpoint, ProcessNetwork};
+use control::{Op, Outcome, Report};
+use server::Server;
+use singa_comm::{Endpoints, Fabric, Traffic};
 use singa_core::abi::{RBox, TD_Opaque, Transport_TO};
-use singa_core::park::Waiter;
-use singa_core::{Addr, DeviceRef, Error, Result, Role, Tensor};
+use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result, Tensor};
 use singa_layers::schedule::LrSchedule;
 use std::collections::HashMap;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use worker::{Command, PeerWorker, Reply, WorkerLink};
+use topology::{control_addr, node_addr, server_addr, worker_addr, COORDINATOR};
+use worker::{PeerWorker, WorkerLink};
 
 /// A transport endpoint behind the ABI-stable trait object.
 pub(crate) type TransportBox = Transport_TO<'static, RBox<()>>;
 
-/// The first errors of worker and server threads, for the message the job stops with.
-#[derive(Clone, Default)]
-pub(crate) struct Failures(Arc<Mutex<Vec<Error>>>);
-
-impl Failures {
-    fn record(&self, e: Error) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-    }
-
-    fn first(&self) -> Option<Error> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first()
-            .cloned()
-    }
+/// Wraps an endpoint of the fabric.
+fn boxed(e: singa_comm::ChannelEndpoint) -> TransportBox {
+    Transport_TO::from_value(e, TD_Opaque)
 }
 
-/// A worker on its own thread, seen from the coordinator.
-///
-/// Commands and replies go through `std::sync::mpsc` queues, and each side waits through a
-/// [`Waiter`] that the other wakes: a blocking receive would allocate (`flume`'s every time,
-/// `std`'s the first time a thread parks, which can fall into any step since waiters poll
-/// briefly first).
+/// A worker on another thread (of this process or another), seen from the coordinator.
 struct Peer {
     addr: Addr,
-    commands: Option<SyncSender<Command>>,
-    /// Where the worker thread waits for commands.
-    waiter: Arc<Waiter>,
-    replies: Receiver<Reply>,
-    thread: Option<JoinHandle<()>>,
-    /// Steps sent whose replies the coordinator has not taken yet (asynchronous groups with a
-    /// staleness bound run ahead of their replies).
+    /// Steps sent whose reports the coordinator has not taken yet (asynchronous groups with
+    /// a staleness bound run ahead of their reports).
     pending: usize,
+    /// Step reports received and not yet taken.
+    done: usize,
+    /// Its answer to the last other command, once it came.
+    answer: Option<Outcome>,
+    /// Whether it reported a failure (it has stopped).
+    failed: bool,
 }
 
-impl Peer {
-    fn send(&self, cmd: Command) -> bool {
-        let sent = self.commands.as_ref().is_some_and(|c| c.send(cmd).is_ok());
-        self.waiter.wake();
-        sent
-    }
-
-    /// The worker's next reply, waited for through `waiter` (the coordinator's) for at most
-    /// `timeout`.
-    fn reply(&self, waiter: &Waiter, timeout: Duration) -> Result<Reply, RecvTimeoutError> {
-        let deadline = Instant::now() + timeout;
-        let got = waiter.wait_for(Some(deadline), || match self.replies.try_recv() {
-            Ok(r) => Some(Ok(r)),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
-        });
-        got.unwrap_or(Err(RecvTimeoutError::Timeout))
-    }
-}
-
-/// The workers and servers of a job, started and ready to train.
+/// The workers and servers of a job, seen from rank 0: the coordinator.
 pub struct Cluster {
-    config: ClusterConfig,
+    topology: Topology,
+    fabric: Arc<dyn Fabric>,
+    /// The coordinator's endpoint: commands go out, reports and state come in.
+    control: TransportBox,
     /// Worker 0's link (it runs on the coordinating thread).
     link: WorkerLink,
     peers: Vec<Peer>,
-    /// Where the coordinator waits for the workers' replies.
-    replies: Arc<Waiter>,
-    /// The coordinator's endpoint for stopping the servers.
-    servers: Vec<(Addr, JoinHandle<()>)>,
-    failures: Failures,
+    peer_index: HashMap<Addr, usize>,
+    /// Reports of servers and ranks (not workers) not yet taken: who, for what, how.
+    reports: Vec<(Addr, Op, Outcome)>,
+    /// `State` messages received and not yet taken.
+    states: Vec<Msg>,
+    /// Failures reported, in the order they came (worker 0's own among them).
+    failures: Vec<(Addr, Outcome)>,
+    /// This rank's other workers and its servers, on threads of their own.
+    threads: Vec<JoinHandle<bool>>,
+    /// The other ranks, when they run in this process (emulated).
+    nodes: Vec<JoinHandle<Result<()>>>,
     algorithm: Box<dyn TrainOneBatch>,
-    /// Parameter values held by each server.
-    loads: Vec<usize>,
+    /// The slices of every parameter over the servers of a group.
+    slices: Vec<Vec<Slice>>,
+    /// The parameters' names.
+    names: Vec<String>,
     /// The parameters whose gradients the workers of a group compute together.
     shared_grads: Vec<String>,
-    /// For copies and averages between steps.
+    /// The updater's state tensors, by name.
+    state_names: Vec<String>,
+    /// For control payloads and state.
     dev: DeviceRef,
-    /// Downpour's master copy of each trainable parameter.
-    downpour_master: Option<build::Values>,
-    /// Each worker group's values of each trainable parameter (group 0's are worker 0's).
-    values: Vec<build::Values>,
-    /// Each server group's updater state, per parameter (group 0's are worker 0's).
-    states: Vec<build::States>,
-    /// Whether the workers' values match what the servers hold (Downpour's master, the
-    /// average of Hogwild's groups): true after [`Cluster::settle`] until the next step.
+    /// Whether worker 0's values match what the servers hold (Downpour's master, the average
+    /// of Hogwild's groups): true after [`Cluster::settle`] until the next step.
     settled: bool,
     /// The most steps any group had left to finish when group 0 started one.
     max_lag: usize,
-    /// Hogwild: every server, group 0's (the leaders) first, told to start a synchronisation.
-    sync_servers: Vec<Addr>,
     /// The last step trained.
     last_step: u64,
-    /// The worker groups' bridges, told when worker 0 fails.
+    /// The rank's bridges, told when worker 0 fails.
     exchanges: Arc<Exchanges>,
-    /// The routers between the job's processes, when it has several (dropped last).
-    processes: Option<ProcessNetwork>,
-    /// Each server group's servers, where worker 0 puts the values (with separate memory).
-    server_groups: Vec<Vec<Addr>>,
     /// The last round of `Put`s.
     put_round: u64,
 }
 
-/// The address of worker `id` of group `group`.
-fn worker_addr(group: u32, id: u32) -> Addr {
-    Addr {
-        group,
-        id,
-        role: Role::Worker,
-    }
-}
-
-fn server_addr(group: u32, id: u32) -> Addr {
-    Addr {
-        group,
-        id,
-        role: Role::Server,
-    }
-}
-
-/// The device configuration of one worker (or server) when `total` share the job's threads.
+/// The device configuration of one worker when `total` share the job's threads.
 pub fn share_of_threads(
     device: &DeviceConfig,
     threads: Option<usize>,
@@ -196,290 +145,425 @@ pub fn share_of_threads(
     }
 }
 
+/// The device of each worker of `topology` that runs in this OS process (the fabric's local
+/// ranks share its threads).
+pub fn worker_device(
+    job: &JobConfig,
+    topology: &Topology,
+    fabric: &dyn Fabric,
+    threads: Option<usize>,
+) -> DeviceConfig {
+    let here: usize = fabric
+        .local_ranks()
+        .map(|r| topology.rank_workers(r).len())
+        .sum();
+    share_of_threads(&job.device, threads, here)
+}
+
+/// What [`Cluster::start`] needs beyond the job: where its ranks live, and worker 0.
+pub struct Start<'a> {
+    /// The validated job.
+    pub job: &'a JobConfig,
+    /// Its layer and updater types.
+    pub registry: &'a Registry,
+    /// Its learning-rate schedule.
+    pub schedule: &'a LrSchedule,
+    /// Where its workers and servers live.
+    pub topology: Topology,
+    /// The engine between its ranks.
+    pub fabric: Arc<dyn Fabric>,
+    /// Rank 0's endpoints (those worker 0's bridges took aside).
+    pub endpoints: Endpoints,
+    /// Rank 0's bridges.
+    pub exchanges: Arc<Exchanges>,
+    /// `--threads`.
+    pub threads: Option<usize>,
+    /// The updater's state tensors, by name.
+    pub state_names: Vec<String>,
+}
+
 impl Cluster {
-    /// Starts the workers and servers of a validated `job` whose worker 0 has built `net` and
-    /// `store` (values, gradients and updater state) on its device. Parameters a server
-    /// updates are those of `store` that are trainable; `ready_after` says which are complete
-    /// after each layer's backward.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts rank 0's workers and servers (worker 0's `net` and `store` built by the
+    /// trainer, with `ready_after` saying which parameters are complete after each layer's
+    /// backward), the other ranks that live in this process, and waits until every rank is
+    /// ready; with ranks apart, brings every copy of the values to worker 0's.
     pub fn start(
-        job: &JobConfig,
-        registry: &Registry,
-        schedule: &LrSchedule,
+        s: Start<'_>,
         net: &mut NeuralNet,
         store: &ParamStore,
         ready_after: Vec<Vec<usize>>,
-        threads: Option<usize>,
-        exchanges: &Arc<Exchanges>,
     ) -> Result<Cluster> {
-        let c = job.cluster.clone();
-        let ngroups = c.nworker_groups;
-        let nworkers = c.nworkers_per_group;
-        let nservers = c.nservers_per_group;
-        // AllReduce (and Hogwild's groups): one server beside each worker, run by the worker's
-        // own thread and reached at the worker's address, when a server group serves one
-        // worker group. Otherwise every server has a thread and address of its own, and so
-        // has every server of a job in several processes (which share no memory).
-        let separate = c.separate_memory();
-        let colocated = c.servers_on_worker_threads();
-        let timeout = Duration::from_secs(c.timeout_secs);
-        let groups: Vec<Vec<Addr>> = (0..ngroups as u32)
-            .map(|g| (0..nworkers as u32).map(|i| worker_addr(g, i)).collect())
-            .collect();
-        let workers: Vec<Addr> = groups.iter().flatten().copied().collect();
-        let mut addrs = workers.clone();
-        if !colocated {
-            for h in 0..c.nserver_groups as u32 {
-                addrs.extend((0..nservers as u32).map(|s| server_addr(h, s)));
-            }
-        }
-        let (processes, endpoints) = processes::connect(&c, &addrs)?;
-        let mut endpoints: HashMap<Addr, ChannelEndpoint> = endpoints;
-        let mut boxed = |a: Addr| -> TransportBox {
-            let e = endpoints.remove(&a).expect("one endpoint per address");
-            Transport_TO::from_value(e, TD_Opaque)
-        };
-
-        let worker_device = share_of_threads(&job.device, threads, ngroups * nworkers);
-        let (mut nets, replicas) =
-            build::worker_nets(job, registry, store, &worker_device, exchanges)?;
-        // In one process, the workers of a group compute the gradients their layers can
-        // share together, each a block of rows.
-        let mut shared = if separate {
-            Vec::new()
-        } else {
-            let mut members: Vec<Vec<(&mut NeuralNet, &ParamStore)>> =
-                (0..ngroups).map(|_| Vec::new()).collect();
-            members[0].push((net, store));
-            for (addr, n, s) in nets.iter_mut() {
-                members[addr.group as usize].push((n, &*s));
-            }
-            build::shared_grads(&mut members)?
-        };
-        let shared_grads: Vec<String> = shared
-            .iter()
-            .flatten()
-            .next()
-            .map(|l| {
-                l.iter()
-                    .map(|s| store.entries()[s.param].name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut shared_of = |worker: Addr| -> Vec<build::SharedGrad> {
-            shared
-                .get_mut(worker.group as usize)
-                .and_then(|g| g.get_mut(worker.id as usize))
-                .map(std::mem::take)
-                .unwrap_or_default()
-        };
-        // A server group serves every worker group (nserver_groups = 1) or its own (Hogwild).
-        let nsgroups = c.nserver_groups;
-        let served: Vec<Vec<usize>> = if nsgroups == 1 {
-            vec![(0..ngroups).collect()]
-        } else {
-            (0..ngroups).map(|g| vec![g]).collect()
-        };
-        let dev = store
-            .entries()
-            .first()
-            .map(|e| e.value.device().clone())
-            .ok_or_else(|| Error::invalid("the net has no parameters to train"))?;
-        let (masters, states) =
-            build::masters_and_states(store, &served, &replicas, &dev, separate)?;
-
-        // The servers: each updates its slices of its group's master values and state.
-        let sizes: Vec<usize> = store
-            .entries()
-            .iter()
-            .map(|e| if e.trainable { e.value.numel() } else { 0 })
-            .collect();
-        let slices = slice_params(&sizes, nservers);
-        let mut loads = vec![0; nservers];
-        for sl in slices.iter().flatten() {
-            loads[sl.server] += sl.len;
-        }
-        let mut cores = build::server_cores(
+        let Start {
             job,
             registry,
             schedule,
+            topology,
+            fabric,
+            mut endpoints,
+            exchanges,
+            threads,
+            state_names,
+        } = s;
+        let plan = build::Plan {
+            job,
+            registry,
+            schedule,
+            topology: &topology,
+            worker_device: worker_device(job, &topology, &*fabric, threads),
+            exchanges: &exchanges,
+        };
+        let dev = net.device().clone();
+        let control = boxed(endpoints.take(COORDINATOR)?);
+        let lead = build::Lead {
+            net,
             store,
-            &slices,
-            build::Held {
-                separate,
-                served: &served,
-                masters: &masters,
-                states: &states,
-                replicas: &replicas,
-                groups: &groups,
-            },
-        )?;
-        // Hogwild: server s of every group synchronises with server s of group 0.
-        let server_at = |h: usize, s: usize| {
-            if colocated {
-                worker_addr(h as u32, s as u32)
-            } else {
-                server_addr(h as u32, s as u32)
-            }
+            ready_after,
         };
-        let mut sync_servers = Vec::new();
-        if c.hogwild_sync_freq().is_some() {
-            for (h, group) in cores.iter_mut().enumerate() {
-                for (s, core) in group.iter_mut().enumerate() {
-                    let role = if h == 0 {
-                        SyncRole::Leader((1..nsgroups).map(|f| server_at(f, s)).collect())
-                    } else {
-                        SyncRole::Follower(server_at(0, s))
-                    };
-                    *core = core.take().map(|c| c.with_sync(role, worker_addr(0, 0)));
-                    sync_servers.push(server_at(h, s));
-                }
-            }
-        }
-        let server_group_of = |g: usize| if nsgroups == 1 { 0 } else { g };
-        let server_addrs: Vec<Vec<Addr>> = (0..ngroups)
-            .map(|g| {
-                if colocated {
-                    groups[g].clone()
-                } else {
-                    let h = server_group_of(g) as u32;
-                    (0..nservers as u32).map(|s| server_addr(h, s)).collect()
-                }
-            })
-            .collect();
-        let failures = Failures::default();
-        let mut link_for = |store: &ParamStore, worker: Addr| -> Result<WorkerLink> {
-            let g = worker.group as usize;
-            let link = WorkerLink::new(
-                boxed(worker),
-                store,
-                &slices,
-                &server_addrs[g],
-                ready_after.clone(),
-                timeout,
-                &groups[g],
-                shared_of(worker),
-            )?;
-            Ok(match colocated {
-                true => link.with_server(
-                    cores[server_group_of(g)][worker.id as usize]
-                        .take()
-                        .expect("one server per worker"),
-                ),
-                false => link,
-            })
-        };
-        let link = link_for(store, worker_addr(0, 0))?;
-
-        let mut peers = Vec::new();
-        let replies = Arc::new(Waiter::default());
-        for (addr, net, own) in nets {
-            let peer = PeerWorker {
-                link: link_for(&own, addr)?,
-                net,
-                store: own,
-                algorithm: algorithm::create(job.algorithm),
-                exchanges: Arc::clone(exchanges),
-            };
-            // Room for every step a lagging group may have queued.
-            let room = c.staleness as usize + 1;
-            let (cmd_tx, cmd_rx) = sync_channel(room);
-            let (reply_tx, reply_rx) = sync_channel(room);
-            let f = failures.clone();
-            let waiter = Arc::new(Waiter::default());
-            let waiters = (Arc::clone(&waiter), Arc::clone(&replies));
-            let thread = std::thread::Builder::new()
-                .name(format!("singa-{addr}").replace(' ', "-"))
-                .spawn(move || peer.run((cmd_rx, reply_tx), waiters, f))
-                .map_err(|e| Error::invalid(format!("cannot start {addr}: {e}")))?;
-            peers.push(Peer {
+        let rank = build::build_rank(&plan, &mut endpoints, Some(lead))?;
+        let peers: Vec<Peer> = topology
+            .workers()
+            .filter(|&w| w != worker_addr(0, 0))
+            .map(|addr| Peer {
                 addr,
-                commands: Some(cmd_tx),
-                waiter,
-                replies: reply_rx,
-                thread: Some(thread),
                 pending: 0,
-            });
-        }
-
-        let mut server_threads = Vec::new();
-        if !colocated {
-            let all = cores.into_iter().enumerate().flat_map(|(h, cs)| {
-                cs.into_iter()
-                    .enumerate()
-                    .map(move |(s, core)| (server_addr(h as u32, s as u32), core))
-            });
-            for (addr, core) in all {
-                let core = core.expect("not taken by a worker");
-                let server = Server {
-                    transport: boxed(addr),
-                    core,
-                };
-                let f = failures.clone();
-                let thread = std::thread::Builder::new()
-                    .name(format!("singa-{addr}").replace(' ', "-"))
-                    .spawn(move || server.run(f))
-                    .map_err(|e| Error::invalid(format!("cannot start {addr}: {e}")))?;
-                server_threads.push((addr, thread));
-            }
-        }
-        let server_groups = (0..nsgroups)
-            .map(|h| (0..nservers).map(|s| server_at(h, s)).collect())
+                done: 0,
+                answer: None,
+                failed: false,
+            })
             .collect();
+        let peer_index = peers.iter().enumerate().map(|(i, p)| (p.addr, i)).collect();
         let mut cluster = Cluster {
-            config: c,
-            link,
+            link: rank.lead.expect("rank 0 holds worker 0"),
+            topology,
+            fabric: Arc::clone(&fabric),
+            control,
             peers,
-            replies,
-            servers: server_threads,
-            failures,
+            peer_index,
+            reports: Vec::new(),
+            states: Vec::new(),
+            failures: Vec::new(),
+            threads: Vec::new(),
+            nodes: Vec::new(),
             algorithm: algorithm::create(job.algorithm),
-            loads,
-            shared_grads,
+            slices: rank.slices,
+            names: rank.names,
+            shared_grads: rank.shared_grads,
+            state_names,
             dev,
-            downpour_master: match served.as_slice() {
-                [gs] if gs.len() > 1 => Some(masters.into_iter().next().expect("one")),
-                _ => None,
-            },
-            values: replicas,
-            states,
             settled: true,
             max_lag: 0,
-            sync_servers,
             last_step: 0,
-            exchanges: Arc::clone(exchanges),
-            processes,
-            server_groups,
+            exchanges,
             put_round: 0,
         };
-        if separate {
+        cluster.threads = spawn(rank.workers, rank.servers)?;
+        // The other ranks of this process (emulated ones) build themselves meanwhile.
+        for r in fabric.local_ranks().filter(|&r| r != 0) {
+            let validated = Ok(crate::config::Validated {
+                job: job.clone(),
+                schedule: schedule.clone(),
+            });
+            let (registry, fabric) = (registry.clone(), Arc::clone(&fabric));
+            let thread = std::thread::Builder::new()
+                .name(format!("singa-rank-{r}"))
+                .spawn(move || node::run_validated(validated, &registry, &*fabric, r, threads))
+                .map_err(|e| Error::invalid(format!("cannot start rank {r}: {e}")))?;
+            cluster.nodes.push(thread);
+        }
+        cluster.await_ranks()?;
+        if cluster.topology.separate_memory() {
             // The servers' values and every worker's come from worker 0's.
             cluster.refresh(true, None)?;
         }
         Ok(cluster)
     }
 
+    /// Waits until every other rank has built its workers and servers.
+    fn await_ranks(&mut self) -> Result<()> {
+        let ranks = self.topology.ranks();
+        let deadline = Instant::now() + self.timeout();
+        loop {
+            let mut ready = 0;
+            for (from, op, outcome) in &self.reports {
+                match (op, outcome) {
+                    (Op::Ready, Outcome::Done(_)) => ready += 1,
+                    (Op::Ready, Outcome::Failed(e) | Outcome::Interrupted(e)) => {
+                        return Err(Error::invalid(format!("{from} could not start: {e}")))
+                    }
+                    _ => {}
+                }
+            }
+            if ready == ranks - 1 {
+                break;
+            }
+            if !self.pump(deadline)? {
+                let waiting: Vec<String> = (1..ranks)
+                    .filter(|&r| {
+                        !self
+                            .reports
+                            .iter()
+                            .any(|(from, _, _)| *from == node_addr(r))
+                    })
+                    .map(|r| format!("rank {r}"))
+                    .collect();
+                return Err(Error::invalid(format!(
+                    "waited {} s for {} to build its workers and servers (raise cluster.timeout if that takes longer)",
+                    self.timeout().as_secs(),
+                    waiting.join(", ")
+                )));
+            }
+        }
+        self.reports.retain(|(_, op, _)| *op != Op::Ready);
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.topology.cluster().timeout_secs)
+    }
+
+    /// Receives one message at the coordinator's endpoint and files it; false once `deadline`
+    /// has passed with nothing received.
+    fn pump(&mut self, deadline: Instant) -> Result<bool> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = self
+            .control
+            .recv(left.as_millis() as u64)
+            .into_result()?
+            .into_option()
+        else {
+            return Ok(false);
+        };
+        match msg.kind {
+            MsgKind::Report => {
+                let report = control::decode_report(&msg)?;
+                self.file(report);
+            }
+            MsgKind::State => self.states.push(msg),
+            // A worker or server that stopped says so in its report; this is its echo.
+            MsgKind::Stop => {}
+            other => {
+                return Err(Error::invalid(format!(
+                    "the coordinator got an unexpected {other:?} message from {}",
+                    msg.src
+                )))
+            }
+        }
+        Ok(true)
+    }
+
+    /// Files a report: a worker's with the worker, anyone else's in `reports`; failures are
+    /// recorded in the order they came.
+    fn file(&mut self, r: Report) {
+        let failed = !matches!(r.outcome, Outcome::Done(_));
+        if failed {
+            self.failures.push((r.from, r.outcome.clone()));
+        }
+        match self.peer_index.get(&r.from) {
+            Some(&i) => {
+                let p = &mut self.peers[i];
+                p.failed |= failed;
+                match (r.op, failed) {
+                    (Op::Step, false) => p.done += 1,
+                    _ => p.answer = Some(r.outcome),
+                }
+            }
+            None => self.reports.push((r.from, r.op, r.outcome)),
+        }
+    }
+
+    /// The job's failure: the first one that was a cause rather than a consequence of another
+    /// stopping (the first one at all otherwise), with the first other one after it.
+    fn failure(&self) -> Error {
+        let text = |o: &Outcome| match o {
+            Outcome::Failed(e) | Outcome::Interrupted(e) => e.clone(),
+            Outcome::Done(_) => String::new(),
+        };
+        let cause = self
+            .failures
+            .iter()
+            .find(|(_, o)| matches!(o, Outcome::Failed(_)))
+            .or(self.failures.first());
+        let Some((who, cause)) = cause else {
+            return Error::invalid("the job stopped");
+        };
+        let cause = text(cause);
+        match self.failures.iter().find(|(w, _)| w != who) {
+            Some((_, then)) if text(then) != cause => {
+                Error::invalid(format!("{cause} (and so: {})", text(then)))
+            }
+            _ => Error::invalid(cause),
+        }
+    }
+
+    /// Worker 0's own outcome: a failure is recorded and told to the other workers of its
+    /// group (their parameter traffic and their bridges).
+    fn own_outcome(&mut self, own: Result<()>) -> Result<()> {
+        if let Err(e) = &own {
+            let interrupted = self.link.saw_stop() || self.exchanges.saw_stop(0, 0);
+            let outcome = match interrupted {
+                true => Outcome::Interrupted(e.to_string()),
+                false => Outcome::Failed(e.to_string()),
+            };
+            self.failures.push((worker_addr(0, 0), outcome));
+            self.link.tell_stopped();
+            self.exchanges.tell_stopped(0, 0);
+        }
+        own
+    }
+
+    /// After gathering replies: the job's failure if anyone failed (see [`Cluster::fail`]).
+    fn check(&mut self) -> Result<()> {
+        match self.failures.is_empty() {
+            true => Ok(()),
+            false => Err(self.fail()),
+        }
+    }
+
+    /// The job's failure, with whatever other reports come within a moment, so that a cause
+    /// reported late (from another rank) still shows.
+    fn fail(&mut self) -> Error {
+        let soon = Instant::now() + Duration::from_millis(50);
+        while let Ok(true) = self.pump(soon) {}
+        self.failure()
+    }
+
+    /// The outcome of a command that worker 0 (`own`) and its peers (`peers`) carried out.
+    fn conclude<T>(&mut self, own: Result<()>, peers: Result<T>) -> Result<T> {
+        match (own, peers) {
+            (Ok(()), Ok(t)) => Ok(t),
+            _ => Err(self.fail()),
+        }
+    }
+
+    /// Sends command `op(arg)` to worker `to` (its control endpoint).
+    fn command(&mut self, to: Addr, op: Op, arg: u64, states: &[(String, Vec<u64>)]) -> Result<()> {
+        let msg = control::command(COORDINATOR, control_addr(to), op, arg, states, &self.dev)?;
+        self.control.send(msg).into_result()
+    }
+
+    /// Sends command `op(arg)` to the server with a thread of its own at `to`.
+    fn command_server(&mut self, to: Addr, op: Op, arg: u64) -> Result<()> {
+        let msg = control::command(COORDINATOR, to, op, arg, &[], &self.dev)?;
+        self.control.send(msg).into_result()
+    }
+
+    /// Sends `op(arg)` to the peers `which` selects, and forgets their previous answers.
+    fn command_peers(
+        &mut self,
+        which: impl Fn(Addr) -> bool,
+        op: Op,
+        arg: u64,
+        states: &[(String, Vec<u64>)],
+    ) -> Result<()> {
+        for i in 0..self.peers.len() {
+            let addr = self.peers[i].addr;
+            if which(addr) {
+                self.peers[i].answer = None;
+                self.command(addr, op, arg, states)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The answers of the peers `which` selects to the last command, in order.
+    fn answers(
+        &mut self,
+        which: impl Fn(Addr) -> bool,
+        what: &str,
+    ) -> Result<Vec<Vec<(String, f64)>>> {
+        let deadline = Instant::now() + self.timeout();
+        let mut out = Vec::new();
+        for i in 0..self.peers.len() {
+            if !which(self.peers[i].addr) {
+                continue;
+            }
+            while self.peers[i].answer.is_none() && !self.peers[i].failed {
+                if !self.pump(deadline)? {
+                    return Err(Error::invalid(format!(
+                        "{} did not answer {what} within {} s (raise cluster.timeout if that takes longer)",
+                        self.peers[i].addr,
+                        self.timeout().as_secs()
+                    )));
+                }
+            }
+            if let Some(Outcome::Done(m)) = self.peers[i].answer.take() {
+                out.push(m);
+            }
+        }
+        self.check()?;
+        Ok(out)
+    }
+
+    /// Waits for `count` reports of `op` from servers with threads of their own.
+    fn server_reports(&mut self, op: Op, count: usize) -> Result<()> {
+        let deadline = Instant::now() + self.timeout();
+        let done = |c: &Cluster| c.reports.iter().filter(|(_, o, _)| *o == op).count();
+        while done(self) < count && self.failures.is_empty() {
+            if !self.pump(deadline)? {
+                return Err(Error::invalid(format!(
+                    "{} of {count} servers did not finish {op:?} within {} s",
+                    count - done(self),
+                    self.timeout().as_secs()
+                )));
+            }
+        }
+        self.reports.retain(|(_, o, _)| *o != op);
+        self.check()
+    }
+
+    /// Servers with threads of their own: where they receive.
+    fn separate_servers(&self) -> Vec<Addr> {
+        match self.topology.servers_on_worker_threads() {
+            true => Vec::new(),
+            false => self
+                .topology
+                .servers()
+                .map(|(h, s)| server_addr(h as u32, s as u32))
+                .collect(),
+        }
+    }
+
+    /// With several copies of the values: a round of `Put`s of worker 0's values to every
+    /// server group (when `put`), then of `Get`s by every worker (of group `only`, if given),
+    /// which install the values their servers hold. A `Get` names the last round of `Put`s,
+    /// which its server must have installed before it answers.
+    fn refresh(&mut self, put: bool, only: Option<u32>) -> Result<()> {
+        // Nothing of a step may be in flight: its replies share the queues.
+        self.drain()?;
+        let takes_part = |a: Addr| only.is_none_or(|g| a.group == g);
+        if put {
+            self.put_round += 1;
+            let groups = self.topology.server_groups();
+            let own = self.link.put_all(self.put_round, &groups);
+            let own = self.own_outcome(own);
+            self.conclude(own, Ok(()))?;
+        }
+        let round = self.put_round;
+        self.command_peers(takes_part, Op::Refresh, round, &[])?;
+        let own = self.link.get_all(round);
+        let own = self.own_outcome(own);
+        let peers = self.answers(takes_part, "a refresh of its values");
+        self.conclude(own, peers).map(|_| ())
+    }
+
     /// Brings worker 0's values to what the servers hold, between steps (to test them or
     /// write them to a checkpoint): with Downpour, the master copy; with Hogwild, the average
     /// of the groups' values (a synchronisation of the server groups).
-    pub fn settle(&mut self, store: &mut ParamStore) -> Result<()> {
+    pub fn settle(&mut self, _store: &mut ParamStore) -> Result<()> {
         self.drain()?;
         if self.settled {
             return Ok(());
         }
-        if self.config.separate_memory() {
+        let c = self.topology.cluster();
+        let (downpour, hogwild) = (
+            c.nserver_groups == 1 && c.nworker_groups > 1,
+            c.hogwild_sync_freq().is_some(),
+        );
+        if downpour {
             // Downpour: group 0 takes the values of the one server group.
-            if self.config.nserver_groups == 1 && self.config.nworker_groups > 1 {
-                self.refresh(false, Some(0))?;
-            }
-        } else if let Some(master) = &self.downpour_master {
-            for (m, e) in master.iter().zip(store.entries_mut()) {
-                if let Some(m) = m {
-                    self.dev.copy(m, &mut e.value)?;
-                }
-            }
+            self.refresh(false, Some(0))?;
         }
-        if self.config.hogwild_sync_freq().is_some() {
+        if hogwild {
             self.sync_server_groups(self.last_step)?;
         }
         self.settled = true;
@@ -489,29 +573,24 @@ impl Cluster {
     /// Replaces every group's values by their average: a round of `Sync` messages between
     /// the server groups (Hogwild), which the coordinator starts and waits for.
     fn sync_server_groups(&mut self, step: u64) -> Result<()> {
-        let me = self.link.addr();
-        // Leaders first: a leader's start is then in its queue before any follower's slices.
-        for &server in &self.sync_servers {
-            self.link.send_raw(server::sync_signal(me, server, step))?;
+        let servers: Vec<Addr> = self
+            .topology
+            .servers()
+            .map(|(h, s)| self.topology.server_at(h, s))
+            .collect();
+        for &server in &servers {
+            let signal = server::sync_signal(COORDINATOR, server, step);
+            self.control.send(signal).into_result()?;
         }
-        for p in &self.peers {
-            if !p.send(Command::Sync(step)) {
-                return Err(self.stopped(p.addr));
-            }
-        }
-        // Servers with threads of their own report the end of their round; the others run on
-        // the workers' threads, which answer the command.
-        let reports = if self.config.servers_on_worker_threads() {
-            0
+        if self.topology.servers_on_worker_threads() {
+            // Each runs on the thread of the worker beside it, which the command wakes.
+            self.command_peers(|_| true, Op::Sync, step, &[])?;
+            let own = self.link.sync(step);
+            let own = self.own_outcome(own);
+            let peers = self.answers(|_| true, "a synchronisation of the server groups");
+            self.conclude(own, peers)?;
         } else {
-            self.sync_servers.len()
-        };
-        let own = self.link.sync(step, reports);
-        let own = self.own_outcome(own);
-        let peers = self.collect(|_| {});
-        own?;
-        peers?;
-        if self.config.separate_memory() {
+            self.server_reports(Op::Sync, servers.len())?;
             // The workers copy the averages from their servers.
             self.refresh(false, None)?;
         }
@@ -520,64 +599,153 @@ impl Cluster {
         Ok(())
     }
 
-    /// The updater state of the server groups after the first (Hogwild's), named for a
-    /// checkpoint: `group<h>/state/<param>/<slot>`.
-    pub fn group_states(
-        &self,
-        store: &ParamStore,
-        state_names: &[String],
-    ) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for (h, states) in self.states.iter().enumerate().skip(1) {
-            for (e, slots) in store.entries().iter().zip(states) {
-                for (slot, t) in state_names.iter().zip(slots) {
-                    out.push((format!("group{h}/state/{}/{slot}", e.name), t.clone()));
-                }
+    /// The updater state of every server group, for a checkpoint: server group 0's into the
+    /// state tensors of `store` (worker 0's, which the checkpoint saves), the others' as
+    /// `group<h>/state/<param>/<slot>` tensors. The servers send it (`State` messages).
+    pub fn gather_states(&mut self, store: &mut ParamStore) -> Result<Vec<(String, Tensor)>> {
+        self.drain()?;
+        let slots = self.state_names.len();
+        let nsgroups = self.topology.cluster().nserver_groups;
+        let expected = self.slices.iter().flatten().count() * slots * nsgroups;
+        if expected == 0 {
+            return Ok(Vec::new());
+        }
+        self.states.clear();
+        let separate = self.separate_servers();
+        for &s in &separate {
+            self.command_server(s, Op::StateOut, 0)?;
+        }
+        let on_threads = self.topology.servers_on_worker_threads();
+        if on_threads {
+            self.command_peers(|_| true, Op::StateOut, 0, &[])?;
+            let own = self.link.state_out();
+            let own = self.own_outcome(own);
+            let peers = self.answers(|_| true, "a request for its server's updater state");
+            self.conclude(own, peers)?;
+        } else {
+            self.server_reports(Op::StateOut, separate.len())?;
+        }
+        let deadline = Instant::now() + self.timeout();
+        while self.states.len() < expected {
+            if !self.pump(deadline)? {
+                return Err(Error::invalid(format!(
+                    "{} of {expected} updater state tensors did not come within {} s",
+                    expected - self.states.len(),
+                    self.timeout().as_secs()
+                )));
             }
         }
-        out
+        let mut extra: Vec<(String, Tensor)> = Vec::new();
+        for msg in std::mem::take(&mut self.states) {
+            let h = msg.src.group as usize;
+            let (p, slot) = (msg.target as usize, msg.version as usize);
+            let sl = self
+                .slices
+                .get(p)
+                .and_then(|s| s.get(msg.slice as usize))
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{} sent the state of a slice that does not exist",
+                        msg.src
+                    ))
+                })?;
+            let part = msg
+                .payload
+                .into_option()
+                .ok_or_else(|| Error::invalid("empty state"))?;
+            let e = &mut store.entries_mut()[p];
+            let whole = match h {
+                0 => e.state.get(slot).cloned(),
+                _ => {
+                    let name = format!("group{h}/state/{}/{}", e.name, self.state_names[slot]);
+                    let i = match extra.iter().position(|(n, _)| *n == name) {
+                        Some(i) => i,
+                        None => {
+                            extra.push((
+                                name,
+                                Tensor::zeros(&self.dev, e.value.shape(), e.value.dtype())?,
+                            ));
+                            extra.len() - 1
+                        }
+                    };
+                    Some(extra[i].1.clone())
+                }
+            };
+            let whole = whole
+                .ok_or_else(|| Error::invalid(format!("{}: no state tensor {slot}", e.name)))?;
+            let mut dst = whole.reshape([whole.numel()])?.narrow(sl.offset, sl.len)?;
+            if !part.shares_storage(&dst) {
+                self.dev.copy(&part, &mut dst)?;
+            }
+        }
+        // In the order the checkpoint lists them.
+        extra.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(extra)
     }
 
-    /// After worker 0's values and updater state were restored from `loaded`: copies them
-    /// into every other group's values and into the master copy. The other server groups'
-    /// updater state comes from the checkpoint where it has it, from worker 0's otherwise.
-    pub fn push_restored(
-        &mut self,
-        store: &ParamStore,
-        loaded: &crate::checkpoint::Loaded,
-        state_names: &[String],
-    ) -> Result<()> {
-        let separate = self.config.separate_memory();
-        for (p, e) in store.entries().iter().enumerate() {
-            let master = self
-                .downpour_master
-                .iter_mut()
-                .filter_map(move |m| m[p].as_mut());
-            let others = self.values.iter_mut().skip(1).filter_map(|r| r[p].as_mut());
-            for dst in master.chain(others) {
-                if !separate && !dst.shares_storage(&e.value) {
-                    self.dev.copy(&e.value, dst)?;
-                }
-            }
-            for (h, state) in self.states.iter_mut().enumerate().skip(1) {
-                for ((src, dst), slot) in e.state.iter().zip(&mut state[p]).zip(state_names) {
-                    match loaded.tensor(&format!("group{h}/state/{}/{slot}", e.name)) {
-                        Some(saved) => dst.write_from(saved)?,
-                        None => self.dev.copy(src, dst)?,
-                    }
+    /// After worker 0's values and updater state were restored from `loaded`: sends every
+    /// server its updater state (server group 0's from `store`; the others' from the
+    /// checkpoint where it has it, from worker 0's otherwise), then brings every copy of the
+    /// values to worker 0's.
+    pub fn push_restored(&mut self, store: &ParamStore, loaded: &Loaded) -> Result<()> {
+        self.drain()?;
+        let slots = self.state_names.len();
+        let servers: Vec<(usize, usize)> = self.topology.servers().collect();
+        for &(h, s) in &servers {
+            let to = self.topology.server_at(h, s);
+            for sl in self.slices.iter().flatten().filter(|sl| sl.server == s) {
+                let e = &store.entries()[sl.param];
+                for slot in 0..slots.min(e.state.len()) {
+                    let name = format!("group{h}/state/{}/{}", e.name, self.state_names[slot]);
+                    let part = match (h, loaded.tensor(&name)) {
+                        (0, _) | (_, None) => e.state[slot]
+                            .reshape([e.value.numel()])?
+                            .narrow(sl.offset, sl.len)?,
+                        (_, Some(saved)) => {
+                            let part =
+                                saved.get(sl.offset..sl.offset + sl.len).ok_or_else(|| {
+                                    Error::checkpoint(&loaded.path, format!("{name} is too short"))
+                                })?;
+                            Tensor::from_slice(&self.dev, part, [sl.len])?
+                        }
+                    };
+                    self.control
+                        .send(Msg {
+                            src: COORDINATOR,
+                            dst: to,
+                            kind: MsgKind::State,
+                            target: sl.param as u32,
+                            slice: sl.index,
+                            version: slot as u64,
+                            payload: Some(part).into(),
+                        })
+                        .into_result()?;
                 }
             }
         }
-        if separate {
-            self.refresh(true, None)?;
+        if slots > 0 {
+            let separate = self.separate_servers();
+            for &s in &separate {
+                self.command_server(s, Op::StateIn, 0)?;
+            }
+            if self.topology.servers_on_worker_threads() {
+                self.command_peers(|_| true, Op::StateIn, 0, &[])?;
+                let own = self.link.state_in();
+                let own = self.own_outcome(own);
+                let peers = self.answers(|_| true, "the updater state it was sent");
+                self.conclude(own, peers)?;
+            } else {
+                self.server_reports(Op::StateIn, separate.len())?;
+            }
         }
+        self.refresh(true, None)?;
         self.settled = true;
         Ok(())
     }
 
     /// All workers: the factor between one worker's batch and a step's.
     pub fn workers(&self) -> usize {
-        self.config.nworkers()
+        self.topology.cluster().nworkers()
     }
 
     /// One step of every worker; `net` and `store` are worker 0's. The workers of group 0
@@ -591,29 +759,8 @@ impl Cluster {
     ) -> Result<()> {
         self.settled = false;
         self.last_step = step;
-        if self.config.staleness > 0 {
-            return self.stale_step(net, store, step);
-        }
-        for p in &self.peers {
-            if !p.send(Command::Step(step)) {
-                return Err(self.stopped(p.addr));
-            }
-        }
-        let own = self.link.train_step(net, store, &mut *self.algorithm, step);
-        let own = self.own_outcome(own);
-        let peers = self.collect(|_| {});
-        own?;
-        peers?;
-        match self.config.hogwild_sync_freq() {
-            Some(freq) if (step + 1).is_multiple_of(freq) => self.sync_server_groups(step),
-            _ => Ok(()),
-        }
-    }
-
-    /// A step with a staleness bound: before group 0 starts step `step`, every other group has
-    /// at most `staleness` earlier steps left to finish (it waits for them otherwise).
-    fn stale_step(&mut self, net: &mut NeuralNet, store: &mut ParamStore, step: u64) -> Result<()> {
-        let bound = self.config.staleness as usize;
+        let c = self.topology.cluster();
+        let (bound, sync) = (c.staleness as usize, c.hogwild_sync_freq());
         // Wait for the groups that lag too far first, then start everyone together (a worker
         // of group 0 must not wait at a bridge for worker 0 meanwhile).
         for i in 0..self.peers.len() {
@@ -623,27 +770,29 @@ impl Cluster {
                 bound
             };
             while self.peers[i].pending > allowed {
-                self.take_step_reply(i)?;
+                self.take_step(i)?;
             }
             self.max_lag = self.max_lag.max(self.peers[i].pending);
         }
         for i in 0..self.peers.len() {
-            if !self.peers[i].send(Command::Step(step)) {
-                return Err(self.stopped(self.peers[i].addr));
-            }
+            let addr = self.peers[i].addr;
+            self.command(addr, Op::Step, step, &[])?;
             self.peers[i].pending += 1;
         }
         let own = self.link.train_step(net, store, &mut *self.algorithm, step);
-        self.own_outcome(own)?;
-        // The other workers of group 0 finished this step with worker 0.
+        let own = self.own_outcome(own);
+        // Every group finishes this step now, unless a staleness bound lets others lag.
+        let mut peers = Ok(());
         for i in 0..self.peers.len() {
-            if self.peers[i].addr.group == 0 {
-                while self.peers[i].pending > 0 {
-                    self.take_step_reply(i)?;
-                }
+            if bound > 0 && self.peers[i].addr.group != 0 {
+                continue;
+            }
+            while self.peers[i].pending > 0 && peers.is_ok() {
+                peers = self.take_step(i);
             }
         }
-        match self.config.hogwild_sync_freq() {
+        self.conclude(own, peers)?;
+        match sync {
             Some(freq) if (step + 1).is_multiple_of(freq) => {
                 self.drain()?;
                 self.sync_server_groups(step)
@@ -652,28 +801,31 @@ impl Cluster {
         }
     }
 
-    /// Takes peer `i`'s reply to its oldest pending step.
-    fn take_step_reply(&mut self, i: usize) -> Result<()> {
-        let timeout = Duration::from_secs(self.config.timeout_secs);
-        let p = &self.peers[i];
-        let outcome = match p.reply(&self.replies, timeout) {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.explain(e)),
-            Err(RecvTimeoutError::Timeout) => Err(Error::invalid(format!(
-                "{} did not finish a step within {} s (raise cluster.timeout if a step takes longer)",
-                p.addr, self.config.timeout_secs
-            ))),
-            Err(RecvTimeoutError::Disconnected) => Err(self.stopped(p.addr)),
-        };
+    /// Takes peer `i`'s report of its oldest pending step.
+    fn take_step(&mut self, i: usize) -> Result<()> {
+        let deadline = Instant::now() + self.timeout();
+        while self.peers[i].done == 0 && !self.peers[i].failed {
+            if !self.pump(deadline)? {
+                return Err(Error::invalid(format!(
+                    "{} did not finish a step within {} s (raise cluster.timeout if a step takes longer)",
+                    self.peers[i].addr,
+                    self.timeout().as_secs()
+                )));
+            }
+        }
+        if self.peers[i].failed {
+            self.check()?;
+        }
+        self.peers[i].done -= 1;
         self.peers[i].pending -= 1;
-        outcome
+        Ok(())
     }
 
     /// Waits until every group has finished every step it was given.
     fn drain(&mut self) -> Result<()> {
         for i in 0..self.peers.len() {
             while self.peers[i].pending > 0 {
-                self.take_step_reply(i)?;
+                self.take_step(i)?;
             }
         }
         Ok(())
@@ -689,18 +841,14 @@ impl Cluster {
     /// an equal part of every batch); `own` are worker 0's.
     pub fn read_metrics(&mut self, own: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
         self.drain()?;
-        for p in &self.peers {
-            if !p.send(Command::Metrics) {
-                return Err(self.stopped(p.addr));
-            }
-        }
+        self.command_peers(|_| true, Op::Metrics, 0, &[])?;
         let mut sum = own;
-        self.collect(|theirs| {
+        for theirs in self.answers(|_| true, "a request for its metrics")? {
             for ((name, v), (other, x)) in sum.iter_mut().zip(theirs) {
                 debug_assert_eq!(*name, other);
                 *v += x;
             }
-        })?;
+        }
         let n = (self.peers.len() + 1) as f64;
         Ok(sum.into_iter().map(|(k, v)| (k, v / n)).collect())
     }
@@ -708,17 +856,32 @@ impl Cluster {
     /// Restores the other workers' layer states (worker 0's are the caller's).
     pub fn restore_layer_states(&mut self, states: &[(String, Vec<u64>)]) -> Result<()> {
         self.drain()?;
-        for p in &self.peers {
-            if !p.send(Command::Restore(states.to_vec())) {
-                return Err(self.stopped(p.addr));
-            }
-        }
-        self.collect(|_| {})
+        self.command_peers(|_| true, Op::Restore, 0, states)?;
+        self.answers(|_| true, "a restore of its layers' states")
+            .map(|_| ())
+    }
+
+    /// Messages and payload bytes that went from one rank to another so far, parameter
+    /// traffic and bridges together (none with one rank).
+    pub fn traffic_between_processes(&self) -> (u64, u64) {
+        let t = self.traffic();
+        (t.messages, t.bytes)
+    }
+
+    /// What crossed between ranks so far (sent by this process's ranks), the training traffic
+    /// and the control plane apart.
+    pub fn traffic(&self) -> Traffic {
+        self.fabric.traffic()
+    }
+
+    /// Where the workers and servers live.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// The topology, for `--dry-run` and logs.
     pub fn describe(&self) -> String {
-        let c = &self.config;
+        let c = self.topology.cluster();
         let mut s = format!(
             "cluster: {} worker group{} of {} worker{}, {} server group{} of {} server{} ({}), {}\n",
             c.nworker_groups,
@@ -729,7 +892,7 @@ impl Cluster {
             plural(c.nserver_groups),
             c.nservers_per_group,
             plural(c.nservers_per_group),
-            if c.servers_on_worker_threads() {
+            if self.topology.servers_on_worker_threads() {
                 "each on the thread of the worker it sits beside"
             } else {
                 "each on a thread of its own"
@@ -750,7 +913,11 @@ impl Cluster {
                 ),
             }
         );
-        for (i, load) in self.loads.iter().enumerate() {
+        let mut loads = vec![0; c.nservers_per_group];
+        for sl in self.slices.iter().flatten() {
+            loads[sl.server] += sl.len;
+        }
+        for (i, load) in loads.iter().enumerate() {
             let each = if c.nserver_groups > 1 {
                 " (in each server group)"
             } else {
@@ -764,93 +931,15 @@ impl Cluster {
                 self.shared_grads.join(", ")
             ));
         }
-        if c.separate_memory() {
+        if self.topology.separate_memory() {
             s.push_str(&format!(
-                "{} processes, each with memory of its own and a router (run in this one, copying what crosses between them):\n",
-                c.nprocs
+                "{} ranks (processes), each with memory of its own, over {}:\n",
+                self.topology.ranks(),
+                self.fabric.engine()
             ));
-            for p in 0..c.nprocs {
-                let workers = (0..c.nworkers())
-                    .filter(|&k| c.process_of_worker(k) == p)
-                    .map(|k| {
-                        format!(
-                            "worker {}.{}",
-                            k / c.nworkers_per_group,
-                            k % c.nworkers_per_group
-                        )
-                    });
-                let servers = (0..c.nserver_groups)
-                    .flat_map(|h| (0..c.nservers_per_group).map(move |s| (h, s)))
-                    .filter(|&(h, s)| c.process_of_server(h, s) == p)
-                    .map(|(h, s)| format!("server {h}.{s}"));
-                let all: Vec<String> = workers.chain(servers).collect();
-                s.push_str(&format!("  process {p}: {}\n", all.join(", ")));
-            }
+            s.push_str(&self.topology.describe_ranks(&self.slices, &self.names));
         }
         s
-    }
-
-    /// Worker 0's own outcome: a failure is recorded and told to the other workers (their
-    /// parameter traffic and their bridges), and reported with its first cause.
-    fn own_outcome(&mut self, own: Result<()>) -> Result<()> {
-        if let Err(e) = &own {
-            self.failures.record(e.clone());
-            self.link.tell_stopped();
-            self.exchanges.tell_stopped(0, 0);
-        }
-        own.map_err(|e| self.explain(e))
-    }
-
-    /// Every peer's reply to the last command, in order; the first failure is the error.
-    fn collect(&self, each: impl FnMut(Vec<(String, f64)>)) -> Result<()> {
-        self.collect_from(|_| true, each)
-    }
-
-    /// The replies of the peers `which` selects, as [`Cluster::collect`].
-    fn collect_from(
-        &self,
-        which: impl Fn(&Peer) -> bool,
-        mut each: impl FnMut(Vec<(String, f64)>),
-    ) -> Result<()> {
-        let timeout = Duration::from_secs(self.config.timeout_secs);
-        let mut first_error = None;
-        for p in self.peers.iter().filter(|p| which(p)) {
-            match p.reply(&self.replies, timeout) {
-                Ok(Ok(m)) => each(m),
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(self.explain(e));
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    first_error.get_or_insert(Error::invalid(format!(
-                        "{} did not answer within {} s (raise cluster.timeout if a step takes longer)",
-                        p.addr, self.config.timeout_secs
-                    )));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    first_error.get_or_insert(self.stopped(p.addr));
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// A failure as the job reports it: the first thread that failed is the cause.
-    fn explain(&self, e: Error) -> Error {
-        match self.failures.first() {
-            Some(cause) if cause.to_string() != e.to_string() => {
-                Error::invalid(format!("{cause} (and so: {e})"))
-            }
-            _ => e,
-        }
-    }
-
-    fn stopped(&self, who: Addr) -> Error {
-        self.failures
-            .first()
-            .unwrap_or_else(|| Error::invalid(format!("{who} has stopped")))
     }
 }
 
@@ -862,32 +951,47 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
+/// Starts `workers` and `servers` on threads of their own; each thread's result says whether
+/// it failed.
+fn spawn(workers: Vec<PeerWorker>, servers: Vec<Server>) -> Result<Vec<JoinHandle<bool>>> {
+    let mut threads = Vec::new();
+    for w in workers {
+        let name = format!("singa-{}", w.link.addr()).replace(' ', "-");
+        threads.push(
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || w.run())
+                .map_err(|e| Error::invalid(format!("cannot start a worker: {e}")))?,
+        );
+    }
+    for s in servers {
+        let name = format!("singa-{}", s.transport.addr()).replace(' ', "-");
+        threads.push(
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || s.run())
+                .map_err(|e| Error::invalid(format!("cannot start a server: {e}")))?,
+        );
+    }
+    Ok(threads)
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let me = self.link.addr();
-        for (addr, _) in &self.servers {
-            let _ = self.link.send_raw(server::stop(me, *addr));
+        for i in 0..self.peers.len() {
+            let addr = self.peers[i].addr;
+            let _ = self.command(addr, Op::Stop, 0, &[]);
+        }
+        for s in self.separate_servers() {
+            let _ = self.command_server(s, Op::Stop, 0);
         }
         // Workers still waiting for values stop waiting.
         self.link.tell_stopped();
-        for p in &mut self.peers {
-            // Closing its command channel ends a worker thread's loop.
-            p.commands.take();
-            p.waiter.wake();
-            if let Some(t) = p.thread.take() {
-                let _ = t.join();
-            }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
-        for (_, t) in self.servers.drain(..) {
+        for t in self.nodes.drain(..) {
             let _ = t.join();
         }
     }
-}
-
-/// The device that worker 0 of a distributed job runs on.
-pub fn coordinator_device(job: &JobConfig, threads: Option<usize>) -> Result<DeviceRef> {
-    crate::device::create(
-        &share_of_threads(&job.device, threads, job.cluster.nworkers()),
-        None,
-    )
 }

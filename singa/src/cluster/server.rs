@@ -1,6 +1,8 @@
 //! Servers: they hold slices of the parameters and run the updater on them.
 
-use super::{Failures, TransportBox};
+use super::control::{self, Op, Outcome};
+use super::topology::COORDINATOR;
+use super::TransportBox;
 use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result, Tensor, UpdateArgs, UpdaterBox};
 use singa_layers::schedule::LrSchedule;
 use std::collections::HashMap;
@@ -63,6 +65,8 @@ pub(crate) struct ServerCore {
     pending: Vec<Pending>,
     /// Its part in synchronising the server groups (Distributed Hogwild), if any.
     sync: Option<GroupSync>,
+    /// `State` messages installed since the coordinator last checked.
+    states_in: usize,
 }
 
 /// A server's part in synchronising the server groups: server `s` of group 0 (the leader)
@@ -78,12 +82,14 @@ pub(crate) enum SyncRole {
 /// The state of a synchronisation round.
 struct GroupSync {
     role: SyncRole,
-    /// Whom to tell when the round is done here (when the server has a thread of its own).
-    coordinator: Addr,
     /// Leader: per slice, what each follower sent this round.
     parts: Vec<Vec<Option<Tensor>>>,
-    /// Slices whose round is not over.
-    remaining: usize,
+    /// Slices whose round is not over, once the round has started here: a leader may get a
+    /// follower's slices before the coordinator's signal (they travel different routes), so
+    /// it counts down from 0 until the signal adds the slices.
+    remaining: isize,
+    /// Whether the coordinator's signal of the current round has come.
+    started: bool,
     /// The step the round belongs to.
     step: u64,
 }
@@ -130,21 +136,21 @@ impl ServerCore {
             index,
             pending,
             sync: None,
+            states_in: 0,
         }
     }
 
-    /// Makes this server take part in synchronising the server groups as `role`; when it
-    /// runs on a thread of its own it reports the end of a round to `coordinator`.
-    pub fn with_sync(mut self, role: SyncRole, coordinator: Addr) -> Self {
+    /// Makes this server take part in synchronising the server groups as `role`.
+    pub fn with_sync(mut self, role: SyncRole) -> Self {
         let followers = match &role {
             SyncRole::Leader(f) => f.len(),
             SyncRole::Follower(_) => 0,
         };
         self.sync = Some(GroupSync {
             role,
-            coordinator,
             parts: self.pending.iter().map(|_| vec![None; followers]).collect(),
             remaining: 0,
+            started: false,
             step: 0,
         });
         self
@@ -157,6 +163,16 @@ impl ServerCore {
     /// averages each slice once every follower's has come (in group order, so that the
     /// result does not depend on arrival order) and sends the average back.
     pub fn on_sync(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<bool> {
+        let done = self.sync_message(msg, transport)?;
+        if done {
+            if let Some(sync) = &mut self.sync {
+                sync.started = false;
+            }
+        }
+        Ok(done)
+    }
+
+    fn sync_message(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<bool> {
         let me = transport.addr();
         let sync = self.sync.as_mut().ok_or_else(|| {
             Error::invalid(format!(
@@ -167,7 +183,8 @@ impl ServerCore {
         let Some(values) = msg.payload.into_option() else {
             // The coordinator starts a round.
             sync.step = msg.version;
-            sync.remaining = self.pending.len();
+            sync.started = true;
+            sync.remaining += self.pending.len() as isize;
             if let SyncRole::Follower(leader) = sync.role {
                 for p in &self.pending {
                     transport
@@ -185,6 +202,7 @@ impl ServerCore {
             }
             return Ok(sync.remaining == 0);
         };
+        let step = msg.version;
         let key = (msg.target, msg.slice);
         let i = *self.index.get(&key).ok_or_else(|| {
             Error::invalid(format!(
@@ -234,7 +252,7 @@ impl ServerCore {
                                 kind: MsgKind::Sync,
                                 target: key.0,
                                 slice: key.1,
-                                version: sync.step,
+                                version: step,
                                 payload: Some(value.clone()).into(),
                             })
                             .into_result()?;
@@ -243,7 +261,7 @@ impl ServerCore {
                 }
             }
         }
-        Ok(sync.remaining == 0)
+        Ok(sync.started && sync.remaining == 0)
     }
 
     /// Handles a `Put`: installs the values it carries as this slice's, for the round its
@@ -301,9 +319,66 @@ impl ServerCore {
             })
     }
 
-    /// Where a server with a thread of its own reports the end of a synchronisation round.
-    pub fn sync_coordinator(&self) -> Option<Addr> {
-        self.sync.as_ref().map(|s| s.coordinator)
+    /// Whether this server takes part in synchronising the server groups.
+    pub fn syncs(&self) -> bool {
+        self.sync.is_some()
+    }
+
+    /// Sends the updater state of each of its slices to the coordinator: a `State` message per
+    /// slice and state tensor (`version` the tensor's index).
+    pub fn state_out(&self, transport: &mut TransportBox) -> Result<()> {
+        let me = transport.addr();
+        for p in &self.pending {
+            for (i, t) in p.slice.state.iter().enumerate() {
+                transport
+                    .send(Msg {
+                        src: me,
+                        dst: COORDINATOR,
+                        kind: MsgKind::State,
+                        target: p.slice.key.0,
+                        slice: p.slice.key.1,
+                        version: i as u64,
+                        payload: Some(t.clone()).into(),
+                    })
+                    .into_result()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `State` messages that make up this server's whole updater state.
+    pub fn state_tensors(&self) -> usize {
+        self.pending.iter().map(|p| p.slice.state.len()).sum()
+    }
+
+    /// Installs the updater state a `State` message carries.
+    pub fn on_state(&mut self, msg: Msg) -> Result<()> {
+        let me = msg.dst;
+        let i = self.slice_index(&msg, me, "sent the updater state of")?;
+        let values = msg.payload.into_option().ok_or_else(|| {
+            Error::invalid(format!("{me}: a State without values from {}", msg.src))
+        })?;
+        let state = &mut self.pending[i].slice.state;
+        let n = state.len();
+        let dst = state.get_mut(msg.version as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "{me}: {} sent updater state {} of parameter {} slice {}, which has {n}",
+                msg.src, msg.version, msg.target, msg.slice
+            ))
+        })?;
+        if !values.shares_storage(dst) {
+            self.dev.copy(&values, dst)?;
+        }
+        self.states_in += 1;
+        Ok(())
+    }
+
+    /// Whether every state tensor came since the last call (answering `StateIn`), which
+    /// starts the count again.
+    pub fn take_states_in(&mut self) -> bool {
+        let all = self.states_in == self.state_tensors();
+        self.states_in = 0;
+        all
     }
 
     /// Every worker it serves.
@@ -420,22 +495,30 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Serves until a `Stop` message; a failure is recorded in `failures` and told to the
-    /// workers (who stop waiting) before the thread ends.
-    pub fn run(mut self, failures: Failures) {
+    /// Serves until told to stop. A failure is reported to the coordinator and told to the
+    /// workers (who stop waiting) before the thread ends; the result says whether it failed.
+    pub fn run(mut self) -> bool {
         let me = self.transport.addr();
-        if let Err(e) = self.serve() {
-            failures.record(e.context(format!("{me}")));
-            // Its workers stop waiting for values, and the coordinator for a synchronisation.
-            let waiting: Vec<Addr> = self
-                .core
-                .workers()
-                .chain(self.core.sync_coordinator())
-                .collect();
-            for w in waiting {
+        let outcome = singa_core::catch_panic("the server", || self.serve());
+        if let Err(e) = &outcome {
+            let e = e.clone().context(format!("{me}"));
+            let outcome = Outcome::Failed(e.to_string());
+            if let Ok(r) = control::report(me, Op::Stop, 0, &outcome, &self.core.dev) {
+                let _ = self.transport.send(r);
+            }
+            let workers: Vec<Addr> = self.core.workers().collect();
+            for w in workers {
                 let _ = self.transport.send(stop(me, w));
             }
         }
+        outcome.is_err()
+    }
+
+    /// Reports `op(arg)` done to the coordinator.
+    fn done(&mut self, op: Op, arg: u64) -> Result<()> {
+        let me = self.transport.addr();
+        let r = control::report(me, op, arg, &Outcome::Done(Vec::new()), &self.core.dev)?;
+        self.transport.send(r).into_result()
     }
 
     fn serve(&mut self) -> Result<()> {
@@ -449,16 +532,32 @@ impl Server {
                 MsgKind::Update => self.core.receive(msg, &mut self.transport)?,
                 MsgKind::Put => self.core.on_put(msg, &mut self.transport)?,
                 MsgKind::Get => self.core.on_get(msg, &mut self.transport)?,
+                MsgKind::State => self.core.on_state(msg)?,
                 MsgKind::Sync => {
                     let step = msg.version;
                     if self.core.on_sync(msg, &mut self.transport)? {
-                        if let Some(c) = self.core.sync_coordinator() {
-                            let me = self.transport.addr();
-                            self.transport
-                                .send(sync_signal(me, c, step))
-                                .into_result()?;
+                        self.done(Op::Sync, step)?;
+                    }
+                }
+                MsgKind::Control => {
+                    let cmd = control::decode_command(&msg)?;
+                    match cmd.op {
+                        Op::Stop => return Ok(()),
+                        Op::StateOut => self.core.state_out(&mut self.transport)?,
+                        Op::StateIn if !self.core.take_states_in() => {
+                            return Err(Error::invalid(
+                                "told to take in its updater state before all of it came",
+                            ))
+                        }
+                        Op::StateIn => {}
+                        other => {
+                            return Err(Error::invalid(format!(
+                                "a server cannot {other:?} (from {})",
+                                msg.src
+                            )))
                         }
                     }
+                    self.done(cmd.op, cmd.arg)?;
                 }
                 other => {
                     return Err(Error::invalid(format!(
@@ -484,8 +583,7 @@ fn values_msg(src: Addr, dst: Addr, slice: &ServerSlice, round: u64) -> Msg {
     }
 }
 
-/// An empty `Sync`: from the coordinator, "start a round of synchronisation after `step`";
-/// from a server with a thread of its own, "my part of that round is over".
+/// An empty `Sync`: from the coordinator, "start a round of synchronisation after `step`".
 pub(crate) fn sync_signal(src: Addr, dst: Addr, step: u64) -> Msg {
     Msg {
         src,

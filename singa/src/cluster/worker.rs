@@ -1,16 +1,15 @@
 //! A worker's side of the parameter traffic, and the threads that run workers beside the
-//! coordinating one.
+//! coordinating one, commanded through the control plane.
 
 use super::build::SharedGrad;
+use super::control::{self, Command, Op, Outcome};
 use super::server::ServerCore;
 use super::slices::Slice;
-use super::{Failures, TransportBox};
+use super::TransportBox;
 use crate::algorithm::{GradientSink, TrainOneBatch};
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
-use singa_core::park::Waiter;
-use singa_core::{Addr, Error, Msg, MsgKind, Result, Role, Tensor};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result, Tensor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +50,9 @@ pub(crate) struct WorkerLink {
     /// Colleagues whose backward pass of this step is done, and of the next (one that has
     /// its values already may run ahead by one step, no more).
     backward_done: (usize, usize),
+    /// Whether a colleague or server said it stopped: this worker's failure is then a
+    /// consequence, not a cause.
+    saw_stop: bool,
 }
 
 impl WorkerLink {
@@ -111,7 +113,13 @@ impl WorkerLink {
             shared,
             shared_index,
             backward_done: (0, 0),
+            saw_stop: false,
         })
+    }
+
+    /// Whether a colleague or server said it stopped (see [`Outcome::Interrupted`]).
+    pub fn saw_stop(&self) -> bool {
+        self.saw_stop
     }
 
     /// Runs `server` on this worker's thread: it receives gradients at this worker's address.
@@ -131,11 +139,6 @@ impl WorkerLink {
     /// This worker's address.
     pub fn addr(&self) -> Addr {
         self.transport.addr()
-    }
-
-    /// Sends a message that is not parameter traffic.
-    pub fn send_raw(&mut self, msg: Msg) -> Result<()> {
-        self.transport.send(msg).into_result()
     }
 
     /// Runs one training step of `net`: TrainOneBatch with the gradients going to the
@@ -196,6 +199,7 @@ impl WorkerLink {
                 )));
             };
             if msg.kind == MsgKind::Stop {
+                self.saw_stop = true;
                 let during = format!(
                     "this worker waited for its group's backward passes of step {}",
                     step + 1
@@ -296,9 +300,79 @@ impl WorkerLink {
                     self.install(msg)?;
                     missing -= 1;
                 }
-                _ => return Err(interrupted(me, &msg, "this worker waited for values")),
+                // The server beside this worker answers its part of the round.
+                MsgKind::Put | MsgKind::Get if self.server.is_some() => self.serve(msg)?,
+                _ => {
+                    self.saw_stop |= msg.kind == MsgKind::Stop;
+                    return Err(interrupted(me, &msg, "this worker waited for values"));
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Hands a message for the server beside this worker to it.
+    fn serve(&mut self, msg: Msg) -> Result<()> {
+        let me = self.transport.addr();
+        let server = self.server.as_mut().ok_or_else(|| {
+            Error::invalid(format!(
+                "{me}: a {:?} message from {} for a server, but none runs beside this worker",
+                msg.kind, msg.src
+            ))
+        })?;
+        match msg.kind {
+            MsgKind::Update => server.receive(msg, &mut self.transport),
+            MsgKind::Put => server.on_put(msg, &mut self.transport),
+            MsgKind::Get => server.on_get(msg, &mut self.transport),
+            MsgKind::State => server.on_state(msg),
+            other => Err(Error::invalid(format!(
+                "{me}: a {other:?} message from {} for its server",
+                msg.src
+            ))),
+        }
+        .map_err(|e| e.context(format!("{me} (its server)")))
+    }
+
+    /// The server beside this worker sends its updater state to the coordinator.
+    pub fn state_out(&mut self) -> Result<()> {
+        match &self.server {
+            Some(server) => server.state_out(&mut self.transport),
+            None => Ok(()),
+        }
+    }
+
+    /// The server beside this worker takes in the updater state the coordinator sent it:
+    /// serves messages until all of it has come.
+    pub fn state_in(&mut self) -> Result<()> {
+        let me = self.transport.addr();
+        let Some(server) = &self.server else {
+            return Ok(());
+        };
+        let mut missing = server.state_tensors();
+        let deadline = Instant::now() + self.timeout;
+        while missing > 0 {
+            let Some(msg) = self.recv_until(deadline)? else {
+                return Err(Error::invalid(format!(
+                    "{me}: waited {} s for {missing} updater state tensors from the coordinator",
+                    self.timeout.as_secs()
+                )));
+            };
+            match msg.kind {
+                MsgKind::State => {
+                    self.serve(msg)?;
+                    missing -= 1;
+                }
+                _ => {
+                    self.saw_stop |= msg.kind == MsgKind::Stop;
+                    return Err(interrupted(
+                        me,
+                        &msg,
+                        "this worker's server took in its state",
+                    ));
+                }
+            }
+        }
+        self.server.as_mut().map(ServerCore::take_states_in);
         Ok(())
     }
 
@@ -374,17 +448,15 @@ impl WorkerLink {
                 self.backward_done.1 += 1;
                 Ok(())
             }
-            MsgKind::Update if self.server.is_some() => {
-                let server = self.server.as_mut().expect("checked");
-                server
-                    .receive(msg, &mut self.transport)
-                    .map_err(|e| e.context(format!("{me} (its server)")))
+            MsgKind::Update if self.server.is_some() => self.serve(msg),
+            MsgKind::Stop => {
+                self.saw_stop = true;
+                Err(Error::invalid(format!(
+                    "{me}: {} stopped while this worker waited for step {} values",
+                    msg.src,
+                    step + 1
+                )))
             }
-            MsgKind::Stop => Err(Error::invalid(format!(
-                "{me}: {} stopped while this worker waited for step {} values",
-                msg.src,
-                step + 1
-            ))),
             _ => Err(Error::invalid(format!(
                 "{me}: unexpected {:?} message from {} (step {}) in step {}",
                 msg.kind,
@@ -396,52 +468,37 @@ impl WorkerLink {
     }
 
     /// Takes part in a round of synchronising the server groups (after the step `step`): runs
-    /// the server beside this worker, if it synchronises, until its part is over, and waits
-    /// for `reports` servers with threads of their own to say theirs is (the coordinator).
-    pub fn sync(&mut self, step: u64, mut reports: usize) -> Result<()> {
+    /// the server beside this worker, if it synchronises, until its part is over.
+    pub fn sync(&mut self, step: u64) -> Result<()> {
         let me = self.transport.addr();
-        let mut own_done = self
-            .server
-            .as_ref()
-            .is_none_or(|s| s.sync_coordinator().is_none());
+        if !self.server.as_ref().is_some_and(ServerCore::syncs) {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.timeout;
-        while !own_done || reports > 0 {
+        loop {
             let Some(msg) = self.recv_until(deadline)? else {
                 return Err(Error::invalid(format!(
-                    "{me}: waited {} s for the server groups to synchronise after step {} ({})",
+                    "{me}: waited {} s for the server groups to synchronise after step {} (the server beside this worker has not finished)",
                     self.timeout.as_secs(),
                     step + 1,
-                    if own_done {
-                        format!("{reports} servers have not finished")
-                    } else {
-                        "the server beside this worker has not finished".to_string()
-                    }
                 )));
             };
             match msg.kind {
-                MsgKind::Sync if msg.src.role == Role::Server && msg.payload.is_none() => {
-                    reports = reports.checked_sub(1).ok_or_else(|| {
-                        Error::invalid(format!(
-                            "{me}: an unexpected end of synchronisation from {}",
-                            msg.src
-                        ))
-                    })?;
-                }
                 MsgKind::Sync => {
-                    let server = self.server.as_mut().ok_or_else(|| {
-                        Error::invalid(format!(
-                            "{me}: a Sync message from {}, but no server beside this worker",
-                            msg.src
-                        ))
-                    })?;
-                    own_done |= server
+                    let server = self.server.as_mut().expect("checked");
+                    if server
                         .on_sync(msg, &mut self.transport)
-                        .map_err(|e| e.context(format!("{me} (its server)")))?;
+                        .map_err(|e| e.context(format!("{me} (its server)")))?
+                    {
+                        return Ok(());
+                    }
                 }
-                _ => return Err(interrupted(me, &msg, "the server groups synchronised")),
+                _ => {
+                    self.saw_stop |= msg.kind == MsgKind::Stop;
+                    return Err(interrupted(me, &msg, "the server groups synchronised"));
+                }
             }
         }
-        Ok(())
     }
 
     fn timeout_error(&self, step: u64, missing: usize) -> Error {
@@ -496,91 +553,98 @@ impl GradientSink for SendGradients<'_> {
     }
 }
 
-/// What the coordinator asks a worker thread to do.
-pub(crate) enum Command {
-    /// Train one step.
-    Step(u64),
-    /// Send the training metrics accumulated since the last read.
-    Metrics,
-    /// Restore the layers' states (data positions) from a checkpoint.
-    Restore(Vec<(String, Vec<u64>)>),
-    /// Take part in synchronising the server groups after the given step.
-    Sync(u64),
-    /// Get the values of every slice from the servers, as of the given round of `Put`s.
-    Refresh(u64),
-}
-
-/// A worker thread's answer.
-pub(crate) type Reply = Result<Vec<(String, f64)>>;
-
-/// A worker that runs on its own thread.
+/// A worker that runs on its own thread, commanded by the coordinator through its control
+/// endpoint.
 pub(crate) struct PeerWorker {
     pub net: NeuralNet,
     pub store: ParamStore,
     pub link: WorkerLink,
     pub algorithm: Box<dyn TrainOneBatch>,
-    /// Its group's bridges, told when it fails.
-    pub exchanges: std::sync::Arc<crate::partition::Exchanges>,
+    /// Its rank's bridges, told when it fails.
+    pub exchanges: Arc<crate::partition::Exchanges>,
+    /// Where its commands come.
+    pub control: TransportBox,
+    /// Where its reports' payloads are made.
+    pub dev: DeviceRef,
 }
 
 impl PeerWorker {
-    /// Serves commands until the coordinator hangs up, waiting for them through the first
-    /// waiter (which the coordinator wakes) and waking the second (the coordinator's) after
-    /// each reply. A panic becomes an error reply and a record in `failures`.
-    pub fn run(
-        mut self,
-        (commands, replies): (Receiver<Command>, SyncSender<Reply>),
-        (waiter, coordinator): (Arc<Waiter>, Arc<Waiter>),
-        failures: Failures,
-    ) {
+    /// Serves commands until told to stop. A failure (a panic too) is reported to the
+    /// coordinator and told to the other workers of the group, and ends the thread; the
+    /// result says whether it failed.
+    pub fn run(mut self) -> bool {
         let me = self.link.addr();
-        let next = || {
-            waiter
-                .wait_for(None, || match commands.try_recv() {
-                    Err(TryRecvError::Empty) => None,
-                    other => Some(other.ok()),
-                })
-                .flatten()
-        };
-        while let Some(cmd) = next() {
-            let outcome = singa_core::catch_panic("the worker", || self.handle(cmd))
-                .map_err(|e| e.context(me.to_string()));
-            if let Err(e) = &outcome {
-                failures.record(e.clone());
-                self.link.tell_stopped();
-                self.exchanges.tell_stopped(me.group, me.id);
+        loop {
+            let msg = match self
+                .control
+                .recv(1000)
+                .into_result()
+                .map(|m| m.into_option())
+            {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(_) => return true,
+            };
+            let cmd = match msg.kind {
+                MsgKind::Control => control::decode_command(&msg),
+                MsgKind::Stop => return false,
+                other => Err(Error::invalid(format!(
+                    "{me}: a {other:?} message from {} at its control endpoint",
+                    msg.src
+                ))),
+            };
+            let (op, arg) = cmd.as_ref().map_or((Op::Stop, 0), |c| (c.op, c.arg));
+            if op == Op::Stop && cmd.is_ok() {
+                return false;
             }
+            let outcome = cmd
+                .and_then(|cmd| singa_core::catch_panic("the worker", || self.handle(cmd)))
+                .map_err(|e| e.context(me.to_string()));
             let failed = outcome.is_err();
-            let sent = replies.send(outcome);
-            coordinator.wake();
+            let outcome = match outcome {
+                Ok(metrics) => Outcome::Done(metrics),
+                Err(e) => {
+                    let interrupted =
+                        self.link.saw_stop() || self.exchanges.saw_stop(me.group, me.id);
+                    self.link.tell_stopped();
+                    self.exchanges.tell_stopped(me.group, me.id);
+                    match interrupted {
+                        true => Outcome::Interrupted(e.to_string()),
+                        false => Outcome::Failed(e.to_string()),
+                    }
+                }
+            };
+            let sent = control::report(me, op, arg, &outcome, &self.dev)
+                .and_then(|r| self.control.send(r).into_result());
             if sent.is_err() || failed {
-                return;
+                return true;
             }
         }
     }
 
     fn handle(&mut self, cmd: Command) -> Result<Vec<(String, f64)>> {
-        match cmd {
-            Command::Step(step) => {
-                self.link
-                    .train_step(&mut self.net, &mut self.store, &mut *self.algorithm, step)?;
+        match cmd.op {
+            Op::Step => {
+                self.link.train_step(
+                    &mut self.net,
+                    &mut self.store,
+                    &mut *self.algorithm,
+                    cmd.arg,
+                )?;
                 Ok(Vec::new())
             }
-            Command::Metrics => self.net.read_metrics(),
-            Command::Sync(step) => {
-                self.link.sync(step, 0)?;
-                Ok(Vec::new())
-            }
-            Command::Refresh(round) => {
-                self.link.get_all(round)?;
-                Ok(Vec::new())
-            }
-            Command::Restore(states) => {
-                for (layer, state) in &states {
+            Op::Metrics => self.net.read_metrics(),
+            Op::Sync => self.link.sync(cmd.arg).map(|_| Vec::new()),
+            Op::Refresh => self.link.get_all(cmd.arg).map(|_| Vec::new()),
+            Op::StateOut => self.link.state_out().map(|_| Vec::new()),
+            Op::StateIn => self.link.state_in().map(|_| Vec::new()),
+            Op::Restore => {
+                for (layer, state) in &cmd.states {
                     self.net.restore_layer_state(layer, state)?;
                 }
                 Ok(Vec::new())
             }
+            Op::Stop | Op::Ready => Err(Error::invalid(format!("a worker cannot {:?}", cmd.op))),
         }
     }
 }

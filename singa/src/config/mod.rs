@@ -384,33 +384,6 @@ impl ClusterConfig {
             && !self.server_worker_separate
     }
 
-    /// Whether each server runs on the thread of the worker it sits beside: when it sits beside
-    /// one and they share memory (otherwise it answers at an address of its own).
-    pub fn servers_on_worker_threads(&self) -> bool {
-        self.servers_beside_workers() && !self.separate_memory()
-    }
-
-    /// Whether workers and servers live in several processes, with no memory shared between
-    /// them: every worker then has its own copy of the values and every server its own slices.
-    pub fn separate_memory(&self) -> bool {
-        self.nprocs > 1
-    }
-
-    /// The process that worker `index` (counting group after group) lives in.
-    pub fn process_of_worker(&self, index: usize) -> usize {
-        index / (self.nworkers() / self.nprocs).max(1)
-    }
-
-    /// The process that server `s` of server group `h` lives in: its worker's when servers sit
-    /// beside workers, otherwise servers are spread in order over the processes.
-    pub fn process_of_server(&self, h: usize, s: usize) -> usize {
-        if self.servers_beside_workers() {
-            return self.process_of_worker(h * self.nworkers_per_group + s);
-        }
-        let total = self.nserver_groups * self.nservers_per_group;
-        (h * self.nservers_per_group + s) * self.nprocs / total
-    }
-
     /// Hogwild's averaging period: `Some(sync_freq)` when every worker group has a server
     /// group of its own (and there are several).
     pub fn hogwild_sync_freq(&self) -> Option<u64> {

@@ -13,12 +13,13 @@
 //! would carry the block itself.
 
 use super::Dist;
-use singa_comm::{ChannelNetwork, ProcessNetwork};
+use singa_comm::{ChannelEndpoint, ChannelNetwork, Endpoints};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec, TD_Opaque, Transport_TO};
 use singa_core::{
     Addr, DType, DeviceRef, Error, Layer, Msg, MsgKind, ParamFactoryMut, Phase, Result, Role,
     SetupContext, Tensor, TensorSpec,
 };
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,120 +37,87 @@ pub(crate) struct LinkState {
     /// maybe of the next bridge (a peer that has all it needs moves on, and can be one round
     /// ahead, never more).
     early: Vec<Option<Msg>>,
+    /// Whether a peer said it stopped.
+    saw_stop: bool,
 }
 
-/// The bridge endpoints of every worker group, handed to the group's workers while their nets
-/// are built.
+/// The bridge endpoints of a rank's workers, handed to them while their nets are built.
 pub struct Exchanges {
     timeout: Duration,
-    groups: Mutex<Vec<Vec<Option<Link>>>>,
-    /// The process of each worker, counting group after group (empty: all in one).
-    process_of: Vec<usize>,
-    /// The routers of groups whose workers live in several processes.
-    routers: Mutex<Vec<ProcessNetwork>>,
+    /// The endpoints of the rank's workers that no net has taken yet (from the fabric).
+    endpoints: Mutex<HashMap<Addr, ChannelEndpoint>>,
+    /// Whether endpoints are made here, a channel network per group, when a net asks (nets
+    /// built on their own, outside a cluster).
+    standalone: bool,
+    /// The links handed out, by bridge address.
+    links: Mutex<HashMap<Addr, Link>>,
 }
 
 impl Exchanges {
-    /// No endpoints yet; every wait at a bridge gives up after `timeout`.
+    /// Endpoints made on demand, for nets built outside a cluster; every wait at a bridge
+    /// gives up after `timeout`.
     pub fn new(timeout: Duration) -> Arc<Exchanges> {
-        Exchanges::placed(timeout, Vec::new())
-    }
-
-    fn placed(timeout: Duration, process_of: Vec<usize>) -> Arc<Exchanges> {
         Arc::new(Exchanges {
             timeout,
-            groups: Mutex::new(Vec::new()),
-            process_of,
-            routers: Mutex::new(Vec::new()),
+            endpoints: Mutex::new(HashMap::new()),
+            standalone: true,
+            links: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The bridges of the workers of `cluster`: between workers in different processes,
-    /// through their routers (copying what crosses).
-    pub fn for_cluster(cluster: &crate::config::ClusterConfig) -> Arc<Exchanges> {
-        let process_of = match cluster.separate_memory() {
-            true => (0..cluster.nworkers())
-                .map(|k| cluster.process_of_worker(k))
-                .collect(),
-            false => Vec::new(),
-        };
-        Exchanges::placed(Duration::from_secs(cluster.timeout_secs), process_of)
+    /// The bridges of `workers`, whose endpoints it takes from `ends` (a rank's, from the
+    /// fabric; none when the workers' groups have one worker each).
+    pub fn for_rank(
+        timeout: Duration,
+        ends: &mut Endpoints,
+        workers: &[Addr],
+        bridges: bool,
+    ) -> Result<Arc<Exchanges>> {
+        let mut endpoints = HashMap::new();
+        if bridges {
+            for w in workers {
+                let a = bridge_addr(w.group, w.id);
+                endpoints.insert(a, ends.take(a)?);
+            }
+        }
+        Ok(Arc::new(Exchanges {
+            timeout,
+            endpoints: Mutex::new(endpoints),
+            standalone: false,
+            links: Mutex::new(HashMap::new()),
+        }))
     }
 
-    /// Endpoints for the bridges of group `group` of `members` workers.
-    fn connect(&self, group: u32, members: u32) -> Result<Vec<singa_comm::ChannelEndpoint>> {
-        let addrs: Vec<Addr> = (0..members).map(|m| bridge_addr(group, m)).collect();
-        let process = |m: u32| {
-            self.process_of
-                .get((group * members + m) as usize)
-                .copied()
-                .unwrap_or(0)
-        };
-        let first = process(0);
-        if (0..members).all(|m| process(m) == first) {
-            return ChannelNetwork::connect(&addrs);
-        }
-        // The group's processes, numbered from 0 in order.
-        let mut placement: Vec<Vec<Addr>> = Vec::new();
-        let mut seen: Vec<usize> = Vec::new();
-        for (m, &a) in addrs.iter().enumerate() {
-            let p = process(m as u32);
-            let i = seen.iter().position(|&q| q == p).unwrap_or_else(|| {
-                seen.push(p);
-                placement.push(Vec::new());
-                seen.len() - 1
-            });
-            placement[i].push(a);
-        }
-        let (net, ends) = ProcessNetwork::connect(&placement)?;
-        self.routers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(net);
-        // Back in member order.
-        let mut by_addr: Vec<(Addr, singa_comm::ChannelEndpoint)> = placement
-            .into_iter()
-            .flatten()
-            .zip(ends.into_iter().flatten())
-            .collect();
-        by_addr.sort_by_key(|(a, _)| a.id);
-        Ok(by_addr.into_iter().map(|(_, e)| e).collect())
-    }
-
-    /// Messages and payload bytes the bridges sent from one process to another so far.
-    pub fn traffic_between_processes(&self) -> (u64, u64) {
-        let routers = self.routers.lock().unwrap_or_else(|p| p.into_inner());
-        routers
-            .iter()
-            .map(ProcessNetwork::traffic)
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    fn wrap(e: ChannelEndpoint, members: u32) -> Link {
+        Arc::new(Mutex::new(LinkState {
+            endpoint: Transport_TO::from_value(e, TD_Opaque),
+            early: vec![None; members as usize],
+            saw_stop: false,
+        }))
     }
 
     /// The bridge endpoint of worker `member` of group `group` of `members` workers.
     pub(crate) fn link(&self, group: u32, member: u32, members: u32) -> Result<Link> {
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let g = group as usize;
-        if groups.len() <= g {
-            groups.resize_with(g + 1, Vec::new);
+        let addr = bridge_addr(group, member);
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = links.get(&addr) {
+            return Ok(Arc::clone(l));
         }
-        if groups[g].is_empty() {
-            groups[g] = self
-                .connect(group, members)?
-                .into_iter()
-                .map(|e| {
-                    Some(Arc::new(Mutex::new(LinkState {
-                        endpoint: Transport_TO::from_value(e, TD_Opaque),
-                        early: vec![None; members as usize],
-                    })))
-                })
-                .collect();
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if self.standalone {
+            let addrs: Vec<Addr> = (0..members).map(|m| bridge_addr(group, m)).collect();
+            for (a, e) in addrs.iter().zip(ChannelNetwork::connect(&addrs)?) {
+                endpoints.insert(*a, e);
+            }
         }
-        groups[g]
-            .get(member as usize)
-            .and_then(|l| l.clone())
-            .ok_or_else(|| {
-                Error::invalid(format!("no bridge endpoint for worker {group}.{member}"))
-            })
+        let e = endpoints.remove(&addr).ok_or_else(|| {
+            Error::invalid(format!(
+                "no bridge endpoint for worker {group}.{member} here"
+            ))
+        })?;
+        let link = Exchanges::wrap(e, members);
+        links.insert(addr, Arc::clone(&link));
+        Ok(link)
     }
 
     /// How long a bridge waits for its peers.
@@ -157,17 +125,23 @@ impl Exchanges {
         self.timeout
     }
 
+    fn link_of(&self, group: u32, member: u32) -> Option<Link> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.get(&bridge_addr(group, member)).cloned()
+    }
+
+    /// Whether a peer of worker `member` of group `group` told its bridges it stopped.
+    pub fn saw_stop(&self, group: u32, member: u32) -> bool {
+        self.link_of(group, member)
+            .is_some_and(|l| l.lock().unwrap_or_else(|p| p.into_inner()).saw_stop)
+    }
+
     /// Tells the other workers of `group` that worker `member` has stopped, so that their
     /// bridges stop waiting for it at once.
     pub fn tell_stopped(&self, group: u32, member: u32) {
-        let link = {
-            let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-            groups
-                .get(group as usize)
-                .and_then(|g| g.get(member as usize))
-                .and_then(|l| l.clone())
+        let Some(link) = self.link_of(group, member) else {
+            return;
         };
-        let Some(link) = link else { return };
         let mut link = link.lock().unwrap_or_else(|p| p.into_inner());
         let peers = link.early.len() as u32;
         let me = bridge_addr(group, member);
@@ -185,12 +159,12 @@ impl Exchanges {
     }
 }
 
-/// The address of worker `member`'s bridge endpoint in group `group`.
-fn bridge_addr(group: u32, member: u32) -> Addr {
+/// Where worker `member` of group `group` exchanges its bridges' parts.
+pub fn bridge_addr(group: u32, member: u32) -> Addr {
     Addr {
         group,
         id: member,
-        role: Role::Worker,
+        role: Role::Bridge,
     }
 }
 
@@ -262,7 +236,11 @@ impl Bridge {
         let me = bridge_addr(self.group, self.member);
         let link = Arc::clone(&self.link);
         let mut link = link.lock().unwrap_or_else(|p| p.into_inner());
-        let LinkState { endpoint, early } = &mut *link;
+        let LinkState {
+            endpoint,
+            early,
+            saw_stop,
+        } = &mut *link;
         for j in (0..self.members).filter(|&j| j != self.member) {
             endpoint
                 .send(Msg {
@@ -317,6 +295,7 @@ impl Bridge {
             };
             let j = msg.src.id as usize;
             if msg.kind == MsgKind::Stop {
+                *saw_stop = true;
                 return Err(Error::invalid(format!(
                     "{}: worker {}.{j} stopped",
                     self.name, self.group

@@ -1,0 +1,266 @@
+//! Messages as bytes, for engines that carry bytes between processes (MPI).
+//!
+//! A message is a fixed header (addresses, kind, target, slice, version, and the payload's
+//! dtype and shape), then the payload's elements in native byte order, 8-byte aligned. The
+//! receiving side writes a payload into a tensor kept per sender, receiver, kind, target and
+//! slice, reused for the next message with the same key (see `wire.rs` for why receivers are
+//! done with a payload before the next one of its key comes); the control plane's payloads
+//! get tensors of their own.
+
+use crate::fabric::is_control;
+use singa_core::{Addr, DType, DeviceRef, Error, Msg, MsgKind, Result, Role, Shape, Tensor};
+use std::collections::HashMap;
+
+/// Every message kind, by its number.
+const KINDS: [MsgKind; 11] = [
+    MsgKind::Get,
+    MsgKind::Put,
+    MsgKind::Update,
+    MsgKind::Updated,
+    MsgKind::Sync,
+    MsgKind::Bridge,
+    MsgKind::Stop,
+    MsgKind::BackwardDone,
+    MsgKind::Control,
+    MsgKind::Report,
+    MsgKind::State,
+];
+
+/// Every role, by its number.
+const ROLES: [Role; 6] = [
+    Role::Worker,
+    Role::Server,
+    Role::Stub,
+    Role::Bridge,
+    Role::Control,
+    Role::Node,
+];
+
+/// The bytes before the dimensions.
+const FIXED: usize = 40;
+
+fn put_addr(out: &mut [u8], a: Addr) {
+    out[0..4].copy_from_slice(&a.group.to_le_bytes());
+    out[4..8].copy_from_slice(&a.id.to_le_bytes());
+    out[8] = a.role as u8;
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn get_addr(b: &[u8]) -> Result<Addr> {
+    let role = *ROLES
+        .get(b[8] as usize)
+        .ok_or_else(|| Error::invalid(format!("a message names role {}, unknown", b[8])))?;
+    Ok(Addr {
+        group: u32_at(b, 0),
+        id: u32_at(b, 4),
+        role,
+    })
+}
+
+/// Where the payload starts, after the header with `ndim` dimensions.
+fn payload_start(ndim: usize) -> usize {
+    (FIXED + 4 * ndim).next_multiple_of(8)
+}
+
+/// Writes `msg` into `buf` (grown when too small, never shrunk: no allocation once it has
+/// held the largest message); returns the length.
+pub(crate) fn encode(msg: &Msg, buf: &mut Vec<u8>) -> Result<usize> {
+    let payload = msg.payload.as_ref().into_option();
+    let ndim = payload.map_or(0, |t| t.shape().dims().len());
+    let start = payload_start(ndim);
+    let len = start + payload.map_or(0, |t| t.numel() * t.dtype().size());
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let b = &mut buf[..len];
+    put_addr(&mut b[0..9], msg.src);
+    put_addr(&mut b[9..18], msg.dst);
+    b[18] = msg.kind as u8;
+    b[19..23].copy_from_slice(&msg.target.to_le_bytes());
+    b[23..27].copy_from_slice(&msg.slice.to_le_bytes());
+    b[27..35].copy_from_slice(&msg.version.to_le_bytes());
+    b[35] = u8::from(payload.is_some());
+    b[36] = payload.map_or(0, |t| t.dtype() as u8);
+    b[37] = ndim as u8;
+    if let Some(t) = payload {
+        for (i, &d) in t.shape().dims().iter().enumerate() {
+            let d = u32::try_from(d)
+                .map_err(|_| Error::invalid(format!("a dimension of {d} is too large to send")))?;
+            b[FIXED + 4 * i..FIXED + 4 * i + 4].copy_from_slice(&d.to_le_bytes());
+        }
+        t.read_bytes(&mut b[start..])?;
+    }
+    Ok(len)
+}
+
+/// The payload tensors a receiver reuses, by sender, receiver, kind, target and slice.
+pub(crate) struct Payloads {
+    host: DeviceRef,
+    reused: HashMap<(Addr, Addr, MsgKind, u32, u32), Tensor>,
+}
+
+impl Payloads {
+    /// Payloads made on `host`.
+    pub(crate) fn new(host: DeviceRef) -> Payloads {
+        Payloads {
+            host,
+            reused: HashMap::new(),
+        }
+    }
+
+    /// A tensor for the payload of a message with this key, shape and dtype.
+    fn tensor(
+        &mut self,
+        key: (Addr, Addr, MsgKind, u32, u32),
+        shape: Shape,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        if is_control(key.2) {
+            return Tensor::zeros(&self.host, shape, dtype);
+        }
+        match self.reused.get(&key) {
+            Some(t) if t.shape() == shape && t.dtype() == dtype => Ok(t.clone()),
+            _ => {
+                let t = Tensor::zeros(&self.host, shape, dtype)?;
+                self.reused.insert(key, t.clone());
+                Ok(t)
+            }
+        }
+    }
+}
+
+/// The message `bytes` hold (as [`encode`] wrote it), its payload in a tensor of `payloads`.
+pub(crate) fn decode(bytes: &[u8], payloads: &mut Payloads) -> Result<Msg> {
+    let short = || Error::invalid(format!("a message of {} bytes is cut short", bytes.len()));
+    if bytes.len() < FIXED {
+        return Err(short());
+    }
+    let src = get_addr(&bytes[0..9])?;
+    let dst = get_addr(&bytes[9..18])?;
+    let kind = *KINDS
+        .get(bytes[18] as usize)
+        .ok_or_else(|| Error::invalid(format!("a message of kind {}, unknown", bytes[18])))?;
+    let target = u32_at(bytes, 19);
+    let slice = u32_at(bytes, 23);
+    let version = u64::from_le_bytes(bytes[27..35].try_into().expect("8 bytes"));
+    let payload = match bytes[35] {
+        0 => None,
+        _ => {
+            let dtype = *DType::ALL.get(bytes[36] as usize).ok_or_else(|| {
+                Error::invalid(format!("a payload of dtype {}, unknown", bytes[36]))
+            })?;
+            let ndim = bytes[37] as usize;
+            let start = payload_start(ndim);
+            if bytes.len() < start {
+                return Err(short());
+            }
+            let dims: Vec<usize> = (0..ndim)
+                .map(|i| u32_at(bytes, FIXED + 4 * i) as usize)
+                .collect();
+            let shape = Shape::new(&dims)?;
+            let mut t = payloads.tensor((src, dst, kind, target, slice), shape, dtype)?;
+            t.write_bytes(&bytes[start..])?;
+            Some(t)
+        }
+    };
+    Ok(Msg {
+        src,
+        dst,
+        kind,
+        target,
+        slice,
+        version,
+        payload: payload.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_follow_the_enums() {
+        for (i, k) in KINDS.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        for (i, r) in ROLES.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_and_training_payloads_reuse_their_tensor() {
+        let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
+        let mut payloads = Payloads::new(dev.clone());
+        let src = Addr {
+            group: 3,
+            id: 7,
+            role: Role::Bridge,
+        };
+        let dst = Addr {
+            group: 1,
+            id: 2,
+            role: Role::Server,
+        };
+        let t = Tensor::from_slice(&dev, &[1.5f32, -2.0, 3.25, 4.0, 5.0, 6.0], [2, 3]).unwrap();
+        let mut buf = Vec::new();
+        let mut seen = Vec::new();
+        for kind in [
+            MsgKind::Update,
+            MsgKind::Update,
+            MsgKind::State,
+            MsgKind::State,
+        ] {
+            let msg = Msg {
+                src,
+                dst,
+                kind,
+                target: 9,
+                slice: 4,
+                version: u64::MAX - 1,
+                payload: Some(t.clone()).into(),
+            };
+            let n = encode(&msg, &mut buf).unwrap();
+            let back = decode(&buf[..n], &mut payloads).unwrap();
+            assert_eq!(
+                (
+                    back.src,
+                    back.dst,
+                    back.kind,
+                    back.target,
+                    back.slice,
+                    back.version
+                ),
+                (src, dst, kind, 9, 4, u64::MAX - 1)
+            );
+            let p = back.payload.into_option().unwrap();
+            assert_eq!(p.shape(), t.shape());
+            assert_eq!(p.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
+            seen.push(p);
+        }
+        assert!(
+            seen[0].shares_storage(&seen[1]),
+            "a training payload reuses its tensor"
+        );
+        assert!(
+            !seen[2].shares_storage(&seen[3]),
+            "state gets tensors of its own"
+        );
+        let empty = Msg {
+            src,
+            dst,
+            kind: MsgKind::Stop,
+            target: 0,
+            slice: 0,
+            version: 0,
+            payload: None.into(),
+        };
+        let n = encode(&empty, &mut buf).unwrap();
+        assert_eq!(n, FIXED);
+        assert!(decode(&buf[..n], &mut payloads).unwrap().payload.is_none());
+        assert!(decode(&buf[..10], &mut payloads).is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! A job's endpoints, by rank: the one way the runtime gets its transports.
+//!
+//! The runtime says which addresses live in which rank (process) of the job, a
+//! [`Placement`]; a [`Fabric`] connects them and hands each rank its endpoints. Whatever the
+//! engine under it, an endpoint is a [`ChannelEndpoint`]: it reaches the endpoints of its own
+//! rank through their queues, and every other one through its rank's router, which copies the
+//! payload on the way. The engines:
+//! - [`LocalFabric`] with one rank: threads of one process and their queues;
+//! - [`LocalFabric`] with several ranks: processes emulated inside this one, a router thread
+//!   each, the wire between routers a queue (what tests and `--dry-run` use);
+//! - `MpiFabric` (feature `mpi`): one rank per OS process, the wire between routers MPI.
+
+use crate::channel::{ChannelEndpoint, ChannelNetwork};
+use crate::process::ProcessNetwork;
+use singa_core::{Addr, Error, MsgKind, Result};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Which addresses live in which rank: `placement[r]` are rank `r`'s.
+pub type Placement = [Vec<Addr>];
+
+/// Whether messages of `kind` belong to the control plane (commands, reports, updater state)
+/// rather than to training (parameters, bridges). They are counted apart, and their payloads
+/// are not copied into reused buffers.
+pub fn is_control(kind: MsgKind) -> bool {
+    matches!(kind, MsgKind::Control | MsgKind::Report | MsgKind::State)
+}
+
+/// Messages and payload bytes that crossed between ranks: training traffic and the control
+/// plane apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Parameter and bridge messages.
+    pub messages: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Commands, reports and updater state.
+    pub control_messages: u64,
+    /// Their payload bytes.
+    pub control_bytes: u64,
+}
+
+impl std::ops::Add for Traffic {
+    type Output = Traffic;
+    fn add(self, o: Traffic) -> Traffic {
+        Traffic {
+            messages: self.messages + o.messages,
+            bytes: self.bytes + o.bytes,
+            control_messages: self.control_messages + o.control_messages,
+            control_bytes: self.control_bytes + o.control_bytes,
+        }
+    }
+}
+
+/// One rank's endpoints, by address.
+pub struct Endpoints {
+    rank: usize,
+    by_addr: HashMap<Addr, ChannelEndpoint>,
+}
+
+impl Endpoints {
+    pub(crate) fn new(rank: usize, addrs: &[Addr], ends: Vec<ChannelEndpoint>) -> Endpoints {
+        Endpoints {
+            rank,
+            by_addr: addrs.iter().copied().zip(ends).collect(),
+        }
+    }
+
+    /// Takes the endpoint of `addr`.
+    pub fn take(&mut self, addr: Addr) -> Result<ChannelEndpoint> {
+        self.by_addr.remove(&addr).ok_or_else(|| {
+            Error::invalid(format!(
+                "rank {} has no endpoint {addr} (or it was taken already)",
+                self.rank
+            ))
+        })
+    }
+
+    /// The rank these endpoints belong to.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+}
+
+/// The engine that connects a job's endpoints, seen by the runtime.
+pub trait Fabric: Send + Sync {
+    /// What carries messages between ranks, for logs ("threads", "MPI", ...).
+    fn engine(&self) -> &'static str;
+
+    /// The ranks of the job.
+    fn ranks(&self) -> usize;
+
+    /// The ranks whose endpoints this OS process can take: all of them in one process, its
+    /// own under MPI.
+    fn local_ranks(&self) -> std::ops::Range<usize>;
+
+    /// The endpoints of rank `rank` (once; later calls are errors).
+    fn take_rank(&self, rank: usize) -> Result<Endpoints>;
+
+    /// What crossed between ranks so far (sent by this OS process's ranks).
+    fn traffic(&self) -> Traffic;
+}
+
+/// Every rank of a job inside this OS process: one rank's endpoints talk through their
+/// queues; several ranks are emulated processes, each with a router thread (see
+/// [`ProcessNetwork`]).
+pub struct LocalFabric {
+    ranks: Mutex<Vec<Option<Endpoints>>>,
+    count: usize,
+    /// The routers, when there are several ranks (dropped last).
+    routers: Option<ProcessNetwork>,
+}
+
+impl LocalFabric {
+    /// Connects the addresses of `placement`.
+    pub fn connect(placement: &Placement) -> Result<LocalFabric> {
+        let (routers, ends) = match placement {
+            [one] => (None, vec![ChannelNetwork::connect(one)?]),
+            _ => {
+                let (net, ends) = ProcessNetwork::connect(placement)?;
+                (Some(net), ends)
+            }
+        };
+        let ranks = placement
+            .iter()
+            .zip(ends)
+            .enumerate()
+            .map(|(r, (addrs, ends))| Some(Endpoints::new(r, addrs, ends)))
+            .collect();
+        Ok(LocalFabric {
+            ranks: Mutex::new(ranks),
+            count: placement.len(),
+            routers,
+        })
+    }
+}
+
+impl Fabric for LocalFabric {
+    fn engine(&self) -> &'static str {
+        match self.count {
+            1 => "threads",
+            _ => "processes emulated in this one",
+        }
+    }
+
+    fn ranks(&self) -> usize {
+        self.count
+    }
+
+    fn local_ranks(&self) -> std::ops::Range<usize> {
+        0..self.count
+    }
+
+    fn take_rank(&self, rank: usize) -> Result<Endpoints> {
+        let mut ranks = self.ranks.lock().unwrap_or_else(|p| p.into_inner());
+        ranks
+            .get_mut(rank)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::invalid(format!("rank {rank}'s endpoints were taken already")))
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.routers
+            .as_ref()
+            .map_or_else(Traffic::default, ProcessNetwork::traffic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use singa_core::{Msg, Role, Transport};
+
+    fn addr(role: Role, id: u32) -> Addr {
+        Addr { group: 0, id, role }
+    }
+
+    fn ping(src: Addr, dst: Addr, kind: MsgKind) -> Msg {
+        Msg {
+            src,
+            dst,
+            kind,
+            target: 0,
+            slice: 0,
+            version: 0,
+            payload: None.into(),
+        }
+    }
+
+    #[test]
+    fn ranks_are_taken_once_and_count_what_crosses_by_plane() {
+        let w = addr(Role::Worker, 0);
+        let c = addr(Role::Control, 0);
+        let s = addr(Role::Server, 0);
+        let fabric = LocalFabric::connect(&[vec![w, c], vec![s]]).unwrap();
+        assert_eq!((fabric.ranks(), fabric.local_ranks()), (2, 0..2));
+        let mut r0 = fabric.take_rank(0).unwrap();
+        assert!(fabric.take_rank(0).is_err());
+        let mut r1 = fabric.take_rank(1).unwrap();
+        assert!(r1.take(w).is_err(), "w lives in rank 0");
+        let mut server = r1.take(s).unwrap();
+        r0.take(w)
+            .unwrap()
+            .send(ping(w, s, MsgKind::Update))
+            .into_result()
+            .unwrap();
+        r0.take(c)
+            .unwrap()
+            .send(ping(c, s, MsgKind::Control))
+            .into_result()
+            .unwrap();
+        for _ in 0..2 {
+            assert!(server.recv(5000).into_result().unwrap().is_some());
+        }
+        let t = fabric.traffic();
+        assert_eq!((t.messages, t.control_messages), (1, 1));
+    }
+}

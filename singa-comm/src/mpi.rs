@@ -1,0 +1,472 @@
+//! MPI between the processes of a job (feature `mpi`): one rank per OS process, started by
+//! `mpirun`, on one machine or several.
+//!
+//! Each process has a router thread (SINGA's stub) that owns MPI: it initialises MPI, makes
+//! every MPI call, and finalises it, so the rest of singa never touches MPI (and MPI needs
+//! only `MPI_THREAD_FUNNELED`). The endpoints of the process reach each other through their
+//! queues, as in one process; a message for another rank goes to the router, which writes it
+//! into a send buffer kept per receiver, kind, target and slice (no allocation once warm) and
+//! starts a non-blocking send. Between sends it probes for messages from other ranks, decodes
+//! them (see `codec.rs`) and delivers them. A router never blocks in MPI, so two routers
+//! sending large messages to each other cannot deadlock. When there is nothing to do it
+//! yields, then sleeps for short spells: MPI cannot wake a thread, and OpenMPI's blocking calls
+//! would keep a core busy.
+
+use crate::channel::{deliver, queue, Counters, Inbox};
+use crate::codec::{self, Payloads};
+use crate::fabric::{Endpoints, Fabric, Placement, Traffic};
+use crate::process::{process_endpoints, process_of, stub_addr};
+use mpi::ffi;
+use mpi::raw::AsRaw;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result};
+use std::collections::HashMap;
+use std::os::raw::{c_int, c_void};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The tag of every singa message (MPI keeps messages of one tag between two ranks in order).
+const TAG: c_int = 7;
+
+/// Whether an MPI launcher (`mpirun`, `mpiexec`, `srun`) started this process: the variables
+/// OpenMPI, MPICH and PMIx set for each rank.
+pub fn launched() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+/// What the MPI thread is asked to do.
+enum Request {
+    /// Every rank's bytes, in rank order (a collective: every rank must ask).
+    AllGather(Vec<u8>, flume::Sender<Vec<Vec<u8>>>),
+    /// Route messages until told to stop.
+    Route(Box<Router>),
+}
+
+/// MPI, initialised on a thread of its own. Dropping it (or the fabric it became) finalises
+/// MPI once every rank has come to the same point.
+pub struct Mpi {
+    rank: usize,
+    size: usize,
+    requests: Option<flume::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Mpi {
+    /// Initialises MPI on a new thread; an error if it cannot (MPI already initialised, or the
+    /// launcher's environment is broken).
+    pub fn init() -> Result<Mpi> {
+        let (requests, inbox) = flume::unbounded();
+        let (ready_tx, ready) = flume::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("singa-mpi".into())
+            .spawn(move || mpi_main(inbox, ready_tx))
+            .map_err(|e| Error::invalid(format!("cannot start the MPI thread: {e}")))?;
+        let mut mpi = Mpi {
+            rank: 0,
+            size: 1,
+            requests: Some(requests),
+            thread: Some(thread),
+        };
+        let (rank, size) = ready
+            .recv()
+            .map_err(|_| Error::invalid("the MPI thread stopped while starting MPI"))??;
+        (mpi.rank, mpi.size) = (rank, size);
+        Ok(mpi)
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of ranks.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn ask(&self, request: Request) -> Result<()> {
+        self.requests
+            .as_ref()
+            .and_then(|r| r.send(request).ok())
+            .ok_or_else(|| Error::invalid("the MPI thread has stopped"))
+    }
+
+    /// Every rank's `mine`, in rank order. Every rank must call it (it is an MPI collective):
+    /// the ranks compare their jobs this way before they build anything.
+    pub fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let (tx, rx) = flume::bounded(1);
+        self.ask(Request::AllGather(mine.to_vec(), tx))?;
+        rx.recv()
+            .map_err(|_| Error::invalid("the MPI thread stopped during an all-gather"))
+    }
+
+    /// Connects the endpoints of `placement` (`placement[r]`: rank `r`'s addresses; there must
+    /// be one entry per rank) and starts routing. Payloads from other ranks arrive in tensors
+    /// on `host`. When the fabric is dropped, its router waits at most `linger` for the other
+    /// ranks to be done too.
+    pub fn connect(
+        self,
+        placement: &Placement,
+        host: DeviceRef,
+        linger: Duration,
+    ) -> Result<MpiFabric> {
+        if placement.len() != self.size {
+            return Err(Error::invalid(format!(
+                "the job places its workers and servers on {} processes, but mpirun started {} (run mpirun -np {})",
+                placement.len(),
+                self.size,
+                placement.len()
+            )));
+        }
+        let rank_of = process_of(placement)?;
+        let me = self.rank;
+        let (router_inbox, outbound) = queue(stub_addr(me));
+        let sent = Arc::new(Counters::default());
+        let crossed = Arc::new(Counters::default());
+        let (ends, local) = process_endpoints(me, &placement[me], &rank_of, &router_inbox, &sent);
+        let router = Router {
+            addr: stub_addr(me),
+            outbound,
+            local,
+            rank_of,
+            payloads: Payloads::new(host),
+            crossed: Arc::clone(&crossed),
+            slots: HashMap::new(),
+            in_flight: Vec::new(),
+            received: Vec::new(),
+            linger,
+        };
+        self.ask(Request::Route(Box::new(router)))?;
+        Ok(MpiFabric {
+            rank: me,
+            size: self.size,
+            endpoints: Mutex::new(Some(Endpoints::new(me, &placement[me], ends))),
+            router: router_inbox,
+            crossed,
+            mpi: Some(self),
+        })
+    }
+}
+
+impl Drop for Mpi {
+    fn drop(&mut self) {
+        // The thread finalises MPI once its queue closes.
+        self.requests.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The MPI thread: initialises MPI, serves requests until the queue closes, finalises.
+fn mpi_main(requests: flume::Receiver<Request>, ready: flume::Sender<Result<(usize, usize)>>) {
+    let Some((universe, _threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+    else {
+        let _ = ready.send(Err(Error::invalid(
+            "MPI could not be initialised (was it initialised already?)",
+        )));
+        return;
+    };
+    let world = universe.world();
+    let _ = ready.send(Ok((world.rank() as usize, world.size() as usize)));
+    while let Ok(request) = requests.recv() {
+        match request {
+            Request::AllGather(mine, reply) => {
+                let _ = reply.send(all_gather(&world, &mine));
+            }
+            Request::Route(mut router) => router.run(&world),
+        }
+    }
+    // Dropping the universe finalises MPI.
+    drop(universe);
+}
+
+/// Every rank's bytes: their lengths first, then the bytes padded to the longest.
+fn all_gather(world: &SimpleCommunicator, mine: &[u8]) -> Vec<Vec<u8>> {
+    let n = world.size() as usize;
+    let mut lens = vec![0u64; n];
+    world.all_gather_into(&(mine.len() as u64), &mut lens[..]);
+    let longest = lens.iter().copied().max().unwrap_or(0) as usize;
+    let mut padded = mine.to_vec();
+    padded.resize(longest, 0);
+    let mut all = vec![0u8; longest * n];
+    world.all_gather_into(&padded[..], &mut all[..]);
+    all.chunks(longest.max(1))
+        .zip(&lens)
+        .map(|(c, &l)| c[..l as usize].to_vec())
+        .chain(std::iter::repeat_with(Vec::new))
+        .take(n)
+        .collect()
+}
+
+/// One send buffer and the send in flight from it, if any.
+struct Slot {
+    buf: Vec<u8>,
+    request: Option<ffi::MPI_Request>,
+}
+
+// SAFETY: a slot's request is made, tested and completed on the MPI thread only; the router
+// that holds the slots is built elsewhere (with no slot yet) and moved there before it runs.
+unsafe impl Send for Slot {}
+
+/// The key of a send buffer: the message's receiver, kind, target and slice.
+type SlotKey = (Addr, MsgKind, u32, u32);
+
+/// This rank's router.
+struct Router {
+    addr: Addr,
+    /// Messages from this rank's endpoints for other ranks.
+    outbound: flume::Receiver<Msg>,
+    /// This rank's endpoints.
+    local: HashMap<Addr, Inbox>,
+    rank_of: HashMap<Addr, usize>,
+    payloads: Payloads,
+    crossed: Arc<Counters>,
+    slots: HashMap<SlotKey, Slot>,
+    /// Slots whose send is in flight.
+    in_flight: Vec<SlotKey>,
+    /// Where a message from another rank is received.
+    received: Vec<u8>,
+    /// How long to wait for the other ranks at the end.
+    linger: Duration,
+}
+
+impl Router {
+    /// Routes until a `Stop` addressed to the router comes, then finishes its sends and waits
+    /// (receiving and dropping what still comes) until every rank has stopped routing.
+    fn run(&mut self, world: &SimpleCommunicator) {
+        let mut idle_since = Instant::now();
+        loop {
+            let mut busy = false;
+            while let Ok(msg) = self.outbound.try_recv() {
+                busy = true;
+                if msg.dst == self.addr {
+                    if msg.kind == MsgKind::Stop {
+                        return self.finish(world);
+                    }
+                    continue;
+                }
+                self.send(world, msg);
+            }
+            busy |= self.test_sends();
+            while self.receive(world) {
+                busy = true;
+            }
+            if busy {
+                idle_since = Instant::now();
+            } else {
+                pause(idle_since);
+            }
+        }
+    }
+
+    /// Starts sending `msg` to its rank, from its slot's buffer (once the slot's last send is
+    /// done). A message that cannot be encoded is dropped, its sender told it stopped.
+    fn send(&mut self, world: &SimpleCommunicator, msg: Msg) {
+        let Some(&rank) = self.rank_of.get(&msg.dst) else {
+            return;
+        };
+        let key = (msg.dst, msg.kind, msg.target, msg.slice);
+        self.wait_for_slot(world, key);
+        let slot = self.slots.entry(key).or_insert_with(|| Slot {
+            buf: Vec::new(),
+            request: None,
+        });
+        let len = match codec::encode(&msg, &mut slot.buf) {
+            Ok(len) => len,
+            Err(e) => {
+                eprintln!(
+                    "singa: {}: cannot send {:?} to {}: {e}",
+                    self.addr, msg.kind, msg.dst
+                );
+                return;
+            }
+        };
+        self.crossed.add(&msg);
+        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+        // SAFETY: the buffer stays allocated and untouched until the request completes: the
+        // slot is only written again after `wait_for_slot`, and never dropped before `finish`
+        // has completed every request.
+        unsafe {
+            ffi::MPI_Isend(
+                slot.buf.as_ptr() as *const c_void,
+                len as c_int,
+                ffi::RSMPI_UINT8_T,
+                rank as c_int,
+                TAG,
+                world.as_raw(),
+                &mut request,
+            );
+        }
+        slot.request = Some(request);
+        self.in_flight.push(key);
+    }
+
+    /// Waits until the send from slot `key` (if any) is done, receiving meanwhile.
+    fn wait_for_slot(&mut self, world: &SimpleCommunicator, key: SlotKey) {
+        while self.slots.get(&key).is_some_and(|s| s.request.is_some()) {
+            self.test_sends();
+            self.receive(world);
+        }
+    }
+
+    /// Completes the sends that are done; true if any was.
+    fn test_sends(&mut self) -> bool {
+        let mut any = false;
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            let slot = self
+                .slots
+                .get_mut(&self.in_flight[i])
+                .expect("a slot in flight");
+            let request = slot.request.as_mut().expect("in flight");
+            let mut done: c_int = 0;
+            // SAFETY: a request of this slot's send, not yet completed.
+            unsafe { ffi::MPI_Test(request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
+            if done != 0 {
+                slot.request = None;
+                self.in_flight.swap_remove(i);
+                any = true;
+            } else {
+                i += 1;
+            }
+        }
+        any
+    }
+
+    /// Receives one message from another rank, if one has come, and delivers it.
+    fn receive(&mut self, world: &SimpleCommunicator) -> bool {
+        let Some((message, status)) = world.any_process().immediate_matched_probe_with_tag(TAG)
+        else {
+            return false;
+        };
+        let n = status.count(u8::equivalent_datatype()) as usize;
+        if self.received.len() < n {
+            self.received.resize(n, 0);
+        }
+        message.matched_receive_into(&mut self.received[..n]);
+        match codec::decode(&self.received[..n], &mut self.payloads) {
+            Ok(msg) => {
+                // A message for an endpoint that has stopped is dropped: its sender learns of
+                // the stop from the job.
+                if let Some(inbox) = self.local.get(&msg.dst) {
+                    deliver(inbox, msg);
+                }
+            }
+            Err(e) => eprintln!(
+                "singa: {}: a message from rank {} cannot be read: {e}",
+                self.addr,
+                status.source_rank()
+            ),
+        }
+        true
+    }
+
+    /// Finishes every send, then waits for every rank to come here, receiving (and dropping)
+    /// what still arrives so that no rank's send waits on this one. A rank that does not come
+    /// within `linger` is given up on: MPI is aborted, which ends every rank.
+    fn finish(&mut self, world: &SimpleCommunicator) {
+        while !self.in_flight.is_empty() {
+            self.test_sends();
+            self.receive(world);
+        }
+        let mut barrier = world.immediate_barrier();
+        let deadline = Instant::now() + self.linger;
+        let mut idle_since = Instant::now();
+        loop {
+            barrier = match barrier.test() {
+                Ok(_) => return,
+                Err(pending) => pending,
+            };
+            if self.receive(world) {
+                idle_since = Instant::now();
+            } else {
+                pause(idle_since);
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "singa: {}: the other ranks did not finish within {} s; aborting MPI",
+                    self.addr,
+                    self.linger.as_secs()
+                );
+                world.abort(1);
+            }
+        }
+    }
+}
+
+/// Waits a little when there was nothing to do since `idle_since`: yields the core for the
+/// first 50 µs, then sleeps 50 µs at a time.
+fn pause(idle_since: Instant) {
+    if idle_since.elapsed() < Duration::from_micros(50) {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// A job's ranks over MPI: this process holds one rank's endpoints.
+pub struct MpiFabric {
+    rank: usize,
+    size: usize,
+    endpoints: Mutex<Option<Endpoints>>,
+    router: Inbox,
+    crossed: Arc<Counters>,
+    mpi: Option<Mpi>,
+}
+
+impl Fabric for MpiFabric {
+    fn engine(&self) -> &'static str {
+        "MPI"
+    }
+
+    fn ranks(&self) -> usize {
+        self.size
+    }
+
+    fn local_ranks(&self) -> std::ops::Range<usize> {
+        self.rank..self.rank + 1
+    }
+
+    fn take_rank(&self, rank: usize) -> Result<Endpoints> {
+        if rank != self.rank {
+            return Err(Error::invalid(format!(
+                "rank {rank} lives in another process (this is rank {})",
+                self.rank
+            )));
+        }
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| Error::invalid(format!("rank {rank}'s endpoints were taken already")))
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.crossed.read()
+    }
+}
+
+impl Drop for MpiFabric {
+    fn drop(&mut self) {
+        let me = stub_addr(self.rank);
+        deliver(
+            &self.router,
+            Msg {
+                src: me,
+                dst: me,
+                kind: MsgKind::Stop,
+                target: 0,
+                slice: 0,
+                version: 0,
+                payload: None.into(),
+            },
+        );
+        // Waits for the router's end and finalises MPI.
+        drop(self.mpi.take());
+    }
+}
