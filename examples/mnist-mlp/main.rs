@@ -7,7 +7,7 @@
 
 mod net;
 
-use singa::progress::Progress;
+use singa::progress::Lines;
 use singa::workspace::Existing;
 use singa::{Registry, TrainOptions, Trainer};
 use std::path::Path;
@@ -21,7 +21,7 @@ fn main() -> singa_core::Result<()> {
         ..Default::default()
     };
     let mut trainer = Trainer::new(&net::job(&data), &Registry::builtin(), &options)?;
-    let summary = trainer.run(&mut Progress::new())?;
+    let summary = trainer.run(&mut Lines)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&summary.to_json()).unwrap_or_default()

@@ -26,7 +26,6 @@ pub mod algorithm;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
-pub mod cost;
 pub mod device;
 pub mod engine;
 pub mod net;

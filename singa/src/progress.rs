@@ -1,8 +1,7 @@
-//! What a training run shows while it goes: a progress bar on a terminal, plain lines otherwise.
+//! What a training run shows while it goes, as plain lines (the `singa` command draws a
+//! progress bar around the same lines on a terminal).
 
 use crate::trainer::{Event, Observer, Report, Summary};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
 
 /// Formats a report as one line.
 pub fn report_line(r: &Report) -> String {
@@ -50,81 +49,33 @@ pub fn summary_line(s: &Summary) -> String {
     line
 }
 
-/// Shows training progress.
-pub struct Progress {
-    bar: Option<ProgressBar>,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Progress::new()
+/// The line an event prints, if any (the start, reports, checkpoints, warnings, the end).
+pub fn event_line(event: &Event<'_>) -> Option<String> {
+    match event {
+        Event::Start {
+            first_step,
+            train_steps,
+            device,
+        } => Some(format!(
+            "training on {device}: steps {}..{train_steps}",
+            first_step + 1
+        )),
+        Event::Step(_) => None,
+        Event::Report(r) => Some(report_line(r)),
+        Event::Checkpoint(p) => Some(format!("checkpoint {}", p.display())),
+        Event::Warning(w) => Some(format!("warning: {w}")),
+        Event::Done(s) => Some(summary_line(s)),
     }
 }
 
-impl Progress {
-    /// A bar when stderr is a terminal, plain lines otherwise.
-    pub fn new() -> Progress {
-        Progress { bar: None }
-    }
+/// Prints every event's line to standard error.
+#[derive(Default)]
+pub struct Lines;
 
-    fn print(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
-}
-
-impl Observer for Progress {
+impl Observer for Lines {
     fn event(&mut self, event: Event<'_>) {
-        match event {
-            Event::Start {
-                first_step,
-                train_steps,
-                device,
-            } => {
-                self.print(&format!(
-                    "training on {device}: steps {}..{train_steps}",
-                    first_step + 1
-                ));
-                if std::io::stderr().is_terminal() {
-                    let bar = ProgressBar::with_draw_target(
-                        Some(train_steps),
-                        ProgressDrawTarget::stderr(),
-                    );
-                    bar.set_style(
-                        ProgressStyle::with_template("{bar:32.cyan/blue} {pos:>6}/{len} steps  {per_sec:>12}  eta {eta:>4}  {msg}")
-                            .expect("a valid template")
-                            .progress_chars("█▉▊▋▌▍▎▏ "),
-                    );
-                    bar.set_position(first_step);
-                    self.bar = Some(bar);
-                }
-            }
-            Event::Step(step) => {
-                if let Some(bar) = &self.bar {
-                    bar.set_position(step);
-                }
-            }
-            Event::Report(r) => {
-                if let (Some(bar), "train") = (&self.bar, r.phase) {
-                    let msg: Vec<String> = r
-                        .metrics
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v:.4}"))
-                        .collect();
-                    bar.set_message(msg.join("  "));
-                }
-                self.print(&report_line(r));
-            }
-            Event::Checkpoint(p) => self.print(&format!("checkpoint {}", p.display())),
-            Event::Warning(w) => self.print(&format!("warning: {w}")),
-            Event::Done(s) => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
-                }
-                eprintln!("{}", summary_line(s));
-            }
+        if let Some(line) = event_line(&event) {
+            eprintln!("{line}");
         }
     }
 }

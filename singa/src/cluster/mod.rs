@@ -145,8 +145,9 @@ pub fn share_of_threads(
     }
 }
 
-/// The device of each worker of `topology` that runs in this OS process (the fabric's local
-/// ranks share its threads).
+/// The device of each worker of `topology` that runs in this OS process: the fabric's local
+/// ranks share its threads. A rank in a process of its own (MPI) uses at most the cores the
+/// launcher gave it (mpirun binds each rank to its cores).
 pub fn worker_device(
     job: &JobConfig,
     topology: &Topology,
@@ -157,7 +158,12 @@ pub fn worker_device(
         .local_ranks()
         .map(|r| topology.rank_workers(r).len())
         .sum();
-    share_of_threads(&job.device, threads, here)
+    let mut device = share_of_threads(&job.device, threads, here);
+    if fabric.local_ranks().len() < fabric.ranks() {
+        let cores = crate::device::default_threads().div_ceil(here.max(1));
+        device.threads = device.threads.map(|t| t.min(cores.max(1)));
+    }
+    device
 }
 
 /// What [`Cluster::start`] needs beyond the job: where its ranks live, and worker 0.

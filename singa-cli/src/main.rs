@@ -1,12 +1,13 @@
 //! The `singa` command: train and evaluate job files, prepare data, list layers, benchmark.
 
-mod cli;
+mod bench;
+mod cost;
+mod progress;
+mod train;
 
 use clap::{Parser, Subcommand};
-use cli::bench;
 use singa::config::JobConfig;
 use singa::plugins::Detail;
-use singa::progress;
 use singa::registry::Registry;
 use singa::trainer::{Report, TrainOptions, Trainer};
 use singa::workspace::Existing;
@@ -78,6 +79,10 @@ enum Command {
         /// Build the nets and print them without training.
         #[arg(long)]
         dry_run: bool,
+        /// Spread the job's workers and servers over this many processes (cluster.nprocs),
+        /// emulated in this one; under mpirun each rank is a process of its own.
+        #[arg(long)]
+        ranks: Option<usize>,
         /// A plugin library with layer or updater types (repeatable; also read from the job
         /// file's `plugins` and from SINGA_PLUGIN_PATH).
         #[arg(long = "plugin", value_name = "PATH")]
@@ -258,64 +263,22 @@ fn run(cli: Cli) -> Result<()> {
             overwrite,
             threads,
             dry_run,
+            ranks,
             plugins,
-        } => {
-            let config = JobConfig::from_file(&job)?;
-            let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
-            if dry_run {
-                let trainer = Trainer::new(
-                    &config,
-                    &registry,
-                    &TrainOptions {
-                        threads,
-                        ..Default::default()
-                    },
-                )?;
-                if let Some(c) = trainer.cluster() {
-                    print!("{}", c.describe());
-                    println!(
-                        "train net of worker 0.0, one of {} that each read {} records of every batch ({} params):",
-                        c.workers(),
-                        trainer.train_net().batch_size(),
-                        trainer.params().numel()
-                    );
-                } else {
-                    println!("train net ({} params):", trainer.params().numel());
-                }
-                print!("{}", trainer.train_net().describe(trainer.params()));
-                print!("{}", describe_other_members(&trainer, &registry)?);
-                if let Some(t) = trainer.test_net() {
-                    println!("test net:");
-                    print!("{}", t.describe(trainer.params()));
-                }
-                return Ok(());
-            }
-            let workspace = workspace.unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
-            let existing = match (resume, overwrite) {
+        } => train::train(train::TrainArgs {
+            job,
+            workspace,
+            existing: match (resume, overwrite) {
                 (true, _) => Existing::Resume,
                 (_, true) => Existing::Overwrite,
                 _ => Existing::Refuse,
-            };
-            let options = TrainOptions {
-                threads,
-                workspace: Some(workspace.clone()),
-                existing,
-                ..Default::default()
-            };
-            let mut trainer = Trainer::new(&config, &registry, &options)?;
-            eprintln!(
-                "job {} from {}; workspace {}",
-                config.name,
-                job.display(),
-                workspace.display()
-            );
-            if let Some(c) = trainer.cluster() {
-                eprint!("{}", c.describe().lines().next().unwrap_or_default());
-                eprintln!();
-            }
-            trainer.run(&mut progress::Progress::new())?;
-            Ok(())
-        }
+            },
+            threads,
+            dry_run,
+            ranks,
+            plugins,
+            detail,
+        }),
         Command::Test {
             job,
             checkpoint,
@@ -341,7 +304,7 @@ fn run(cli: Cli) -> Result<()> {
                 elapsed: 0.0,
                 lr: None,
             };
-            println!("{}", progress::report_line(&report));
+            println!("{}", singa::progress::report_line(&report));
             Ok(())
         }
         Command::Data {
@@ -518,7 +481,7 @@ fn print_cost(
             _ => None,
         })
         .ok_or_else(|| Error::invalid("the train net has no input layer with a batch_size"))?;
-    let link = singa::cost::Link {
+    let link = cost::Link {
         bandwidth: gbits * 1e9 / 8.0,
         latency: latency_us * 1e-6,
     };
@@ -535,8 +498,8 @@ fn print_cost(
             println!("| {k} | (the batch of {batch} does not split into {k}) | | | | | | |");
             continue;
         }
-        let m = singa::cost::measure(&validated, registry, batch / k, reps)?;
-        let p = singa::cost::predict(&m, k, link);
+        let m = cost::measure(&validated, registry, batch / k, reps)?;
+        let p = cost::predict(&m, k, link);
         let one = *base.get_or_insert(if k == 1 { p.throughput } else { f64::NAN });
         println!(
             "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
@@ -554,39 +517,6 @@ fn print_cost(
         );
     }
     Ok(())
-}
-
-/// The nets of worker group 0's other workers, when layers are split over them (with data
-/// parallelism alone every worker's net is worker 0's).
-fn describe_other_members(trainer: &Trainer, registry: &Registry) -> Result<String> {
-    let job = trainer.job();
-    let c = &job.cluster;
-    if c.nworkers_per_group < 2 || !job.layers.iter().any(singa::partition::splits_features) {
-        return Ok(String::new());
-    }
-    let exchanges = singa::partition::Exchanges::new(std::time::Duration::from_secs(1));
-    let mut out = String::new();
-    for member in 1..c.nworkers_per_group as u32 {
-        let part = singa::net::Part::of_worker(
-            0,
-            member,
-            c.nworker_groups as u32,
-            c.nworkers_per_group as u32,
-        );
-        let mut store = singa::params::ParamStore::new();
-        let net = singa::net::NeuralNet::build_part(
-            job,
-            registry,
-            trainer.device(),
-            &mut store,
-            singa_core::Phase::TRAIN,
-            part,
-            Some(&exchanges),
-        )?;
-        out.push_str(&format!("train net of worker 0.{member}:\n"));
-        out.push_str(&net.describe(&store));
-    }
-    Ok(out)
 }
 
 fn list_types(registry: &Registry) {

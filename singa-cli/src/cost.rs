@@ -21,10 +21,10 @@
 //! alike, so one worker's timeline is the cluster's. What the model leaves out: contention
 //! between workers that share a machine (memory bandwidth, cores), and stragglers.
 
-use crate::config::JobConfig;
-use crate::net::NeuralNet;
-use crate::params::ParamStore;
-use crate::registry::Registry;
+use singa::config::JobConfig;
+use singa::net::NeuralNet;
+use singa::params::ParamStore;
+use singa::registry::Registry;
 use singa_core::{DType, Error, FieldValue, Phase, Result, Tensor, UpdateArgs};
 use std::time::Instant;
 
@@ -90,8 +90,8 @@ pub fn measure(
 ) -> Result<Measured> {
     let job = with_batch(job, batch);
     let validated = job.validate(registry)?.job;
-    let dev = crate::device::create(
-        &crate::config::DeviceConfig {
+    let dev = singa::device::create(
+        &singa::config::DeviceConfig {
             threads: Some(1),
             ..validated.device.clone()
         },
@@ -158,8 +158,6 @@ pub fn measure(
 /// A predicted step.
 #[derive(Clone, Copy, Debug)]
 pub struct Prediction {
-    /// Workers.
-    pub workers: usize,
     /// Seconds of forward and backward on one worker.
     pub compute: f64,
     /// Seconds a step waits for the network beyond the compute and the updates.
@@ -231,7 +229,6 @@ pub fn predict(m: &Measured, k: usize, link: Link) -> Prediction {
         0.0
     };
     Prediction {
-        workers: k,
         compute,
         exposed_comm: (step - compute - updates).max(0.0),
         step,

@@ -1,0 +1,271 @@
+//! `singa train`: in this process (its ranks, if several, emulated here), or as one rank of
+//! several started by `mpirun` (feature `mpi`).
+
+use crate::progress::Progress;
+use singa::config::JobConfig;
+use singa::plugins::Detail;
+use singa::registry::Registry;
+use singa::trainer::{TrainOptions, Trainer};
+use singa::workspace::Existing;
+use singa_core::{Error, Result};
+use std::path::PathBuf;
+
+/// What `singa train` was asked.
+pub struct TrainArgs {
+    /// The job file.
+    pub job: PathBuf,
+    /// `--workspace`.
+    pub workspace: Option<PathBuf>,
+    /// `--resume` / `--overwrite`.
+    pub existing: Existing,
+    /// `--threads`.
+    pub threads: Option<usize>,
+    /// `--dry-run`.
+    pub dry_run: bool,
+    /// `--ranks`: the processes the job's workers and servers are spread over.
+    pub ranks: Option<usize>,
+    /// `--plugin`.
+    pub plugins: Vec<PathBuf>,
+    /// How much to say about refused plugins.
+    pub detail: Detail,
+}
+
+/// The size of the MPI job that started this process, and this process's rank in it: from the
+/// variables OpenMPI, MPICH and PMIx set for each rank (`None` when no launcher started it).
+pub fn launched_by_mpirun() -> Option<(usize, usize)> {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok()?.parse::<usize>().ok())
+    };
+    let size = var(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"])?;
+    let rank = var(&["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]).unwrap_or(0);
+    Some((size, rank))
+}
+
+/// Reads the job and its plugins, with `ranks` processes if given.
+fn read_job(args: &TrainArgs, ranks: Option<usize>) -> Result<(JobConfig, Registry)> {
+    let mut config = JobConfig::from_file(&args.job)?;
+    if let Some(n) = ranks {
+        config.cluster.nprocs = n;
+    }
+    let registry = Registry::with_plugins(&args.plugins, Some(&config), args.detail)?;
+    Ok((config, registry))
+}
+
+/// Runs `singa train`.
+pub fn train(args: TrainArgs) -> Result<()> {
+    match launched_by_mpirun() {
+        Some((size, rank)) if size > 1 => {
+            if args.ranks.is_some_and(|r| r != size) {
+                return Err(Error::invalid(format!(
+                    "--ranks {} but mpirun started {size} processes",
+                    args.ranks.unwrap_or(0)
+                )));
+            }
+            if args.dry_run {
+                // Rank 0 shows every rank's part; nothing needs MPI for that.
+                return match rank {
+                    0 => dry_run(&args, Some(size)),
+                    _ => Ok(()),
+                };
+            }
+            over_mpi(args)
+        }
+        _ if args.dry_run => dry_run(&args, args.ranks),
+        _ => {
+            let (config, registry) = read_job(&args, args.ranks)?;
+            train_rank0(&args, &config, &registry, TrainOptions::default())
+        }
+    }
+}
+
+/// Trains as rank 0 (the coordinator, which writes the workspace), with `base` options
+/// (which say where the other ranks are, if elsewhere).
+fn train_rank0(
+    args: &TrainArgs,
+    config: &JobConfig,
+    registry: &Registry,
+    base: TrainOptions,
+) -> Result<()> {
+    let workspace = args
+        .workspace
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+    let options = TrainOptions {
+        threads: args.threads,
+        workspace: Some(workspace.clone()),
+        existing: args.existing,
+        ..base
+    };
+    let mut trainer = Trainer::new(config, registry, &options)?;
+    eprintln!(
+        "job {} from {}; workspace {}",
+        config.name,
+        args.job.display(),
+        workspace.display()
+    );
+    if let Some(c) = trainer.cluster() {
+        eprint!("{}", c.describe().lines().next().unwrap_or_default());
+        eprintln!();
+    }
+    trainer.run(&mut Progress::new())?;
+    Ok(())
+}
+
+/// Builds the nets (and the workers and servers, with `ranks` processes emulated here) and
+/// prints them without training.
+fn dry_run(args: &TrainArgs, ranks: Option<usize>) -> Result<()> {
+    let (config, registry) = read_job(args, ranks)?;
+    let trainer = Trainer::new(
+        &config,
+        &registry,
+        &TrainOptions {
+            threads: args.threads,
+            ..Default::default()
+        },
+    )?;
+    if let Some(c) = trainer.cluster() {
+        print!("{}", c.describe());
+        println!(
+            "train net of worker 0.0, one of {} that each read {} records of every batch ({} params):",
+            c.workers(),
+            trainer.train_net().batch_size(),
+            trainer.params().numel()
+        );
+    } else {
+        println!("train net ({} params):", trainer.params().numel());
+    }
+    print!("{}", trainer.train_net().describe(trainer.params()));
+    print!("{}", describe_other_members(&trainer, &registry)?);
+    if let Some(t) = trainer.test_net() {
+        println!("test net:");
+        print!("{}", t.describe(trainer.params()));
+    }
+    Ok(())
+}
+
+/// The nets of worker group 0's other workers, when layers are split over them (with data
+/// parallelism alone every worker's net is worker 0's).
+fn describe_other_members(trainer: &Trainer, registry: &Registry) -> Result<String> {
+    let job = trainer.job();
+    let c = &job.cluster;
+    if c.nworkers_per_group < 2 || !job.layers.iter().any(singa::partition::splits_features) {
+        return Ok(String::new());
+    }
+    let exchanges = singa::partition::Exchanges::new(std::time::Duration::from_secs(1));
+    let mut out = String::new();
+    for member in 1..c.nworkers_per_group as u32 {
+        let part = singa::net::Part::of_worker(
+            0,
+            member,
+            c.nworker_groups as u32,
+            c.nworkers_per_group as u32,
+        );
+        let mut store = singa::params::ParamStore::new();
+        let net = singa::net::NeuralNet::build_part(
+            job,
+            registry,
+            trainer.device(),
+            &mut store,
+            singa_core::Phase::TRAIN,
+            part,
+            Some(&exchanges),
+        )?;
+        out.push_str(&format!("train net of worker 0.{member}:\n"));
+        out.push_str(&net.describe(&store));
+    }
+    Ok(out)
+}
+
+/// This process is one rank of several that `mpirun` started.
+#[cfg(not(feature = "mpi"))]
+fn over_mpi(_: TrainArgs) -> Result<()> {
+    Err(Error::invalid(
+        "mpirun started several processes, but this singa was built without MPI: build it with `cargo build --release -p singa-cli --features mpi` (needs libopenmpi-dev and libclang-dev)",
+    ))
+}
+
+/// This process is one rank of several that `mpirun` started: every rank reads the job, the
+/// ranks check that they read the same one, connect over MPI, and rank 0 trains while the
+/// others run their workers and servers.
+#[cfg(feature = "mpi")]
+fn over_mpi(args: TrainArgs) -> Result<()> {
+    use singa::cluster::Topology;
+    use singa_comm::mpi::Mpi;
+    use std::sync::Arc;
+
+    let mpi = Mpi::init()?;
+    let (rank, size) = (mpi.rank(), mpi.size());
+    let read = read_job(&args, Some(size)).and_then(|(config, registry)| {
+        config
+            .validate(&registry)
+            .map_err(|e| e.context(format!("with the {size} processes mpirun started")))?;
+        Ok((config, registry))
+    });
+    let mine = match &read {
+        Ok((config, _)) => format!("ok\n{}", fingerprint(config)),
+        Err(e) => format!("error\n{e}"),
+    };
+    let all = mpi.all_gather(mine.as_bytes())?;
+    let all: Vec<String> = all
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    check_same_job(&all)?;
+    let (config, registry) = read?;
+    let topology = Topology::new(&config.cluster, size);
+    let host = singa::device::create(&singa::config::DeviceConfig::cpu(1), None)?;
+    let linger = std::time::Duration::from_secs(config.cluster.timeout_secs);
+    let fabric = Arc::new(mpi.connect(&topology.placement(), host, linger)?);
+    let outcome = match rank {
+        0 => train_rank0(
+            &args,
+            &config,
+            &registry,
+            TrainOptions {
+                fabric: Some(fabric.clone()),
+                ..Default::default()
+            },
+        ),
+        _ => singa::cluster::run_rank(&config, &registry, &*fabric, rank, args.threads),
+    };
+    // Dropping the fabric waits for every rank, then finalises MPI.
+    drop(fabric);
+    outcome
+}
+
+/// What every rank must agree on: the job as read, without where its file was.
+#[cfg(feature = "mpi")]
+fn fingerprint(config: &JobConfig) -> String {
+    let mut c = config.clone();
+    c.origin = Default::default();
+    format!("{c:#?}")
+}
+
+/// Refuses ranks that could not read the job, or read different ones, naming the first
+/// difference from rank 0's.
+#[cfg(feature = "mpi")]
+fn check_same_job(all: &[String]) -> Result<()> {
+    for (r, text) in all.iter().enumerate() {
+        if let Some(e) = text.strip_prefix("error\n") {
+            return Err(Error::invalid(format!("rank {r}: {e}")));
+        }
+    }
+    let first = &all[0];
+    for (r, text) in all.iter().enumerate().skip(1) {
+        if text == first {
+            continue;
+        }
+        let diff = first
+            .lines()
+            .zip(text.lines())
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("rank 0 has `{}`, rank {r} has `{}`", a.trim(), b.trim()))
+            .unwrap_or_else(|| format!("rank {r}'s job is longer or shorter than rank 0's"));
+        return Err(Error::invalid(format!(
+            "the ranks were started with different jobs: {diff}"
+        )));
+    }
+    Ok(())
+}
