@@ -1,12 +1,15 @@
 //! `singa bench`: training throughput of reference models, measured like the peer benchmarks
 //! in `shared/peers` (warm-up steps, then timed windows; the median window is the result).
 
+use singa::cluster::StepHook;
 use singa::config::{ClusterConfig, DeviceConfig, JobConfig, LayerConfig, UpdaterConfig};
 use singa::progress::thousands;
 use singa::registry::Registry;
 use singa::trainer::{TrainOptions, Trainer};
 use singa_core::{Error, Fields, Result};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What to measure.
@@ -151,12 +154,56 @@ pub fn mlp_job(data: &std::path::Path, threads: usize, batch: usize) -> JobConfi
         )
 }
 
-/// Runs the benchmark and prints its table; layer types are looked up in `registry`.
+/// Runs the benchmark and prints its table; layer types are looked up in `registry`. Under
+/// `mpirun` (several processes) rank 0 measures and prints the table, and every other rank
+/// runs its workers and servers and prints the allocations of its warm steps.
 pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     if opts.windows == 0 || opts.steps == 0 {
         return Err(Error::invalid("--windows and --steps must be at least 1"));
     }
-    let _synthetic;
+    let (job, title, _synthetic) = bench_job(opts)?;
+    match crate::train::launched_by_mpirun() {
+        Some((size, _)) if size > 1 => {
+            let count = opts.allocations;
+            let first = opts.warmup;
+            let last = opts.warmup + opts.windows as u64 * opts.steps - 1;
+            let seen = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+            let marks = Arc::clone(&seen);
+            // From the start of the first timed step to the start of the last one.
+            let hook: StepHook = Arc::new(move |step| {
+                if step == first {
+                    marks[0].store(count(), Ordering::Relaxed);
+                } else if step == last {
+                    marks[1].store(count(), Ordering::Relaxed);
+                }
+            });
+            let read = |size: usize| {
+                let mut job = job.clone();
+                job.cluster.nprocs = size;
+                Ok((job, registry.clone()))
+            };
+            let rank = crate::train::over_mpi(
+                read,
+                Some(opts.threads),
+                Some(hook),
+                |job, registry, base| measure(opts, job, &title, registry, base),
+            )?;
+            if rank != 0 {
+                let allocs = seen[1].load(Ordering::Relaxed) - seen[0].load(Ordering::Relaxed);
+                println!(
+                    "rank {rank}: {allocs} allocations in {} warm steps of its workers",
+                    last - first
+                );
+            }
+            Ok(())
+        }
+        _ => measure(opts, &job, &title, registry, TrainOptions::default()),
+    }
+}
+
+/// The benchmark's job and title (and the folder of its synthetic images, if it made some).
+fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String, Option<TempDir>)> {
+    let mut synthetic = None;
     let (job, title) = match opts.model {
         Model::Mlp => (
             mlp_job(&opts.data, opts.threads, opts.batch),
@@ -170,7 +217,7 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
                         std::env::temp_dir().join(format!("singa-bench-{}", std::process::id()));
                     let path = dir.join("synthetic.shard");
                     synthetic_images(&path, 6400)?;
-                    _synthetic = TempDir(dir);
+                    synthetic = Some(TempDir(dir));
                     (path, "synthetic images (no CIFAR-10 given)")
                 }
             };
@@ -202,7 +249,18 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     if opts.updater != "sgd" {
         title = format!("{title}, {} in place of sgd", opts.updater);
     }
-    let mut trainer = Trainer::new(&job, registry, &TrainOptions::default())?;
+    Ok((job, title, synthetic))
+}
+
+/// Trains `job` for the warm-up and the timed windows and prints the table.
+fn measure(
+    opts: &BenchOptions,
+    job: &JobConfig,
+    title: &str,
+    registry: &Registry,
+    options: TrainOptions,
+) -> Result<()> {
+    let mut trainer = Trainer::new(job, registry, &options)?;
     let batch = trainer.samples_per_step() as f64;
     let device = trainer.device().info().description.into_string();
     println!("singa bench: {title}, on {device}");
@@ -217,10 +275,7 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     for _ in 0..warmup {
         trainer.train_step()?;
     }
-    let crossed = |t: &Trainer| {
-        t.cluster()
-            .map_or((0, 0), |c| c.traffic_between_processes())
-    };
+    let crossed = |t: &Trainer| t.cluster().map(|c| c.traffic()).unwrap_or_default();
     let crossed_before = crossed(&trainer);
     let mut measured = Vec::new();
     for _ in 0..windows {
@@ -248,10 +303,17 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     let crossed_after = crossed(&trainer);
     if crossed_after != crossed_before {
         let timed = (windows as u64 * steps) as f64;
+        let engine = trainer.cluster().map_or("", |c| c.engine());
+        let who = match engine {
+            "MPI" => "what rank 0 sent",
+            _ => "what every rank sent",
+        };
         println!(
-            "\nbetween processes: {:.1} messages and {:.3} MB a step",
-            (crossed_after.0 - crossed_before.0) as f64 / timed,
-            (crossed_after.1 - crossed_before.1) as f64 / timed / 1e6
+            "\nbetween processes ({engine}, {who}): {:.1} messages and {:.3} MB a step, and {:.1} control messages ({:.0} bytes)",
+            (crossed_after.messages - crossed_before.messages) as f64 / timed,
+            (crossed_after.bytes - crossed_before.bytes) as f64 / timed / 1e6,
+            (crossed_after.control_messages - crossed_before.control_messages) as f64 / timed,
+            (crossed_after.control_bytes - crossed_before.control_bytes) as f64 / timed,
         );
     }
     let metrics = trainer.train_metrics()?;

@@ -70,7 +70,14 @@ pub fn train(args: TrainArgs) -> Result<()> {
                     _ => Ok(()),
                 };
             }
-            over_mpi(args)
+            let threads = args.threads;
+            over_mpi(
+                |size| read_job(&args, Some(size)),
+                threads,
+                None,
+                |config, registry, base| train_rank0(&args, config, registry, base),
+            )
+            .map(|_| ())
         }
         _ if args.dry_run => dry_run(&args, args.ranks),
         _ => {
@@ -178,26 +185,37 @@ fn describe_other_members(trainer: &Trainer, registry: &Registry) -> Result<Stri
     Ok(out)
 }
 
-/// This process is one rank of several that `mpirun` started.
+/// This process is one rank of several that `mpirun` started, but MPI is not built in.
 #[cfg(not(feature = "mpi"))]
-fn over_mpi(_: TrainArgs) -> Result<()> {
+pub fn over_mpi(
+    _read: impl FnOnce(usize) -> Result<(JobConfig, Registry)>,
+    _threads: Option<usize>,
+    _on_step: Option<singa::cluster::StepHook>,
+    _rank0: impl FnOnce(&JobConfig, &Registry, TrainOptions) -> Result<()>,
+) -> Result<usize> {
     Err(Error::invalid(
         "mpirun started several processes, but this singa was built without MPI: build it with `cargo build --release -p singa-cli --features mpi` (needs libopenmpi-dev and libclang-dev)",
     ))
 }
 
-/// This process is one rank of several that `mpirun` started: every rank reads the job, the
-/// ranks check that they read the same one, connect over MPI, and rank 0 trains while the
-/// others run their workers and servers.
+/// This process is one rank of several that `mpirun` started: every rank reads the job
+/// (`read`, given the number of ranks), the ranks check that they read the same one, connect
+/// over MPI, and rank 0 runs `rank0` (given options that hold the fabric) while the others run
+/// their workers and servers (`on_step` seeing their steps). Returns this process's rank.
 #[cfg(feature = "mpi")]
-fn over_mpi(args: TrainArgs) -> Result<()> {
+pub fn over_mpi(
+    read: impl FnOnce(usize) -> Result<(JobConfig, Registry)>,
+    threads: Option<usize>,
+    on_step: Option<singa::cluster::StepHook>,
+    rank0: impl FnOnce(&JobConfig, &Registry, TrainOptions) -> Result<()>,
+) -> Result<usize> {
     use singa::cluster::Topology;
     use singa_comm::mpi::Mpi;
     use std::sync::Arc;
 
     let mpi = Mpi::init()?;
     let (rank, size) = (mpi.rank(), mpi.size());
-    let read = read_job(&args, Some(size)).and_then(|(config, registry)| {
+    let read = read(size).and_then(|(config, registry)| {
         config
             .validate(&registry)
             .map_err(|e| e.context(format!("with the {size} processes mpirun started")))?;
@@ -219,8 +237,7 @@ fn over_mpi(args: TrainArgs) -> Result<()> {
     let linger = std::time::Duration::from_secs(config.cluster.timeout_secs);
     let fabric = Arc::new(mpi.connect(&topology.placement(), host, linger)?);
     let outcome = match rank {
-        0 => train_rank0(
-            &args,
+        0 => rank0(
             &config,
             &registry,
             TrainOptions {
@@ -228,11 +245,11 @@ fn over_mpi(args: TrainArgs) -> Result<()> {
                 ..Default::default()
             },
         ),
-        _ => singa::cluster::run_rank(&config, &registry, &*fabric, rank, args.threads),
+        _ => singa::cluster::run_rank(&config, &registry, &*fabric, rank, threads, on_step),
     };
     // Dropping the fabric waits for every rank, then finalises MPI.
     drop(fabric);
-    outcome
+    outcome.map(|_| rank)
 }
 
 /// What every rank must agree on: the job as read, without where its file was.

@@ -123,8 +123,10 @@ pub(crate) enum Route {
     /// Straight into its queue: it lives in the same process.
     Direct(Inbox),
     /// Through this process's router, which forwards to the router of the process it lives
-    /// in. The payload is copied on the way, as a transport between processes would.
-    Router(Inbox),
+    /// in. The payload is copied on the way (by the sender into a wire buffer when the router
+    /// hands messages on as they are, `true`; by the router itself when it serialises them,
+    /// `false`), as a transport between processes would.
+    Router(Inbox, bool),
 }
 
 /// One endpoint of a [`ChannelNetwork`] or a [`ProcessNetwork`](crate::ProcessNetwork). Sending
@@ -171,8 +173,8 @@ impl ChannelEndpoint {
         self.counters.add(&msg);
         let inbox = match route {
             Route::Direct(inbox) => inbox,
-            Route::Router(inbox) => {
-                if let ROption::RSome(t) = &msg.payload {
+            Route::Router(inbox, copy) => {
+                if let (true, ROption::RSome(t)) = (copy, &msg.payload) {
                     let copy = self.wire.copy(&msg, t)?;
                     msg.payload = ROption::RSome(copy);
                 }

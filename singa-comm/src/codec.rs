@@ -157,10 +157,16 @@ pub(crate) fn decode(bytes: &[u8], payloads: &mut Payloads) -> Result<Msg> {
             if bytes.len() < start {
                 return Err(short());
             }
-            let dims: Vec<usize> = (0..ndim)
-                .map(|i| u32_at(bytes, FIXED + 4 * i) as usize)
-                .collect();
-            let shape = Shape::new(&dims)?;
+            let mut dims = [0usize; singa_core::shape::MAX_DIMS];
+            let dims = dims.get_mut(..ndim).ok_or_else(|| {
+                Error::invalid(format!(
+                    "a payload of {ndim} dimensions, more than a shape has"
+                ))
+            })?;
+            for (i, d) in dims.iter_mut().enumerate() {
+                *d = u32_at(bytes, FIXED + 4 * i) as usize;
+            }
+            let shape = Shape::new(dims)?;
             let mut t = payloads.tensor((src, dst, kind, target, slice), shape, dtype)?;
             t.write_bytes(&bytes[start..])?;
             Some(t)

@@ -127,7 +127,10 @@ impl Mpi {
         let (router_inbox, outbound) = queue(stub_addr(me));
         let sent = Arc::new(Counters::default());
         let crossed = Arc::new(Counters::default());
-        let (ends, local) = process_endpoints(me, &placement[me], &rank_of, &router_inbox, &sent);
+        // The router serialises what it sends: the payload is read then, and its sender leaves it
+        // alone until the receiver is done with it (see `wire.rs`), so no copy before.
+        let (ends, local) =
+            process_endpoints(me, &placement[me], &rank_of, (&router_inbox, false), &sent);
         let router = Router {
             addr: stub_addr(me),
             outbound,

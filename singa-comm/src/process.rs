@@ -55,13 +55,14 @@ pub(crate) fn process_of(placement: &[Vec<Addr>]) -> Result<HashMap<Addr, usize>
 }
 
 /// The endpoints of process `p`'s addresses `mine`: they reach each other directly and every
-/// other address of `process_of` through `router` (their process's router). Returns the
-/// endpoints, and the queues of `mine` for the router to deliver into.
+/// other address of `process_of` through `router` (their process's router), copying payloads
+/// into wire buffers when `copy` (the router does not serialise them). Returns the endpoints,
+/// and the queues of `mine` for the router to deliver into.
 pub(crate) fn process_endpoints(
     p: usize,
     mine: &[Addr],
     process_of: &HashMap<Addr, usize>,
-    router: &Inbox,
+    (router, copy): (&Inbox, bool),
     sent: &Arc<Counters>,
 ) -> (Vec<ChannelEndpoint>, HashMap<Addr, Inbox>) {
     let queues: Vec<(Addr, Inbox, flume::Receiver<Msg>)> = mine
@@ -76,7 +77,7 @@ pub(crate) fn process_endpoints(
         .iter()
         .map(|(&a, &q)| match q == p {
             true => (a, Route::Direct(local[&a].clone())),
-            false => (a, Route::Router(router.clone())),
+            false => (a, Route::Router(router.clone(), copy)),
         })
         .collect();
     let routes = Arc::new(routes);
@@ -105,7 +106,7 @@ impl ProcessNetwork {
         };
         let mut endpoints = Vec::new();
         for (p, ((stub_inbox, stub_rx), mine)) in stubs.into_iter().zip(placement).enumerate() {
-            let (ends, local) = process_endpoints(p, mine, &process_of, &stub_inbox, &sent);
+            let (ends, local) = process_endpoints(p, mine, &process_of, (&stub_inbox, true), &sent);
             endpoints.push(ends);
             let router = Router {
                 addr: stub_addr(p),

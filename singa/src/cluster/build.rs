@@ -43,6 +43,8 @@ pub(crate) struct Plan<'a> {
     pub worker_device: DeviceConfig,
     /// The rank's bridges.
     pub exchanges: &'a Arc<Exchanges>,
+    /// Sees every step the rank's workers start.
+    pub on_step: Option<super::node::StepHook>,
 }
 
 impl Plan<'_> {
@@ -193,6 +195,7 @@ pub(crate) fn build_rank(
             algorithm: crate::algorithm::create(plan.job.algorithm),
             exchanges: Arc::clone(plan.exchanges),
             control: boxed(ends.take(control_addr(addr))?),
+            on_step: plan.on_step.clone(),
         });
     }
     let servers = cores

@@ -40,7 +40,7 @@ mod slices;
 pub mod topology;
 mod worker;
 
-pub use node::run_rank;
+pub use node::{run_rank, StepHook};
 pub use slices::{slice_params, Slice, MIN_SLICE};
 pub use topology::Topology;
 
@@ -217,6 +217,7 @@ impl Cluster {
             topology: &topology,
             worker_device: worker_device(job, &topology, &*fabric, threads),
             exchanges: &exchanges,
+            on_step: None,
         };
         let dev = net.device().clone();
         let control = boxed(endpoints.take(COORDINATOR)?);
@@ -272,7 +273,9 @@ impl Cluster {
             let (registry, fabric) = (registry.clone(), Arc::clone(&fabric));
             let thread = std::thread::Builder::new()
                 .name(format!("singa-rank-{r}"))
-                .spawn(move || node::run_validated(validated, &registry, &*fabric, r, threads))
+                .spawn(move || {
+                    node::run_validated(validated, &registry, &*fabric, r, threads, None)
+                })
                 .map_err(|e| Error::invalid(format!("cannot start rank {r}: {e}")))?;
             cluster.nodes.push(thread);
         }
@@ -878,6 +881,11 @@ impl Cluster {
     /// and the control plane apart.
     pub fn traffic(&self) -> Traffic {
         self.fabric.traffic()
+    }
+
+    /// What carries messages between the ranks ("threads", "MPI", ...).
+    pub fn engine(&self) -> &'static str {
+        self.fabric.engine()
     }
 
     /// Where the workers and servers live.

@@ -10,21 +10,28 @@ use crate::partition::Exchanges;
 use crate::registry::Registry;
 use singa_comm::Fabric;
 use singa_core::{Error, Result};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Called by each worker of a rank as it starts a step, with the step (for measurements:
+/// `singa bench` counts the allocations of the warm steps on every rank).
+pub type StepHook = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Runs rank `rank` (not 0) of `job` over `fabric` until the coordinator (rank 0) stops it.
-/// `threads` is `--threads`, shared by the workers this OS process runs. An error if the rank
-/// cannot start (said to the coordinator too) or one of its workers or servers failed (which
-/// said why to the coordinator itself).
+/// `threads` is `--threads`, shared by the workers this OS process runs; `on_step`, if any,
+/// sees every step its workers start. An error if the rank cannot start (said to the
+/// coordinator too) or one of its workers or servers failed (which said why to the
+/// coordinator itself).
 pub fn run_rank(
     job: &JobConfig,
     registry: &Registry,
     fabric: &dyn Fabric,
     rank: usize,
     threads: Option<usize>,
+    on_step: Option<StepHook>,
 ) -> Result<()> {
     let validated = job.validate(registry);
-    run_validated(validated, registry, fabric, rank, threads)
+    run_validated(validated, registry, fabric, rank, threads, on_step)
 }
 
 /// [`run_rank`] with the job validated already (or why it is not valid, which the rank
@@ -35,6 +42,7 @@ pub(super) fn run_validated(
     fabric: &dyn Fabric,
     rank: usize,
     threads: Option<usize>,
+    on_step: Option<StepHook>,
 ) -> Result<()> {
     let mut ends = fabric.take_rank(rank)?;
     let mut me = boxed(ends.take(node_addr(rank))?);
@@ -53,6 +61,7 @@ pub(super) fn run_validated(
             topology: &topology,
             worker_device: worker_device(&job, &topology, fabric, threads),
             exchanges: &exchanges,
+            on_step: on_step.clone(),
         };
         build::build_rank(&plan, &mut ends, None)
     })();

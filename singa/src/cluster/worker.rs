@@ -566,6 +566,8 @@ pub(crate) struct PeerWorker {
     pub control: TransportBox,
     /// Where its reports' payloads are made.
     pub dev: DeviceRef,
+    /// Sees every step it starts.
+    pub on_step: Option<super::node::StepHook>,
 }
 
 impl PeerWorker {
@@ -625,6 +627,9 @@ impl PeerWorker {
     fn handle(&mut self, cmd: Command) -> Result<Vec<(String, f64)>> {
         match cmd.op {
             Op::Step => {
+                if let Some(hook) = &self.on_step {
+                    hook(cmd.arg);
+                }
                 self.link.train_step(
                     &mut self.net,
                     &mut self.store,
