@@ -161,7 +161,7 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     if opts.windows == 0 || opts.steps == 0 {
         return Err(Error::invalid("--windows and --steps must be at least 1"));
     }
-    let (job, title, _synthetic) = bench_job(opts)?;
+    let (job, title) = bench_job(opts)?;
     match crate::train::launched_by_mpirun() {
         Some((size, _)) if size > 1 => {
             let count = opts.allocations;
@@ -201,9 +201,8 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
     }
 }
 
-/// The benchmark's job and title (and the folder of its synthetic images, if it made some).
-fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String, Option<TempDir>)> {
-    let mut synthetic = None;
+/// The benchmark's job and title.
+fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String)> {
     let (job, title) = match opts.model {
         Model::Mlp => (
             mlp_job(&opts.data, opts.threads, opts.batch),
@@ -212,14 +211,7 @@ fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String, Option<TempDir>)
         Model::Cnn => {
             let (train, what) = match &opts.cifar {
                 Some(path) => (path.clone(), "CIFAR-10"),
-                None => {
-                    let dir =
-                        std::env::temp_dir().join(format!("singa-bench-{}", std::process::id()));
-                    let path = dir.join("synthetic.shard");
-                    synthetic_images(&path, 6400)?;
-                    synthetic = Some(TempDir(dir));
-                    (path, "synthetic images (no CIFAR-10 given)")
-                }
+                None => (synthetic_shard()?, "synthetic images (no CIFAR-10 given)"),
             };
             (cnn_job(&train, opts.threads, opts.batch), format!("convnet conv5x5-32/pool/conv5x5-32/pool/conv5x5-64/pool/ip10, batch {}, SGD lr 0.01, {what}", opts.batch))
         }
@@ -249,7 +241,21 @@ fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String, Option<TempDir>)
     if opts.updater != "sgd" {
         title = format!("{title}, {} in place of sgd", opts.updater);
     }
-    Ok((job, title, synthetic))
+    Ok((job, title))
+}
+
+/// The synthetic images' shard, made once in the temporary directory and kept there: the same
+/// path in every process, so that the ranks of an MPI job agree on the job. Written to a file
+/// of this process's own and renamed, so ranks that make it at once do not clash.
+fn synthetic_shard() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join("singa-bench");
+    let path = dir.join("synthetic-6400.shard");
+    if !path.exists() {
+        let mine = dir.join(format!("synthetic-6400.{}.tmp", std::process::id()));
+        synthetic_images(&mine, 6400)?;
+        std::fs::rename(&mine, &path).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(path)
 }
 
 /// Trains `job` for the warm-up and the timed windows and prints the table.
@@ -327,13 +333,4 @@ fn measure(
         thousands(rates[rates.len() / 2])
     );
     Ok(())
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

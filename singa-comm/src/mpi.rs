@@ -4,10 +4,12 @@
 //! Each process has a router thread (SINGA's stub) that owns MPI: it initialises MPI, makes
 //! every MPI call, and finalises it, so the rest of singa never touches MPI (and MPI needs
 //! only `MPI_THREAD_FUNNELED`). The endpoints of the process reach each other through their
-//! queues, as in one process; a message for another rank goes to the router, which writes it
-//! into a send buffer kept per receiver, kind, target and slice (no allocation once warm) and
-//! starts a non-blocking send. Between sends it probes for messages from other ranks, decodes
-//! them (see `codec.rs`) and delivers them. A router never blocks in MPI, so two routers
+//! queues, as in one process; a message for another rank goes to the router, which writes its
+//! header into a buffer kept per receiver, kind, target and slice (no allocation once warm)
+//! and starts two non-blocking sends: the header, then the payload straight from the
+//! tensor's host memory. Between sends it probes for headers from other ranks, decodes them
+//! (see `codec.rs`), receives each payload straight into the tensor it will be delivered in,
+//! and delivers the message. A router never blocks in MPI, so two routers
 //! sending large messages to each other cannot deadlock. When there is nothing to do it
 //! yields, then sleeps for short spells: MPI cannot wake a thread, and OpenMPI's blocking calls
 //! would keep a core busy.
@@ -27,8 +29,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The tag of every singa message (MPI keeps messages of one tag between two ranks in order).
+/// The tag of every message's header (MPI keeps messages of one tag between two ranks in
+/// order).
 const TAG: c_int = 7;
+
+/// The tag of every payload: a rank's payloads come in the order of its headers.
+const PAYLOAD_TAG: c_int = 8;
 
 /// Whether an MPI launcher (`mpirun`, `mpiexec`, `srun`) started this process: the variables
 /// OpenMPI, MPICH and PMIx set for each rank.
@@ -206,13 +212,19 @@ fn all_gather(world: &SimpleCommunicator, mine: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// One send buffer and the send in flight from it, if any.
+/// One message's worth of sending: its header buffer, the payload it sends from, and the
+/// sends in flight.
 struct Slot {
-    buf: Vec<u8>,
-    request: Option<ffi::MPI_Request>,
+    header: [u8; codec::MAX_HEADER],
+    /// The payload being sent, kept alive until its send is done.
+    payload: Option<singa_core::Tensor>,
+    /// Where a payload outside host memory is copied first.
+    staging: Vec<u8>,
+    /// The header's and the payload's sends.
+    requests: [Option<ffi::MPI_Request>; 2],
 }
 
-// SAFETY: a slot's request is made, tested and completed on the MPI thread only; the router
+// SAFETY: a slot's requests are made, tested and completed on the MPI thread only; the router
 // that holds the slots is built elsewhere (with no slot yet) and moved there before it runs.
 unsafe impl Send for Slot {}
 
@@ -267,8 +279,9 @@ impl Router {
         }
     }
 
-    /// Starts sending `msg` to its rank, from its slot's buffer (once the slot's last send is
-    /// done). A message that cannot be encoded is dropped, its sender told it stopped.
+    /// Starts sending `msg` to its rank: its header from its slot's buffer, its payload from
+    /// the tensor (once the slot's last sends are done). A message that cannot be encoded is
+    /// dropped, said on standard error.
     fn send(&mut self, world: &SimpleCommunicator, msg: Msg) {
         let Some(&rank) = self.rank_of.get(&msg.dst) else {
             return;
@@ -276,11 +289,31 @@ impl Router {
         let key = (msg.dst, msg.kind, msg.target, msg.slice);
         self.wait_for_slot(world, key);
         let slot = self.slots.entry(key).or_insert_with(|| Slot {
-            buf: Vec::new(),
-            request: None,
+            header: [0; codec::MAX_HEADER],
+            payload: None,
+            staging: Vec::new(),
+            requests: [None, None],
         });
-        let len = match codec::encode(&msg, &mut slot.buf) {
-            Ok(len) => len,
+        let sent = codec::encode_header(&msg, &mut slot.header).and_then(|len| {
+            let payload = msg.payload.as_ref().into_option().cloned();
+            let body = match &payload {
+                // SAFETY: the sender leaves a payload alone until its receiver is done with
+                // it (see `wire.rs`), which is after this send; the slot keeps it alive.
+                Some(t) => Some(match unsafe { t.host_bytes() } {
+                    Some(bytes) => bytes,
+                    None => {
+                        let n = t.numel() * t.dtype().size();
+                        slot.staging.resize(n, 0);
+                        t.read_bytes(&mut slot.staging)?;
+                        (slot.staging.as_mut_ptr(), n)
+                    }
+                }),
+                None => None,
+            };
+            Ok((len, body, payload))
+        });
+        let (len, body, payload) = match sent {
+            Ok(x) => x,
             Err(e) => {
                 eprintln!(
                     "singa: {}: cannot send {:?} to {}: {e}",
@@ -290,28 +323,40 @@ impl Router {
             }
         };
         self.crossed.add(&msg);
-        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
-        // SAFETY: the buffer stays allocated and untouched until the request completes: the
-        // slot is only written again after `wait_for_slot`, and never dropped before `finish`
-        // has completed every request.
-        unsafe {
-            ffi::MPI_Isend(
-                slot.buf.as_ptr() as *const c_void,
-                len as c_int,
-                ffi::RSMPI_UINT8_T,
-                rank as c_int,
-                TAG,
-                world.as_raw(),
-                &mut request,
-            );
+        let isend = |ptr: *const u8, n: usize, tag: c_int| {
+            let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+            // SAFETY: the bytes stay allocated and untouched until the request completes: the
+            // slot's header and staging are only written again after `wait_for_slot`, the
+            // payload is kept in the slot, and no slot is dropped before `finish` has
+            // completed every request.
+            unsafe {
+                ffi::MPI_Isend(
+                    ptr as *const c_void,
+                    n as c_int,
+                    ffi::RSMPI_UINT8_T,
+                    rank as c_int,
+                    tag,
+                    world.as_raw(),
+                    &mut request,
+                );
+            }
+            request
+        };
+        slot.requests[0] = Some(isend(slot.header.as_ptr(), len, TAG));
+        if let Some((ptr, n)) = body {
+            slot.requests[1] = Some(isend(ptr, n, PAYLOAD_TAG));
         }
-        slot.request = Some(request);
+        slot.payload = payload;
         self.in_flight.push(key);
     }
 
-    /// Waits until the send from slot `key` (if any) is done, receiving meanwhile.
+    /// Waits until the sends from slot `key` (if any) are done, receiving meanwhile.
     fn wait_for_slot(&mut self, world: &SimpleCommunicator, key: SlotKey) {
-        while self.slots.get(&key).is_some_and(|s| s.request.is_some()) {
+        while self
+            .slots
+            .get(&key)
+            .is_some_and(|s| s.requests.iter().any(Option::is_some))
+        {
             self.test_sends();
             self.receive(world);
         }
@@ -326,14 +371,20 @@ impl Router {
                 .slots
                 .get_mut(&self.in_flight[i])
                 .expect("a slot in flight");
-            let request = slot.request.as_mut().expect("in flight");
-            let mut done: c_int = 0;
-            // SAFETY: a request of this slot's send, not yet completed.
-            unsafe { ffi::MPI_Test(request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
-            if done != 0 {
-                slot.request = None;
+            for r in slot.requests.iter_mut() {
+                if let Some(request) = r {
+                    let mut done: c_int = 0;
+                    // SAFETY: a request of this slot's sends, not yet completed.
+                    unsafe { ffi::MPI_Test(request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
+                    if done != 0 {
+                        *r = None;
+                        any = true;
+                    }
+                }
+            }
+            if slot.requests.iter().all(Option::is_none) {
+                slot.payload = None;
                 self.in_flight.swap_remove(i);
-                any = true;
             } else {
                 i += 1;
             }
@@ -341,30 +392,56 @@ impl Router {
         any
     }
 
-    /// Receives one message from another rank, if one has come, and delivers it.
+    /// Receives one message from another rank, if one has come (its header, then its payload
+    /// straight into the tensor it is delivered in), and delivers it.
     fn receive(&mut self, world: &SimpleCommunicator) -> bool {
         let Some((message, status)) = world.any_process().immediate_matched_probe_with_tag(TAG)
         else {
             return false;
         };
         let n = status.count(u8::equivalent_datatype()) as usize;
+        let from = status.source_rank();
         if self.received.len() < n {
             self.received.resize(n, 0);
         }
         message.matched_receive_into(&mut self.received[..n]);
-        match codec::decode(&self.received[..n], &mut self.payloads) {
+        let msg = codec::decode_header(&self.received[..n], &mut self.payloads);
+        let payload = match &msg {
+            Ok(m) => m.payload.as_ref().into_option().cloned(),
+            Err(_) => None,
+        };
+        if let Some(t) = payload {
+            // SAFETY: a payload tensor of the router's own; its last message's receiver is
+            // done with it (see `wire.rs`) before a message with the same key comes.
+            let (ptr, len) = unsafe { t.host_bytes() }.expect("payloads are made in host memory");
+            let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+            world
+                .process_at_rank(from)
+                .receive_into_with_tag(bytes, PAYLOAD_TAG);
+        }
+        match msg {
+            // A message for an endpoint that has stopped is dropped: its sender learns of the
+            // stop from the job.
             Ok(msg) => {
-                // A message for an endpoint that has stopped is dropped: its sender learns of
-                // the stop from the job.
                 if let Some(inbox) = self.local.get(&msg.dst) {
                     deliver(inbox, msg);
                 }
             }
-            Err(e) => eprintln!(
-                "singa: {}: a message from rank {} cannot be read: {e}",
-                self.addr,
-                status.source_rank()
-            ),
+            Err(e) => {
+                eprintln!(
+                    "singa: {}: a message from rank {from} cannot be read: {e}",
+                    self.addr
+                );
+                // Its payload, if it has one, is taken off too: the next header's payload is
+                // then the next one received.
+                if codec::has_payload(&self.received[..n]) {
+                    let (message, status) = world
+                        .process_at_rank(from)
+                        .matched_probe_with_tag(PAYLOAD_TAG);
+                    let mut lost = vec![0u8; status.count(u8::equivalent_datatype()) as usize];
+                    message.matched_receive_into(&mut lost[..]);
+                }
+            }
         }
         true
     }

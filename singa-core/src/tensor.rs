@@ -316,6 +316,23 @@ impl Tensor {
         unsafe { self.device().raw().write(self.view(), data.into()) }.into_result()
     }
 
+    /// The address of the first element and the length in bytes, when the tensor lives in
+    /// host memory (see [`DeviceRef::is_host`]): for transports that send from and receive
+    /// into a tensor without copying it first.
+    ///
+    /// # Safety
+    /// The memory is used outside the checked operations: the caller reads or writes it only
+    /// while no operation on another thread writes (or, to write, reads) these elements, and
+    /// only while a handle to the tensor keeps the memory alive.
+    pub unsafe fn host_bytes(&self) -> Option<(*mut u8, usize)> {
+        if !self.device().is_host() {
+            return None;
+        }
+        let size = self.dtype.size();
+        let addr = self.storage.handle as usize + self.offset * size;
+        Some((addr as *mut u8, self.numel() * size))
+    }
+
     fn check_bytes(&self, what: &str, len: usize) -> Result<()> {
         let want = self.numel() * self.dtype.size();
         if len != want {

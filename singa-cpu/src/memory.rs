@@ -8,7 +8,7 @@ use singa_core::{BufHandle, BufView, DType, Element, Error, Result};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 
 /// The memory space of the CPU and reference devices: handles of either are valid for both.
-pub const HOST: &str = "host";
+pub const HOST: &str = singa_core::device::HOST_MEMORY;
 
 /// Alignment of every allocation: one cache line, and one AVX-512 register.
 pub const ALIGN: usize = 64;

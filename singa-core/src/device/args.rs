@@ -57,7 +57,9 @@ pub struct DeviceInfo {
     pub description: RString,
     /// Where its buffers live. Devices that name the same memory space can use each other's
     /// buffers (every CPU and reference device allocates `host` memory, so the workers of one
-    /// process can read each other's tensors without copies); a GPU names its own.
+    /// process can read each other's tensors without copies); a GPU names its own. In the
+    /// [`HOST_MEMORY`](crate::device::HOST_MEMORY) space a handle is the address of its
+    /// allocation in this process, which transports may read and write directly.
     pub memory_space: RString,
 }
 

@@ -428,6 +428,10 @@ pub type DynDevice = Device_TO<'static, RBox<()>>;
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The memory space of devices whose buffers are this process's heap memory, their handles
+/// its addresses (the CPU and reference devices).
+pub const HOST_MEMORY: &str = "host";
+
 /// A shared handle to a device. Cheap to clone; compare devices with [`DeviceRef::id`].
 #[repr(C)]
 #[derive(StableAbi, Clone)]
@@ -456,6 +460,12 @@ impl DeviceRef {
     /// Whether this device can use buffers of `other` (they share a memory space).
     pub fn shares_memory_with(&self, other: &DeviceRef) -> bool {
         self.memory == other.memory
+    }
+
+    /// Whether this device's buffers are host memory, their handles addresses (see
+    /// [`HOST_MEMORY`]).
+    pub fn is_host(&self) -> bool {
+        self.memory == crate::rng::derive_seed(0, HOST_MEMORY)
     }
 
     /// A number that identifies this device within the process.

@@ -600,6 +600,8 @@ impl Cluster {
             self.conclude(own, peers)?;
         } else {
             self.server_reports(Op::Sync, servers.len())?;
+        }
+        if self.topology.separate_memory() {
             // The workers copy the averages from their servers.
             self.refresh(false, None)?;
         }
@@ -758,8 +760,9 @@ impl Cluster {
     }
 
     /// One step of every worker; `net` and `store` are worker 0's. The workers of group 0
-    /// finish it together; other groups finish it before the next step when
-    /// `cluster.staleness` is 0, and at most that many steps later otherwise.
+    /// finish it together (the others report it while the next one starts); other groups
+    /// finish it before the next step when `cluster.staleness` is 0, and at most that many
+    /// steps later otherwise.
     pub fn train_step(
         &mut self,
         net: &mut NeuralNet,
@@ -771,17 +774,19 @@ impl Cluster {
         let c = self.topology.cluster();
         let (bound, sync) = (c.staleness as usize, c.hogwild_sync_freq());
         // Wait for the groups that lag too far first, then start everyone together (a worker
-        // of group 0 must not wait at a bridge for worker 0 meanwhile).
+        // of group 0 must not wait at a bridge for worker 0 meanwhile). Group 0's other
+        // workers may not have reported the last step yet: they cannot run ahead of worker 0
+        // (they wait for the same servers' values), and taking the new step from their queue
+        // as soon as they finish the last spares them a round trip to the coordinator.
         for i in 0..self.peers.len() {
-            let allowed = if self.peers[i].addr.group == 0 {
-                0
-            } else {
-                bound
-            };
+            let group0 = self.peers[i].addr.group == 0;
+            let allowed = if group0 { 1 } else { bound };
             while self.peers[i].pending > allowed {
                 self.take_step(i)?;
             }
-            self.max_lag = self.max_lag.max(self.peers[i].pending);
+            if !group0 {
+                self.max_lag = self.max_lag.max(self.peers[i].pending);
+            }
         }
         for i in 0..self.peers.len() {
             let addr = self.peers[i].addr;
@@ -790,17 +795,7 @@ impl Cluster {
         }
         let own = self.link.train_step(net, store, &mut *self.algorithm, step);
         let own = self.own_outcome(own);
-        // Every group finishes this step now, unless a staleness bound lets others lag.
-        let mut peers = Ok(());
-        for i in 0..self.peers.len() {
-            if bound > 0 && self.peers[i].addr.group != 0 {
-                continue;
-            }
-            while self.peers[i].pending > 0 && peers.is_ok() {
-                peers = self.take_step(i);
-            }
-        }
-        self.conclude(own, peers)?;
+        self.conclude(own, Ok(()))?;
         match sync {
             Some(freq) if (step + 1).is_multiple_of(freq) => {
                 self.drain()?;

@@ -88,9 +88,10 @@ impl Topology {
     }
 
     /// Whether each server runs on the thread of the worker it sits beside (AllReduce, and
-    /// Hogwild's groups, in one process); it then receives at that worker's address.
+    /// Hogwild's groups); it then receives at that worker's address, and serves while its
+    /// worker waits.
     pub fn servers_on_worker_threads(&self) -> bool {
-        self.cluster.servers_beside_workers() && !self.separate_memory()
+        self.cluster.servers_beside_workers()
     }
 
     /// Every worker, group after group.
@@ -269,12 +270,10 @@ mod tests {
             vec![worker_addr(0, 2), worker_addr(0, 3)]
         );
         assert_eq!(t.rank_servers(1), vec![(0, 2), (0, 3)]);
-        assert!(placement[1].contains(&server_addr(0, 3)));
         assert!(placement[0].contains(&COORDINATOR));
-        // In one process the servers run on their workers' threads, at their addresses.
-        let one = Topology::new(&Framework::AllReduce.preset(4), 1);
-        assert_eq!(one.server_at(0, 3), worker_addr(0, 3));
-        assert!(!one.placement()[0].contains(&server_addr(0, 3)));
+        // Servers beside workers run on their threads, at their addresses.
+        assert_eq!(t.server_at(0, 3), worker_addr(0, 3));
+        assert!(!placement[1].contains(&server_addr(0, 3)));
         // Separate servers are spread in order.
         let sb = Topology::new(&Framework::Sandblaster.preset(2), 2);
         assert_eq!(sb.rank_servers(0), vec![(0, 0)]);
