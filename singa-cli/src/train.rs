@@ -100,7 +100,7 @@ fn train_rank0(
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
     let options = TrainOptions {
-        threads: args.threads,
+        threads: args.threads.or(base.threads),
         workspace: Some(workspace.clone()),
         existing: args.existing,
         ..base
@@ -200,8 +200,10 @@ pub fn over_mpi(
 
 /// This process is one rank of several that `mpirun` started: every rank reads the job
 /// (`read`, given the number of ranks), the ranks check that they read the same one, connect
-/// over MPI, and rank 0 runs `rank0` (given options that hold the fabric) while the others run
-/// their workers and servers (`on_step` seeing their steps). Returns this process's rank.
+/// over MPI, and rank 0 runs `rank0` (given options that hold the fabric and the threads)
+/// while the others run their workers and servers (`on_step` seeing their steps). `threads`
+/// (`--threads`) defaults to the job's, but at most this machine's cores shared by the ranks
+/// mpirun started on it. Returns this process's rank.
 #[cfg(feature = "mpi")]
 pub fn over_mpi(
     read: impl FnOnce(usize) -> Result<(JobConfig, Registry)>,
@@ -232,6 +234,16 @@ pub fn over_mpi(
         .collect();
     check_same_job(&all)?;
     let (config, registry) = read?;
+    // Ranks on one machine share its cores (unless --threads says otherwise).
+    let threads = threads.or_else(|| {
+        let cores = singa::device::default_threads();
+        let here = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+            .unwrap_or(1);
+        let share = (cores / here.max(1)).max(1);
+        Some(config.device.threads.unwrap_or(cores).min(share))
+    });
     let topology = Topology::new(&config.cluster, size);
     let host = singa::device::create(&singa::config::DeviceConfig::cpu(1), None)?;
     let linger = std::time::Duration::from_secs(config.cluster.timeout_secs);
@@ -241,6 +253,7 @@ pub fn over_mpi(
             &config,
             &registry,
             TrainOptions {
+                threads,
                 fabric: Some(fabric.clone()),
                 ..Default::default()
             },
