@@ -66,7 +66,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             if args.dry_run {
                 // Rank 0 shows every rank's part; nothing needs MPI for that.
                 return match rank {
-                    0 => dry_run(&args, Some(size)),
+                    0 => dry_run(&args, Some(size), "MPI"),
                     _ => Ok(()),
                 };
             }
@@ -79,7 +79,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             )
             .map(|_| ())
         }
-        _ if args.dry_run => dry_run(&args, args.ranks),
+        _ if args.dry_run => dry_run(&args, args.ranks, "processes emulated in this one"),
         _ => {
             let (config, registry) = read_job(&args, args.ranks)?;
             train_rank0(&args, &config, &registry, TrainOptions::default())
@@ -121,8 +121,8 @@ fn train_rank0(
 }
 
 /// Builds the nets (and the workers and servers, with `ranks` processes emulated here) and
-/// prints them without training.
-fn dry_run(args: &TrainArgs, ranks: Option<usize>) -> Result<()> {
+/// prints them without training, saying that several ranks run over `engine`.
+fn dry_run(args: &TrainArgs, ranks: Option<usize>, engine: &str) -> Result<()> {
     let (config, registry) = read_job(args, ranks)?;
     let trainer = Trainer::new(
         &config,
@@ -133,7 +133,7 @@ fn dry_run(args: &TrainArgs, ranks: Option<usize>) -> Result<()> {
         },
     )?;
     if let Some(c) = trainer.cluster() {
-        print!("{}", c.describe());
+        print!("{}", c.describe_over(engine));
         println!(
             "train net of worker 0.0, one of {} that each read {} records of every batch ({} params):",
             c.workers(),

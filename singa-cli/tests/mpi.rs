@@ -413,6 +413,36 @@ fn ranks_started_with_different_jobs_are_refused_naming_the_difference() {
 }
 
 #[test]
+fn dry_run_under_mpirun_prints_each_rank_once_from_rank_0() {
+    if !have_mpirun("dry run") {
+        return;
+    }
+    let dir = tmpdir("mpi-dry");
+    synthetic_mnist(&dir, 60, 20, 8);
+    let cluster = "framework = \"allreduce\"\nnworkers_per_group = 4";
+    std::fs::write(dir.join("job.toml"), job(&dir, 30, 30, "sgd", cluster)).unwrap();
+    let o = singa_mpi(2, &["train", "job.toml", "--dry-run"], &dir);
+    ok(&o, "dry run");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.matches("2 ranks (processes), each with memory of its own, over MPI:")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(
+        out.contains("  rank 0: worker 0.0; worker 0.1; server 0.0 ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("  rank 1: worker 0.2; worker 0.3; server 0.2 ("),
+        "{out}"
+    );
+    assert_eq!(out.matches("train net of worker 0.0").count(), 1, "{out}");
+    assert!(!dir.join("runs").exists(), "a dry run trains nothing");
+}
+
+#[test]
 fn a_rank_that_cannot_allocate_stops_every_rank_naming_it() {
     if !have_mpirun("allocation") {
         return;

@@ -890,6 +890,12 @@ impl Cluster {
 
     /// The topology, for `--dry-run` and logs.
     pub fn describe(&self) -> String {
+        self.describe_over(self.fabric.engine())
+    }
+
+    /// [`Cluster::describe`], saying the ranks talk over `engine` (a plan made in one process
+    /// for ranks that will run over MPI, say).
+    pub fn describe_over(&self, engine: &str) -> String {
         let c = self.topology.cluster();
         let mut s = format!(
             "cluster: {} worker group{} of {} worker{}, {} server group{} of {} server{} ({}), {}\n",
@@ -944,7 +950,7 @@ impl Cluster {
             s.push_str(&format!(
                 "{} ranks (processes), each with memory of its own, over {}:\n",
                 self.topology.ranks(),
-                self.fabric.engine()
+                engine
             ));
             s.push_str(&self.topology.describe_ranks(&self.slices, &self.names));
         }
