@@ -134,6 +134,23 @@ enum Command {
         /// Timed runs per measurement (the median is used).
         #[arg(long, default_value_t = 15)]
         reps: usize,
+        /// The framework: allreduce (a server beside each worker), sandblaster (--servers
+        /// servers of their own, synchronous), downpour (asynchronous workers, --servers
+        /// servers of their own) or hogwild (workers with servers beside them, averaged every
+        /// --sync-freq steps). Several, separated by commas, are predicted from the same
+        /// measurements.
+        #[arg(long, value_delimiter = ',', default_value = "allreduce", value_parser = ["allreduce", "sandblaster", "downpour", "hogwild"])]
+        framework: Vec<String>,
+        /// Servers of their own, for sandblaster and downpour.
+        #[arg(long, default_value_t = 1)]
+        servers: usize,
+        /// Steps between hogwild's averages.
+        #[arg(long, default_value_t = 10)]
+        sync_freq: u64,
+        /// Samples per worker, whatever the number of workers (weak scaling); without it,
+        /// the job's batch is split over the workers.
+        #[arg(long)]
+        per_worker: Option<usize>,
         /// A plugin library with layer or updater types (repeatable).
         #[arg(long = "plugin", value_name = "PATH")]
         plugins: Vec<PathBuf>,
@@ -347,11 +364,40 @@ fn run(cli: Cli) -> Result<()> {
             gbits,
             latency_us,
             reps,
+            framework,
+            servers,
+            sync_freq,
+            per_worker,
             plugins,
         } => {
             let config = JobConfig::from_file(&job)?;
             let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
-            print_cost(&config, &registry, &workers, gbits, latency_us, reps.max(1))
+            let frameworks = framework
+                .iter()
+                .map(|f| match f.as_str() {
+                    "sandblaster" => cost::Framework::Sandblaster { servers },
+                    "downpour" => cost::Framework::Downpour { servers },
+                    "hogwild" => cost::Framework::Hogwild { sync_freq },
+                    _ => cost::Framework::AllReduce,
+                })
+                .collect();
+            let link = cost::Link {
+                bandwidth: gbits * 1e9 / 8.0,
+                latency: latency_us * 1e-6,
+            };
+            let plan = CostPlan {
+                workers,
+                link,
+                frameworks,
+                per_worker,
+                reps: reps.max(1),
+            };
+            println!(
+                "singa cost: {}, {} Gbit/s and {latency_us} µs per message; compute measured here with 1 thread per worker",
+                config.name,
+                gbits
+            );
+            print_cost(&config, &registry, &plan)
         }
         Command::Plugin {
             command: PluginCommand::Check { path },
@@ -462,15 +508,37 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Measures the job's compute at each worker count's batch and prints the predictions.
-fn print_cost(
-    job: &JobConfig,
-    registry: &Registry,
-    workers: &[usize],
-    gbits: f64,
-    latency_us: f64,
+/// What `singa cost` predicts.
+struct CostPlan {
+    workers: Vec<usize>,
+    link: cost::Link,
+    /// One table each.
+    frameworks: Vec<cost::Framework>,
+    /// Samples per worker (`None`: the job's batch split over the workers).
+    per_worker: Option<usize>,
     reps: usize,
-) -> Result<()> {
+}
+
+/// Says in words how `framework` trains.
+fn describe_framework(framework: cost::Framework) -> String {
+    match framework {
+        cost::Framework::AllReduce => {
+            "k synchronous workers, each with a server beside it owning 1/k of every parameter".into()
+        }
+        cost::Framework::Sandblaster { servers } => format!(
+            "k synchronous workers and {servers} server(s) of their own, each owning a part of every parameter"
+        ),
+        cost::Framework::Downpour { servers } => {
+            format!("k asynchronous workers and {servers} server(s) of their own")
+        }
+        cost::Framework::Hogwild { sync_freq } => format!(
+            "k workers, each with a server beside it holding every parameter, averaged every {sync_freq} steps"
+        ),
+    }
+}
+
+/// Measures the job's compute at each worker count's batch and prints the predictions.
+fn print_cost(job: &JobConfig, registry: &Registry, plan: &CostPlan) -> Result<()> {
     let validated = job.validate(registry)?.job;
     let batch = validated
         .layers
@@ -481,40 +549,57 @@ fn print_cost(
             _ => None,
         })
         .ok_or_else(|| Error::invalid("the train net has no input layer with a batch_size"))?;
-    let link = cost::Link {
-        bandwidth: gbits * 1e9 / 8.0,
-        latency: latency_us * 1e-6,
+    let split = match plan.per_worker {
+        Some(b) => format!("{b} samples per worker"),
+        None => format!("the batch of {batch} split over the workers"),
     };
-    println!(
-        "singa cost: {} (batch {batch}), k synchronous workers each with a server owning 1/k of every parameter, {gbits} Gbit/s and {latency_us} µs per message; compute measured here with 1 thread per worker",
-        job.name
-    );
-    println!("
-| workers | batch per worker | compute ms | exposed network ms | step ms | MB sent per worker | samples/s | vs 1 worker |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut base = None;
-    for &k in workers {
-        if k == 0 || batch % k != 0 {
-            println!("| {k} | (the batch of {batch} does not split into {k}) | | | | | | |");
-            continue;
-        }
-        let m = cost::measure(&validated, registry, batch / k, reps)?;
-        let p = cost::predict(&m, k, link);
-        let one = *base.get_or_insert(if k == 1 { p.throughput } else { f64::NAN });
-        println!(
-            "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
-            batch / k,
-            p.compute * 1e3,
-            p.exposed_comm * 1e3,
-            p.step * 1e3,
-            p.bytes / 1e6,
-            p.throughput,
-            if one.is_nan() {
-                "-".to_string()
-            } else {
-                format!("{:.2}x", p.throughput / one)
+    // Every batch is measured once, for all the frameworks.
+    let mut measured: Vec<(usize, cost::Measured)> = Vec::new();
+    for &framework in &plan.frameworks {
+        println!("\n{}; {split}", describe_framework(framework));
+        println!("\n| workers | batch per worker | compute ms | exposed network ms | step ms | MB sent per worker | samples/s | vs 1 worker | bound by |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+        let mut base = None;
+        for &k in &plan.workers {
+            let each = match plan.per_worker {
+                Some(b) => b,
+                None if k > 0 && batch % k == 0 => batch / k,
+                None => {
+                    println!(
+                        "| {k} | (the batch of {batch} does not split into {k}) | | | | | | | |"
+                    );
+                    continue;
+                }
+            };
+            if k == 0 || each == 0 {
+                println!("| {k} | (no samples) | | | | | | | |");
+                continue;
             }
-        );
+            let m = match measured.iter().find(|(b, _)| *b == each) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let m = cost::measure(&validated, registry, each, plan.reps)?;
+                    measured.push((each, m.clone()));
+                    m
+                }
+            };
+            let p = cost::predict(&m, k, plan.link, framework);
+            let one = *base.get_or_insert(if k == 1 { p.throughput } else { f64::NAN });
+            println!(
+                "| {k} | {each} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} | {} |",
+                p.compute * 1e3,
+                p.exposed_comm * 1e3,
+                p.step * 1e3,
+                p.bytes / 1e6,
+                p.throughput,
+                if one.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}x", p.throughput / one)
+                },
+                p.bound
+            );
+        }
     }
     Ok(())
 }

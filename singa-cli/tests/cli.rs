@@ -120,6 +120,52 @@ fn dry_run_prints_the_nets() {
 }
 
 #[test]
+fn cost_predicts_every_framework_asked_for_from_one_measurement() {
+    let (dir, job) = setup("cli-cost", "train_steps = 5");
+    let o = singa(
+        &[
+            "cost",
+            job.to_str().unwrap(),
+            "--per-worker",
+            "16",
+            "--workers",
+            "1,4,64",
+            "--framework",
+            "allreduce,sandblaster,downpour,hogwild",
+            "--servers",
+            "2",
+            "--gbits",
+            "0.01",
+            "--reps",
+            "1",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    // One table per framework, one row per worker count.
+    assert_eq!(
+        out.matches("| workers | batch per worker |").count(),
+        4,
+        "{out}"
+    );
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| 64 | 16 |"))
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    // At 10 Mbit/s, 64 workers and 2 servers are bound by the network.
+    assert!(rows[0].ends_with("| workers' links |"), "{out}");
+    assert!(rows[1].ends_with("| servers' links |"), "{out}");
+    assert!(rows[2].ends_with("| servers' links |"), "{out}");
+    // Every row's throughput is a number.
+    for row in rows {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert!(cells[6].parse::<f64>().is_ok_and(|t| t > 0.0), "{row}");
+    }
+}
+
+#[test]
 fn job_file_mistakes_name_file_field_and_expectation() {
     let (dir, job) = setup("cli-badjob", "train_steps = 5");
     let text = std::fs::read_to_string(&job).unwrap();
