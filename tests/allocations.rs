@@ -53,8 +53,32 @@ fn allocations(trainer: &mut Trainer, warmup: usize, steps: usize) -> u64 {
 /// allocates on its own thread whenever another test ends.
 #[test]
 fn warm_training_steps_allocate_nothing() {
+    the_loader_waiting_for_the_consumer_allocates_nothing();
     a_warm_mlp_step_allocates_nothing();
     a_warm_convnet_step_allocates_nothing();
+}
+
+/// The batch loader fills its buffers ahead of the consumer, then waits for one back: a wait
+/// that once allocated the first time it happened (a blocking channel receive), which could
+/// fall in the middle of training when the loader first got ahead late.
+fn the_loader_waiting_for_the_consumer_allocates_nothing() {
+    let dir = tmpdir("alloc-loader");
+    synthetic_mnist(&dir, 200, 100, 8);
+    singa_data::import::import("mnist", &dir, &dir).unwrap();
+    let shard = std::sync::Arc::new(singa_data::Shard::open(dir.join("train.shard")).unwrap());
+    let mut loader = singa_data::BatchLoader::new(shard, singa_data::LoaderConfig::new(8)).unwrap();
+    // The first batch: the loader thread has started and made its buffers.
+    loader.next_batch().unwrap();
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    // It fills the others and waits for the consumer, for the first time.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let waited = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    for _ in 0..10 {
+        loader.next_batch().unwrap();
+    }
+    let more = ALLOCATIONS.load(Ordering::Relaxed) - before - waited;
+    assert_eq!(waited, 0, "{waited} allocations while the loader waited");
+    assert_eq!(more, 0, "{more} allocations in 10 batches");
 }
 
 fn a_warm_convnet_step_allocates_nothing() {

@@ -105,6 +105,8 @@ pub struct BatchLoader {
     shard: Arc<Shard>,
     /// The consumer's thread, woken by the loader when a batch is ready.
     consumer: Arc<Waiter>,
+    /// The loader's thread, woken by the consumer when it gives a buffer back.
+    loader: Arc<Waiter>,
 }
 
 /// The order of records in `epoch`.
@@ -168,8 +170,11 @@ impl BatchLoader {
             )));
         }
         let depth = config.prefetch.max(1);
-        let (ready_tx, ready_rx) = sync_channel::<Result<Batch>>(depth);
-        let (spare_tx, spare_rx) = sync_channel::<Batch>(depth + 2);
+        // Both channels hold every buffer, so a send never blocks: neither thread ever waits
+        // in a channel, whose first blocking wait on a thread allocates (which could fall in
+        // the middle of training); they park on `Waiter`s instead.
+        let (ready_tx, ready_rx) = sync_channel::<Result<Batch>>(depth + 1);
+        let (spare_tx, spare_rx) = sync_channel::<Batch>(depth + 1);
         for _ in 0..depth + 1 {
             spare_tx
                 .send(Batch {
@@ -182,6 +187,8 @@ impl BatchLoader {
         let worker_shard = shard.clone();
         let consumer: Arc<Waiter> = Arc::default();
         let wake = consumer.clone();
+        let loader: Arc<Waiter> = Arc::default();
+        let waiter = loader.clone();
         let thread = std::thread::Builder::new()
             .name("singa-loader".into())
             .spawn(move || {
@@ -192,7 +199,14 @@ impl BatchLoader {
                 fill_order(&mut order, config.shuffle, config.seed, epoch);
                 let Transform { scale, shift } = config.transform;
                 let mut raw = vec![0.0f32; if config.image.is_some() { stored } else { 0 }];
-                while let Ok(mut batch) = spare_rx.recv() {
+                let spare = || {
+                    waiter.wait_for(None, || match spare_rx.try_recv() {
+                        Ok(b) => Some(Some(b)),
+                        Err(TryRecvError::Disconnected) => Some(None),
+                        Err(TryRecvError::Empty) => None,
+                    })
+                };
+                while let Some(Some(mut batch)) = spare() {
                     let mut result = Ok(());
                     let whole_batch_end = pos + (config.batch_size * parts) as u64;
                     pos += (config.batch_size * part) as u64;
@@ -239,6 +253,7 @@ impl BatchLoader {
             thread: Some(thread),
             shard,
             consumer,
+            loader,
         })
     }
 
@@ -247,6 +262,7 @@ impl BatchLoader {
         if let Some(prev) = self.current.take() {
             // The thread may have stopped after an error; then the buffer is simply dropped.
             let _ = self.spare.as_ref().map(|s| s.send(prev));
+            self.loader.wake();
         }
         let ready = self.ready.as_ref().expect("loader used after drop");
         // Waiting parks this thread until the loader wakes it: a blocking channel receive may
@@ -277,9 +293,10 @@ impl BatchLoader {
 
 impl Drop for BatchLoader {
     fn drop(&mut self) {
-        // Closing both channels wakes the thread wherever it waits.
+        // Closing both channels and waking the loader stops it wherever it is.
         self.ready.take();
         self.spare.take();
+        self.loader.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
