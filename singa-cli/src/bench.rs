@@ -311,7 +311,7 @@ fn measure(
         let timed = (windows as u64 * steps) as f64;
         let engine = trainer.cluster().map_or("", |c| c.engine());
         let who = match engine {
-            "MPI" => "what rank 0 sent",
+            singa_comm::engines::MPI => "what rank 0 sent",
             _ => "what every rank sent",
         };
         println!(

@@ -475,6 +475,12 @@ mod tests {
         latency: 0.0,
     };
 
+    /// 1 MB/s, no latency.
+    const SLOW: Link = Link {
+        bandwidth: 1e6,
+        latency: 0.0,
+    };
+
     #[test]
     fn one_worker_computes_then_updates() {
         let p = predict(&measured(), 1, FAST, Framework::AllReduce);
@@ -498,11 +504,7 @@ mod tests {
     fn a_slow_network_bounds_the_step() {
         // 1 MB/s out: the gradients' halves (0.5 s, then 1.5 s), then the fresh values'
         // halves (0.5 s, 1.5 s), one after another on the outgoing link: 4 s.
-        let slow = Link {
-            bandwidth: 1e6,
-            latency: 0.0,
-        };
-        let p = predict(&measured(), 2, slow, Framework::AllReduce);
+        let p = predict(&measured(), 2, SLOW, Framework::AllReduce);
         assert!(p.step > 4.0 && p.step < 4.01, "{p:?}");
         assert!(p.exposed_comm > 3.9, "{p:?}");
     }
@@ -511,15 +513,11 @@ mod tests {
     fn one_separate_server_bounds_many_workers_by_its_link() {
         // Four workers, one server, 1 MB/s: the server's link takes in 4 × 4 MB (16 s) and
         // sends as much back.
-        let slow = Link {
-            bandwidth: 1e6,
-            latency: 0.0,
-        };
-        let p = predict(&measured(), 4, slow, Framework::Sandblaster { servers: 1 });
+        let p = predict(&measured(), 4, SLOW, Framework::Sandblaster { servers: 1 });
         assert!(p.step > 16.0, "{p:?}");
         assert_eq!(p.bound, "servers' links");
         // Four servers share it: each link takes 4 MB in.
-        let q = predict(&measured(), 4, slow, Framework::Sandblaster { servers: 4 });
+        let q = predict(&measured(), 4, SLOW, Framework::Sandblaster { servers: 4 });
         assert!(q.step < p.step / 2.0, "{q:?}");
     }
 
@@ -539,16 +537,12 @@ mod tests {
 
     #[test]
     fn hogwild_pays_its_average_once_every_sync_freq_steps() {
-        let slow = Link {
-            bandwidth: 1e6,
-            latency: 0.0,
-        };
         // Two workers exchange half of 4 MB each way every 10 steps: 4 s / 10 a step (plus
         // the sums), on top of 4 ms of compute and 0.8 ms of updates.
-        let p = predict(&measured(), 2, slow, Framework::Hogwild { sync_freq: 10 });
+        let p = predict(&measured(), 2, SLOW, Framework::Hogwild { sync_freq: 10 });
         let average = 4.0 + 2e-4;
         assert!((p.step - (4.8e-3 + average / 10.0)).abs() < 1e-9, "{p:?}");
-        let local = predict(&measured(), 1, slow, Framework::Hogwild { sync_freq: 10 });
+        let local = predict(&measured(), 1, SLOW, Framework::Hogwild { sync_freq: 10 });
         assert!((local.step - 4.8e-3).abs() < 1e-12, "{local:?}");
     }
 }

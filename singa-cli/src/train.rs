@@ -66,7 +66,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             if args.dry_run {
                 // Rank 0 shows every rank's part; nothing needs MPI for that.
                 return match rank {
-                    0 => dry_run(&args, Some(size), "MPI"),
+                    0 => dry_run(&args, Some(size), singa_comm::engines::MPI),
                     _ => Ok(()),
                 };
             }
@@ -79,7 +79,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             )
             .map(|_| ())
         }
-        _ if args.dry_run => dry_run(&args, args.ranks, "processes emulated in this one"),
+        _ if args.dry_run => dry_run(&args, args.ranks, singa_comm::engines::EMULATED_PROCESSES),
         _ => {
             let (config, registry) = read_job(&args, args.ranks)?;
             train_rank0(&args, &config, &registry, TrainOptions::default())
@@ -185,84 +185,81 @@ fn describe_other_members(trainer: &Trainer, registry: &Registry) -> Result<Stri
     Ok(out)
 }
 
-/// This process is one rank of several that `mpirun` started, but MPI is not built in.
-#[cfg(not(feature = "mpi"))]
-pub fn over_mpi(
-    _read: impl FnOnce(usize) -> Result<(JobConfig, Registry)>,
-    _threads: Option<usize>,
-    _on_step: Option<singa::cluster::StepHook>,
-    _rank0: impl FnOnce(&JobConfig, &Registry, TrainOptions) -> Result<()>,
-) -> Result<usize> {
-    Err(Error::invalid(
-        "mpirun started several processes, but this singa was built without MPI: build it with `cargo build --release -p singa-cli --features mpi` (needs libopenmpi-dev and libclang-dev)",
-    ))
-}
-
 /// This process is one rank of several that `mpirun` started: every rank reads the job
 /// (`read`, given the number of ranks), the ranks check that they read the same one, connect
 /// over MPI, and rank 0 runs `rank0` (given options that hold the fabric and the threads)
 /// while the others run their workers and servers (`on_step` seeing their steps). `threads`
 /// (`--threads`) defaults to the job's, but at most this machine's cores shared by the ranks
-/// mpirun started on it. Returns this process's rank.
-#[cfg(feature = "mpi")]
+/// mpirun started on it. Returns this process's rank; an error saying how to build with MPI
+/// if this singa was built without it.
 pub fn over_mpi(
     read: impl FnOnce(usize) -> Result<(JobConfig, Registry)>,
     threads: Option<usize>,
     on_step: Option<singa::cluster::StepHook>,
     rank0: impl FnOnce(&JobConfig, &Registry, TrainOptions) -> Result<()>,
 ) -> Result<usize> {
-    use singa::cluster::Topology;
-    use singa_comm::mpi::Mpi;
-    use std::sync::Arc;
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = (read, threads, on_step, rank0);
+        Err(Error::invalid(
+            "mpirun started several processes, but this singa was built without MPI: build it with `cargo build --release -p singa-cli --features mpi` (needs libopenmpi-dev and libclang-dev)",
+        ))
+    }
+    #[cfg(feature = "mpi")]
+    {
+        use singa::cluster::Topology;
+        use singa_comm::mpi::Mpi;
+        use std::sync::Arc;
 
-    let mpi = Mpi::init()?;
-    let (rank, size) = (mpi.rank(), mpi.size());
-    let read = read(size).and_then(|(config, registry)| {
-        config
-            .validate(&registry)
-            .map_err(|e| e.context(format!("with the {size} processes mpirun started")))?;
-        Ok((config, registry))
-    });
-    let mine = match &read {
-        Ok((config, _)) => format!("ok\n{}", fingerprint(config)),
-        Err(e) => format!("error\n{e}"),
-    };
-    let all = mpi.all_gather(mine.as_bytes())?;
-    let all: Vec<String> = all
-        .iter()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .collect();
-    check_same_job(&all)?;
-    let (config, registry) = read?;
-    // Ranks on one machine share its cores (unless --threads says otherwise).
-    let threads = threads.or_else(|| {
-        let cores = singa::device::default_threads();
-        let here = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        let mpi = Mpi::init()?;
+        let (rank, size) = (mpi.rank(), mpi.size());
+        let read = read(size).and_then(|(config, registry)| {
+            config
+                .validate(&registry)
+                .map_err(|e| e.context(format!("with the {size} processes mpirun started")))?;
+            Ok((config, registry))
+        });
+        let mine = match &read {
+            Ok((config, _)) => format!("ok\n{}", fingerprint(config)),
+            Err(e) => format!("error\n{e}"),
+        };
+        let all = mpi.all_gather(mine.as_bytes())?;
+        let all: Vec<String> = all
             .iter()
-            .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
-            .unwrap_or(1);
-        let share = (cores / here.max(1)).max(1);
-        Some(config.device.threads.unwrap_or(cores).min(share))
-    });
-    let topology = Topology::new(&config.cluster, size);
-    let host = singa::device::create(&singa::config::DeviceConfig::cpu(1), None)?;
-    let linger = std::time::Duration::from_secs(config.cluster.timeout_secs);
-    let fabric = Arc::new(mpi.connect(&topology.placement(), host, linger)?);
-    let outcome = match rank {
-        0 => rank0(
-            &config,
-            &registry,
-            TrainOptions {
-                threads,
-                fabric: Some(fabric.clone()),
-                ..Default::default()
-            },
-        ),
-        _ => singa::cluster::run_rank(&config, &registry, &*fabric, rank, threads, on_step),
-    };
-    // Dropping the fabric waits for every rank, then finalises MPI.
-    drop(fabric);
-    outcome.map(|_| rank)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        check_same_job(&all)?;
+        let (config, registry) = read?;
+        // Ranks on one machine share its cores (unless --threads says otherwise).
+        let threads = threads.or_else(|| {
+            let cores = singa::device::default_threads();
+            let here = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+                .unwrap_or(1);
+            let share = (cores / here.max(1)).max(1);
+            Some(config.device.threads.unwrap_or(cores).min(share))
+        });
+        let topology = Topology::new(&config.cluster, size);
+        let host = singa::device::create(&singa::config::DeviceConfig::cpu(1), None)?;
+        let linger = std::time::Duration::from_secs(config.cluster.timeout_secs);
+        let fabric = Arc::new(mpi.connect(&topology.placement(), host, linger)?);
+        let outcome = match rank {
+            0 => rank0(
+                &config,
+                &registry,
+                TrainOptions {
+                    threads,
+                    fabric: Some(fabric.clone()),
+                    ..Default::default()
+                },
+            ),
+            _ => singa::cluster::run_rank(&config, &registry, &*fabric, rank, threads, on_step),
+        };
+        // Dropping the fabric waits for every rank, then finalises MPI.
+        drop(fabric);
+        outcome.map(|_| rank)
+    }
 }
 
 /// What every rank must agree on: the job as read, without where its file was.

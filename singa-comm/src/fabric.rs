@@ -82,6 +82,15 @@ impl Endpoints {
     }
 }
 
+/// [`Fabric::engine`] of the threads of one process.
+pub const THREADS: &str = "threads";
+
+/// [`Fabric::engine`] of ranks emulated as processes inside one.
+pub const EMULATED_PROCESSES: &str = "processes emulated in this one";
+
+/// [`Fabric::engine`] of ranks in processes of their own, over MPI.
+pub const MPI: &str = "MPI";
+
 /// The engine that connects a job's endpoints, seen by the runtime.
 pub trait Fabric: Send + Sync {
     /// What carries messages between ranks, for logs ("threads", "MPI", ...).
@@ -138,8 +147,8 @@ impl LocalFabric {
 impl Fabric for LocalFabric {
     fn engine(&self) -> &'static str {
         match self.count {
-            1 => "threads",
-            _ => "processes emulated in this one",
+            1 => THREADS,
+            _ => EMULATED_PROCESSES,
         }
     }
 

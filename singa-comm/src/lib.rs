@@ -21,4 +21,8 @@ mod wire;
 
 pub use channel::{ChannelEndpoint, ChannelNetwork};
 pub use fabric::{is_control, Endpoints, Fabric, LocalFabric, Placement, Traffic};
+/// The names of the engines ([`Fabric::engine`]).
+pub mod engines {
+    pub use crate::fabric::{EMULATED_PROCESSES, MPI, THREADS};
+}
 pub use process::{stub_addr, ProcessNetwork};

@@ -503,7 +503,7 @@ pub struct MpiFabric {
 
 impl Fabric for MpiFabric {
     fn engine(&self) -> &'static str {
-        "MPI"
+        crate::fabric::MPI
     }
 
     fn ranks(&self) -> usize {

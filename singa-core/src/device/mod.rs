@@ -465,7 +465,9 @@ impl DeviceRef {
     /// Whether this device's buffers are host memory, their handles addresses (see
     /// [`HOST_MEMORY`]).
     pub fn is_host(&self) -> bool {
-        self.memory == crate::rng::derive_seed(0, HOST_MEMORY)
+        static HOST: std::sync::LazyLock<u64> =
+            std::sync::LazyLock::new(|| crate::rng::derive_seed(0, HOST_MEMORY));
+        self.memory == *HOST
     }
 
     /// A number that identifies this device within the process.
