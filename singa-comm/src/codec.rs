@@ -13,7 +13,7 @@ use singa_core::{Addr, DType, DeviceRef, Error, Msg, MsgKind, Result, Role, Shap
 use std::collections::HashMap;
 
 /// Every message kind, by its number.
-const KINDS: [MsgKind; 11] = [
+const KINDS: [MsgKind; 10] = [
     MsgKind::Get,
     MsgKind::Put,
     MsgKind::Update,
@@ -21,7 +21,6 @@ const KINDS: [MsgKind; 11] = [
     MsgKind::Sync,
     MsgKind::Bridge,
     MsgKind::Stop,
-    MsgKind::BackwardDone,
     MsgKind::Control,
     MsgKind::Report,
     MsgKind::State,

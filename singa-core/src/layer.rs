@@ -16,7 +16,7 @@ use crate::param::{Param, ParamSpec};
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 use abi_stable::sabi_trait;
-use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_trait::{TD_CanDowncast, TD_Opaque};
 use abi_stable::sabi_types::RMut;
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
 use abi_stable::StableAbi;
@@ -222,36 +222,6 @@ pub trait Layer: Send {
     fn restore_state(&mut self, _state: RSlice<'_, u64>) -> RResult<(), Error> {
         RResult::ROk(())
     }
-
-    /// Data parallelism in one process: asks the layer to leave the gradient of its
-    /// `param`-th parameter (in the order it created them) out of `backward`, because the
-    /// workers of its group compute that gradient together through
-    /// [`Layer::param_grad_rows`], each a block of rows over every worker's batch. Returns
-    /// whether the layer agrees; the default declines, and the workers then sum whole
-    /// gradients instead.
-    fn share_param_grad(&mut self, _param: u32) -> RResult<bool, Error> {
-        RResult::ROk(false)
-    }
-
-    /// Computes rows `start .. start + grad.shape().dim(0)` (along the first dimension) of
-    /// the gradient of the `param`-th parameter over one batch, into `grad`, or adds them to
-    /// it when `accumulate`. The batch is given by its `inputs` and `grad_outputs`: this
-    /// layer's own, or those of the same layer on another worker of the group. Called only
-    /// for parameters [`Layer::share_param_grad`] agreed to share.
-    #[allow(clippy::too_many_arguments)]
-    fn param_grad_rows(
-        &mut self,
-        _param: u32,
-        _start: u64,
-        _inputs: RSlice<'_, Tensor>,
-        _grad_outputs: RSlice<'_, Tensor>,
-        _accumulate: bool,
-        _grad: &mut Tensor,
-    ) -> RResult<(), Error> {
-        RResult::RErr(Error::invalid(
-            "this layer does not compute blocks of rows of its parameter gradients",
-        ))
-    }
 }
 
 /// An owned, type-erased layer.
@@ -261,8 +231,17 @@ pub type LayerBox = Layer_TO<'static, RBox<()>>;
 pub fn layer_box<L: Layer + 'static>(type_name: &str, layer: L) -> LayerBox {
     Layer_TO::from_value(
         Guarded::new(format!("layer type {type_name}"), layer),
-        TD_Opaque,
+        TD_CanDowncast,
     )
+}
+
+/// The layer of type `L` inside `layer`, if `layer` is one, boxed by [`layer_box`] in this
+/// binary. This is how a crate reaches optional capabilities of its own layer types that are
+/// not part of the plugin interface; a layer from a plugin library is never an `L` of the
+/// host (abi_stable's type ids tell the libraries apart), so it has none of them.
+pub fn downcast_layer_mut<L: Layer + 'static>(layer: &mut LayerBox) -> Option<&mut L> {
+    let guarded = layer.obj.downcast_as_mut::<Guarded<L>>().ok()?;
+    Some(&mut guarded.inner)
 }
 
 impl<L: Layer> Layer for Guarded<L> {
@@ -321,29 +300,6 @@ impl<L: Layer> Layer for Guarded<L> {
     fn restore_state(&mut self, state: RSlice<'_, u64>) -> RResult<(), Error> {
         let inner = &mut self.inner;
         catch_panic(&self.what, || inner.restore_state(state).into_result()).into()
-    }
-
-    fn share_param_grad(&mut self, param: u32) -> RResult<bool, Error> {
-        let inner = &mut self.inner;
-        catch_panic(&self.what, || inner.share_param_grad(param).into_result()).into()
-    }
-
-    fn param_grad_rows(
-        &mut self,
-        param: u32,
-        start: u64,
-        inputs: RSlice<'_, Tensor>,
-        grad_outputs: RSlice<'_, Tensor>,
-        accumulate: bool,
-        grad: &mut Tensor,
-    ) -> RResult<(), Error> {
-        let inner = &mut self.inner;
-        catch_panic(&self.what, || {
-            inner
-                .param_grad_rows(param, start, inputs, grad_outputs, accumulate, grad)
-                .into_result()
-        })
-        .into()
     }
 }
 

@@ -82,10 +82,6 @@ pub enum MsgKind {
     Bridge,
     /// Shut down.
     Stop,
-    /// A worker's backward pass of step `version` is done: in one process, the other workers
-    /// of its group may now read its layers' inputs and output gradients, to compute their
-    /// blocks of rows of the group's shared gradients.
-    BackwardDone,
     /// A command from the coordinator: what to do in `target`, its argument in `version`,
     /// anything larger encoded in the payload.
     Control,

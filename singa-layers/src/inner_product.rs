@@ -1,5 +1,6 @@
 //! The fully connected layer.
 
+use crate::capability::RowGradients;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, GemmLayout, Init, Layer,
@@ -23,7 +24,7 @@ struct State {
     bias: Option<Param>,
     rows: usize,
     /// Whether the workers of the group compute the weight gradient together
-    /// ([`Layer::param_grad_rows`]), so that `backward` leaves it alone.
+    /// ([`RowGradients::param_grad_rows`]), so that `backward` leaves it alone.
     shared_weight_grad: bool,
 }
 
@@ -188,65 +189,65 @@ impl Layer for InnerProduct {
         })()
         .into()
     }
+}
 
-    fn share_param_grad(&mut self, param: u32) -> RResult<bool, Error> {
-        (|| {
-            let s = self.state()?;
-            s.shared_weight_grad |= param == 0;
-            Ok(param == 0)
-        })()
-        .into()
+impl RowGradients for InnerProduct {
+    fn share_param_grad(&mut self, param: usize) -> Result<bool> {
+        let s = self.state()?;
+        s.shared_weight_grad |= param == 0;
+        Ok(param == 0)
     }
 
     fn param_grad_rows(
         &mut self,
-        param: u32,
-        start: u64,
-        inputs: RSlice<'_, Tensor>,
-        grad_outputs: RSlice<'_, Tensor>,
+        param: usize,
+        start: usize,
+        inputs: &[Tensor],
+        grad_outputs: &[Tensor],
         accumulate: bool,
         grad: &mut Tensor,
-    ) -> RResult<(), Error> {
+    ) -> Result<()> {
         let (transpose, out) = (self.transpose, self.num_output);
-        (|| {
-            let s = self.state()?;
-            if param != 0 {
-                return Err(Error::invalid(format!(
-                    "inner_product computes rows of its weight gradient only, not of parameter {param}"
-                )));
-            }
-            let (x, dy) = (&inputs[0], &grad_outputs[0]);
-            let (wrows, wcols) = s.weight.grad.shape().as_matrix();
-            let (rows, start) = (grad.shape().dim(0), start as usize);
-            if start + rows > wrows || grad.numel() != rows * wcols {
-                return Err(Error::shape(
-                    "param_grad_rows",
-                    format!(
-                        "rows {start}..{} of a weight gradient of shape {} into a tensor of shape {}",
-                        start + rows,
-                        s.weight.grad.shape(),
-                        grad.shape()
-                    ),
-                ));
-            }
-            if rows == 0 {
-                return Ok(());
-            }
-            let batch = dy.numel() / out;
-            // Rows of W are columns of x (W is [in, out]: dW = xᵀ·dy) or of dy (W is
-            // [out, in]: dW = dyᵀ·x): the left operand starts at column `start` of one of them,
-            // read transposed with its full row stride.
-            let (a, lda, b) = if transpose { (dy, out, x) } else { (x, wrows, dy) };
-            let a = a.reshape([a.numel()])?;
-            let a = a.narrow(start, a.numel() - start)?;
-            let layout = GemmLayout {
-                lda,
-                trans_a: true,
-                ..GemmLayout::dense(rows, wcols, batch, true, false)
-            };
-            let beta = if accumulate { 1.0 } else { 0.0 };
-            s.dev.gemm(layout, 1.0, &a, b, beta, grad)
-        })()
-        .into()
+        let s = self.state()?;
+        if param != 0 {
+            return Err(Error::invalid(format!(
+                "inner_product computes rows of its weight gradient only, not of parameter {param}"
+            )));
+        }
+        let (x, dy) = (&inputs[0], &grad_outputs[0]);
+        let (wrows, wcols) = s.weight.grad.shape().as_matrix();
+        let rows = grad.shape().dim(0);
+        if start + rows > wrows || grad.numel() != rows * wcols {
+            return Err(Error::shape(
+                "param_grad_rows",
+                format!(
+                    "rows {start}..{} of a weight gradient of shape {} into a tensor of shape {}",
+                    start + rows,
+                    s.weight.grad.shape(),
+                    grad.shape()
+                ),
+            ));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let batch = dy.numel() / out;
+        // Rows of W are columns of x (W is [in, out]: dW = xᵀ·dy) or of dy (W is
+        // [out, in]: dW = dyᵀ·x): the left operand starts at column `start` of one of them,
+        // read transposed with its full row stride.
+        let (a, lda, b) = if transpose {
+            (dy, out, x)
+        } else {
+            (x, wrows, dy)
+        };
+        let a = a.reshape([a.numel()])?;
+        let a = a.narrow(start, a.numel() - start)?;
+        let layout = GemmLayout {
+            lda,
+            trans_a: true,
+            ..GemmLayout::dense(rows, wcols, batch, true, false)
+        };
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        s.dev.gemm(layout, 1.0, &a, b, beta, grad)
     }
 }

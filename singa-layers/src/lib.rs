@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod capability;
 pub mod connection;
 pub mod conv;
 pub mod dropout;

@@ -7,6 +7,7 @@ use common::*;
 use proptest::prelude::*;
 use singa_core::{DType, DeviceRef, FieldValue, Fields, Phase, Shape, Tensor, TensorSpec};
 use singa_cpu::CpuDevice;
+use singa_layers::capability::row_gradients;
 use singa_layers::gradcheck::build;
 
 proptest! {
@@ -307,6 +308,17 @@ fn image_data_augments_reproducibly_and_checks_its_mean_file() {
     assert!(e.contains("mean or mean_file"), "{e}");
 }
 
+#[test]
+fn only_inner_product_computes_rows_of_its_gradients() {
+    let dev = DeviceRef::new(CpuDevice::new(1).unwrap());
+    let spec = [f32_spec(&[4, 6])];
+    let mut relu = build(&ty("relu"), &Fields::new(), &dev, &spec, 0).unwrap();
+    assert!(row_gradients(&mut relu.layer).is_none());
+    let fields = Fields::new().with("num_output", 3usize);
+    let mut ip = build(&ty("inner_product"), &fields, &dev, &spec, 0).unwrap();
+    assert!(row_gradients(&mut ip.layer).is_some());
+}
+
 /// Data parallelism with a shared weight gradient: `parts` workers each hold `per` samples of
 /// a batch; each computes a block of rows of the weight gradient over every part (its own
 /// first, then the others, added), into one tensor. That must be the gradient of the whole
@@ -379,9 +391,10 @@ fn rows_over_parts(
     let wshape = whole.params[0].grad.shape();
     let shared = Tensor::zeros(dev, wshape, DType::F32).unwrap();
     for (p, l) in layers.iter_mut().enumerate() {
-        assert!(l.layer.share_param_grad(0).into_result().unwrap());
+        let rows = row_gradients(&mut l.layer).expect("inner_product has the capability");
+        assert!(rows.share_param_grad(0).unwrap());
         assert!(
-            !l.layer.share_param_grad(1).into_result().unwrap(),
+            !rows.share_param_grad(1).unwrap(),
             "only the weight is shared"
         );
         dev.fill(&mut l.params[0].grad, 7.0).unwrap();
@@ -401,16 +414,16 @@ fn rows_over_parts(
         let (start, end) = (p * rows / parts, (p + 1) * rows / parts);
         let mut block = shared.narrow(start, end - start).unwrap();
         for (i, q) in (p..parts).chain(0..p).enumerate() {
-            l.layer
+            row_gradients(&mut l.layer)
+                .unwrap()
                 .param_grad_rows(
                     0,
-                    start as u64,
-                    std::slice::from_ref(&xs[q]).into(),
-                    std::slice::from_ref(&dys[q]).into(),
+                    start,
+                    std::slice::from_ref(&xs[q]),
+                    std::slice::from_ref(&dys[q]),
                     i > 0,
                     &mut block,
                 )
-                .into_result()
                 .unwrap();
         }
     }

@@ -12,9 +12,10 @@ use singa_core::abi::ROption;
 use singa_core::fields::nearest;
 use singa_core::rng::derive_seed;
 use singa_core::{
-    layer_box, param_factory, DType, DeviceRef, Error, LayerBox, Phase, Result, ResultExt,
-    SetupContext, Tensor, TensorSpec,
+    catch_panic, layer_box, param_factory, DType, DeviceRef, Error, LayerBox, Phase, Result,
+    ResultExt, SetupContext, Tensor, TensorSpec,
 };
+use singa_layers::capability::row_gradients;
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -590,13 +591,16 @@ impl NeuralNet {
     }
 
     /// Asks layer `i` to leave the gradient of its `position`-th parameter to
-    /// [`NeuralNet::param_grad_rows`] (see [`singa_core::Layer::share_param_grad`]).
+    /// [`NeuralNet::param_grad_rows`], if its type has that capability (see
+    /// [`singa_layers::capability::RowGradients`]); whether it agreed.
     pub fn share_param_grad(&mut self, i: usize, position: usize) -> Result<bool> {
         let l = &mut self.layers[i];
-        l.layer
-            .share_param_grad(position as u32)
-            .into_result()
-            .map_err(|e| e.context(format!("layer {} ({})", l.name, l.type_name)))
+        let (name, type_name) = (&l.name, &l.type_name);
+        match row_gradients(&mut l.layer) {
+            Some(rows) => catch_panic("share_param_grad", || rows.share_param_grad(position)),
+            None => Ok(false),
+        }
+        .map_err(|e| e.context(format!("layer {name} ({type_name})")))
     }
 
     /// Layer `i`'s inputs and output gradients: the batch its parameter gradients come from.
@@ -608,7 +612,7 @@ impl NeuralNet {
 
     /// Rows from `start` of the gradient of layer `i`'s `position`-th parameter over `batch`
     /// (inputs and output gradients; `None`: the layer's own), written to `grad` or added to
-    /// it (see [`singa_core::Layer::param_grad_rows`]).
+    /// it (see [`singa_layers::capability::RowGradients`]).
     pub fn param_grad_rows(
         &mut self,
         i: usize,
@@ -620,17 +624,17 @@ impl NeuralNet {
     ) -> Result<()> {
         let l = &mut self.layers[i];
         let (inputs, grad_outputs) = batch.unwrap_or((&l.inputs, &l.grad_outputs));
-        l.layer
-            .param_grad_rows(
-                position as u32,
-                start as u64,
-                inputs.into(),
-                grad_outputs.into(),
-                accumulate,
-                grad,
-            )
-            .into_result()
-            .map_err(|e| e.context(format!("layer {} ({}) gradient rows", l.name, l.type_name)))
+        let (name, type_name) = (&l.name, &l.type_name);
+        // Called every step: nothing here allocates unless it fails.
+        match row_gradients(&mut l.layer) {
+            Some(rows) => catch_panic("param_grad_rows", || {
+                rows.param_grad_rows(position, start, inputs, grad_outputs, accumulate, grad)
+            }),
+            None => Err(Error::invalid(
+                "this layer does not compute blocks of rows of its parameter gradients",
+            )),
+        }
+        .map_err(|e| e.context(format!("layer {name} ({type_name}) gradient rows")))
     }
 
     /// Every layer forward, in order.

@@ -1,6 +1,7 @@
 //! Building a rank's workers and servers: their nets, the copies of the values each group
 //! and server group works on (in one process), and the servers' slices.
 
+use super::latch::BackwardLatch;
 use super::server::{Server, ServerCore, ServerSlice, SyncRole};
 use super::slices::{slice_params, Slice};
 use super::topology::{control_addr, server_addr, worker_addr, Topology};
@@ -131,9 +132,9 @@ pub(crate) fn build_rank(
         .iter()
         .flatten()
         .next()
-        .map(|l| l.iter().map(|s| meta[s.param].name.clone()).collect())
+        .map(|l| l.grads.iter().map(|s| meta[s.param].name.clone()).collect())
         .unwrap_or_default();
-    let mut shared_of = |w: Addr| -> Vec<SharedGrad> {
+    let mut shared_of = |w: Addr| -> Sharing {
         shared
             .get_mut(w.group as usize)
             .and_then(|g| g.get_mut(w.id as usize))
@@ -551,18 +552,27 @@ impl SharedGrad {
 /// regions of an allocation in use at the same moment (with room to spare).
 pub(super) const MAX_SHARING_WORKERS: usize = singa_core::tensor::MAX_REGIONS / 2;
 
+/// What a worker computes together with the rest of its group: the gradients it computes
+/// blocks of rows of, and the latch where the group's workers say their backward passes are
+/// done (nothing for most setups).
+#[derive(Default)]
+pub(crate) struct Sharing {
+    /// The shared gradients, in the order of their parameters.
+    pub grads: Vec<SharedGrad>,
+    /// The group's latch; `None` when it shares no gradient.
+    pub latch: Option<BackwardLatch>,
+}
+
 /// The worker groups' shared gradients (`[group][member]`), given each group's workers in
 /// order (nets and parameter stores, the first holding the group's values). A parameter is
 /// shared when its layer agrees (a layer implementing `Layer::param_grad_rows`), it is
 /// trainable, used by that layer alone, and not already split over the workers. Groups of one
 /// worker share nothing, nor do groups of more than [`MAX_SHARING_WORKERS`].
-fn shared_grads(
-    groups: &mut [Vec<(&mut NeuralNet, &ParamStore)>],
-) -> Result<Vec<Vec<Vec<SharedGrad>>>> {
+fn shared_grads(groups: &mut [Vec<(&mut NeuralNet, &ParamStore)>]) -> Result<Vec<Vec<Sharing>>> {
     let mut all = Vec::with_capacity(groups.len());
     for group in groups.iter_mut() {
         let k = group.len();
-        let mut per: Vec<Vec<SharedGrad>> = (0..k).map(|_| Vec::new()).collect();
+        let mut per: Vec<Sharing> = (0..k).map(|_| Sharing::default()).collect();
         if !(2..=MAX_SHARING_WORKERS).contains(&k) {
             all.push(per);
             continue;
@@ -595,7 +605,7 @@ fn shared_grads(
                 let batches: Vec<_> = group.iter().map(|(net, _)| net.batch_of(l)).collect();
                 for (m, shared) in per.iter_mut().enumerate() {
                     let (start, end) = (m * rows / k, (m + 1) * rows / k);
-                    shared.push(SharedGrad {
+                    shared.grads.push(SharedGrad {
                         param: p,
                         layer: l,
                         position,
@@ -610,6 +620,11 @@ fn shared_grads(
                             .collect(),
                     });
                 }
+            }
+        }
+        if !per[0].grads.is_empty() {
+            for (sharing, latch) in per.iter_mut().zip(BackwardLatch::group(k)) {
+                sharing.latch = Some(latch);
             }
         }
         all.push(per);

@@ -16,9 +16,10 @@
 //! worker's step ends when every slice it sent came back. In one process the workers of a
 //! group share one copy of the values, each server sits on the thread of the worker beside it
 //! (AllReduce), and the workers of a group compute the weight gradients their layers can
-//! share together (see [`singa_core::Layer::param_grad_rows`]): each a block of rows over
-//! every worker's batch, into one gradient, once every colleague's backward pass is done
-//! (`BackwardDone`); the servers then have no sum to make. A server group that serves several
+//! share together (layers with the capability [`singa_layers::capability::RowGradients`],
+//! outside the plugin interface): each a block of rows over every worker's batch, into one
+//! gradient, once every colleague's backward pass is done (a latch in shared memory); the
+//! servers then have no sum to make. A server group that serves several
 //! worker groups (Downpour) keeps a master copy and refreshes a group's copy after each of its
 //! updates. With ranks apart every worker has its own copy of the values and every server its
 //! own slices, on a thread of its own; the servers start from worker 0's values (`Put`) and the
@@ -34,6 +35,7 @@
 
 mod build;
 mod control;
+mod latch;
 mod node;
 mod server;
 mod slices;

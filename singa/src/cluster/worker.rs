@@ -1,8 +1,9 @@
 //! A worker's side of the parameter traffic, and the threads that run workers beside the
 //! coordinating one, commanded through the control plane.
 
-use super::build::SharedGrad;
+use super::build::{SharedGrad, Sharing};
 use super::control::{self, Command, Op, Outcome};
+use super::latch::BackwardLatch;
 use super::server::ServerCore;
 use super::slices::Slice;
 use super::TransportBox;
@@ -47,9 +48,9 @@ pub(crate) struct WorkerLink {
     shared: Vec<SharedGrad>,
     /// Per parameter of the store: its index in `shared`, if it is there.
     shared_index: Vec<Option<usize>>,
-    /// Colleagues whose backward pass of this step is done, and of the next (one that has
-    /// its values already may run ahead by one step, no more).
-    backward_done: (usize, usize),
+    /// Where the workers sharing gradients say their backward pass is done (none when this
+    /// worker shares none).
+    latch: Option<BackwardLatch>,
     /// Whether a colleague or server said it stopped: this worker's failure is then a
     /// consequence, not a cause.
     saw_stop: bool,
@@ -57,7 +58,7 @@ pub(crate) struct WorkerLink {
 
 impl WorkerLink {
     /// The link of a worker whose parameters are `store`, sliced as `slices` over `servers`,
-    /// computing `shared` gradients with the other workers of `group`.
+    /// computing the gradients of `sharing` with the other workers of `group`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         transport: TransportBox,
@@ -67,8 +68,9 @@ impl WorkerLink {
         ready_after: Vec<Vec<usize>>,
         timeout: Duration,
         group: &[Addr],
-        shared: Vec<SharedGrad>,
+        sharing: Sharing,
     ) -> Result<WorkerLink> {
+        let shared = sharing.grads;
         let me = transport.addr();
         let colleagues = group.iter().copied().filter(|&a| a != me).collect();
         let mut shared_index = vec![None; store.entries().len()];
@@ -112,7 +114,7 @@ impl WorkerLink {
             server: None,
             shared,
             shared_index,
-            backward_done: (0, 0),
+            latch: sharing.latch,
             saw_stop: false,
         })
     }
@@ -151,14 +153,13 @@ impl WorkerLink {
         step: u64,
     ) -> Result<()> {
         self.missing = self.expected;
-        self.backward_done = (self.backward_done.1, 0);
         let mut sink = SendGradients {
             link: self,
             store,
             step,
         };
         algorithm.train_one_batch(net, step, &mut sink)?;
-        if !self.shared.is_empty() {
+        if self.latch.is_some() {
             self.finish_shared_grads(net, store, step)?;
         }
         self.await_params(step)
@@ -173,30 +174,50 @@ impl WorkerLink {
         store: &mut ParamStore,
         step: u64,
     ) -> Result<()> {
-        let me = self.transport.addr();
-        for &c in &self.colleagues {
-            self.transport
-                .send(Msg {
-                    src: me,
-                    dst: c,
-                    kind: MsgKind::BackwardDone,
-                    target: 0,
-                    slice: 0,
-                    version: step,
-                    payload: None.into(),
-                })
-                .into_result()?;
+        self.await_group_backward(step)?;
+        for i in 0..self.shared.len() {
+            self.shared[i].after_group_backward(net)?;
+            let param = self.shared[i].param;
+            self.send_gradients(store, param, step)?;
         }
+        Ok(())
+    }
+
+    /// Says that this worker's backward pass of `step` is done and waits until the others of
+    /// its group say so too, serving what arrives meanwhile.
+    fn await_group_backward(&mut self, step: u64) -> Result<()> {
+        let me = self.transport.addr();
+        let Some(latch) = self.latch.clone() else {
+            return Ok(());
+        };
+        latch.arrive(step);
         let deadline = Instant::now() + self.timeout;
-        while self.backward_done.0 < self.colleagues.len() {
-            let Some(msg) = self.recv_until(deadline)? else {
-                return Err(Error::invalid(format!(
-                    "{me}: waited {} s in step {} for the backward pass of {} of the other {} workers of its group (raise cluster.timeout if that takes longer)",
-                    self.timeout.as_secs(),
-                    step + 1,
-                    self.colleagues.len() - self.backward_done.0,
-                    self.colleagues.len()
-                )));
+        loop {
+            let transport = &mut self.transport;
+            // Both the latch and the transport wake this thread: it waits on either.
+            let got = latch.waiter().wait_for(Some(deadline), || {
+                if latch.missing(step) == 0 {
+                    return Some(Ok(None));
+                }
+                match transport.recv(0).into_result() {
+                    Ok(msg) => msg.into_option().map(|m| Ok(Some(m))),
+                    Err(e) => Some(Err(e)),
+                }
+            });
+            let msg = match got {
+                Some(got) => got?,
+                None => {
+                    return Err(Error::invalid(format!(
+                        "{me}: waited {} s in step {} for the backward pass of {} of the other {} workers of its group (raise cluster.timeout if that takes longer)",
+                        self.timeout.as_secs(),
+                        step + 1,
+                        latch.missing(step),
+                        self.colleagues.len()
+                    )))
+                }
+            };
+            let Some(msg) = msg else {
+                return Ok(());
             };
             if msg.kind == MsgKind::Stop {
                 self.saw_stop = true;
@@ -208,12 +229,6 @@ impl WorkerLink {
             }
             self.handle(msg, step)?;
         }
-        for i in 0..self.shared.len() {
-            self.shared[i].after_group_backward(net)?;
-            let param = self.shared[i].param;
-            self.send_gradients(store, param, step)?;
-        }
-        Ok(())
     }
 
     fn send_gradients(&mut self, store: &mut ParamStore, param: usize, step: u64) -> Result<()> {
@@ -438,14 +453,6 @@ impl WorkerLink {
             MsgKind::Updated if msg.version == step => {
                 self.install(msg)?;
                 self.missing -= 1;
-                Ok(())
-            }
-            MsgKind::BackwardDone if msg.version == step => {
-                self.backward_done.0 += 1;
-                Ok(())
-            }
-            MsgKind::BackwardDone if msg.version == step + 1 => {
-                self.backward_done.1 += 1;
                 Ok(())
             }
             MsgKind::Update if self.server.is_some() => self.serve(msg),

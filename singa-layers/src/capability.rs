@@ -1,0 +1,43 @@
+//! Optional capabilities of built-in layers, which the runtime uses where it can and which are
+//! not part of the plugin interface (the `Layer` trait).
+//!
+//! A capability is a plain Rust trait that some built-in layer types implement. The runtime
+//! asks for it through a function here, given a boxed layer: a layer of another type, or from
+//! a plugin library, simply has none, and the runtime takes its general path. Adding or
+//! changing a capability thus never changes the interface plugins are built against.
+
+use singa_core::{downcast_layer_mut, LayerBox, Result, Tensor};
+
+use crate::inner_product::InnerProduct;
+
+/// Data parallelism in one process: the workers of a group compute a parameter's gradient
+/// together, each a block of rows over every worker's batch, into one gradient the group
+/// shares; the servers then have no sum to make. `inner_product` has it for its weight
+/// (`dW = xᵀ·dy`: rows `r0..r1` need only columns `r0..r1` of `x`).
+pub trait RowGradients {
+    /// Asks the layer to leave the gradient of its `param`-th parameter (in the order it
+    /// created them) out of `backward`, because the group computes it through
+    /// [`RowGradients::param_grad_rows`]. Returns whether the layer agrees; when it does not,
+    /// the workers sum whole gradients as for any other layer.
+    fn share_param_grad(&mut self, param: usize) -> Result<bool>;
+
+    /// Computes rows `start .. start + grad.shape().dim(0)` (along the first dimension) of the
+    /// gradient of the `param`-th parameter over one batch, into `grad`, or adds them to it
+    /// when `accumulate`. The batch is given by its `inputs` and `grad_outputs`: this layer's
+    /// own, or those of the same layer on another worker of the group. Called only for
+    /// parameters [`RowGradients::share_param_grad`] agreed to share.
+    fn param_grad_rows(
+        &mut self,
+        param: usize,
+        start: usize,
+        inputs: &[Tensor],
+        grad_outputs: &[Tensor],
+        accumulate: bool,
+        grad: &mut Tensor,
+    ) -> Result<()>;
+}
+
+/// The [`RowGradients`] capability of `layer`, if its type has it.
+pub fn row_gradients(layer: &mut LayerBox) -> Option<&mut dyn RowGradients> {
+    downcast_layer_mut::<InnerProduct>(layer).map(|l| l as &mut dyn RowGradients)
+}
