@@ -1,6 +1,7 @@
 //! `singa bench`: training throughput of reference models, measured like the peer benchmarks
 //! in `shared/peers` (warm-up steps, then timed windows; the median window is the result).
 
+use crate::output::{out, outln};
 use singa::cluster::StepHook;
 use singa::config::{ClusterConfig, DeviceConfig, JobConfig, LayerConfig, UpdaterConfig};
 use singa::progress::thousands;
@@ -190,7 +191,7 @@ pub fn run(opts: &BenchOptions, registry: &Registry) -> Result<()> {
             )?;
             if rank != 0 {
                 let allocs = seen[1].load(Ordering::Relaxed) - seen[0].load(Ordering::Relaxed);
-                println!(
+                outln!(
                     "rank {rank}: {allocs} allocations in {} warm steps of its workers",
                     last - first
                 );
@@ -269,13 +270,15 @@ fn measure(
     let mut trainer = Trainer::new(job, registry, &options)?;
     let batch = trainer.samples_per_step() as f64;
     let device = trainer.device().info().description.into_string();
-    println!("singa bench: {title}, on {device}");
+    outln!("singa bench: {title}, on {device}");
     if let Some(c) = trainer.cluster() {
-        print!("{}", c.describe());
+        out!("{}", c.describe());
     }
-    println!(
+    outln!(
         "protocol: {} warm-up steps, then {} windows of {} steps",
-        opts.warmup, opts.windows, opts.steps
+        opts.warmup,
+        opts.windows,
+        opts.steps
     );
     let (warmup, windows, steps, count) = (opts.warmup, opts.windows, opts.steps, opts.allocations);
     for _ in 0..warmup {
@@ -292,13 +295,13 @@ fn measure(
         }
         measured.push((t0.elapsed().as_secs_f64(), count() - a0));
     }
-    println!("\n| window | steps | seconds | samples/s | allocations/step |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
+    outln!("\n| window | steps | seconds | samples/s | allocations/step |");
+    outln!("| ---: | ---: | ---: | ---: | ---: |");
     let mut rates = Vec::new();
     for (i, (secs, allocs)) in measured.iter().enumerate() {
         let rate = steps as f64 * batch / secs;
         rates.push(rate);
-        println!(
+        outln!(
             "| {} | {steps} | {secs:.3} | {} | {:.2} |",
             i + 1,
             thousands(rate),
@@ -314,7 +317,7 @@ fn measure(
             singa_comm::engines::MPI => "what rank 0 sent",
             _ => "what every rank sent",
         };
-        println!(
+        outln!(
             "\nbetween processes ({engine}, {who}): {:.1} messages and {:.3} MB a step, and {:.1} control messages ({:.0} bytes)",
             (crossed_after.messages - crossed_before.messages) as f64 / timed,
             (crossed_after.bytes - crossed_before.bytes) as f64 / timed / 1e6,
@@ -328,7 +331,7 @@ fn measure(
         .find(|(k, _)| k == "loss")
         .map(|(_, v)| *v)
         .unwrap_or(f64::NAN);
-    println!(
+    outln!(
         "\nmedian: {} samples/s   (mean training loss over all steps {loss:.4})",
         thousands(rates[rates.len() / 2])
     );

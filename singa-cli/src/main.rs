@@ -2,9 +2,11 @@
 
 mod bench;
 mod cost;
+mod output;
 mod progress;
 mod train;
 
+use crate::output::{errln, out, outln};
 use clap::{Parser, Subcommand};
 use singa::config::JobConfig;
 use singa::plugins::Detail;
@@ -260,7 +262,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -321,14 +323,14 @@ fn run(cli: Cli) -> Result<()> {
                 elapsed: 0.0,
                 lr: None,
             };
-            println!("{}", singa::progress::report_line(&report));
+            outln!("{}", singa::progress::report_line(&report));
             Ok(())
         }
         Command::Data {
             command: DataCommand::Import { kind, src, dst },
         } => {
             for (path, count) in singa_data::import::import(&kind, &src, &dst)? {
-                println!("wrote {} ({count} records)", path.display());
+                outln!("wrote {} ({count} records)", path.display());
             }
             Ok(())
         }
@@ -339,7 +341,7 @@ fn run(cli: Cli) -> Result<()> {
             let mean = singa_data::image::compute_mean(&s)?;
             singa_data::image::write_mean(&out, &s.spec().shape, &mean, &shard)?;
             let avg = mean.iter().map(|v| *v as f64).sum::<f64>() / mean.len().max(1) as f64;
-            println!(
+            outln!(
                 "wrote {} (mean of {} records of {:?}; overall mean {avg:.3})",
                 out.display(),
                 s.len(),
@@ -350,7 +352,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data {
             command: DataCommand::Inspect { shard, records },
         } => {
-            print!("{}", singa_data::inspect::inspect(&shard, records)?);
+            out!("{}", singa_data::inspect::inspect(&shard, records)?);
             Ok(())
         }
         Command::Layers { job, plugins } => {
@@ -392,7 +394,7 @@ fn run(cli: Cli) -> Result<()> {
                 per_worker,
                 reps: reps.max(1),
             };
-            println!(
+            outln!(
                 "singa cost: {}, {} Gbit/s and {latency_us} µs per message; compute measured here with 1 thread per worker",
                 config.name,
                 gbits
@@ -405,7 +407,7 @@ fn run(cli: Cli) -> Result<()> {
             let plugin = singa::plugins::load(&path, detail)?;
             // Refuse a plugin whose type names collide with the built-in ones, as training would.
             Registry::builtin().load_plugins(std::slice::from_ref(&path), detail)?;
-            println!(
+            outln!(
                 "plugin {} {} ({}): {} layer type(s), {} updater type(s)",
                 plugin.name,
                 plugin.version,
@@ -415,7 +417,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let verdicts = singa::plugins::check::check_plugin(&plugin);
             for v in &verdicts {
-                println!("{v}");
+                outln!("{v}");
             }
             let failed = verdicts.iter().filter(|v| !v.passed()).count();
             if failed > 0 {
@@ -424,7 +426,7 @@ fn run(cli: Cli) -> Result<()> {
                     format!("{failed} of {} type(s) failed the checks", verdicts.len()),
                 ));
             }
-            println!("all {} type(s) passed", verdicts.len());
+            outln!("all {} type(s) passed", verdicts.len());
             Ok(())
         }
         Command::Bench {
@@ -468,7 +470,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(src) => {
                     let dst = PathBuf::from("data/cifar10");
                     if !dst.join("train.shard").exists() {
-                        eprintln!("importing {} into {} ...", src.display(), dst.display());
+                        errln!("importing {} into {} ...", src.display(), dst.display());
                         singa_data::import::import("image-folder", &src, &dst)?;
                     }
                     Some(dst.join("train.shard"))
@@ -556,23 +558,23 @@ fn print_cost(job: &JobConfig, registry: &Registry, plan: &CostPlan) -> Result<(
     // Every batch is measured once, for all the frameworks.
     let mut measured: Vec<(usize, cost::Measured)> = Vec::new();
     for &framework in &plan.frameworks {
-        println!("\n{}; {split}", describe_framework(framework));
-        println!("\n| workers | batch per worker | compute ms | exposed network ms | step ms | MB sent per worker | samples/s | vs 1 worker | bound by |");
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+        outln!("\n{}; {split}", describe_framework(framework));
+        outln!("\n| workers | batch per worker | compute ms | exposed network ms | step ms | MB sent per worker | samples/s | vs 1 worker | bound by |");
+        outln!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
         let mut base = None;
         for &k in &plan.workers {
             let each = match plan.per_worker {
                 Some(b) => b,
                 None if k > 0 && batch % k == 0 => batch / k,
                 None => {
-                    println!(
+                    outln!(
                         "| {k} | (the batch of {batch} does not split into {k}) | | | | | | | |"
                     );
                     continue;
                 }
             };
             if k == 0 || each == 0 {
-                println!("| {k} | (no samples) | | | | | | | |");
+                outln!("| {k} | (no samples) | | | | | | | |");
                 continue;
             }
             let m = match measured.iter().find(|(b, _)| *b == each) {
@@ -585,7 +587,7 @@ fn print_cost(job: &JobConfig, registry: &Registry, plan: &CostPlan) -> Result<(
             };
             let p = cost::predict(&m, k, plan.link, framework);
             let one = *base.get_or_insert(if k == 1 { p.throughput } else { f64::NAN });
-            println!(
+            outln!(
                 "| {k} | {each} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} | {} |",
                 p.compute * 1e3,
                 p.exposed_comm * 1e3,
@@ -606,14 +608,14 @@ fn print_cost(job: &JobConfig, registry: &Registry, plan: &CostPlan) -> Result<(
 
 fn list_types(registry: &Registry) {
     let show = |name: &str, doc: &str, origin: &str, fields: &[singa_core::FieldSpec]| {
-        println!("{name}  ({origin})\n    {doc}");
+        outln!("{name}  ({origin})\n    {doc}");
         for f in fields {
             let default = match &f.default {
                 singa_core::abi::ROption::RSome(v) => format!(" = {v}"),
                 singa_core::abi::ROption::RNone if f.required => " (required)".to_string(),
                 singa_core::abi::ROption::RNone => String::new(),
             };
-            println!(
+            outln!(
                 "    {:<14} {:<8}{default}  {}",
                 f.name.as_str(),
                 format!("{:?}", f.kind).to_lowercase(),
@@ -621,14 +623,14 @@ fn list_types(registry: &Registry) {
             );
         }
     };
-    println!("Layer types (every layer also takes name, type, srclayers, include, exclude, partition_dim, [[layer.param]]):\n");
+    outln!("Layer types (every layer also takes name, type, srclayers, include, exclude, partition_dim, [[layer.param]]):\n");
     for (t, origin) in registry.layers() {
         show(&t.name, &t.doc, &origin.to_string(), &t.fields);
-        println!();
+        outln!();
     }
-    println!("Updater types (every updater also takes learning_rate and weight_decay):\n");
+    outln!("Updater types (every updater also takes learning_rate and weight_decay):\n");
     for (t, origin) in registry.updaters() {
         show(&t.name, &t.doc, &origin.to_string(), &t.fields);
-        println!();
+        outln!();
     }
 }

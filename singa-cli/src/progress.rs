@@ -1,5 +1,6 @@
 //! What `singa train` shows while it goes: a progress bar on a terminal, plain lines otherwise.
 
+use crate::output::errln;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use singa::progress::event_line;
 use singa::trainer::{Event, Observer};
@@ -25,7 +26,7 @@ impl Progress {
     fn print(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            None => errln!("{line}"),
         }
     }
 }
@@ -75,7 +76,7 @@ impl Observer for Progress {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                eprintln!("{}", line.unwrap_or_default());
+                errln!("{}", line.unwrap_or_default());
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `singa train`: in this process (its ranks, if several, emulated here), or as one rank of
 //! several started by `mpirun` (feature `mpi`).
 
+use crate::output::{err, errln, out, outln};
 use crate::progress::Progress;
 use singa::config::JobConfig;
 use singa::plugins::Detail;
@@ -106,15 +107,15 @@ fn train_rank0(
         ..base
     };
     let mut trainer = Trainer::new(config, registry, &options)?;
-    eprintln!(
+    errln!(
         "job {} from {}; workspace {}",
         config.name,
         args.job.display(),
         workspace.display()
     );
     if let Some(c) = trainer.cluster() {
-        eprint!("{}", c.describe().lines().next().unwrap_or_default());
-        eprintln!();
+        err!("{}", c.describe().lines().next().unwrap_or_default());
+        errln!();
     }
     trainer.run(&mut Progress::new())?;
     Ok(())
@@ -133,21 +134,21 @@ fn dry_run(args: &TrainArgs, ranks: Option<usize>, engine: &str) -> Result<()> {
         },
     )?;
     if let Some(c) = trainer.cluster() {
-        print!("{}", c.describe_over(engine));
-        println!(
+        out!("{}", c.describe_over(engine));
+        outln!(
             "train net of worker 0.0, one of {} that each read {} records of every batch ({} params):",
             c.workers(),
             trainer.train_net().batch_size(),
             trainer.params().numel()
         );
     } else {
-        println!("train net ({} params):", trainer.params().numel());
+        outln!("train net ({} params):", trainer.params().numel());
     }
-    print!("{}", trainer.train_net().describe(trainer.params()));
-    print!("{}", describe_other_members(&trainer, &registry)?);
+    out!("{}", trainer.train_net().describe(trainer.params()));
+    out!("{}", describe_other_members(&trainer, &registry)?);
     if let Some(t) = trainer.test_net() {
-        println!("test net:");
-        print!("{}", t.describe(trainer.params()));
+        outln!("test net:");
+        out!("{}", t.describe(trainer.params()));
     }
     Ok(())
 }

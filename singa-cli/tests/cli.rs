@@ -299,3 +299,173 @@ fn data_tools_and_layer_listing() {
     assert!(out.contains("num_output     int      (required)"), "{out}");
     assert!(out.contains("sgd  (built in)"), "{out}");
 }
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_layer_and_parameter_and_keeps_its_last_checkpoint() {
+    // A learning rate of a million: the loss is no number within a few steps.
+    let (dir, job) = setup(
+        "cli-diverge",
+        "train_steps = 200\ndisplay_freq = 1\ncheckpoint_freq = 1\ntest_steps = 1",
+    );
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(&job, text.replace("base = 0.05", "base = 1e6")).unwrap();
+    let o = singa(&["train", job.to_str().unwrap(), "--workspace", "ws"], &dir);
+    fails_with(
+        &o,
+        "training diverged: layer loss (softmax_loss) reports loss = ",
+    );
+    let err = stderr(&o);
+    let line = err.lines().last().unwrap();
+    assert!(line.starts_with("error: step "), "{line}");
+    assert!(
+        line.contains("every parameter is still finite") || line.contains(" holds "),
+        "says which parameter: {line}"
+    );
+    assert!(line.contains("the last checkpoint"), "{line}");
+    // Every checkpoint left is one of finite values, and evaluates.
+    let kept = std::fs::read_dir(dir.join("ws/checkpoints"))
+        .unwrap()
+        .count();
+    assert!(kept > 0, "{err}");
+    let o = singa(
+        &[
+            "test",
+            job.to_str().unwrap(),
+            "--checkpoint",
+            "ws/checkpoints/step-00000001.safetensors",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("NaN"), "{}", stdout(&o));
+
+    // Inputs scaled by 3e38: the input layer's values overflow.
+    let (dir, job) = setup("cli-overflow", "train_steps = 20");
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(
+        &job,
+        text.replace("scale = 0.00392156862745098", "scale = 3e38"),
+    )
+    .unwrap();
+    let o = singa(&["train", job.to_str().unwrap()], &dir);
+    fails_with(&o, "training diverged");
+    assert!(
+        stderr(&o).contains("the first layer whose output is not finite is data (shard_data)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn values_that_make_no_sense_are_refused_naming_the_field() {
+    let (dir, job) = setup("cli-nonsense", "train_steps = 5");
+    let text = std::fs::read_to_string(&job).unwrap();
+    for (from, to, field) in [
+        ("base = 0.05", "base = nan", "updater.learning_rate.base"),
+        ("base = 0.05", "base = inf", "updater.learning_rate.base"),
+        ("base = 0.05", "base = -0.1", "base must be at least 0"),
+        ("gamma = 0.5", "gamma = nan", "updater.learning_rate.gamma"),
+        ("gamma = 0.5", "gamma = -2.0", "gamma must be more than 0"),
+        (
+            "scale = 0.00392156862745098",
+            "scale = nan",
+            "layer[data].scale",
+        ),
+        (
+            "weight_decay = 1e-4",
+            "weight_decay = inf",
+            "updater.weight_decay",
+        ),
+    ] {
+        std::fs::write(&job, text.replacen(from, to, 1)).unwrap();
+        let o = singa(&["train", job.to_str().unwrap()], &dir);
+        fails_with(&o, field);
+        assert!(stderr(&o).contains("job.toml"), "{}", stderr(&o));
+    }
+    // A net without a loss layer would train nothing.
+    let start = text
+        .find("[[layer]]\nname = \"loss\"")
+        .expect("the loss layer");
+    std::fs::write(&job, &text[..start]).unwrap();
+    let o = singa(&["train", job.to_str().unwrap()], &dir);
+    fails_with(&o, "the train net has no loss layer");
+}
+
+/// Waits for `child` at most `seconds`; kills it and fails if it is still running.
+fn wait_at_most(child: &mut std::process::Child, seconds: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running {seconds} s after its reader closed the pipe");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_the_program_quietly_and_keeps_the_checkpoints() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let (dir, job) = setup(
+        "cli-pipe",
+        "train_steps = 1000000\ndisplay_freq = 1\ncheckpoint_freq = 5\ntest_steps = 1",
+    );
+    // `singa train ... 2>&1 | head`: the reader goes after the first checkpoint.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_singa"))
+        .args(["train", job.to_str().unwrap(), "--workspace", "ws"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let checkpoint = line.starts_with("checkpoint ");
+        seen.push(line);
+        if checkpoint {
+            break;
+        }
+    }
+    drop(lines);
+    let status = wait_at_most(&mut child, 60);
+    assert_eq!(status.code(), Some(141), "{seen:?}");
+    let o = singa(
+        &[
+            "test",
+            job.to_str().unwrap(),
+            "--checkpoint",
+            "ws/checkpoints/step-00000005.safetensors",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // `singa layers | head -0`, `singa train --dry-run | true`: no panic either.
+    for args in [
+        vec!["layers"],
+        vec!["train", job.to_str().unwrap(), "--dry-run"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_singa"))
+            .args(&args)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            matches!(o.status.code(), Some(0 | 141)),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}

@@ -25,6 +25,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result};
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::raw::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -317,9 +318,12 @@ impl Router {
         let (len, body, payload) = match sent {
             Ok(x) => x,
             Err(e) => {
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr(),
                     "singa: {}: cannot send {:?} to {}: {e}",
-                    self.addr, msg.kind, msg.dst
+                    self.addr,
+                    msg.kind,
+                    msg.dst
                 );
                 return;
             }
@@ -430,7 +434,8 @@ impl Router {
                 }
             }
             Err(e) => {
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr(),
                     "singa: {}: a message from rank {from} cannot be read: {e}",
                     self.addr
                 );
@@ -470,7 +475,8 @@ impl Router {
                 pause(idle_since);
             }
             if Instant::now() > deadline {
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr(),
                     "singa: {}: the other ranks did not finish within {} s; aborting MPI",
                     self.addr,
                     self.linger.as_secs()

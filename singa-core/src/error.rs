@@ -7,6 +7,7 @@
 use abi_stable::std_types::{RBox, RString};
 use abi_stable::StableAbi;
 use std::fmt::Display;
+use std::io::Write;
 
 /// A `Result` with singa's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -99,6 +100,13 @@ pub enum Error {
         /// How long the wait lasted.
         seconds: f64,
     },
+    /// Training produced a number that is not finite (NaN or infinity): a loss, a layer's
+    /// output or a parameter.
+    #[error("training diverged: {message}")]
+    Diverged {
+        /// What is not finite, where, and at which step.
+        message: RString,
+    },
     /// An argument is invalid.
     #[error("{message}")]
     Invalid {
@@ -185,6 +193,13 @@ impl Error {
     /// An invalid argument.
     pub fn invalid(message: impl Display) -> Error {
         Error::Invalid {
+            message: message.to_string().into(),
+        }
+    }
+
+    /// Training diverged: `message` says what is not finite and where.
+    pub fn diverged(message: impl Display) -> Error {
+        Error::Diverged {
             message: message.to_string().into(),
         }
     }
@@ -307,7 +322,7 @@ impl<T> Drop for Guarded<T> {
             Ok(())
         }) {
             // Nobody is left to return the error to.
-            eprintln!("warning: {e}");
+            let _ = writeln!(std::io::stderr(), "warning: {e}");
         }
     }
 }

@@ -374,8 +374,20 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// The first number of `v` (or of its list) that is NaN or infinite: no field of a job means
+/// such a value.
+fn first_nonfinite(v: &FieldValue) -> Option<f64> {
+    match v {
+        FieldValue::Float(x) if !x.is_finite() => Some(*x),
+        FieldValue::List(items) => items.iter().find_map(first_nonfinite),
+        FieldValue::Table(t) => t.iter().find_map(|(_, v)| first_nonfinite(v)),
+        _ => None,
+    }
+}
+
 /// Checks `given` against `specs`: rejects unknown names (suggesting the nearest valid one),
-/// missing required fields, wrong types and values outside `choices`; fills in defaults;
+/// missing required fields, wrong types, numbers that are not finite and values outside
+/// `choices`; fills in defaults;
 /// converts integers given for number fields. Returns the complete fields.
 pub fn validate_fields(
     specs: &[FieldSpec],
@@ -409,6 +421,12 @@ pub fn validate_fields(
                 })
             }
         };
+        if let Some(x) = first_nonfinite(&value) {
+            return Err(FieldError {
+                field: name.to_string(),
+                message: format!("expected a finite number, got {x}"),
+            });
+        }
         if let FieldValue::Str(s) = &value {
             if !spec.choices.is_empty() && !spec.choices.iter().any(|c| c == s) {
                 let choices: Vec<&str> = spec.choices.iter().map(|c| c.as_str()).collect();

@@ -217,12 +217,24 @@ impl LrSchedule {
             }
             Ok(n)
         };
-        let base = || f.f32("base");
+        // A rate below 0 would climb the loss; a factor of 0 or less would stop or flip it.
+        let at_least = |name: &str, min: f32, inclusive: bool| -> Result<f32> {
+            let v = f.f32(name)?;
+            if v > min || (inclusive && v == min) {
+                Ok(v)
+            } else {
+                let bound = if inclusive { "at least" } else { "more than" };
+                Err(Error::invalid(format!(
+                    "{name} must be {bound} {min}, got {v}"
+                )))
+            }
+        };
+        let base = || at_least("base", 0.0, true);
         let curve = match kind {
             "fixed" => Curve::Fixed { base: base()? },
             "step" => Curve::Step {
                 base: base()?,
-                gamma: f.f32("gamma")?,
+                gamma: at_least("gamma", 0.0, false)?,
                 change_freq: freq()?,
             },
             "exponential" => Curve::Exponential {
@@ -231,7 +243,7 @@ impl LrSchedule {
             },
             "inverse" => Curve::Inverse {
                 base: base()?,
-                gamma: f.f32("gamma")?,
+                gamma: at_least("gamma", 0.0, true)?,
                 pow: f.f32("pow")?,
             },
             "fixed_step" => {
@@ -251,6 +263,11 @@ impl LrSchedule {
                         boundaries.len()
                     )));
                 }
+                if let Some(v) = values.iter().find(|v| **v < 0.0) {
+                    return Err(Error::invalid(format!(
+                        "values must be at least 0, got {v}"
+                    )));
+                }
                 if boundaries.windows(2).any(|w| w[0] >= w[1]) {
                     return Err(Error::invalid(format!(
                         "boundaries must increase, got {boundaries:?}"
@@ -260,12 +277,12 @@ impl LrSchedule {
             }
             "linear" => Curve::Linear {
                 base: base()?,
-                final_lr: f.f32("final")?,
+                final_lr: at_least("final", 0.0, true)?,
                 change_freq: freq()?,
             },
             "cosine" => Curve::Cosine {
                 base: base()?,
-                final_lr: f.f32("final")?,
+                final_lr: at_least("final", 0.0, true)?,
                 change_freq: freq()?,
             },
             other => return Err(Self::fields(other).unwrap_err()),

@@ -46,6 +46,7 @@ impl TrainOneBatch for Bp {
         sink: &mut dyn GradientSink,
     ) -> Result<()> {
         net.forward(Phase::TRAIN)?;
+        net.read_step_metrics()?;
         net.backward(Phase::TRAIN, &mut |net, i| sink.layer_done(net, i))
     }
 }

@@ -125,7 +125,9 @@ impl Engine for Local {
             lr: self.schedule.lr(step),
             weight_decay: self.weight_decay,
         };
-        self.algorithm.train_one_batch(net, step, &mut sink)
+        self.algorithm
+            .train_one_batch(net, step, &mut sink)
+            .map_err(|e| crate::finite::explain(e, store))
     }
 
     fn train_metrics(&mut self, own: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {

@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod device;
 pub mod engine;
+mod finite;
 pub mod net;
 pub mod params;
 pub mod partition;

@@ -39,6 +39,10 @@ pub struct NetLayer {
     /// Indices of the parameters the layer uses.
     pub params: Vec<usize>,
     metric_names: Vec<String>,
+    /// The metrics of the last step read one step at a time, and their sum over the steps read
+    /// since [`NeuralNet::read_metrics`] was last called.
+    metric_step: Vec<f64>,
+    metric_sum: Vec<f64>,
 }
 
 impl NetLayer {
@@ -109,6 +113,8 @@ impl NetLayer {
             needs_backward: false,
             params: Vec::new(),
             metric_names: Vec::new(),
+            metric_step: Vec::new(),
+            metric_sum: Vec::new(),
         })
     }
 
@@ -133,6 +139,8 @@ pub struct NeuralNet {
     phase: Phase,
     dev: DeviceRef,
     layers: Vec<NetLayer>,
+    /// Steps read by [`NeuralNet::read_step_metrics`] since the metrics were last read.
+    metric_steps: u64,
 }
 
 /// `"layer"` or `"layer:output"`.
@@ -442,7 +450,7 @@ impl NeuralNet {
                 .into_vec();
             factory.check_configs_used().context(context)?;
             let params = factory.used;
-            let metric_names = layer
+            let metric_names: Vec<String> = layer
                 .metric_names()
                 .into_result()
                 .context(context)?
@@ -464,6 +472,8 @@ impl NeuralNet {
                 &layers,
             )?;
             l.params = params;
+            l.metric_step = vec![0.0; metric_names.len()];
+            l.metric_sum = vec![0.0; metric_names.len()];
             l.metric_names = metric_names;
             layers.push(l);
         }
@@ -471,9 +481,11 @@ impl NeuralNet {
             phase,
             dev: dev.clone(),
             layers,
+            metric_steps: 0,
         };
         if phase.is_train() {
             net.allocate_gradients(store)?;
+            net.check_has_loss(file)?;
         }
         Ok(net)
     }
@@ -522,6 +534,37 @@ impl NeuralNet {
                 }
                 self.layers[p].grad_outputs.push(grad);
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a train net whose trainable parameters no loss reaches: a loss layer (a layer
+    /// without outputs) that runs backward starts every gradient, and without one training
+    /// would change nothing while it seemed to run.
+    fn check_has_loss(&self, file: &str) -> Result<()> {
+        let trains = self.layers.iter().any(|l| l.needs_backward);
+        let has_loss = self
+            .layers
+            .iter()
+            .any(|l| l.needs_backward && l.outputs.is_empty());
+        if trains && !has_loss {
+            let sinks: Vec<&str> = self
+                .layers
+                .iter()
+                .filter(|l| l.outputs.is_empty())
+                .map(|l| l.name.as_str())
+                .collect();
+            let found = match sinks.as_slice() {
+                [] => "no layer of it is one".to_string(),
+                s => format!("{} do not depend on a trainable parameter", s.join(", ")),
+            };
+            return Err(Error::config(
+                file,
+                "layer",
+                format!(
+                    "the train net has no loss layer for its parameters to learn from ({found}); add one, e.g. softmax_loss or euclidean_loss, reading the last layer and the labels"
+                ),
+            ));
         }
         Ok(())
     }
@@ -656,14 +699,86 @@ impl NeuralNet {
         Ok(())
     }
 
+    /// Reads the metrics of the step just run forward (a loss layer's loss and accuracy) into
+    /// the net's sums, and stops the step if one is not a finite number: before any gradient
+    /// comes of it, so no parameter takes a step from a loss that diverged. Training calls it
+    /// once per step; [`NeuralNet::read_metrics`] then averages the steps read. It reads a few
+    /// numbers and allocates nothing unless the loss diverged.
+    pub fn read_step_metrics(&mut self) -> Result<()> {
+        let mut diverged = None;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            if l.metric_names.is_empty() {
+                continue;
+            }
+            l.layer
+                .read_metrics(l.metric_step.as_mut_slice().into())
+                .into_result()
+                .map_err(|e| e.context(format!("layer {} metrics", l.name)))?;
+            if let Some(k) = l.metric_step.iter().position(|v| !v.is_finite()) {
+                diverged.get_or_insert((i, k));
+            }
+            for (sum, v) in l.metric_sum.iter_mut().zip(&l.metric_step) {
+                *sum += v;
+            }
+        }
+        self.metric_steps += 1;
+        match diverged {
+            None => Ok(()),
+            Some((i, k)) => Err(self.diverged(i, k)),
+        }
+    }
+
+    /// Says that metric `k` of layer `i` is not finite, and which layer's output first is not.
+    fn diverged(&self, i: usize, k: usize) -> Error {
+        let l = &self.layers[i];
+        let mut message = format!(
+            "layer {} ({}) reports {} = {}",
+            l.name, l.type_name, l.metric_names[k], l.metric_step[k]
+        );
+        let first = self.layers.iter().find_map(|l| {
+            l.outputs.iter().enumerate().find_map(|(o, t)| {
+                match crate::finite::first_nonfinite(t) {
+                    Ok(Some((at, v))) => Some(format!(
+                        "the first layer whose output is not finite is {} ({}): {v} at element {at} of output {o}",
+                        l.name, l.type_name
+                    )),
+                    _ => None,
+                }
+            })
+        });
+        message.push_str("; ");
+        match first {
+            Some(first) => message.push_str(&first),
+            None => {
+                // Finite scores too large for the loss: say how large.
+                let largest = l
+                    .inputs
+                    .iter()
+                    .filter(|t| t.dtype() == DType::F32)
+                    .filter_map(|t| t.to_vec::<f32>().ok())
+                    .flatten()
+                    .fold(0.0f32, |m, v| m.max(v.abs()));
+                let _ = write!(
+                    message,
+                    "every layer's output is finite, and the inputs of {} reach {largest:e} in magnitude",
+                    l.name
+                );
+            }
+        }
+        Error::diverged(message)
+    }
+
     /// The metrics averaged since the last call, from every layer that reports some (names are
-    /// prefixed with the layer's name when several layers report metrics).
+    /// prefixed with the layer's name when several layers report metrics): over the steps
+    /// read one at a time by [`NeuralNet::read_step_metrics`], if any, else as the layers
+    /// averaged them (a test pass).
     pub fn read_metrics(&mut self) -> Result<Vec<(String, f64)>> {
         let reporting = self
             .layers
             .iter()
             .filter(|l| !l.metric_names.is_empty())
             .count();
+        let steps = std::mem::take(&mut self.metric_steps);
         let mut out = Vec::new();
         for l in &mut self.layers {
             if l.metric_names.is_empty() {
@@ -674,6 +789,11 @@ impl NeuralNet {
                 .read_metrics(values.as_mut_slice().into())
                 .into_result()
                 .map_err(|e| e.context(format!("layer {} metrics", l.name)))?;
+            if steps > 0 {
+                for (v, sum) in values.iter_mut().zip(&mut l.metric_sum) {
+                    *v = std::mem::take(sum) / steps as f64;
+                }
+            }
             for (name, v) in l.metric_names.iter().zip(values) {
                 let key = if reporting > 1 {
                     format!("{}/{name}", l.name)

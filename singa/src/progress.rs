@@ -2,6 +2,7 @@
 //! progress bar around the same lines on a terminal).
 
 use crate::trainer::{Event, Observer, Report, Summary};
+use std::io::Write;
 
 /// Formats a report as one line.
 pub fn report_line(r: &Report) -> String {
@@ -75,7 +76,7 @@ pub struct Lines;
 impl Observer for Lines {
     fn event(&mut self, event: Event<'_>) {
         if let Some(line) = event_line(&event) {
-            eprintln!("{line}");
+            let _ = writeln!(std::io::stderr(), "{line}");
         }
     }
 }

@@ -520,6 +520,13 @@ impl Trainer {
         };
         let path = ws.checkpoint_dir().join(checkpoint::file_name(self.step));
         self.engine.settle(&mut self.store)?;
+        // A checkpoint is only written of values worth resuming from.
+        if let Some(p) = crate::finite::nonfinite_param(&self.store)? {
+            return Err(Error::diverged(format!(
+                "after step {}, {p}; its checkpoint was not written",
+                self.step
+            )));
+        }
         let meta = CheckpointMeta {
             step: self.step,
             job: self.job.name.clone(),
@@ -543,6 +550,25 @@ impl Trainer {
     /// Trains to `train_steps`, reporting, testing and checkpointing as the job says, and
     /// writes `summary.json`.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
+        self.train_to_the_end(obs)
+            .map_err(|e| crate::finite::append(e, &self.last_checkpoint()))
+    }
+
+    /// Names the workspace's newest checkpoint, for a run that stops without writing one.
+    fn last_checkpoint(&self) -> String {
+        let Some(ws) = &self.workspace else {
+            return "no workspace, so no checkpoint".into();
+        };
+        match checkpoint::list(&ws.checkpoint_dir()).map(|l| l.into_iter().next()) {
+            Ok(Some((step, path))) => format!(
+                "the last checkpoint, {} (step {step}), is kept",
+                path.display()
+            ),
+            _ => "no checkpoint was written".into(),
+        }
+    }
+
+    fn train_to_the_end(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
         let start = Instant::now();
         for w in std::mem::take(&mut self.pending_warnings) {
             obs.event(Event::Warning(&w));

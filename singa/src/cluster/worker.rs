@@ -158,7 +158,9 @@ impl WorkerLink {
             store,
             step,
         };
-        algorithm.train_one_batch(net, step, &mut sink)?;
+        algorithm
+            .train_one_batch(net, step, &mut sink)
+            .map_err(|e| crate::finite::explain(e, store))?;
         if self.latch.is_some() {
             self.finish_shared_grads(net, store, step)?;
         }

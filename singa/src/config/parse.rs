@@ -127,8 +127,8 @@ impl<'a> Section<'a> {
         match self.table.get(key) {
             None => Ok(None),
             Some(Value::Integer(i)) => Ok(Some(*i as f32)),
-            Some(Value::Float(f)) => Ok(Some(*f as f32)),
-            Some(v) => Err(self.wrong(key, "a number", v)),
+            Some(Value::Float(f)) if (*f as f32).is_finite() => Ok(Some(*f as f32)),
+            Some(v) => Err(self.wrong(key, "a finite number", v)),
         }
     }
 
