@@ -675,3 +675,21 @@ fn large_groups_sum_whole_gradients_and_train_the_same() {
     let diff = max_difference(&param_values(&one), &param_values(&many));
     assert!(diff < 2e-5, "16 workers: parameters differ by {diff}");
 }
+
+/// Sixty-four workers and their servers on two cores, several times over: the servers update
+/// disjoint slices of each parameter at once, more of them than an allocation tracks regions
+/// (`singa_core::MAX_REGIONS`), each possibly paused mid-operation. Those beyond the limit
+/// wait for a region; until they did, about one run in three failed with "a tensor is being
+/// used by an operation on another thread". Bounded: four runs of ten steps.
+#[test]
+fn sixty_four_workers_train_without_tripping_the_access_checker() {
+    let mut job = mnist_job(10);
+    job.cluster = Framework::AllReduce.preset(64);
+    for run in 0..4 {
+        let mut t = Trainer::new(&job, &Registry::builtin(), &options(2)).unwrap();
+        let summary = t
+            .run(&mut Silent)
+            .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        assert_eq!(summary.steps, 10);
+    }
+}

@@ -24,9 +24,24 @@ struct Storage {
 /// The value of [`Region::users`] that marks an operation writing the region.
 const WRITER: usize = 1 << (usize::BITS - 1);
 
-/// The most regions of one allocation that operations can use at the same moment (an
-/// operation that would need another one is refused as if it conflicted).
+/// The most regions of one allocation that operations can use at the same moment. An
+/// operation that needs another one waits until one is given back: the servers of a large
+/// group update disjoint slices of one parameter at once, and more of them than this can be
+/// in the middle of an operation (each on a thread the scheduler paused).
 pub const MAX_REGIONS: usize = 16;
+
+/// How long an operation waits for a region of an allocation whose regions are all in use
+/// before it gives up (a thread holding one for this long is stuck, not slow).
+const FULL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why [`Borrows::acquire`] did not take a region.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Refused {
+    /// Another operation uses overlapping elements, and one of the two writes them.
+    Conflict,
+    /// Every region of the allocation is in use (by operations on disjoint elements).
+    Full,
+}
 
 /// Elements `start .. end` of an allocation, used by `users` operations: [`WRITER`], a count
 /// of readers, or 0 when the slot is free. Changed only under [`Borrows::lock`].
@@ -74,9 +89,9 @@ impl Borrows {
         out
     }
 
-    /// Takes `start .. end` for writing or reading; `false` if that conflicts with a current
-    /// use (or too many regions are in use).
-    fn acquire(&self, start: usize, end: usize, write: bool) -> bool {
+    /// Takes `start .. end` for writing or reading, unless that conflicts with a current use
+    /// or every region is in use.
+    fn acquire(&self, start: usize, end: usize, write: bool) -> Result<(), Refused> {
         self.locked(|regions| {
             let mut free = None;
             let mut same = None;
@@ -91,7 +106,7 @@ impl Borrows {
                     r.end.load(Ordering::Relaxed),
                 );
                 if s < end && start < e && (write || users == WRITER) {
-                    return false;
+                    return Err(Refused::Conflict);
                 }
                 if !write && (s, e) == (start, end) {
                     same = Some(i);
@@ -99,15 +114,17 @@ impl Borrows {
             }
             if let Some(i) = same {
                 regions[i].users.fetch_add(1, Ordering::Relaxed);
-                return true;
+                return Ok(());
             }
-            let Some(i) = free else { return false };
+            let Some(i) = free else {
+                return Err(Refused::Full);
+            };
             let r = &regions[i];
             r.start.store(start, Ordering::Relaxed);
             r.end.store(end, Ordering::Relaxed);
             r.users
                 .store(if write { WRITER } else { 1 }, Ordering::Relaxed);
-            true
+            Ok(())
         })
     }
 
@@ -410,12 +427,34 @@ impl<'a> Access<'a> {
         writes: &[&'a Tensor],
         reads: &[&'a Tensor],
     ) -> Result<Access<'a>> {
+        let mut waiting_since = None;
+        loop {
+            match Access::take(writes, reads) {
+                Ok(a) => return Ok(a),
+                Err(Refused::Conflict) => {
+                    return Err(Error::invalid(format!(
+                        "{op}: a tensor is being used by an operation on another thread (tensors are shared handles; synchronise threads that use the same one)"
+                    )))
+                }
+                // Nothing is held while waiting (what was taken is given back), so operations
+                // that wait for each other's allocations cannot deadlock.
+                Err(Refused::Full) => {
+                    let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > FULL_WAIT {
+                        return Err(Error::invalid(format!(
+                            "{op}: waited {} s for one of the {MAX_REGIONS} regions of a tensor's memory that operations on other threads hold",
+                            FULL_WAIT.as_secs()
+                        )));
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Takes every region at once, or none.
+    fn take(writes: &[&'a Tensor], reads: &[&'a Tensor]) -> Result<Access<'a>, Refused> {
         let mut a = Access { taken: [None; 8] };
-        let busy = || {
-            Error::invalid(format!(
-                "{op}: a tensor is being used by an operation on another thread (tensors are shared handles; synchronise threads that use the same one)"
-            ))
-        };
         let tensors = writes
             .iter()
             .map(|t| (*t, true))
@@ -433,9 +472,8 @@ impl<'a> Access<'a> {
             if covered {
                 continue;
             }
-            if !storage.borrows.acquire(start, end, write) {
-                return Err(busy());
-            }
+            // On failure, dropping `a` gives back what it took.
+            storage.borrows.acquire(start, end, write)?;
             a.taken[slot] = Some(Taken {
                 storage,
                 start,

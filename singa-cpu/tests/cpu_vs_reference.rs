@@ -502,3 +502,33 @@ proptest! {
 fn t_(d: &DeviceRef, v: &[f32], len: usize) -> Result<Tensor> {
     t(d, v, &[len])
 }
+
+/// More operations than an allocation has regions may use disjoint parts of it at once (the
+/// servers of a 64-worker group update their slices of one parameter): the ones beyond the
+/// limit wait for a region instead of failing as if they raced.
+#[test]
+fn many_threads_use_disjoint_parts_of_one_tensor_at_once() {
+    let dev = &devices()[0];
+    // Four times the regions an allocation has (`MAX_REGIONS`, 16).
+    let threads = 64;
+    let t = Tensor::zeros(dev, [threads * 8], DType::F32).unwrap();
+    let start = std::sync::Barrier::new(threads);
+    std::thread::scope(|s| {
+        for i in 0..threads {
+            let (t, start) = (&t, &start);
+            s.spawn(move || {
+                let mut part = t.narrow(i * 8, 8).unwrap();
+                start.wait();
+                // Holds its part a while, as a paused thread would mid-operation.
+                let held = singa_core::Access::new("test", &[&part], &[]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                drop(held);
+                dev.fill(&mut part, i as f64).unwrap();
+            });
+        }
+    });
+    let values = t.to_vec::<f32>().unwrap();
+    for i in 0..threads {
+        assert_eq!(values[i * 8..(i + 1) * 8], [i as f32; 8]);
+    }
+}

@@ -549,7 +549,8 @@ impl SharedGrad {
 
 /// The most workers of a group that share gradients: each writes its rows of one gradient and
 /// reads the others' batches at once, and the tensor access checker tracks a bounded number of
-/// regions of an allocation in use at the same moment (with room to spare).
+/// regions of an allocation in use at the same moment; beyond it operations would wait for
+/// each other (with room to spare).
 pub(super) const MAX_SHARING_WORKERS: usize = singa_core::tensor::MAX_REGIONS / 2;
 
 /// What a worker computes together with the rest of its group: the gradients it computes
