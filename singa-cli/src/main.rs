@@ -314,6 +314,9 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             let step = trainer.load_params(&checkpoint)?;
+            for w in trainer.take_warnings() {
+                errln!("warning: {w}");
+            }
             let metrics = trainer.evaluate()?;
             let report = Report {
                 step,

@@ -469,3 +469,174 @@ fn a_closed_pipe_ends_the_program_quietly_and_keeps_the_checkpoints() {
         );
     }
 }
+
+/// Rewrites checkpoint `path`: each tensor through `tensor(name, shape, values)`, the metadata
+/// through `meta`.
+fn rewrite_checkpoint(
+    path: &Path,
+    tensor: impl Fn(&str, &mut Vec<usize>, &mut Vec<f32>),
+    meta: impl Fn(&mut std::collections::HashMap<String, String>),
+) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut md = header.metadata().clone().unwrap_or_default();
+    meta(&mut md);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let mut shape = view.shape().to_vec();
+        let mut values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        tensor(&name, &mut shape, &mut values);
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((name, shape, data));
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, Some(md)).unwrap()).unwrap();
+}
+
+#[test]
+fn damaged_or_foreign_checkpoints_are_refused_or_named() {
+    let (dir, job) = setup(
+        "cli-badckpt",
+        "train_steps = 10\ndisplay_freq = 1\ncheckpoint_freq = 5\ntest_steps = 1",
+    );
+    let j = job.to_str().unwrap();
+    let o = singa(&["train", j, "--workspace", "ws"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = dir.join("ws/checkpoints/step-00000005.safetensors");
+    let good = std::fs::read(&ckpt).unwrap();
+    let test = || singa(&["test", j, "--checkpoint", ckpt.to_str().unwrap()], &dir);
+    let resume = || singa(&["train", j, "--workspace", "ws", "--resume"], &dir);
+    let restore = || {
+        std::fs::write(&ckpt, &good).unwrap();
+        let _ = std::fs::remove_file(dir.join("ws/checkpoints/step-00000010.safetensors"));
+    };
+    restore();
+
+    // A NaN among the weights.
+    rewrite_checkpoint(
+        &ckpt,
+        |name, _, v| {
+            if name == "param/fc1/weight" {
+                v[3] = f32::NAN;
+            }
+        },
+        |_| {},
+    );
+    fails_with(&test(), "tensor param/fc1/weight holds NaN at element 3");
+    fails_with(
+        &resume(),
+        "step-00000005.safetensors: tensor param/fc1/weight holds NaN",
+    );
+    restore();
+
+    // A step past the job's end.
+    rewrite_checkpoint(
+        &ckpt,
+        |_, _, _| {},
+        |m| {
+            m.insert("step".into(), "1000000".into());
+        },
+    );
+    fails_with(
+        &resume(),
+        "it is of step 1000000, past this job's train_steps = 10",
+    );
+    restore();
+
+    // Updater state of the right size but another shape.
+    rewrite_checkpoint(
+        &ckpt,
+        |name, shape, _| {
+            if name.starts_with("state/fc1/weight/") {
+                shape.reverse();
+            }
+        },
+        |_| {},
+    );
+    fails_with(&resume(), "tensor state/fc1/weight/");
+    restore();
+
+    // No data position: the run goes on, said.
+    rewrite_checkpoint(
+        &ckpt,
+        |_, _, _| {},
+        |m| {
+            m.insert("layer_states".into(), "{}".into());
+        },
+    );
+    let o = resume();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has no state for layer data: it starts from the beginning"),
+        "{}",
+        stderr(&o)
+    );
+    restore();
+
+    // Another job's checkpoint with the same shapes: used, said.
+    rewrite_checkpoint(
+        &ckpt,
+        |_, _, _| {},
+        |m| {
+            m.insert("job".into(), "mnist-mlp".into());
+        },
+    );
+    let o = test();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("was written by job \"mnist-mlp\", not \"e2e\""),
+        "{}",
+        stderr(&o)
+    );
+    restore();
+}
+
+#[test]
+fn a_resumed_run_logs_each_step_once_and_clears_what_a_crash_left() {
+    let (dir, job) = setup(
+        "cli-rewind",
+        "train_steps = 10\ndisplay_freq = 1\ncheckpoint_freq = 5",
+    );
+    let j = job.to_str().unwrap();
+    let o = singa(&["train", j, "--workspace", "ws"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // As if killed after logging step 10 but before its checkpoint, mid-write.
+    let ckpts = dir.join("ws/checkpoints");
+    std::fs::remove_file(ckpts.join("step-00000010.safetensors")).unwrap();
+    let stale = ckpts.join("step-00000010.tmp.999999999");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    let o = singa(&["train", j, "--workspace", "ws", "--resume"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stale.exists(),
+        "the crashed write's temporary file is left"
+    );
+    let log = std::fs::read_to_string(dir.join("ws/metrics.jsonl")).unwrap();
+    let mut steps: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("\"train\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let logged = steps.len();
+    steps.dedup();
+    assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "{log}");
+    assert_eq!(logged, 10, "{log}");
+}

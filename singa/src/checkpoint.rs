@@ -291,14 +291,43 @@ impl Loaded {
             )));
         }
         for e in store.entries_mut() {
-            let (_, data) = &self.tensors[&format!("param/{}", e.name)];
-            e.value.write_from(data)?;
+            let key = format!("param/{}", e.name);
+            let (_, data) = &self.tensors[&key];
+            self.check_finite(&key, data)?;
+            e.value
+                .write_from(data)
+                .map_err(|err| Error::checkpoint(&self.path, format!("tensor {key}: {err}")))?;
             for (slot, t) in state_names.iter().zip(e.state.iter_mut()) {
-                if let Some((_, data)) = self.tensors.get(&format!("state/{}/{slot}", e.name)) {
-                    t.write_from(data)?;
+                let key = format!("state/{}/{slot}", e.name);
+                if let Some((shape, data)) = self.tensors.get(&key) {
+                    if shape.as_slice() != t.shape().dims() {
+                        return Err(mismatch(format!(
+                            "tensor {key} has shape {shape:?}, the updater's state here {}",
+                            t.shape()
+                        )));
+                    }
+                    self.check_finite(&key, data)?;
+                    t.write_from(data).map_err(|err| {
+                        Error::checkpoint(&self.path, format!("tensor {key}: {err}"))
+                    })?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Refuses values that are not finite: training never writes them (it stops first), so
+    /// the file was damaged or made elsewhere.
+    fn check_finite(&self, key: &str, data: &[f32]) -> Result<()> {
+        match data.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(Error::checkpoint(
+                &self.path,
+                format!(
+                    "tensor {key} holds {} at element {i}; a checkpoint of a run that diverged, or a damaged file",
+                    data[i]
+                ),
+            )),
+        }
     }
 }

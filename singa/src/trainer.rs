@@ -364,6 +364,9 @@ impl Trainer {
             match checkpoint::load(path) {
                 Ok(loaded) => {
                     self.restore(&loaded)?;
+                    if let Some(ws) = &mut self.workspace {
+                        ws.rewind_metrics(loaded.meta.step)?;
+                    }
                     for e in &unreadable {
                         self.pending_warnings
                             .push(format!("skipped an unreadable checkpoint: {e}"));
@@ -385,6 +388,32 @@ impl Trainer {
     /// Restores parameters, updater state, step and layer states from a checkpoint.
     pub fn restore(&mut self, loaded: &checkpoint::Loaded) -> Result<()> {
         self.check_layouts(loaded)?;
+        if loaded.meta.step > self.job.train_steps {
+            return Err(Error::checkpoint(
+                &loaded.path,
+                format!(
+                    "it is of step {}, past this job's train_steps = {}: nothing is left to train (raise train_steps in {} to go on)",
+                    loaded.meta.step, self.job.train_steps, self.job.origin.file
+                ),
+            ));
+        }
+        self.note_other_job(loaded);
+        // A layer with state (a data layer's position) that the checkpoint does not restore
+        // starts over: the run goes on, but not exactly as it would have.
+        let saved: Vec<&str> = loaded
+            .meta
+            .layer_states
+            .iter()
+            .map(|(l, _)| l.as_str())
+            .collect();
+        for (layer, _) in self.train.layer_states()? {
+            if !saved.contains(&layer.as_str()) {
+                self.pending_warnings.push(format!(
+                    "checkpoint {} has no state for layer {layer}: it starts from the beginning (of its data), so the run does not continue exactly",
+                    loaded.path.display()
+                ));
+            }
+        }
         loaded.restore(&mut self.store, &self.state_names)?;
         for (layer, state) in &loaded.meta.layer_states {
             self.train
@@ -402,9 +431,31 @@ impl Trainer {
     pub fn load_params(&mut self, path: &Path) -> Result<u64> {
         let loaded = checkpoint::load(path)?;
         self.check_layouts(&loaded)?;
+        self.note_other_job(&loaded);
         loaded.restore(&mut self.store, &[])?;
         self.engine.restore(&self.store, &loaded, &[])?;
         Ok(loaded.meta.step)
+    }
+
+    /// Warns when `loaded` was written by a job of another name: parameters of the same
+    /// names and shapes load, but they may mean something else (MNIST weights under a
+    /// Fashion-MNIST job).
+    fn note_other_job(&mut self, loaded: &checkpoint::Loaded) {
+        if loaded.meta.job != self.job.name {
+            self.pending_warnings.push(format!(
+                "checkpoint {} was written by job {:?}, not {:?} ({}): its parameters fit this net, but check that they are the ones you meant",
+                loaded.path.display(),
+                loaded.meta.job,
+                self.job.name,
+                self.job.origin.file
+            ));
+        }
+    }
+
+    /// The warnings gathered so far (about checkpoints loaded, say), for the caller to show;
+    /// [`Trainer::run`] shows them itself.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.pending_warnings)
     }
 
     /// Refuses a checkpoint that stores an inner product's weight in the other layout.

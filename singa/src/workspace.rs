@@ -50,6 +50,7 @@ impl Workspace {
             }
             _ => {}
         }
+        remove_stale_temporaries(&ckpt_dir)?;
         let path = dir.join("metrics.jsonl");
         let metrics = OpenOptions::new()
             .create(true)
@@ -72,6 +73,32 @@ impl Workspace {
         self.dir.join("checkpoints")
     }
 
+    /// Cuts `metrics.jsonl` back to the records of steps up to `step` (atomically), so that a
+    /// run resumed from the checkpoint of `step` does not log the steps after it twice.
+    pub fn rewind_metrics(&mut self, step: u64) -> Result<()> {
+        let path = self.dir.join("metrics.jsonl");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                    .is_none_or(|s| s <= step)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        if kept.len() == text.len() {
+            return Ok(());
+        }
+        checkpoint::write_atomically(&path, kept.as_bytes())?;
+        self.metrics = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(())
+    }
+
     /// Appends one JSON object as a line of `metrics.jsonl`.
     pub fn log(&mut self, record: &serde_json::Value) -> Result<()> {
         let path = self.dir.join("metrics.jsonl");
@@ -86,5 +113,41 @@ impl Workspace {
             &self.dir.join("summary.json"),
             format!("{text}\n").as_bytes(),
         )
+    }
+}
+
+/// Removes the temporary files of checkpoint writes that a crash cut short
+/// (`step-N.safetensors.tmp.PID`, up to the size of a checkpoint each) whose writer is gone.
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix("step-")
+            .and_then(|n| n.split_once(".tmp."))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !process_is_running(pid) {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` still runs (another singa writing a checkpoint there). Where that
+/// cannot be told, it is taken to run, and its file is left alone.
+fn process_is_running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
     }
 }
