@@ -363,3 +363,137 @@ fn the_cli_survives_a_panicking_plugin() {
     );
     assert!(ws.join("checkpoints/step-00000020.safetensors").exists());
 }
+
+/// The identity as a plugin author might write it from a misreading of the contract: its
+/// backward adds to the input gradient instead of writing it.
+struct AccumulatingIdentity {
+    dev: Option<singa_core::DeviceRef>,
+}
+
+impl singa_core::LayerDef for AccumulatingIdentity {
+    const TYPE: &'static str = "accumulating_identity";
+    const DOC: &'static str = "the identity, with a backward that accumulates";
+    fn fields() -> Vec<singa_core::FieldSpec> {
+        Vec::new()
+    }
+    fn new(_: &singa_core::Fields) -> singa_core::Result<Self> {
+        Ok(AccumulatingIdentity { dev: None })
+    }
+}
+
+impl singa_core::Layer for AccumulatingIdentity {
+    fn setup(
+        &mut self,
+        ctx: &singa_core::SetupContext<'_>,
+        _: singa_core::ParamFactoryMut<'_>,
+    ) -> singa_core::abi::RResult<singa_core::abi::RVec<singa_core::TensorSpec>, singa_core::Error>
+    {
+        self.dev = Some(ctx.device.clone());
+        let input = &ctx.inputs[0];
+        singa_core::abi::RResult::ROk(
+            vec![singa_core::TensorSpec::new(
+                "output",
+                input.shape,
+                input.dtype,
+            )]
+            .into(),
+        )
+    }
+    fn forward(
+        &mut self,
+        _: singa_core::Phase,
+        inputs: singa_core::abi::RSlice<'_, singa_core::Tensor>,
+        mut outputs: singa_core::abi::RSliceMut<'_, singa_core::Tensor>,
+    ) -> singa_core::abi::RResult<(), singa_core::Error> {
+        let dev = self.dev.as_ref().unwrap();
+        dev.copy(&inputs[0], &mut outputs[0]).into()
+    }
+    fn backward(
+        &mut self,
+        _: singa_core::Phase,
+        _: singa_core::abi::RSlice<'_, singa_core::Tensor>,
+        _: singa_core::abi::RSlice<'_, singa_core::Tensor>,
+        grad_outputs: singa_core::abi::RSlice<'_, singa_core::Tensor>,
+        mut grad_inputs: singa_core::abi::RSliceMut<
+            '_,
+            singa_core::abi::ROption<singa_core::Tensor>,
+        >,
+    ) -> singa_core::abi::RResult<(), singa_core::Error> {
+        let dev = self.dev.as_ref().unwrap();
+        match &mut grad_inputs[0] {
+            singa_core::abi::ROption::RSome(dx) => dev.axpby(1.0, &grad_outputs[0], 1.0, dx).into(),
+            singa_core::abi::ROption::RNone => singa_core::abi::RResult::ROk(()),
+        }
+    }
+}
+
+/// One rule for gradients, checked: a backward pass overwrites `param.grad` and the input
+/// gradients (the runtime never zeroes them). Every built-in layer passes what `singa plugin
+/// check` asks of a plugin's layer, and a layer that accumulates is caught.
+#[test]
+fn plugin_check_holds_layers_to_overwriting_their_gradients() {
+    let registry = Registry::builtin();
+    use singa_core::{DType, FieldValue, Fields, LayerExample, TensorSpec};
+    let x = |dims: &[usize]| {
+        let shape = singa_core::Shape::new(dims).unwrap();
+        TensorSpec::new("x", shape, DType::F32)
+    };
+    let labels = TensorSpec::new("label", [4usize], DType::I32);
+    // Built-in layers declare no examples; these are the ones the fallback (a [4, 8] input,
+    // default fields) cannot set up.
+    let examples = |name: &str| -> Option<Vec<LayerExample>> {
+        let (fields, inputs) = match name {
+            "inner_product" => (Fields::new().with("num_output", 3i64), vec![x(&[4, 8])]),
+            "activation" => (Fields::new().with("type", "sigmoid"), vec![x(&[4, 8])]),
+            "convolution" => (
+                Fields::new()
+                    .with("num_filters", 2i64)
+                    .with("kernel", 3i64)
+                    .with("pad", 1i64),
+                vec![x(&[2, 3, 5, 5])],
+            ),
+            "pooling" => (
+                Fields::new().with("kernel", 2i64).with("stride", 2i64),
+                vec![x(&[2, 3, 4, 4])],
+            ),
+            "slice" => (Fields::new().with("num_slices", 2i64), vec![x(&[4, 8])]),
+            "reshape" => (
+                Fields::new().with(
+                    "shape",
+                    FieldValue::List(
+                        vec![FieldValue::Int(0), FieldValue::Int(2), FieldValue::Int(4)].into(),
+                    ),
+                ),
+                vec![x(&[4, 8])],
+            ),
+            "accuracy" | "softmax_loss" => (Fields::new(), vec![x(&[4, 5]), labels.clone()]),
+            "euclidean_loss" => (Fields::new(), vec![x(&[4, 3]), x(&[4, 3])]),
+            _ => return None,
+        };
+        Some(vec![LayerExample::new(fields, inputs)])
+    };
+    let mut failures = Vec::new();
+    for name in registry.layer_names() {
+        let mut ty = registry.layer(name).unwrap().clone();
+        // Input layers read shards, and argsort's output is integers: no gradients to check.
+        if ty.fields.iter().any(|f| f.name == "path") || name == "argsort" {
+            continue;
+        }
+        if let Some(e) = examples(name) {
+            ty.examples = e.into();
+        }
+        if let Some(f) = plugins::check::check_layer(&ty).failure {
+            failures.push(format!("{name}: {f}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    let bad = singa_core::layer_type::<AccumulatingIdentity>();
+    let verdict = plugins::check::check_layer(&bad);
+    let failure = verdict.failure.expect("the accumulating layer is caught");
+    assert!(
+        failure.contains(
+            "backward adds to the gradient buffers it is given instead of overwriting them"
+        ),
+        "{failure}"
+    );
+}

@@ -125,6 +125,26 @@ fn train_rank0(
 /// prints them without training, saying that several ranks run over `engine`.
 fn dry_run(args: &TrainArgs, ranks: Option<usize>, engine: &str) -> Result<()> {
     let (config, registry) = read_job(args, ranks)?;
+    // The nets take their shapes from the data: without it they cannot be shown, and a dry
+    // run changes nothing, so it says what training would import first.
+    let imports = pending_imports(&config);
+    if !imports.is_empty() {
+        for (kind, src, path) in &imports {
+            outln!(
+                "would import the {kind} data of {} first: {} does not exist yet",
+                src.display(),
+                path.display()
+            );
+        }
+        let (kind, src, path) = &imports[0];
+        let dst = path.parent().unwrap_or(std::path::Path::new("."));
+        outln!(
+            "the nets are built from the data's shapes; to see them, import it (singa data import {kind} {} {}) and run this again",
+            src.display(),
+            dst.display()
+        );
+        return Ok(());
+    }
     let trainer = Trainer::new(
         &config,
         &registry,
@@ -296,4 +316,29 @@ fn check_same_job(all: &[String]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The shards that training would import before it starts (input layers with an `import`
+/// table whose `path` does not exist yet): kind, source and shard, relative to the job file.
+fn pending_imports(config: &JobConfig) -> Vec<(String, PathBuf, PathBuf)> {
+    use singa_core::FieldValue;
+    let at = |p: &str| config.origin.base_dir.join(p);
+    let mut pending = Vec::new();
+    for l in &config.layers {
+        let (Some(FieldValue::Str(path)), Some(FieldValue::Table(import))) =
+            (l.fields.get("path"), l.fields.get("import"))
+        else {
+            continue;
+        };
+        let (Some(FieldValue::Str(kind)), Some(FieldValue::Str(src))) =
+            (import.get("kind"), import.get("src"))
+        else {
+            continue;
+        };
+        let shard = at(path.as_str());
+        if !shard.exists() && !pending.iter().any(|(_, _, p)| *p == shard) {
+            pending.push((kind.to_string(), at(src.as_str()), shard));
+        }
+    }
+    pending
 }

@@ -106,6 +106,19 @@ fn train_writes_metrics_summary_and_checkpoints() {
 #[test]
 fn dry_run_prints_the_nets() {
     let (dir, job) = setup("cli-dry", "train_steps = 5\ntest_steps = 1");
+    // Before the data is imported, a dry run says what training would import, and imports
+    // nothing.
+    let o = singa(&["train", job.to_str().unwrap(), "--dry-run"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("would import the mnist data of")
+            && out.contains("train.shard does not exist yet"),
+        "{out}"
+    );
+    assert!(!dir.join("train.shard").exists() && !dir.join("test.shard").exists());
+    let o = singa(&["data", "import", "mnist", ".", "."], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = singa(&["train", job.to_str().unwrap(), "--dry-run"], &dir);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);

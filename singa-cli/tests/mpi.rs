@@ -421,6 +421,11 @@ fn dry_run_under_mpirun_prints_each_rank_once_from_rank_0() {
     synthetic_mnist(&dir, 60, 20, 8);
     let cluster = "framework = \"allreduce\"\nnworkers_per_group = 4";
     std::fs::write(dir.join("job.toml"), job(&dir, 30, 30, "sgd", cluster)).unwrap();
+    // The nets take their shapes from the data (a dry run imports nothing itself).
+    ok(
+        &singa(&["data", "import", "mnist", ".", "."], &dir),
+        "import",
+    );
     let o = singa_mpi(2, &["train", "job.toml", "--dry-run"], &dir);
     ok(&o, "dry run");
     let out = String::from_utf8_lossy(&o.stdout);

@@ -193,6 +193,8 @@ pub trait Layer: Send {
 
     /// Computes parameter gradients and, for each input whose slot is `Some`, the gradient
     /// w.r.t. that input (SINGA's `ComputeGradient`). `grad_outputs` is empty for a loss layer.
+    /// It overwrites `param.grad` of its trainable parameters and the input gradients: they
+    /// hold the last step's values, and the runtime never zeroes them.
     fn backward(
         &mut self,
         phase: Phase,

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod file;
 pub mod format;
 pub mod image;
 pub mod import;

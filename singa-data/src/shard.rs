@@ -176,11 +176,11 @@ impl Shard {
     /// record lies inside the file. Records' own checksums are checked when they are read.
     pub fn open(path: impl AsRef<Path>) -> Result<Shard> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = crate::file::open_regular(&path)?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         if len < HEADER_SIZE as u64 {
             // Too short to map usefully; decode what is there for the message.
-            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let bytes = crate::file::read_regular(&path)?;
             return Err(Header::decode(&path, &bytes).unwrap_err());
         }
         // SAFETY: shards are written once and renamed into place, never modified afterwards;

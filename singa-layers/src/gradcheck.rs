@@ -21,6 +21,8 @@ pub struct SimpleParams {
     seed: u64,
     /// The parameters created so far.
     pub params: Vec<Param>,
+    /// Whether each of them is trained (running statistics are not: no gradient).
+    pub trainable: Vec<bool>,
 }
 
 impl SimpleParams {
@@ -31,6 +33,7 @@ impl SimpleParams {
             prefix: prefix.to_string(),
             seed,
             params: Vec::new(),
+            trainable: Vec::new(),
         }
     }
 
@@ -51,6 +54,7 @@ impl SimpleParams {
             grad,
         };
         self.params.push(p.clone());
+        self.trainable.push(spec.trainable);
         Ok(p)
     }
 }
@@ -70,6 +74,8 @@ pub struct Built {
     pub outputs: Vec<TensorSpec>,
     /// Its parameters.
     pub params: Vec<Param>,
+    /// Whether each parameter is trained.
+    pub trainable: Vec<bool>,
 }
 
 /// Builds a layer of type `ty` from `fields` (validated against its schema) and sets it up on
@@ -102,6 +108,7 @@ pub fn build(
         layer,
         outputs: outputs.into_vec(),
         params: factory.params,
+        trainable: factory.trainable,
     })
 }
 
@@ -277,11 +284,25 @@ fn backward_once(
     outputs: &[Tensor],
     grad_outputs: &[Tensor],
 ) -> Result<Vec<ROption<Tensor>>> {
+    backward_over(built, dev, inputs, outputs, grad_outputs, 0.0)
+}
+
+/// [`backward_once`] with the input-gradient buffers holding `stale` before the pass.
+fn backward_over(
+    built: &mut Built,
+    dev: &DeviceRef,
+    inputs: &[Tensor],
+    outputs: &[Tensor],
+    grad_outputs: &[Tensor],
+    stale: f64,
+) -> Result<Vec<ROption<Tensor>>> {
     let mut grad_inputs: Vec<ROption<Tensor>> = inputs
         .iter()
         .map(|x| {
             if x.dtype() == DType::F32 {
-                Tensor::zeros(dev, x.shape(), DType::F32).map(ROption::RSome)
+                let mut g = Tensor::zeros(dev, x.shape(), DType::F32)?;
+                dev.fill(&mut g, stale)?;
+                Ok(ROption::RSome(g))
             } else {
                 Ok(ROption::RNone)
             }
@@ -309,6 +330,28 @@ pub fn forward_backward(
     inputs: &[Tensor],
     seed: u64,
 ) -> Result<Vec<Vec<f32>>> {
+    forward_backward_over(built, dev, inputs, seed, 0.0)
+}
+
+/// [`forward_backward`] with every gradient buffer (the parameters' and the inputs') holding
+/// `stale` before the backward pass, as they hold the last step's gradients in training. A
+/// layer overwrites them, as the runtime expects (it never zeroes them), and gives the same
+/// result as from zeroed buffers; one that adds to them does not.
+pub fn forward_backward_over(
+    built: &mut Built,
+    dev: &DeviceRef,
+    inputs: &[Tensor],
+    seed: u64,
+    stale: f64,
+) -> Result<Vec<Vec<f32>>> {
+    for (p, _) in built
+        .params
+        .iter_mut()
+        .zip(&built.trainable)
+        .filter(|(_, t)| **t)
+    {
+        dev.fill(&mut p.grad, stale)?;
+    }
     let mut outs: Vec<Tensor> = built
         .outputs
         .iter()
@@ -326,7 +369,7 @@ pub fn forward_backward(
             Tensor::from_slice(dev, &g, s.shape)
         })
         .collect::<Result<_>>()?;
-    let dins = backward_once(built, dev, inputs, &outs, &douts)?;
+    let dins = backward_over(built, dev, inputs, &outs, &douts, stale)?;
     let mut result = Vec::new();
     for o in outs.iter().filter(|o| o.dtype() == DType::F32) {
         result.push(o.to_vec::<f32>()?);

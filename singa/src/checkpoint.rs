@@ -159,7 +159,7 @@ pub struct Loaded {
 
 /// Reads and decodes a checkpoint (without comparing it to a net yet).
 pub fn load(path: &Path) -> Result<Loaded> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = singa_data::file::read_regular(path)?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)

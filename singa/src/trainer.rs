@@ -218,6 +218,16 @@ impl Trainer {
     /// Validates `job` against `registry`, creates its device and nets, and opens the workspace
     /// (resuming from its latest checkpoint when asked).
     pub fn new(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
+        Trainer::build(job, registry, options).map_err(|e| match e.root() {
+            // These name their file already.
+            Error::Config { .. } | Error::Checkpoint { .. } => e,
+            // Building the nets, allocating, reading data: the layer is named, and the job
+            // file it is a layer of.
+            _ => e.context(&job.origin.file),
+        })
+    }
+
+    fn build(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
         let Validated { job, schedule } = job.validate(registry)?;
         let timeout = Duration::from_secs(job.cluster.timeout_secs);
         // A distributed job: its ranks, connected, and rank 0's endpoints.

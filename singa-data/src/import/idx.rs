@@ -17,7 +17,7 @@ pub struct Idx {
 /// Reads an IDX file of `u8` values with `rank` dimensions; `.gz` files (or any file starting
 /// with the gzip magic) are decompressed first. Offsets in errors refer to the decompressed bytes.
 pub fn read_idx(path: &Path, rank: usize) -> Result<Idx> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let raw = crate::file::read_regular(path)?;
     let (bytes, note) = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         GzDecoder::new(raw.as_slice())

@@ -433,9 +433,13 @@ pub(super) const LAYER_KEYS: [&str; 8] = [
 fn parse_phase(s: &Section<'_>, key: &str, name: &str) -> Result<Phase> {
     match name {
         "train" => Ok(Phase::TRAIN),
-        "val" | "validation" => Ok(Phase::VAL),
         "test" => Ok(Phase::TEST),
-        other => Err(s.err(key, choice_message(other, &["train", "val", "test"]))),
+        // A layer only there would be in no net: say so here, not at its readers' srclayers.
+        "val" | "validation" => Err(s.err(
+            key,
+            format!("{name:?}: singa builds a train net and a test net, no validation net (evaluate with test_freq and test_steps); expected \"train\" or \"test\""),
+        )),
+        other => Err(s.err(key, choice_message(other, &["train", "test"]))),
     }
 }
 
@@ -634,6 +638,23 @@ num_output = 3
             "{e}"
         );
         assert_eq!(e.to_string().lines().count(), 1);
+        let e =
+            parse(&MINIMAL.replace("num_output = 3", "num_output = 3\ninclude = \"validation\""))
+                .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("job.toml: layer[fc].include: \"validation\": singa builds a train net and a test net"),
+            "{e}"
+        );
+        let e = parse(&MINIMAL.replace(
+            "learning_rate = 0.1",
+            "learning_rate = 0.1\nweight_decay = nan",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "job.toml: updater.weight_decay: expected a finite number, got the number NaN"
+        );
     }
 
     #[test]

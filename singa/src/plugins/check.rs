@@ -9,8 +9,8 @@ use singa_core::{
 };
 use singa_cpu::{CpuDevice, ReferenceDevice};
 use singa_layers::gradcheck::{
-    build, check_gradients, example_inputs, forward_backward, largest_difference,
-    random_away_from_zero, GradCheckOptions,
+    build, check_gradients, example_inputs, forward_backward, forward_backward_over,
+    largest_difference, random_away_from_zero, GradCheckOptions,
 };
 use std::fmt;
 
@@ -147,6 +147,19 @@ fn check_example(ty: &LayerType, ex: &LayerExample) -> Result<String> {
     {
         return Err(singa_core::Error::invalid(format!(
             "tensor {k} of its outputs/gradients is not finite on random inputs"
+        )));
+    }
+
+    // Gradients are overwritten, never added to: in training the buffers hold the last
+    // step's gradients.
+    let mut stale =
+        build(ty, &ex.fields, &reference, &ex.inputs, seed).map_err(|e| e.context("setup"))?;
+    let stale_run = forward_backward_over(&mut stale, &reference, &xs, seed ^ 5, 7.0)
+        .map_err(|e| e.context("forward/backward"))?;
+    let (diff, tensor, index) = largest_difference(&stale_run, &reference_run)?;
+    if diff > DEVICE_TOLERANCE {
+        return Err(singa_core::Error::invalid(format!(
+            "backward adds to the gradient buffers it is given instead of overwriting them (tensor {tensor}[{index}] changes by {diff:.2e} when they hold old values): write param.grad and grad_inputs, as the runtime never zeroes them"
         )));
     }
 
