@@ -18,7 +18,7 @@ fn t(dev: &DeviceRef, data: &[f32], shape: &[usize]) -> Result<Tensor> {
     Tensor::from_slice(dev, data, singa_core::Shape::new(shape)?)
 }
 
-const UNARY: [UnaryOp; 13] = [
+const UNARY: [UnaryOp; 15] = [
     UnaryOp::Identity,
     UnaryOp::Relu,
     UnaryOp::LeakyRelu { slope: 0.1 },
@@ -32,6 +32,14 @@ const UNARY: [UnaryOp; 13] = [
     UnaryOp::Abs,
     UnaryOp::Sign,
     UnaryOp::Neg,
+    UnaryOp::Clamp {
+        min: -0.5,
+        max: 0.25,
+    },
+    UnaryOp::Clamp {
+        min: f32::NEG_INFINITY,
+        max: 0.0,
+    },
 ];
 
 const BINARY: [BinaryOp; 6] = [
@@ -221,6 +229,7 @@ proptest! {
         let (got, want) = both(|d| {
             let mut tx = t(d, &x, &[dims.numel()])?;
             d.add_broadcast(dims, &t(d, &v, &[mid])?, &mut tx)?;
+            d.mul_broadcast(dims, &t(d, &v, &[mid])?, &mut tx)?;
             let mut y = t(d, &y0, &[outer * inner])?;
             d.reduce(op, dims, &tx, &mut y, 0.75, beta)?;
             Ok([tx.to_vec::<f32>()?, y.to_vec::<f32>()?].concat())
@@ -468,10 +477,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn adaptive_updates_match(len in length(), which in 0u8..4, lr in 0.0001f32..0.1, wd in prop_oneof![Just(0.0f32), 0.0f32..0.01], t in 1i32..50, seed: u64) {
+    fn adaptive_updates_match(len in length(), which in 0u8..6, lr in 0.0001f32..0.1, wd in prop_oneof![Just(0.0f32), 0.0f32..0.01], t in 1i32..50, seed: u64) {
         let rule = match which {
             0 => AdaptiveRule::AdaGrad { eps: 1e-7 },
             1 => AdaptiveRule::RmsProp { rho: 0.9, eps: 1e-7 },
+            4 => AdaptiveRule::AdaDelta { rho: 0.9, eps: 1e-6 },
+            5 => AdaptiveRule::AdaMax { beta1: 0.9, beta2: 0.999, eps: 1e-7, correction1: 1.0 - 0.9f32.powi(t) },
             k => AdaptiveRule::Adam {
                 beta1: 0.9,
                 beta2: 0.999,
@@ -491,7 +502,7 @@ proptest! {
             let tg = t_(d, &g, len)?;
             let mut ts1 = t_(d, &s1, len)?;
             let mut ts2 = t_(d, &s2, len)?;
-            let second = if which >= 2 { Some(&mut ts2) } else { None };
+            let second = if rule.needs_second_state() { Some(&mut ts2) } else { None };
             d.adaptive_update(&mut tw, &tg, &mut ts1, second, args)?;
             Ok([tw.to_vec::<f32>()?, ts1.to_vec::<f32>()?, ts2.to_vec::<f32>()?].concat())
         });

@@ -80,5 +80,7 @@ pub fn updater_types() -> Vec<UpdaterType> {
         updater_type::<updaters::RmsProp>(),
         updater_type::<updaters::Adam>(),
         updater_type::<updaters::AdamW>(),
+        updater_type::<updaters::AdaDelta>(),
+        updater_type::<updaters::AdaMax>(),
     ]
 }

@@ -178,6 +178,55 @@ fn adam_and_adamw() {
 }
 
 #[test]
+fn adadelta_and_adamax() {
+    let (lr, wd) = (1.0f64, 0.01f64);
+    let (rho, eps) = (0.9f64, 1e-6f64);
+    let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
+    let (mut s, mut d) = ([0.0f64; 3], [0.0f64; 3]);
+    let mut want = Vec::new();
+    for g in grads() {
+        for i in 0..3 {
+            let gi = g[i] as f64 + wd * w[i];
+            s[i] = rho * s[i] + (1.0 - rho) * gi * gi;
+            let step = (d[i] + eps).sqrt() / (s[i] + eps).sqrt() * gi;
+            d[i] = rho * d[i] + (1.0 - rho) * step * step;
+            w[i] -= lr * step;
+        }
+        want.push(w.clone());
+    }
+    close(
+        &run(
+            "adadelta",
+            Fields::new(),
+            &W0,
+            &grads(),
+            lr as f32,
+            wd as f32,
+        ),
+        &want,
+    );
+
+    let (lr, b1, b2, eps) = (0.002f64, 0.9f64, 0.999f64, 1e-8f64);
+    let mut w: Vec<f64> = W0.iter().map(|&x| x as f64).collect();
+    let (mut m, mut u) = ([0.0f64; 3], [0.0f64; 3]);
+    let mut want = Vec::new();
+    for (t, g) in grads().into_iter().enumerate() {
+        let t = t as i32 + 1;
+        for i in 0..3 {
+            let gi = g[i] as f64 + wd * w[i];
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            u[i] = (b2 * u[i]).max(gi.abs() + eps);
+            w[i] -= lr / (1.0 - b1.powi(t)) * m[i] / u[i];
+        }
+        want.push(w.clone());
+    }
+    close(
+        &run("adamax", Fields::new(), &W0, &grads(), lr as f32, wd as f32),
+        &want,
+    );
+}
+
+#[test]
 fn bad_updater_fields_are_rejected() {
     let ty = updater_types()
         .into_iter()

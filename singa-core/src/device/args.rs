@@ -187,6 +187,14 @@ pub enum UnaryOp {
     Sign,
     /// `-x`.
     Neg,
+    /// `x` held to `[min, max]` (a bound of ±∞ clamps one side only); the gradient passes
+    /// where `min ≤ x ≤ max`, as in PyTorch.
+    Clamp {
+        /// The lower bound.
+        min: f32,
+        /// The upper bound.
+        max: f32,
+    },
 }
 
 impl UnaryOp {
@@ -327,6 +335,36 @@ pub enum AdaptiveRule {
         /// Weight decay applied to the weights directly (AdamW) instead of to the gradient.
         decoupled: bool,
     },
+    /// Zeiler's AdaDelta: the first state is the average of squared gradients, the second
+    /// the average of squared steps.
+    AdaDelta {
+        /// Decay of both averages.
+        rho: f32,
+        /// Added under both roots.
+        eps: f32,
+    },
+    /// Kingma and Ba's AdaMax (Adam with the infinity norm): the first state is the gradient
+    /// average, the second the decayed largest gradient magnitude.
+    AdaMax {
+        /// Decay of the gradient average.
+        beta1: f32,
+        /// Decay of the largest magnitude.
+        beta2: f32,
+        /// Added to the largest magnitude.
+        eps: f32,
+        /// `1 − beta1^t` at step `t` (counted from 1).
+        correction1: f32,
+    },
+}
+
+impl AdaptiveRule {
+    /// Whether the rule keeps a second state tensor.
+    pub fn needs_second_state(&self) -> bool {
+        matches!(
+            self,
+            AdaptiveRule::Adam { .. } | AdaptiveRule::AdaDelta { .. } | AdaptiveRule::AdaMax { .. }
+        )
+    }
 }
 
 /// The arguments of [`Device::adaptive_update`](crate::Device::adaptive_update).

@@ -162,6 +162,12 @@ pub trait Device: Send + Sync {
     /// See the trait documentation.
     unsafe fn add_broadcast(&self, dims: Dims3, v: BufView, y: BufView) -> RResult<(), Error>;
 
+    /// `y[o, m, i] *= v[m]`: scales along the middle axis (a per-channel factor).
+    ///
+    /// # Safety
+    /// See the trait documentation.
+    unsafe fn mul_broadcast(&self, dims: Dims3, v: BufView, y: BufView) -> RResult<(), Error>;
+
     /// `y[o, i] = beta · y[o, i] + alpha · reduce_m x[o, m, i]`. With `beta == 0`, `y` is not read.
     ///
     /// # Safety

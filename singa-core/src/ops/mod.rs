@@ -6,8 +6,8 @@
 //! nothing here allocates unless it returns an error.
 
 use crate::device::{
-    AdaptiveArgs, AdaptiveRule, BinaryOp, BufView, DeviceRef, Dims3, Distribution, GemmArgs,
-    GemmLayout, ReduceOp, SgdArgs, UnaryOp,
+    AdaptiveArgs, BinaryOp, BufView, DeviceRef, Dims3, Distribution, GemmArgs, GemmLayout,
+    ReduceOp, SgdArgs, UnaryOp,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -365,6 +365,39 @@ impl DeviceRef {
         unsafe { self.raw().add_broadcast(dims, vv, yv) }.into_result()
     }
 
+    /// `y[o, m, i] *= v[m]`.
+    pub fn mul_broadcast(&self, dims: Dims3, v: &Tensor, y: &mut Tensor) -> Result<()> {
+        const OP: &str = "mul_broadcast";
+        let vv = self.check(OP, v, Some(DType::F32))?;
+        let yv = self.check(OP, y, Some(DType::F32))?;
+        Self::check_len(OP, v, dims.mid, "the vector")?;
+        Self::check_len(OP, y, dims.numel(), "the tensor")?;
+        Self::check_alias(OP, &yv, &[vv], false)?;
+        let _access = Access::new(OP, &[y], &[v])?;
+        // SAFETY: checked above.
+        unsafe { self.raw().mul_broadcast(dims, vv, yv) }.into_result()
+    }
+
+    /// `y = min(max(x, min), max)` (see [`UnaryOp::Clamp`]).
+    pub fn clamp(&self, x: &Tensor, y: &mut Tensor, min: f32, max: f32) -> Result<()> {
+        if min.is_nan() || max.is_nan() || min > max {
+            return Err(Error::invalid(format!(
+                "clamp: expected min ≤ max, got {min} and {max}"
+            )));
+        }
+        self.unary(UnaryOp::Clamp { min, max }, x, y)
+    }
+
+    /// `y = max(x, v)`: every element at least `v`.
+    pub fn max_scalar(&self, x: &Tensor, y: &mut Tensor, v: f32) -> Result<()> {
+        self.clamp(x, y, v, f32::INFINITY)
+    }
+
+    /// `y = min(x, v)`: every element at most `v`.
+    pub fn min_scalar(&self, x: &Tensor, y: &mut Tensor, v: f32) -> Result<()> {
+        self.clamp(x, y, f32::NEG_INFINITY, v)
+    }
+
     /// `y[o, i] = beta · y[o, i] + alpha · reduce_m x[o, m, i]`.
     pub fn reduce(
         &self,
@@ -471,13 +504,13 @@ impl DeviceRef {
         }
         Self::check_alias(OP, &wv, &[gv, s1v], false)?;
         Self::check_alias(OP, &s1v, &[gv], false)?;
-        let needs_second = matches!(args.rule, AdaptiveRule::Adam { .. });
+        let needs_second = args.rule.needs_second_state();
         let s2_ref: Option<&Tensor> = s2.as_deref();
         if s2_ref.is_some() != needs_second {
             return Err(Error::invalid(format!(
-                "{OP}: {:?} {} a second state tensor",
+                "{OP}: {:?} {} second state tensor",
                 args.rule,
-                if needs_second { "needs" } else { "takes no" }
+                if needs_second { "needs a" } else { "takes no" }
             )));
         }
         let s2v = match s2_ref {

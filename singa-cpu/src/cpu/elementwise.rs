@@ -132,6 +132,7 @@ pub(crate) unsafe fn unary(op: UnaryOp, x: BufView, y: BufView, s: usize, e: usi
             UnaryOp::Abs => map1(x, y, s, e, f32::abs),
             UnaryOp::Sign => map1(x, y, s, e, sign),
             UnaryOp::Neg => map1(x, y, s, e, |v| -v),
+            UnaryOp::Clamp { min, max } => map1(x, y, s, e, |v| v.max(min).min(max)),
         },
     )
 }
@@ -186,6 +187,13 @@ pub(crate) unsafe fn unary_backward(
             UnaryOp::Abs => map_grad(x, y, dy, dx, s, e, |xv, _| sign(xv)),
             UnaryOp::Sign => map_grad(x, y, dy, dx, s, e, |_, _| 0.0),
             UnaryOp::Neg => map_grad(x, y, dy, dx, s, e, |_, _| -1.0),
+            UnaryOp::Clamp { min, max } => map_grad(x, y, dy, dx, s, e, |xv, _| {
+                if min <= xv && xv <= max {
+                    1.0
+                } else {
+                    0.0
+                }
+            }),
         },
     )
 }
@@ -342,6 +350,33 @@ pub(crate) unsafe fn adaptive(
                         *wv -= lr * (*mv * c1) / ((*vv * c2).sqrt() + eps);
                     }
                 }
+                AdaptiveRule::AdaDelta { rho, eps } => {
+                    let Some(s2) = s2 else { return };
+                    let second = part_mut(s2, s, e);
+                    for (((wv, &gv), sv), dv) in ws.iter_mut().zip(grads).zip(first).zip(second) {
+                        let d = gs * gv + wd * *wv;
+                        *sv = rho * *sv + (1.0 - rho) * d * d;
+                        let step = (*dv + eps).sqrt() / (*sv + eps).sqrt() * d;
+                        *dv = rho * *dv + (1.0 - rho) * step * step;
+                        *wv -= lr * step;
+                    }
+                }
+                AdaptiveRule::AdaMax {
+                    beta1,
+                    beta2,
+                    eps,
+                    correction1,
+                } => {
+                    let Some(s2) = s2 else { return };
+                    let second = part_mut(s2, s, e);
+                    let rate = lr / correction1;
+                    for (((wv, &gv), mv), uv) in ws.iter_mut().zip(grads).zip(first).zip(second) {
+                        let d = gs * gv + wd * *wv;
+                        *mv = beta1 * *mv + (1.0 - beta1) * d;
+                        *uv = (beta2 * *uv).max(d.abs() + eps);
+                        *wv -= rate * *mv / *uv;
+                    }
+                }
             }
         },
     )
@@ -349,6 +384,24 @@ pub(crate) unsafe fn adaptive(
 
 /// `y[o, m, i] += v[m]` for outer indices `os..oe`.
 pub(crate) unsafe fn add_broadcast(d: Dims3, v: BufView, y: BufView, os: usize, oe: usize) {
+    broadcast(d, v, y, os, oe, |yv, b| *yv += b)
+}
+
+/// `y[o, m, i] *= v[m]` for outer indices `os..oe`.
+pub(crate) unsafe fn mul_broadcast(d: Dims3, v: BufView, y: BufView, os: usize, oe: usize) {
+    broadcast(d, v, y, os, oe, |yv, b| *yv *= b)
+}
+
+/// `f(y[o, m, i], v[m])` for outer indices `os..oe`.
+#[inline(always)]
+unsafe fn broadcast(
+    d: Dims3,
+    v: BufView,
+    y: BufView,
+    os: usize,
+    oe: usize,
+    f: impl Fn(&mut f32, f32) + Copy,
+) {
     simd(
         #[inline(always)]
         || {
@@ -358,12 +411,12 @@ pub(crate) unsafe fn add_broadcast(d: Dims3, v: BufView, y: BufView, os: usize, 
                 let ys = part_mut(y, o * row, (o + 1) * row);
                 if d.inner == 1 {
                     for (yv, &b) in ys.iter_mut().zip(vs) {
-                        *yv += b;
+                        f(yv, b);
                     }
                 } else {
                     for (run, &b) in ys.chunks_exact_mut(d.inner).zip(vs) {
                         for yv in run {
-                            *yv += b;
+                            f(yv, b);
                         }
                     }
                 }

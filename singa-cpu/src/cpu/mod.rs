@@ -18,9 +18,9 @@ use elementwise as ew;
 pub use parallel::Threads;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
-    catch_panic, AdaptiveArgs, AdaptiveRule, BatchNormArgs, BinaryOp, BufHandle, BufView,
-    ConvShape, DType, Device, DeviceInfo, Dims3, Distribution, Error, GemmArgs, LrnShape,
-    PoolShape, ReduceOp, Result, SgdArgs, UnaryOp,
+    catch_panic, AdaptiveArgs, BatchNormArgs, BinaryOp, BufHandle, BufView, ConvShape, DType,
+    Device, DeviceInfo, Dims3, Distribution, Error, GemmArgs, LrnShape, PoolShape, ReduceOp,
+    Result, SgdArgs, UnaryOp,
 };
 
 const NAME: &str = "cpu";
@@ -353,6 +353,16 @@ impl Device for CpuDevice {
         })
     }
 
+    unsafe fn mul_broadcast(&self, d: Dims3, v: BufView, y: BufView) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&v, &y], "mul_broadcast")?;
+            let grain = ELEMENTWISE_GRAIN.div_ceil((d.mid * d.inner).max(1)).max(1);
+            self.threads
+                .for_ranges(d.outer, grain, &|s, e| ew::mul_broadcast(d, v, y, s, e));
+            Ok(())
+        })
+    }
+
     unsafe fn add_broadcast(&self, d: Dims3, v: BufView, y: BufView) -> RResult<(), Error> {
         guard(|| {
             Self::f32s(&[&v, &y], "add_broadcast")?;
@@ -454,8 +464,11 @@ impl Device for CpuDevice {
             let s2 = s2.into_option();
             if let Some(v) = &s2 {
                 Self::f32s(&[v], "adaptive_update")?;
-            } else if matches!(args.rule, AdaptiveRule::Adam { .. }) {
-                return Err(Error::invalid("adam needs a second state"));
+            } else if args.rule.needs_second_state() {
+                return Err(Error::invalid(format!(
+                    "{:?} needs a second state",
+                    args.rule
+                )));
             }
             self.elementwise(w.len, |s, e| ew::adaptive(w, g, s1, s2, args, s, e));
             Ok(())

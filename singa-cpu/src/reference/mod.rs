@@ -87,6 +87,7 @@ pub(crate) fn unary_value(op: UnaryOp, x: f64) -> f64 {
             }
         }
         UnaryOp::Neg => -x,
+        UnaryOp::Clamp { min, max } => x.max(min as f64).min(max as f64),
     }
 }
 
@@ -122,6 +123,13 @@ pub(crate) fn unary_derivative(op: UnaryOp, x: f64, y: f64) -> f64 {
         UnaryOp::Abs => unary_value(UnaryOp::Sign, x),
         UnaryOp::Sign => 0.0,
         UnaryOp::Neg => -1.0,
+        UnaryOp::Clamp { min, max } => {
+            if (min as f64) <= x && x <= max as f64 {
+                1.0
+            } else {
+                0.0
+            }
+        }
     }
 }
 
@@ -421,6 +429,23 @@ impl Device for ReferenceDevice {
         })
     }
 
+    unsafe fn mul_broadcast(&self, d: Dims3, v: BufView, y: BufView) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&v, &y], "mul_broadcast")?;
+            let vs = get(v);
+            let mut ys = get(y);
+            for o in 0..d.outer {
+                for m in 0..d.mid {
+                    for i in 0..d.inner {
+                        ys[(o * d.mid + m) * d.inner + i] *= vs[m];
+                    }
+                }
+            }
+            put(y, &ys);
+            Ok(())
+        })
+    }
+
     unsafe fn add_broadcast(&self, d: Dims3, v: BufView, y: BufView) -> RResult<(), Error> {
         guard(|| {
             f32s(&[&v, &y], "add_broadcast")?;
@@ -621,6 +646,30 @@ impl Device for ReferenceDevice {
                         let m_hat = s1s[i] / correction1 as f64;
                         let v_hat = v[i] / correction2 as f64;
                         ws[i] -= lr * m_hat / (v_hat.sqrt() + eps as f64);
+                    }
+                    AdaptiveRule::AdaDelta { rho, eps } => {
+                        let steps = s2s
+                            .as_mut()
+                            .ok_or_else(|| Error::invalid("adadelta needs a second state"))?;
+                        let (rho, eps) = (rho as f64, eps as f64);
+                        s1s[i] = rho * s1s[i] + (1.0 - rho) * d * d;
+                        let step = (steps[i] + eps).sqrt() / (s1s[i] + eps).sqrt() * d;
+                        steps[i] = rho * steps[i] + (1.0 - rho) * step * step;
+                        ws[i] -= lr * step;
+                    }
+                    AdaptiveRule::AdaMax {
+                        beta1,
+                        beta2,
+                        eps,
+                        correction1,
+                    } => {
+                        let u = s2s
+                            .as_mut()
+                            .ok_or_else(|| Error::invalid("adamax needs a second state"))?;
+                        let (b1, b2) = (beta1 as f64, beta2 as f64);
+                        s1s[i] = b1 * s1s[i] + (1.0 - b1) * d;
+                        u[i] = (b2 * u[i]).max(d.abs() + eps as f64);
+                        ws[i] -= lr / correction1 as f64 * s1s[i] / u[i];
                     }
                 }
             }

@@ -271,3 +271,100 @@ impl Updater for AdamW {
         self.0.update(s, a, value, grad, state)
     }
 }
+
+/// AdaDelta (Zeiler 2012): `s = rho·s + (1−rho)·g²`, `Δ = √(d + eps)/√(s + eps)·g`,
+/// `d = rho·d + (1−rho)·Δ²`, `w −= lr·Δ`. It needs no learning rate of its own: keep
+/// `learning_rate = 1.0` (PyTorch's default) unless a schedule should scale the steps.
+pub struct AdaDelta {
+    rho: f32,
+    eps: f32,
+}
+
+impl UpdaterDef for AdaDelta {
+    const TYPE: &'static str = "adadelta";
+    const DOC: &'static str = "AdaDelta: steps scaled by the ratio of running averages of squared steps and squared gradients (use learning_rate = 1.0).";
+
+    fn fields() -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::new("rho", FieldKind::Float, "decay of both running averages").default(0.9),
+            FieldSpec::new("eps", FieldKind::Float, "added under both roots").default(1e-6),
+        ]
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        Ok(AdaDelta {
+            rho: fraction(f, "rho")?,
+            eps: positive(f, "eps")?,
+        })
+    }
+}
+
+impl Updater for AdaDelta {
+    fn state_names(&self) -> RResult<RVec<RString>, Error> {
+        names(&["mean_sq", "mean_sq_step"])
+    }
+
+    fn update(
+        &mut self,
+        _: u64,
+        a: &UpdateArgs,
+        value: &mut Tensor,
+        grad: &Tensor,
+        state: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        let rule = AdaptiveRule::AdaDelta {
+            rho: self.rho,
+            eps: self.eps,
+        };
+        step(rule, a, value, grad, state).into()
+    }
+}
+
+/// AdaMax (Kingma and Ba 2015): Adam with the infinity norm, `m = β1·m + (1−β1)·g`,
+/// `u = max(β2·u, |g| + eps)`, `w −= lr/(1−β1^t)·m/u`.
+pub struct AdaMax {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+}
+
+impl UpdaterDef for AdaMax {
+    const TYPE: &'static str = "adamax";
+    const DOC: &'static str = "AdaMax: Adam with steps scaled by a decayed maximum of gradient magnitudes instead of their root mean square.";
+
+    fn fields() -> Vec<FieldSpec> {
+        adam_fields()
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        Ok(AdaMax {
+            beta1: fraction(f, "beta1")?,
+            beta2: fraction(f, "beta2")?,
+            eps: positive(f, "eps")?,
+        })
+    }
+}
+
+impl Updater for AdaMax {
+    fn state_names(&self) -> RResult<RVec<RString>, Error> {
+        names(&["m", "u"])
+    }
+
+    fn update(
+        &mut self,
+        s: u64,
+        a: &UpdateArgs,
+        value: &mut Tensor,
+        grad: &Tensor,
+        state: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        let t = (s + 1).min(i32::MAX as u64) as i32;
+        let rule = AdaptiveRule::AdaMax {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            correction1: 1.0 - self.beta1.powi(t),
+        };
+        step(rule, a, value, grad, state).into()
+    }
+}

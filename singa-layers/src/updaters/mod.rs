@@ -3,5 +3,5 @@
 mod adaptive;
 mod sgd;
 
-pub use adaptive::{AdaGrad, Adam, AdamW, RmsProp};
+pub use adaptive::{AdaDelta, AdaGrad, AdaMax, Adam, AdamW, RmsProp};
 pub use sgd::{Nesterov, Sgd};
