@@ -395,6 +395,16 @@ fn values_that_make_no_sense_are_refused_naming_the_field() {
         fails_with(&o, field);
         assert!(stderr(&o).contains("job.toml"), "{}", stderr(&o));
     }
+    // An error while building the net names the job file as well as the layer.
+    let shard = format!("{}/train.shard", dir.display());
+    std::fs::write(&job, text.replacen(&shard, &dir.display().to_string(), 1)).unwrap();
+    let o = singa(&["train", job.to_str().unwrap()], &dir);
+    fails_with(&o, "job.toml: layer data (shard_data): ");
+    assert!(
+        stderr(&o).contains("is a directory; expected a file"),
+        "{}",
+        stderr(&o)
+    );
     // A net without a loss layer would train nothing.
     let start = text
         .find("[[layer]]\nname = \"loss\"")

@@ -1,13 +1,16 @@
 //! Loading plugins: shared libraries that provide layer and updater types (see
 //! `singa_core::plugin` for the plugin side and `docs/plugins.md` for the guide).
 //!
-//! A library is checked in three steps, each with its own one-line refusal: it must load, it
+//! A library is checked in four steps, each with its own one-line refusal: its ELF headers
+//! must describe a whole file (see `elf.rs`), it must load, it
 //! must carry singa's interface stamp with a compatible version (read with a plain symbol
 //! lookup, so a plugin from another version is named as such), and its root module's layout
 //! must match this build's (`abi_stable`'s check, whose long report is condensed unless the
 //! caller asks for it). Libraries are never unloaded: the types they hand out point into them.
 
 pub mod check;
+#[cfg(target_os = "linux")]
+mod elf;
 
 use crate::config::JobConfig;
 use crate::registry::{Provenance, Registry};
@@ -75,6 +78,8 @@ pub fn load(path: &Path, detail: Detail) -> Result<Plugin> {
             .unwrap_or(&reason);
         refuse(format!("not a loadable shared library ({reason})"))
     };
+    #[cfg(target_os = "linux")]
+    elf::check(&file).map_err(refuse)?;
     // SAFETY: loading a library runs its initialisers; that is what asking for a plugin means.
     // Rust cdylibs (what `export_plugin!` builds) have none beyond the standard library's.
     let lib = unsafe { libloading::Library::new(&file) }.map_err(|e| not_loadable(&e))?;
