@@ -249,6 +249,8 @@ fn missing_and_corrupted_data_are_reported_with_file_and_offset() {
         &o,
         &format!("train.shard: at byte offset {offset}: record 7 checksum mismatch"),
     );
+    // Found while training: the job file is named too.
+    fails_with(&o, "job.toml: step ");
     let o = singa(&["data", "inspect", shard.to_str().unwrap()], &dir);
     fails_with(
         &o,

@@ -218,13 +218,7 @@ impl Trainer {
     /// Validates `job` against `registry`, creates its device and nets, and opens the workspace
     /// (resuming from its latest checkpoint when asked).
     pub fn new(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
-        Trainer::build(job, registry, options).map_err(|e| match e.root() {
-            // These name their file already.
-            Error::Config { .. } | Error::Checkpoint { .. } => e,
-            // Building the nets, allocating, reading data: the layer is named, and the job
-            // file it is a layer of.
-            _ => e.context(&job.origin.file),
-        })
+        Trainer::build(job, registry, options).map_err(|e| name_job_file(e, &job.origin.file))
     }
 
     fn build(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
@@ -611,8 +605,10 @@ impl Trainer {
     /// Trains to `train_steps`, reporting, testing and checkpointing as the job says, and
     /// writes `summary.json`.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
-        self.train_to_the_end(obs)
-            .map_err(|e| crate::finite::append(e, &self.last_checkpoint()))
+        self.train_to_the_end(obs).map_err(|e| {
+            let e = crate::finite::append(e, &self.last_checkpoint());
+            name_job_file(e, &self.job.origin.file)
+        })
     }
 
     /// Names the workspace's newest checkpoint, for a run that stops without writing one.
@@ -745,6 +741,16 @@ impl Trainer {
         };
         self.log(&report, obs)?;
         Ok(report)
+    }
+}
+
+/// `e` with the job file named, where it names a layer but not the file: errors while
+/// building the nets, allocating or reading data. Errors in the job file or a checkpoint name
+/// their file already, and a diverged run is about the run.
+fn name_job_file(e: Error, file: &str) -> Error {
+    match e.root() {
+        Error::Config { .. } | Error::Checkpoint { .. } | Error::Diverged { .. } => e,
+        _ => e.context(file),
     }
 }
 

@@ -45,14 +45,16 @@ pub(super) fn check(path: &Path) -> Result<(), String> {
     let mut header = [0u8; HEADER];
     if len < HEADER as u64 || file.read_exact(&mut header).is_err() {
         return Err(format!(
-            "not a shared library ({len} bytes, too short for an ELF header)"
+            "not a loadable shared library ({len} bytes, too short for an ELF header)"
         ));
     }
     if header[..4] != *b"\x7fELF" {
-        return Err("not a shared library (no ELF header)".into());
+        return Err("not a loadable shared library (no ELF header)".into());
     }
     if header[4] != 2 || header[5] != 1 {
-        return Err("not a 64-bit little-endian ELF library, as this singa is".into());
+        return Err(
+            "not a loadable shared library (not 64-bit little-endian ELF, as this singa is)".into(),
+        );
     }
     let (phoff, phsize, phnum) = (
         u64_at(&header, 0x20),
@@ -64,12 +66,14 @@ pub(super) fn check(path: &Path) -> Result<(), String> {
         u16_at(&header, 0x3A),
         u16_at(&header, 0x3C),
     );
-    let cut = |what: &str| format!("cut short: its {what} lies past its end ({len} bytes)");
+    let cut = |what: &str| {
+        format!("not a loadable shared library (cut short: {what} lies past the end of its {len} bytes)")
+    };
     if phsize < 56 || !within(phoff, phnum, phsize, len) {
-        return Err(cut("program header table"));
+        return Err(cut("its program header table"));
     }
     if shoff != 0 && !within(shoff, shnum, shsize, len) {
-        return Err(cut("section header table"));
+        return Err(cut("its section header table"));
     }
     let mut table = vec![0u8; (phnum * phsize) as usize];
     use std::io::Seek;
