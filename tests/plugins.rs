@@ -352,7 +352,8 @@ fn the_cli_survives_a_panicking_plugin() {
     let err = String::from_utf8(out.stderr).unwrap();
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("error: step 30: layer faulty (faulty_identity) forward")
+        last.starts_with("error: ")
+            && last.contains("job.toml: step 30: layer faulty (faulty_identity) forward")
             && last.contains("plugin plugin-faulty")
             && last.contains("deliberate panic"),
         "{err}"
