@@ -3,6 +3,7 @@
 mod bench;
 mod cost;
 mod output;
+mod plot;
 mod progress;
 mod train;
 
@@ -81,6 +82,9 @@ enum Command {
         /// Build the nets and print them without training.
         #[arg(long)]
         dry_run: bool,
+        /// Redraw the workspace's run.svg (see `singa plot`) at each test and at the end.
+        #[arg(long)]
+        plot: bool,
         /// Spread the job's workers and servers over this many processes (cluster.nprocs),
         /// emulated in this one; under mpirun each rank is a process of its own.
         #[arg(long)]
@@ -109,6 +113,25 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Print each layer of a job's nets with its output shape, parameters and forward FLOPs
+    /// per sample, and the totals.
+    Net {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// A plugin library with layer or updater types (repeatable).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
+    },
+    /// Plot the loss and accuracy of runs (their workspaces) against steps and wall time, as
+    /// an SVG file.
+    Plot {
+        /// Workspaces (or their metrics.jsonl files); several are drawn on one figure.
+        #[arg(required = true)]
+        workspaces: Vec<PathBuf>,
+        /// The SVG file to write [default: run.svg in the first workspace].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List the layer and updater types with their fields and origins.
     Layers {
@@ -282,6 +305,7 @@ fn run(cli: Cli) -> Result<()> {
             overwrite,
             threads,
             dry_run,
+            plot,
             ranks,
             plugins,
         } => train::train(train::TrainArgs {
@@ -294,6 +318,7 @@ fn run(cli: Cli) -> Result<()> {
             },
             threads,
             dry_run,
+            plot,
             ranks,
             plugins,
             detail,
@@ -356,6 +381,22 @@ fn run(cli: Cli) -> Result<()> {
             command: DataCommand::Inspect { shard, records },
         } => {
             out!("{}", singa_data::inspect::inspect(&shard, records)?);
+            Ok(())
+        }
+        Command::Net { job, plugins } => train::net(&job, &plugins, detail),
+        Command::Plot { workspaces, out } => {
+            let runs = workspaces
+                .iter()
+                .map(|w| plot::Run::read(w))
+                .collect::<Result<Vec<_>>>()?;
+            let out = out.unwrap_or_else(|| plot::default_out(&workspaces));
+            singa::checkpoint::write_atomically(&out, plot::svg(&runs).as_bytes())?;
+            outln!(
+                "wrote {} ({} run{})",
+                out.display(),
+                runs.len(),
+                if runs.len() == 1 { "" } else { "s" }
+            );
             Ok(())
         }
         Command::Layers { job, plugins } => {

@@ -5,10 +5,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use singa::progress::event_line;
 use singa::trainer::{Event, Observer};
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 /// Shows training progress.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// The workspace whose run.svg to redraw at each test and at the end (`--plot`).
+    plot: Option<PathBuf>,
 }
 
 impl Default for Progress {
@@ -20,7 +23,32 @@ impl Default for Progress {
 impl Progress {
     /// A bar when stderr is a terminal, plain lines otherwise.
     pub fn new() -> Progress {
-        Progress { bar: None }
+        Progress {
+            bar: None,
+            plot: None,
+        }
+    }
+
+    /// Also redraws `workspace`'s run.svg at each test and at the end.
+    pub fn plotting(mut self, workspace: Option<PathBuf>) -> Progress {
+        self.plot = workspace;
+        self
+    }
+
+    /// Redraws the plot of the run; a failure is a warning (training goes on), and stops the
+    /// plotting.
+    fn redraw(&mut self) {
+        let Some(ws) = &self.plot else { return };
+        let drawn = crate::plot::Run::read(ws).and_then(|run| {
+            singa::checkpoint::write_atomically(
+                &ws.join("run.svg"),
+                crate::plot::svg(&[run]).as_bytes(),
+            )
+        });
+        if let Err(e) = drawn {
+            self.print(&format!("warning: --plot: {e}; no more plots"));
+            self.plot = None;
+        }
     }
 
     fn print(&self, line: &str) {
@@ -70,9 +98,13 @@ impl Observer for Progress {
                     bar.set_message(msg.join("  "));
                 }
                 self.print(&line.unwrap_or_default());
+                if r.phase == "test" {
+                    self.redraw();
+                }
             }
             Event::Checkpoint(_) | Event::Warning(_) => self.print(&line.unwrap_or_default()),
             Event::Done(_) => {
+                self.redraw();
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }

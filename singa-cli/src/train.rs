@@ -23,6 +23,8 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
     /// `--dry-run`.
     pub dry_run: bool,
+    /// `--plot`.
+    pub plot: bool,
     /// `--ranks`: the processes the job's workers and servers are spread over.
     pub ranks: Option<usize>,
     /// `--plugin`.
@@ -117,7 +119,8 @@ fn train_rank0(
         err!("{}", c.describe().lines().next().unwrap_or_default());
         errln!();
     }
-    trainer.run(&mut Progress::new())?;
+    let plot = args.plot.then(|| workspace.clone());
+    trainer.run(&mut Progress::new().plotting(plot))?;
     Ok(())
 }
 
@@ -341,4 +344,36 @@ fn pending_imports(config: &JobConfig) -> Vec<(String, PathBuf, PathBuf)> {
         }
     }
     pending
+}
+
+/// `singa net`: the cost of each layer of the job's train net (and test net), with totals.
+pub fn net(job: &std::path::Path, plugins: &[PathBuf], detail: Detail) -> Result<()> {
+    let config = JobConfig::from_file(job)?;
+    let registry = Registry::with_plugins(plugins, Some(&config), detail)?;
+    if let Some((kind, src, path)) = pending_imports(&config).first() {
+        return Err(Error::invalid(format!(
+            "the nets take their shapes from the data, and {} does not exist yet: import it first (singa data import {kind} {} {})",
+            path.display(),
+            src.display(),
+            path.parent().unwrap_or(std::path::Path::new(".")).display()
+        )));
+    }
+    // The whole net on one worker: what each sample costs, whatever the cluster.
+    let mut whole = config.clone();
+    whole.cluster = Default::default();
+    let trainer = Trainer::new(&whole, &registry, &TrainOptions::default())?;
+    let train = trainer.train_net();
+    outln!(
+        "train net of job {} (batch {}):",
+        config.name,
+        train.batch_size()
+    );
+    let costs = singa::summary::summarize(train, trainer.params(), trainer.job());
+    out!("{}", singa::summary::table(&costs));
+    if let Some(test) = trainer.test_net() {
+        outln!("\ntest net (batch {}):", test.batch_size());
+        let costs = singa::summary::summarize(test, trainer.params(), trainer.job());
+        out!("{}", singa::summary::table(&costs));
+    }
+    Ok(())
 }

@@ -665,3 +665,51 @@ fn a_resumed_run_logs_each_step_once_and_clears_what_a_crash_left() {
     assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "{log}");
     assert_eq!(logged, 10, "{log}");
 }
+
+#[test]
+fn net_prints_each_layers_cost_and_plot_draws_the_runs() {
+    let (dir, job) = setup(
+        "cli-net-plot",
+        "train_steps = 20\ndisplay_freq = 5\ntest_freq = 10\ntest_steps = 1",
+    );
+    let j = job.to_str().unwrap();
+    // Before the data is imported, `net` says what to do.
+    let o = singa(&["net", j], &dir);
+    fails_with(&o, "import it first (singa data import mnist");
+    for ws in ["a", "b"] {
+        let o = singa(&["train", j, "--workspace", ws], &dir);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = singa(&["net", j], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let words: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    // fc1: 64 inputs × 16 outputs, a multiply-add each, and 16 biases.
+    assert!(
+        words.contains(&"fc1 inner_product [32, 16] f32 1,040 2.1 k".to_string()),
+        "{out}"
+    );
+    // The totals: fc1's 1,040 values and fc2's 16 × 4 + 4.
+    assert!(words.iter().any(|l| l.starts_with("total 1,108 ")), "{out}");
+
+    let o = singa(&["plot", "a", "b", "--out", "both.svg"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "wrote both.svg (2 runs)");
+    let svg = std::fs::read_to_string(dir.join("both.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // Two runs × training and test × loss and accuracy × steps and wall time.
+    assert_eq!(svg.matches("<polyline").count(), 16, "{svg}");
+    let o = singa(&["plot", "a"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("a/run.svg").exists());
+    let o = singa(&["plot", "nowhere"], &dir);
+    fails_with(&o, "nowhere");
+    // `train --plot` draws as it goes.
+    let o = singa(&["train", j, "--workspace", "c", "--plot"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(dir.join("c/run.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 8, "{svg}");
+}

@@ -35,6 +35,7 @@ pub mod partition;
 pub mod plugins;
 pub mod progress;
 pub mod registry;
+pub mod summary;
 pub mod trainer;
 pub mod workspace;
 

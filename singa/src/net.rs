@@ -584,6 +584,15 @@ impl NeuralNet {
         &self.layers
     }
 
+    /// The specs of the inputs of layer `i` (the outputs of its sources).
+    pub fn input_specs(&self, i: usize) -> Vec<TensorSpec> {
+        self.layers[i]
+            .sources
+            .iter()
+            .map(|&(p, o)| self.layers[p].output_specs[o].clone())
+            .collect()
+    }
+
     /// Samples per step: the batch dimension of the first input layer's first output.
     pub fn batch_size(&self) -> usize {
         self.layers
