@@ -4,6 +4,7 @@ mod bench;
 mod cost;
 mod output;
 mod plot;
+mod predict;
 mod progress;
 mod train;
 
@@ -113,6 +114,33 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Predict with a trained model: the most likely classes of each sample of a shard (the
+    /// job's test shard by default), or a layer's outputs (--features).
+    Predict {
+        /// The job file (TOML) the model was trained with.
+        job: PathBuf,
+        /// The checkpoint with the trained parameters.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The shard to predict [default: the job's test shard].
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Predict the first N samples [default: all].
+        #[arg(short = 'n', long)]
+        n: Option<usize>,
+        /// How many of the most likely classes to show.
+        #[arg(long, default_value_t = 1)]
+        top: usize,
+        /// table, csv or jsonl.
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "jsonl"])]
+        format: String,
+        /// Write this layer's outputs (features) instead of classes.
+        #[arg(long, value_name = "LAYER")]
+        features: Option<String>,
+        /// A plugin library with layer or updater types (repeatable).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
     },
     /// Print each layer of a job's nets with its output shape, parameters and forward FLOPs
     /// per sample, and the totals.
@@ -384,6 +412,27 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Net { job, plugins } => train::net(&job, &plugins, detail),
+        Command::Predict {
+            job,
+            checkpoint,
+            input,
+            n,
+            top,
+            format,
+            features,
+            plugins,
+        } => {
+            let config = JobConfig::from_file(&job)?;
+            let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
+            let mut p = singa::predict::Predictor::new(
+                &config,
+                &registry,
+                &checkpoint,
+                input.as_deref(),
+                features.as_deref(),
+            )?;
+            predict::print(&mut p, n, top.max(1), &format)
+        }
         Command::Plot { workspaces, out } => {
             let runs = workspaces
                 .iter()

@@ -713,3 +713,109 @@ fn net_prints_each_layers_cost_and_plot_draws_the_runs() {
     let svg = std::fs::read_to_string(dir.join("c/run.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 8, "{svg}");
 }
+
+#[test]
+fn predict_gives_the_test_accuracy_and_writes_features() {
+    let (dir, job) = setup(
+        "cli-predict",
+        "train_steps = 30\ntest_steps = 2\ncheckpoint_freq = 0",
+    );
+    let j = job.to_str().unwrap();
+    let o = singa(&["train", j, "--workspace", "ws"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = "ws/checkpoints/step-00000030.safetensors";
+    // The test net reads 2 batches of 50: the whole test shard of 100 images.
+    let o = singa(&["test", j, "--checkpoint", ckpt], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tested = stdout(&o);
+    let accuracy = tested.split("accuracy ").nth(1).unwrap().trim().to_string();
+    let o = singa(&["predict", j, "--checkpoint", ckpt, "--top", "2"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(
+        out.lines().count(),
+        101,
+        "a header and a line per sample:\n{out}"
+    );
+    assert!(
+        out.lines().nth(1).unwrap().trim_start().starts_with("0 "),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("100 samples of ")
+            && stderr(&o).contains(&format!("top-1 accuracy {accuracy} against its labels")),
+        "predict: {} test: {tested}",
+        stderr(&o)
+    );
+    // CSV and JSON lines of the first samples of another shard.
+    let o = singa(
+        &[
+            "predict",
+            j,
+            "--checkpoint",
+            ckpt,
+            "--input",
+            "train.shard",
+            "-n",
+            "3",
+            "--format",
+            "csv",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(
+        out.lines().next(),
+        Some("sample,label,class_1,probability_1")
+    );
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let o = singa(
+        &[
+            "predict",
+            j,
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "1",
+            "--format",
+            "jsonl",
+        ],
+        &dir,
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["sample"], 0);
+    assert!(v["top"][0]["probability"].as_f64().unwrap() > 0.0);
+    // Features: fc1's 16 outputs per sample.
+    let o = singa(
+        &[
+            "predict",
+            j,
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "2",
+            "--features",
+            "fc1",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(
+        out.lines().nth(1).unwrap().split(',').count(),
+        2 + 16,
+        "{out}"
+    );
+    // Mistakes: one line each, naming the file.
+    let o = singa(
+        &["predict", j, "--checkpoint", ckpt, "--features", "fc9"],
+        &dir,
+    );
+    fails_with(
+        &o,
+        "job.toml: --features: the test net has no layer fc9 (its layers: data,",
+    );
+    let o = singa(&["predict", j, "--checkpoint", "nothing.safetensors"], &dir);
+    fails_with(&o, "nothing.safetensors");
+}

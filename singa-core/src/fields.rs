@@ -183,6 +183,12 @@ impl Fields {
         }
     }
 
+    /// Removes `name` and returns its value, if it was set.
+    pub fn remove(&mut self, name: &str) -> Option<FieldValue> {
+        let at = self.entries.iter().position(|e| e.0 == name)?;
+        Some(self.entries.remove(at).1)
+    }
+
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<&FieldValue> {
         self.entries.iter().find(|e| e.0 == name).map(|e| &e.1)

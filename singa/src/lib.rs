@@ -33,6 +33,7 @@ pub mod net;
 pub mod params;
 pub mod partition;
 pub mod plugins;
+pub mod predict;
 pub mod progress;
 pub mod registry;
 pub mod summary;

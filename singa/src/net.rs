@@ -584,6 +584,16 @@ impl NeuralNet {
         &self.layers
     }
 
+    /// The outputs of layer `i`, as its last forward pass left them.
+    pub fn outputs(&self, i: usize) -> &[Tensor] {
+        &self.layers[i].outputs
+    }
+
+    /// The (layer, output) pairs layer `i` reads.
+    pub fn sources(&self, i: usize) -> &[(usize, usize)] {
+        &self.layers[i].sources
+    }
+
     /// The specs of the inputs of layer `i` (the outputs of its sources).
     pub fn input_specs(&self, i: usize) -> Vec<TensorSpec> {
         self.layers[i]

@@ -547,6 +547,29 @@ impl Trainer {
         self.engine.train_metrics(own)
     }
 
+    /// Runs the test net forward over `batches` batches of its data from the start, handing
+    /// the net to `each` after every batch (to read its layers' outputs): what `singa predict`
+    /// runs on.
+    pub fn run_test_net(
+        &mut self,
+        batches: usize,
+        mut each: impl FnMut(&NeuralNet) -> Result<()>,
+    ) -> Result<()> {
+        self.engine.settle(&mut self.store)?;
+        let test = self.test.as_mut().ok_or_else(|| {
+            Error::config(&self.job.origin.file, "layer", "the job has no test net")
+        })?;
+        for (name, s) in &self.test_start {
+            test.restore_layer_state(name, s)?;
+        }
+        for _ in 0..batches {
+            test.forward(Phase::TEST)?;
+            each(test)?;
+        }
+        test.read_metrics()?;
+        Ok(())
+    }
+
     /// Runs `test_steps` batches of the test data (from its start) and returns the metrics.
     pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
         self.engine.settle(&mut self.store)?;

@@ -1,0 +1,114 @@
+//! `singa predict`: a trained model's predictions as a table, CSV or JSON lines, and the
+//! accuracy against the shard's labels when it has them.
+
+use crate::output::{errln, outln};
+use singa::predict::{Output, Predictor, Row};
+use singa_core::Result;
+
+/// A class's name, or its number when the shard names none.
+fn name(classes: &[String], class: usize) -> String {
+    classes
+        .get(class)
+        .cloned()
+        .unwrap_or_else(|| class.to_string())
+}
+
+/// Prints the predictions of the first `n` samples in `format`, then (on standard error)
+/// how many were right.
+pub fn print(p: &mut Predictor, n: Option<usize>, top: usize, format: &str) -> Result<()> {
+    let classes = p.classes().to_vec();
+    let label_text = |l: Option<i32>| match l {
+        Some(l) if l >= 0 => name(&classes, l as usize),
+        Some(l) => l.to_string(),
+        None => String::new(),
+    };
+    let (mut right, mut labelled) = (0usize, 0usize);
+    let mut header = true;
+    let rows = p.run(n, top, |row: Row| {
+        if let (Output::Top(t), Some(l)) = (&row.output, row.label) {
+            labelled += 1;
+            right += usize::from(t.first().is_some_and(|&(c, _)| c as i64 == l as i64));
+        }
+        match (&row.output, format) {
+            (Output::Top(t), "table") => {
+                if std::mem::take(&mut header) {
+                    outln!("{:>7}  {:<12}  prediction (probability)", "sample", "label");
+                }
+                let guesses: Vec<String> = t
+                    .iter()
+                    .map(|&(c, prob)| format!("{} ({prob:.4})", name(&classes, c)))
+                    .collect();
+                outln!(
+                    "{:>7}  {:<12}  {}",
+                    row.index,
+                    label_text(row.label),
+                    guesses.join("  ")
+                );
+            }
+            (Output::Top(t), "csv") => {
+                if std::mem::take(&mut header) {
+                    let cols: Vec<String> = (1..=top)
+                        .map(|k| format!("class_{k},probability_{k}"))
+                        .collect();
+                    outln!("sample,label,{}", cols.join(","));
+                }
+                let cols: Vec<String> = t
+                    .iter()
+                    .map(|&(c, prob)| format!("{},{prob}", csv(&name(&classes, c))))
+                    .collect();
+                outln!("{},{},{}", row.index, csv(&label_text(row.label)), cols.join(","));
+            }
+            (Output::Top(t), _) => {
+                let top: Vec<serde_json::Value> = t
+                    .iter()
+                    .map(|&(c, prob)| {
+                        serde_json::json!({"class": c, "name": name(&classes, c), "probability": prob})
+                    })
+                    .collect();
+                outln!(
+                    "{}",
+                    serde_json::json!({"sample": row.index, "label": row.label, "top": top})
+                );
+            }
+            (Output::Features(f), "jsonl") => {
+                outln!(
+                    "{}",
+                    serde_json::json!({"sample": row.index, "label": row.label, "features": f})
+                );
+            }
+            (Output::Features(f), _) => {
+                if std::mem::take(&mut header) {
+                    let cols: Vec<String> = (0..f.len()).map(|k| format!("f{k}")).collect();
+                    outln!("sample,label,{}", cols.join(","));
+                }
+                let values: Vec<String> = f.iter().map(|v| v.to_string()).collect();
+                outln!(
+                    "{},{},{}",
+                    row.index,
+                    row.label.map(|l| l.to_string()).unwrap_or_default(),
+                    values.join(",")
+                );
+            }
+        }
+        Ok(())
+    })?;
+    if labelled > 0 {
+        errln!(
+            "{rows} samples of {}: top-1 accuracy {:.2}% against its labels",
+            p.shard().display(),
+            100.0 * right as f64 / labelled as f64
+        );
+    } else {
+        errln!("{rows} samples of {}", p.shard().display());
+    }
+    Ok(())
+}
+
+/// `s` as a CSV field (quoted when it holds a comma or a quote).
+fn csv(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
