@@ -34,6 +34,8 @@ fn normalise(mut job: JobConfig) -> JobConfig {
         }
     }
     job.origin = Default::default();
+    // Where a job came from is not what it says.
+    job.text = None;
     job
 }
 

@@ -118,8 +118,9 @@ enum Command {
     /// Predict with a trained model: the most likely classes of each sample of a shard (the
     /// job's test shard by default), or a layer's outputs (--features).
     Predict {
-        /// The job file (TOML) the model was trained with.
-        job: PathBuf,
+        /// The job file (TOML) the model was trained with [default: the job the checkpoint
+        /// records].
+        job: Option<PathBuf>,
         /// The checkpoint with the trained parameters.
         #[arg(long)]
         checkpoint: PathBuf,
@@ -422,7 +423,10 @@ fn run(cli: Cli) -> Result<()> {
             features,
             plugins,
         } => {
-            let config = JobConfig::from_file(&job)?;
+            let config = match job {
+                Some(job) => JobConfig::from_file(&job)?,
+                None => predict::recorded_job(&checkpoint)?,
+            };
             let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
             let mut p = singa::predict::Predictor::new(
                 &config,

@@ -2,8 +2,26 @@
 //! accuracy against the shard's labels when it has them.
 
 use crate::output::{errln, outln};
+use singa::config::{JobConfig, Origin};
 use singa::predict::{Output, Predictor, Row};
-use singa_core::Result;
+use singa_core::{Error, Result};
+use std::path::Path;
+
+/// The job a checkpoint records (its text, read as if from the folder it was trained in).
+pub fn recorded_job(checkpoint: &Path) -> Result<JobConfig> {
+    let loaded = singa::checkpoint::load(checkpoint)?;
+    let Some((text, dir)) = loaded.meta.job_file else {
+        return Err(Error::checkpoint(
+            checkpoint,
+            "it records no job file (a job built in Rust, or a checkpoint from before singa recorded them): name the job file",
+        ));
+    };
+    let origin = Origin {
+        file: format!("{} (its job)", checkpoint.display()),
+        base_dir: dir.into(),
+    };
+    JobConfig::from_toml(&text, origin)
+}
 
 /// A class's name, or its number when the shard names none.
 fn name(classes: &[String], class: usize) -> String {

@@ -807,6 +807,23 @@ fn predict_gives_the_test_accuracy_and_writes_features() {
         2 + 16,
         "{out}"
     );
+    // The checkpoint records the job: predict needs nothing else, from any folder.
+    let o = singa(
+        &[
+            "predict",
+            "--checkpoint",
+            dir.join(ckpt).to_str().unwrap(),
+            "-n",
+            "100",
+        ],
+        Path::new("/"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("top-1 accuracy {accuracy} against its labels")),
+        "{}",
+        stderr(&o)
+    );
     // Mistakes: one line each, naming the file.
     let o = singa(
         &["predict", j, "--checkpoint", ckpt, "--features", "fc9"],

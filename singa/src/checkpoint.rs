@@ -3,9 +3,10 @@
 //! A checkpoint holds every parameter (`param/<layer>/<name>`), the updater's state
 //! (`state/<layer>/<name>/<slot>`), and in its metadata the step, the job's name, the updater,
 //! the state of layers that have some (a data layer's position), and which inner products store
-//! their weights `[out, in]`. It is written to a
-//! temporary file, flushed to disk and renamed into place, so a crash never leaves a partial
-//! checkpoint, and an existing checkpoint is never overwritten by a failed write.
+//! their weights `[out, in]`, and the job file's text with the folder its paths start from. It
+//! is written to a temporary file, flushed to disk and renamed into place, so a crash never
+//! leaves a partial checkpoint, and an existing checkpoint is never overwritten by a failed
+//! write. docs/checkpoints.md documents the layout of each tensor.
 
 use crate::params::ParamStore;
 use safetensors::tensor::{Dtype, TensorView};
@@ -30,6 +31,10 @@ pub struct CheckpointMeta {
     /// split along the features): a square weight's shape alone cannot tell. `None` in
     /// checkpoints written before it was recorded.
     pub transposed: Option<Vec<String>>,
+    /// The job file's text and the folder its relative paths start from, so that the model
+    /// can be used from the checkpoint alone (`singa predict --checkpoint F`). `None` for jobs
+    /// built in Rust and checkpoints written before they were recorded.
+    pub job_file: Option<(String, String)>,
 }
 
 /// The file name of the checkpoint after `step` steps.
@@ -108,7 +113,7 @@ pub fn save(
         .iter()
         .map(|(l, s)| (l.clone(), serde_json::json!(s)))
         .collect();
-    let metadata: HashMap<String, String> = [
+    let mut metadata: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("step", meta.step.to_string()),
         ("job", meta.job.clone()),
@@ -122,6 +127,10 @@ pub fn save(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if let Some((text, dir)) = &meta.job_file {
+        metadata.insert("job_toml".into(), text.clone());
+        metadata.insert("job_dir".into(), dir.clone());
+    }
     let bytes =
         safetensors::serialize(views, Some(metadata)).map_err(|e| Error::checkpoint(path, e))?;
     write_atomically(path, &bytes)
@@ -224,6 +233,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
             updater: get("updater")?,
             layer_states,
             transposed,
+            job_file: md.get("job_toml").cloned().map(|t| {
+                let dir = md.get("job_dir").cloned().unwrap_or_else(|| ".".into());
+                (t, dir)
+            }),
         },
         tensors,
     })

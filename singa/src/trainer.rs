@@ -611,6 +611,11 @@ impl Trainer {
             updater: self.job.updater.type_name.clone(),
             layer_states: self.train.layer_states()?,
             transposed: Some(transposed_layers(&self.job)),
+            job_file: self.job.text.clone().map(|text| {
+                let dir = std::path::absolute(&self.job.origin.base_dir)
+                    .unwrap_or_else(|_| self.job.origin.base_dir.clone());
+                (text, dir.display().to_string())
+            }),
         };
         let extra = self.engine.checkpoint_state(&mut self.store)?;
         checkpoint::save(&path, &self.store, &self.state_names, &extra, &meta)?;

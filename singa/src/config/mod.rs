@@ -58,6 +58,9 @@ impl Algorithm {
 pub struct JobConfig {
     /// Where the job came from.
     pub origin: Origin,
+    /// The job file's text as read (`None` for a job built in Rust): checkpoints keep it, so
+    /// that a trained model can be used without the file.
+    pub text: Option<String>,
     /// The job's name.
     pub name: String,
     /// How one iteration is computed.
@@ -94,6 +97,7 @@ impl JobConfig {
     pub fn new(name: &str) -> JobConfig {
         JobConfig {
             origin: Origin::default(),
+            text: None,
             name: name.to_string(),
             algorithm: Algorithm::Bp,
             train_steps: 1000,

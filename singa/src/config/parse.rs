@@ -31,11 +31,13 @@ pub(super) fn from_str(text: &str, origin: Origin) -> Result<JobConfig> {
     let table: Table = text.parse().map_err(|e: toml::de::Error| {
         Error::config(&origin.file, "syntax", condense_toml_error(&e.to_string()))
     })?;
-    parse_job(&Section {
+    let mut job = parse_job(&Section {
         origin: &origin,
         path: String::new(),
         table: &table,
-    })
+    })?;
+    job.text = Some(text.to_string());
+    Ok(job)
 }
 
 /// The TOML error as one line: its position and its reason, without the source excerpt.
