@@ -124,7 +124,8 @@ enum Command {
         /// The checkpoint with the trained parameters.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// The shard to predict [default: the job's test shard].
+        /// What to predict: a shard, a JPEG or PNG file, or a folder of them [default: the
+        /// job's test shard].
         #[arg(long)]
         input: Option<PathBuf>,
         /// Predict the first N samples [default: all].

@@ -836,3 +836,72 @@ fn predict_gives_the_test_accuracy_and_writes_features() {
     let o = singa(&["predict", j, "--checkpoint", "nothing.safetensors"], &dir);
     fails_with(&o, "nothing.safetensors");
 }
+
+/// Writes a `side`×`side` PNG of one colour (with a little noise) to `path`.
+fn png(path: &Path, side: u32, rgb: [u8; 3], seed: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        let n = ((x * 7 + y * 13 + seed * 31) % 40) as u8;
+        image::Rgb(rgb.map(|c| c.saturating_add(n)))
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn predict_names_the_classes_of_image_files_and_refuses_other_sizes() {
+    let dir = tmpdir("cli-predict-images");
+    let (red, blue) = ([200, 0, 0], [0, 0, 200]);
+    for (split, n) in [("train", 40), ("test", 10)] {
+        for k in 0..n {
+            png(&dir.join(format!("src/{split}/red/{k}.png")), 4, red, k);
+            png(&dir.join(format!("src/{split}/blue/{k}.png")), 4, blue, k);
+        }
+    }
+    let o = singa(&["data", "import", "image-folder", "src", "."], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let layer = |split: &str, batch: usize| {
+        format!(
+            "[[layer]]\nname = \"data\"\ntype = \"image_data\"\ninclude = \"{split}\"\npath = \"{split}.shard\"\nbatch_size = {batch}\nscale = 0.00392156862745098\n\n"
+        )
+    };
+    let job = format!(
+        "name = \"colours\"\ntrain_steps = 40\ntest_steps = 1\n\n[updater]\ntype = \"sgd\"\nlearning_rate = 0.1\n\n{}{}[[layer]]\nname = \"fc\"\ntype = \"inner_product\"\nsrclayers = \"data\"\nnum_output = 2\n\n[[layer]]\nname = \"loss\"\ntype = \"softmax_loss\"\nsrclayers = [\"fc\", \"data:label\"]\n",
+        layer("train", 16),
+        layer("test", 20)
+    );
+    std::fs::write(dir.join("job.toml"), job).unwrap();
+    let o = singa(&["train", "job.toml", "--workspace", "ws"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = "ws/checkpoints/step-00000040.safetensors";
+    // Loose images in a folder, without classes: named with the model's classes.
+    png(&dir.join("new/a.png"), 4, red, 99);
+    png(&dir.join("new/b.png"), 4, blue, 98);
+    let o = singa(&["predict", "--checkpoint", ckpt, "--input", "new"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!((rows[0][1], rows[1][1]), ("red", "blue"), "{out}");
+    assert!(
+        stderr(&o).contains("2 samples of ") && !stderr(&o).contains("accuracy"),
+        "{}",
+        stderr(&o)
+    );
+    // One image file; and one of another size, refused naming it and both shapes.
+    let o = singa(
+        &["predict", "--checkpoint", ckpt, "--input", "new/b.png"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("blue ("), "{}", stdout(&o));
+    png(&dir.join("big.png"), 8, red, 1);
+    let o = singa(
+        &["predict", "--checkpoint", ckpt, "--input", "big.png"],
+        &dir,
+    );
+    fails_with(&o, "big.png: at byte offset 0: its records are [3, 8, 8] (channels, height, width) but the model reads [3, 4, 4]");
+}

@@ -3,9 +3,11 @@
 //! outputs (features, SINGA's CSV output layer).
 //!
 //! The input goes through the job's own test input layer (its preprocessing: scale, mean,
-//! crop), reading the given shard instead of the job's. The scores are what the job's
-//! `softmax_loss` reads; their softmax gives the probabilities. Class names come from the
-//! shard's metadata (`classes`, which the importers write).
+//! crop), reading the given shard instead of the job's; image files are imported into a
+//! temporary shard first. Records of another shape than the job's data are refused. The
+//! scores are what the job's `softmax_loss` reads; their softmax gives the probabilities.
+//! Class names come from the shards' metadata (`classes`, which the importers write): the
+//! job's own data's, else the input's.
 
 use crate::config::JobConfig;
 use crate::net::NeuralNet;
@@ -28,7 +30,7 @@ pub enum Output {
 pub struct Row {
     /// The sample's index in the shard.
     pub index: usize,
-    /// Its label, if the shard has labels.
+    /// Its label, if the shard has one for it.
     pub label: Option<i32>,
     /// What the net says.
     pub output: Output,
@@ -46,6 +48,17 @@ pub struct Predictor {
     labels: Option<(usize, usize)>,
     /// Whether `read` holds scores (softmax and top-k) or features (as they are).
     features: bool,
+    /// Where image files were imported, removed with the predictor.
+    _temporary: Option<Temporary>,
+}
+
+/// A folder removed when dropped.
+struct Temporary(PathBuf);
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The test input layers of `job` (those with a `path`).
@@ -59,9 +72,9 @@ fn test_inputs(job: &JobConfig) -> Vec<usize> {
 }
 
 impl Predictor {
-    /// The test net of `job` with the parameters of `checkpoint`, reading `input` (a shard;
-    /// the job's test shard when `None`); `features` names a layer to read instead of the
-    /// class scores.
+    /// The test net of `job` with the parameters of `checkpoint`, reading `input` (a shard, an
+    /// image file or a folder of them; the job's test shard when `None`); `features` names a
+    /// layer to read instead of the class scores.
     pub fn new(
         job: &JobConfig,
         registry: &Registry,
@@ -85,42 +98,86 @@ impl Predictor {
                 ),
             ));
         };
+        let own = match job.layers[*input_layer].fields.get("path") {
+            Some(FieldValue::Str(p)) => job.origin.base_dir.join(p.as_str()),
+            _ => unreachable!("test_inputs keeps layers with a path"),
+        };
+        let mut temporary = None;
         let shard = match input {
+            None => own.clone(),
             Some(p) => {
                 let p = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+                let shard = if p.extension().is_some_and(|e| e == "shard") {
+                    p
+                } else {
+                    // Image files: into a shard of their own first.
+                    let dir =
+                        std::env::temp_dir().join(format!("singa-predict-{}", std::process::id()));
+                    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                    let shard = dir.join("images.shard");
+                    let _ = std::fs::remove_file(&shard);
+                    let imported = singa_data::import::image_files(&p)
+                        .and_then(|files| singa_data::import::import_images(&files, &shard));
+                    temporary = Some(Temporary(dir));
+                    imported?;
+                    shard
+                };
                 let l = &mut job.layers[*input_layer];
-                l.fields.set("path", p.display().to_string());
+                l.fields.set("path", shard.display().to_string());
                 l.fields.remove("import");
-                p
+                shard
             }
-            None => match job.layers[*input_layer].fields.get("path") {
-                Some(FieldValue::Str(p)) => job.origin.base_dir.join(p.as_str()),
-                _ => unreachable!("test_inputs keeps layers with a path"),
-            },
         };
         let data = singa_data::Shard::open(&shard)?;
+        let model = singa_data::Shard::open(&own).ok();
+        // The model reads records of the shape it was trained on: say so rather than fail
+        // somewhere in the net.
+        if let Some(model) = &model {
+            let (want, got) = (&model.spec().shape, &data.spec().shape);
+            if want != got {
+                let what = input.unwrap_or(&shard);
+                return Err(Error::data(
+                    what,
+                    0,
+                    format!(
+                        "its records are {got:?} (channels, height, width) but the model reads {want:?}, as in {}: resize them, or convert their channels",
+                        own.display()
+                    ),
+                ));
+            }
+        }
         let records = data.len();
-        let classes = data
-            .metadata()
-            .get("classes")
-            .and_then(|c| c.as_array())
-            .map(|c| {
-                c.iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| v.to_string())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let unlabelled = data.metadata().get("unlabelled").and_then(|v| v.as_bool()) == Some(true);
+        let names = |d: &singa_data::Shard| -> Vec<String> {
+            d.metadata()
+                .get("classes")
+                .and_then(|c| c.as_array())
+                .map(|c| {
+                    c.iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // The model's class names (its own data's), else the input's.
+        let classes = model
+            .as_ref()
+            .map(names)
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| names(&data));
         let mut trainer = Trainer::new(&job, registry, &TrainOptions::default())?;
         trainer.load_params(checkpoint)?;
         let net = trainer
             .test_net()
             .ok_or_else(|| Error::config(&file, "layer", "the job has no test net"))?;
         let loss = (0..net.layers().len()).find(|&i| net.layers()[i].type_name == "softmax_loss");
-        let labels = loss.and_then(|i| net.sources(i).get(1).copied());
+        let labels = loss
+            .and_then(|i| net.sources(i).get(1).copied())
+            .filter(|_| !unlabelled);
         let (read, features) = match features {
             Some(name) => {
                 let i = net
@@ -167,6 +224,7 @@ impl Predictor {
             read,
             labels,
             features,
+            _temporary: temporary,
         })
     }
 

@@ -3,11 +3,13 @@
 mod cifar10;
 mod idx;
 mod image_folder;
+mod images;
 mod mnist;
 
 pub use cifar10::import_cifar10;
 pub use idx::{read_idx, Idx};
 pub use image_folder::import_image_folder;
+pub use images::{image_files, import_images, is_image_file};
 pub use mnist::{import_mnist, MnistKind};
 
 use singa_core::{Error, Result};
