@@ -35,6 +35,15 @@ fn name(classes: &[String], class: usize) -> String {
 /// how many were right.
 pub fn print(p: &mut Predictor, n: Option<usize>, top: usize, format: &str) -> Result<()> {
     let classes = p.classes().to_vec();
+    let files = p.files().to_vec();
+    // A sample is named by its file when it came from one, else by its index.
+    let sample = |i: usize| files.get(i).cloned().unwrap_or_else(|| i.to_string());
+    let width = files
+        .iter()
+        .map(|f| f.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     let label_text = |l: Option<i32>| match l {
         Some(l) if l >= 0 => name(&classes, l as usize),
         Some(l) => l.to_string(),
@@ -50,15 +59,15 @@ pub fn print(p: &mut Predictor, n: Option<usize>, top: usize, format: &str) -> R
         match (&row.output, format) {
             (Output::Top(t), "table") => {
                 if std::mem::take(&mut header) {
-                    outln!("{:>7}  {:<12}  prediction (probability)", "sample", "label");
+                    outln!("{:>width$}  {:<12}  prediction (probability)", "sample", "label");
                 }
                 let guesses: Vec<String> = t
                     .iter()
                     .map(|&(c, prob)| format!("{} ({prob:.4})", name(&classes, c)))
                     .collect();
                 outln!(
-                    "{:>7}  {:<12}  {}",
-                    row.index,
+                    "{:>width$}  {:<12}  {}",
+                    sample(row.index),
                     label_text(row.label),
                     guesses.join("  ")
                 );
@@ -74,7 +83,12 @@ pub fn print(p: &mut Predictor, n: Option<usize>, top: usize, format: &str) -> R
                     .iter()
                     .map(|&(c, prob)| format!("{},{prob}", csv(&name(&classes, c))))
                     .collect();
-                outln!("{},{},{}", row.index, csv(&label_text(row.label)), cols.join(","));
+                outln!(
+                    "{},{},{}",
+                    csv(&sample(row.index)),
+                    csv(&label_text(row.label)),
+                    cols.join(",")
+                );
             }
             (Output::Top(t), _) => {
                 let top: Vec<serde_json::Value> = t
@@ -83,10 +97,11 @@ pub fn print(p: &mut Predictor, n: Option<usize>, top: usize, format: &str) -> R
                         serde_json::json!({"class": c, "name": name(&classes, c), "probability": prob})
                     })
                     .collect();
-                outln!(
-                    "{}",
-                    serde_json::json!({"sample": row.index, "label": row.label, "top": top})
-                );
+                let mut v = serde_json::json!({"sample": row.index, "label": row.label, "top": top});
+                if let Some(f) = files.get(row.index) {
+                    v["file"] = f.clone().into();
+                }
+                outln!("{v}");
             }
             (Output::Features(f), "jsonl") => {
                 outln!(
@@ -113,11 +128,11 @@ pub fn print(p: &mut Predictor, n: Option<usize>, top: usize, format: &str) -> R
     if labelled > 0 {
         errln!(
             "{rows} samples of {}: top-1 accuracy {:.2}% against its labels",
-            p.shard().display(),
+            p.source().display(),
             100.0 * right as f64 / labelled as f64
         );
     } else {
-        errln!("{rows} samples of {}", p.shard().display());
+        errln!("{rows} samples of {}", p.source().display());
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ pub struct Row {
 /// A trained model ready to predict.
 pub struct Predictor {
     trainer: Trainer,
-    shard: PathBuf,
+    source: PathBuf,
     records: usize,
     classes: Vec<String>,
     /// The layer and output read (the scores, or the features' layer).
@@ -48,8 +48,18 @@ pub struct Predictor {
     labels: Option<(usize, usize)>,
     /// Whether `read` holds scores (softmax and top-k) or features (as they are).
     features: bool,
+    /// The files of the samples, when they were image files.
+    files: Vec<String>,
     /// Where image files were imported, removed with the predictor.
     _temporary: Option<Temporary>,
+}
+
+/// The last part of a path, for a table.
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
 }
 
 /// A folder removed when dropped.
@@ -148,6 +158,12 @@ impl Predictor {
         }
         let records = data.len();
         let unlabelled = data.metadata().get("unlabelled").and_then(|v| v.as_bool()) == Some(true);
+        let files: Vec<String> = data
+            .metadata()
+            .get("files")
+            .and_then(|f| f.as_array())
+            .map(|f| f.iter().filter_map(|v| v.as_str()).map(file_name).collect())
+            .unwrap_or_default();
         let names = |d: &singa_data::Shard| -> Vec<String> {
             d.metadata()
                 .get("classes")
@@ -218,14 +234,20 @@ impl Predictor {
         };
         Ok(Predictor {
             trainer,
-            shard,
+            source: input.map(Path::to_path_buf).unwrap_or(shard),
             records,
             classes,
             read,
             labels,
             features,
+            files,
             _temporary: temporary,
         })
+    }
+
+    /// The files the samples came from, when the input was image files.
+    pub fn files(&self) -> &[String] {
+        &self.files
     }
 
     /// The class names, by label (empty when the shard records none).
@@ -233,9 +255,10 @@ impl Predictor {
         &self.classes
     }
 
-    /// The shard read.
-    pub fn shard(&self) -> &Path {
-        &self.shard
+    /// What is read: the input as given (a shard, image file or folder), or the job's test
+    /// shard.
+    pub fn source(&self) -> &Path {
+        &self.source
     }
 
     /// The records of the shard.
