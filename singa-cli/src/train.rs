@@ -286,11 +286,13 @@ pub fn over_mpi(
     }
 }
 
-/// What every rank must agree on: the job as read, without where its file was.
+/// What every rank must agree on: the job as read, without where its file was (nor its text:
+/// the same job may be written in other words).
 #[cfg(feature = "mpi")]
 fn fingerprint(config: &JobConfig) -> String {
     let mut c = config.clone();
     c.origin = Default::default();
+    c.text = None;
     format!("{c:#?}")
 }
 

@@ -6,13 +6,13 @@
 //! nothing here allocates unless it returns an error.
 
 use crate::device::{
-    AdaptiveArgs, BinaryOp, BufView, DeviceRef, Dims3, Distribution, GemmArgs, GemmLayout,
-    ReduceOp, SgdArgs, UnaryOp,
+    AdaptiveArgs, BinaryOp, BufView, DeviceRef, Dims3, Distribution, DynDevice, GemmArgs,
+    GemmLayout, ReduceOp, SgdArgs, UnaryOp,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{Access, Tensor};
-use abi_stable::std_types::ROption;
+use abi_stable::std_types::{ROption, RResult};
 
 mod nn;
 
@@ -354,28 +354,37 @@ impl DeviceRef {
 
     /// `y[o, m, i] += v[m]`.
     pub fn add_broadcast(&self, dims: Dims3, v: &Tensor, y: &mut Tensor) -> Result<()> {
-        const OP: &str = "add_broadcast";
-        let vv = self.check(OP, v, Some(DType::F32))?;
-        let yv = self.check(OP, y, Some(DType::F32))?;
-        Self::check_len(OP, v, dims.mid, "the vector")?;
-        Self::check_len(OP, y, dims.numel(), "the tensor")?;
-        Self::check_alias(OP, &yv, &[vv], false)?;
-        let _access = Access::new(OP, &[y], &[v])?;
-        // SAFETY: checked above.
-        unsafe { self.raw().add_broadcast(dims, vv, yv) }.into_result()
+        // SAFETY: `broadcast` checks the views first.
+        self.broadcast("add_broadcast", dims, v, y, |d, v, y| unsafe {
+            d.add_broadcast(dims, v, y)
+        })
     }
 
     /// `y[o, m, i] *= v[m]`.
     pub fn mul_broadcast(&self, dims: Dims3, v: &Tensor, y: &mut Tensor) -> Result<()> {
-        const OP: &str = "mul_broadcast";
-        let vv = self.check(OP, v, Some(DType::F32))?;
-        let yv = self.check(OP, y, Some(DType::F32))?;
-        Self::check_len(OP, v, dims.mid, "the vector")?;
-        Self::check_len(OP, y, dims.numel(), "the tensor")?;
-        Self::check_alias(OP, &yv, &[vv], false)?;
-        let _access = Access::new(OP, &[y], &[v])?;
-        // SAFETY: checked above.
-        unsafe { self.raw().mul_broadcast(dims, vv, yv) }.into_result()
+        // SAFETY: `broadcast` checks the views first.
+        self.broadcast("mul_broadcast", dims, v, y, |d, v, y| unsafe {
+            d.mul_broadcast(dims, v, y)
+        })
+    }
+
+    /// Checks a vector `v` along the middle axis of `y` (`dims`), then runs `op` on their
+    /// views.
+    fn broadcast(
+        &self,
+        op: &'static str,
+        dims: Dims3,
+        v: &Tensor,
+        y: &mut Tensor,
+        run: impl FnOnce(&DynDevice, BufView, BufView) -> RResult<(), Error>,
+    ) -> Result<()> {
+        let vv = self.check(op, v, Some(DType::F32))?;
+        let yv = self.check(op, y, Some(DType::F32))?;
+        Self::check_len(op, v, dims.mid, "the vector")?;
+        Self::check_len(op, y, dims.numel(), "the tensor")?;
+        Self::check_alias(op, &yv, &[vv], false)?;
+        let _access = Access::new(op, &[y], &[v])?;
+        run(self.raw(), vv, yv).into_result()
     }
 
     /// `y = min(max(x, min), max)` (see [`UnaryOp::Clamp`]).
