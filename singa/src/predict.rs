@@ -71,12 +71,15 @@ impl Drop for Temporary {
     }
 }
 
-/// The test input layers of `job` (those with a `path`).
-fn test_inputs(job: &JobConfig) -> Vec<usize> {
-    (0..job.layers.len())
-        .filter(|&i| {
-            let l = &job.layers[i];
-            l.in_phase(singa_core::Phase::TEST) && l.fields.get("path").is_some()
+/// The test input layers of `job` (those with a `path`), with their paths.
+fn test_inputs(job: &JobConfig) -> Vec<(usize, PathBuf)> {
+    job.layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.in_phase(singa_core::Phase::TEST))
+        .filter_map(|(i, l)| match l.fields.get("path") {
+            Some(FieldValue::Str(p)) => Some((i, job.origin.base_dir.join(p.as_str()))),
+            _ => None,
         })
         .collect()
 }
@@ -98,7 +101,7 @@ impl Predictor {
         job.cluster = Default::default();
         job.test_steps = job.test_steps.max(1);
         let inputs = test_inputs(&job);
-        let [input_layer] = inputs.as_slice() else {
+        let [(input_layer, own)] = inputs.as_slice() else {
             return Err(Error::config(
                 &file,
                 "layer",
@@ -108,10 +111,7 @@ impl Predictor {
                 ),
             ));
         };
-        let own = match job.layers[*input_layer].fields.get("path") {
-            Some(FieldValue::Str(p)) => job.origin.base_dir.join(p.as_str()),
-            _ => unreachable!("test_inputs keeps layers with a path"),
-        };
+        let (input_layer, own) = (*input_layer, own.clone());
         let mut temporary = None;
         let shard = match input {
             None => own.clone(),
@@ -132,7 +132,7 @@ impl Predictor {
                     imported?;
                     shard
                 };
-                let l = &mut job.layers[*input_layer];
+                let l = &mut job.layers[input_layer];
                 l.fields.set("path", shard.display().to_string());
                 l.fields.remove("import");
                 shard
