@@ -139,12 +139,9 @@ fn dry_run(args: &TrainArgs, ranks: Option<usize>, engine: &str) -> Result<()> {
                 path.display()
             );
         }
-        let (kind, src, path) = &imports[0];
-        let dst = path.parent().unwrap_or(std::path::Path::new("."));
         outln!(
-            "the nets are built from the data's shapes; to see them, import it (singa data import {kind} {} {}) and run this again",
-            src.display(),
-            dst.display()
+            "the nets are built from the data's shapes; to see them, import it ({}) and run this again",
+            import_command(&imports[0])
         );
         return Ok(());
     }
@@ -323,6 +320,16 @@ fn check_same_job(all: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The command that makes a shard of [`pending_imports`].
+fn import_command((kind, src, path): &(String, PathBuf, PathBuf)) -> String {
+    let dst = path.parent().unwrap_or(std::path::Path::new("."));
+    format!(
+        "singa data import {kind} {} {}",
+        src.display(),
+        dst.display()
+    )
+}
+
 /// The shards that training would import before it starts (input layers with an `import`
 /// table whose `path` does not exist yet): kind, source and shard, relative to the job file.
 fn pending_imports(config: &JobConfig) -> Vec<(String, PathBuf, PathBuf)> {
@@ -352,12 +359,11 @@ fn pending_imports(config: &JobConfig) -> Vec<(String, PathBuf, PathBuf)> {
 pub fn net(job: &std::path::Path, plugins: &[PathBuf], detail: Detail) -> Result<()> {
     let config = JobConfig::from_file(job)?;
     let registry = Registry::with_plugins(plugins, Some(&config), detail)?;
-    if let Some((kind, src, path)) = pending_imports(&config).first() {
+    if let Some(import) = pending_imports(&config).first() {
         return Err(Error::invalid(format!(
-            "the nets take their shapes from the data, and {} does not exist yet: import it first (singa data import {kind} {} {})",
-            path.display(),
-            src.display(),
-            path.parent().unwrap_or(std::path::Path::new(".")).display()
+            "the nets take their shapes from the data, and {} does not exist yet: import it first ({})",
+            import.2.display(),
+            import_command(import)
         )));
     }
     // The whole net on one worker: what each sample costs, whatever the cluster.

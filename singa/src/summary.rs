@@ -53,7 +53,8 @@ pub fn summarize(net: &NeuralNet, store: &ParamStore, job: &JobConfig) -> Vec<La
             let numel =
                 |specs: &[TensorSpec]| specs.iter().map(|s| s.shape.numel()).sum::<usize>() as f64;
             let outputs = numel(l.output_specs()) / batch;
-            let inputs = numel(&net.input_specs(i)) / batch;
+            let input_specs = net.input_specs(i);
+            let inputs = numel(&input_specs) / batch;
             let weights = |rank: usize| -> f64 {
                 l.params
                     .iter()
@@ -69,7 +70,7 @@ pub fn summarize(net: &NeuralNet, store: &ParamStore, job: &JobConfig) -> Vec<La
                 _ => None,
             };
             let t = l.type_name.as_str();
-            let flops = if net.input_specs(i).is_empty() || MOVES.contains(&t) {
+            let flops = if input_specs.is_empty() || MOVES.contains(&t) {
                 Some(0.0)
             } else if t == "inner_product" {
                 Some(2.0 * weights(2) + bias())
