@@ -138,5 +138,10 @@ fn cifar10_quick_learns_on_real_data() {
     let acc = metric(&summary.test, "accuracy");
     eprintln!("cifar10-quick after 400 steps: test accuracy {acc:.4}");
     assert!(acc > 0.40, "test accuracy {acc} after 400 steps");
+    // Exported as ONNX, the net gives ONNX Runtime singa's probabilities on the first 500
+    // test images (airplanes all, in this shard's order; the classes predicted vary).
+    if let Some(report) = singa_tests::onnx::check_against_onnxruntime(&mut trainer, 5, &dir) {
+        eprintln!("cifar10-quick in ONNX Runtime: {report}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

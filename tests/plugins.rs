@@ -65,6 +65,16 @@ fn plugin_layer_and_updater_train_a_net_from_the_job_file() {
         accuracy > 0.9,
         "swish + lion learn the toy problem, got {accuracy}"
     );
+    // A plugin's layer has no ONNX form that singa knows: the export says which.
+    let net = trainer.test_net().unwrap();
+    let refused = singa_onnx::export(net, trainer.params(), &Default::default())
+        .err()
+        .expect("a plugin layer is refused")
+        .to_string();
+    assert!(
+        refused.contains("layer act (type swish) has no ONNX form"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -445,7 +455,7 @@ fn plugin_check_holds_layers_to_overwriting_their_gradients() {
     let examples = |name: &str| -> Option<Vec<LayerExample>> {
         let (fields, inputs) = match name {
             "inner_product" => (Fields::new().with("num_output", 3i64), vec![x(&[4, 8])]),
-            "activation" => (Fields::new().with("type", "sigmoid"), vec![x(&[4, 8])]),
+            "activation" => (Fields::new().with("function", "sigmoid"), vec![x(&[4, 8])]),
             "convolution" => (
                 Fields::new()
                     .with("num_filters", 2i64)

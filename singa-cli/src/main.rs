@@ -2,6 +2,7 @@
 
 mod bench;
 mod cost;
+mod export;
 mod output;
 mod plot;
 mod predict;
@@ -140,6 +141,22 @@ enum Command {
         /// Write this layer's outputs (features) instead of classes.
         #[arg(long, value_name = "LAYER")]
         features: Option<String>,
+        /// A plugin library with layer or updater types (repeatable).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
+    },
+    /// Export a trained model (the job's test net with a checkpoint's parameters) as an ONNX
+    /// file, for ONNX Runtime, PyTorch and other frameworks.
+    Export {
+        /// The job file (TOML) the model was trained with [default: the job the checkpoint
+        /// records].
+        job: Option<PathBuf>,
+        /// The checkpoint with the trained parameters.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The ONNX file to write.
+        #[arg(long, value_name = "FILE")]
+        onnx: PathBuf,
         /// A plugin library with layer or updater types (repeatable).
         #[arg(long = "plugin", value_name = "PATH")]
         plugins: Vec<PathBuf>,
@@ -437,6 +454,22 @@ fn run(cli: Cli) -> Result<()> {
                 features.as_deref(),
             )?;
             predict::print(&mut p, n, top.max(1), &format)
+        }
+        Command::Export {
+            job,
+            checkpoint,
+            onnx,
+            plugins,
+        } => {
+            let config = match job {
+                Some(job) => JobConfig::from_file(&job)?,
+                None => predict::recorded_job(&checkpoint)?,
+            };
+            let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
+            let model = singa_onnx::export_checkpoint(&config, &registry, &checkpoint)?;
+            model.save(&onnx)?;
+            export::print(&model, &onnx);
+            Ok(())
         }
         Command::Plot { workspaces, out } => {
             let runs = workspaces

@@ -837,6 +837,77 @@ fn predict_gives_the_test_accuracy_and_writes_features() {
     fails_with(&o, "nothing.safetensors");
 }
 
+#[test]
+fn export_writes_an_onnx_model_and_says_what_it_takes() {
+    let (dir, job) = setup(
+        "cli-export",
+        "train_steps = 10\ntest_steps = 2\ncheckpoint_freq = 0",
+    );
+    let j = job.to_str().unwrap();
+    let o = singa(&["train", j, "--workspace", "ws"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = "ws/checkpoints/step-00000010.safetensors";
+    // From the checkpoint alone: it records the job.
+    let o = singa(
+        &["export", "--checkpoint", ckpt, "--onnx", "model.onnx"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(lines[0].starts_with("wrote model.onnx ("), "{out}");
+    assert!(lines[0].ends_with("kB): ONNX opset 21, 8 nodes"), "{out}");
+    assert!(
+        lines[1].starts_with("input data float32 [batch, 1, 8, 8] the stored values times 0.0039"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("output prob float32 [batch, 4]"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[3],
+        "metadata: singa.preprocessing, singa.classes, singa.job"
+    );
+    // An ONNX model is a protobuf message opening with its IR version (field 1): 10.
+    let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
+    assert_eq!(&bytes[..2], &[0x08, 10]);
+    // Mistakes: one line each, naming the file.
+    let o = singa(
+        &[
+            "export",
+            j,
+            "--checkpoint",
+            "nothing.safetensors",
+            "--onnx",
+            "m.onnx",
+        ],
+        &dir,
+    );
+    fails_with(&o, "nothing.safetensors");
+    // Folders are made as needed; a file in the way is named.
+    let o = singa(
+        &["export", j, "--checkpoint", ckpt, "--onnx", "new/m.onnx"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = singa(
+        &[
+            "export",
+            j,
+            "--checkpoint",
+            ckpt,
+            "--onnx",
+            "model.onnx/m.onnx",
+        ],
+        &dir,
+    );
+    fails_with(&o, "model.onnx");
+}
+
 /// Writes a `side`×`side` PNG of one colour (with a little noise) to `path`.
 fn png(path: &Path, side: u32, rgb: [u8; 3], seed: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

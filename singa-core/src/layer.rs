@@ -246,6 +246,12 @@ pub fn downcast_layer_mut<L: Layer + 'static>(layer: &mut LayerBox) -> Option<&m
     Some(&mut guarded.inner)
 }
 
+/// The layer of type `L` inside `layer`, read-only: see [`downcast_layer_mut`].
+pub fn downcast_layer<L: Layer + 'static>(layer: &LayerBox) -> Option<&L> {
+    let guarded = layer.obj.downcast_as::<Guarded<L>>().ok()?;
+    Some(&guarded.inner)
+}
+
 impl<L: Layer> Layer for Guarded<L> {
     fn setup(
         &mut self,

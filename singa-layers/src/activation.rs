@@ -1,5 +1,6 @@
 //! Elementwise activation layers.
 
+use crate::operator::{Describe, Operator};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     DType, DeviceRef, Error, FieldKind, FieldSpec, Fields, Layer, LayerDef, ParamFactoryMut, Phase,
@@ -87,6 +88,13 @@ macro_rules! activation_layer {
             }
         }
 
+        impl Describe for $name {
+            fn operator(&self) -> Option<Operator> {
+                self.0.dev.as_ref()?;
+                Some(Operator::Unary(self.0.op))
+            }
+        }
+
         impl Layer for $name {
             fn setup(&mut self, ctx: &SetupContext<'_>, _: ParamFactoryMut<'_>) -> RResult<RVec<TensorSpec>, Error> {
                 self.0.setup(ctx)
@@ -143,12 +151,12 @@ activation_layer!(
 
 activation_layer!(
     /// Any of the activations above, picked by a field (SINGA v0.3's `Activation` layer).
-    Activation, "activation", "One layer for relu, sigmoid, tanh and stanh, chosen by `type`.",
+    Activation, "activation", "One layer for relu, sigmoid, tanh and stanh, chosen by `function` (a layer's `type` is its own type's name, so the field cannot be called `type` as in SINGA).",
     fields: vec![
-        FieldSpec::new("type", FieldKind::Str, "the function").required().choices(&["relu", "sigmoid", "tanh", "stanh"]),
-        FieldSpec::new("negative_slope", FieldKind::Float, "slope for x < 0 when type = relu").default(0.0),
+        FieldSpec::new("function", FieldKind::Str, "the function").required().choices(&["relu", "sigmoid", "tanh", "stanh"]),
+        FieldSpec::new("negative_slope", FieldKind::Float, "slope for x < 0 when function = relu").default(0.0),
     ],
-    op: |f| match f.str("type")? {
+    op: |f| match f.str("function")? {
         "relu" => {
             let slope = f.f32("negative_slope")?;
             if slope == 0.0 { UnaryOp::Relu } else { UnaryOp::LeakyRelu { slope } }

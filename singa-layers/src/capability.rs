@@ -6,9 +6,11 @@
 //! a plugin library, simply has none, and the runtime takes its general path. Adding or
 //! changing a capability thus never changes the interface plugins are built against.
 
-use singa_core::{downcast_layer_mut, LayerBox, Result, Tensor};
+use singa_core::{downcast_layer, downcast_layer_mut, Layer, LayerBox, Result, Tensor};
 
 use crate::inner_product::InnerProduct;
+use crate::operator::{Describe, Operator};
+use crate::{activation, connection, conv, dropout, input, loss, norm, output};
 
 /// Data parallelism in one process: the workers of a group compute a parameter's gradient
 /// together, each a block of rows over every worker's batch, into one gradient the group
@@ -40,4 +42,36 @@ pub trait RowGradients {
 /// The [`RowGradients`] capability of `layer`, if its type has it.
 pub fn row_gradients(layer: &mut LayerBox) -> Option<&mut dyn RowGradients> {
     downcast_layer_mut::<InnerProduct>(layer).map(|l| l as &mut dyn RowGradients)
+}
+
+/// What `layer` computes in testing, if it is a built-in layer that is set up; `None` for a
+/// plugin's layer (or one not set up).
+pub fn operator(layer: &LayerBox) -> Option<Operator> {
+    fn of<L: Layer + Describe + 'static>(layer: &LayerBox) -> Option<Option<Operator>> {
+        downcast_layer::<L>(layer).map(L::operator)
+    }
+    of::<input::ShardData>(layer)
+        .or_else(|| of::<input::ImageData>(layer))
+        .or_else(|| of::<InnerProduct>(layer))
+        .or_else(|| of::<activation::Relu>(layer))
+        .or_else(|| of::<activation::Sigmoid>(layer))
+        .or_else(|| of::<activation::Tanh>(layer))
+        .or_else(|| of::<activation::STanh>(layer))
+        .or_else(|| of::<activation::Activation>(layer))
+        .or_else(|| of::<dropout::Dropout>(layer))
+        .or_else(|| of::<conv::Convolution>(layer))
+        .or_else(|| of::<conv::Pooling>(layer))
+        .or_else(|| of::<norm::Lrn>(layer))
+        .or_else(|| of::<norm::BatchNorm>(layer))
+        .or_else(|| of::<connection::Concat>(layer))
+        .or_else(|| of::<connection::Slice>(layer))
+        .or_else(|| of::<connection::Split>(layer))
+        .or_else(|| of::<connection::Flatten>(layer))
+        .or_else(|| of::<connection::Reshape>(layer))
+        .or_else(|| of::<output::Softmax>(layer))
+        .or_else(|| of::<output::ArgSort>(layer))
+        .or_else(|| of::<output::Accuracy>(layer))
+        .or_else(|| of::<loss::SoftmaxLoss>(layer))
+        .or_else(|| of::<loss::EuclideanLoss>(layer))
+        .flatten()
 }

@@ -4,6 +4,7 @@
 //! Concatenation and slicing along any axis are column copies: seen as a matrix
 //! `[before axis, axis × after axis]`, each part is a block of columns of the whole.
 
+use crate::operator::{Describe, Operator};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     DeviceRef, Error, FieldKind, FieldSpec, FieldValue, Fields, Layer, LayerDef, ParamFactoryMut,
@@ -146,6 +147,13 @@ impl Concat {
             Blocks::new(rows, inner, inputs.iter().map(|x| x.shape.dim(self.axis))),
         ));
         Ok(vec![TensorSpec::new("output", Shape::new(&dims)?, first.dtype)].into())
+    }
+}
+
+impl Describe for Concat {
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::Concat { axis: self.axis })
     }
 }
 
@@ -314,6 +322,13 @@ impl Slice {
     }
 }
 
+impl Describe for Slice {
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::Slice { axis: self.axis })
+    }
+}
+
 impl Layer for Slice {
     fn setup(
         &mut self,
@@ -381,6 +396,13 @@ impl LayerDef for Split {
             return Err(Error::invalid("num_splits must be at least 1"));
         }
         Ok(Split { splits, dev: None })
+    }
+}
+
+impl Describe for Split {
+    fn operator(&self) -> Option<Operator> {
+        self.dev.as_ref()?;
+        Some(Operator::Identity)
     }
 }
 
@@ -483,6 +505,13 @@ impl<R: ShapeRule> LayerDef for Reshaping<R> {
 impl<R: ShapeRule> Reshaping<R> {
     fn dev(&self) -> Result<&DeviceRef> {
         self.dev.as_ref().ok_or_else(|| not_set_up(R::TYPE))
+    }
+}
+
+impl<R: ShapeRule> Describe for Reshaping<R> {
+    fn operator(&self) -> Option<Operator> {
+        self.dev.as_ref()?;
+        Some(Operator::Reshape)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Convolution and pooling over NCHW images.
 
+use crate::operator::{Describe, Operator};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     ConvShape, DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, Init, Layer, LayerDef,
@@ -240,6 +241,16 @@ impl Convolution {
     }
 }
 
+impl Describe for Convolution {
+    fn operator(&self) -> Option<Operator> {
+        let s = self.state.as_ref()?;
+        Some(Operator::Convolution {
+            shape: s.shape,
+            bias: self.bias_term,
+        })
+    }
+}
+
 impl Layer for Convolution {
     fn setup(
         &mut self,
@@ -428,6 +439,12 @@ impl Pooling {
         self.state
             .as_mut()
             .ok_or_else(|| Error::invalid("pooling used before setup"))
+    }
+}
+
+impl Describe for Pooling {
+    fn operator(&self) -> Option<Operator> {
+        Some(Operator::Pooling(self.state.as_ref()?.shape))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Dropout.
 
+use crate::operator::{Describe, Operator};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     BinaryOp, DType, DeviceRef, Distribution, Error, FieldKind, FieldSpec, Fields, Layer, LayerDef,
@@ -57,6 +58,14 @@ impl Dropout {
         self.state
             .as_mut()
             .ok_or_else(|| Error::invalid("dropout used before setup"))
+    }
+}
+
+impl Describe for Dropout {
+    /// Dropout is the identity in testing (inverted dropout scales in training).
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::Identity)
     }
 }
 

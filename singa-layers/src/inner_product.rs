@@ -1,6 +1,7 @@
 //! The fully connected layer.
 
 use crate::capability::RowGradients;
+use crate::operator::{Describe, Operator};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, GemmLayout, Init, Layer,
@@ -112,6 +113,16 @@ impl InnerProduct {
         self.state
             .as_mut()
             .ok_or_else(|| Error::invalid("inner_product used before setup"))
+    }
+}
+
+impl Describe for InnerProduct {
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::InnerProduct {
+            transposed: self.transpose,
+            bias: self.bias_term,
+        })
     }
 }
 

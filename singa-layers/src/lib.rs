@@ -35,6 +35,7 @@ pub mod inner_product;
 pub mod input;
 pub mod loss;
 pub mod norm;
+pub mod operator;
 pub mod output;
 pub mod schedule;
 mod sums;

@@ -3,6 +3,7 @@
 //! A loss layer has no outputs. It accumulates its statistics on the device every step and
 //! reads them back only when the runtime asks for metrics, so a step never waits for the host.
 
+use crate::operator::{Describe, Operator};
 use crate::sums::Sums;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RString, RVec};
 use singa_core::{
@@ -78,6 +79,13 @@ impl SoftmaxLoss {
             rows,
         });
         Ok(RVec::new())
+    }
+}
+
+impl Describe for SoftmaxLoss {
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::SoftmaxLoss)
     }
 }
 
@@ -195,6 +203,13 @@ impl EuclideanLoss {
         self.state
             .as_mut()
             .ok_or_else(|| Error::invalid("euclidean_loss used before setup"))
+    }
+}
+
+impl Describe for EuclideanLoss {
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::EuclideanLoss)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Normalisation layers: local response normalisation and batch normalisation.
 
+use crate::operator::{Describe, Operator};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     BatchNormArgs, DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, Init, Layer,
@@ -58,6 +59,18 @@ impl Lrn {
         self.state
             .as_mut()
             .ok_or_else(|| Error::invalid("lrn used before setup"))
+    }
+}
+
+impl Describe for Lrn {
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::Lrn {
+            size: self.size,
+            alpha: self.alpha,
+            beta: self.beta,
+            k: self.k,
+        })
     }
 }
 
@@ -239,6 +252,13 @@ impl BatchNorm {
             unused_dx: None,
         });
         Ok(vec![TensorSpec::new("output", input.shape, DType::F32)].into())
+    }
+}
+
+impl Describe for BatchNorm {
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::BatchNorm { eps: self.eps })
     }
 }
 

@@ -1,5 +1,6 @@
 //! Output layers: class probabilities, top-k predictions and top-k accuracy.
 
+use crate::operator::{Describe, Operator};
 use crate::sums::Sums;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RString, RVec};
 use singa_core::{
@@ -75,6 +76,13 @@ impl LayerDef for Softmax {
     }
 }
 
+impl Describe for Softmax {
+    fn operator(&self) -> Option<Operator> {
+        self.dev.as_ref()?;
+        Some(Operator::Softmax)
+    }
+}
+
 impl Layer for Softmax {
     fn setup(
         &mut self,
@@ -144,6 +152,13 @@ impl LayerDef for ArgSort {
             k: top_k(f)?,
             dev: None,
         })
+    }
+}
+
+impl Describe for ArgSort {
+    fn operator(&self) -> Option<Operator> {
+        self.dev.as_ref()?;
+        Some(Operator::TopK { k: self.k })
     }
 }
 
@@ -225,6 +240,13 @@ impl LayerDef for Accuracy {
             k: top_k(f)?,
             state: None,
         })
+    }
+}
+
+impl Describe for Accuracy {
+    fn operator(&self) -> Option<Operator> {
+        self.state.as_ref()?;
+        Some(Operator::Metric)
     }
 }
 

@@ -34,7 +34,7 @@ proptest! {
             2 => ("sigmoid", Fields::new()),
             3 => ("tanh", Fields::new()),
             4 => ("stanh", Fields::new()),
-            _ => ("activation", Fields::new().with("type", "tanh")),
+            _ => ("activation", Fields::new().with("function", "tanh")),
         };
         Case::new(name, fields, vec![f32_spec(&[b, f])], seed).gradcheck();
     }

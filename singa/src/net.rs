@@ -16,6 +16,7 @@ use singa_core::{
     ResultExt, SetupContext, Tensor, TensorSpec,
 };
 use singa_layers::capability::row_gradients;
+use singa_layers::operator::Operator;
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -587,6 +588,11 @@ impl NeuralNet {
     /// The outputs of layer `i`, as its last forward pass left them.
     pub fn outputs(&self, i: usize) -> &[Tensor] {
         &self.layers[i].outputs
+    }
+
+    /// What layer `i` computes in testing, if it is a built-in layer (a plugin's is unknown).
+    pub fn operator(&self, i: usize) -> Option<Operator> {
+        singa_layers::capability::operator(&self.layers[i].layer)
     }
 
     /// The (layer, output) pairs layer `i` reads.

@@ -84,6 +84,36 @@ fn test_inputs(job: &JobConfig) -> Vec<(usize, PathBuf)> {
         .collect()
 }
 
+/// The class names a shard's metadata keeps (`classes`, which the importers write), by label;
+/// empty when it keeps none.
+pub fn class_names(shard: &singa_data::Shard) -> Vec<String> {
+    shard
+        .metadata()
+        .get("classes")
+        .and_then(|c| c.as_array())
+        .map(|c| {
+            c.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The class names of the data `job` tests on (its one test input layer's shard), if that
+/// shard exists and keeps them.
+pub fn model_classes(job: &JobConfig) -> Vec<String> {
+    match test_inputs(job).as_slice() {
+        [(_, path)] => singa_data::Shard::open(path)
+            .map(|s| class_names(&s))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 impl Predictor {
     /// The test net of `job` with the parameters of `checkpoint`, reading `input` (a shard, an
     /// image file or a folder of them; the job's test shard when `None`); `features` names a
@@ -164,27 +194,12 @@ impl Predictor {
             .and_then(|f| f.as_array())
             .map(|f| f.iter().filter_map(|v| v.as_str()).map(file_name).collect())
             .unwrap_or_default();
-        let names = |d: &singa_data::Shard| -> Vec<String> {
-            d.metadata()
-                .get("classes")
-                .and_then(|c| c.as_array())
-                .map(|c| {
-                    c.iter()
-                        .map(|v| {
-                            v.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| v.to_string())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         // The model's class names (its own data's), else the input's.
         let classes = model
             .as_ref()
-            .map(names)
+            .map(class_names)
             .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| names(&data));
+            .unwrap_or_else(|| class_names(&data));
         let mut trainer = Trainer::new(&job, registry, &TrainOptions::default())?;
         trainer.load_params(checkpoint)?;
         let net = trainer

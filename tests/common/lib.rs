@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: temporary folders and small synthetic data sets in
 //! the MNIST file format, and building the plugin crates the tests load.
 
+pub mod onnx;
+
 use singa_core::rng::SplitMix64;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! scaling, and seeded crop and mirror augmentation.
 
 use super::{resolve, Records};
+use crate::operator::Preprocessing;
 use singa_core::{Error, FieldKind, FieldSpec, FieldValue, Fields, Result, SetupContext};
 use singa_data::{ImagePrep, ImageSpec, LoaderConfig, Mean, Shard};
 
@@ -114,6 +115,20 @@ impl Records for Images {
             },
             shape,
         ))
+    }
+
+    fn preprocessing(&self) -> Preprocessing {
+        let spec = &self.spec;
+        Preprocessing {
+            scale: spec.scale,
+            mean: match &spec.mean {
+                Mean::PerChannel(m) => m.clone(),
+                _ => Vec::new(),
+            },
+            mean_file: self.mean_file.clone(),
+            std: spec.std.clone(),
+            crop: spec.crop,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod shard_data;
 pub use image_data::Images;
 pub use shard_data::Values;
 
+use crate::operator::{Describe, Operator, Preprocessing};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     DType, Error, FieldKind, FieldSpec, Fields, Layer, LayerDef, ParamFactoryMut, Phase, Result,
@@ -41,6 +42,8 @@ pub trait Records: Send + Sync + Sized + 'static {
     /// How the loader prepares `shard`'s records (its batch size, order and seed are set by
     /// the layer), and the shape of one prepared record.
     fn prepare(&self, ctx: &SetupContext<'_>, shard: &Shard) -> Result<(LoaderConfig, Vec<usize>)>;
+    /// How stored values become the data output in testing.
+    fn preprocessing(&self) -> Preprocessing;
 }
 
 /// An input layer: batches of a shard, prepared by `R`, as the outputs `data` (f32) and `label`
@@ -98,6 +101,13 @@ impl<R: Records> Input<R> {
             TensorSpec::new("label", [batch], DType::I32),
         ]
         .into())
+    }
+}
+
+impl<R: Records> Describe for Input<R> {
+    fn operator(&self) -> Option<Operator> {
+        self.source.run.as_ref()?;
+        Some(Operator::Input(self.records.preprocessing()))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `shard_data`: records of any shape as they are stored, scaled and shifted.
 
 use super::Records;
+use crate::operator::Preprocessing;
 use singa_core::{Error, FieldKind, FieldSpec, Fields, Result, SetupContext};
 use singa_data::{LoaderConfig, Shard, Transform};
 
@@ -8,6 +9,8 @@ use singa_data::{LoaderConfig, Shard, Transform};
 /// `(value · scale − mean) / std`.
 pub struct Values {
     transform: Transform,
+    /// The fields the transform was made of, as the user gave them.
+    given: Preprocessing,
 }
 
 impl Records for Values {
@@ -43,6 +46,13 @@ impl Records for Values {
                 scale: scale / std,
                 shift: -mean / std,
             },
+            given: Preprocessing {
+                scale,
+                mean: vec![mean],
+                mean_file: None,
+                std: vec![std],
+                crop: None,
+            },
         })
     }
 
@@ -52,5 +62,9 @@ impl Records for Values {
             ..LoaderConfig::new(1)
         };
         Ok((config, shard.spec().shape.clone()))
+    }
+
+    fn preprocessing(&self) -> Preprocessing {
+        self.given.clone()
     }
 }
