@@ -33,15 +33,23 @@ pub fn print(model: &Model, path: &Path) {
         singa_onnx::OPSET,
         model.nodes()
     );
-    for (what, values) in [("input", model.inputs()), ("output", model.outputs())] {
-        for v in values {
-            outln!(
-                "  {what:<6}  {:<8}  {:<24}  {}",
-                v.name,
-                signature(v),
-                v.doc
-            );
-        }
+    let rows: Vec<[String; 4]> = [("input", model.inputs()), ("output", model.outputs())]
+        .into_iter()
+        .flat_map(|(what, values)| {
+            values.iter().map(move |v| {
+                [
+                    what.to_string(),
+                    v.name.clone(),
+                    signature(v),
+                    v.doc.clone(),
+                ]
+            })
+        })
+        .collect();
+    let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    for [what, name, sig, doc] in &rows {
+        outln!("  {what:<w0$}  {name:<w1$}  {sig:<w2$}  {doc}");
     }
     let keys: Vec<&str> = model.metadata().into_iter().map(|(k, _)| k).collect();
     outln!("  metadata: {}", keys.join(", "));

@@ -125,8 +125,9 @@ enum Command {
         /// The checkpoint with the trained parameters.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// What to predict: a shard, a JPEG or PNG file, or a folder of them [default: the
-        /// job's test shard].
+        /// What to predict: a shard, an IDX file of images (MNIST's `*-images-idx3-ubyte[.gz]`,
+        /// labelled by the labels file beside it), a JPEG or PNG file, or a folder of them
+        /// [default: the job's test shard].
         #[arg(long)]
         input: Option<PathBuf>,
         /// Predict the first N samples [default: all].

@@ -747,6 +747,47 @@ fn predict_gives_the_test_accuracy_and_writes_features() {
         "predict: {} test: {tested}",
         stderr(&o)
     );
+    // The IDX files MNIST ships: the labels file beside the images is read too.
+    let o = singa(
+        &[
+            "predict",
+            j,
+            "--checkpoint",
+            ckpt,
+            "--input",
+            "t10k-images-idx3-ubyte.gz",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("top-1 accuracy {accuracy} against its labels")),
+        "{}",
+        stderr(&o)
+    );
+    // Without it, the images are predicted unlabelled.
+    std::fs::create_dir_all(dir.join("alone")).unwrap();
+    std::fs::copy(
+        dir.join("t10k-images-idx3-ubyte.gz"),
+        dir.join("alone/t10k-images-idx3-ubyte.gz"),
+    )
+    .unwrap();
+    let o = singa(
+        &[
+            "predict",
+            j,
+            "--checkpoint",
+            ckpt,
+            "--input",
+            "alone/t10k-images-idx3-ubyte.gz",
+            "-n",
+            "2",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
+    assert!(!stderr(&o).contains("accuracy"), "{}", stderr(&o));
     // CSV and JSON lines of the first samples of another shard.
     let o = singa(
         &[

@@ -116,7 +116,8 @@ pub fn model_classes(job: &JobConfig) -> Vec<String> {
 
 impl Predictor {
     /// The test net of `job` with the parameters of `checkpoint`, reading `input` (a shard, an
-    /// image file or a folder of them; the job's test shard when `None`); `features` names a
+    /// IDX file of images (`*-idx3-ubyte[.gz]`, with the labels file beside it if there is
+    /// one), an image file or a folder of them; the job's test shard when `None`); `features` names a
     /// layer to read instead of the class scores.
     pub fn new(
         job: &JobConfig,
@@ -150,14 +151,18 @@ impl Predictor {
                 let shard = if p.extension().is_some_and(|e| e == "shard") {
                     p
                 } else {
-                    // Image files: into a shard of their own first.
+                    // IDX or image files: into a shard of their own first.
                     let dir =
                         std::env::temp_dir().join(format!("singa-predict-{}", std::process::id()));
                     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                    let shard = dir.join("images.shard");
+                    let shard = dir.join("input.shard");
                     let _ = std::fs::remove_file(&shard);
-                    let imported = singa_data::import::image_files(&p)
-                        .and_then(|files| singa_data::import::import_images(&files, &shard));
+                    let imported = if singa_data::import::is_idx_images(&p) {
+                        singa_data::import::import_idx_images(&p, &shard)
+                    } else {
+                        singa_data::import::image_files(&p)
+                            .and_then(|files| singa_data::import::import_images(&files, &shard))
+                    };
                     temporary = Some(Temporary(dir));
                     imported?;
                     shard

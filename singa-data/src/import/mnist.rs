@@ -116,3 +116,62 @@ pub fn import_mnist(kind: MnistKind, src: &Path, dst: &Path) -> Result<Vec<(Path
     }
     Ok(written)
 }
+
+/// Whether `path` looks like an IDX file of images (`...-images-idx3-ubyte`, or `.gz`).
+pub fn is_idx_images(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains("-idx3-ubyte"))
+}
+
+/// The labels file beside an IDX images file (`t10k-images-idx3-ubyte.gz` →
+/// `t10k-labels-idx1-ubyte[.gz]`), if it is there.
+fn labels_beside(images: &Path) -> Option<PathBuf> {
+    let name = images.file_name()?.to_str()?;
+    let stem = name
+        .trim_end_matches(".gz")
+        .replace("images-idx3", "labels-idx1");
+    find(images.parent()?, &stem).ok()
+}
+
+/// Writes the images of one IDX file (`u8 [n, rows, cols]`) into the shard `dst` as
+/// `[1, rows, cols]` records, with the labels of the IDX labels file beside it when there is
+/// one (the names MNIST uses), else unlabelled. Returns the records written.
+pub fn import_idx_images(images_path: &Path, dst: &Path) -> Result<u64> {
+    let images = read_idx(images_path, 3)?;
+    let (n, rows, cols) = (images.dims[0], images.dims[1], images.dims[2]);
+    let labels = match labels_beside(images_path) {
+        Some(path) => {
+            let labels = read_idx(&path, 1)?;
+            if labels.dims[0] != n {
+                return Err(Error::data(
+                    &path,
+                    4,
+                    format!(
+                        "{} labels for {n} images in {}",
+                        labels.dims[0],
+                        images_path.display()
+                    ),
+                ));
+            }
+            Some(labels.data)
+        }
+        None => None,
+    };
+    let spec = RecordSpec {
+        dtype: DType::U8,
+        shape: vec![1, rows, cols],
+        has_label: true,
+    };
+    let mut w = ShardWriter::create(dst, spec)?;
+    let size = rows * cols;
+    for i in 0..n {
+        let label = labels.as_ref().map_or(0, |l| l[i] as i32);
+        w.append(Some(label), &images.data[i * size..(i + 1) * size])?;
+    }
+    w.finish(&serde_json::json!({
+        "source": "idx",
+        "images": images_path.display().to_string(),
+        "unlabelled": labels.is_none(),
+    }))
+}

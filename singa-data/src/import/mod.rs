@@ -10,7 +10,7 @@ pub use cifar10::import_cifar10;
 pub use idx::{read_idx, Idx};
 pub use image_folder::import_image_folder;
 pub use images::{image_files, import_images, is_image_file};
-pub use mnist::{import_mnist, MnistKind};
+pub use mnist::{import_idx_images, import_mnist, is_idx_images, MnistKind};
 
 use singa_core::{Error, Result};
 use std::path::{Path, PathBuf};
