@@ -442,11 +442,8 @@ fn run(cli: Cli) -> Result<()> {
             features,
             plugins,
         } => {
-            let config = match job {
-                Some(job) => JobConfig::from_file(&job)?,
-                None => predict::recorded_job(&checkpoint)?,
-            };
-            let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
+            let (config, registry) =
+                predict::trained_job(job.as_deref(), &checkpoint, &plugins, detail)?;
             let mut p = singa::predict::Predictor::new(
                 &config,
                 &registry,
@@ -462,11 +459,8 @@ fn run(cli: Cli) -> Result<()> {
             onnx,
             plugins,
         } => {
-            let config = match job {
-                Some(job) => JobConfig::from_file(&job)?,
-                None => predict::recorded_job(&checkpoint)?,
-            };
-            let registry = Registry::with_plugins(&plugins, Some(&config), detail)?;
+            let (config, registry) =
+                predict::trained_job(job.as_deref(), &checkpoint, &plugins, detail)?;
             let model = singa_onnx::export_checkpoint(&config, &registry, &checkpoint)?;
             model.save(&onnx)?;
             export::print(&model, &onnx);

@@ -23,6 +23,22 @@ pub fn recorded_job(checkpoint: &Path) -> Result<JobConfig> {
     JobConfig::from_toml(&text, origin)
 }
 
+/// The job a model was trained with (`job`, else the one `checkpoint` records) and the
+/// registry of its layer types, with `plugins` loaded.
+pub fn trained_job(
+    job: Option<&Path>,
+    checkpoint: &Path,
+    plugins: &[std::path::PathBuf],
+    detail: singa::plugins::Detail,
+) -> Result<(JobConfig, singa::Registry)> {
+    let config = match job {
+        Some(job) => JobConfig::from_file(job)?,
+        None => recorded_job(checkpoint)?,
+    };
+    let registry = singa::Registry::with_plugins(plugins, Some(&config), detail)?;
+    Ok((config, registry))
+}
+
 /// A class's name, or its number when the shard names none.
 fn name(classes: &[String], class: usize) -> String {
     classes
