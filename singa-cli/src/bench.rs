@@ -17,6 +17,8 @@ use std::time::Instant;
 pub struct BenchOptions {
     /// CPU threads.
     pub threads: usize,
+    /// The precision of the products.
+    pub precision: singa_core::Precision,
     /// Untimed steps first.
     pub warmup: u64,
     /// Timed windows.
@@ -218,6 +220,7 @@ fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String)> {
         }
     };
     let (mut job, mut title) = (job, title);
+    job.device.precision = opts.precision;
     if let Some(c) = &opts.cluster {
         job.cluster = c.clone();
     }

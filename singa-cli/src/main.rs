@@ -241,6 +241,10 @@ enum Command {
         /// CPU threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// The precision of the matrix products and convolutions: f32, or bf16 (inputs rounded
+        /// to bf16, sums in f32, as `[device] precision = "bf16"`).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+        precision: String,
         /// Untimed steps first (default: 50 for mlp, 3 for cnn, as the peers).
         #[arg(long)]
         warmup: Option<u64>,
@@ -558,6 +562,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             model,
             threads,
+            precision,
             warmup,
             windows,
             steps,
@@ -610,6 +615,8 @@ fn run(cli: Cli) -> Result<()> {
             bench::run(
                 &bench::BenchOptions {
                     threads,
+                    precision: singa_core::Precision::from_name(&precision)
+                        .expect("clap checked the name"),
                     warmup,
                     windows,
                     steps,

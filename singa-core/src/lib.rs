@@ -37,7 +37,7 @@ pub use device::{
     DeviceInfo, DeviceRef, Dims3, Distribution, DynDevice, GemmArgs, GemmLayout, LrnShape,
     PoolKind, PoolShape, ReduceOp, SgdArgs, UnaryOp,
 };
-pub use dtype::{DType, Element};
+pub use dtype::{bf16_bits, DType, Element, Precision};
 pub use error::{catch_panic, Error, Result, ResultExt};
 pub use fields::{validate_fields, FieldError, FieldKind, FieldSpec, FieldValue, Fields};
 pub use layer::{

@@ -2,9 +2,12 @@
 //! batch 64), at 1 and 2 threads. Run with `cargo bench -p singa-cpu --bench kernels`.
 //!
 //! Each operation runs `REPS` times per sample, 15 samples; the table shows the median time of
-//! one call and, for matrix products, the GFLOP/s that time means.
+//! one call and, for matrix products, the GFLOP/s that time means. Each product is timed in
+//! f32 and, right after, with bf16 inputs (`precision = "bf16"`).
 
-use singa_core::{BinaryOp, DType, DeviceRef, Dims3, ReduceOp, SgdArgs, Shape, Tensor, UnaryOp};
+use singa_core::{
+    BinaryOp, DType, DeviceRef, Dims3, Precision, ReduceOp, SgdArgs, Shape, Tensor, UnaryOp,
+};
 use singa_cpu::CpuDevice;
 use std::time::Instant;
 
@@ -46,6 +49,7 @@ fn main() {
     let mut results: Vec<Vec<(String, f64, Option<f64>)>> = Vec::new();
     for &n in &configs {
         let dev = DeviceRef::new(CpuDevice::new(n).unwrap());
+        let bf16 = DeviceRef::new(CpuDevice::with_precision(n, Precision::BF16).unwrap());
         let mut out = Vec::new();
         // (name, m, n, k, trans_a, trans_b): forward x·W, weight gradient xᵀ·dy, input gradient dy·Wᵀ.
         let gemms = [
@@ -72,34 +76,36 @@ fn main() {
             ("fc3 dW  500x64 · 64x10", 500, 10, 64, true, false),
             ("fc3 dX  64x10 · 10x500", 64, 500, 10, false, true),
         ];
-        let mut total_gemm = 0.0;
+        let mut total_gemm = [0.0; 2];
         let mut total_flops = 0.0;
+        let mut bf16_rows = Vec::new();
         for (name, m, nn, k, ta, tb) in gemms {
-            let a = if ta {
-                t(&dev, &[k, m])
-            } else {
-                t(&dev, &[m, k])
-            };
-            let b = if tb {
-                t(&dev, &[nn, k])
-            } else {
-                t(&dev, &[k, nn])
-            };
-            let mut c = t(&dev, &[m, nn]);
-            let d = dev.clone();
-            let secs = time(|| d.matmul(1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
-            total_gemm += secs;
-            total_flops += 2.0 * (m * nn * k) as f64;
-            out.push((
-                name.to_string(),
-                secs,
-                Some(2.0 * (m * nn * k) as f64 / secs / 1e9),
-            ));
+            let flops = 2.0 * (m * nn * k) as f64;
+            total_flops += flops;
+            for (p, d) in [&dev, &bf16].into_iter().enumerate() {
+                let a = if ta { t(d, &[k, m]) } else { t(d, &[m, k]) };
+                let b = if tb { t(d, &[nn, k]) } else { t(d, &[k, nn]) };
+                let mut c = t(d, &[m, nn]);
+                let secs = time(|| d.matmul(1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
+                total_gemm[p] += secs;
+                let row = (name.to_string(), secs, Some(flops / secs / 1e9));
+                if p == 0 {
+                    out.push(row);
+                } else {
+                    bf16_rows.push((format!("{name} (bf16)"), secs, row.2));
+                }
+            }
         }
         out.push((
             "all matrix products of a step".into(),
-            total_gemm,
-            Some(total_flops / total_gemm / 1e9),
+            total_gemm[0],
+            Some(total_flops / total_gemm[0] / 1e9),
+        ));
+        out.extend(bf16_rows);
+        out.push((
+            "all matrix products of a step (bf16)".into(),
+            total_gemm[1],
+            Some(total_flops / total_gemm[1] / 1e9),
         ));
         let x = t(&dev, &[64, 1000]);
         let mut y = t(&dev, &[64, 1000]);

@@ -8,11 +8,11 @@
 use proptest::prelude::*;
 use singa_core::{
     AdaptiveArgs, AdaptiveRule, BinaryOp, DType, DeviceRef, Dims3, Distribution, GemmLayout,
-    ReduceOp, Result, SgdArgs, Tensor, UnaryOp,
+    Precision, ReduceOp, Result, SgdArgs, Tensor, UnaryOp,
 };
 mod common;
 
-use common::{assert_close, both, devices, values};
+use common::{assert_close, both, both_in, devices, values};
 
 fn t(dev: &DeviceRef, data: &[f32], shape: &[usize]) -> Result<Tensor> {
     Tensor::from_slice(dev, data, singa_core::Shape::new(shape)?)
@@ -64,6 +64,46 @@ fn domain(op: UnaryOp) -> (f32, f32) {
     }
 }
 
+/// A batched, strided product on both devices in `precision`, compared.
+fn check_gemm(
+    precision: Precision,
+    (m, n, k): (usize, usize, usize),
+    big: bool,
+    (trans_a, trans_b): (bool, bool),
+    (pad, batch): (usize, usize),
+    (alpha, beta): (f32, f32),
+    seed: u64,
+) {
+    // Big enough to be split over threads, several depth blocks deep (blocks hold ≤ 256).
+    let (m, n, k) = if big {
+        (m * 5, n * 5, k * 13)
+    } else {
+        (m, n, k)
+    };
+    let mut l = GemmLayout::dense(m, n, k, trans_a, trans_b);
+    let (ar, ac) = l.a_stored();
+    let (br, bc) = l.b_stored();
+    l.lda = ac + pad;
+    l.ldb = bc + pad;
+    l.ldc = n + pad;
+    l.batch = batch;
+    l.stride_a = ar * l.lda + pad;
+    l.stride_b = br * l.ldb;
+    l.stride_c = m * l.ldc + pad;
+    let a = values(seed, batch * l.stride_a, -1.0, 1.0);
+    let b = values(seed ^ 1, batch * l.stride_b, -1.0, 1.0);
+    let c = values(seed ^ 2, batch * l.stride_c, -1.0, 1.0);
+    let (got, want) = both_in(precision, |d| {
+        let ta = t(d, &a, &[a.len()])?;
+        let tb = t(d, &b, &[b.len()])?;
+        let mut tc = t(d, &c, &[c.len()])?;
+        d.gemm(l, alpha, &ta, &tb, beta, &mut tc)?;
+        tc.to_vec::<f32>()
+    });
+    let what = format!("gemm in {precision}");
+    assert_close(&got, &want, 1e-5 * (k as f32 + 1.0), 1e-5, &what);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -71,35 +111,28 @@ proptest! {
     fn gemm_matches(
         m in 1usize..48, n in 1usize..48, k in 0usize..48,
         big in prop::bool::weighted(0.15),
-        trans_a: bool, trans_b: bool,
+        trans: (bool, bool),
         pad in 0usize..3, batch in 1usize..4,
         alpha in prop_oneof![Just(1.0f32), Just(-0.5)],
         beta in prop_oneof![Just(0.0f32), Just(1.0), Just(0.25)],
         seed: u64,
     ) {
-        // Big enough to be split over threads, several depth blocks deep (blocks hold ≤ 256).
-        let (m, n, k) = if big { (m * 5, n * 5, k * 13) } else { (m, n, k) };
-        let mut l = GemmLayout::dense(m, n, k, trans_a, trans_b);
-        let (ar, ac) = l.a_stored();
-        let (br, bc) = l.b_stored();
-        l.lda = ac + pad;
-        l.ldb = bc + pad;
-        l.ldc = n + pad;
-        l.batch = batch;
-        l.stride_a = ar * l.lda + pad;
-        l.stride_b = br * l.ldb;
-        l.stride_c = m * l.ldc + pad;
-        let a = values(seed, batch * l.stride_a, -1.0, 1.0);
-        let b = values(seed ^ 1, batch * l.stride_b, -1.0, 1.0);
-        let c = values(seed ^ 2, batch * l.stride_c, -1.0, 1.0);
-        let (got, want) = both(|d| {
-            let ta = t(d, &a, &[a.len()])?;
-            let tb = t(d, &b, &[b.len()])?;
-            let mut tc = t(d, &c, &[c.len()])?;
-            d.gemm(l, alpha, &ta, &tb, beta, &mut tc)?;
-            tc.to_vec::<f32>()
-        });
-        assert_close(&got, &want, 1e-5 * (k as f32 + 1.0), 1e-5, "gemm");
+        check_gemm(Precision::F32, (m, n, k), big, trans, (pad, batch), (alpha, beta), seed);
+    }
+
+    /// bf16 products against the reference on bf16-rounded inputs: both multiply the same
+    /// rounded values, so they differ only by the f32 sums, as in f32.
+    #[test]
+    fn gemm_bf16_matches(
+        m in 1usize..48, n in 1usize..48, k in 0usize..48,
+        big in prop::bool::weighted(0.15),
+        trans: (bool, bool),
+        pad in 0usize..3, batch in 1usize..4,
+        alpha in prop_oneof![Just(1.0f32), Just(-0.5)],
+        beta in prop_oneof![Just(0.0f32), Just(1.0), Just(0.25)],
+        seed: u64,
+    ) {
+        check_gemm(Precision::BF16, (m, n, k), big, trans, (pad, batch), (alpha, beta), seed);
     }
 
     #[test]

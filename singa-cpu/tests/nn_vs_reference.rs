@@ -3,12 +3,12 @@
 
 use proptest::prelude::*;
 use singa_core::{
-    BatchNormArgs, ConvShape, DType, DeviceRef, Dims3, LrnShape, PoolKind, PoolShape, Result,
-    Shape, Tensor,
+    BatchNormArgs, ConvShape, DType, DeviceRef, Dims3, LrnShape, PoolKind, PoolShape, Precision,
+    Result, Shape, Tensor,
 };
 mod common;
 
-use common::{assert_close, both, devices, values};
+use common::{assert_close, both, both_in, devices, values};
 
 fn t(d: &DeviceRef, v: &[f32]) -> Result<Tensor> {
     Tensor::from_slice(d, v, Shape::new(&[v.len()])?)
@@ -59,10 +59,15 @@ prop_compose! {
 
 /// Runs the three passes of `s` on both devices and compares.
 fn check_convolution(s: &ConvShape, seed: u64) {
+    check_convolution_in(Precision::F32, s, seed)
+}
+
+/// [`check_convolution`] with the products in `precision`.
+fn check_convolution_in(precision: Precision, s: &ConvShape, seed: u64) {
     let x = values(seed, s.input_len(), -1.0, 1.0);
     let w = values(seed ^ 1, s.weight_len(), -1.0, 1.0);
     let dy = values(seed ^ 2, s.output_len(), -1.0, 1.0);
-    let (got, want) = both(|d| {
+    let (got, want) = both_in(precision, |d| {
         let (tx, tw, tdy) = (t(d, &x)?, t(d, &w)?, t(d, &dy)?);
         let mut y = Tensor::zeros(d, [s.output_len()], DType::F32)?;
         let mut dx = t(d, &values(9, s.input_len(), -1.0, 1.0))?;
@@ -81,15 +86,24 @@ fn check_convolution(s: &ConvShape, seed: u64) {
         s.batch * s.out_h() * s.out_w(),
     ];
     let lens = [s.output_len(), s.input_len(), s.weight_len()];
+    // The CPU's Winograd passes compute in f32 whatever the precision: against a reference
+    // that rounds the inputs to bf16 they differ by bf16's rounding (relative 2^-8 per
+    // product, random signs).
+    let winograd = precision != Precision::F32 && singa_cpu::cpu::convolution_uses_winograd(s);
     let (mut g, mut w) = (&got[..], &want[..]);
     for (what, (depth, len)) in ["y", "dx", "dw"].iter().zip(depths.iter().zip(lens)) {
         let ((g0, g1), (w0, w1)) = (g.split_at(len), w.split_at(len));
+        let atol = if winograd {
+            1e-2 * (*depth as f32).sqrt()
+        } else {
+            1e-5 * *depth as f32
+        };
         assert_close(
             g0,
             w0,
-            1e-5 * *depth as f32,
+            atol,
             1e-5,
-            &format!("{what} of {s:?}"),
+            &format!("{what} of {s:?} in {precision}"),
         );
         (g, w) = (g1, w1);
     }
@@ -119,6 +133,17 @@ proptest! {
     fn convolution_matches(s in conv_shape(), seed: u64) {
         prop_assume!(s.problem().is_none());
         check_convolution(&s, seed);
+    }
+
+    /// bf16 products (every path: im2col, patches packed from the image, the direct 1 × 1
+    /// products, Winograd's f32) against the reference on bf16-rounded inputs.
+    #[test]
+    fn bf16_convolution_matches(
+        s in prop_oneof![conv_shape(), fast_conv_shape(), winograd_shape()],
+        seed: u64,
+    ) {
+        prop_assume!(s.problem().is_none());
+        check_convolution_in(Precision::BF16, &s, seed);
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub fn create(cfg: &DeviceConfig, threads: Option<usize>) -> Result<DeviceRef> {
                     "--threads: expected 1 to {max}, got {n}"
                 )));
             }
-            DeviceRef::new(CpuDevice::new(n)?)
+            DeviceRef::new(CpuDevice::with_precision(n, cfg.precision)?)
         }
-        DeviceKind::Reference => DeviceRef::new(ReferenceDevice::new()),
+        DeviceKind::Reference => DeviceRef::new(ReferenceDevice::with_precision(cfg.precision)),
     })
 }

@@ -13,7 +13,7 @@ use super::parallel::Threads;
 use super::scratch::{Buffers, Scratch};
 use super::sgemm::{self, Operand, Workspace};
 use gemm::Parallelism;
-use singa_core::{BufView, DType, Error, GemmArgs, GemmLayout, Result};
+use singa_core::{BufView, DType, Error, GemmArgs, GemmLayout, Precision, Result};
 
 /// Below this many multiply-adds per thread a product is not split.
 const MIN_FLOPS_PER_THREAD: usize = 1 << 18;
@@ -124,11 +124,16 @@ fn parts_of(l: &GemmLayout, split: Split, parts: usize) -> impl Iterator<Item = 
     })
 }
 
-/// Runs `args` (checked by the caller) on `threads`.
+/// Runs `args` (checked by the caller) on `threads`, f32 products in `precision`.
 ///
 /// # Safety
 /// The views are live allocations of the CPU device, large enough for the layout.
-pub(crate) unsafe fn gemm(threads: &Threads, scratch: &Scratch, args: &GemmArgs) -> Result<()> {
+pub(crate) unsafe fn gemm(
+    threads: &Threads,
+    scratch: &Scratch,
+    args: &GemmArgs,
+    precision: Precision,
+) -> Result<()> {
     let l = args.layout;
     if l.m == 0 || l.n == 0 {
         return Ok(());
@@ -140,7 +145,7 @@ pub(crate) unsafe fn gemm(threads: &Threads, scratch: &Scratch, args: &GemmArgs)
             let own = sgemm::available();
             let split = choose(&l, parts, true);
             let mut buffers = scratch.lock();
-            run_f32(threads, &mut buffers, args, split, parts, own);
+            run_f32(threads, &mut buffers, args, (split, parts), own, precision);
             Ok(())
         }
         DType::F16 => {
@@ -175,9 +180,9 @@ unsafe fn run_f32(
     threads: &Threads,
     buf: &mut Buffers,
     args: &GemmArgs,
-    split: Split,
-    parts: usize,
+    (split, parts): (Split, usize),
     own: bool,
+    precision: Precision,
 ) {
     let l = args.layout;
     let ((a_rs, a_cs), (b_rs, b_cs)) = strides(&l);
@@ -195,8 +200,8 @@ unsafe fn run_f32(
             part.cols.1 - part.cols.0,
             part.depth.1 - part.depth.0,
         );
-        if own {
-            buf.work[t].reserve(sgemm::workspace_size(m, n, k, l.trans_b));
+        if own || precision != Precision::F32 {
+            buf.work[t].reserve(sgemm::workspace_size(m, n, k, l.trans_b, precision));
         }
     }
     if split == Split::Depth {
@@ -241,7 +246,7 @@ unsafe fn run_f32(
             };
             single(
                 at.work(t),
-                own,
+                (own, precision),
                 (i1 - i0, j1 - j0, k1 - k0),
                 args.alpha,
                 a_op,
@@ -270,15 +275,16 @@ unsafe fn run_f32(
     }
 }
 
-/// One single-threaded f32 product `C = alpha·op(A)·op(B) + beta·C` of `(m, n, k)`, through the
-/// own kernels when `own` (with `ws` reserved for it), else through the `gemm` crate.
+/// One single-threaded f32 product `C = alpha·op(A)·op(B) + beta·C` of `(m, n, k)` in
+/// `precision`: through the own kernels when `own` or in bf16 (with `ws` reserved for it),
+/// else through the `gemm` crate.
 ///
 /// # Safety
 /// The operands cover their extents; C is writable.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn single(
     ws: &mut Workspace,
-    own: bool,
+    (own, precision): (bool, Precision),
     (m, n, k): (usize, usize, usize),
     alpha: f32,
     a: Operand,
@@ -287,8 +293,9 @@ pub(crate) unsafe fn single(
     c: *mut f32,
     ldc: usize,
 ) {
-    if own {
-        sgemm::gemm(ws, m, n, k, alpha, a, b, beta, c, ldc);
+    if own || precision != Precision::F32 {
+        let b = sgemm::B::Stored(b);
+        sgemm::gemm_with(ws, precision, m, n, k, alpha, a, b, beta, c, ldc);
     } else {
         let strides = |o: &Operand| if o.trans { (1, o.ld) } else { (o.ld, 1) };
         crate_block(

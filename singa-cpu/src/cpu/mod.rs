@@ -19,8 +19,8 @@ pub use parallel::Threads;
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
     catch_panic, AdaptiveArgs, BatchNormArgs, BinaryOp, BufHandle, BufView, ConvShape, DType,
-    Device, DeviceInfo, Dims3, Distribution, Error, GemmArgs, LrnShape, PoolShape, ReduceOp,
-    Result, SgdArgs, UnaryOp,
+    Device, DeviceInfo, Dims3, Distribution, Error, GemmArgs, LrnShape, PoolShape, Precision,
+    ReduceOp, Result, SgdArgs, UnaryOp,
 };
 
 const NAME: &str = "cpu";
@@ -49,15 +49,42 @@ const ELEMENTWISE_GRAIN: usize = 1 << 16;
 pub struct CpuDevice {
     threads: Threads,
     scratch: std::sync::Arc<scratch::Scratch>,
+    precision: Precision,
 }
 
 impl CpuDevice {
-    /// A CPU device using `threads` threads (at least one).
+    /// A CPU device using `threads` threads (at least one), with f32 products.
     pub fn new(threads: usize) -> Result<CpuDevice> {
+        CpuDevice::with_precision(threads, Precision::F32)
+    }
+
+    /// A CPU device whose matrix products and convolutions run in `precision` (f32 or bf16:
+    /// inputs rounded to bf16, sums in f32; with AVX-512 BF16 twice as fast as f32, else
+    /// slower). The CPU has no fast f16 product, so f16 is refused.
+    pub fn with_precision(threads: usize, precision: Precision) -> Result<CpuDevice> {
+        if precision == Precision::F16 {
+            return Err(Error::unsupported(
+                NAME,
+                "precision f16 (this device has no f16 products; bf16 has the range of f32 and \
+                 needs no loss scaling)",
+            ));
+        }
         Ok(CpuDevice {
             threads: Threads::new(threads)?,
             scratch: Default::default(),
+            precision,
         })
+    }
+
+    /// The precision of its matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether this CPU computes bf16 products with AVX-512 BF16 (else a plain, slow path
+    /// computes the same rounded products).
+    pub fn has_fast_bf16() -> bool {
+        sgemm::bf16::fast()
     }
 
     /// The device's threads.
@@ -104,7 +131,7 @@ impl CpuDevice {
             return Ok(());
         }
         // SAFETY: the views satisfy the trait contract.
-        unsafe { gemm::gemm(&self.threads, &self.scratch, args) }
+        unsafe { gemm::gemm(&self.threads, &self.scratch, args, self.precision) }
     }
 
     fn cast_impl(&self, src: BufView, dst: BufView) -> Result<()> {
@@ -222,9 +249,14 @@ impl Device for CpuDevice {
             kind: NAME.into(),
             ordinal: 0,
             description: format!(
-                "cpu ({} thread{}, {isa})",
+                "cpu ({} thread{}, {isa}{})",
                 self.threads.count(),
-                if self.threads.count() == 1 { "" } else { "s" }
+                if self.threads.count() == 1 { "" } else { "s" },
+                match (self.precision, sgemm::bf16::fast()) {
+                    (Precision::F32, _) => "",
+                    (_, true) => ", bf16 products (avx512_bf16)",
+                    (_, false) => ", bf16 products (no avx512_bf16: emulated, slow)",
+                }
             )
             .into(),
             memory_space: crate::memory::HOST.into(),
@@ -487,6 +519,7 @@ impl Device for CpuDevice {
             conv::run(
                 &self.threads,
                 &self.scratch,
+                self.precision,
                 shape,
                 conv::Pass::Forward,
                 x,
@@ -509,6 +542,7 @@ impl Device for CpuDevice {
             conv::run(
                 &self.threads,
                 &self.scratch,
+                self.precision,
                 shape,
                 conv::Pass::Data,
                 dy,
@@ -531,6 +565,7 @@ impl Device for CpuDevice {
             conv::run(
                 &self.threads,
                 &self.scratch,
+                self.precision,
                 shape,
                 conv::Pass::Filter,
                 x,

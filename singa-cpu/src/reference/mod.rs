@@ -11,19 +11,39 @@ use singa_core::abi::{ROption, RResult, RSlice, RSliceMut};
 use singa_core::{
     catch_panic, rng, AdaptiveArgs, AdaptiveRule, BatchNormArgs, BinaryOp, BufHandle, BufView,
     ConvShape, DType, Device, DeviceInfo, Dims3, Distribution, Error, GemmArgs, LrnShape,
-    PoolShape, ReduceOp, Result, SgdArgs, UnaryOp,
+    PoolShape, Precision, ReduceOp, Result, SgdArgs, UnaryOp,
 };
 
 const NAME: &str = "reference";
 
 /// A device of plain loops, the yardstick for the CPU and GPU devices.
 #[derive(Debug, Default, Clone)]
-pub struct ReferenceDevice;
+pub struct ReferenceDevice {
+    precision: Precision,
+}
 
 impl ReferenceDevice {
-    /// A reference device.
+    /// A reference device (f32 products).
     pub fn new() -> ReferenceDevice {
-        ReferenceDevice
+        ReferenceDevice::default()
+    }
+
+    /// A reference device whose matrix products and convolutions round their f32 inputs to
+    /// `precision` and then compute exactly (in f64), the yardstick for a fast device's
+    /// mixed-precision products.
+    pub fn with_precision(precision: Precision) -> ReferenceDevice {
+        ReferenceDevice { precision }
+    }
+
+    /// An f32 product input as the product sees it.
+    fn input(&self, v: BufView) -> Vec<f64> {
+        let mut x = get(v);
+        if v.dtype == DType::F32 && self.precision != Precision::F32 {
+            for e in &mut x {
+                *e = self.precision.round(*e as f32) as f64;
+            }
+        }
+        x
     }
 }
 
@@ -157,8 +177,8 @@ impl ReferenceDevice {
                 format!("gemm on {} tensors", args.c.dtype),
             ));
         }
-        let a = get(args.a);
-        let b = get(args.b);
+        let a = self.input(args.a);
+        let b = self.input(args.b);
         let mut c = get(args.c);
         for p in 0..l.batch {
             for i in 0..l.m {
@@ -258,7 +278,11 @@ impl Device for ReferenceDevice {
         DeviceInfo {
             kind: NAME.into(),
             ordinal: 0,
-            description: "reference (plain loops, f64 arithmetic)".into(),
+            description: match self.precision {
+                Precision::F32 => "reference (plain loops, f64 arithmetic)".to_string(),
+                p => format!("reference (plain loops, f64 arithmetic on {p}-rounded products)"),
+            }
+            .into(),
             memory_space: crate::memory::HOST.into(),
         }
     }
@@ -691,7 +715,7 @@ impl Device for ReferenceDevice {
     ) -> RResult<(), Error> {
         guard(|| {
             f32s(&[&x, &w, &y], "conv2d")?;
-            put(y, &nn::conv2d(shape, &get(x), &get(w)));
+            put(y, &nn::conv2d(shape, &self.input(x), &self.input(w)));
             Ok(())
         })
     }
@@ -705,7 +729,10 @@ impl Device for ReferenceDevice {
     ) -> RResult<(), Error> {
         guard(|| {
             f32s(&[&dy, &w, &dx], "conv2d_backward_data")?;
-            put(dx, &nn::conv2d_backward_data(shape, &get(dy), &get(w)));
+            put(
+                dx,
+                &nn::conv2d_backward_data(shape, &self.input(dy), &self.input(w)),
+            );
             Ok(())
         })
     }
@@ -719,7 +746,10 @@ impl Device for ReferenceDevice {
     ) -> RResult<(), Error> {
         guard(|| {
             f32s(&[&x, &dy, &dw], "conv2d_backward_filter")?;
-            put(dw, &nn::conv2d_backward_filter(shape, &get(x), &get(dy)));
+            put(
+                dw,
+                &nn::conv2d_backward_filter(shape, &self.input(x), &self.input(dy)),
+            );
             Ok(())
         })
     }

@@ -1,17 +1,29 @@
 //! What the CPU-versus-reference tests share: the two devices, seeded inputs, and comparison.
 
 use singa_core::rng::SplitMix64;
-use singa_core::{DeviceRef, Result};
+use singa_core::{DeviceRef, Precision, Result};
 use singa_cpu::{CpuDevice, ReferenceDevice};
 use std::sync::OnceLock;
 
 /// The CPU device (2 threads) and the reference device, made once.
 pub fn devices() -> &'static [DeviceRef; 2] {
-    static DEVS: OnceLock<[DeviceRef; 2]> = OnceLock::new();
-    DEVS.get_or_init(|| {
+    devices_in(Precision::F32)
+}
+
+/// The CPU device (2 threads) and the reference device with products in `precision` (f32 or
+/// bf16), made once.
+#[allow(dead_code)]
+pub fn devices_in(precision: Precision) -> &'static [DeviceRef; 2] {
+    static F32: OnceLock<[DeviceRef; 2]> = OnceLock::new();
+    static BF16: OnceLock<[DeviceRef; 2]> = OnceLock::new();
+    let cell = match precision {
+        Precision::BF16 => &BF16,
+        _ => &F32,
+    };
+    cell.get_or_init(|| {
         [
-            DeviceRef::new(CpuDevice::new(2).unwrap()),
-            DeviceRef::new(ReferenceDevice::new()),
+            DeviceRef::new(CpuDevice::with_precision(2, precision).unwrap()),
+            DeviceRef::new(ReferenceDevice::with_precision(precision)),
         ]
     })
 }
@@ -26,7 +38,12 @@ pub fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 
 /// Runs `f` on the CPU and the reference device and returns both results.
 pub fn both<T>(f: impl Fn(&DeviceRef) -> Result<T>) -> (T, T) {
-    let [cpu, reference] = devices();
+    both_in(Precision::F32, f)
+}
+
+/// [`both`] on the devices of [`devices_in`]`(precision)`.
+pub fn both_in<T>(precision: Precision, f: impl Fn(&DeviceRef) -> Result<T>) -> (T, T) {
+    let [cpu, reference] = devices_in(precision);
     (
         f(cpu).expect("cpu device"),
         f(reference).expect("reference device"),

@@ -16,7 +16,7 @@
 mod parse;
 mod validate;
 
-use singa_core::{FieldValue, Fields, Init, Phase};
+use singa_core::{FieldValue, Fields, Init, Phase, Precision};
 use singa_layers::schedule::LrSchedule;
 use std::path::{Path, PathBuf};
 
@@ -207,6 +207,9 @@ pub struct DeviceConfig {
     pub kind: DeviceKind,
     /// Threads of a CPU device (`None`: every available core).
     pub threads: Option<usize>,
+    /// The precision of matrix products and convolutions (`precision = "bf16"`: inputs
+    /// rounded to bf16, sums in f32; parameters, updater state and losses stay f32).
+    pub precision: Precision,
 }
 
 impl Default for DeviceConfig {
@@ -214,6 +217,7 @@ impl Default for DeviceConfig {
         DeviceConfig {
             kind: DeviceKind::Cpu,
             threads: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -222,8 +226,8 @@ impl DeviceConfig {
     /// The CPU device with `threads` threads.
     pub fn cpu(threads: usize) -> DeviceConfig {
         DeviceConfig {
-            kind: DeviceKind::Cpu,
             threads: Some(threads),
+            ..DeviceConfig::default()
         }
     }
 }

@@ -6,7 +6,7 @@ use super::{
     LrConfig, Origin, ParamConfig, UpdaterConfig,
 };
 use singa_core::fields::nearest;
-use singa_core::{Error, FieldValue, Fields, Init, Phase, Result};
+use singa_core::{Error, FieldValue, Fields, Init, Phase, Precision, Result};
 use std::fmt::Display;
 use std::path::Path;
 use toml::{Table, Value};
@@ -317,7 +317,7 @@ fn choice_message(got: &str, choices: &[&str]) -> String {
 pub const MAX_THREADS: u64 = 1024;
 
 fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
-    s.only(&["type", "threads"])?;
+    s.only(&["type", "threads", "precision"])?;
     let mut d = DeviceConfig::default();
     if let Some(t) = s.str("type")? {
         d.kind = match t.as_str() {
@@ -331,6 +331,17 @@ fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
         Some(t) => return Err(s.err("threads", format!("expected 1 to {MAX_THREADS}, got {t}"))),
         None => None,
     };
+    if let Some(p) = s.str("precision")? {
+        d.precision = Precision::from_name(&p)
+            .ok_or_else(|| s.err("precision", choice_message(&p, &Precision::NAMES)))?;
+        if d.precision == Precision::F16 && d.kind == DeviceKind::Cpu {
+            return Err(s.err(
+                "precision",
+                "\"f16\" is not available on the cpu device (it has no f16 products); \
+                 use \"bf16\": as fast, with f32's range, so no loss scaling",
+            ));
+        }
+    }
     Ok(d)
 }
 
@@ -609,6 +620,26 @@ num_output = 3
         assert_eq!(j.name, "t");
         assert_eq!(j.layers[0].fields.i64("num_output").unwrap(), 3);
         assert_eq!(j.updater.learning_rate, LrConfig::fixed(0.1));
+    }
+
+    #[test]
+    fn device_precision() {
+        assert_eq!(parse(MINIMAL).unwrap().device.precision, Precision::F32);
+        let with = |p: &str| parse(&format!("{MINIMAL}[device]\nprecision = \"{p}\"\n"));
+        assert_eq!(with("bf16").unwrap().device.precision, Precision::BF16);
+        assert_eq!(
+            with("bf61").unwrap_err().to_string(),
+            "job.toml: device.precision: \"bf61\" is not one of f32, bf16, f16; did you mean \"bf16\"?"
+        );
+        assert_eq!(
+            with("f16").unwrap_err().to_string(),
+            "job.toml: device.precision: \"f16\" is not available on the cpu device (it has no f16 \
+             products); use \"bf16\": as fast, with f32's range, so no loss scaling"
+        );
+        let reference = parse(&format!(
+            "{MINIMAL}[device]\ntype = \"reference\"\nprecision = \"f16\"\n"
+        ));
+        assert_eq!(reference.unwrap().device.precision, Precision::F16);
     }
 
     #[test]

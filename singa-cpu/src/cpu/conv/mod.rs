@@ -27,7 +27,7 @@ use super::parallel::Threads;
 use super::scratch::{Buffers, Scratch};
 use super::sgemm::{self, Operand};
 use patches::{col2im, im2col, planes, Padded, PatchPacker};
-use singa_core::{BufView, ConvShape};
+use singa_core::{BufView, ConvShape, Precision};
 
 /// Whether `s` runs as Winograd transforms.
 pub(crate) fn uses_winograd(s: &ConvShape) -> bool {
@@ -93,13 +93,18 @@ pub(crate) enum Pass {
 }
 
 /// Runs a pass of a convolution on `threads`: `a` and `b` are the pass's two inputs (forward:
-/// x, w; data: dy, w; filter: x, dy) and `out` its output.
+/// x, w; data: dy, w; filter: x, dy) and `out` its output. The products of im2col and of the
+/// direct passes run in `precision`; the Winograd passes always in f32 (bf16 inputs to their
+/// transformed products would lose too much: see docs/PERFORMANCE.md), which is more precise
+/// than asked and, there, faster.
 ///
 /// # Safety
 /// The views are live `F32` allocations of the sizes `s` implies.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run(
     threads: &Threads,
     scratch: &Scratch,
+    precision: Precision,
     s: &ConvShape,
     pass: Pass,
     a: BufView,
@@ -131,6 +136,7 @@ pub(crate) unsafe fn run(
                 run_locked(
                     threads,
                     &mut buf,
+                    precision,
                     &t,
                     Pass::Forward,
                     pa,
@@ -142,7 +148,7 @@ pub(crate) unsafe fn run(
             return;
         }
     }
-    run_locked(threads, &mut buf, s, pass, pa, pb, po)
+    run_locked(threads, &mut buf, precision, s, pass, pa, pb, po)
 }
 
 /// The convolution whose forward pass computes `s`'s input gradient from its output gradient,
@@ -191,9 +197,11 @@ fn flip_filters(s: &ConvShape, w: &[f32], flipped: &mut [f32]) {
 ///
 /// # Safety
 /// As for [`run`].
+#[allow(clippy::too_many_arguments)]
 unsafe fn run_locked(
     threads: &Threads,
     buf: &mut Buffers,
+    precision: Precision,
     s: &ConvShape,
     pass: Pass,
     pa: usize,
@@ -213,14 +221,11 @@ unsafe fn run_locked(
     for t in 0..parts {
         // The largest product of any pass: (rows × spatial) with depth gf, or gf × rows.
         let need = [
-            sgemm::workspace_size(z.gf, z.spatial, z.rows, false),
-            sgemm::workspace_size(z.rows, z.spatial, z.gf, false),
-            sgemm::workspace_size(z.gf, z.rows, z.spatial, true),
+            sgemm::workspace_size(z.gf, z.spatial, z.rows, false, precision),
+            sgemm::workspace_size(z.rows, z.spatial, z.gf, false, precision),
+            sgemm::workspace_size(z.gf, z.rows, z.spatial, true, precision),
         ];
-        let (wa, wb) = need
-            .iter()
-            .fold((0, 0), |(x, y), &(p, q)| (x.max(p), y.max(q)));
-        buf.work[t].reserve((wa, wb));
+        buf.work[t].reserve(need.into_iter().fold(Default::default(), sgemm::Space::max));
     }
     let at = buf.addresses();
     let job = |t: usize| {
@@ -255,7 +260,7 @@ unsafe fn run_locked(
                         };
                         single(
                             ws,
-                            own,
+                            (own, precision),
                             (z.gf, z.spatial, z.rows),
                             1.0,
                             wm,
@@ -287,7 +292,7 @@ unsafe fn run_locked(
                         };
                         single(
                             ws,
-                            own,
+                            (own, precision),
                             (z.rows, z.spatial, z.gf),
                             1.0,
                             wt,
@@ -325,6 +330,7 @@ unsafe fn run_locked(
                             };
                             sgemm::gemm_with(
                                 ws,
+                                precision,
                                 z.gf,
                                 z.rows,
                                 z.spatial,
@@ -350,7 +356,7 @@ unsafe fn run_locked(
                         };
                         single(
                             ws,
-                            own,
+                            (own, precision),
                             (z.gf, z.rows, z.spatial),
                             1.0,
                             dym,

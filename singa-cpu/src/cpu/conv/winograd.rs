@@ -26,7 +26,7 @@ use crate::cpu::parallel::Threads;
 use crate::cpu::scratch::Buffers;
 use crate::cpu::sgemm::{self, Operand};
 use crate::cpu::simd::{level, Level};
-use singa_core::ConvShape;
+use singa_core::{ConvShape, Precision};
 
 /// Transformed points per dimension (α = 4 + 5 − 1).
 const ALPHA: usize = 8;
@@ -138,7 +138,7 @@ pub(super) unsafe fn forward(
     buf.reserve_work(parts);
     buf.reserve_temp(parts, POS * p * (c + k) + input_len);
     for ws in &mut buf.work[..parts] {
-        ws.reserve(sgemm::workspace_size(p, k, c, false));
+        ws.reserve(sgemm::workspace_size(p, k, c, false, Precision::F32));
     }
     let at = buf.addresses();
     let z = Sizes::of(s);
@@ -210,7 +210,7 @@ pub(super) unsafe fn filter(
     buf.reserve_work(parts);
     buf.reserve_temp(parts, acc_at + acc_len);
     for ws in &mut buf.work[..parts] {
-        ws.reserve(sgemm::workspace_size(k, c, p, false));
+        ws.reserve(sgemm::workspace_size(k, c, p, false, Precision::F32));
     }
     let at = buf.addresses();
     let z = Sizes::of(s);

@@ -13,8 +13,10 @@
 
 mod avx2;
 mod avx512;
+pub mod bf16;
 
 use super::simd::{level, Level};
+use singa_core::Precision;
 
 /// A row-major matrix operand: base address, row stride, and whether it is stored transposed.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +46,27 @@ impl Operand {
 pub struct Workspace {
     a: Vec<f32>,
     b: Vec<f32>,
+    /// bf16 pairs ([`bf16`]).
+    pairs: Vec<u32>,
+}
+
+/// The packing space a product needs: f32 values of A and B, and bf16 pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    a: usize,
+    b: usize,
+    pairs: usize,
+}
+
+impl Space {
+    /// Room for both products.
+    pub fn max(self, other: Space) -> Space {
+        Space {
+            a: self.a.max(other.a),
+            b: self.b.max(other.b),
+            pairs: self.pairs.max(other.pairs),
+        }
+    }
 }
 
 /// Whether this CPU runs these kernels (else callers use the `gemm` crate).
@@ -77,40 +100,48 @@ fn tile(n: usize) -> (usize, usize) {
 }
 
 /// Depth per block: the largest even split of `k` into blocks of at most 256.
-fn depth_block(k: usize) -> usize {
+pub(super) fn depth_block(k: usize) -> usize {
     const MAX: usize = 256;
     let blocks = k.div_ceil(MAX).max(1);
     k.div_ceil(blocks)
 }
 
-/// The packing space [`gemm`] needs for an `m × n × k` product (so it can be reserved up
-/// front, before threads start).
-pub fn workspace_size(m: usize, n: usize, k: usize, trans_b: bool) -> (usize, usize) {
+/// The packing space [`gemm_with`] needs for an `m × n × k` product in `precision` whose B is
+/// packed (transposed or by a [`PackB`]) when `packed_b` (so it can be reserved up front,
+/// before threads start).
+pub fn workspace_size(m: usize, n: usize, k: usize, packed_b: bool, precision: Precision) -> Space {
+    if precision == Precision::BF16 {
+        let (b, pairs) = bf16::workspace_size(m, n, k, packed_b);
+        return Space { a: 0, b, pairs };
+    }
     let (mr, nr) = tile(n);
     let kc = depth_block(k);
     let a = m.next_multiple_of(mr) * kc;
-    let b = if trans_b {
+    let b = if packed_b {
         kc * n.next_multiple_of(nr)
     } else {
         0
     };
-    (a, b)
+    Space { a, b, pairs: 0 }
 }
 
 impl Workspace {
     /// Grows the buffers to at least the given sizes.
-    pub fn reserve(&mut self, (a, b): (usize, usize)) {
-        if self.a.len() < a {
-            self.a.resize(a, 0.0);
+    pub fn reserve(&mut self, space: Space) {
+        if self.a.len() < space.a {
+            self.a.resize(space.a, 0.0);
         }
-        if self.b.len() < b {
-            self.b.resize(b, 0.0);
+        if self.b.len() < space.b {
+            self.b.resize(space.b, 0.0);
+        }
+        if self.pairs.len() < space.pairs {
+            self.pairs.resize(space.pairs, 0);
         }
     }
 }
 
-/// `C = alpha · op(A) · op(B) + beta · C` for an `m × n` C with row stride `ldc`; op(A) is
-/// `m × k`, op(B) is `k × n`. When `beta == 0`, C is not read.
+/// `C = alpha · op(A) · op(B) + beta · C` in f32 for an `m × n` C with row stride `ldc`;
+/// op(A) is `m × k`, op(B) is `k × n`. When `beta == 0`, C is not read.
 ///
 /// # Safety
 /// [`available`] is true; the operands cover their extents; `ws` was reserved with
@@ -128,7 +159,19 @@ pub unsafe fn gemm(
     c: *mut f32,
     ldc: usize,
 ) {
-    gemm_with(ws, m, n, k, alpha, a, B::Stored(b), beta, c, ldc)
+    gemm_with(
+        ws,
+        Precision::F32,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        B::Stored(b),
+        beta,
+        c,
+        ldc,
+    )
 }
 
 /// Packs depth `p0 .. p0 + kc` of an op(B) that exists only implicitly (convolution patches
@@ -150,13 +193,16 @@ pub enum B<'a> {
     Packer(&'a dyn PackB),
 }
 
-/// [`gemm`] with an op(B) that may be packed by the caller ([`B::Packer`]).
+/// [`gemm`] in `precision` (f32, or inputs rounded to bf16: [`bf16`]), with an op(B) that may
+/// be packed by the caller ([`B::Packer`]).
 ///
 /// # Safety
-/// As for [`gemm`], with `ws` reserved as for a transposed B.
+/// As for [`gemm`] (for bf16 [`available`] need not hold), with `ws` reserved for
+/// `precision` as for a packed B. Precision f16 is not implemented here (the device refuses it).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_with(
     ws: &mut Workspace,
+    precision: Precision,
     m: usize,
     n: usize,
     k: usize,
@@ -180,6 +226,14 @@ pub unsafe fn gemm_with(
         }
         return;
     }
+    if precision == Precision::BF16 {
+        return bf16::gemm_with(ws, m, n, k, alpha, a, b, beta, c, ldc);
+    }
+    debug_assert_eq!(
+        precision,
+        Precision::F32,
+        "f16 products are refused by the device"
+    );
     let (mr, nr) = tile(n);
     let nv = vectors(n);
     let kc_max = depth_block(k);
