@@ -48,8 +48,8 @@ pub fn workspace_size(m: usize, n: usize, k: usize, packer: bool) -> (usize, usi
     let nr = LANES * vectors(n);
     let kc = depth_block(k);
     let pairs = kc.div_ceil(2);
-    // A's panels for a depth block, then one panel of B.
-    let u = m.next_multiple_of(MR) * pairs + pairs * nr;
+    // A's and B's panels for a depth block.
+    let u = (m.next_multiple_of(MR) + n.next_multiple_of(nr)) * pairs;
     // A packer writes every f32 panel of a depth block first.
     let f = if packer {
         kc * n.next_multiple_of(nr)
@@ -105,28 +105,30 @@ unsafe fn gemm_on(
         let pairs = kc.div_ceil(2);
         let beta_block = if p0 == 0 { beta } else { 1.0 };
         let (pa, pb) = ws.pairs.split_at_mut(m.next_multiple_of(MR) * pairs);
-        let pb = &mut pb[..pairs * nr];
-        pack_a(pa, m, kc, &a, p0, fast);
-        if let B::Packer(p) = &b {
-            p.pack(&mut ws.b[..kc * n.next_multiple_of(nr)], nr, n, kc, p0);
+        let a_panels = Panels::new(pa, MR, pairs);
+        pack(a_panels, kc, m, !a.trans, |i, p| a.at(i, p0 + p), fast);
+        let b_panels = Panels::new(pb, nr, pairs);
+        match &b {
+            // Lines of B are its columns; the depth is contiguous when B is stored transposed.
+            B::Stored(s) => pack(b_panels, kc, n, s.trans, |j, p| s.at(p0 + p, j), fast),
+            B::Packer(packer) => {
+                let f = &mut ws.b[..kc * n.next_multiple_of(nr)];
+                packer.pack(f, nr, n, kc, p0);
+                pair_up(b_panels, f, kc, n, fast);
+            }
         }
         let mut j = 0;
         while j < n {
             let cols = nr.min(n - j);
-            match &b {
-                B::Stored(s) => pack_b(pb, nr, cols, kc, s, p0, j, fast),
-                B::Packer(_) => pair_up_panel(pb, &ws.b[j * kc..(j + nr) * kc], nr, kc),
-            }
+            let bj = b_panels.at(0, j);
             let mut i = 0;
             while i < m {
                 let rows = MR.min(m - i);
-                let ai = pa.as_ptr().add(i * pairs);
-                let cij = c.add(i * ldc + j);
                 let tile = (
                     pairs,
-                    ai,
-                    pb.as_ptr(),
-                    cij,
+                    a_panels.at(0, i) as *const u32,
+                    bj as *const u32,
+                    c.add(i * ldc + j),
                     ldc,
                     rows,
                     cols,
@@ -147,8 +149,36 @@ unsafe fn gemm_on(
     }
 }
 
-/// One pair of depth values of row/column `line`, rounded: `(at(2q), at(2q+1))`, the second
-/// zero past `kc`.
+/// Where packed pairs go: panels of `width` lines (rows of A, columns of B), each `pairs`
+/// pairs deep and depth-major: pair `q` of line `l` is value `q · width + l % width` of panel
+/// `l / width`. Lines past the operand's are zero, so the kernel reads whole panels.
+#[derive(Clone, Copy)]
+struct Panels {
+    ptr: *mut u32,
+    width: usize,
+    pairs: usize,
+}
+
+impl Panels {
+    fn new(buf: &mut [u32], width: usize, pairs: usize) -> Panels {
+        Panels {
+            ptr: buf.as_mut_ptr(),
+            width,
+            pairs,
+        }
+    }
+
+    /// Where pair `q` of line `l` goes.
+    #[inline(always)]
+    unsafe fn at(&self, q: usize, l: usize) -> *mut u32 {
+        let panel = l / self.width;
+        self.ptr
+            .add(panel * self.pairs * self.width + q * self.width + l % self.width)
+    }
+}
+
+/// One pair of depth values of a line, rounded: `(at(2q), at(2q+1))`, the second zero past
+/// `kc`.
 #[inline(always)]
 fn pair(kc: usize, q: usize, at: impl Fn(usize) -> f32) -> u32 {
     let lo = bf16_bits(at(2 * q)) as u32;
@@ -160,64 +190,31 @@ fn pair(kc: usize, q: usize, at: impl Fn(usize) -> f32) -> u32 {
     lo | hi << 16
 }
 
-/// Packs rows `0..m`, depth `p0..p0+kc` of op(A) as pairs, in panels of [`MR`] rows (rows past
-/// `m` zero).
-unsafe fn pack_a(buf: &mut [u32], m: usize, kc: usize, a: &Operand, p0: usize, fast: bool) {
-    let pairs = kc.div_ceil(2);
-    for (panel, out) in buf.chunks_exact_mut(MR * pairs).enumerate() {
-        let i0 = panel * MR;
-        let rows = MR.min(m - i0);
-        #[cfg(target_arch = "x86_64")]
-        if fast {
-            if a.trans {
-                // op(A)(i, p) = stored(p, i): the depth steps across stored rows.
-                vector::pairs_across(out.as_mut_ptr(), MR, kc, rows, |p| a.at(i0, p0 + p));
-            } else {
-                vector::pairs_along(out.as_mut_ptr(), MR, kc, rows, |r| a.at(i0 + r, p0));
-            }
-            continue;
-        }
-        let _ = fast;
-        for q in 0..pairs {
-            for r in 0..MR {
-                out[q * MR + r] = if r < rows {
-                    pair(kc, q, |p| *a.at(i0 + r, p0 + p))
-                } else {
-                    0
-                };
-            }
-        }
-    }
-}
-
-/// Packs depth `p0..p0+kc`, columns `j0..j0+cols` of op(B) as one panel of `nr` pair columns
-/// (columns past `cols` zero).
-#[allow(clippy::too_many_arguments)]
-unsafe fn pack_b(
-    out: &mut [u32],
-    nr: usize,
-    cols: usize,
+/// Packs lines `0..lines`, depth `0..kc` of an operand into `panels`; `at(l, p)` is the
+/// address of line `l` at depth `p`, and `along` says that a line's depth is contiguous in
+/// memory (else each depth step's lines are).
+unsafe fn pack(
+    panels: Panels,
     kc: usize,
-    b: &Operand,
-    p0: usize,
-    j0: usize,
+    lines: usize,
+    along: bool,
+    at: impl Fn(usize, usize) -> *const f32,
     fast: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     if fast {
-        if b.trans {
-            // op(B)(p, j) = stored(j, p): column j's depth is contiguous.
-            vector::pairs_along(out.as_mut_ptr(), nr, kc, cols, |j| b.at(p0, j0 + j));
+        if along {
+            vector::pairs_along(panels, kc, lines, at);
         } else {
-            vector::pairs_across(out.as_mut_ptr(), nr, kc, cols, |p| b.at(p0 + p, j0));
+            vector::pairs_across(panels, kc, lines, at);
         }
         return;
     }
-    let _ = fast;
+    let _ = (fast, along);
     for q in 0..kc.div_ceil(2) {
-        for j in 0..nr {
-            out[q * nr + j] = if j < cols {
-                pair(kc, q, |p| *b.at(p0 + p, j0 + j))
+        for l in 0..lines.next_multiple_of(panels.width) {
+            *panels.at(q, l) = if l < lines {
+                pair(kc, q, |p| *at(l, p))
             } else {
                 0
             };
@@ -225,13 +222,13 @@ unsafe fn pack_b(
     }
 }
 
-/// Turns one f32 panel of a [`PackB`](super::PackB) (`kc × nr`, depth-major) into pairs.
-fn pair_up_panel(out: &mut [u32], panel: &[f32], nr: usize, kc: usize) {
-    for (q, row) in out.chunks_exact_mut(nr).enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = pair(kc, q, |p| panel[p * nr + j]);
-        }
-    }
+/// Turns the f32 panels of a [`PackB`](super::PackB) (`kc × width` each, depth-major, the
+/// width a multiple of 16) into pairs.
+unsafe fn pair_up(panels: Panels, f32s: &[f32], kc: usize, lines: usize, fast: bool) {
+    let w = panels.width;
+    let at = |l: usize, p: usize| f32s.as_ptr().add((l / w) * kc * w + p * w + l % w);
+    // Each depth step's lines are contiguous within a panel, and 16 lines never straddle two.
+    pack(panels, kc, lines, false, at, fast)
 }
 
 /// A tile's arguments: (depth pairs, A panel, B panel, C, ldc, rows, cols, alpha, beta).
@@ -321,6 +318,8 @@ unsafe fn kernel<const NV: usize>(_: Tile) {
 /// Packing with AVX-512 BF16's conversions.
 #[cfg(target_arch = "x86_64")]
 mod vector {
+    use super::super::store_transposed;
+    use super::Panels;
     use std::arch::x86_64::*;
 
     /// The lanes `< n` of a 16-lane register.
@@ -328,44 +327,41 @@ mod vector {
         ((1u32 << n.min(16)) - 1) as __mmask16
     }
 
-    /// Packs `lines` lines whose depth is contiguous in memory (`line(l)` is the address of
-    /// line `l`'s first depth value), depth `0..kc`, into `out` (pair `q` of line `l` at
-    /// `q · ld + l`; lines `lines..ld` zero). 8 lines and 16 depth values at a time: each line
-    /// converts to 8 pairs, and an 8 × 8 transpose of the pairs puts them depth-major.
+    /// Packs lines whose depth is contiguous in memory: 8 lines and 16 depth values at a
+    /// time, each line converts to 8 pairs, and an 8 × 8 transpose of the pairs puts them
+    /// depth-major.
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl,avx")]
-    pub unsafe fn pairs_along(
-        out: *mut u32,
-        ld: usize,
+    pub(super) unsafe fn pairs_along(
+        panels: Panels,
         kc: usize,
         lines: usize,
-        line: impl Fn(usize) -> *const f32,
+        at: impl Fn(usize, usize) -> *const f32,
     ) {
         let pairs = kc.div_ceil(2);
-        for l0 in (0..ld).step_by(8) {
+        for l0 in (0..lines.next_multiple_of(panels.width)).step_by(8) {
             let mut q0 = 0;
             while q0 < pairs {
                 let depth = (kc - 2 * q0).min(16);
                 let mut r = [_mm256_setzero_ps(); 8];
                 for (i, reg) in r.iter_mut().enumerate() {
                     if l0 + i < lines {
-                        let x = _mm512_maskz_loadu_ps(mask16(depth), line(l0 + i).add(2 * q0));
+                        let x = _mm512_maskz_loadu_ps(mask16(depth), at(l0 + i, 2 * q0));
                         *reg = _mm256_castsi256_ps(std::mem::transmute::<__m256bh, __m256i>(
                             _mm512_cvtneps_pbh(x),
                         ));
                     }
                 }
+                // Rows of the transpose are depth pairs, 8 lines each (within one panel).
                 let rows = (pairs - q0).min(8);
+                let ld = panels.width;
                 if rows == 8 {
-                    super::super::store_transposed(r, out.add(q0 * ld + l0).cast(), ld);
+                    store_transposed(r, panels.at(q0, l0).cast(), ld);
                 } else {
                     let mut tmp = [0u32; 64];
-                    super::super::store_transposed(r, tmp.as_mut_ptr().cast(), 8);
+                    store_transposed(r, tmp.as_mut_ptr().cast(), 8);
                     for q in 0..rows {
-                        std::ptr::copy_nonoverlapping(
-                            tmp.as_ptr().add(q * 8),
-                            out.add((q0 + q) * ld + l0),
-                            8,
-                        );
+                        let dst = panels.at(q0 + q, l0);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr().add(q * 8), dst, 8);
                     }
                 }
                 q0 += 8;
@@ -373,36 +369,42 @@ mod vector {
         }
     }
 
-    /// Packs `lines` lines that are contiguous in memory for each depth value (`depth(p)` is
-    /// the address of line 0 at depth `p`), depth `0..kc`, into `out` as [`pairs_along`]
-    /// does. 16 lines at a time: two depth rows convert into one register and a permutation
-    /// interleaves them into pairs.
+    /// Packs lines that are contiguous in memory at each depth: for each pair of depth rows,
+    /// 16 lines at a time, the two rows convert into one register and a permutation
+    /// interleaves them into pairs. Whole rows are read in order, which the prefetchers
+    /// follow.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-    pub unsafe fn pairs_across(
-        out: *mut u32,
-        ld: usize,
+    pub(super) unsafe fn pairs_across(
+        panels: Panels,
         kc: usize,
         lines: usize,
-        depth: impl Fn(usize) -> *const f32,
+        at: impl Fn(usize, usize) -> *const f32,
     ) {
         // Word i of the result: even-depth word i/2 for even i, odd-depth word 16 + i/2 for odd.
         let order: [i16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as i16);
         let order = _mm512_loadu_si512(order.as_ptr().cast());
-        let pairs = kc.div_ceil(2);
-        for q in 0..pairs {
-            let row = out.add(q * ld);
-            for l0 in (0..ld).step_by(16) {
+        let padded = lines.next_multiple_of(panels.width);
+        for q in 0..kc.div_ceil(2) {
+            for l0 in (0..padded).step_by(16) {
                 let m = mask16(lines.saturating_sub(l0));
-                let even = _mm512_maskz_loadu_ps(m, depth(2 * q).add(l0));
+                let even = _mm512_maskz_loadu_ps(m, at(l0, 2 * q));
                 let odd = if 2 * q + 1 < kc {
-                    _mm512_maskz_loadu_ps(m, depth(2 * q + 1).add(l0))
+                    _mm512_maskz_loadu_ps(m, at(l0, 2 * q + 1))
                 } else {
                     _mm512_setzero_ps()
                 };
                 let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
                 let v = _mm512_permutexvar_epi16(order, both);
-                // A panel narrower than 16 lines (A's 8 rows) takes the low half only.
-                _mm512_mask_storeu_epi32(row.add(l0).cast(), mask16(ld - l0), v);
+                if panels.width % 16 == 0 {
+                    _mm512_storeu_si512(panels.at(q, l0).cast(), v);
+                } else {
+                    // Panels of 8 lines (A's): the two halves go to two panels.
+                    _mm256_storeu_si256(panels.at(q, l0).cast(), _mm512_castsi512_si256(v));
+                    if l0 + 8 < padded {
+                        let high = _mm512_extracti64x4_epi64::<1>(v);
+                        _mm256_storeu_si256(panels.at(q, l0 + 8).cast(), high);
+                    }
+                }
             }
         }
     }
