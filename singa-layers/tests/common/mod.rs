@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use singa_core::{DType, DeviceRef, Fields, LayerType, Shape, Tensor, TensorSpec};
+use singa_core::{DType, DeviceRef, Fields, LayerType, Precision, Shape, Tensor, TensorSpec};
 use singa_cpu::{CpuDevice, ReferenceDevice};
 use singa_layers::gradcheck::{
     build, check_gradients, forward_backward, random_away_from_zero, GradCheckOptions,
@@ -154,10 +154,22 @@ impl Case {
     }
 
     /// The layer on the CPU device (with `threads`) gives what it gives on the reference
-    /// device, within `tol` relative to the largest magnitude of each tensor (at least 1).
+    /// device, within `tol` relative to the largest magnitude of each tensor (at least 1); and
+    /// so it does with bf16 products on both (`precision = "bf16"`: both multiply the same
+    /// rounded values). The cases' convolutions are too small for the CPU's Winograd path,
+    /// which stays f32 in bf16 (`nn_vs_reference` checks that path with bf16's tolerance).
     pub fn assert_cpu_matches_reference(&self, threads: usize, tol: f32) {
-        let cpu = self.forward_backward(&cpu(threads));
-        let reference = self.forward_backward(&reference());
+        self.assert_cpu_matches_reference_in(Precision::F32, threads, tol);
+        self.assert_cpu_matches_reference_in(Precision::BF16, threads, tol);
+    }
+
+    /// [`Case::assert_cpu_matches_reference`] for one precision of the products.
+    pub fn assert_cpu_matches_reference_in(&self, precision: Precision, threads: usize, tol: f32) {
+        let cpu = self.forward_backward(&DeviceRef::new(
+            CpuDevice::with_precision(threads, precision).unwrap(),
+        ));
+        let reference =
+            self.forward_backward(&DeviceRef::new(ReferenceDevice::with_precision(precision)));
         assert_eq!(cpu.len(), reference.len());
         for (k, (c, r)) in cpu.iter().zip(&reference).enumerate() {
             assert_eq!(c.len(), r.len());
@@ -165,7 +177,7 @@ impl Case {
             for (i, (x, y)) in c.iter().zip(r).enumerate() {
                 assert!(
                     (x - y).abs() <= tol * scale,
-                    "{} {}: tensor {k}[{i}]: cpu {x} vs reference {y}",
+                    "{} {} in {precision}: tensor {k}[{i}]: cpu {x} vs reference {y}",
                     self.name,
                     self.fields
                 );
