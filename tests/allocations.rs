@@ -2,7 +2,8 @@
 //! batch is reused. Counted with a global allocator that counts, on the MLP of the benchmark
 //! (784-1000-500-10, batch 64) over synthetic MNIST-shaped data, and on a convnet with every
 //! image layer (augmented image input, convolution, batch norm, pooling, LRN, split, concat,
-//! flatten, top-k accuracy), and on the MLP trained by two workers and two servers.
+//! flatten, top-k accuracy), both also with bf16 products, and on the MLP trained by two
+//! workers and two servers.
 
 use singa::config::JobConfig;
 use singa::trainer::{TrainOptions, Trainer};
@@ -93,6 +94,17 @@ fn a_warm_convnet_step_allocates_nothing() {
     assert_eq!(
         allocated, 0,
         "{allocated} allocations in 50 warm training steps"
+    );
+    drop(trainer);
+
+    // With bf16 products (their pairs are packed into buffers kept like the f32 ones).
+    let mut bf16 = job.clone();
+    bf16.device.precision = singa_core::Precision::BF16;
+    let mut trainer = Trainer::new(&bf16, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let allocated = allocations(&mut trainer, 20, 50);
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in 50 warm bf16 training steps"
     );
     drop(trainer);
 
@@ -203,6 +215,16 @@ srclayers = ["fc3", "data:label"]
     assert_eq!(
         allocated, 0,
         "{allocated} allocations in {steps} warm training steps"
+    );
+    drop(trainer);
+
+    let mut bf16 = job.clone();
+    bf16.device.precision = singa_core::Precision::BF16;
+    let mut trainer = Trainer::new(&bf16, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let allocated = allocations(&mut trainer, 40, steps);
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in {steps} warm bf16 training steps"
     );
     drop(trainer);
 

@@ -271,3 +271,35 @@ fn a_convnet_learns_and_resumes_exactly() {
     );
     assert_eq!(a, b, "parameters differ bitwise after resuming");
 }
+
+/// With `precision = "bf16"` the convnet learns as in f32, a stopped bf16 run resumes bitwise
+/// to the uninterrupted one, and its checkpoint (f32 values, as always) resumes in f32 too.
+#[test]
+fn a_bf16_convnet_learns_and_resumes_in_either_precision() {
+    let dir = tmpdir("convnet-bf16");
+    singa_tests::synthetic_images(&dir.join("train.shard"), 160, 8, 1);
+    singa_tests::synthetic_images(&dir.join("test.shard"), 16, 8, 2);
+    let steps = |n: u32, precision: &str| {
+        let top = format!("train_steps = {n}\ndisplay_freq = 20\ncheckpoint_freq = 20\ntest_freq = 40\ndevice = {{ precision = \"{precision}\" }}");
+        convnet(&dir, &top)
+    };
+    let (straight, summary) = train(&steps(40, "bf16"), &dir.join("a"), Existing::Refuse);
+    let accuracy = metric(&summary.test, "loss/accuracy");
+    assert!(accuracy >= 0.75, "test metrics {:?}", summary.test);
+
+    train(&steps(20, "bf16"), &dir.join("b"), Existing::Refuse);
+    let (resumed, _) = train(&steps(40, "bf16"), &dir.join("b"), Existing::Resume);
+    assert_eq!(
+        param_values(&straight),
+        param_values(&resumed),
+        "bf16 parameters differ bitwise after resuming"
+    );
+
+    train(&steps(20, "bf16"), &dir.join("c"), Existing::Refuse);
+    let (as_f32, summary) = train(&steps(40, "f32"), &dir.join("c"), Existing::Resume);
+    let accuracy = metric(&summary.test, "loss/accuracy");
+    assert!(accuracy >= 0.75, "test metrics {:?}", summary.test);
+    // The last 20 steps in f32 move the parameters a little away from the bf16 run's.
+    let moved = singa_tests::max_difference(&param_values(&straight), &param_values(&as_f32));
+    assert!(moved > 0.0 && moved < 0.01, "parameters moved by {moved}");
+}
