@@ -42,8 +42,64 @@ fn t(dev: &DeviceRef, shape: &[usize]) -> Tensor {
     Tensor::from_slice(dev, &data, Shape::new(shape).unwrap()).unwrap()
 }
 
+/// The multiply-add peak of one core, in GFLOP/s: (f32 FMA, bf16 pair dot products), from
+/// loops of independent register-only instructions (`None` without AVX-512 / AVX-512 BF16).
+#[cfg(target_arch = "x86_64")]
+fn peaks() -> (Option<f64>, Option<f64>) {
+    use std::arch::x86_64::*;
+    const ITERS: usize = 20_000_000;
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma() -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let (a, b) = (_mm512_set1_ps(1.0), _mm512_set1_ps(1e-9));
+        for _ in 0..ITERS {
+            for r in acc.iter_mut() {
+                *r = _mm512_fmadd_ps(a, b, *r);
+            }
+            std::arch::asm!("", options(nomem, nostack));
+        }
+        acc.iter().map(|&r| _mm512_reduce_add_ps(r)).sum()
+    }
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dot() -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let one: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        for _ in 0..ITERS {
+            for r in acc.iter_mut() {
+                *r = _mm512_dpbf16_ps(*r, one, one);
+            }
+            std::arch::asm!("", options(nomem, nostack));
+        }
+        acc.iter().map(|&r| _mm512_reduce_add_ps(r)).sum()
+    }
+    let rate = |flops_per_iter: f64, f: &dyn Fn() -> f32| {
+        let t = Instant::now();
+        std::hint::black_box(f());
+        ITERS as f64 * flops_per_iter / t.elapsed().as_secs_f64() / 1e9
+    };
+    let f32_peak = std::arch::is_x86_feature_detected!("avx512f")
+        // SAFETY: the CPU has AVX-512F.
+        .then(|| rate(12.0 * 32.0, &|| unsafe { fma() }));
+    let bf16_peak = (CpuDevice::has_fast_bf16())
+        // SAFETY: the CPU has AVX-512 BF16.
+        .then(|| rate(12.0 * 64.0, &|| unsafe { dot() }));
+    (f32_peak, bf16_peak)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peaks() -> (Option<f64>, Option<f64>) {
+    (None, None)
+}
+
 fn main() {
     // `cargo bench` passes --bench; accept and ignore arguments.
+    let show = |p: Option<f64>| p.map_or("not measured".to_string(), |g| format!("{g:.0} GFLOP/s"));
+    let (f32_peak, bf16_peak) = peaks();
+    println!(
+        "peak of one core: f32 FMA {}, bf16 dot products {}\n",
+        show(f32_peak),
+        show(bf16_peak)
+    );
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let configs = [1usize, 2];
     let mut results: Vec<Vec<(String, f64, Option<f64>)>> = Vec::new();

@@ -254,7 +254,7 @@ impl Device for CpuDevice {
                 if self.threads.count() == 1 { "" } else { "s" },
                 match (self.precision, sgemm::bf16::fast()) {
                     (Precision::F32, _) => "",
-                    (_, true) => ", bf16 products (avx512_bf16)",
+                    (_, true) => ", bf16 products (avx512_bf16; Winograd convolutions in f32)",
                     (_, false) => ", bf16 products (no avx512_bf16: emulated, slow)",
                 }
             )
