@@ -395,7 +395,7 @@ mod vector {
                 };
                 let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
                 let v = _mm512_permutexvar_epi16(order, both);
-                if panels.width % 16 == 0 {
+                if panels.width.is_multiple_of(16) {
                     _mm512_storeu_si512(panels.at(q, l0).cast(), v);
                 } else {
                     // Panels of 8 lines (A's): the two halves go to two panels.
