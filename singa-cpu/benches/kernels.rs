@@ -80,7 +80,7 @@ fn peaks() -> (Option<f64>, Option<f64>) {
     let f32_peak = std::arch::is_x86_feature_detected!("avx512f")
         // SAFETY: the CPU has AVX-512F.
         .then(|| rate(12.0 * 32.0, &|| unsafe { fma() }));
-    let bf16_peak = (CpuDevice::has_fast_bf16())
+    let bf16_peak = std::arch::is_x86_feature_detected!("avx512bf16")
         // SAFETY: the CPU has AVX-512 BF16.
         .then(|| rate(12.0 * 64.0, &|| unsafe { dot() }));
     (f32_peak, bf16_peak)

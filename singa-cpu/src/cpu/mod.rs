@@ -81,10 +81,10 @@ impl CpuDevice {
         self.precision
     }
 
-    /// Whether this CPU computes bf16 products with AVX-512 BF16 (else a plain, slow path
-    /// computes the same rounded products).
-    pub fn has_fast_bf16() -> bool {
-        sgemm::bf16::fast()
+    /// How this CPU computes bf16 products: AMX tiles, AVX-512 BF16, or a plain, slow path
+    /// with the same rounded products.
+    pub fn bf16_path() -> sgemm::bf16::Path {
+        sgemm::bf16::Path::here()
     }
 
     /// The device's threads.
@@ -252,10 +252,12 @@ impl Device for CpuDevice {
                 "cpu ({} thread{}, {isa}{})",
                 self.threads.count(),
                 if self.threads.count() == 1 { "" } else { "s" },
-                match (self.precision, sgemm::bf16::fast()) {
-                    (Precision::F32, _) => "",
-                    (_, true) => ", bf16 products (avx512_bf16; Winograd convolutions in f32)",
-                    (_, false) => ", bf16 products (no avx512_bf16: emulated, slow)",
+                match self.precision {
+                    Precision::F32 => String::new(),
+                    _ => format!(
+                        ", bf16 products ({}; Winograd convolutions in f32)",
+                        Self::bf16_path().name()
+                    ),
                 }
             )
             .into(),

@@ -43,7 +43,42 @@ fn vectors(n: usize) -> usize {
         .expect("at least one width")
 }
 
-/// The packing space of an `m × n × k` product: (f32 values, u32 pairs).
+/// How bf16 products run on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Plain code (no AVX-512 BF16): the same numbers, slowly.
+    Plain,
+    /// AVX-512 BF16's `vdpbf16ps` (the kernel below).
+    Avx512Bf16,
+    /// Intel AMX tiles ([`super::amx`]).
+    Amx,
+}
+
+impl Path {
+    /// The fastest path this CPU runs.
+    pub fn here() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        if super::amx::available() {
+            return Path::Amx;
+        }
+        if fast() {
+            Path::Avx512Bf16
+        } else {
+            Path::Plain
+        }
+    }
+
+    /// The CPU feature it uses, as a user reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Plain => "no avx512_bf16: emulated, slow",
+            Path::Avx512Bf16 => "avx512_bf16",
+            Path::Amx => "amx_bf16",
+        }
+    }
+}
+
+/// The packing space of an `m × n × k` product: (f32 values, u32 pairs), for any path.
 pub fn workspace_size(m: usize, n: usize, k: usize, packer: bool) -> (usize, usize) {
     let nr = LANES * vectors(n);
     let kc = depth_block(k);
@@ -56,6 +91,11 @@ pub fn workspace_size(m: usize, n: usize, k: usize, packer: bool) -> (usize, usi
     } else {
         0
     };
+    #[cfg(target_arch = "x86_64")]
+    if super::amx::available() {
+        let (f_amx, u_amx) = super::amx::workspace_size(m, n, k, packer);
+        return (f.max(f_amx), u.max(u_amx));
+    }
     (f, u)
 }
 
@@ -77,14 +117,13 @@ pub unsafe fn gemm_with(
     c: *mut f32,
     ldc: usize,
 ) {
-    gemm_on(fast(), ws, m, n, k, alpha, a, b, beta, c, ldc)
+    gemm_on(Path::here(), ws, m, n, k, alpha, a, b, beta, c, ldc)
 }
 
-/// [`gemm_with`] with the `vdpbf16ps` kernel when `fast`, else with the plain one (tests run
-/// both on the same CPU).
+/// [`gemm_with`] on the given path (tests run every path this CPU has).
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_on(
-    fast: bool,
+    path: Path,
     ws: &mut Workspace,
     m: usize,
     n: usize,
@@ -96,6 +135,11 @@ unsafe fn gemm_on(
     c: *mut f32,
     ldc: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx {
+        return super::amx::gemm(ws, m, n, k, alpha, a, b, beta, c, ldc);
+    }
+    let fast = path == Path::Avx512Bf16;
     let nv = vectors(n);
     let nr = LANES * nv;
     let kc_max = depth_block(k);
@@ -153,14 +197,16 @@ unsafe fn gemm_on(
 /// pairs deep and depth-major: pair `q` of line `l` is value `q · width + l % width` of panel
 /// `l / width`. Lines past the operand's are zero, so the kernel reads whole panels.
 #[derive(Clone, Copy)]
-struct Panels {
+pub(super) struct Panels {
     ptr: *mut u32,
-    width: usize,
-    pairs: usize,
+    /// Lines per panel.
+    pub(super) width: usize,
+    /// Depth pairs per panel.
+    pub(super) pairs: usize,
 }
 
 impl Panels {
-    fn new(buf: &mut [u32], width: usize, pairs: usize) -> Panels {
+    pub(super) fn new(buf: &mut [u32], width: usize, pairs: usize) -> Panels {
         Panels {
             ptr: buf.as_mut_ptr(),
             width,
@@ -170,7 +216,7 @@ impl Panels {
 
     /// Where pair `q` of line `l` goes.
     #[inline(always)]
-    unsafe fn at(&self, q: usize, l: usize) -> *mut u32 {
+    pub(super) unsafe fn at(&self, q: usize, l: usize) -> *mut u32 {
         let panel = l / self.width;
         self.ptr
             .add(panel * self.pairs * self.width + q * self.width + l % self.width)
@@ -193,7 +239,7 @@ fn pair(kc: usize, q: usize, at: impl Fn(usize) -> f32) -> u32 {
 /// Packs lines `0..lines`, depth `0..kc` of an operand into `panels`; `at(l, p)` is the
 /// address of line `l` at depth `p`, and `along` says that a line's depth is contiguous in
 /// memory (else each depth step's lines are).
-unsafe fn pack(
+pub(super) unsafe fn pack(
     panels: Panels,
     kc: usize,
     lines: usize,
@@ -224,7 +270,7 @@ unsafe fn pack(
 
 /// Turns the f32 panels of a [`PackB`](super::PackB) (`kc × width` each, depth-major, the
 /// width a multiple of 16) into pairs.
-unsafe fn pair_up(panels: Panels, f32s: &[f32], kc: usize, lines: usize, fast: bool) {
+pub(super) unsafe fn pair_up(panels: Panels, f32s: &[f32], kc: usize, lines: usize, fast: bool) {
     let w = panels.width;
     let at = |l: usize, p: usize| f32s.as_ptr().add((l / w) * kc * w + p * w + l % w);
     // Each depth step's lines are contiguous within a panel, and 16 lines never straddle two.
@@ -416,6 +462,20 @@ mod tests {
     use singa_core::rng::SplitMix64;
     use singa_core::Precision;
 
+    /// Every path this CPU runs (the plain one always).
+    fn paths() -> Vec<Path> {
+        let mut paths = vec![Path::Plain];
+        if fast() {
+            paths.push(Path::Avx512Bf16);
+        }
+        if Path::here() == Path::Amx {
+            paths.push(Path::Amx);
+        } else {
+            eprintln!("no AMX on this CPU: its tile kernel is not tested here");
+        }
+        paths
+    }
+
     fn values(seed: u64, n: usize) -> Vec<f32> {
         let mut r = SplitMix64::new(seed);
         (0..n)
@@ -470,6 +530,7 @@ mod tests {
             (7, 100, 301),
             (64, 33, 530),
             (20, 96, 17),
+            (33, 64, 1100),
         ];
         let mut seed = 1;
         for &(m, n, k) in &shapes {
@@ -491,8 +552,7 @@ mod tests {
                         &c,
                         (alpha, beta),
                     );
-                    let paths: &[bool] = if fast() { &[false, true] } else { &[false] };
-                    for &fast in paths {
+                    for path in paths() {
                         let mut ws = Workspace::default();
                         ws.reserve(super::super::workspace_size(m, n, k, tb, Precision::BF16));
                         let mut got = c.clone();
@@ -503,7 +563,7 @@ mod tests {
                         };
                         unsafe {
                             gemm_on(
-                                fast,
+                                path,
                                 &mut ws,
                                 m,
                                 n,
@@ -519,7 +579,7 @@ mod tests {
                         for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                             assert!(
                                 (g - w).abs() <= 1e-5 * (k as f32 + 1.0),
-                                "{m}x{n}x{k} ta {ta} tb {tb} fast {fast}: element {idx}: {g} vs {w}"
+                                "{m}x{n}x{k} ta {ta} tb {tb} {path:?}: element {idx}: {g} vs {w}"
                             );
                         }
                     }

@@ -11,6 +11,8 @@
 //! strip of B in L1; op(A) is packed into panels of `MR` rows stored depth-major, so the kernel
 //! broadcasts consecutive values; the kernel accumulates an `MR × NR` tile of C in registers.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod avx2;
 mod avx512;
 pub mod bf16;
