@@ -59,8 +59,9 @@ impl CpuDevice {
     }
 
     /// A CPU device whose matrix products and convolutions run in `precision` (f32 or bf16:
-    /// inputs rounded to bf16, sums in f32; with AVX-512 BF16 twice as fast as f32, else
-    /// slower). The CPU has no fast f16 product, so f16 is refused.
+    /// inputs rounded to bf16, sums in f32; faster than f32 with AMX tiles or with an AVX-512
+    /// BF16 that runs at the FMA rate, see docs/PERFORMANCE.md). The CPU has no fast f16
+    /// product, so f16 is refused.
     pub fn with_precision(threads: usize, precision: Precision) -> Result<CpuDevice> {
         if precision == Precision::F16 {
             return Err(Error::unsupported(
