@@ -307,14 +307,21 @@ enum PluginCommand {
 enum DataCommand {
     /// Turn a public data set into shards: `singa data import mnist SRC DST`.
     Import {
-        /// The kind of data set: mnist, fashion-mnist, cifar10 (the binary batches), or
+        /// The kind of data set: mnist, fashion-mnist, cifar10 (the binary batches),
         /// image-folder (a folder per class of JPEG/PNG files, in a directory or a .tar.gz;
-        /// with train/ and test/ folders above them for one shard per split).
+        /// with train/ and test/ folders above them for one shard per split), or text (a text
+        /// file as character ids, for character-level models: train.shard and valid.shard).
         kind: String,
         /// Where its files are.
         src: PathBuf,
         /// The folder to write the shards into.
         dst: PathBuf,
+        /// For text: the fraction of the text, at its end, kept for validation [default: 0.05]
+        #[arg(long)]
+        validation: Option<f64>,
+        /// For text: one id per character (the file must be UTF-8) or per byte [default: chars]
+        #[arg(long, value_parser = ["chars", "bytes"])]
+        unit: Option<String>,
     },
     /// Write the mean image of a shard's records (a mean file for `image_data`'s `mean_file`).
     Mean {
@@ -407,8 +414,37 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Data {
-            command: DataCommand::Import { kind, src, dst },
+            command:
+                DataCommand::Import {
+                    kind,
+                    src,
+                    dst,
+                    validation,
+                    unit,
+                },
         } => {
+            if kind == "text" {
+                let mut options = singa_data::import::TextOptions::default();
+                if let Some(f) = validation {
+                    options.validation = f;
+                }
+                if let Some(u) = unit {
+                    options.unit = singa_data::import::TextUnit::from_name(&u)?;
+                }
+                for (path, count) in singa_data::import::import_text(&src, &dst, options)? {
+                    let shard = singa_data::Shard::open(&path)?;
+                    let vocab = singa_data::import::read_text(&shard)?.vocabulary.len();
+                    let unit = options.unit.name();
+                    outln!("wrote {} ({count} {unit}, vocabulary of {vocab})", path.display());
+                }
+                return Ok(());
+            }
+            if validation.is_some() || unit.is_some() {
+                return Err(singa_core::Error::invalid(format!(
+                    "--validation and --unit apply to text imports, not to {kind:?}"
+                ))
+                .into());
+            }
             for (path, count) in singa_data::import::import(&kind, &src, &dst)? {
                 outln!("wrote {} ({count} records)", path.display());
             }
