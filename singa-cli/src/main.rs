@@ -435,15 +435,17 @@ fn run(cli: Cli) -> Result<()> {
                     let shard = singa_data::Shard::open(&path)?;
                     let vocab = singa_data::import::read_text(&shard)?.vocabulary.len();
                     let unit = options.unit.name();
-                    outln!("wrote {} ({count} {unit}, vocabulary of {vocab})", path.display());
+                    outln!(
+                        "wrote {} ({count} {unit}, vocabulary of {vocab})",
+                        path.display()
+                    );
                 }
                 return Ok(());
             }
             if validation.is_some() || unit.is_some() {
                 return Err(singa_core::Error::invalid(format!(
                     "--validation and --unit apply to text imports, not to {kind:?}"
-                ))
-                .into());
+                )));
             }
             for (path, count) in singa_data::import::import(&kind, &src, &dst)? {
                 outln!("wrote {} ({count} records)", path.display());

@@ -48,6 +48,7 @@ pub fn layer_types() -> Vec<LayerType> {
     vec![
         layer_type::<input::ShardData>(),
         layer_type::<input::ImageData>(),
+        layer_type::<input::TextData>(),
         layer_type::<inner_product::InnerProduct>(),
         layer_type::<activation::Relu>(),
         layer_type::<activation::Sigmoid>(),

@@ -217,6 +217,79 @@ fn shard_data_reads_batches_and_resumes() {
     assert!(e.to_string().contains("nope.shard"), "{e}");
 }
 
+/// `text_data`: streams of a text shard, continued batch after batch, wrapped at the end of
+/// an epoch, resumed from its state; too short a text is refused.
+#[test]
+fn text_data_reads_streams_and_resumes() {
+    let dir = std::env::temp_dir().join(format!("singa-layers-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 26 characters, each its own id (the vocabulary is sorted).
+    std::fs::write(dir.join("abc.txt"), "abcdefghijklmnopqrstuvwxyz").unwrap();
+    let options = singa_data::import::TextOptions {
+        validation: 0.0,
+        ..Default::default()
+    };
+    singa_data::import::import_text(&dir.join("abc.txt"), &dir, options).unwrap();
+    let dev = reference();
+    let fields = |batch: usize, unroll: usize| {
+        Fields::new()
+            .with("path", dir.join("train.shard").display().to_string())
+            .with("batch_size", batch)
+            .with("unroll_len", unroll)
+    };
+    // Two streams of 13 ids: "a".."m" and "n".."z"; 3 ids a batch, 4 batches an epoch.
+    let mut built = build(&ty("text_data"), &fields(2, 3), &dev, &[], 0).unwrap();
+    assert_eq!(built.outputs[0].shape, Shape::from([2, 3]));
+    assert_eq!(built.outputs[1].dtype, DType::I32);
+    let mut outs: Vec<Tensor> = built
+        .outputs
+        .iter()
+        .map(|s| Tensor::zeros(&dev, s.shape, s.dtype).unwrap())
+        .collect();
+    let mut step = |layer: &mut singa_core::LayerBox| {
+        layer
+            .forward(
+                Phase::TRAIN,
+                [].as_slice().into(),
+                outs.as_mut_slice().into(),
+            )
+            .into_result()
+            .unwrap();
+        (
+            outs[0].to_vec::<i32>().unwrap(),
+            outs[1].to_vec::<i32>().unwrap(),
+        )
+    };
+    let (d0, l0) = step(&mut built.layer);
+    assert_eq!(d0, [0, 1, 2, 13, 14, 15]);
+    assert_eq!(l0, [1, 2, 3, 14, 15, 16], "the next characters");
+    let (d1, _) = step(&mut built.layer);
+    assert_eq!(d1, [3, 4, 5, 16, 17, 18], "each stream continues");
+    let saved = built.layer.state().into_result().unwrap();
+    assert_eq!(saved.as_slice(), &[2]);
+    let (d2, _) = step(&mut built.layer);
+    let (d3, l3) = step(&mut built.layer);
+    assert_eq!(d3, [9, 10, 11, 22, 23, 24]);
+    assert_eq!(l3, [10, 11, 12, 23, 24, 25]);
+    let (d4, _) = step(&mut built.layer);
+    assert_eq!(d4, d0, "a new epoch starts every stream again");
+    built
+        .layer
+        .restore_state(saved.as_rslice())
+        .into_result()
+        .unwrap();
+    assert_eq!(step(&mut built.layer).0, d2);
+
+    let e = build(&ty("text_data"), &fields(2, 13), &dev, &[], 0)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("too few"), "{e}");
+    let e = build(&ty("text_data"), &fields(0, 3), &dev, &[], 0)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("at least 1"), "{e}");
+}
+
 #[test]
 fn image_data_augments_reproducibly_and_checks_its_mean_file() {
     let dir = std::env::temp_dir().join(format!("singa-layers-images-{}", std::process::id()));

@@ -93,14 +93,22 @@ pub fn import_text(src: &Path, dst: &Path, options: TextOptions) -> Result<Vec<(
     let bytes = crate::file::read_regular(src)?;
     let units = split_units(src, &bytes, options.unit)?;
     if units.is_empty() {
-        return Err(Error::data(src, 0, "the file is empty: there is no text to import"));
+        return Err(Error::data(
+            src,
+            0,
+            "the file is empty: there is no text to import",
+        ));
     }
     let mut vocabulary = units.clone();
     vocabulary.sort_unstable();
     vocabulary.dedup();
     let ids: Vec<u32> = units
         .iter()
-        .map(|u| vocabulary.binary_search(u).expect("every unit is in the vocabulary") as u32)
+        .map(|u| {
+            vocabulary
+                .binary_search(u)
+                .expect("every unit is in the vocabulary") as u32
+        })
         .collect();
     let names: Vec<String> = vocabulary
         .iter()
@@ -296,7 +304,9 @@ mod tests {
     #[test]
     fn a_large_vocabulary_is_stored_as_i32() {
         let d = dir("wide");
-        let text: String = (0..600u32).filter_map(|i| char::from_u32(0x4e00 + i)).collect();
+        let text: String = (0..600u32)
+            .filter_map(|i| char::from_u32(0x4e00 + i))
+            .collect();
         std::fs::write(d.join("in.txt"), &text).unwrap();
         let options = TextOptions {
             validation: 0.0,

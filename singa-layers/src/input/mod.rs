@@ -5,9 +5,11 @@
 
 mod image_data;
 mod shard_data;
+mod text_data;
 
 pub use image_data::Images;
 pub use shard_data::Values;
+pub use text_data::TextData;
 
 use crate::operator::{Describe, Operator, Preprocessing};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
@@ -167,6 +169,54 @@ fn source_fields() -> Vec<FieldSpec> {
     ]
 }
 
+/// Opens an input layer's shard at `path` (relative to the job file), importing it first with
+/// `import` (kind, source) if it does not exist.
+fn open_shard(
+    ctx: &SetupContext<'_>,
+    path: &str,
+    import: Option<&(String, String)>,
+) -> Result<Arc<Shard>> {
+    if !ctx.inputs.is_empty() {
+        return Err(Error::shape(
+            format!("layer {}", ctx.layer),
+            "an input layer takes no source layers",
+        ));
+    }
+    let path = resolve(ctx.base_dir.as_str(), path);
+    if !path.exists() {
+        if let Some((kind, src)) = import {
+            let src = resolve(ctx.base_dir.as_str(), src);
+            let dst = path.parent().unwrap_or(Path::new("."));
+            let written = singa_data::import::import(kind, &src, dst)?;
+            if !path.exists() {
+                let names: Vec<String> = written
+                    .iter()
+                    .map(|(p, _)| p.display().to_string())
+                    .collect();
+                return Err(Error::io(
+                    &path,
+                    format!(
+                        "not produced by the {kind} importer, which wrote {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Arc::new(Shard::open(&path)?))
+}
+
+/// The `import` field of an input layer: (kind, source).
+fn import_field(f: &Fields) -> Result<Option<(String, String)>> {
+    Ok(match f.opt_table("import")? {
+        None => None,
+        Some(t) => Some((
+            t.str("kind").map_err(|e| e.context("import"))?.to_string(),
+            t.str("src").map_err(|e| e.context("import"))?.to_string(),
+        )),
+    })
+}
+
 /// A shard read in batches: the part of an input layer that does not depend on what the
 /// records are.
 struct Source {
@@ -204,13 +254,7 @@ impl Source {
         if batch_size == 0 {
             return Err(Error::invalid("batch_size must be at least 1"));
         }
-        let import = match f.opt_table("import")? {
-            None => None,
-            Some(t) => Some((
-                t.str("kind").map_err(|e| e.context("import"))?.to_string(),
-                t.str("src").map_err(|e| e.context("import"))?.to_string(),
-            )),
-        };
+        let import = import_field(f)?;
         let prefetch = match f.usize("prefetch")? {
             p @ 1..=singa_data::loader::MAX_PREFETCH => p,
             p => {
@@ -233,34 +277,7 @@ impl Source {
 
     /// Opens the shard, importing it first if it does not exist and the layer says how.
     fn open(&self, ctx: &SetupContext<'_>) -> Result<Arc<Shard>> {
-        if !ctx.inputs.is_empty() {
-            return Err(Error::shape(
-                format!("layer {}", ctx.layer),
-                "an input layer takes no source layers",
-            ));
-        }
-        let path = resolve(ctx.base_dir.as_str(), &self.path);
-        if !path.exists() {
-            if let Some((kind, src)) = &self.import {
-                let src = resolve(ctx.base_dir.as_str(), src);
-                let dst = path.parent().unwrap_or(Path::new("."));
-                let written = singa_data::import::import(kind, &src, dst)?;
-                if !path.exists() {
-                    let names: Vec<String> = written
-                        .iter()
-                        .map(|(p, _)| p.display().to_string())
-                        .collect();
-                    return Err(Error::io(
-                        &path,
-                        format!(
-                            "not produced by the {kind} importer, which wrote {}",
-                            names.join(", ")
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(Arc::new(Shard::open(&path)?))
+        open_shard(ctx, &self.path, self.import.as_ref())
     }
 
     /// Starts loading `shard` from its beginning, `batch_size` records a batch; `config` says
