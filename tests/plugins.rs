@@ -479,6 +479,16 @@ fn plugin_check_holds_layers_to_overwriting_their_gradients() {
             ),
             "accuracy" | "softmax_loss" => (Fields::new(), vec![x(&[4, 5]), labels.clone()]),
             "euclidean_loss" => (Fields::new(), vec![x(&[4, 3]), x(&[4, 3])]),
+            "embedding" => (
+                Fields::new()
+                    .with("vocab_size", 5i64)
+                    .with("feature_dim", 3i64),
+                vec![TensorSpec::new("ids", [4usize, 2], DType::I32)],
+            ),
+            "one_hot" => (
+                Fields::new().with("vocab_size", 5i64),
+                vec![TensorSpec::new("ids", [4usize, 2], DType::I32)],
+            ),
             _ => return None,
         };
         Some(vec![LayerExample::new(fields, inputs)])

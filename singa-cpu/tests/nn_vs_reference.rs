@@ -243,6 +243,49 @@ proptest! {
         });
         assert_close(&got, &want, 1e-6, 1e-5, "softmax backward / top-k");
     }
+
+    /// Embedding lookups and their backward pass, with repeated ids adding up.
+    #[test]
+    fn gather_and_scatter_rows_match(rows in 1usize..20, cols in 1usize..40, n in 1usize..50, seed: u64) {
+        let table = values(seed, rows * cols, -1.0, 1.0);
+        let src = values(seed ^ 1, n * cols, -1.0, 1.0);
+        let ids: Vec<i32> = values(seed ^ 2, n, 0.0, rows as f32).iter().map(|v| (*v as i32).min(rows as i32 - 1)).collect();
+        let (got, want) = both(|d| {
+            let tt = Tensor::from_slice(d, &table, [rows, cols])?;
+            let ti = Tensor::from_slice(d, &ids, [n])?;
+            let mut out = Tensor::zeros(d, [n, cols], DType::F32)?;
+            d.gather_rows(&tt, &ti, &mut out)?;
+            let mut grad = Tensor::from_slice(d, &table, [rows, cols])?;
+            d.scatter_add_rows(&ti, &Tensor::from_slice(d, &src, [n, cols])?, &mut grad)?;
+            Ok([out.to_vec::<f32>()?, grad.to_vec()?].concat())
+        });
+        assert_close(&got, &want, 1e-6, 1e-6, "gather / scatter rows");
+    }
+}
+
+/// An id outside the table is an error naming it and its position, on both devices.
+#[test]
+fn row_ids_outside_the_table_are_refused() {
+    for d in devices() {
+        let table = Tensor::zeros(d, [3, 2], DType::F32).unwrap();
+        let ids = Tensor::from_slice(d, &[0i32, 3], [2]).unwrap();
+        let mut out = Tensor::zeros(d, [2, 2], DType::F32).unwrap();
+        let e = d
+            .gather_rows(&table, &ids, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("id 3 at position 1 is outside the 3 rows"),
+            "{e}"
+        );
+        let mut grad = Tensor::zeros(d, [3, 2], DType::F32).unwrap();
+        let neg = Tensor::from_slice(d, &[-1i32, 0], [2]).unwrap();
+        let e = d
+            .scatter_add_rows(&neg, &out, &mut grad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("id -1 at position 0"), "{e}");
+    }
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! | --- | --- |
 //! | `shard_data` | batches from a shard, as `data` (f32) and `label` (i32) outputs |
 //! | `image_data` | images from a shard, normalised, randomly cropped and mirrored in training |
+//! | `text_data` | character ids of a text in streams, and the next ids as labels |
 //! | `inner_product` | `y = x·W + b` |
+//! | `embedding`, `one_hot` | a learned vector, or the indicator vector, per integer id |
 //! | `relu`, `sigmoid`, `tanh`, `stanh`, `activation` | elementwise activations |
 //! | `dropout` | inverted dropout in training, identity in testing |
 //! | `convolution` | 2-D convolution with stride, padding and groups |
@@ -30,6 +32,7 @@ pub mod capability;
 pub mod connection;
 pub mod conv;
 pub mod dropout;
+pub mod embedding;
 pub mod gradcheck;
 pub mod inner_product;
 pub mod input;
@@ -50,6 +53,8 @@ pub fn layer_types() -> Vec<LayerType> {
         layer_type::<input::ImageData>(),
         layer_type::<input::TextData>(),
         layer_type::<inner_product::InnerProduct>(),
+        layer_type::<embedding::Embedding>(),
+        layer_type::<embedding::OneHot>(),
         layer_type::<activation::Relu>(),
         layer_type::<activation::Sigmoid>(),
         layer_type::<activation::Tanh>(),

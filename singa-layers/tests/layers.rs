@@ -50,6 +50,15 @@ proptest! {
         Case::new("softmax_loss", Fields::new().with("scale", scale), specs, seed).classes(c).gradcheck();
     }
 
+    /// Ids drawn with repeats (`(seed + 7j) % vocab`), so rows of the weight gradient sum
+    /// several output gradients.
+    #[test]
+    fn embedding_gradients(b in 1usize..5, t in 1usize..4, vocab in 1usize..9, dim in 1usize..6, seed in 0u64..1000) {
+        let fields = Fields::new().with("vocab_size", vocab).with("feature_dim", dim);
+        let specs = vec![TensorSpec::new("ids", [b, t], DType::I32)];
+        Case::new("embedding", fields, specs, seed).classes(vocab).gradcheck();
+    }
+
     #[test]
     fn euclidean_loss_gradients(b in 1usize..6, f in 1usize..9, seed in 0u64..1000) {
         let specs = vec![f32_spec(&[b, f]), f32_spec(&[b, f])];
@@ -59,13 +68,15 @@ proptest! {
     /// The same layer on the CPU device and on the reference device gives the same outputs
     /// and gradients.
     #[test]
-    fn cpu_matches_reference(which in 0usize..6, b in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
+    fn cpu_matches_reference(which in 0usize..8, b in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
         let (name, fields, specs, classes) = match which {
             0 => ("inner_product", Fields::new().with("num_output", 13), vec![f32_spec(&[b, f])], 0),
             1 => ("relu", Fields::new(), vec![f32_spec(&[b, f])], 0),
             2 => ("stanh", Fields::new(), vec![f32_spec(&[b, f])], 0),
             3 => ("dropout", Fields::new(), vec![f32_spec(&[b, f])], 0),
             4 => ("softmax_loss", Fields::new(), vec![f32_spec(&[b, f]), TensorSpec::new("label", [b], DType::I32)], f),
+            5 => ("embedding", Fields::new().with("vocab_size", f).with("feature_dim", 7), vec![TensorSpec::new("ids", [b, 3], DType::I32)], f),
+            6 => ("one_hot", Fields::new().with("vocab_size", f), vec![TensorSpec::new("ids", [b, 3], DType::I32)], f),
             _ => ("euclidean_loss", Fields::new(), vec![f32_spec(&[b, f]), f32_spec(&[b, f])], 0),
         };
         Case::new(name, fields, specs, seed).classes(classes).assert_cpu_matches_reference(2, 1e-5);
@@ -215,6 +226,62 @@ fn shard_data_reads_batches_and_resumes() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("nope.shard"), "{e}");
+}
+
+/// `one_hot` puts a 1 at each id; `embedding` and `one_hot` refuse f32 inputs and ids outside
+/// the vocabulary, naming them.
+#[test]
+fn one_hot_and_embedding_check_their_ids() {
+    let dev = reference();
+    let ids = TensorSpec::new("ids", [2, 2], DType::I32);
+    let mut built = build(
+        &ty("one_hot"),
+        &Fields::new().with("vocab_size", 3),
+        &dev,
+        std::slice::from_ref(&ids),
+        0,
+    )
+    .unwrap();
+    assert_eq!(built.outputs[0].shape, Shape::from([2, 2, 3]));
+    let x = Tensor::from_slice(&dev, &[2i32, 0, 1, 2], [2, 2]).unwrap();
+    let mut y = Tensor::zeros(&dev, [2, 2, 3], DType::F32).unwrap();
+    built
+        .layer
+        .forward(
+            Phase::TRAIN,
+            [x].as_slice().into(),
+            std::slice::from_mut(&mut y).into(),
+        )
+        .into_result()
+        .unwrap();
+    let want = [0., 0., 1., 1., 0., 0., 0., 1., 0., 0., 0., 1.];
+    assert_eq!(y.to_vec::<f32>().unwrap(), want);
+    let bad = Tensor::from_slice(&dev, &[0i32, 3, 1, 2], [2, 2]).unwrap();
+    let e = built
+        .layer
+        .forward(
+            Phase::TRAIN,
+            [bad].as_slice().into(),
+            std::slice::from_mut(&mut y).into(),
+        )
+        .into_result()
+        .unwrap_err();
+    assert!(e.to_string().contains("id 3 at position 1"), "{e}");
+    let fields = Fields::new().with("vocab_size", 3).with("feature_dim", 2);
+    let e = build(&ty("embedding"), &fields, &dev, &[f32_spec(&[2, 2])], 0)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("takes i32 ids"), "{e}");
+    let e = build(
+        &ty("one_hot"),
+        &Fields::new().with("vocab_size", 5000),
+        &dev,
+        &[ids],
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("embedding"), "{e}");
 }
 
 /// `text_data`: streams of a text shard, continued batch after batch, wrapped at the end of

@@ -427,6 +427,37 @@ pub trait Device: Send + Sync {
         labels: BufView,
         stats: BufView,
     ) -> RResult<(), Error>;
+
+    /// `out[i, :] = table[ids[i], :]` for the `n` ids (`I32`) into a `rows × cols` table: an
+    /// embedding lookup. An id outside `0..rows` is an error naming it and its position.
+    ///
+    /// # Safety
+    /// See the trait documentation.
+    unsafe fn gather_rows(
+        &self,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        table: BufView,
+        ids: BufView,
+        out: BufView,
+    ) -> RResult<(), Error>;
+
+    /// `table[ids[i], :] += src[i, :]` for the `n` ids (`I32`) into a `rows × cols` table: the
+    /// backward pass of [`Device::gather_rows`] (the rows of repeated ids add up). An id
+    /// outside `0..rows` is an error naming it and its position.
+    ///
+    /// # Safety
+    /// See the trait documentation.
+    unsafe fn scatter_add_rows(
+        &self,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        ids: BufView,
+        src: BufView,
+        table: BufView,
+    ) -> RResult<(), Error>;
 }
 
 /// The type-erased device behind a [`DeviceRef`].

@@ -342,4 +342,34 @@ impl DeviceRef {
         // SAFETY: checked above.
         unsafe { self.raw().top_k_accuracy(rows, cols, k, xv, lv, sv) }.into_result()
     }
+
+    /// Row `ids[i]` of `table` (`[rows, cols]`) into row `i` of `out`, for every id of `ids`
+    /// (`I32`, any shape; `out` has `ids.numel() × cols` elements): an embedding lookup.
+    pub fn gather_rows(&self, table: &Tensor, ids: &Tensor, out: &mut Tensor) -> Result<()> {
+        const OP: &str = "gather_rows";
+        let (rows, cols) = table.shape().as_matrix();
+        let n = ids.numel();
+        let tv = self.f32_view(OP, table, rows * cols, "the table")?;
+        let iv = self.check(OP, ids, Some(DType::I32))?;
+        let ov = self.f32_view(OP, out, n * cols, "the output")?;
+        Self::check_alias(OP, &ov, &[tv], false)?;
+        let _access = Access::new(OP, &[out], &[table, ids])?;
+        // SAFETY: checked above.
+        unsafe { self.raw().gather_rows(rows, cols, n, tv, iv, ov) }.into_result()
+    }
+
+    /// Adds row `i` of `src` to row `ids[i]` of `table` (`[rows, cols]`) for every id: the
+    /// backward pass of [`DeviceRef::gather_rows`].
+    pub fn scatter_add_rows(&self, ids: &Tensor, src: &Tensor, table: &mut Tensor) -> Result<()> {
+        const OP: &str = "scatter_add_rows";
+        let (rows, cols) = table.shape().as_matrix();
+        let n = ids.numel();
+        let iv = self.check(OP, ids, Some(DType::I32))?;
+        let sv = self.f32_view(OP, src, n * cols, "the rows to add")?;
+        let tv = self.f32_view(OP, table, rows * cols, "the table")?;
+        Self::check_alias(OP, &tv, &[sv], false)?;
+        let _access = Access::new(OP, &[table], &[ids, src])?;
+        // SAFETY: checked above.
+        unsafe { self.raw().scatter_add_rows(rows, cols, n, iv, sv, tv) }.into_result()
+    }
 }

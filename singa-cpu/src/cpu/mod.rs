@@ -798,4 +798,62 @@ impl Device for CpuDevice {
             Ok(())
         })
     }
+
+    unsafe fn gather_rows(
+        &self,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        table: BufView,
+        ids: BufView,
+        out: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&table, &out], "gather_rows")?;
+            let idx = memory::slice::<i32>(NAME, ids, "gather_rows ids")?;
+            let t = ew::part(table, 0, rows * cols);
+            let o = ew::part_mut(out, 0, n * cols);
+            for (i, &id) in idx.iter().enumerate() {
+                let r = row_id(id, i, rows)?;
+                o[i * cols..(i + 1) * cols].copy_from_slice(&t[r * cols..(r + 1) * cols]);
+            }
+            Ok(())
+        })
+    }
+
+    unsafe fn scatter_add_rows(
+        &self,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        ids: BufView,
+        src: BufView,
+        table: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&src, &table], "scatter_add_rows")?;
+            let idx = memory::slice::<i32>(NAME, ids, "scatter_add_rows ids")?;
+            let x = ew::part(src, 0, n * cols);
+            let t = ew::part_mut(table, 0, rows * cols);
+            for (i, &id) in idx.iter().enumerate() {
+                let r = row_id(id, i, rows)?;
+                let row = &x[i * cols..(i + 1) * cols];
+                for (d, v) in t[r * cols..(r + 1) * cols].iter_mut().zip(row) {
+                    *d += v;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Id `i` of a row lookup as a row of a table of `rows`, or an error naming it and its
+/// position.
+fn row_id(id: i32, i: usize, rows: usize) -> Result<usize> {
+    if id < 0 || id as usize >= rows {
+        return Err(Error::invalid(format!(
+            "id {id} at position {i} is outside the {rows} rows of the table"
+        )));
+    }
+    Ok(id as usize)
 }

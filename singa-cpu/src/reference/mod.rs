@@ -973,4 +973,52 @@ impl Device for ReferenceDevice {
             Ok(())
         })
     }
+
+    unsafe fn gather_rows(
+        &self,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        table: BufView,
+        ids: BufView,
+        out: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&table, &out], "gather_rows")?;
+            require(&ids, DType::I32, "gather_rows ids")?;
+            let (t, idx) = (get(table), get(ids));
+            let mut o = vec![0.0; n * cols];
+            for i in 0..n {
+                let r = nn::row_id(idx[i], i, rows)?;
+                o[i * cols..(i + 1) * cols].copy_from_slice(&t[r * cols..(r + 1) * cols]);
+            }
+            put(out, &o);
+            Ok(())
+        })
+    }
+
+    unsafe fn scatter_add_rows(
+        &self,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        ids: BufView,
+        src: BufView,
+        table: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&src, &table], "scatter_add_rows")?;
+            require(&ids, DType::I32, "scatter_add_rows ids")?;
+            let (x, idx) = (get(src), get(ids));
+            let mut t = get(table);
+            for i in 0..n {
+                let r = nn::row_id(idx[i], i, rows)?;
+                for c in 0..cols {
+                    t[r * cols + c] += x[i * cols + c];
+                }
+            }
+            put(table, &t);
+            Ok(())
+        })
+    }
 }

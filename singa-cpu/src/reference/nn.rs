@@ -278,3 +278,14 @@ pub(crate) fn top_k_row(row: &[f64], k: usize) -> Vec<usize> {
     idx.truncate(k);
     idx
 }
+
+/// Id `i` of a row lookup (stored as f64 here) as a row of a table of `rows`, or an error
+/// naming it and its position.
+pub(crate) fn row_id(id: f64, i: usize, rows: usize) -> Result<usize> {
+    if id < 0.0 || id >= rows as f64 {
+        return Err(Error::invalid(format!(
+            "id {id} at position {i} is outside the {rows} rows of the table"
+        )));
+    }
+    Ok(id as usize)
+}
