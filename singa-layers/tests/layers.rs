@@ -59,6 +59,17 @@ proptest! {
         Case::new("embedding", fields, specs, seed).classes(vocab).gradcheck();
     }
 
+    /// A GRU step with and without the previous hidden state as a source.
+    #[test]
+    fn gru_gradients(b in 1usize..4, f in 1usize..5, h in 1usize..5, with_state: bool, bias: bool, seed in 0u64..1000) {
+        let fields = Fields::new().with("hidden_dim", h).with("bias_term", bias);
+        let mut specs = vec![f32_spec(&[b, f])];
+        if with_state {
+            specs.push(f32_spec(&[b, h]));
+        }
+        Case::new("gru", fields, specs, seed).gradcheck();
+    }
+
     #[test]
     fn euclidean_loss_gradients(b in 1usize..6, f in 1usize..9, seed in 0u64..1000) {
         let specs = vec![f32_spec(&[b, f]), f32_spec(&[b, f])];
@@ -68,7 +79,7 @@ proptest! {
     /// The same layer on the CPU device and on the reference device gives the same outputs
     /// and gradients.
     #[test]
-    fn cpu_matches_reference(which in 0usize..8, b in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
+    fn cpu_matches_reference(which in 0usize..9, b in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
         let (name, fields, specs, classes) = match which {
             0 => ("inner_product", Fields::new().with("num_output", 13), vec![f32_spec(&[b, f])], 0),
             1 => ("relu", Fields::new(), vec![f32_spec(&[b, f])], 0),
@@ -77,6 +88,7 @@ proptest! {
             4 => ("softmax_loss", Fields::new(), vec![f32_spec(&[b, f]), TensorSpec::new("label", [b], DType::I32)], f),
             5 => ("embedding", Fields::new().with("vocab_size", f).with("feature_dim", 7), vec![TensorSpec::new("ids", [b, 3], DType::I32)], f),
             6 => ("one_hot", Fields::new().with("vocab_size", f), vec![TensorSpec::new("ids", [b, 3], DType::I32)], f),
+            7 => ("gru", Fields::new().with("hidden_dim", 9), vec![f32_spec(&[b, f]), f32_spec(&[b, 9])], 0),
             _ => ("euclidean_loss", Fields::new(), vec![f32_spec(&[b, f]), f32_spec(&[b, f])], 0),
         };
         Case::new(name, fields, specs, seed).classes(classes).assert_cpu_matches_reference(2, 1e-5);

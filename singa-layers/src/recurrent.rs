@@ -1,0 +1,352 @@
+//! Recurrent cells: one time step of a GRU, as SINGA's `GRULayer` computes it.
+//!
+//! A cell maps the step's input `x` (`[batch, features]`) and the previous hidden state `h`
+//! (`[batch, hidden_dim]`; zeros when the layer has no second source) to the next hidden
+//! state. Unrolled over time, the copies of a cell share their parameters.
+
+use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
+use singa_core::{
+    BinaryOp, DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, Init, Layer, LayerDef,
+    Param, ParamFactoryMut, ParamSpec, Phase, ReduceOp, Result, SetupContext, Tensor, TensorSpec,
+    UnaryOp,
+};
+
+/// One step of a gated recurrent unit (Cho et al. 2014, SINGA's and cuDNN's form):
+///
+/// ```text
+/// z  = σ(x·W_xz + h·W_hz + b_z)          update gate
+/// r  = σ(x·W_xr + h·W_hr + b_r)          reset gate
+/// c  = tanh(x·W_xc + (r ⊙ h)·W_hc + b_c)  candidate
+/// h' = z ⊙ h + (1 − z) ⊙ c
+/// ```
+///
+/// Sources: the input, and optionally the previous step's hidden state (else zeros).
+pub struct Gru {
+    hidden: usize,
+    bias_term: bool,
+    state: Option<GruState>,
+}
+
+/// The parameters of one gate: input and hidden weights, and the bias.
+struct Gate {
+    wx: Param,
+    wh: Param,
+    b: Option<Param>,
+}
+
+/// Buffers of one batch, `[batch, hidden]` each, allocated at setup.
+struct GruState {
+    dev: DeviceRef,
+    batch: usize,
+    z: Gate,
+    r: Gate,
+    c: Gate,
+    /// The previous hidden state when there is no second source.
+    zeros: Option<Tensor>,
+    /// Pre-activations and activations of the gates, `r ⊙ h`, and scratch.
+    pre_z: Tensor,
+    act_z: Tensor,
+    pre_r: Tensor,
+    act_r: Tensor,
+    pre_c: Tensor,
+    act_c: Tensor,
+    rh: Tensor,
+    tmp: Tensor,
+    /// Gradients of the pre-activations and of `r ⊙ h`.
+    d_z: Tensor,
+    d_r: Tensor,
+    d_c: Tensor,
+    d_rh: Tensor,
+}
+
+impl LayerDef for Gru {
+    const TYPE: &'static str = "gru";
+    const DOC: &'static str = "One step of a gated recurrent unit: sources the input [batch, features] and optionally the previous hidden state [batch, hidden_dim] (else zeros); output the next hidden state. Params weight_x{z,r,c} [features, hidden_dim], weight_h{z,r,c} [hidden_dim, hidden_dim] (uniform on ±0.08) and bias_{z,r,c} (zeros).";
+
+    fn fields() -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::new("hidden_dim", FieldKind::Int, "units of the hidden state").required(),
+            FieldSpec::new("bias_term", FieldKind::Bool, "learned gate biases").default(true),
+        ]
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        let hidden = f.usize("hidden_dim")?;
+        if hidden == 0 {
+            return Err(Error::invalid("hidden_dim must be at least 1"));
+        }
+        Ok(Gru {
+            hidden,
+            bias_term: f.bool("bias_term")?,
+            state: None,
+        })
+    }
+}
+
+impl Gru {
+    fn setup_impl(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        mut params: ParamFactoryMut<'_>,
+    ) -> Result<RVec<TensorSpec>> {
+        let context = || format!("layer {}", ctx.layer);
+        let h = self.hidden;
+        let inputs = ctx.inputs.as_slice();
+        let (batch, features) = match inputs {
+            [x] | [x, _] => x.shape.as_matrix(),
+            _ => {
+                return Err(Error::shape(
+                    context(),
+                    format!(
+                    "gru takes the input and optionally the previous hidden state, got {} sources",
+                    inputs.len()
+                ),
+                ))
+            }
+        };
+        if let [_, prev] = inputs {
+            if prev.shape.as_matrix() != (batch, h) {
+                return Err(Error::shape(
+                    context(),
+                    format!(
+                        "the previous hidden state has shape {}; expected [{batch}, {h}]",
+                        prev.shape
+                    ),
+                ));
+            }
+        }
+        let uniform = Init::Uniform {
+            low: -0.08,
+            high: 0.08,
+        };
+        let mut gate = |g: &str| -> Result<Gate> {
+            let wx = params
+                .param(ParamSpec::new(
+                    &format!("weight_x{g}"),
+                    [features, h],
+                    features,
+                    h,
+                    uniform,
+                ))
+                .into_result()?;
+            let wh = params
+                .param(ParamSpec::new(
+                    &format!("weight_h{g}"),
+                    [h, h],
+                    h,
+                    h,
+                    uniform,
+                ))
+                .into_result()?;
+            let b = if self.bias_term {
+                let zero = Init::Constant { value: 0.0 };
+                let spec = ParamSpec::new(&format!("bias_{g}"), [h], features, h, zero);
+                Some(params.param(spec).into_result()?)
+            } else {
+                None
+            };
+            Ok(Gate { wx, wh, b })
+        };
+        let (z, r, c) = (gate("z")?, gate("r")?, gate("c")?);
+        let dev = ctx.device.clone();
+        let buf = || Tensor::zeros(&dev, [batch, h], DType::F32);
+        self.state = Some(GruState {
+            zeros: if inputs.len() == 1 {
+                Some(buf()?)
+            } else {
+                None
+            },
+            pre_z: buf()?,
+            act_z: buf()?,
+            pre_r: buf()?,
+            act_r: buf()?,
+            pre_c: buf()?,
+            act_c: buf()?,
+            rh: buf()?,
+            tmp: buf()?,
+            d_z: buf()?,
+            d_r: buf()?,
+            d_c: buf()?,
+            d_rh: buf()?,
+            dev,
+            batch,
+            z,
+            r,
+            c,
+        });
+        Ok(vec![TensorSpec::new("output", [batch, h], DType::F32)].into())
+    }
+
+    fn state(&mut self) -> Result<&mut GruState> {
+        self.state
+            .as_mut()
+            .ok_or_else(|| Error::invalid("gru used before setup"))
+    }
+}
+
+impl GruState {
+    /// `pre = x·W_x + h·W_h + b`, then `act = f(pre)`.
+    fn gate(
+        dev: &DeviceRef,
+        g: &Gate,
+        (x, h): (&Tensor, &Tensor),
+        f: UnaryOp,
+        (pre, act): (&mut Tensor, &mut Tensor),
+        batch: usize,
+    ) -> Result<()> {
+        dev.matmul(1.0, x, false, &g.wx.value, false, 0.0, pre)?;
+        dev.matmul(1.0, h, false, &g.wh.value, false, 1.0, pre)?;
+        if let Some(b) = &g.b {
+            let dims = Dims3 {
+                outer: batch,
+                mid: b.value.numel(),
+                inner: 1,
+            };
+            dev.add_broadcast(dims, &b.value, pre)?;
+        }
+        dev.unary(f, pre, act)
+    }
+
+    /// The gradients of a gate's parameters from its pre-activation's gradient `d` and the
+    /// inputs `x` and `h` it multiplied.
+    fn gate_grads(dev: &DeviceRef, g: &mut Gate, x: &Tensor, h: &Tensor, d: &Tensor) -> Result<()> {
+        dev.matmul(1.0, x, true, d, false, 0.0, &mut g.wx.grad)?;
+        dev.matmul(1.0, h, true, d, false, 0.0, &mut g.wh.grad)?;
+        if let Some(b) = &mut g.b {
+            let (rows, cols) = d.shape().as_matrix();
+            let dims = Dims3 {
+                outer: 1,
+                mid: rows,
+                inner: cols,
+            };
+            dev.reduce(ReduceOp::Sum, dims, d, &mut b.grad, 1.0, 0.0)?;
+        }
+        Ok(())
+    }
+}
+
+impl Layer for Gru {
+    fn setup(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        params: ParamFactoryMut<'_>,
+    ) -> RResult<RVec<TensorSpec>, Error> {
+        self.setup_impl(ctx, params).into()
+    }
+
+    fn forward(
+        &mut self,
+        _: Phase,
+        inputs: RSlice<'_, Tensor>,
+        mut outputs: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        (|| {
+            let s = self.state()?;
+            let dev = s.dev.clone();
+            let x = &inputs[0];
+            let h = inputs
+                .get(1)
+                .or(s.zeros.as_ref())
+                .expect("set up with zeros");
+            let b = s.batch;
+            GruState::gate(
+                &dev,
+                &s.z,
+                (x, h),
+                UnaryOp::Sigmoid,
+                (&mut s.pre_z, &mut s.act_z),
+                b,
+            )?;
+            GruState::gate(
+                &dev,
+                &s.r,
+                (x, h),
+                UnaryOp::Sigmoid,
+                (&mut s.pre_r, &mut s.act_r),
+                b,
+            )?;
+            dev.binary(BinaryOp::Mul, &s.act_r, h, &mut s.rh)?;
+            let rh = &s.rh;
+            GruState::gate(
+                &dev,
+                &s.c,
+                (x, rh),
+                UnaryOp::Tanh,
+                (&mut s.pre_c, &mut s.act_c),
+                b,
+            )?;
+            // h' = c + z ⊙ (h − c)
+            let y = &mut outputs[0];
+            dev.binary(BinaryOp::Sub, h, &s.act_c, &mut s.tmp)?;
+            dev.binary(BinaryOp::Mul, &s.act_z, &s.tmp, y)?;
+            dev.axpby(1.0, &s.act_c, 1.0, y)
+        })()
+        .into()
+    }
+
+    fn backward(
+        &mut self,
+        _: Phase,
+        inputs: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
+        grad_outputs: RSlice<'_, Tensor>,
+        mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
+    ) -> RResult<(), Error> {
+        (|| {
+            let s = self.state()?;
+            let dev = s.dev.clone();
+            let (x, dy) = (&inputs[0], &grad_outputs[0]);
+            let h = inputs
+                .get(1)
+                .or(s.zeros.as_ref())
+                .expect("set up with zeros");
+            // Through h' = z ⊙ h + (1 − z) ⊙ c: dz = dy ⊙ (h − c), dc = dy − dy ⊙ z.
+            dev.binary(BinaryOp::Sub, h, &s.act_c, &mut s.tmp)?;
+            dev.binary(BinaryOp::Mul, dy, &s.tmp, &mut s.d_z)?;
+            dev.binary(BinaryOp::Mul, dy, &s.act_z, &mut s.tmp)?;
+            dev.binary(BinaryOp::Sub, dy, &s.tmp, &mut s.d_c)?;
+            dev.unary_backward(
+                UnaryOp::Tanh,
+                &s.pre_c,
+                &s.act_c,
+                &s.d_c.clone(),
+                &mut s.d_c,
+            )?;
+            dev.unary_backward(
+                UnaryOp::Sigmoid,
+                &s.pre_z,
+                &s.act_z,
+                &s.d_z.clone(),
+                &mut s.d_z,
+            )?;
+            // Through the candidate: d(r ⊙ h) = d_c · W_hcᵀ, dr = d(r ⊙ h) ⊙ h.
+            dev.matmul(1.0, &s.d_c, false, &s.c.wh.value, true, 0.0, &mut s.d_rh)?;
+            dev.binary(BinaryOp::Mul, &s.d_rh, h, &mut s.d_r)?;
+            dev.unary_backward(
+                UnaryOp::Sigmoid,
+                &s.pre_r,
+                &s.act_r,
+                &s.d_r.clone(),
+                &mut s.d_r,
+            )?;
+            GruState::gate_grads(&dev, &mut s.z, x, h, &s.d_z)?;
+            GruState::gate_grads(&dev, &mut s.r, x, h, &s.d_r)?;
+            GruState::gate_grads(&dev, &mut s.c, x, &s.rh, &s.d_c)?;
+            if let ROption::RSome(dx) = &mut grad_inputs[0] {
+                dev.matmul(1.0, &s.d_z, false, &s.z.wx.value, true, 0.0, dx)?;
+                dev.matmul(1.0, &s.d_r, false, &s.r.wx.value, true, 1.0, dx)?;
+                dev.matmul(1.0, &s.d_c, false, &s.c.wx.value, true, 1.0, dx)?;
+            }
+            if let Some(ROption::RSome(dh)) = grad_inputs.get_mut(1) {
+                // dh = dy ⊙ z + d(r ⊙ h) ⊙ r + d_z · W_hzᵀ + d_r · W_hrᵀ
+                dev.binary(BinaryOp::Mul, dy, &s.act_z, dh)?;
+                dev.binary(BinaryOp::Mul, &s.d_rh, &s.act_r, &mut s.tmp)?;
+                dev.axpby(1.0, &s.tmp, 1.0, dh)?;
+                dev.matmul(1.0, &s.d_z, false, &s.z.wh.value, true, 1.0, dh)?;
+                dev.matmul(1.0, &s.d_r, false, &s.r.wh.value, true, 1.0, dh)?;
+            }
+            Ok(())
+        })()
+        .into()
+    }
+}
