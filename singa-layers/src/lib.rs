@@ -11,7 +11,7 @@
 //! | `text_data` | character ids of a text in streams, and the next ids as labels |
 //! | `inner_product` | `y = x·W + b` |
 //! | `embedding`, `one_hot` | a learned vector, or the indicator vector, per integer id |
-//! | `gru` | one step of a gated recurrent unit |
+//! | `gru`, `lstm` | one step of a gated recurrent unit or of an LSTM cell |
 //! | `relu`, `sigmoid`, `tanh`, `stanh`, `activation` | elementwise activations |
 //! | `dropout` | inverted dropout in training, identity in testing |
 //! | `convolution` | 2-D convolution with stride, padding and groups |
@@ -58,6 +58,7 @@ pub fn layer_types() -> Vec<LayerType> {
         layer_type::<embedding::Embedding>(),
         layer_type::<embedding::OneHot>(),
         layer_type::<recurrent::Gru>(),
+        layer_type::<recurrent::Lstm>(),
         layer_type::<activation::Relu>(),
         layer_type::<activation::Sigmoid>(),
         layer_type::<activation::Tanh>(),

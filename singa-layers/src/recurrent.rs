@@ -1,4 +1,4 @@
-//! Recurrent cells: one time step of a GRU, as SINGA's `GRULayer` computes it.
+//! Recurrent cells: one time step of a GRU (SINGA's `GRULayer`) or of an LSTM.
 //!
 //! A cell maps the step's input `x` (`[batch, features]`) and the previous hidden state `h`
 //! (`[batch, hidden_dim]`; zeros when the layer has no second source) to the next hidden
@@ -32,6 +32,73 @@ struct Gate {
     wx: Param,
     wh: Param,
     b: Option<Param>,
+}
+
+/// Creates gate `g`'s parameters for `features` inputs and `h` units: `weight_x{g}` and
+/// `weight_h{g}` uniform on ±0.08 (char-rnn's initialisation), and `bias_{g}` constant at
+/// `bias` when there is one.
+fn make_gate(
+    params: &mut ParamFactoryMut<'_>,
+    g: &str,
+    (features, h): (usize, usize),
+    bias: Option<f32>,
+) -> Result<Gate> {
+    let uniform = Init::Uniform {
+        low: -0.08,
+        high: 0.08,
+    };
+    let wx = ParamSpec::new(&format!("weight_x{g}"), [features, h], features, h, uniform);
+    let wx = params.param(wx).into_result()?;
+    let wh = ParamSpec::new(&format!("weight_h{g}"), [h, h], h, h, uniform);
+    let wh = params.param(wh).into_result()?;
+    let b = match bias {
+        Some(value) => {
+            let init = Init::Constant { value };
+            let spec = ParamSpec::new(&format!("bias_{g}"), [h], features, h, init);
+            Some(params.param(spec).into_result()?)
+        }
+        None => None,
+    };
+    Ok(Gate { wx, wh, b })
+}
+
+/// `pre = x·W_x + h·W_h + b`, then `act = f(pre)`.
+fn gate(
+    dev: &DeviceRef,
+    g: &Gate,
+    (x, h): (&Tensor, &Tensor),
+    f: UnaryOp,
+    (pre, act): (&mut Tensor, &mut Tensor),
+    batch: usize,
+) -> Result<()> {
+    dev.matmul(1.0, x, false, &g.wx.value, false, 0.0, pre)?;
+    dev.matmul(1.0, h, false, &g.wh.value, false, 1.0, pre)?;
+    if let Some(b) = &g.b {
+        let dims = Dims3 {
+            outer: batch,
+            mid: b.value.numel(),
+            inner: 1,
+        };
+        dev.add_broadcast(dims, &b.value, pre)?;
+    }
+    dev.unary(f, pre, act)
+}
+
+/// The gradients of a gate's parameters from its pre-activation's gradient `d` and the inputs
+/// `x` and `h` it multiplied.
+fn gate_grads(dev: &DeviceRef, g: &mut Gate, x: &Tensor, h: &Tensor, d: &Tensor) -> Result<()> {
+    dev.matmul(1.0, x, true, d, false, 0.0, &mut g.wx.grad)?;
+    dev.matmul(1.0, h, true, d, false, 0.0, &mut g.wh.grad)?;
+    if let Some(b) = &mut g.b {
+        let (rows, cols) = d.shape().as_matrix();
+        let dims = Dims3 {
+            outer: 1,
+            mid: rows,
+            inner: cols,
+        };
+        dev.reduce(ReduceOp::Sum, dims, d, &mut b.grad, 1.0, 0.0)?;
+    }
+    Ok(())
 }
 
 /// Buffers of one batch, `[batch, hidden]` each, allocated at setup.
@@ -115,38 +182,8 @@ impl Gru {
                 ));
             }
         }
-        let uniform = Init::Uniform {
-            low: -0.08,
-            high: 0.08,
-        };
-        let mut gate = |g: &str| -> Result<Gate> {
-            let wx = params
-                .param(ParamSpec::new(
-                    &format!("weight_x{g}"),
-                    [features, h],
-                    features,
-                    h,
-                    uniform,
-                ))
-                .into_result()?;
-            let wh = params
-                .param(ParamSpec::new(
-                    &format!("weight_h{g}"),
-                    [h, h],
-                    h,
-                    h,
-                    uniform,
-                ))
-                .into_result()?;
-            let b = if self.bias_term {
-                let zero = Init::Constant { value: 0.0 };
-                let spec = ParamSpec::new(&format!("bias_{g}"), [h], features, h, zero);
-                Some(params.param(spec).into_result()?)
-            } else {
-                None
-            };
-            Ok(Gate { wx, wh, b })
-        };
+        let bias = self.bias_term.then_some(0.0);
+        let mut gate = |g: &str| make_gate(&mut params, g, (features, h), bias);
         let (z, r, c) = (gate("z")?, gate("r")?, gate("c")?);
         let dev = ctx.device.clone();
         let buf = || Tensor::zeros(&dev, [batch, h], DType::F32);
@@ -184,47 +221,6 @@ impl Gru {
     }
 }
 
-impl GruState {
-    /// `pre = x·W_x + h·W_h + b`, then `act = f(pre)`.
-    fn gate(
-        dev: &DeviceRef,
-        g: &Gate,
-        (x, h): (&Tensor, &Tensor),
-        f: UnaryOp,
-        (pre, act): (&mut Tensor, &mut Tensor),
-        batch: usize,
-    ) -> Result<()> {
-        dev.matmul(1.0, x, false, &g.wx.value, false, 0.0, pre)?;
-        dev.matmul(1.0, h, false, &g.wh.value, false, 1.0, pre)?;
-        if let Some(b) = &g.b {
-            let dims = Dims3 {
-                outer: batch,
-                mid: b.value.numel(),
-                inner: 1,
-            };
-            dev.add_broadcast(dims, &b.value, pre)?;
-        }
-        dev.unary(f, pre, act)
-    }
-
-    /// The gradients of a gate's parameters from its pre-activation's gradient `d` and the
-    /// inputs `x` and `h` it multiplied.
-    fn gate_grads(dev: &DeviceRef, g: &mut Gate, x: &Tensor, h: &Tensor, d: &Tensor) -> Result<()> {
-        dev.matmul(1.0, x, true, d, false, 0.0, &mut g.wx.grad)?;
-        dev.matmul(1.0, h, true, d, false, 0.0, &mut g.wh.grad)?;
-        if let Some(b) = &mut g.b {
-            let (rows, cols) = d.shape().as_matrix();
-            let dims = Dims3 {
-                outer: 1,
-                mid: rows,
-                inner: cols,
-            };
-            dev.reduce(ReduceOp::Sum, dims, d, &mut b.grad, 1.0, 0.0)?;
-        }
-        Ok(())
-    }
-}
-
 impl Layer for Gru {
     fn setup(
         &mut self,
@@ -249,7 +245,7 @@ impl Layer for Gru {
                 .or(s.zeros.as_ref())
                 .expect("set up with zeros");
             let b = s.batch;
-            GruState::gate(
+            gate(
                 &dev,
                 &s.z,
                 (x, h),
@@ -257,7 +253,7 @@ impl Layer for Gru {
                 (&mut s.pre_z, &mut s.act_z),
                 b,
             )?;
-            GruState::gate(
+            gate(
                 &dev,
                 &s.r,
                 (x, h),
@@ -267,7 +263,7 @@ impl Layer for Gru {
             )?;
             dev.binary(BinaryOp::Mul, &s.act_r, h, &mut s.rh)?;
             let rh = &s.rh;
-            GruState::gate(
+            gate(
                 &dev,
                 &s.c,
                 (x, rh),
@@ -329,9 +325,9 @@ impl Layer for Gru {
                 &s.d_r.clone(),
                 &mut s.d_r,
             )?;
-            GruState::gate_grads(&dev, &mut s.z, x, h, &s.d_z)?;
-            GruState::gate_grads(&dev, &mut s.r, x, h, &s.d_r)?;
-            GruState::gate_grads(&dev, &mut s.c, x, &s.rh, &s.d_c)?;
+            gate_grads(&dev, &mut s.z, x, h, &s.d_z)?;
+            gate_grads(&dev, &mut s.r, x, h, &s.d_r)?;
+            gate_grads(&dev, &mut s.c, x, &s.rh, &s.d_c)?;
             if let ROption::RSome(dx) = &mut grad_inputs[0] {
                 dev.matmul(1.0, &s.d_z, false, &s.z.wx.value, true, 0.0, dx)?;
                 dev.matmul(1.0, &s.d_r, false, &s.r.wx.value, true, 1.0, dx)?;
@@ -344,6 +340,250 @@ impl Layer for Gru {
                 dev.axpby(1.0, &s.tmp, 1.0, dh)?;
                 dev.matmul(1.0, &s.d_z, false, &s.z.wh.value, true, 1.0, dh)?;
                 dev.matmul(1.0, &s.d_r, false, &s.r.wh.value, true, 1.0, dh)?;
+            }
+            Ok(())
+        })()
+        .into()
+    }
+}
+
+/// One step of a long short-term memory cell (Hochreiter & Schmidhuber 1997, with a forget
+/// gate; PyTorch's and char-rnn's form):
+///
+/// ```text
+/// i = σ(x·W_xi + h·W_hi + b_i)    f = σ(x·W_xf + h·W_hf + b_f)
+/// o = σ(x·W_xo + h·W_ho + b_o)    g = tanh(x·W_xg + h·W_hg + b_g)
+/// c' = f ⊙ c + i ⊙ g              h' = o ⊙ tanh(c')
+/// ```
+///
+/// Sources: the input, and optionally the previous hidden state and cell (both, else zeros).
+/// Outputs: `output` (h') and `cell` (c'). The forget gate's bias starts at 1, as char-rnn's.
+pub struct Lstm {
+    hidden: usize,
+    bias_term: bool,
+    state: Option<LstmState>,
+}
+
+/// Buffers of one batch, `[batch, hidden]` each, allocated at setup.
+struct LstmState {
+    dev: DeviceRef,
+    batch: usize,
+    /// The gates i, f, o, g, with their pre-activations, activations and gradients.
+    gates: [Gate; 4],
+    pre: [Tensor; 4],
+    act: [Tensor; 4],
+    d: [Tensor; 4],
+    /// The previous hidden state and cell when they are not sources.
+    zeros: Option<Tensor>,
+    /// tanh(c'), the gradient reaching c', and scratch.
+    tanh_c: Tensor,
+    d_cell: Tensor,
+    tmp: Tensor,
+}
+
+/// The gates of an LSTM, in parameter order, with their activations.
+const LSTM_GATES: [(&str, UnaryOp); 4] = [
+    ("i", UnaryOp::Sigmoid),
+    ("f", UnaryOp::Sigmoid),
+    ("o", UnaryOp::Sigmoid),
+    ("g", UnaryOp::Tanh),
+];
+const I: usize = 0;
+const F: usize = 1;
+const O: usize = 2;
+const G: usize = 3;
+
+impl LayerDef for Lstm {
+    const TYPE: &'static str = "lstm";
+    const DOC: &'static str = "One step of an LSTM cell: sources the input [batch, features] and optionally the previous hidden state and cell ([batch, hidden_dim] each, else zeros); outputs `output` (the next hidden state) and `cell`. Params weight_x{i,f,o,g} [features, hidden_dim], weight_h{i,f,o,g} [hidden_dim, hidden_dim] (uniform on ±0.08) and bias_{i,f,o,g} (zeros, the forget gate's 1).";
+
+    fn fields() -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::new(
+                "hidden_dim",
+                FieldKind::Int,
+                "units of the hidden state and cell",
+            )
+            .required(),
+            FieldSpec::new("bias_term", FieldKind::Bool, "learned gate biases").default(true),
+        ]
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        let hidden = f.usize("hidden_dim")?;
+        if hidden == 0 {
+            return Err(Error::invalid("hidden_dim must be at least 1"));
+        }
+        Ok(Lstm {
+            hidden,
+            bias_term: f.bool("bias_term")?,
+            state: None,
+        })
+    }
+}
+
+impl Lstm {
+    fn setup_impl(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        mut params: ParamFactoryMut<'_>,
+    ) -> Result<RVec<TensorSpec>> {
+        let context = || format!("layer {}", ctx.layer);
+        let h = self.hidden;
+        let inputs = ctx.inputs.as_slice();
+        let (batch, features) = match inputs {
+            [x] | [x, _, _] => x.shape.as_matrix(),
+            _ => {
+                return Err(Error::shape(
+                    context(),
+                    format!(
+                        "lstm takes the input, or the input, the previous hidden state and the \
+                         previous cell; got {} sources",
+                        inputs.len()
+                    ),
+                ))
+            }
+        };
+        for (what, spec) in ["hidden state", "cell"].iter().zip(&inputs[1..]) {
+            if spec.shape.as_matrix() != (batch, h) {
+                return Err(Error::shape(
+                    context(),
+                    format!(
+                        "the previous {what} has shape {}; expected [{batch}, {h}]",
+                        spec.shape
+                    ),
+                ));
+            }
+        }
+        let mut gates = Vec::new();
+        for (g, _) in LSTM_GATES {
+            let bias = self.bias_term.then_some(if g == "f" { 1.0 } else { 0.0 });
+            gates.push(make_gate(&mut params, g, (features, h), bias)?);
+        }
+        let dev = ctx.device.clone();
+        let buf = || Tensor::zeros(&dev, [batch, h], DType::F32);
+        let bufs = || -> Result<[Tensor; 4]> { Ok([buf()?, buf()?, buf()?, buf()?]) };
+        self.state = Some(LstmState {
+            gates: gates.try_into().map_err(|_| Error::invalid("four gates"))?,
+            pre: bufs()?,
+            act: bufs()?,
+            d: bufs()?,
+            zeros: if inputs.len() == 1 {
+                Some(buf()?)
+            } else {
+                None
+            },
+            tanh_c: buf()?,
+            d_cell: buf()?,
+            tmp: buf()?,
+            batch,
+            dev,
+        });
+        Ok(vec![
+            TensorSpec::new("output", [batch, h], DType::F32),
+            TensorSpec::new("cell", [batch, h], DType::F32),
+        ]
+        .into())
+    }
+
+    fn state(&mut self) -> Result<&mut LstmState> {
+        self.state
+            .as_mut()
+            .ok_or_else(|| Error::invalid("lstm used before setup"))
+    }
+}
+
+impl Layer for Lstm {
+    fn setup(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        params: ParamFactoryMut<'_>,
+    ) -> RResult<RVec<TensorSpec>, Error> {
+        self.setup_impl(ctx, params).into()
+    }
+
+    fn forward(
+        &mut self,
+        _: Phase,
+        inputs: RSlice<'_, Tensor>,
+        mut outputs: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        (|| {
+            let s = self.state()?;
+            let dev = s.dev.clone();
+            let x = &inputs[0];
+            let zeros = s.zeros.as_ref();
+            let h = inputs.get(1).or(zeros).expect("set up with zeros");
+            let c = inputs.get(2).or(zeros).expect("set up with zeros");
+            for (k, (_, f)) in LSTM_GATES.iter().enumerate() {
+                let (pre, act) = (&mut s.pre[k], &mut s.act[k]);
+                gate(&dev, &s.gates[k], (x, h), *f, (pre, act), s.batch)?;
+            }
+            let [h_out, c_out] = outputs.as_mut_slice() else {
+                return Err(Error::invalid("lstm has two outputs"));
+            };
+            // c' = f ⊙ c + i ⊙ g; h' = o ⊙ tanh(c')
+            dev.binary(BinaryOp::Mul, &s.act[F], c, c_out)?;
+            dev.binary(BinaryOp::Mul, &s.act[I], &s.act[G], &mut s.tmp)?;
+            dev.axpby(1.0, &s.tmp, 1.0, c_out)?;
+            dev.unary(UnaryOp::Tanh, c_out, &mut s.tanh_c)?;
+            dev.binary(BinaryOp::Mul, &s.act[O], &s.tanh_c, h_out)
+        })()
+        .into()
+    }
+
+    fn backward(
+        &mut self,
+        _: Phase,
+        inputs: RSlice<'_, Tensor>,
+        outputs: RSlice<'_, Tensor>,
+        grad_outputs: RSlice<'_, Tensor>,
+        mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
+    ) -> RResult<(), Error> {
+        (|| {
+            let s = self.state()?;
+            let dev = s.dev.clone();
+            let x = &inputs[0];
+            let zeros = s.zeros.as_ref();
+            let h = inputs.get(1).or(zeros).expect("set up with zeros");
+            let c = inputs.get(2).or(zeros).expect("set up with zeros");
+            let (dh, dc_out) = (&grad_outputs[0], &grad_outputs[1]);
+            // do = dh ⊙ tanh(c'); dc' = dc'(from outside) + dh ⊙ o ⊙ tanh'(c').
+            dev.binary(BinaryOp::Mul, dh, &s.tanh_c, &mut s.d[O])?;
+            dev.binary(BinaryOp::Mul, dh, &s.act[O], &mut s.tmp)?;
+            dev.unary_backward(UnaryOp::Tanh, &outputs[1], &s.tanh_c, &s.tmp, &mut s.d_cell)?;
+            dev.axpby(1.0, dc_out, 1.0, &mut s.d_cell)?;
+            // di = dc' ⊙ g, df = dc' ⊙ c, dg = dc' ⊙ i.
+            dev.binary(BinaryOp::Mul, &s.d_cell, &s.act[G], &mut s.d[I])?;
+            dev.binary(BinaryOp::Mul, &s.d_cell, c, &mut s.d[F])?;
+            dev.binary(BinaryOp::Mul, &s.d_cell, &s.act[I], &mut s.d[G])?;
+            for (k, (_, f)) in LSTM_GATES.iter().enumerate() {
+                let dk = s.d[k].clone();
+                dev.unary_backward(*f, &s.pre[k], &s.act[k], &dk, &mut s.d[k])?;
+                gate_grads(&dev, &mut s.gates[k], x, h, &s.d[k])?;
+            }
+            if let ROption::RSome(dx) = &mut grad_inputs[0] {
+                for k in 0..4 {
+                    let beta = if k == 0 { 0.0 } else { 1.0 };
+                    dev.matmul(1.0, &s.d[k], false, &s.gates[k].wx.value, true, beta, dx)?;
+                }
+            }
+            if let Some(ROption::RSome(dh_prev)) = grad_inputs.get_mut(1) {
+                for k in 0..4 {
+                    let beta = if k == 0 { 0.0 } else { 1.0 };
+                    dev.matmul(
+                        1.0,
+                        &s.d[k],
+                        false,
+                        &s.gates[k].wh.value,
+                        true,
+                        beta,
+                        dh_prev,
+                    )?;
+                }
+            }
+            if let Some(ROption::RSome(dc_prev)) = grad_inputs.get_mut(2) {
+                dev.binary(BinaryOp::Mul, &s.d_cell, &s.act[F], dc_prev)?;
             }
             Ok(())
         })()

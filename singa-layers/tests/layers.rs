@@ -70,6 +70,19 @@ proptest! {
         Case::new("gru", fields, specs, seed).gradcheck();
     }
 
+    /// An LSTM step with and without the previous hidden state and cell as sources; both
+    /// outputs carry gradients.
+    #[test]
+    fn lstm_gradients(b in 1usize..4, f in 1usize..5, h in 1usize..5, with_state: bool, bias: bool, seed in 0u64..1000) {
+        let fields = Fields::new().with("hidden_dim", h).with("bias_term", bias);
+        let mut specs = vec![f32_spec(&[b, f])];
+        if with_state {
+            specs.push(f32_spec(&[b, h]));
+            specs.push(f32_spec(&[b, h]));
+        }
+        Case::new("lstm", fields, specs, seed).gradcheck();
+    }
+
     #[test]
     fn euclidean_loss_gradients(b in 1usize..6, f in 1usize..9, seed in 0u64..1000) {
         let specs = vec![f32_spec(&[b, f]), f32_spec(&[b, f])];
@@ -79,7 +92,7 @@ proptest! {
     /// The same layer on the CPU device and on the reference device gives the same outputs
     /// and gradients.
     #[test]
-    fn cpu_matches_reference(which in 0usize..9, b in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
+    fn cpu_matches_reference(which in 0usize..10, b in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
         let (name, fields, specs, classes) = match which {
             0 => ("inner_product", Fields::new().with("num_output", 13), vec![f32_spec(&[b, f])], 0),
             1 => ("relu", Fields::new(), vec![f32_spec(&[b, f])], 0),
@@ -89,6 +102,7 @@ proptest! {
             5 => ("embedding", Fields::new().with("vocab_size", f).with("feature_dim", 7), vec![TensorSpec::new("ids", [b, 3], DType::I32)], f),
             6 => ("one_hot", Fields::new().with("vocab_size", f), vec![TensorSpec::new("ids", [b, 3], DType::I32)], f),
             7 => ("gru", Fields::new().with("hidden_dim", 9), vec![f32_spec(&[b, f]), f32_spec(&[b, 9])], 0),
+            8 => ("lstm", Fields::new().with("hidden_dim", 9), vec![f32_spec(&[b, f]), f32_spec(&[b, 9]), f32_spec(&[b, 9])], 0),
             _ => ("euclidean_loss", Fields::new(), vec![f32_spec(&[b, f]), f32_spec(&[b, f])], 0),
         };
         Case::new(name, fields, specs, seed).classes(classes).assert_cpu_matches_reference(2, 1e-5);
@@ -294,6 +308,43 @@ fn one_hot_and_embedding_check_their_ids() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("embedding"), "{e}");
+}
+
+/// The LSTM's forget gate starts open (bias 1, as char-rnn), its other biases at 0; a GRU or
+/// LSTM given one state source is refused, naming what it takes.
+#[test]
+fn recurrent_cells_initialise_and_check_their_sources() {
+    let dev = reference();
+    let fields = Fields::new().with("hidden_dim", 3);
+    let built = build(&ty("lstm"), &fields, &dev, &[f32_spec(&[2, 4])], 0).unwrap();
+    for p in &built.params {
+        let v = p.value.to_vec::<f32>().unwrap();
+        match p.name.as_str() {
+            "layer/bias_f" => assert_eq!(v, [1.0; 3]),
+            n if n.starts_with("layer/bias_") => assert_eq!(v, [0.0; 3], "{n}"),
+            n => assert!(
+                v.iter().all(|x| x.abs() <= 0.08) && v.iter().any(|&x| x != 0.0),
+                "{n}"
+            ),
+        }
+    }
+    assert_eq!(built.params.len(), 12);
+    let two = [f32_spec(&[2, 4]), f32_spec(&[2, 3])];
+    let e = build(&ty("lstm"), &fields, &dev, &two, 0).err().unwrap();
+    assert!(
+        e.to_string().contains("the previous cell; got 2 sources"),
+        "{e}"
+    );
+    let e = build(
+        &ty("gru"),
+        &fields,
+        &dev,
+        &[f32_spec(&[2, 4]), f32_spec(&[2, 5])],
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("expected [2, 3]"), "{e}");
 }
 
 /// `text_data`: streams of a text shard, continued batch after batch, wrapped at the end of
