@@ -479,7 +479,8 @@ pub struct Reshaping<R> {
     dev: Option<DeviceRef>,
 }
 
-/// Flattens the dimensions from `axis` on into one: `[n, c, h, w]` becomes `[n, c·h·w]`.
+/// Flattens the dimensions from `axis` to `end_axis` (default: the last) into one: `[n, c, h, w]`
+/// becomes `[n, c·h·w]`.
 pub type Flatten = Reshaping<FlattenRule>;
 
 /// Gives its source a new shape of the same size (Caffe's `Reshape`): in `shape`, 0 keeps the
@@ -558,28 +559,59 @@ impl<R: ShapeRule> Layer for Reshaping<R> {
 /// The rule of [`Flatten`].
 pub struct FlattenRule {
     axis: usize,
+    /// The last dimension to flatten; `None`: the last of the source.
+    end_axis: Option<usize>,
 }
 
 impl ShapeRule for FlattenRule {
     const TYPE: &'static str = "flatten";
     const DOC: &'static str =
-        "Flattens the dimensions from `axis` on: [n, c, h, w] becomes [n, c·h·w] (axis 1).";
+        "Flattens the dimensions from `axis` to `end_axis` (default: the last): [n, c, h, w] becomes [n, c·h·w] (axis 1); a sequence [batch, time, features] becomes [batch·time, features] with axis 0, end_axis 1.";
 
     fn fields() -> Vec<FieldSpec> {
-        vec![FieldSpec::new("axis", FieldKind::Int, "the first dimension to flatten").default(1)]
+        vec![
+            FieldSpec::new("axis", FieldKind::Int, "the first dimension to flatten").default(1),
+            FieldSpec::new(
+                "end_axis",
+                FieldKind::Int,
+                "the last dimension to flatten (-1: the last one)",
+            )
+            .default(-1),
+        ]
     }
 
     fn new(f: &Fields) -> Result<Self> {
+        let end_axis = match f.i64("end_axis")? {
+            -1 => None,
+            e if e >= 0 => Some(e as usize),
+            e => {
+                return Err(Error::invalid(format!(
+                    "end_axis must be -1 (the last dimension) or a dimension, got {e}"
+                )))
+            }
+        };
         Ok(FlattenRule {
             axis: f.usize("axis")?,
+            end_axis,
         })
     }
 
     fn target(&self, ctx: &SetupContext<'_>, source: Shape) -> Result<Shape> {
         check_axis(ctx, self.axis, source)?;
         let d = source.dims();
+        let end = self.end_axis.unwrap_or(d.len() - 1);
+        if end < self.axis || end >= d.len() {
+            return Err(Error::shape(
+                format!("layer {}", ctx.layer),
+                format!(
+                    "end_axis {end} must lie between axis {} and the last dimension of {source}",
+                    self.axis
+                ),
+            ));
+        }
         let mut dims = d[..self.axis].to_vec();
-        dims.push(d[self.axis..].iter().product());
+        dims.push(d[self.axis..=end].iter().product());
+        dims.extend_from_slice(&d[end + 1..]);
         Shape::new(&dims)
     }
 }

@@ -51,9 +51,31 @@ impl TrainOneBatch for Bp {
     }
 }
 
+/// Back-propagation through time for recurrent nets: BP over the net whose cells the job's
+/// validation unrolled ([`crate::config::unroll`]). The steps of a cell share its parameters,
+/// so each parameter's gradient is the sum over the steps (truncated at `unroll_len`; every
+/// batch starts from a zero state).
+pub struct Bptt;
+
+impl TrainOneBatch for Bptt {
+    fn name(&self) -> &'static str {
+        "bptt"
+    }
+
+    fn train_one_batch(
+        &mut self,
+        net: &mut NeuralNet,
+        step: u64,
+        sink: &mut dyn GradientSink,
+    ) -> Result<()> {
+        Bp.train_one_batch(net, step, sink)
+    }
+}
+
 /// The implementation of `algorithm`.
 pub fn create(algorithm: Algorithm) -> Box<dyn TrainOneBatch> {
     match algorithm {
         Algorithm::Bp => Box::new(Bp),
+        Algorithm::Bptt => Box::new(Bptt),
     }
 }

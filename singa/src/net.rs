@@ -423,6 +423,7 @@ impl NeuralNet {
                 layer: &cfg.name,
                 layer_index: layers.len(),
                 configs: &cfg.params,
+                share_from: cfg.share_params_from.as_deref(),
                 seed: job.seed,
                 phase,
                 used: Vec::new(),
@@ -881,20 +882,42 @@ impl NeuralNet {
                         }
                     })
                     .collect();
-                let outs: Vec<String> = l
-                    .output_specs
-                    .iter()
-                    .map(|o| format!("{} {}", o.shape, o.dtype))
-                    .collect();
-                let params: Vec<String> = l
+                let outs = repeats(
+                    l.output_specs
+                        .iter()
+                        .map(|o| format!("{} {}", o.shape, o.dtype)),
+                );
+                // Parameters another layer created (an unrolled cell's steps) are named by it.
+                let owners: Vec<&str> = l
                     .params
                     .iter()
                     .map(|&p| {
-                        let e = &store.entries()[p];
-                        let short = e.name.rsplit('/').next().unwrap_or(&e.name);
-                        format!("{short} {}", e.shape())
+                        store.entries()[p]
+                            .name
+                            .rsplit_once('/')
+                            .map_or("", |(o, _)| o)
                     })
                     .collect();
+                let params: Vec<String> = match owners.first() {
+                    Some(&owner) if owner != l.name && owners.iter().all(|&o| o == owner) => {
+                        vec![format!("{} parameters of {owner}", owners.len())]
+                    }
+                    _ => l
+                        .params
+                        .iter()
+                        .map(|&p| {
+                            let e = &store.entries()[p];
+                            let short = e.name.rsplit('/').next().unwrap_or(&e.name);
+                            format!("{short} {}", e.shape())
+                        })
+                        .collect(),
+                };
+                let srcs = if srcs.len() > 4 {
+                    let n = srcs.len();
+                    vec![format!("{}, {} … {} ({n})", srcs[0], srcs[1], srcs[n - 1])]
+                } else {
+                    srcs
+                };
                 let arrow = |sign: &str, items: Vec<String>| {
                     if items.is_empty() {
                         String::new()
@@ -928,4 +951,24 @@ impl NeuralNet {
         }
         s
     }
+}
+
+/// Runs of equal items written once with their count (`[32, 1, 64] f32 × 50`).
+fn repeats(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for item in items {
+        match out.last_mut() {
+            Some((last, n)) if *last == item => *n += 1,
+            _ => out.push((item, 1)),
+        }
+    }
+    out.into_iter()
+        .map(|(item, n)| {
+            if n == 1 {
+                item
+            } else {
+                format!("{item} × {n}")
+            }
+        })
+        .collect()
 }

@@ -119,6 +119,8 @@ pub(crate) struct NetParams<'a> {
     pub layer: &'a str,
     pub layer_index: usize,
     pub configs: &'a [ParamConfig],
+    /// Every parameter is this layer's same-named one (the copies of an unrolled cell).
+    pub share_from: Option<&'a str>,
     pub seed: u64,
     pub phase: Phase,
     /// Parameter indices this layer created or uses.
@@ -168,7 +170,9 @@ impl NetParams<'_> {
                 spec.shape
             ))
         };
-        if let Some(source) = cfg.and_then(|c| c.share_from.as_deref()) {
+        let whole_layer = self.share_from.map(|l| format!("{l}/{}", spec.name));
+        let source = cfg.and_then(|c| c.share_from.clone()).or(whole_layer);
+        if let Some(source) = source.as_deref() {
             let Some(id) = self.store.find(source) else {
                 let names: Vec<&str> = self.store.entries.iter().map(|e| e.name.as_str()).collect();
                 return Err(Error::invalid(format!(

@@ -14,6 +14,7 @@
 //! ```
 
 mod parse;
+pub mod unroll;
 mod validate;
 
 use singa_core::{FieldValue, Fields, Init, Phase, Precision};
@@ -46,11 +47,14 @@ impl Default for Origin {
 pub enum Algorithm {
     /// Back-propagation, for feed-forward nets.
     Bp,
+    /// Back-propagation through time, for recurrent nets: the layers marked `unroll` are
+    /// unrolled over `unroll_len` steps ([`unroll`]) and the unrolled net is trained with BP.
+    Bptt,
 }
 
 impl Algorithm {
     /// Names accepted in job files.
-    pub const NAMES: [&'static str; 1] = ["bp"];
+    pub const NAMES: [&'static str; 2] = ["bp", "bptt"];
 }
 
 /// One whole training job.
@@ -65,6 +69,8 @@ pub struct JobConfig {
     pub name: String,
     /// How one iteration is computed.
     pub algorithm: Algorithm,
+    /// Time steps a recurrent net is unrolled for (`algorithm = "bptt"`; 0 otherwise).
+    pub unroll_len: usize,
     /// Training iterations.
     pub train_steps: u64,
     /// Report training metrics every this many steps (0: never).
@@ -100,6 +106,7 @@ impl JobConfig {
             text: None,
             name: name.to_string(),
             algorithm: Algorithm::Bp,
+            unroll_len: 0,
             train_steps: 1000,
             display_freq: 100,
             test_freq: 0,
@@ -127,6 +134,13 @@ impl JobConfig {
     /// Sets the number of training steps.
     pub fn train_steps(mut self, n: u64) -> Self {
         self.train_steps = n;
+        self
+    }
+
+    /// Trains with back-propagation through time, the `unroll` layers unrolled over `steps`.
+    pub fn bptt(mut self, steps: usize) -> Self {
+        self.algorithm = Algorithm::Bptt;
+        self.unroll_len = steps;
         self
     }
 
@@ -480,6 +494,12 @@ pub struct LayerConfig {
     pub exclude: Vec<Phase>,
     /// `-1` no partitioning, `0` split the batch, `1` split the features.
     pub partition_dim: i32,
+    /// Whether the layer is a recurrent cell that runs once per time step (`algorithm =
+    /// "bptt"`; see [`unroll`]).
+    pub unroll: bool,
+    /// Every parameter of the layer is the same-named parameter of this layer (set by
+    /// [`unroll`] for the copies of an unrolled cell).
+    pub share_params_from: Option<String>,
     /// The type's own fields.
     pub fields: Fields,
     /// Settings of the layer's parameters.
@@ -496,6 +516,8 @@ impl LayerConfig {
             include: Vec::new(),
             exclude: Vec::new(),
             partition_dim: -1,
+            unroll: false,
+            share_params_from: None,
             fields: Fields::new(),
             params: Vec::new(),
         }
@@ -510,6 +532,12 @@ impl LayerConfig {
     /// Sets one of the type's fields.
     pub fn field(mut self, name: &str, value: impl Into<FieldValue>) -> Self {
         self.fields.set(name, value);
+        self
+    }
+
+    /// Marks the layer as a recurrent cell to unroll over time (with [`JobConfig::bptt`]).
+    pub fn unrolled(mut self) -> Self {
+        self.unroll = true;
         self
     }
 

@@ -245,10 +245,11 @@ fn to_field_value(v: &Value) -> std::result::Result<FieldValue, String> {
     })
 }
 
-const JOB_KEYS: [&str; 13] = [
+const JOB_KEYS: [&str; 14] = [
     "name",
     "plugins",
     "algorithm",
+    "unroll_len",
     "train_steps",
     "display_freq",
     "test_freq",
@@ -269,9 +270,11 @@ fn parse_job(s: &Section<'_>) -> Result<JobConfig> {
     if let Some(a) = s.str("algorithm")? {
         job.algorithm = match a.as_str() {
             "bp" => Algorithm::Bp,
+            "bptt" => Algorithm::Bptt,
             other => return Err(s.err("algorithm", choice_message(other, &Algorithm::NAMES))),
         };
     }
+    job.unroll_len = s.u64("unroll_len")?.unwrap_or(0) as usize;
     job.train_steps = s
         .u64("train_steps")?
         .ok_or_else(|| s.err("train_steps", "missing; expected a non-negative integer"))?;
@@ -432,13 +435,14 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
 }
 
 /// The keys every `[[layer]]` has; the rest belong to the layer type.
-pub(super) const LAYER_KEYS: [&str; 8] = [
+pub(super) const LAYER_KEYS: [&str; 9] = [
     "name",
     "type",
     "srclayers",
     "include",
     "exclude",
     "partition_dim",
+    "unroll",
     "param",
     "params",
 ];
@@ -476,6 +480,7 @@ fn parse_layer(s: &Section<'_>) -> Result<LayerConfig> {
         .map(|p| parse_phase(s, "exclude", p))
         .collect::<Result<_>>()?;
     l.partition_dim = s.i32("partition_dim")?.unwrap_or(-1);
+    l.unroll = s.bool("unroll")?.unwrap_or(false);
     l.params = s
         .tables("param", |i, t| match t.get("name") {
             Some(Value::String(n)) => format!("param[{n}]"),

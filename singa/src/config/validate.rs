@@ -1,7 +1,7 @@
 //! Checking a [`JobConfig`] against the known layer and updater types.
 
 use super::parse::{unknown_field_message, LAYER_KEYS, UPDATER_KEYS};
-use super::JobConfig;
+use super::{Algorithm, JobConfig};
 use crate::registry::Registry;
 use singa_core::fields::nearest;
 use singa_core::{validate_fields, Error, FieldSpec, FieldValue, Fields, Phase, Result};
@@ -138,6 +138,39 @@ impl JobConfig {
         }
         let mut job = self.clone();
 
+        // Recurrent cells unroll for BPTT, and only for it.
+        let unrolled = self.layers.iter().find(|l| l.unroll);
+        match (self.algorithm, unrolled) {
+            (Algorithm::Bptt, None) => {
+                return Err(err(
+                    "algorithm",
+                    "\"bptt\" trains recurrent cells unrolled over time, and no layer has unroll = true".into(),
+                ))
+            }
+            (Algorithm::Bptt, Some(_)) if self.unroll_len == 0 => {
+                return Err(err(
+                    "unroll_len",
+                    "missing; algorithm = \"bptt\" unrolls the cells over this many time steps (expected at least 1)".into(),
+                ))
+            }
+            (Algorithm::Bptt, Some(_)) => {
+                job.layers = super::unroll::unroll(&self.layers, self.unroll_len, file)?;
+            }
+            (Algorithm::Bp, Some(l)) => {
+                return Err(err(
+                    &format!("layer[{}].unroll", l.name),
+                    "unrolling over time needs algorithm = \"bptt\"".into(),
+                ))
+            }
+            (Algorithm::Bp, None) if self.unroll_len > 0 => {
+                return Err(err(
+                    "unroll_len",
+                    "only for algorithm = \"bptt\" (with layers that have unroll = true)".into(),
+                ))
+            }
+            (Algorithm::Bp, None) => {}
+        }
+
         // The updater and its schedule.
         let u = &mut job.updater;
         let Some(ut) = registry.updater(&u.type_name) else {
@@ -222,7 +255,7 @@ fn check_fields(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{ClusterConfig, JobConfig, LayerConfig, UpdaterConfig};
+    use crate::config::{Algorithm, ClusterConfig, JobConfig, LayerConfig, UpdaterConfig};
     use crate::registry::Registry;
 
     fn job() -> JobConfig {
@@ -278,5 +311,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cluster.nserver_groups"));
+    }
+
+    /// BPTT needs cells marked `unroll` and `unroll_len`; BP refuses both; a valid BPTT job
+    /// comes back unrolled.
+    #[test]
+    fn bptt_and_unrolling_go_together() {
+        let r = Registry::builtin();
+        let cell = || {
+            LayerConfig::new("g", "gru")
+                .src("x")
+                .field("hidden_dim", 2)
+                .unrolled()
+        };
+        let e = |j: JobConfig| j.validate(&r).unwrap_err().to_string();
+        let mut bptt = job();
+        bptt.algorithm = Algorithm::Bptt;
+        assert!(e(bptt.clone()).contains("algorithm: \"bptt\""));
+        assert!(e(bptt.layer(cell())).contains("unroll_len: missing"));
+        let v = job().bptt(3).layer(cell()).validate(&r).unwrap();
+        let names: Vec<&str> = v.job.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["fc", "g@in", "g@0", "g@1", "g@2"]);
+        assert!(e(job().layer(cell())).contains("layer[g].unroll: unrolling over time needs"));
+        let mut len_only = job();
+        len_only.unroll_len = 3;
+        assert!(e(len_only).contains("unroll_len: only for algorithm"));
     }
 }
