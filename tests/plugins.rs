@@ -493,6 +493,10 @@ fn plugin_check_holds_layers_to_overwriting_their_gradients() {
                 Fields::new().with("hidden_dim", 3i64),
                 vec![x(&[4, 8]), x(&[4, 3]), x(&[4, 3])],
             ),
+            "recurrent_state" => (
+                Fields::new().with("hidden_dim", 3i64).with("from", "x"),
+                vec![x(&[4, 8])],
+            ),
             "one_hot" => (
                 Fields::new().with("vocab_size", 5i64),
                 vec![TensorSpec::new("ids", [4usize, 2], DType::I32)],

@@ -416,3 +416,32 @@ fn recurrent_char_models_learn_with_bptt_and_resume_exactly() {
         assert_eq!(param_values(&straight), param_values(&resumed), "{cell}");
     }
 }
+
+/// `singa sample`: a trained character model generates the requested number of characters
+/// after the priming text, the same text for the same seed, from its own vocabulary; a priming
+/// character it does not know is refused.
+#[test]
+fn a_char_model_samples_text_reproducibly() {
+    let dir = tmpdir("sample");
+    let top = "train_steps = 100\ntest_freq = 100\ntest_steps = 2\ncheckpoint_freq = 100";
+    let job = char_model(&dir, "gru", top);
+    let ws = dir.join("ws");
+    train(&job, &ws, Existing::Refuse);
+    let checkpoint = ws.join("checkpoints/step-00000100.safetensors");
+    let options = |seed: u64, prime: &str| singa::sample::SampleOptions {
+        length: 80,
+        temperature: 0.8,
+        prime: prime.to_string(),
+        seed,
+    };
+    let registry = Registry::builtin();
+    let text =
+        |o: &singa::sample::SampleOptions| singa::sample::sample(&job, &registry, &checkpoint, o);
+    let a = text(&options(7, "First")).unwrap();
+    assert_eq!(a.chars().count(), 5 + 80);
+    assert!(a.starts_with("First"));
+    assert_eq!(a, text(&options(7, "First")).unwrap(), "seeded");
+    assert_ne!(a, text(&options(8, "First")).unwrap());
+    let e = text(&options(7, "First§")).unwrap_err().to_string();
+    assert!(e.contains("'§' is not in the model's vocabulary"), "{e}");
+}

@@ -146,6 +146,31 @@ enum Command {
         #[arg(long = "plugin", value_name = "PATH")]
         plugins: Vec<PathBuf>,
     },
+    /// Generate text with a trained character model (a job with algorithm = "bptt" reading a
+    /// text shard): the priming text, then characters drawn one by one.
+    Sample {
+        /// The job file (TOML) the model was trained with [default: the job the checkpoint
+        /// records].
+        job: Option<PathBuf>,
+        /// The checkpoint with the trained parameters.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Characters to generate.
+        #[arg(long, default_value_t = 500)]
+        length: usize,
+        /// Below 1: likelier characters; above 1: more varied ones.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Text the model reads before generating.
+        #[arg(long, default_value = "")]
+        prime: String,
+        /// Seeds the draws: the same seed gives the same text.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A plugin library with layer or updater types (repeatable).
+        #[arg(long = "plugin", value_name = "PATH")]
+        plugins: Vec<PathBuf>,
+    },
     /// Export a trained model (the job's test net with a checkpoint's parameters) as an ONNX
     /// file, for ONNX Runtime, PyTorch and other frameworks.
     Export {
@@ -494,6 +519,27 @@ fn run(cli: Cli) -> Result<()> {
                 features.as_deref(),
             )?;
             predict::print(&mut p, n, top.max(1), &format)
+        }
+        Command::Sample {
+            job,
+            checkpoint,
+            length,
+            temperature,
+            prime,
+            seed,
+            plugins,
+        } => {
+            let (config, registry) =
+                predict::trained_job(job.as_deref(), &checkpoint, &plugins, detail)?;
+            let options = singa::sample::SampleOptions {
+                length,
+                temperature,
+                prime,
+                seed,
+            };
+            let text = singa::sample::sample(&config, &registry, &checkpoint, &options)?;
+            outln!("{text}");
+            Ok(())
         }
         Command::Export {
             job,

@@ -12,6 +12,7 @@
 //! | `inner_product` | `y = x·W + b` |
 //! | `embedding`, `one_hot` | a learned vector, or the indicator vector, per integer id |
 //! | `gru`, `lstm` | one step of a gated recurrent unit or of an LSTM cell |
+//! | `recurrent_state` | the state an unrolled cell carries from one batch to the next |
 //! | `relu`, `sigmoid`, `tanh`, `stanh`, `activation` | elementwise activations |
 //! | `dropout` | inverted dropout in training, identity in testing |
 //! | `convolution` | 2-D convolution with stride, padding and groups |
@@ -59,6 +60,7 @@ pub fn layer_types() -> Vec<LayerType> {
         layer_type::<embedding::OneHot>(),
         layer_type::<recurrent::Gru>(),
         layer_type::<recurrent::Lstm>(),
+        layer_type::<recurrent::RecurrentState>(),
         layer_type::<activation::Relu>(),
         layer_type::<activation::Sigmoid>(),
         layer_type::<activation::Tanh>(),

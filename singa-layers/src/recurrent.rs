@@ -590,3 +590,163 @@ impl Layer for Lstm {
         .into()
     }
 }
+
+/// The state an unrolled cell carries from one batch to the next (SINGA's "full state", as
+/// char-rnn trains): outputs `[batch, hidden_dim]` values (and a cell's, for an LSTM) that the
+/// first step of the cell reads as the previous state. They start at zero; after each batch
+/// the net copies the cell's last step into them (`from`), so every stream of a `text_data`
+/// layer continues with the state it ended with. The source only sets the batch size; no
+/// gradient flows into the batch before (truncated BPTT). The values are the layer's state,
+/// kept in checkpoints, so a resumed run continues exactly.
+pub struct RecurrentState {
+    hidden: usize,
+    cell: bool,
+    dev: Option<DeviceRef>,
+    /// The output tensors, held from the first forward pass on (for checkpoints).
+    held: Vec<Tensor>,
+    /// Values restored before the outputs were known, written at the next forward pass.
+    pending: Option<Vec<f32>>,
+}
+
+impl LayerDef for RecurrentState {
+    const TYPE: &'static str = "recurrent_state";
+    const DOC: &'static str = "The hidden state (and cell) an unrolled recurrent cell carries between batches: [batch, hidden_dim] outputs, zero at first, replaced by the cell's last step (`from`) after every batch. Added by the unrolling for `algorithm = \"bptt\"`.";
+
+    fn fields() -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::new("hidden_dim", FieldKind::Int, "units of the state").required(),
+            FieldSpec::new("cell", FieldKind::Bool, "an LSTM's cell as a second output")
+                .default(false),
+            FieldSpec::new(
+                "from",
+                FieldKind::Str,
+                "the layer whose outputs it takes after each batch",
+            )
+            .required(),
+        ]
+    }
+
+    fn new(f: &Fields) -> Result<Self> {
+        let hidden = f.usize("hidden_dim")?;
+        if hidden == 0 {
+            return Err(Error::invalid("hidden_dim must be at least 1"));
+        }
+        Ok(RecurrentState {
+            hidden,
+            cell: f.bool("cell")?,
+            dev: None,
+            held: Vec::new(),
+            pending: None,
+        })
+    }
+}
+
+impl RecurrentState {
+    /// Writes `values` (every output's, in order) into `outputs`.
+    fn write(outputs: &mut [Tensor], values: &[f32]) -> Result<()> {
+        let total: usize = outputs.iter().map(|t| t.numel()).sum();
+        if values.len() != total {
+            return Err(Error::invalid(format!(
+                "recurrent_state holds {total} values, the checkpoint {}",
+                values.len()
+            )));
+        }
+        let mut at = 0;
+        for t in outputs {
+            let n = t.numel();
+            t.write_from(&values[at..at + n])?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+impl Layer for RecurrentState {
+    fn setup(
+        &mut self,
+        ctx: &SetupContext<'_>,
+        _: ParamFactoryMut<'_>,
+    ) -> RResult<RVec<TensorSpec>, Error> {
+        (|| -> Result<RVec<TensorSpec>> {
+            let (batch, _) = ctx.single_input()?.shape.as_matrix();
+            self.dev = Some(ctx.device.clone());
+            let mut outs = vec![TensorSpec::new("output", [batch, self.hidden], DType::F32)];
+            if self.cell {
+                outs.push(TensorSpec::new("cell", [batch, self.hidden], DType::F32));
+            }
+            Ok(outs.into())
+        })()
+        .into()
+    }
+
+    fn forward(
+        &mut self,
+        _: Phase,
+        _: RSlice<'_, Tensor>,
+        mut outputs: RSliceMut<'_, Tensor>,
+    ) -> RResult<(), Error> {
+        (|| {
+            if self.held.is_empty() {
+                self.held = outputs.iter().cloned().collect();
+            }
+            if let Some(values) = self.pending.take() {
+                Self::write(outputs.as_mut_slice(), &values)?;
+            }
+            Ok(())
+        })()
+        .into()
+    }
+
+    fn backward(
+        &mut self,
+        _: Phase,
+        _: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
+        mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
+    ) -> RResult<(), Error> {
+        (|| {
+            if let ROption::RSome(dx) = &mut grad_inputs[0] {
+                let dev = self
+                    .dev
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("recurrent_state used before setup"))?;
+                dev.fill(dx, 0.0)?;
+            }
+            Ok(())
+        })()
+        .into()
+    }
+
+    fn state(&self) -> RResult<RVec<u64>, Error> {
+        (|| -> Result<RVec<u64>> {
+            let mut out = Vec::new();
+            match &self.pending {
+                Some(values) => out.extend(values.iter().map(|v| v.to_bits() as u64)),
+                None => {
+                    for t in &self.held {
+                        out.extend(t.to_vec::<f32>()?.iter().map(|v| v.to_bits() as u64));
+                    }
+                }
+            }
+            Ok(out.into())
+        })()
+        .into()
+    }
+
+    fn restore_state(&mut self, state: RSlice<'_, u64>) -> RResult<(), Error> {
+        (|| {
+            let values: Vec<f32> = state.iter().map(|&b| f32::from_bits(b as u32)).collect();
+            if values.is_empty() {
+                return Ok(());
+            }
+            if self.held.is_empty() {
+                self.pending = Some(values);
+                return Ok(());
+            }
+            let mut held = self.held.clone();
+            Self::write(&mut held, &values)
+        })()
+        .into()
+    }
+}

@@ -53,8 +53,8 @@ impl TrainOneBatch for Bp {
 
 /// Back-propagation through time for recurrent nets: BP over the net whose cells the job's
 /// validation unrolled ([`crate::config::unroll`]). The steps of a cell share its parameters,
-/// so each parameter's gradient is the sum over the steps (truncated at `unroll_len`; every
-/// batch starts from a zero state).
+/// so each parameter's gradient is the sum over the steps, truncated at `unroll_len`; after
+/// the backward pass each cell's last state is carried into the next batch.
 pub struct Bptt;
 
 impl TrainOneBatch for Bptt {
@@ -68,7 +68,8 @@ impl TrainOneBatch for Bptt {
         step: u64,
         sink: &mut dyn GradientSink,
     ) -> Result<()> {
-        Bp.train_one_batch(net, step, sink)
+        Bp.train_one_batch(net, step, sink)?;
+        net.carry_state()
     }
 }
 

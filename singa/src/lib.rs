@@ -36,6 +36,7 @@ pub mod plugins;
 pub mod predict;
 pub mod progress;
 pub mod registry;
+pub mod sample;
 pub mod summary;
 pub mod trainer;
 pub mod workspace;

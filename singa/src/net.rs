@@ -142,6 +142,10 @@ pub struct NeuralNet {
     layers: Vec<NetLayer>,
     /// Steps read by [`NeuralNet::read_step_metrics`] since the metrics were last read.
     metric_steps: u64,
+    /// `(from, to)`: after each batch, the outputs of layer `from` (an unrolled cell's last
+    /// step) are copied into those of layer `to` (its `recurrent_state`, read by its first
+    /// step in the next batch); see [`NeuralNet::carry_state`].
+    carries: Vec<(usize, usize)>,
 }
 
 /// `"layer"` or `"layer:output"`.
@@ -313,6 +317,8 @@ impl NeuralNet {
         let base_dir = job.origin.base_dir.display().to_string();
         let mut layers: Vec<NetLayer> = Vec::with_capacity(order.len());
         let mut position: HashMap<&str, usize> = HashMap::new();
+        // (recurrent_state layer, the layer it takes its values from), resolved at the end.
+        let mut carried: Vec<(usize, String)> = Vec::new();
         // With features split over the group: how each layer's outputs are held, and the
         // bridges made so far, by (producer, output, wanted holding).
         let partitioned = part.members > 1 && configs.iter().any(|c| splits_features(c));
@@ -477,13 +483,39 @@ impl NeuralNet {
             l.metric_step = vec![0.0; metric_names.len()];
             l.metric_sum = vec![0.0; metric_names.len()];
             l.metric_names = metric_names;
+            if cfg.type_name == "recurrent_state" {
+                carried.push((layers.len(), fields.str("from")?.to_string()));
+            }
             layers.push(l);
+        }
+        let mut carries = Vec::new();
+        for (to, from) in carried {
+            let Some(&from) = position.get(from.as_str()) else {
+                return Err(Error::config(
+                    file,
+                    format!("layer[{}].from", layers[to].name),
+                    format!("no layer {from:?} in the {} net", phase_name(phase)),
+                ));
+            };
+            let specs = |i: usize| -> Vec<TensorSpec> { layers[i].output_specs.clone() };
+            if specs(from) != specs(to) {
+                return Err(Error::config(
+                    file,
+                    format!("layer[{}].from", layers[to].name),
+                    format!(
+                        "{} has other outputs than the state it should carry",
+                        layers[from].name
+                    ),
+                ));
+            }
+            carries.push((from, to));
         }
         let mut net = NeuralNet {
             phase,
             dev: dev.clone(),
             layers,
             metric_steps: 0,
+            carries,
         };
         if phase.is_train() {
             net.allocate_gradients(store)?;
@@ -707,8 +739,28 @@ impl NeuralNet {
     }
 
     /// Every layer forward, in order.
+    ///
+    /// Outside training, the state of unrolled cells is carried to the next batch at the end
+    /// ([`NeuralNet::carry_state`]); in training the backward pass still reads it, so the
+    /// algorithm carries it after the backward pass.
     pub fn forward(&mut self, phase: Phase) -> Result<()> {
-        (0..self.layers.len()).try_for_each(|i| self.forward_layer(i, phase))
+        (0..self.layers.len()).try_for_each(|i| self.forward_layer(i, phase))?;
+        if !phase.is_train() {
+            self.carry_state()?;
+        }
+        Ok(())
+    }
+
+    /// Copies the last step of every unrolled cell into the state its first step reads in the
+    /// next batch (nothing for a net without recurrent cells).
+    pub fn carry_state(&mut self) -> Result<()> {
+        for &(from, to) in &self.carries {
+            for k in 0..self.layers[to].outputs.len() {
+                let src = self.layers[from].outputs[k].clone();
+                self.dev.copy(&src, &mut self.layers[to].outputs[k])?;
+            }
+        }
+        Ok(())
     }
 
     /// Every layer backward, in reverse order; `after(i)` runs once layer `i` is done (to send

@@ -516,6 +516,11 @@ impl Trainer {
         self.test.as_ref()
     }
 
+    /// The test net, to run layer by layer (`singa sample`).
+    pub fn test_net_mut(&mut self) -> Option<&mut NeuralNet> {
+        self.test.as_mut()
+    }
+
     /// Steps completed.
     pub fn step(&self) -> u64 {
         self.step

@@ -3,8 +3,9 @@
 //!
 //! A layer with `unroll = true` is a cell (`gru`, `lstm`) that runs once per time step. For
 //! `unroll_len = T` it becomes T layers `name@0` … `name@{T-1}`: step `t` takes the step's
-//! input and the outputs of step `t − 1` (its hidden state, and an LSTM's cell); step 0 starts
-//! from zeros. Every step uses step 0's parameters (`share_params_from`), so their gradients
+//! input and the outputs of step `t − 1` (its hidden state, and an LSTM's cell); step 0 takes
+//! them from `name@carry`, a `recurrent_state` layer that holds the last step's outputs of the
+//! batch before (zeros at first: SINGA's and char-rnn's "full state"). Every step uses step 0's parameters (`share_params_from`), so their gradients
 //! add up over the steps. The cell's source is a sequence `[batch, T, features]` (a `slice`
 //! layer `name@in` cuts it into steps) or another unrolled cell (step `t` reads its step `t`).
 //! Other layers that read the cell see the sequence of its hidden states, `[batch, T,
@@ -114,20 +115,35 @@ pub fn unroll(layers: &[LayerConfig], steps: usize, file: &str) -> Result<Vec<La
             );
             out.push(slice);
         }
+        let input = |t: usize| match (from_cell, output) {
+            (true, Some(o)) => format!("{base}@{t}:{o}"),
+            (true, None) => format!("{base}@{t}"),
+            (false, _) => format!("{}@in:{t}", l.name),
+        };
+        // The state carried over from the batch before: the last step's, after each batch.
+        let carry = format!("{}@carry", l.name);
+        let mut carried = aux(l, carry.clone(), "recurrent_state", vec![input(0)]);
+        if let Some(h) = l.fields.get("hidden_dim") {
+            carried.fields.set("hidden_dim", h.clone());
+        }
+        carried.fields = carried
+            .fields
+            .with("cell", state.len() == 2)
+            .with("from", format!("{}@{}", l.name, steps - 1));
+        out.push(carried);
         for t in 0..steps {
-            let input = match (from_cell, output) {
-                (true, Some(o)) => format!("{base}@{t}:{o}"),
-                (true, None) => format!("{base}@{t}"),
-                (false, _) => format!("{}@in:{t}", l.name),
+            let previous = if t == 0 {
+                carry.clone()
+            } else {
+                format!("{}@{}", l.name, t - 1)
             };
             let mut step = l.clone();
             step.name = format!("{}@{t}", l.name);
             step.unroll = false;
-            step.srclayers = vec![input];
+            step.srclayers = vec![input(t)];
+            step.srclayers
+                .extend(state.iter().map(|o| format!("{previous}{o}")));
             if t > 0 {
-                let previous = format!("{}@{}", l.name, t - 1);
-                step.srclayers
-                    .extend(state.iter().map(|o| format!("{previous}{o}")));
                 step.params = Vec::new();
                 step.share_params_from = Some(format!("{}@0", l.name));
             }
@@ -196,12 +212,32 @@ mod tests {
         assert_eq!(
             names(&out),
             [
-                "data", "onehot", "lstm1@in", "lstm1@0", "lstm1@1", "lstm1@2", "gru2@0", "gru2@1",
-                "gru2@2", "flat", "gru2@seq", "gru2"
+                "data",
+                "onehot",
+                "lstm1@in",
+                "lstm1@carry",
+                "lstm1@0",
+                "lstm1@1",
+                "lstm1@2",
+                "gru2@carry",
+                "gru2@0",
+                "gru2@1",
+                "gru2@2",
+                "flat",
+                "gru2@seq",
+                "gru2"
             ]
         );
         assert_eq!(find(&out, "lstm1@in").srclayers, ["onehot"]);
-        assert_eq!(find(&out, "lstm1@0").srclayers, ["lstm1@in:0"]);
+        assert_eq!(
+            find(&out, "lstm1@0").srclayers,
+            ["lstm1@in:0", "lstm1@carry", "lstm1@carry:cell"]
+        );
+        let carry = find(&out, "lstm1@carry");
+        assert_eq!(carry.srclayers, ["lstm1@in:0"]);
+        assert_eq!(carry.fields.str("from").unwrap(), "lstm1@2");
+        assert!(carry.fields.bool("cell").unwrap());
+        assert_eq!(find(&out, "gru2@carry").srclayers, ["lstm1@0"]);
         assert_eq!(
             find(&out, "lstm1@2").srclayers,
             ["lstm1@in:2", "lstm1@1", "lstm1@1:cell"]
