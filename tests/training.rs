@@ -445,3 +445,43 @@ fn a_char_model_samples_text_reproducibly() {
     let e = text(&options(7, "First§")).unwrap_err().to_string();
     assert!(e.contains("'§' is not in the model's vocabulary"), "{e}");
 }
+
+/// Gradient clipping: with plain SGD at learning rate 1, one step moves the parameters by
+/// exactly the clipped gradient, whose global norm is `clip_norm` (the raw one is larger) and
+/// whose values stay within `clip_value`.
+#[test]
+fn gradients_are_clipped_by_global_norm_and_by_value() {
+    let dir = tmpdir("clip");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let moved = |clip: singa::config::Clipping| -> Vec<f32> {
+        let mut job = job(&dir, "train_steps = 1", 0.0);
+        job.updater = singa::config::UpdaterConfig::sgd(1.0);
+        job.updater.clip = clip;
+        let options = TrainOptions::default();
+        let mut t = Trainer::new(&job, &Registry::builtin(), &options).unwrap();
+        let before = param_values(&t);
+        t.run(&mut Silent).unwrap();
+        let after = param_values(&t);
+        before
+            .iter()
+            .zip(&after)
+            .flat_map(|((_, b), (_, a))| b.iter().zip(a).map(|(x, y)| y - x))
+            .collect()
+    };
+    let norm = |d: &[f32]| d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    let raw = moved(Default::default());
+    assert!(norm(&raw) > 0.05, "the raw gradient norm {}", norm(&raw));
+    let by_norm = moved(singa::config::Clipping {
+        norm: Some(0.01),
+        value: None,
+    });
+    assert!((norm(&by_norm) - 0.01).abs() < 1e-5, "{}", norm(&by_norm));
+    let by_value = moved(singa::config::Clipping {
+        norm: None,
+        value: Some(1e-3),
+    });
+    let largest = by_value.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(largest <= 1e-3 + 1e-7 && largest > 0.9e-3, "{largest}");
+    let raw_largest = raw.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(raw_largest > 1e-3, "{raw_largest}");
+}

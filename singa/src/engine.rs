@@ -6,6 +6,7 @@
 use crate::algorithm::{GradientSink, TrainOneBatch};
 use crate::checkpoint::Loaded;
 use crate::cluster::Cluster;
+use crate::config::Clipping;
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
 use singa_core::{Result, Tensor, UpdateArgs, UpdaterBox};
@@ -53,6 +54,9 @@ pub struct Local {
     algorithm: Box<dyn TrainOneBatch>,
     /// Parameters whose gradients are complete once a layer's backward is done.
     ready_after: Vec<Vec<usize>>,
+    clip: Clipping,
+    /// Host space for reading gradients to take their norm (sized once).
+    scratch: Vec<f32>,
 }
 
 impl Local {
@@ -70,7 +74,15 @@ impl Local {
             weight_decay,
             algorithm,
             ready_after,
+            clip: Clipping::default(),
+            scratch: Vec::new(),
         }
+    }
+
+    /// Clips the gradients before each update (see [`Clipping`]).
+    pub fn with_clipping(mut self, clip: Clipping) -> Local {
+        self.clip = clip;
+        self
     }
 }
 
@@ -82,34 +94,77 @@ struct LocalUpdates<'a> {
     step: u64,
     lr: f32,
     weight_decay: f32,
+    clip: Clipping,
+}
+
+impl LocalUpdates<'_> {
+    /// Sums parameter `p`'s gradients (one per layer that uses it) into the first, clamped to
+    /// `clip.value` when set.
+    fn gather(&mut self, p: usize) -> Result<()> {
+        let e = &mut self.store.entries_mut()[p];
+        let dev = e.value.device().clone();
+        if e.grads.len() > 1 {
+            let (first, rest) = e.grads.split_at_mut(1);
+            for g in rest.iter() {
+                dev.axpby(1.0, g, 1.0, &mut first[0])?;
+            }
+        }
+        if let Some(c) = self.clip.value {
+            let g = e.grads[0].clone();
+            dev.clamp(&g, &mut e.grads[0], -c, c)?;
+        }
+        Ok(())
+    }
+
+    /// Updates parameter `p` with its gathered gradient times `grad_scale`.
+    fn update(&mut self, p: usize, grad_scale: f32) -> Result<()> {
+        let e = &mut self.store.entries_mut()[p];
+        let args = UpdateArgs {
+            lr: self.lr * e.lr_mult,
+            weight_decay: self.weight_decay * e.wd_mult,
+            grad_scale,
+        };
+        self.updater
+            .update(
+                self.step,
+                &args,
+                &mut e.value,
+                &e.grads[0],
+                e.state.as_mut_slice().into(),
+            )
+            .into_result()
+            .map_err(|err| err.context(format!("updating {}", e.name)))
+    }
+
+    /// With `clip.norm`: the scale that brings the global norm of the gathered gradients down
+    /// to it (1 when it is below), read through `scratch`.
+    fn norm_scale(&mut self, scratch: &mut Vec<f32>) -> Result<f32> {
+        let Some(max) = self.clip.norm else {
+            return Ok(1.0);
+        };
+        let mut sum = 0.0f64;
+        for &p in self.ready_after.iter().flatten() {
+            let g = &self.store.entries()[p].grads[0];
+            if scratch.len() < g.numel() {
+                scratch.resize(g.numel(), 0.0);
+            }
+            let part = &mut scratch[..g.numel()];
+            g.read_into(part)?;
+            sum += part.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+        }
+        let norm = sum.sqrt() as f32;
+        Ok(if norm > max { max / norm } else { 1.0 })
+    }
 }
 
 impl GradientSink for LocalUpdates<'_> {
     fn layer_done(&mut self, _: &mut NeuralNet, layer: usize) -> Result<()> {
         for &p in &self.ready_after[layer] {
-            let e = &mut self.store.entries_mut()[p];
-            if e.grads.len() > 1 {
-                let dev = e.value.device().clone();
-                let (first, rest) = e.grads.split_at_mut(1);
-                for g in rest.iter() {
-                    dev.axpby(1.0, g, 1.0, &mut first[0])?;
-                }
+            self.gather(p)?;
+            // With a norm to clip to, the updates wait for every gradient of the step.
+            if self.clip.norm.is_none() {
+                self.update(p, 1.0)?;
             }
-            let args = UpdateArgs {
-                lr: self.lr * e.lr_mult,
-                weight_decay: self.weight_decay * e.wd_mult,
-                grad_scale: 1.0,
-            };
-            self.updater
-                .update(
-                    self.step,
-                    &args,
-                    &mut e.value,
-                    &e.grads[0],
-                    e.state.as_mut_slice().into(),
-                )
-                .into_result()
-                .map_err(|err| err.context(format!("updating {}", e.name)))?;
         }
         Ok(())
     }
@@ -124,10 +179,20 @@ impl Engine for Local {
             step,
             lr: self.schedule.lr(step),
             weight_decay: self.weight_decay,
+            clip: self.clip,
         };
-        self.algorithm
-            .train_one_batch(net, step, &mut sink)
-            .map_err(|e| crate::finite::explain(e, store))
+        let done = self.algorithm.train_one_batch(net, step, &mut sink);
+        let done = done.and_then(|()| {
+            if self.clip.norm.is_none() {
+                return Ok(());
+            }
+            let scale = sink.norm_scale(&mut self.scratch)?;
+            for &p in self.ready_after.iter().flatten() {
+                sink.update(p, scale)?;
+            }
+            Ok(())
+        });
+        done.map_err(|e| crate::finite::explain(e, store))
     }
 
     fn train_metrics(&mut self, own: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {

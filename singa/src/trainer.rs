@@ -324,13 +324,16 @@ impl Trainer {
                 &store,
                 ready_after,
             )?),
-            None => Box::new(Local::new(
-                updater,
-                schedule.clone(),
-                job.updater.weight_decay,
-                algorithm::create(job.algorithm),
-                ready_after,
-            )),
+            None => Box::new(
+                Local::new(
+                    updater,
+                    schedule.clone(),
+                    job.updater.weight_decay,
+                    algorithm::create(job.algorithm),
+                    ready_after,
+                )
+                .with_clipping(job.updater.clip),
+            ),
         };
         let workspace = match &options.workspace {
             Some(dir) => Some(Workspace::open(dir, options.existing)?),

@@ -255,8 +255,23 @@ pub struct UpdaterConfig {
     pub learning_rate: LrConfig,
     /// L2 weight decay (multiplied by each parameter's `wd_mult`).
     pub weight_decay: f32,
+    /// Gradient clipping before each update.
+    pub clip: Clipping,
     /// The updater's own fields.
     pub fields: Fields,
+}
+
+/// Gradient clipping before the update, as PyTorch's `clip_grad_norm_` and
+/// `clip_grad_value_` (recurrent nets need it: a step through many time steps can multiply a
+/// gradient many times over).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Clipping {
+    /// `clip_norm`: every gradient is scaled by `min(1, clip_norm / ‖g‖)`, where `‖g‖` is the
+    /// L2 norm of all the step's gradients together.
+    pub norm: Option<f32>,
+    /// `clip_value`: every gradient value is clamped to `[−clip_value, clip_value]` (SINGA's
+    /// per-value clipping), before the norm is taken.
+    pub value: Option<f32>,
 }
 
 impl UpdaterConfig {
@@ -266,6 +281,7 @@ impl UpdaterConfig {
             type_name: "sgd".to_string(),
             learning_rate: LrConfig::fixed(lr),
             weight_decay: 0.0,
+            clip: Clipping::default(),
             fields: Fields::new(),
         }
     }

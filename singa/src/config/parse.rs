@@ -349,7 +349,13 @@ fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
 }
 
 /// The keys of `[updater]` that every updater has; the rest belong to the updater type.
-pub(super) const UPDATER_KEYS: [&str; 3] = ["type", "learning_rate", "weight_decay"];
+pub(super) const UPDATER_KEYS: [&str; 5] = [
+    "type",
+    "learning_rate",
+    "weight_decay",
+    "clip_norm",
+    "clip_value",
+];
 
 fn parse_updater(s: &Section<'_>) -> Result<UpdaterConfig> {
     let mut u = UpdaterConfig::sgd(0.01);
@@ -365,6 +371,8 @@ fn parse_updater(s: &Section<'_>) -> Result<UpdaterConfig> {
         Some(v) => return Err(s.wrong("learning_rate", "a number or a schedule table", v)),
     };
     u.weight_decay = s.f32("weight_decay")?.unwrap_or(0.0);
+    u.clip.norm = s.f32("clip_norm")?;
+    u.clip.value = s.f32("clip_value")?;
     u.fields = s.rest(&UPDATER_KEYS)?;
     Ok(u)
 }

@@ -189,6 +189,24 @@ impl JobConfig {
             .learning_rate
             .schedule()
             .map_err(|e| err("updater.learning_rate", e.to_string()))?;
+        for (key, v) in [("clip_norm", u.clip.norm), ("clip_value", u.clip.value)] {
+            let Some(v) = v else { continue };
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(err(
+                    &format!("updater.{key}"),
+                    format!("expected a positive number, got {v}"),
+                ));
+            }
+            if c.nworkers() > 1 {
+                return Err(err(
+                    &format!("updater.{key}"),
+                    format!(
+                        "gradient clipping runs with one worker for now; [cluster] has {}",
+                        c.nworkers()
+                    ),
+                ));
+            }
+        }
         if u.weight_decay.is_nan() || u.weight_decay < 0.0 {
             return Err(err(
                 "updater.weight_decay",
@@ -336,5 +354,29 @@ mod tests {
         let mut len_only = job();
         len_only.unroll_len = 3;
         assert!(e(len_only).contains("unroll_len: only for algorithm"));
+    }
+
+    /// Clipping thresholds must be positive, and clipping runs with one worker.
+    #[test]
+    fn clipping_is_checked() {
+        let r = Registry::builtin();
+        let mut j = job();
+        j.updater.clip.norm = Some(-1.0);
+        let e = j.validate(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("updater.clip_norm: expected a positive number"),
+            "{e}"
+        );
+        let mut j = job();
+        j.updater.clip.value = Some(0.5);
+        j.cluster = ClusterConfig {
+            nworkers_per_group: 2,
+            ..Default::default()
+        };
+        let e = j.validate(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("updater.clip_value: gradient clipping runs with one worker"),
+            "{e}"
+        );
     }
 }
