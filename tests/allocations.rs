@@ -2,8 +2,8 @@
 //! batch is reused. Counted with a global allocator that counts, on the MLP of the benchmark
 //! (784-1000-500-10, batch 64) over synthetic MNIST-shaped data, and on a convnet with every
 //! image layer (augmented image input, convolution, batch norm, pooling, LRN, split, concat,
-//! flatten, top-k accuracy), both also with bf16 products, and on the MLP trained by two
-//! workers and two servers.
+//! flatten, top-k accuracy), both also with bf16 products, on the MLP trained by two
+//! workers and two servers, and on a character model trained with BPTT.
 
 use singa::config::JobConfig;
 use singa::trainer::{TrainOptions, Trainer};
@@ -57,6 +57,76 @@ fn warm_training_steps_allocate_nothing() {
     the_loader_waiting_for_the_consumer_allocates_nothing();
     a_warm_mlp_step_allocates_nothing();
     a_warm_convnet_step_allocates_nothing();
+    a_warm_bptt_step_allocates_nothing();
+}
+
+/// A character model trained with BPTT (embedding, an LSTM and a GRU unrolled over 6 steps,
+/// their state carried between batches), with gradients clipped by their global norm.
+fn a_warm_bptt_step_allocates_nothing() {
+    let dir = tmpdir("alloc-bptt");
+    let text: String = (0..20_000)
+        .map(|i| ["to be ", "or not ", "that is\n"][i % 3])
+        .collect();
+    std::fs::write(dir.join("text.txt"), text).unwrap();
+    let d = dir.display();
+    let job = format!(
+        r#"
+name = "alloc-bptt"
+algorithm = "bptt"
+unroll_len = 6
+train_steps = 1000000
+[device]
+threads = 2
+[updater]
+type = "adam"
+learning_rate = 0.01
+clip_norm = 1.0
+[[layer]]
+name = "data"
+type = "text_data"
+path = "{d}/train.shard"
+import = {{ kind = "text", src = "{d}/text.txt" }}
+batch_size = 8
+unroll_len = 6
+[[layer]]
+name = "embed"
+type = "embedding"
+srclayers = "data"
+vocab_size = 12
+feature_dim = 8
+[[layer]]
+name = "lstm"
+type = "lstm"
+srclayers = "embed"
+hidden_dim = 16
+unroll = true
+[[layer]]
+name = "gru"
+type = "gru"
+srclayers = "lstm"
+hidden_dim = 16
+unroll = true
+[[layer]]
+name = "steps"
+type = "flatten"
+srclayers = "gru"
+axis = 0
+end_axis = 1
+[[layer]]
+name = "fc"
+type = "inner_product"
+srclayers = "steps"
+num_output = 12
+[[layer]]
+name = "loss"
+type = "softmax_loss"
+srclayers = ["fc", "data:label"]
+"#
+    );
+    let job = JobConfig::from_toml(&job, Default::default()).unwrap();
+    let mut t = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let n = allocations(&mut t, 5, 50);
+    assert_eq!(n, 0, "{n} allocations in 50 warm BPTT steps");
 }
 
 /// The batch loader fills its buffers ahead of the consumer, then waits for one back: a wait
