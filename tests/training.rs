@@ -485,3 +485,26 @@ fn gradients_are_clipped_by_global_norm_and_by_value() {
     let raw_largest = raw.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(raw_largest > 1e-3, "{raw_largest}");
 }
+
+/// BPTT under AllReduce: two workers, each with half of the streams (and its own carried
+/// state), train the character model as one worker with the whole batch does.
+#[test]
+fn bptt_on_two_allreduce_workers_equals_one_worker() {
+    let dir = tmpdir("bptt-allreduce");
+    let top = "train_steps = 40";
+    let one = char_model(&dir, "lstm", top);
+    let run = |job: &JobConfig, threads: usize| {
+        let options = TrainOptions {
+            threads: Some(threads),
+            ..TrainOptions::default()
+        };
+        let mut t = Trainer::new(job, &Registry::builtin(), &options).unwrap();
+        t.run(&mut Silent).unwrap();
+        param_values(&t)
+    };
+    let reference = run(&one, 1);
+    let mut two = one.clone();
+    two.cluster = singa::config::Framework::AllReduce.preset(2);
+    let diff = singa_tests::max_difference(&reference, &run(&two, 2));
+    assert!(diff < 2e-5, "parameters differ by {diff}");
+}
