@@ -34,6 +34,59 @@ struct Gate {
     b: Option<Param>,
 }
 
+/// The fields of a recurrent cell.
+fn cell_fields() -> Vec<FieldSpec> {
+    vec![
+        FieldSpec::new("hidden_dim", FieldKind::Int, "units of the hidden state").required(),
+        FieldSpec::new("bias_term", FieldKind::Bool, "learned gate biases").default(true),
+    ]
+}
+
+/// A cell's `(hidden_dim, bias_term)`.
+fn read_cell_fields(f: &Fields) -> Result<(usize, bool)> {
+    let hidden = f.usize("hidden_dim")?;
+    if hidden == 0 {
+        return Err(Error::invalid("hidden_dim must be at least 1"));
+    }
+    Ok((hidden, f.bool("bias_term")?))
+}
+
+/// Checks a cell's sources, the input and then none or all of its `states` (`[batch,
+/// hidden]` each), and returns the input's `(batch, features)`.
+fn cell_sources(
+    ctx: &SetupContext<'_>,
+    ty: &str,
+    states: &[&str],
+    hidden: usize,
+) -> Result<(usize, usize)> {
+    let context = || format!("layer {}", ctx.layer);
+    let inputs = ctx.inputs.as_slice();
+    if inputs.len() != 1 && inputs.len() != 1 + states.len() {
+        let all: Vec<String> = states.iter().map(|s| format!("the previous {s}")).collect();
+        return Err(Error::shape(
+            context(),
+            format!(
+                "{ty} takes the input, or the input and {}; got {} sources",
+                all.join(" and "),
+                inputs.len()
+            ),
+        ));
+    }
+    let (batch, features) = inputs[0].shape.as_matrix();
+    for (what, spec) in states.iter().zip(&inputs[1..]) {
+        if spec.shape.as_matrix() != (batch, hidden) {
+            return Err(Error::shape(
+                context(),
+                format!(
+                    "the previous {what} has shape {}; expected [{batch}, {hidden}]",
+                    spec.shape
+                ),
+            ));
+        }
+    }
+    Ok((batch, features))
+}
+
 /// Creates gate `g`'s parameters for `features` inputs and `h` units: `weight_x{g}` and
 /// `weight_h{g}` uniform on ±0.08 (char-rnn's initialisation), and `bias_{g}` constant at
 /// `bias` when there is one.
@@ -131,20 +184,14 @@ impl LayerDef for Gru {
     const DOC: &'static str = "One step of a gated recurrent unit: sources the input [batch, features] and optionally the previous hidden state [batch, hidden_dim] (else zeros); output the next hidden state. Params weight_x{z,r,c} [features, hidden_dim], weight_h{z,r,c} [hidden_dim, hidden_dim] (uniform on ±0.08) and bias_{z,r,c} (zeros).";
 
     fn fields() -> Vec<FieldSpec> {
-        vec![
-            FieldSpec::new("hidden_dim", FieldKind::Int, "units of the hidden state").required(),
-            FieldSpec::new("bias_term", FieldKind::Bool, "learned gate biases").default(true),
-        ]
+        cell_fields()
     }
 
     fn new(f: &Fields) -> Result<Self> {
-        let hidden = f.usize("hidden_dim")?;
-        if hidden == 0 {
-            return Err(Error::invalid("hidden_dim must be at least 1"));
-        }
+        let (hidden, bias_term) = read_cell_fields(f)?;
         Ok(Gru {
             hidden,
-            bias_term: f.bool("bias_term")?,
+            bias_term,
             state: None,
         })
     }
@@ -156,32 +203,9 @@ impl Gru {
         ctx: &SetupContext<'_>,
         mut params: ParamFactoryMut<'_>,
     ) -> Result<RVec<TensorSpec>> {
-        let context = || format!("layer {}", ctx.layer);
         let h = self.hidden;
         let inputs = ctx.inputs.as_slice();
-        let (batch, features) = match inputs {
-            [x] | [x, _] => x.shape.as_matrix(),
-            _ => {
-                return Err(Error::shape(
-                    context(),
-                    format!(
-                    "gru takes the input and optionally the previous hidden state, got {} sources",
-                    inputs.len()
-                ),
-                ))
-            }
-        };
-        if let [_, prev] = inputs {
-            if prev.shape.as_matrix() != (batch, h) {
-                return Err(Error::shape(
-                    context(),
-                    format!(
-                        "the previous hidden state has shape {}; expected [{batch}, {h}]",
-                        prev.shape
-                    ),
-                ));
-            }
-        }
+        let (batch, features) = cell_sources(ctx, Self::TYPE, &["hidden state"], h)?;
         let bias = self.bias_term.then_some(0.0);
         let mut gate = |g: &str| make_gate(&mut params, g, (features, h), bias);
         let (z, r, c) = (gate("z")?, gate("r")?, gate("c")?);
@@ -398,25 +422,14 @@ impl LayerDef for Lstm {
     const DOC: &'static str = "One step of an LSTM cell: sources the input [batch, features] and optionally the previous hidden state and cell ([batch, hidden_dim] each, else zeros); outputs `output` (the next hidden state) and `cell`. Params weight_x{i,f,o,g} [features, hidden_dim], weight_h{i,f,o,g} [hidden_dim, hidden_dim] (uniform on ±0.08) and bias_{i,f,o,g} (zeros, the forget gate's 1).";
 
     fn fields() -> Vec<FieldSpec> {
-        vec![
-            FieldSpec::new(
-                "hidden_dim",
-                FieldKind::Int,
-                "units of the hidden state and cell",
-            )
-            .required(),
-            FieldSpec::new("bias_term", FieldKind::Bool, "learned gate biases").default(true),
-        ]
+        cell_fields()
     }
 
     fn new(f: &Fields) -> Result<Self> {
-        let hidden = f.usize("hidden_dim")?;
-        if hidden == 0 {
-            return Err(Error::invalid("hidden_dim must be at least 1"));
-        }
+        let (hidden, bias_term) = read_cell_fields(f)?;
         Ok(Lstm {
             hidden,
-            bias_term: f.bool("bias_term")?,
+            bias_term,
             state: None,
         })
     }
@@ -428,33 +441,9 @@ impl Lstm {
         ctx: &SetupContext<'_>,
         mut params: ParamFactoryMut<'_>,
     ) -> Result<RVec<TensorSpec>> {
-        let context = || format!("layer {}", ctx.layer);
         let h = self.hidden;
         let inputs = ctx.inputs.as_slice();
-        let (batch, features) = match inputs {
-            [x] | [x, _, _] => x.shape.as_matrix(),
-            _ => {
-                return Err(Error::shape(
-                    context(),
-                    format!(
-                        "lstm takes the input, or the input, the previous hidden state and the \
-                         previous cell; got {} sources",
-                        inputs.len()
-                    ),
-                ))
-            }
-        };
-        for (what, spec) in ["hidden state", "cell"].iter().zip(&inputs[1..]) {
-            if spec.shape.as_matrix() != (batch, h) {
-                return Err(Error::shape(
-                    context(),
-                    format!(
-                        "the previous {what} has shape {}; expected [{batch}, {h}]",
-                        spec.shape
-                    ),
-                ));
-            }
-        }
+        let (batch, features) = cell_sources(ctx, Self::TYPE, &["hidden state", "cell"], h)?;
         let mut gates = Vec::new();
         for (g, _) in LSTM_GATES {
             let bias = self.bias_term.then_some(if g == "f" { 1.0 } else { 0.0 });

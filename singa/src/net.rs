@@ -148,14 +148,6 @@ pub struct NeuralNet {
     carries: Vec<(usize, usize)>,
 }
 
-/// `"layer"` or `"layer:output"`.
-fn split_ref(r: &str) -> (&str, Option<&str>) {
-    match r.split_once(':') {
-        Some((l, o)) => (l, Some(o)),
-        None => (r, None),
-    }
-}
-
 fn phase_name(p: Phase) -> &'static str {
     if p.contains(Phase::TRAIN) {
         "train"
@@ -179,7 +171,7 @@ fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Resul
     for l in layers {
         let mut d = Vec::new();
         for r in &l.srclayers {
-            let (src, _) = split_ref(r);
+            let (src, _) = crate::config::split_source(r);
             let Some(&i) = index.get(src) else {
                 let hint = nearest(src, &names)
                     .map(|n| format!("; did you mean {n:?}?"))
@@ -355,7 +347,7 @@ impl NeuralNet {
             let mut sources = Vec::new();
             let mut input_specs = Vec::new();
             for r in &cfg.srclayers {
-                let (src, out) = split_ref(r);
+                let (src, out) = crate::config::split_source(r);
                 let p = position[src];
                 let specs = &layers[p].output_specs;
                 let o = match out {

@@ -24,6 +24,15 @@ use std::path::{Path, PathBuf};
 pub use parse::MAX_THREADS;
 pub use validate::Validated;
 
+/// A source as `srclayers` names it, `"layer"` or `"layer:output"`, split into the layer and
+/// the output (`None`: its first).
+pub(crate) fn split_source(src: &str) -> (&str, Option<&str>) {
+    match src.split_once(':') {
+        Some((layer, output)) => (layer, Some(output)),
+        None => (src, None),
+    }
+}
+
 /// Where a job came from, for error messages and for resolving relative paths.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Origin {

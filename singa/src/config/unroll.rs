@@ -17,7 +17,7 @@
 //! gru1@0…49 ─ gru1@seq (concat) ─ gru1 (reshape [batch, 50, hidden]) ─ flatten ─ …
 //! ```
 
-use super::LayerConfig;
+use super::{split_source, LayerConfig};
 use singa_core::{Error, FieldValue, Result};
 use std::collections::BTreeSet;
 
@@ -28,14 +28,6 @@ fn state_outputs(type_name: &str) -> Option<&'static [&'static str]> {
         "gru" => Some(&[""]),
         "lstm" => Some(&["", ":cell"]),
         _ => None,
-    }
-}
-
-/// `"layer:output"` as `("layer", Some("output"))`.
-fn split_source(src: &str) -> (&str, Option<&str>) {
-    match src.split_once(':') {
-        Some((layer, output)) => (layer, Some(output)),
-        None => (src, None),
     }
 }
 

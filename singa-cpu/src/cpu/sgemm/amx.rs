@@ -18,6 +18,7 @@
 //! asks Linux for the tile state once per process (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); where
 //! that fails, AMX is not used.
 
+use super::bf16::vector::pairs_of_16;
 use super::bf16::{pack, pair_up, Panels};
 use super::{Operand, Workspace, B};
 use std::arch::asm;
@@ -305,25 +306,13 @@ unsafe fn lines_of_pairs(
         }
         return;
     }
-    // Lines are contiguous at each depth: two depth rows of 16 lines convert into one
-    // register, a permutation interleaves them into pairs, and a scatter puts each line's
-    // pair in its row.
-    let order: [i16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as i16);
-    let order = _mm512_loadu_si512(order.as_ptr().cast());
+    // Lines are contiguous at each depth: 16 lines' pairs at a time, scattered to their rows.
     let rows: [i32; 16] = std::array::from_fn(|i| (i * ps) as i32);
     let rows = _mm512_loadu_si512(rows.as_ptr().cast());
     for q in 0..ps {
         for l0 in (0..padded).step_by(16) {
             let v = if 2 * q < kc {
-                let m = mask16(lines.saturating_sub(l0));
-                let even = _mm512_maskz_loadu_ps(m, at(l0, 2 * q));
-                let odd = if 2 * q + 1 < kc {
-                    _mm512_maskz_loadu_ps(m, at(l0, 2 * q + 1))
-                } else {
-                    _mm512_setzero_ps()
-                };
-                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
-                _mm512_permutexvar_epi16(order, both)
+                pairs_of_16(kc, q, lines.saturating_sub(l0), |p| at(l0, p))
             } else {
                 _mm512_setzero_si512()
             };

@@ -363,7 +363,7 @@ unsafe fn kernel<const NV: usize>(_: Tile) {
 
 /// Packing with AVX-512 BF16's conversions.
 #[cfg(target_arch = "x86_64")]
-mod vector {
+pub(super) mod vector {
     use super::super::store_transposed;
     use super::Panels;
     use std::arch::x86_64::*;
@@ -415,6 +415,39 @@ mod vector {
         }
     }
 
+    /// The pairs of depth `q` (values `2q` and `2q + 1`, the second zero past `kc`) of 16
+    /// lines that are contiguous at each depth, `at(p)` the first line's address at depth `p`:
+    /// the two rows convert into one register, and a permutation interleaves them, one u32
+    /// per line; lines from `n` on are zero.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+    pub(in super::super) unsafe fn pairs_of_16(
+        kc: usize,
+        q: usize,
+        n: usize,
+        at: impl Fn(usize) -> *const f32,
+    ) -> __m512i {
+        // Word i of the result: even-depth word i/2 for even i, odd-depth word 16 + i/2 for odd.
+        const ORDER: [i16; 32] = {
+            let mut o = [0i16; 32];
+            let mut i = 0;
+            while i < 32 {
+                o[i] = ((i % 2) * 16 + i / 2) as i16;
+                i += 1;
+            }
+            o
+        };
+        let m = mask16(n);
+        let even = _mm512_maskz_loadu_ps(m, at(2 * q));
+        let odd = if 2 * q + 1 < kc {
+            _mm512_maskz_loadu_ps(m, at(2 * q + 1))
+        } else {
+            _mm512_setzero_ps()
+        };
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
+        _mm512_permutexvar_epi16(_mm512_loadu_si512(ORDER.as_ptr().cast()), both)
+    }
+
     /// Packs lines that are contiguous in memory at each depth: for each pair of depth rows,
     /// 16 lines at a time, the two rows convert into one register and a permutation
     /// interleaves them into pairs. Whole rows are read in order, which the prefetchers
@@ -426,21 +459,10 @@ mod vector {
         lines: usize,
         at: impl Fn(usize, usize) -> *const f32,
     ) {
-        // Word i of the result: even-depth word i/2 for even i, odd-depth word 16 + i/2 for odd.
-        let order: [i16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as i16);
-        let order = _mm512_loadu_si512(order.as_ptr().cast());
         let padded = lines.next_multiple_of(panels.width);
         for q in 0..kc.div_ceil(2) {
             for l0 in (0..padded).step_by(16) {
-                let m = mask16(lines.saturating_sub(l0));
-                let even = _mm512_maskz_loadu_ps(m, at(l0, 2 * q));
-                let odd = if 2 * q + 1 < kc {
-                    _mm512_maskz_loadu_ps(m, at(l0, 2 * q + 1))
-                } else {
-                    _mm512_setzero_ps()
-                };
-                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
-                let v = _mm512_permutexvar_epi16(order, both);
+                let v = pairs_of_16(kc, q, lines.saturating_sub(l0), |p| at(l0, p));
                 if panels.width.is_multiple_of(16) {
                     _mm512_storeu_si512(panels.at(q, l0).cast(), v);
                 } else {
