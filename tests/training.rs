@@ -444,6 +444,20 @@ fn a_char_model_samples_text_reproducibly() {
     assert_ne!(a, text(&options(8, "First")).unwrap());
     let e = text(&options(7, "First§")).unwrap_err().to_string();
     assert!(e.contains("'§' is not in the model's vocabulary"), "{e}");
+    // A model whose scores do not match the text's characters is refused, not indexed past.
+    let mut wide = job.clone();
+    let fc = wide.layers.iter_mut().find(|l| l.name == "fc").unwrap();
+    fc.fields.set("num_output", 70i64);
+    let wide_ws = dir.join("wide");
+    train(&wide, &wide_ws, Existing::Refuse);
+    let wide_checkpoint = wide_ws.join("checkpoints/step-00000100.safetensors");
+    let e = singa::sample::sample(&wide, &registry, &wide_checkpoint, &options(7, "First"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("70 classes but the text has 58 characters"),
+        "{e}"
+    );
 }
 
 /// Gradient clipping: with plain SGD at learning rate 1, one step moves the parameters by

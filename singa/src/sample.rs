@@ -130,6 +130,17 @@ pub fn sample(
     for &id in &ids {
         scores = step(net, id)?;
     }
+    if scores.len() != vocabulary.len() {
+        return Err(Error::config(
+            &file,
+            "layer",
+            format!(
+                "the scores the loss reads have {} classes but the text has {} characters",
+                scores.len(),
+                vocabulary.len()
+            ),
+        ));
+    }
     for _ in 0..options.length {
         let next = draw(&scores, options.temperature, &mut rng);
         out.push_str(&vocabulary[next]);
