@@ -522,3 +522,229 @@ fn bptt_on_two_allreduce_workers_equals_one_worker() {
     let diff = singa_tests::max_difference(&reference, &run(&two, 2));
     assert!(diff < 2e-5, "parameters differ by {diff}");
 }
+
+/// An RBM job (CD) on the synthetic data in `dir`: `below` are layers between the data and
+/// the RBM (whose visible layer reads `input`), `top` extra top-level settings.
+fn rbm_job(dir: &Path, top: &str, below: &str, input: &str) -> JobConfig {
+    let d = dir.display();
+    let text = format!(
+        r#"
+name = "rbm"
+algorithm = "cd"
+cd_k = 1
+{top}
+
+[device]
+type = "cpu"
+threads = 2
+
+[updater]
+type = "sgd"
+momentum = 0.9
+weight_decay = 2e-4
+learning_rate = 0.1
+
+[[layer]]
+name = "data"
+type = "shard_data"
+include = "train"
+path = "{d}/train.shard"
+import = {{ kind = "mnist", src = "{d}" }}
+batch_size = 20
+shuffle = true
+scale = 0.00392156862745098
+
+[[layer]]
+name = "data"
+type = "shard_data"
+include = "test"
+path = "{d}/test.shard"
+import = {{ kind = "mnist", src = "{d}" }}
+batch_size = 50
+scale = 0.00392156862745098
+{below}
+[[layer]]
+name = "vis"
+type = "rbm_vis"
+srclayers = ["{input}", "hid"]
+
+[[layer]]
+name = "hid"
+type = "rbm_hid"
+srclayers = "vis"
+hdim = 16
+"#
+    );
+    JobConfig::from_toml(&text, Default::default()).unwrap()
+}
+
+/// CD-1 lowers the reconstruction error of held-out data, and a run resumed from a
+/// checkpoint (the hidden units' draws included) ends where an uninterrupted one does.
+#[test]
+fn an_rbm_learns_with_cd_and_resumes_exactly() {
+    let dir = tmpdir("rbm");
+    synthetic_mnist(&dir, 400, 100, 8);
+    let top = |steps: u64| {
+        format!("train_steps = {steps}\ndisplay_freq = 20\ntest_steps = 2\ncheckpoint_freq = 40")
+    };
+    let untrained = {
+        let mut t = Trainer::new(
+            &rbm_job(&dir, &top(80), "", "data"),
+            &Registry::builtin(),
+            &TrainOptions::default(),
+        )
+        .unwrap();
+        metric(&t.evaluate().unwrap(), "reconstruction_error")
+    };
+    let (straight, summary) = train(
+        &rbm_job(&dir, &top(80), "", "data"),
+        &dir.join("a"),
+        Existing::Refuse,
+    );
+    let trained = metric(&summary.test, "reconstruction_error");
+    assert!(
+        trained < 0.5 * untrained,
+        "reconstruction error {untrained} before, {trained} after"
+    );
+    train(
+        &rbm_job(&dir, &top(40), "", "data"),
+        &dir.join("b"),
+        Existing::Refuse,
+    );
+    let (resumed, _) = train(
+        &rbm_job(&dir, &top(80), "", "data"),
+        &dir.join("b"),
+        Existing::Resume,
+    );
+    assert_eq!(param_values(&straight), param_values(&resumed));
+}
+
+/// Two AllReduce workers, each with half of every batch (and its rows' draws), train the RBM
+/// as one worker does.
+#[test]
+fn cd_on_two_allreduce_workers_equals_one_worker() {
+    let dir = tmpdir("rbm-allreduce");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let one = rbm_job(&dir, "train_steps = 30", "", "data");
+    let run = |job: &JobConfig, threads: usize| {
+        let options = TrainOptions {
+            threads: Some(threads),
+            ..TrainOptions::default()
+        };
+        let mut t = Trainer::new(job, &Registry::builtin(), &options).unwrap();
+        t.run(&mut Silent).unwrap();
+        param_values(&t)
+    };
+    let reference = run(&one, 1);
+    let mut two = one.clone();
+    two.cluster = singa::config::Framework::AllReduce.preset(2);
+    let diff = singa_tests::max_difference(&reference, &run(&two, 2));
+    assert!(diff < 1e-5, "parameters differ by {diff}");
+}
+
+/// `job` with its RBM layers `vis` and `hid` renamed `vis{suffix}` and `hid{suffix}`.
+fn renamed_rbm(mut job: JobConfig, suffix: &str) -> JobConfig {
+    for l in &mut job.layers {
+        for name in std::iter::once(&mut l.name).chain(&mut l.srclayers) {
+            if name == "vis" || name == "hid" {
+                name.push_str(suffix);
+            }
+        }
+    }
+    job
+}
+
+/// SINGA's pretraining: a second RBM reads the data through the layer the first one trained
+/// (`checkpoint_path` with a rename), which CD keeps fixed; the weight lands in a decoder
+/// stored the other way round too.
+#[test]
+fn checkpoints_of_rbms_initialise_deeper_nets() {
+    let dir = tmpdir("rbm-stack");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let (first, _) = train(
+        &rbm_job(&dir, "train_steps = 20", "", "data"),
+        &dir.join("rbm1"),
+        Existing::Refuse,
+    );
+    let values = param_values(&first);
+    let value = |name: &str| values.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let fc1 = r#"
+[[layer]]
+name = "fc1"
+type = "inner_product"
+srclayers = "data"
+num_output = 16
+
+[[layer]]
+name = "sig1"
+type = "sigmoid"
+srclayers = "fc1"
+"#;
+    let top = format!(
+        "train_steps = 10\ncheckpoint_path = \"{}\"\n[checkpoint_rename]\n\"vis/weight\" = \"fc1/weight\"\n\"hid/bias\" = \"fc1/bias\"\n",
+        dir.join("rbm1").display()
+    );
+    let mut second = renamed_rbm(rbm_job(&dir, &top, fc1, "sig1"), "2");
+    second.name = "rbm2".into();
+    let (t, _) = train(&second, &dir.join("rbm2"), Existing::Refuse);
+    let after = param_values(&t);
+    let get = |name: &str| after.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert_eq!(
+        get("fc1/weight"),
+        value("vis/weight"),
+        "fc1 is the first RBM's, untouched"
+    );
+    assert_eq!(get("fc1/bias"), value("hid/bias"));
+    assert_ne!(get("vis2/weight"), value("vis/weight"));
+
+    // A rename to two names; a rename naming nothing, or a checkpoint matching nothing, fails.
+    let mut wrong = second.clone();
+    wrong
+        .checkpoint_rename
+        .push(("vis/weght".into(), "fc1/weight".into()));
+    let e = Trainer::new(&wrong, &Registry::builtin(), &TrainOptions::default())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("checkpoint_rename.\"vis/weght\": no checkpoint of checkpoint_path has a parameter of that name"), "{e}");
+    let mut nothing = renamed_rbm(rbm_job(&dir, "train_steps = 10", "", "data"), "2");
+    nothing.checkpoint_path = second.checkpoint_path.clone();
+    let e = Trainer::new(&nothing, &Registry::builtin(), &TrainOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("none of its parameters is one of this net's"),
+        "{e}"
+    );
+}
+
+/// The RBM's two-way link is the one cycle a net may have: any other is refused, in a CD
+/// job as in a BP one.
+#[test]
+fn cycles_other_than_the_rbm_link_are_refused() {
+    let dir = tmpdir("rbm-cycle");
+    synthetic_mnist(&dir, 100, 50, 8);
+    let cycle = r#"
+[[layer]]
+name = "a"
+type = "inner_product"
+srclayers = "b"
+num_output = 4
+
+[[layer]]
+name = "b"
+type = "sigmoid"
+srclayers = "a"
+"#;
+    let job = rbm_job(&dir, "train_steps = 5", cycle, "data");
+    let e = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("layer[a].srclayers: the layers a, b form a cycle; a net must be acyclic"),
+        "{e}"
+    );
+    let ok = rbm_job(&dir, "train_steps = 5", "", "data");
+    Trainer::new(&ok, &Registry::builtin(), &TrainOptions::default()).unwrap();
+}

@@ -102,7 +102,9 @@ impl Observer for Progress {
                     self.redraw();
                 }
             }
-            Event::Checkpoint(_) | Event::Warning(_) => self.print(&line.unwrap_or_default()),
+            Event::Checkpoint(_) | Event::Warning(_) | Event::Note(_) => {
+                self.print(&line.unwrap_or_default())
+            }
             Event::Done(_) => {
                 self.redraw();
                 if let Some(bar) = self.bar.take() {

@@ -13,6 +13,7 @@
 //! | `embedding`, `one_hot` | a learned vector, or the indicator vector, per integer id |
 //! | `gru`, `lstm` | one step of a gated recurrent unit or of an LSTM cell |
 //! | `recurrent_state` | the state an unrolled cell carries from one batch to the next |
+//! | `rbm_vis`, `rbm_hid` | the visible and hidden units of an RBM, trained by contrastive divergence |
 //! | `relu`, `sigmoid`, `tanh`, `stanh`, `activation` | elementwise activations |
 //! | `dropout` | inverted dropout in training, identity in testing |
 //! | `convolution` | 2-D convolution with stride, padding and groups |
@@ -25,7 +26,7 @@
 //! | `argsort` | the indices of the top-k scores |
 //! | `accuracy` | top-k accuracy as a metric |
 //! | `softmax_loss` | softmax cross-entropy; reports loss and accuracy |
-//! | `euclidean_loss` | `½‖p − t‖²` per sample |
+//! | `euclidean_loss` | `½‖p − t‖²` per sample (and `‖p − t‖²` as a metric) |
 
 #![warn(missing_docs)]
 
@@ -42,6 +43,7 @@ pub mod loss;
 pub mod norm;
 pub mod operator;
 pub mod output;
+pub mod rbm;
 pub mod recurrent;
 pub mod schedule;
 mod sums;
@@ -61,6 +63,8 @@ pub fn layer_types() -> Vec<LayerType> {
         layer_type::<recurrent::Gru>(),
         layer_type::<recurrent::Lstm>(),
         layer_type::<recurrent::RecurrentState>(),
+        layer_type::<rbm::RbmVis>(),
+        layer_type::<rbm::RbmHid>(),
         layer_type::<activation::Relu>(),
         layer_type::<activation::Sigmoid>(),
         layer_type::<activation::Tanh>(),

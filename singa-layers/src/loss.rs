@@ -178,7 +178,7 @@ struct EuclideanState {
 
 impl LayerDef for EuclideanLoss {
     const TYPE: &'static str = "euclidean_loss";
-    const DOC: &'static str = "Euclidean loss ½‖p − t‖² averaged over the batch. Sources: prediction and target of the same size. Reports loss.";
+    const DOC: &'static str = "Euclidean loss ½‖p − t‖² averaged over the batch. Sources: prediction and target of the same size. Reports loss (times scale) and squared_error, ‖p − t‖² per sample (a reconstruction error).";
 
     fn fields() -> Vec<FieldSpec> {
         vec![FieldSpec::new(
@@ -296,7 +296,7 @@ impl Layer for EuclideanLoss {
     }
 
     fn metric_names(&self) -> RResult<RVec<RString>, Error> {
-        RResult::ROk(vec![RString::from("loss")].into())
+        RResult::ROk(vec![RString::from("loss"), RString::from("squared_error")].into())
     }
 
     fn read_metrics(&mut self, mut out: RSliceMut<'_, f64>) -> RResult<(), Error> {
@@ -306,6 +306,7 @@ impl Layer for EuclideanLoss {
             let s = self.st()?;
             let v = s.sum.take(&s.dev)?;
             out[0] = scale * v[0] / samples as f64;
+            out[1] = 2.0 * v[0] / samples as f64;
             Ok(())
         })()
         .into()

@@ -6,7 +6,7 @@
 //! phases it needs, and hands every finished layer to a [`GradientSink`]: the single-worker
 //! runtime applies the updater there, a distributed worker sends the gradients to servers.
 
-use crate::config::Algorithm;
+use crate::config::{Algorithm, JobConfig};
 use crate::net::NeuralNet;
 use singa_core::{Phase, Result};
 
@@ -28,6 +28,12 @@ pub trait TrainOneBatch: Send {
         step: u64,
         sink: &mut dyn GradientSink,
     ) -> Result<()>;
+
+    /// Runs the net of `phase` (test or validation) over one batch, leaving its metrics in
+    /// its layers (SINGA's `TestOneBatch`): by default every layer forward.
+    fn test_one_batch(&mut self, net: &mut NeuralNet, phase: Phase) -> Result<()> {
+        net.forward(phase)
+    }
 }
 
 /// Back-propagation for feed-forward nets: every layer forward, then every layer backward in
@@ -73,10 +79,62 @@ impl TrainOneBatch for Bptt {
     }
 }
 
-/// The implementation of `algorithm`.
-pub fn create(algorithm: Algorithm) -> Box<dyn TrainOneBatch> {
-    match algorithm {
+/// Contrastive divergence for RBMs (`cd_k` Gibbs steps, SINGA's `CDWorker`): every layer
+/// forward in the positive phase, then `k` negative phases of each RBM pair (the visible layer
+/// reconstructs from the hidden layer's sample, the hidden layer samples again), then the
+/// pairs' gradients, the differences of the phases' statistics ([`singa_layers::rbm`]).
+/// Layers outside the RBMs are fixed features: the net builds them without trainable
+/// parameters.
+pub struct Cd {
+    /// Gibbs steps per iteration.
+    pub k: usize,
+}
+
+impl Cd {
+    /// One negative phase of every RBM of `net`.
+    fn gibbs_step(net: &mut NeuralNet, phase: Phase) -> Result<()> {
+        for p in 0..net.rbm_pairs().len() {
+            let (vis, hid) = net.rbm_pairs()[p];
+            net.forward_layer(vis, phase | Phase::NEGATIVE)?;
+            net.forward_layer(hid, phase | Phase::NEGATIVE)?;
+        }
+        Ok(())
+    }
+}
+
+impl TrainOneBatch for Cd {
+    fn name(&self) -> &'static str {
+        "cd"
+    }
+
+    fn train_one_batch(
+        &mut self,
+        net: &mut NeuralNet,
+        _step: u64,
+        sink: &mut dyn GradientSink,
+    ) -> Result<()> {
+        net.forward(Phase::TRAIN | Phase::POSITIVE)?;
+        for _ in 0..self.k {
+            Self::gibbs_step(net, Phase::TRAIN)?;
+        }
+        net.read_step_metrics()?;
+        // Only the RBM layers run backward (the others have nothing to train).
+        net.backward(Phase::TRAIN, &mut |net, i| sink.layer_done(net, i))
+    }
+
+    /// The positive phase and one reconstruction from the hidden units' means: the visible
+    /// layers report the reconstruction error of the batch.
+    fn test_one_batch(&mut self, net: &mut NeuralNet, phase: Phase) -> Result<()> {
+        net.forward(phase | Phase::POSITIVE)?;
+        Self::gibbs_step(net, phase)
+    }
+}
+
+/// The implementation of the job's algorithm.
+pub fn create(job: &JobConfig) -> Box<dyn TrainOneBatch> {
+    match job.algorithm {
         Algorithm::Bp => Box::new(Bp),
         Algorithm::Bptt => Box::new(Bptt),
+        Algorithm::Cd => Box::new(Cd { k: job.cd_k }),
     }
 }

@@ -8,6 +8,7 @@
 //! leaves a partial checkpoint, and an existing checkpoint is never overwritten by a failed
 //! write. docs/checkpoints.md documents the layout of each tensor.
 
+use crate::config::JobConfig;
 use crate::params::ParamStore;
 use safetensors::tensor::{Dtype, TensorView};
 use singa_core::{Error, Result, Shape, Tensor};
@@ -155,6 +156,83 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     singa_data::shard::sync_parent(path);
     Ok(())
+}
+
+/// Initialises the parameters of `store` from the job's `checkpoint_path` (SINGA's way of
+/// feeding pretrained layers to a deeper net), after its `checkpoint_rename`; returns a line
+/// per checkpoint saying what it set. Where several checkpoints have a parameter, the first
+/// listed sets it. A checkpoint that sets nothing, or a rename that names
+/// a parameter no checkpoint or net has, is an error: a silent mismatch would train from
+/// scratch while the user believes otherwise.
+pub fn initialise_from(job: &JobConfig, store: &mut ParamStore) -> Result<Vec<String>> {
+    let file = job.origin.file.as_str();
+    let mut loaded = Vec::new();
+    for path in &job.checkpoint_path {
+        let path = newest_in(path)
+            .and_then(|p| load(&p))
+            .map_err(|e| e.context(format!("{file}: checkpoint_path")))?;
+        loaded.push(path);
+    }
+    for (from, to) in &job.checkpoint_rename {
+        if !loaded.iter().any(|l| l.has_param(from)) {
+            return Err(Error::config(
+                file,
+                format!("checkpoint_rename.{from:?}"),
+                "no checkpoint of checkpoint_path has a parameter of that name",
+            ));
+        }
+        if store.find(to).is_none() {
+            return Err(Error::config(
+                file,
+                format!("checkpoint_rename.{from:?}"),
+                format!("{to:?}: this net has no parameter of that name"),
+            ));
+        }
+    }
+    let mut notes = Vec::new();
+    let mut taken = Vec::new();
+    for l in &loaded {
+        let set = l.initialise(store, &job.checkpoint_rename, &taken)?;
+        if set.is_empty() {
+            return Err(Error::config(
+                file,
+                "checkpoint_path",
+                format!(
+                    "{}: none of its parameters is one of this net's (by name, after checkpoint_rename) that an earlier checkpoint did not set",
+                    l.path.display()
+                ),
+            ));
+        }
+        taken.extend(set.iter().cloned());
+        notes.push(format!(
+            "initialised {} from {} (step {})",
+            set.join(", "),
+            l.path.display(),
+            l.meta.step
+        ));
+    }
+    Ok(notes)
+}
+
+/// `path` itself if it is a file; for a directory (a workspace, or its `checkpoints`), the
+/// newest checkpoint in it.
+fn newest_in(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let inner = path.join("checkpoints");
+    let dir = if inner.is_dir() {
+        inner
+    } else {
+        path.to_path_buf()
+    };
+    match list(&dir)?.into_iter().next() {
+        Some((_, newest)) => Ok(newest),
+        None => Err(Error::checkpoint(
+            path,
+            "a directory without checkpoints (expected a checkpoint file, a workspace, or its checkpoints directory)",
+        )),
+    }
 }
 
 /// A checkpoint read into host memory.
@@ -327,6 +405,64 @@ impl Loaded {
             }
         }
         Ok(())
+    }
+
+    /// Copies the parameters of this checkpoint that `store` has, after `rename` (`(name in
+    /// the checkpoint, name in the store)`, a name possibly several times), into it: a job's
+    /// `checkpoint_path`. Returns the store's
+    /// names of the parameters it set; a shape that differs is an error naming both.
+    pub fn initialise(
+        &self,
+        store: &mut ParamStore,
+        rename: &[(String, String)],
+        taken: &[String],
+    ) -> Result<Vec<String>> {
+        let mut set = Vec::new();
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        for key in names {
+            let Some(name) = key.strip_prefix("param/") else {
+                continue;
+            };
+            let mut targets: Vec<&str> = rename
+                .iter()
+                .filter(|(from, _)| from == name)
+                .map(|(_, to)| to.as_str())
+                .collect();
+            if targets.is_empty() {
+                targets.push(name);
+            }
+            let (shape, data) = &self.tensors[key];
+            self.check_finite(key, data)?;
+            for target in targets {
+                let Some(id) = store.find(target) else {
+                    continue;
+                };
+                let e = &mut store.entries_mut()[id];
+                if taken.contains(&e.name) || set.contains(&e.name) {
+                    continue;
+                }
+                if shape.as_slice() != e.shape().dims() {
+                    return Err(Error::checkpoint(
+                        &self.path,
+                        format!(
+                            "parameter {name} has shape {shape:?}, but {target} of this net has shape {}",
+                            e.shape()
+                        ),
+                    ));
+                }
+                e.value
+                    .write_from(data)
+                    .map_err(|err| Error::checkpoint(&self.path, format!("tensor {key}: {err}")))?;
+                set.push(e.name.clone());
+            }
+        }
+        Ok(set)
+    }
+
+    /// Whether the checkpoint has parameter `name`.
+    pub fn has_param(&self, name: &str) -> bool {
+        self.tensors.contains_key(&format!("param/{name}"))
     }
 
     /// Refuses values that are not finite: training never writes them (it stops first), so

@@ -1,7 +1,7 @@
 //! A net: the layers of one phase as a DAG in topological order, with every tensor that flows
 //! between them allocated once.
 
-use crate::config::{JobConfig, LayerConfig};
+use crate::config::{rbm, Algorithm, JobConfig, LayerConfig};
 use crate::params::{NetParams, ParamStore};
 use crate::partition::bridge::Bridge;
 use crate::partition::{
@@ -146,6 +146,8 @@ pub struct NeuralNet {
     /// step) are copied into those of layer `to` (its `recurrent_state`, read by its first
     /// step in the next batch); see [`NeuralNet::carry_state`].
     carries: Vec<(usize, usize)>,
+    /// `(visible, hidden)`: the RBM pairs, in order (see [`NeuralNet::rbm_pairs`]).
+    rbm_pairs: Vec<(usize, usize)>,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -158,8 +160,15 @@ fn phase_name(p: Phase) -> &'static str {
     }
 }
 
+/// Whether source `src` of `layer` is the back half of an RBM's two-way link: the visible
+/// layer reading its hidden layer (checked by [`crate::config::rbm::link_pairs`]). The net
+/// sets the visible layer up without it and hands it the hidden layer's `sample` afterwards.
+fn is_back_link(layer: &LayerConfig, src: &LayerConfig) -> bool {
+    layer.type_name == rbm::VISIBLE && src.type_name == rbm::HIDDEN
+}
+
 /// Orders the layers so that every layer comes after its sources (Kahn's algorithm, keeping
-/// the job file's order among independent layers).
+/// the job file's order among independent layers); an RBM's back link does not count.
 fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Result<Vec<usize>> {
     let index: HashMap<&str, usize> = layers
         .iter()
@@ -185,7 +194,9 @@ fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Resul
                     ),
                 ));
             };
-            d.push(i);
+            if !is_back_link(l, layers[i]) {
+                d.push(i);
+            }
         }
         deps.push(d);
     }
@@ -311,6 +322,8 @@ impl NeuralNet {
         let mut position: HashMap<&str, usize> = HashMap::new();
         // (recurrent_state layer, the layer it takes its values from), resolved at the end.
         let mut carried: Vec<(usize, String)> = Vec::new();
+        // (rbm_vis layer, the rbm_hid it reads back), resolved at the end.
+        let mut back_links: Vec<(usize, &str)> = Vec::new();
         // With features split over the group: how each layer's outputs are held, and the
         // bridges made so far, by (producer, output, wanted holding).
         let partitioned = part.members > 1 && configs.iter().any(|c| splits_features(c));
@@ -348,6 +361,13 @@ impl NeuralNet {
             let mut input_specs = Vec::new();
             for r in &cfg.srclayers {
                 let (src, out) = crate::config::split_source(r);
+                if configs
+                    .iter()
+                    .any(|c| c.name == src && is_back_link(cfg, c))
+                {
+                    back_links.push((layers.len(), src));
+                    continue;
+                }
                 let p = position[src];
                 let specs = &layers[p].output_specs;
                 let o = match out {
@@ -422,6 +442,9 @@ impl NeuralNet {
                 layer_index: layers.len(),
                 configs: &cfg.params,
                 share_from: cfg.share_params_from.as_deref(),
+                // Contrastive divergence trains the RBMs only: layers below them are fixed
+                // features (pretrained layers a deeper RBM reads through).
+                frozen: job.algorithm == Algorithm::Cd && !rbm::is_rbm(cfg),
                 seed: job.seed,
                 phase,
                 used: Vec::new(),
@@ -502,12 +525,31 @@ impl NeuralNet {
             }
             carries.push((from, to));
         }
+        let mut rbm_pairs = Vec::new();
+        for (vis, hid) in back_links {
+            let hid = position[hid];
+            let sample = layers[hid]
+                .output_specs
+                .iter()
+                .position(|s| s.name == "sample")
+                .ok_or_else(|| {
+                    Error::config(
+                        file,
+                        format!("layer[{}].srclayers", layers[vis].name),
+                        format!("{} has no output \"sample\" to read back", layers[hid].name),
+                    )
+                })?;
+            let back = layers[hid].outputs[sample].clone();
+            layers[vis].inputs.push(back);
+            rbm_pairs.push((vis, hid));
+        }
         let mut net = NeuralNet {
             phase,
             dev: dev.clone(),
             layers,
             metric_steps: 0,
             carries,
+            rbm_pairs,
         };
         if phase.is_train() {
             net.allocate_gradients(store)?;
@@ -568,7 +610,8 @@ impl NeuralNet {
     /// without outputs) that runs backward starts every gradient, and without one training
     /// would change nothing while it seemed to run.
     fn check_has_loss(&self, file: &str) -> Result<()> {
-        let trains = self.layers.iter().any(|l| l.needs_backward);
+        // An RBM learns from the difference of its phases, not from a loss.
+        let trains = self.rbm_pairs.is_empty() && self.layers.iter().any(|l| l.needs_backward);
         let has_loss = self
             .layers
             .iter()
@@ -743,6 +786,12 @@ impl NeuralNet {
         Ok(())
     }
 
+    /// `(visible, hidden)` layer indices of the net's RBMs (the two-way links of contrastive
+    /// divergence), in order.
+    pub fn rbm_pairs(&self) -> &[(usize, usize)] {
+        &self.rbm_pairs
+    }
+
     /// Copies the last step of every unrolled cell into the state its first step reads in the
     /// next batch (nothing for a net without recurrent cells).
     pub fn carry_state(&mut self) -> Result<()> {
@@ -911,8 +960,9 @@ impl NeuralNet {
         let rows: Vec<[String; 5]> = self
             .layers
             .iter()
-            .map(|l| {
-                let srcs: Vec<String> = l
+            .enumerate()
+            .map(|(i, l)| {
+                let mut srcs: Vec<String> = l
                     .sources
                     .iter()
                     .map(|&(p, o)| {
@@ -926,6 +976,9 @@ impl NeuralNet {
                         }
                     })
                     .collect();
+                if let Some(&(_, hid)) = self.rbm_pairs.iter().find(|(v, _)| *v == i) {
+                    srcs.push(format!("{}:sample (back)", self.layers[hid].name));
+                }
                 let outs = repeats(
                     l.output_specs
                         .iter()
@@ -951,8 +1004,12 @@ impl NeuralNet {
                         .iter()
                         .map(|&p| {
                             let e = &store.entries()[p];
-                            let short = e.name.rsplit('/').next().unwrap_or(&e.name);
-                            format!("{short} {}", e.shape())
+                            let (owner, short) = e.name.rsplit_once('/').unwrap_or(("", &e.name));
+                            if owner == l.name {
+                                format!("{short} {}", e.shape())
+                            } else {
+                                format!("{short} = {}", e.name)
+                            }
                         })
                         .collect(),
                 };

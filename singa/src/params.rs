@@ -121,6 +121,8 @@ pub(crate) struct NetParams<'a> {
     pub configs: &'a [ParamConfig],
     /// Every parameter is this layer's same-named one (the copies of an unrolled cell).
     pub share_from: Option<&'a str>,
+    /// Every parameter is fixed (not trainable), whatever the layer asks.
+    pub frozen: bool,
     pub seed: u64,
     pub phase: Phase,
     /// Parameter indices this layer created or uses.
@@ -133,7 +135,8 @@ pub(crate) struct NetParams<'a> {
 }
 
 impl NetParams<'_> {
-    fn create(&mut self, spec: ParamSpec) -> Result<Param> {
+    fn create(&mut self, mut spec: ParamSpec) -> Result<Param> {
+        spec.trainable &= !self.frozen;
         let Some((i, k)) = self.split else {
             return self.create_whole(spec);
         };

@@ -65,6 +65,7 @@ pub fn event_line(event: &Event<'_>) -> Option<String> {
         Event::Report(r) => Some(report_line(r)),
         Event::Checkpoint(p) => Some(format!("checkpoint {}", p.display())),
         Event::Warning(w) => Some(format!("warning: {w}")),
+        Event::Note(n) => Some(n.to_string()),
         Event::Done(s) => Some(summary_line(s)),
     }
 }

@@ -165,6 +165,9 @@ pub enum Event<'a> {
     Checkpoint(&'a Path),
     /// Something the user should know that does not stop the run.
     Warning(&'a str),
+    /// Something the run did before it started that the user may want to see (parameters
+    /// taken from other runs' checkpoints).
+    Note(&'a str),
     /// The run is over.
     Done(&'a Summary),
 }
@@ -195,6 +198,8 @@ pub struct Trainer {
     step: u64,
     workspace: Option<Workspace>,
     pending_warnings: Vec<String>,
+    /// Lines for the user at the start of the run ([`Event::Note`]).
+    notes: Vec<String>,
     /// Who trains: this thread alone, or the workers and servers of a cluster (this thread
     /// is worker 0).
     engine: Box<dyn Engine>,
@@ -284,6 +289,7 @@ impl Trainer {
         } else {
             None
         };
+        let notes = checkpoint::initialise_from(&job, &mut store)?;
         let test_start = match &test {
             Some(t) => t.layer_states()?,
             None => Vec::new(),
@@ -329,7 +335,7 @@ impl Trainer {
                     updater,
                     schedule.clone(),
                     job.updater.weight_decay,
-                    algorithm::create(job.algorithm),
+                    algorithm::create(&job),
                     ready_after,
                 )
                 .with_clipping(job.updater.clip),
@@ -351,6 +357,7 @@ impl Trainer {
             step: 0,
             workspace,
             pending_warnings: Vec::new(),
+            notes,
             engine,
         };
         if options.existing == Existing::Resume {
@@ -570,8 +577,9 @@ impl Trainer {
         for (name, s) in &self.test_start {
             test.restore_layer_state(name, s)?;
         }
+        let mut algorithm = algorithm::create(&self.job);
         for _ in 0..batches {
-            test.forward(Phase::TEST)?;
+            algorithm.test_one_batch(test, Phase::TEST)?;
             each(test)?;
         }
         test.read_metrics()?;
@@ -593,8 +601,9 @@ impl Trainer {
             test.restore_layer_state(name, s)?;
         }
         test.read_metrics()?;
+        let mut algorithm = algorithm::create(&self.job);
         for _ in 0..steps {
-            test.forward(Phase::TEST)?;
+            algorithm.test_one_batch(test, Phase::TEST)?;
         }
         test.read_metrics()
     }
@@ -663,6 +672,9 @@ impl Trainer {
 
     fn train_to_the_end(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
         let start = Instant::now();
+        for n in std::mem::take(&mut self.notes) {
+            obs.event(Event::Note(&n));
+        }
         for w in std::mem::take(&mut self.pending_warnings) {
             obs.event(Event::Warning(&w));
         }

@@ -193,7 +193,7 @@ pub(crate) fn build_rank(
             link,
             net,
             store,
-            algorithm: crate::algorithm::create(plan.job.algorithm),
+            algorithm: crate::algorithm::create(plan.job),
             exchanges: Arc::clone(plan.exchanges),
             control: boxed(ends.take(control_addr(addr))?),
             on_step: plan.on_step.clone(),

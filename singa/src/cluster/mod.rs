@@ -253,7 +253,7 @@ impl Cluster {
             failures: Vec::new(),
             threads: Vec::new(),
             nodes: Vec::new(),
-            algorithm: algorithm::create(job.algorithm),
+            algorithm: algorithm::create(job),
             slices: rank.slices,
             names: rank.names,
             shared_grads: rank.shared_grads,

@@ -14,6 +14,7 @@
 //! ```
 
 mod parse;
+pub mod rbm;
 pub mod unroll;
 mod validate;
 
@@ -59,11 +60,14 @@ pub enum Algorithm {
     /// Back-propagation through time, for recurrent nets: the layers marked `unroll` are
     /// unrolled over `unroll_len` steps ([`unroll`]) and the unrolled net is trained with BP.
     Bptt,
+    /// Contrastive divergence, for energy models: the RBM pairs ([`rbm`]) run a positive
+    /// phase and `cd_k` Gibbs steps, and learn from the difference.
+    Cd,
 }
 
 impl Algorithm {
     /// Names accepted in job files.
-    pub const NAMES: [&'static str; 2] = ["bp", "bptt"];
+    pub const NAMES: [&'static str; 3] = ["bp", "bptt", "cd"];
 }
 
 /// One whole training job.
@@ -80,6 +84,15 @@ pub struct JobConfig {
     pub algorithm: Algorithm,
     /// Time steps a recurrent net is unrolled for (`algorithm = "bptt"`; 0 otherwise).
     pub unroll_len: usize,
+    /// Gibbs steps of the negative phase (`algorithm = "cd"`; 0 otherwise).
+    pub cd_k: usize,
+    /// Checkpoints (of other jobs) whose parameters initialise this job's, matched by name
+    /// after `checkpoint_rename` (SINGA's `checkpoint_path`: RBMs pretrained into a deeper
+    /// net). Each is a checkpoint file or a workspace (its newest checkpoint), resolved
+    /// against the job file's directory; where several have a parameter, the first sets it.
+    pub checkpoint_path: Vec<PathBuf>,
+    /// `(name in the checkpoints, name here)`: parameters that change name on the way in.
+    pub checkpoint_rename: Vec<(String, String)>,
     /// Training iterations.
     pub train_steps: u64,
     /// Report training metrics every this many steps (0: never).
@@ -116,6 +129,9 @@ impl JobConfig {
             name: name.to_string(),
             algorithm: Algorithm::Bp,
             unroll_len: 0,
+            cd_k: 0,
+            checkpoint_path: Vec::new(),
+            checkpoint_rename: Vec::new(),
             train_steps: 1000,
             display_freq: 100,
             test_freq: 0,
@@ -150,6 +166,13 @@ impl JobConfig {
     pub fn bptt(mut self, steps: usize) -> Self {
         self.algorithm = Algorithm::Bptt;
         self.unroll_len = steps;
+        self
+    }
+
+    /// Trains the RBM pairs with contrastive divergence, `k` Gibbs steps per iteration.
+    pub fn cd(mut self, k: usize) -> Self {
+        self.algorithm = Algorithm::Cd;
+        self.cd_k = k;
         self
     }
 

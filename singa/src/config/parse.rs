@@ -245,11 +245,14 @@ fn to_field_value(v: &Value) -> std::result::Result<FieldValue, String> {
     })
 }
 
-const JOB_KEYS: [&str; 14] = [
+const JOB_KEYS: [&str; 17] = [
     "name",
     "plugins",
     "algorithm",
     "unroll_len",
+    "cd_k",
+    "checkpoint_path",
+    "checkpoint_rename",
     "train_steps",
     "display_freq",
     "test_freq",
@@ -271,10 +274,20 @@ fn parse_job(s: &Section<'_>) -> Result<JobConfig> {
         job.algorithm = match a.as_str() {
             "bp" => Algorithm::Bp,
             "bptt" => Algorithm::Bptt,
+            "cd" => Algorithm::Cd,
             other => return Err(s.err("algorithm", choice_message(other, &Algorithm::NAMES))),
         };
     }
     job.unroll_len = s.u64("unroll_len")?.unwrap_or(0) as usize;
+    job.cd_k = s.u64("cd_k")?.unwrap_or(0) as usize;
+    job.checkpoint_path = s
+        .strings("checkpoint_path")?
+        .iter()
+        .map(|p| job.origin.base_dir.join(p))
+        .collect();
+    if let Some(t) = s.table("checkpoint_rename")? {
+        job.checkpoint_rename = parse_rename(&t)?;
+    }
     job.train_steps = s
         .u64("train_steps")?
         .ok_or_else(|| s.err("train_steps", "missing; expected a non-negative integer"))?;
@@ -318,6 +331,19 @@ fn choice_message(got: &str, choices: &[&str]) -> String {
 
 /// The most CPU threads a job may ask for.
 pub const MAX_THREADS: u64 = 1024;
+
+/// `checkpoint_rename = { "name in the checkpoint" = "name here" or ["name", ...], ... }`.
+fn parse_rename(s: &Section<'_>) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for from in s.table.keys() {
+        let to = s.strings(from)?;
+        if to.is_empty() {
+            return Err(s.err(from, "expected a parameter name, or a list of them"));
+        }
+        pairs.extend(to.into_iter().map(|t| (from.clone(), t)));
+    }
+    Ok(pairs)
+}
 
 fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
     s.only(&["type", "threads", "precision"])?;

@@ -138,37 +138,16 @@ impl JobConfig {
         }
         let mut job = self.clone();
 
-        // Recurrent cells unroll for BPTT, and only for it.
-        let unrolled = self.layers.iter().find(|l| l.unroll);
-        match (self.algorithm, unrolled) {
-            (Algorithm::Bptt, None) => {
-                return Err(err(
-                    "algorithm",
-                    "\"bptt\" trains recurrent cells unrolled over time, and no layer has unroll = true".into(),
-                ))
-            }
-            (Algorithm::Bptt, Some(_)) if self.unroll_len == 0 => {
-                return Err(err(
-                    "unroll_len",
-                    "missing; algorithm = \"bptt\" unrolls the cells over this many time steps (expected at least 1)".into(),
-                ))
-            }
-            (Algorithm::Bptt, Some(_)) => {
-                job.layers = super::unroll::unroll(&self.layers, self.unroll_len, file)?;
-            }
-            (Algorithm::Bp, Some(l)) => {
-                return Err(err(
-                    &format!("layer[{}].unroll", l.name),
-                    "unrolling over time needs algorithm = \"bptt\"".into(),
-                ))
-            }
-            (Algorithm::Bp, None) if self.unroll_len > 0 => {
-                return Err(err(
-                    "unroll_len",
-                    "only for algorithm = \"bptt\" (with layers that have unroll = true)".into(),
-                ))
-            }
-            (Algorithm::Bp, None) => {}
+        job.layers = self.algorithm_layers()?;
+        if let Some(l) = self
+            .layers
+            .iter()
+            .find(|l| super::rbm::is_rbm(l) && split.contains(&l.name.as_str()))
+        {
+            return Err(err(
+                &format!("layer[{}].partition_dim", l.name),
+                "an RBM layer is not split along its features (its hidden layer computes the whole weight's gradient); expected 0 or -1".into(),
+            ));
         }
 
         // The updater and its schedule.
@@ -241,6 +220,62 @@ impl JobConfig {
             }
         }
         Ok(Validated { job, schedule })
+    }
+}
+
+impl JobConfig {
+    /// The layers the algorithm trains, checked against it: BPTT unrolls its cells, CD links
+    /// its RBM pairs, BP takes neither; `unroll_len` and `cd_k` belong to their algorithm.
+    fn algorithm_layers(&self) -> Result<Vec<super::LayerConfig>> {
+        let file = self.origin.file.as_str();
+        let err = |field: &str, msg: &str| Error::config(file, field, msg.to_string());
+        let needs = |l: &super::LayerConfig| match l {
+            l if l.unroll => Some(("unroll", Algorithm::Bptt)),
+            l if super::rbm::is_rbm(l) => Some(("type", Algorithm::Cd)),
+            _ => None,
+        };
+        let name = |a: Algorithm| Algorithm::NAMES[a as usize];
+        if let Some((l, (field, wanted))) = self
+            .layers
+            .iter()
+            .find_map(|l| needs(l).map(|n| (l, n)))
+            .filter(|(_, (_, a))| *a != self.algorithm)
+        {
+            let what = match wanted {
+                Algorithm::Bptt => "unrolling over time",
+                _ => "an RBM layer",
+            };
+            return Err(err(
+                &format!("layer[{}].{field}", l.name),
+                &format!("{what} needs algorithm = \"{}\"", name(wanted)),
+            ));
+        }
+        if self.unroll_len > 0 && self.algorithm != Algorithm::Bptt {
+            return Err(err(
+                "unroll_len",
+                "only for algorithm = \"bptt\" (with layers that have unroll = true)",
+            ));
+        }
+        if self.cd_k > 0 && self.algorithm != Algorithm::Cd {
+            return Err(err("cd_k", "only for algorithm = \"cd\" (with RBM layers)"));
+        }
+        match self.algorithm {
+            Algorithm::Bp => Ok(self.layers.clone()),
+            Algorithm::Bptt if !self.layers.iter().any(|l| l.unroll) => Err(err(
+                "algorithm",
+                "\"bptt\" trains recurrent cells unrolled over time, and no layer has unroll = true",
+            )),
+            Algorithm::Bptt if self.unroll_len == 0 => Err(err(
+                "unroll_len",
+                "missing; algorithm = \"bptt\" unrolls the cells over this many time steps (expected at least 1)",
+            )),
+            Algorithm::Bptt => super::unroll::unroll(&self.layers, self.unroll_len, file),
+            Algorithm::Cd if self.cd_k == 0 => Err(err(
+                "cd_k",
+                "missing; algorithm = \"cd\" runs this many Gibbs steps per iteration (expected at least 1; 1 is CD-1)",
+            )),
+            Algorithm::Cd => super::rbm::link_pairs(&self.layers, file),
+        }
     }
 }
 
@@ -354,6 +389,51 @@ mod tests {
         let mut len_only = job();
         len_only.unroll_len = 3;
         assert!(e(len_only).contains("unroll_len: only for algorithm"));
+    }
+
+    /// CD needs RBM pairs that name each other and `cd_k`; other algorithms refuse RBM
+    /// layers; a valid pair comes back linked (sources ordered, `hdim` and the weight shared).
+    #[test]
+    fn cd_and_rbm_pairs_go_together() {
+        let r = Registry::builtin();
+        let vis = |srcs: &[&str]| {
+            let mut l = LayerConfig::new("v", "rbm_vis");
+            l.srclayers = srcs.iter().map(|s| s.to_string()).collect();
+            l
+        };
+        let hid = |src: &str| LayerConfig::new("h", "rbm_hid").src(src).field("hdim", 4);
+        let e = |j: JobConfig| j.validate(&r).unwrap_err().to_string();
+        let mut cd = job();
+        cd.algorithm = Algorithm::Cd;
+        assert!(e(cd.clone()).contains("cd_k: missing"), "{}", e(cd.clone()));
+        let cd = job().cd(1);
+        assert!(e(cd.clone()).contains("algorithm: \"cd\" trains RBMs"));
+        let pair = |v, h| cd.clone().layer(v).layer(h);
+        let linked = pair(vis(&["h", "fc"]), hid("v")).validate(&r).unwrap().job;
+        let v = linked.layers.iter().find(|l| l.name == "v").unwrap();
+        assert_eq!(v.srclayers, ["fc", "h"]);
+        assert_eq!(v.fields.usize("hdim").unwrap(), 4);
+        let h = linked.layers.iter().find(|l| l.name == "h").unwrap();
+        assert_eq!(h.params[0].share_from.as_deref(), Some("v/weight"));
+        assert!(e(pair(vis(&["fc"]), hid("v")))
+            .contains("layer[v].srclayers: an rbm_vis layer reads two sources"));
+        assert!(e(pair(vis(&["fc", "h"]), hid("fc"))).contains(
+            "layer[h].srclayers: the rbm_hid layer of an RBM reads its rbm_vis layer \"v\" only"
+        ));
+        let e2 = e(pair(vis(&["fc", "h"]), hid("v"))
+            .layer(LayerConfig::new("h2", "rbm_hid").src("v").field("hdim", 4)));
+        assert!(
+            e2.contains("layer[h2].srclayers: no rbm_vis layer reads this rbm_hid layer back"),
+            "{e2}"
+        );
+        let e3 = e(job().layer(vis(&["fc", "h"])).layer(hid("v")));
+        assert!(
+            e3.contains("layer[v].type: an RBM layer needs algorithm = \"cd\""),
+            "{e3}"
+        );
+        let mut k_only = job();
+        k_only.cd_k = 1;
+        assert!(e(k_only).contains("cd_k: only for algorithm = \"cd\""));
     }
 
     /// Clipping thresholds must be positive, and clipping runs with one worker.
