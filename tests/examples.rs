@@ -145,3 +145,43 @@ fn cifar10_quick_learns_on_real_data() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The RBM autoencoder's pipeline, shortened to a few steps a job: four RBMs pretrained with
+/// CD-1 in turn (each reading the data through the layers the ones below trained), then the
+/// autoencoder initialised from all four and fine-tuned; each stage lowers its test error.
+#[test]
+fn rbm_autoencoder_pipeline_runs_shortened() {
+    use singa::trainer::{Silent, TrainOptions, Trainer};
+    let dir = singa_tests::tmpdir("rbm-autoencoder");
+    for (name, error) in [
+        ("rbm1", "reconstruction_error"),
+        ("rbm2", "reconstruction_error"),
+        ("rbm3", "reconstruction_error"),
+        ("rbm4", "reconstruction_error"),
+        ("autoencoder", "squared_error"),
+    ] {
+        let file = repo().join(format!("examples/rbm-autoencoder/{name}.toml"));
+        let mut job = JobConfig::from_file(&file).unwrap();
+        job.train_steps = 30;
+        job.display_freq = 10;
+        job.test_freq = 0;
+        job.test_steps = 5;
+        job.checkpoint_freq = 0;
+        // The earlier stages' workspaces are here, not in the example's runs/.
+        for p in &mut job.checkpoint_path {
+            *p = dir.join(p.file_name().unwrap());
+        }
+        let options = TrainOptions {
+            workspace: Some(dir.join(name)),
+            ..TrainOptions::default()
+        };
+        let mut t = Trainer::new(&job, &Registry::builtin(), &options).unwrap();
+        let before = metric(&t.evaluate().unwrap(), error);
+        let summary = t.run(&mut Silent).unwrap();
+        let after = metric(&summary.test, error);
+        assert!(
+            after < before,
+            "{name}: {error} {before} before, {after} after"
+        );
+    }
+}

@@ -748,3 +748,37 @@ srclayers = "a"
     let ok = rbm_job(&dir, "train_steps = 5", "", "data");
     Trainer::new(&ok, &Registry::builtin(), &TrainOptions::default()).unwrap();
 }
+
+/// The state a BPTT net carries between batches starts again from zeros when the text does
+/// (a new epoch), and is carried otherwise; an evaluation starts from zeros too.
+#[test]
+fn the_carried_state_is_reset_at_each_epoch() {
+    let dir = tmpdir("bptt-epochs");
+    let job = char_model(&dir, "gru", "train_steps = 2000\ntest_steps = 3");
+    let mut t = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let carry = t
+        .train_net()
+        .layers()
+        .iter()
+        .position(|l| l.name == "rnn@carry")
+        .unwrap();
+    let zero = |t: &Trainer| {
+        let v: Vec<f32> = t.train_net().outputs(carry)[0].to_vec().unwrap();
+        v.iter().all(|&x| x == 0.0)
+    };
+    let mut resets = Vec::new();
+    for step in 1..=1300u64 {
+        t.train_step().unwrap();
+        if zero(&t) {
+            resets.push(step);
+        }
+    }
+    // 38,000 training characters in 8 streams of 8-character batches: 593 batches an epoch.
+    assert_eq!(resets, [593, 1186]);
+    let first = t.evaluate().unwrap();
+    assert_eq!(
+        t.evaluate().unwrap(),
+        first,
+        "every evaluation starts alike"
+    );
+}

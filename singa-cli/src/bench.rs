@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub data: PathBuf,
     /// The CIFAR-10 training shard for the convnet (`None`: synthetic images).
     pub cifar: Option<PathBuf>,
+    /// The text of the recurrent models (its shards are built beside it on first use).
+    pub text: PathBuf,
     /// Reads the process's allocation counter.
     pub allocations: fn() -> u64,
     /// Samples per step (over all workers).
@@ -53,6 +55,10 @@ pub enum Model {
     Mlp,
     /// The CIFAR-10 "quick"-shaped convnet with 2×2 pools.
     Cnn,
+    /// The character model of `examples/char-rnn` with GRU cells.
+    Gru,
+    /// The same with LSTM cells.
+    Lstm,
 }
 
 /// The convnet of the peer benchmarks: conv5x5 3→32 pad 2, max-pool 2×2/2, ReLU, conv5x5
@@ -157,6 +163,63 @@ pub fn mlp_job(data: &std::path::Path, threads: usize, batch: usize) -> JobConfi
         )
 }
 
+/// The character model of `examples/char-rnn` (and of `benchmarks/torch_rnn.py`): embedding
+/// 65 → 64, two `cell` layers (`gru` or `lstm`) of 256 units unrolled over 50 characters,
+/// linear 256 → 65, softmax cross-entropy, Adam with learning rate 0.002; `batch` streams of
+/// the text, the state carried from batch to batch.
+pub fn char_rnn_job(text: &std::path::Path, cell: &str, threads: usize, batch: usize) -> JobConfig {
+    let import = Fields::new()
+        .with("kind", "text")
+        .with("src", text.display().to_string());
+    let shard = text.with_file_name("train.shard");
+    let recurrent = |name: &str, src: &str| {
+        LayerConfig::new(name, cell)
+            .src(src)
+            .field("hidden_dim", 256)
+            .unrolled()
+    };
+    JobConfig::new(&format!("bench-{cell}"))
+        .bptt(50)
+        .train_steps(u64::MAX / 2)
+        .display_freq(0)
+        .device(DeviceConfig::cpu(threads))
+        .updater(UpdaterConfig {
+            type_name: "adam".into(),
+            ..UpdaterConfig::sgd(0.002)
+        })
+        .layer(
+            LayerConfig::new("data", "text_data")
+                .field("path", shard.display().to_string())
+                .field("import", import)
+                .field("batch_size", batch)
+                .field("unroll_len", 50),
+        )
+        .layer(
+            LayerConfig::new("embed", "embedding")
+                .src("data")
+                .field("vocab_size", 65)
+                .field("feature_dim", 64),
+        )
+        .layer(recurrent("rnn1", "embed"))
+        .layer(recurrent("rnn2", "rnn1"))
+        .layer(
+            LayerConfig::new("steps", "flatten")
+                .src("rnn2")
+                .field("axis", 0)
+                .field("end_axis", 1),
+        )
+        .layer(
+            LayerConfig::new("fc", "inner_product")
+                .src("steps")
+                .field("num_output", 65),
+        )
+        .layer(
+            LayerConfig::new("loss", "softmax_loss")
+                .src("fc")
+                .src("data:label"),
+        )
+}
+
 /// Runs the benchmark and prints its table; layer types are looked up in `registry`. Under
 /// `mpirun` (several processes) rank 0 measures and prints the table, and every other rank
 /// runs its workers and servers and prints the allocations of its warm steps.
@@ -217,6 +280,17 @@ fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String)> {
                 None => (synthetic_shard()?, "synthetic images (no CIFAR-10 given)"),
             };
             (cnn_job(&train, opts.threads, opts.batch), format!("convnet conv5x5-32/pool/conv5x5-32/pool/conv5x5-64/pool/ip10, batch {}, SGD lr 0.01, {what}", opts.batch))
+        }
+        Model::Gru | Model::Lstm => {
+            let cell = if opts.model == Model::Gru {
+                "gru"
+            } else {
+                "lstm"
+            };
+            (
+                char_rnn_job(&opts.text, cell, opts.threads, opts.batch),
+                format!("char-rnn: embedding 64, 2 × {cell} 256 unrolled over 50 characters, fc 65, batch {} streams (a sample: 50 characters), Adam lr 0.002", opts.batch),
+            )
         }
     };
     let (mut job, mut title) = (job, title);
@@ -334,9 +408,14 @@ fn measure(
         .find(|(k, _)| k == "loss")
         .map(|(_, v)| *v)
         .unwrap_or(f64::NAN);
+    let median = rates[rates.len() / 2];
+    let characters = match opts.model {
+        Model::Gru | Model::Lstm => format!(" = {} characters/s", thousands(median * 50.0)),
+        Model::Mlp | Model::Cnn => String::new(),
+    };
     outln!(
-        "\nmedian: {} samples/s   (mean training loss over all steps {loss:.4})",
-        thousands(rates[rates.len() / 2])
+        "\nmedian: {} samples/s{characters}   (mean training loss over all steps {loss:.4})",
+        thousands(median)
     );
     Ok(())
 }

@@ -260,8 +260,9 @@ enum Command {
     },
     /// Measure training throughput of the peer benchmarks' models (see docs/PERFORMANCE.md).
     Bench {
-        /// mlp (784-1000-500-10 on MNIST) or cnn (the CIFAR-10 convnet).
-        #[arg(default_value = "mlp", value_parser = ["mlp", "cnn"])]
+        /// mlp (784-1000-500-10 on MNIST), cnn (the CIFAR-10 convnet), or gru and lstm (the
+        /// char-rnn example's character model on tiny-shakespeare, trained with BPTT).
+        #[arg(default_value = "mlp", value_parser = ["mlp", "cnn", "gru", "lstm"])]
         model: String,
         /// CPU threads.
         #[arg(long, default_value_t = 2)]
@@ -270,13 +271,13 @@ enum Command {
         /// to bf16, sums in f32, as `[device] precision = "bf16"`).
         #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
         precision: String,
-        /// Untimed steps first (default: 50 for mlp, 3 for cnn, as the peers).
+        /// Untimed steps first (default: 50 for mlp, 3 for cnn, as the peers; 5 for gru and lstm).
         #[arg(long)]
         warmup: Option<u64>,
         /// Timed windows (the median is reported).
         #[arg(long, default_value_t = 5)]
         windows: usize,
-        /// Steps per window (default: 200 for mlp, 20 for cnn, as the peers).
+        /// Steps per window (default: 200 for mlp, 20 for cnn, as the peers; 20 for gru and lstm).
         #[arg(long)]
         steps: Option<u64>,
         /// The folder with the MNIST IDX files.
@@ -294,9 +295,13 @@ enum Command {
         /// hogwild (groups with servers of their own, averaged every 10 steps).
         #[arg(long, default_value = "allreduce", value_parser = ["allreduce", "sandblaster", "downpour", "hogwild"])]
         framework: String,
-        /// Samples per step over all workers (default 64).
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
+        /// Samples per step over all workers (default 64; for gru and lstm 32 streams of 50
+        /// characters, as examples/char-rnn).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// For gru and lstm: the text (its shards are built beside it on first use).
+        #[arg(long, default_value = "data/text/tinyshakespeare.txt")]
+        text: PathBuf,
         /// Spread the workers and servers over this many processes, each with memory of its
         /// own and a router (run inside this one; what crosses between them is copied).
         #[arg(long, default_value_t = 1)]
@@ -652,6 +657,7 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             data,
             cifar,
+            text,
             workers,
             framework,
             batch,
@@ -662,15 +668,24 @@ fn run(cli: Cli) -> Result<()> {
             plugins,
         } => {
             let registry = Registry::with_plugins(&plugins, None, detail)?;
-            let model = if model == "cnn" {
-                bench::Model::Cnn
-            } else {
-                bench::Model::Mlp
+            let model = match model.as_str() {
+                "cnn" => bench::Model::Cnn,
+                "gru" => bench::Model::Gru,
+                "lstm" => bench::Model::Lstm,
+                _ => bench::Model::Mlp,
             };
-            let (default_warmup, default_steps) = match model {
-                bench::Model::Mlp => (50, 200),
-                bench::Model::Cnn => (3, 20),
+            let (default_warmup, default_steps, default_batch) = match model {
+                bench::Model::Mlp => (50, 200, 64),
+                bench::Model::Cnn => (3, 20, 64),
+                bench::Model::Gru | bench::Model::Lstm => (5, 20, 32),
             };
+            let recurrent = matches!(model, bench::Model::Gru | bench::Model::Lstm);
+            if recurrent && !text.exists() {
+                return Err(Error::io(
+                    &text,
+                    "no such text (run from the repository root, or pass --text FILE)",
+                ));
+            }
             if model == bench::Model::Mlp
                 && !data.join("train-images-idx3-ubyte.gz").exists()
                 && !data.join("train.shard").exists()
@@ -707,8 +722,9 @@ fn run(cli: Cli) -> Result<()> {
                     model,
                     data,
                     cifar,
+                    text,
                     allocations,
-                    batch,
+                    batch: batch.unwrap_or(default_batch),
                     partition_dim,
                     activation,
                     updater,

@@ -44,6 +44,21 @@ pub fn row_gradients(layer: &mut LayerBox) -> Option<&mut dyn RowGradients> {
     downcast_layer_mut::<InnerProduct>(layer).map(|l| l as &mut dyn RowGradients)
 }
 
+/// An input of sequences that continue from batch to batch (`text_data`'s streams): whether
+/// the next batch starts the data over (a new epoch), where a state carried between batches
+/// must start from zeros rather than from the end of the text (char-rnn resets its state at
+/// every epoch).
+pub trait Sequences {
+    /// Whether the next batch this layer reads starts its streams from their beginning again
+    /// (false before the first batch: every carried state starts at zero anyway).
+    fn next_batch_restarts(&self) -> bool;
+}
+
+/// The [`Sequences`] capability of `layer`, if its type has it.
+pub fn sequences(layer: &LayerBox) -> Option<&dyn Sequences> {
+    downcast_layer::<input::TextData>(layer).map(|l| l as &dyn Sequences)
+}
+
 /// What `layer` computes in testing, if it is a built-in layer that is set up; `None` for a
 /// plugin's layer (or one not set up).
 pub fn operator(layer: &LayerBox) -> Option<Operator> {

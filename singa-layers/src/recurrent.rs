@@ -595,6 +595,8 @@ pub struct RecurrentState {
     held: Vec<Tensor>,
     /// Values restored before the outputs were known, written at the next forward pass.
     pending: Option<Vec<f32>>,
+    /// The number of values of the outputs (known from setup on).
+    values: usize,
 }
 
 impl LayerDef for RecurrentState {
@@ -626,6 +628,7 @@ impl LayerDef for RecurrentState {
             dev: None,
             held: Vec::new(),
             pending: None,
+            values: 0,
         })
     }
 }
@@ -663,6 +666,7 @@ impl Layer for RecurrentState {
             if self.cell {
                 outs.push(TensorSpec::new("cell", [batch, self.hidden], DType::F32));
             }
+            self.values = outs.len() * batch * self.hidden;
             Ok(outs.into())
         })()
         .into()
@@ -712,6 +716,9 @@ impl Layer for RecurrentState {
             let mut out = Vec::new();
             match &self.pending {
                 Some(values) => out.extend(values.iter().map(|v| v.to_bits() as u64)),
+                // Not run yet: zeros, so that restoring this state (an evaluation starting
+                // over) starts from zeros too.
+                None if self.held.is_empty() => out.resize(self.values, 0),
                 None => {
                     for t in &self.held {
                         out.extend(t.to_vec::<f32>()?.iter().map(|v| v.to_bits() as u64));
@@ -727,6 +734,14 @@ impl Layer for RecurrentState {
         (|| {
             let values: Vec<f32> = state.iter().map(|&b| f32::from_bits(b as u32)).collect();
             if values.is_empty() {
+                // The state of a layer that has not run yet: zeros (a test pass starting over
+                // from the beginning of its text starts from them too).
+                self.pending = None;
+                if let Some(dev) = &self.dev {
+                    for t in &mut self.held {
+                        dev.fill(t, 0.0)?;
+                    }
+                }
                 return Ok(());
             }
             if self.held.is_empty() {

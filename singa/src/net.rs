@@ -15,7 +15,7 @@ use singa_core::{
     catch_panic, layer_box, param_factory, DType, DeviceRef, Error, LayerBox, Phase, Result,
     ResultExt, SetupContext, Tensor, TensorSpec,
 };
-use singa_layers::capability::row_gradients;
+use singa_layers::capability::{row_gradients, sequences};
 use singa_layers::operator::Operator;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -793,12 +793,25 @@ impl NeuralNet {
     }
 
     /// Copies the last step of every unrolled cell into the state its first step reads in the
-    /// next batch (nothing for a net without recurrent cells).
+    /// next batch (nothing for a net without recurrent cells); zeroes it instead when the
+    /// next batch starts the text over (a new epoch: the streams' ends do not lead to their
+    /// beginnings).
     pub fn carry_state(&mut self) -> Result<()> {
+        if self.carries.is_empty() {
+            return Ok(());
+        }
+        let restart = self
+            .layers
+            .iter()
+            .any(|l| sequences(&l.layer).is_some_and(|s| s.next_batch_restarts()));
         for &(from, to) in &self.carries {
             for k in 0..self.layers[to].outputs.len() {
-                let src = self.layers[from].outputs[k].clone();
-                self.dev.copy(&src, &mut self.layers[to].outputs[k])?;
+                if restart {
+                    self.dev.fill(&mut self.layers[to].outputs[k], 0.0)?;
+                } else {
+                    let src = self.layers[from].outputs[k].clone();
+                    self.dev.copy(&src, &mut self.layers[to].outputs[k])?;
+                }
             }
         }
         Ok(())

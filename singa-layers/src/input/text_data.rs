@@ -164,6 +164,14 @@ impl TextData {
     }
 }
 
+impl crate::capability::Sequences for TextData {
+    fn next_batch_restarts(&self) -> bool {
+        self.run
+            .as_ref()
+            .is_some_and(|s| s.batches > 0 && s.batches % s.per_epoch == 0)
+    }
+}
+
 impl Layer for TextData {
     fn setup(
         &mut self,
