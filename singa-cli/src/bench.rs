@@ -44,7 +44,8 @@ pub struct BenchOptions {
     pub partition_dim: i32,
     /// The layer type in place of the models' ReLU layers (e.g. a plugin's activation).
     pub activation: String,
-    /// The updater type in place of the models' SGD (same fields, e.g. a plugin's copy).
+    /// The updater type in place of the model's (same fields, e.g. a plugin's copy of SGD);
+    /// `sgd` leaves every model's own.
     pub updater: String,
 }
 
@@ -312,12 +313,16 @@ fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String)> {
     for layer in job.layers.iter_mut().filter(|l| l.type_name == "relu") {
         layer.type_name = opts.activation.clone();
     }
-    job.updater.type_name = opts.updater.clone();
     if opts.activation != "relu" {
         title = format!("{title}, {} in place of relu", opts.activation);
     }
+    // The recurrent models train with Adam: only a named updater replaces the model's.
     if opts.updater != "sgd" {
-        title = format!("{title}, {} in place of sgd", opts.updater);
+        title = format!(
+            "{title}, {} in place of {}",
+            opts.updater, job.updater.type_name
+        );
+        job.updater.type_name = opts.updater.clone();
     }
     Ok((job, title))
 }

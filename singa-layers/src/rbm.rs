@@ -29,9 +29,9 @@ use singa_core::{
 };
 
 /// Fields both layers of the pair have.
-fn common_fields(units: &str) -> Vec<FieldSpec> {
+fn common_fields(units: &str, hdim: &str) -> Vec<FieldSpec> {
     vec![
-        FieldSpec::new("hdim", FieldKind::Int, "number of hidden units").required(),
+        FieldSpec::new("hdim", FieldKind::Int, hdim).required(),
         FieldSpec::new("bias_term", FieldKind::Bool, "learn a bias for each unit").default(true),
         FieldSpec::new(
             "gaussian",
@@ -162,7 +162,10 @@ impl LayerDef for RbmVis {
     const DOC: &'static str = "The visible units of an RBM, trained with algorithm = \"cd\". Sources: the data and the rbm_hid of the pair (which names this layer back). Output: the data (positive phase) or its reconstruction σ(h·Wᵀ + b) (negative phase). Params `weight` [visible, hidden] (shared with the rbm_hid) and `bias`. Reports reconstruction_error, ‖v − v₁‖² per sample.";
 
     fn fields() -> Vec<FieldSpec> {
-        common_fields("visible")
+        common_fields(
+            "visible",
+            "number of hidden units (in a job, the rbm_hid's when not given)",
+        )
     }
 
     fn new(f: &Fields) -> Result<Self> {
@@ -341,7 +344,7 @@ impl LayerDef for RbmHid {
     const DOC: &'static str = "The hidden units of an RBM, trained with algorithm = \"cd\". Source: the rbm_vis of the pair. Outputs: data, the means σ(v·W + c), and sample, states drawn from them in training (the means otherwise). Params `weight` (the rbm_vis's, shared) and `bias`.";
 
     fn fields() -> Vec<FieldSpec> {
-        common_fields("hidden")
+        common_fields("hidden", "number of hidden units")
     }
 
     fn new(f: &Fields) -> Result<Self> {
