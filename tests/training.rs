@@ -697,6 +697,21 @@ srclayers = "fc1"
     assert_eq!(get("fc1/bias"), value("hid/bias"));
     assert_ne!(get("vis2/weight"), value("vis/weight"));
 
+    // On two AllReduce workers each worker's fixed layer has the checkpoint's values too.
+    let run = |job: &JobConfig, threads: usize| {
+        let options = TrainOptions {
+            threads: Some(threads),
+            ..TrainOptions::default()
+        };
+        let mut t = Trainer::new(job, &Registry::builtin(), &options).unwrap();
+        t.run(&mut Silent).unwrap();
+        param_values(&t)
+    };
+    let mut two = second.clone();
+    two.cluster = singa::config::Framework::AllReduce.preset(2);
+    let diff = singa_tests::max_difference(&run(&second, 1), &run(&two, 2));
+    assert!(diff < 1e-5, "parameters differ by {diff}");
+
     // A rename to two names; a rename naming nothing, or a checkpoint matching nothing, fails.
     let mut wrong = second.clone();
     wrong

@@ -123,10 +123,15 @@ impl TrainOneBatch for Cd {
     }
 
     /// The positive phase and one reconstruction from the hidden units' means: the visible
-    /// layers report the reconstruction error of the batch.
+    /// layers report the reconstruction error of the batch, and the hidden layers keep the
+    /// data's features (what `singa predict --features` reads).
     fn test_one_batch(&mut self, net: &mut NeuralNet, phase: Phase) -> Result<()> {
         net.forward(phase | Phase::POSITIVE)?;
-        Self::gibbs_step(net, phase)
+        for p in 0..net.rbm_pairs().len() {
+            let (vis, _) = net.rbm_pairs()[p];
+            net.forward_layer(vis, phase | Phase::NEGATIVE)?;
+        }
+        Ok(())
     }
 }
 

@@ -301,6 +301,10 @@ fn worker_nets(
             Some(plan.exchanges),
         )
         .map_err(|e| e.context(format!("{w}")))?;
+        // Parameters from other runs' checkpoints: the trainable ones reach this worker
+        // through the servers or the shared values too, but fixed ones (the layers under an
+        // RBM) only from here.
+        crate::checkpoint::initialise_from(plan.job, &mut own)?;
         nets.push((w, net, own));
     }
     Ok(nets)

@@ -112,6 +112,16 @@ impl JobConfig {
             .filter(|l| crate::partition::splits_features(l))
             .map(|l| l.name.as_str())
             .collect();
+        if let Some(l) = self
+            .layers
+            .iter()
+            .find(|l| super::rbm::is_rbm(l) && split.contains(&l.name.as_str()))
+        {
+            return Err(err(
+                &format!("layer[{}].partition_dim", l.name),
+                "an RBM layer is not split along its features (its hidden layer computes the whole weight's gradient); expected 0 or -1".into(),
+            ));
+        }
         for l in self
             .layers
             .iter()
@@ -139,16 +149,6 @@ impl JobConfig {
         let mut job = self.clone();
 
         job.layers = self.algorithm_layers()?;
-        if let Some(l) = self
-            .layers
-            .iter()
-            .find(|l| super::rbm::is_rbm(l) && split.contains(&l.name.as_str()))
-        {
-            return Err(err(
-                &format!("layer[{}].partition_dim", l.name),
-                "an RBM layer is not split along its features (its hidden layer computes the whole weight's gradient); expected 0 or -1".into(),
-            ));
-        }
 
         // The updater and its schedule.
         let u = &mut job.updater;
@@ -235,12 +235,11 @@ impl JobConfig {
             _ => None,
         };
         let name = |a: Algorithm| Algorithm::NAMES[a as usize];
-        if let Some((l, (field, wanted))) = self
-            .layers
-            .iter()
-            .find_map(|l| needs(l).map(|n| (l, n)))
-            .filter(|(_, (_, a))| *a != self.algorithm)
-        {
+        if let Some((l, (field, wanted))) = self.layers.iter().find_map(|l| {
+            needs(l)
+                .filter(|(_, a)| *a != self.algorithm)
+                .map(|n| (l, n))
+        }) {
             let what = match wanted {
                 Algorithm::Bptt => "unrolling over time",
                 _ => "an RBM layer",
@@ -431,6 +430,28 @@ mod tests {
             e3.contains("layer[v].type: an RBM layer needs algorithm = \"cd\""),
             "{e3}"
         );
+        // Every layer is checked, not only the first that needs an algorithm.
+        let cell = LayerConfig::new("g", "gru")
+            .src("fc")
+            .field("hidden_dim", 2)
+            .unrolled();
+        let mixed = job()
+            .bptt(2)
+            .layer(cell.clone())
+            .layer(vis(&["fc", "h"]))
+            .layer(hid("v"));
+        assert!(e(mixed).contains("layer[v].type: an RBM layer needs algorithm = \"cd\""));
+        let mixed = job()
+            .cd(1)
+            .layer(vis(&["fc", "h"]))
+            .layer(hid("v"))
+            .layer(cell);
+        assert!(
+            e(mixed).contains("layer[g].unroll: unrolling over time needs algorithm = \"bptt\"")
+        );
+        let mut split = pair(vis(&["fc", "h"]), hid("v"));
+        split.layers.last_mut().unwrap().partition_dim = 1;
+        assert!(e(split).contains("layer[h].partition_dim: an RBM layer is not split"));
         let mut k_only = job();
         k_only.cd_k = 1;
         assert!(e(k_only).contains("cd_k: only for algorithm = \"cd\""));
