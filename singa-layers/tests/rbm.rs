@@ -26,11 +26,24 @@ fn read(t: &Tensor) -> Vec<f32> {
     v
 }
 
-fn pair(dev: &DeviceRef, batch: usize, gaussian_hidden: bool) -> (Built, Built) {
+/// Which units are linear with Gaussian noise instead of binary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Gaussian {
+    visible: bool,
+    hidden: bool,
+}
+
+const BINARY: Gaussian = Gaussian {
+    visible: false,
+    hidden: false,
+};
+
+fn pair(dev: &DeviceRef, batch: usize, gaussian: Gaussian) -> (Built, Built) {
     let mut f = Fields::new();
     f.set("hdim", H as i64);
+    f.set("gaussian", gaussian.visible);
     let vis = build(&ty("rbm_vis"), &f, dev, &[f32_spec(&[batch, V])], 3).unwrap();
-    f.set("gaussian", gaussian_hidden);
+    f.set("gaussian", gaussian.hidden);
     let hid = build(&ty("rbm_hid"), &f, dev, &[f32_spec(&[batch, V])], 3).unwrap();
     // The net shares the weight; here the hidden layer gets a copy, and both biases are
     // made non-zero so that they are checked.
@@ -87,8 +100,8 @@ fn backward(l: &mut Built, inputs: &[Tensor], outputs: &[Tensor]) {
         .unwrap();
 }
 
-fn cd1(dev: &DeviceRef, gaussian_hidden: bool) -> Step {
-    let (mut vis, mut hid) = pair(dev, B, gaussian_hidden);
+fn cd1(dev: &DeviceRef, gaussian: Gaussian) -> Step {
+    let (mut vis, mut hid) = pair(dev, B, gaussian);
     let v0 = uniform(5, B * V, 0.0, 1.0);
     let data = Tensor::from_slice(dev, &v0, [B, V]).unwrap();
     let zeros = |n: usize| Tensor::zeros(dev, [B, n], singa_core::DType::F32).unwrap();
@@ -163,15 +176,15 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     }
 }
 
-fn check_against_formulas(s: &Step, gaussian_hidden: bool) {
-    let logistic_h = !gaussian_hidden;
+fn check_against_formulas(s: &Step, gaussian: Gaussian) {
+    let logistic_h = !gaussian.hidden;
     assert_close(
         "h0",
         &s.h0,
         &units(&s.v0, &s.w, &s.c, true, logistic_h),
         1e-5,
     );
-    if gaussian_hidden {
+    if gaussian.hidden {
         assert!(s.sample.iter().all(|v| v.is_finite()));
     } else {
         assert!(
@@ -180,7 +193,7 @@ fn check_against_formulas(s: &Step, gaussian_hidden: bool) {
             s.sample
         );
     }
-    let v1 = units(&s.sample, &s.w, &s.b, false, true);
+    let v1 = units(&s.sample, &s.w, &s.b, false, !gaussian.visible);
     assert_close("v1", &s.v1, &v1, 1e-5);
     let h1 = units(&s.v1, &s.w, &s.c, true, logistic_h);
     assert_close("h1", &s.h1, &h1, 1e-5);
@@ -223,11 +236,12 @@ fn check_against_formulas(s: &Step, gaussian_hidden: bool) {
 
 #[test]
 fn one_cd_step_computes_the_cd_gradient_on_every_device() {
-    for gaussian_hidden in [false, true] {
-        let on_reference = cd1(&reference(), gaussian_hidden);
-        check_against_formulas(&on_reference, gaussian_hidden);
-        let on_cpu = cd1(&cpu(2), gaussian_hidden);
-        check_against_formulas(&on_cpu, gaussian_hidden);
+    for (visible, hidden) in [(false, false), (false, true), (true, false)] {
+        let gaussian = Gaussian { visible, hidden };
+        let on_reference = cd1(&reference(), gaussian);
+        check_against_formulas(&on_reference, gaussian);
+        let on_cpu = cd1(&cpu(2), gaussian);
+        check_against_formulas(&on_cpu, gaussian);
         // The same draws on both devices: the same sample (Gaussian units add the noise to
         // means that may differ in the last bit).
         let reference_sample: Vec<f64> = on_reference.sample.iter().map(|&v| v as f64).collect();
@@ -240,7 +254,7 @@ fn one_cd_step_computes_the_cd_gradient_on_every_device() {
 fn hidden_units_sample_with_their_probabilities() {
     let dev = cpu(2);
     let batch = 256;
-    let (_, mut hid) = pair(&dev, batch, false);
+    let (_, mut hid) = pair(&dev, batch, BINARY);
     let v = Tensor::from_slice(&dev, &uniform(9, batch * V, 0.0, 1.0), [batch, V]).unwrap();
     let zeros = || Tensor::zeros(&dev, [batch, H], singa_core::DType::F32).unwrap();
     let mut h = [zeros(), zeros()];
@@ -286,7 +300,7 @@ fn hidden_units_sample_with_their_probabilities() {
 fn workers_splitting_the_batch_draw_what_one_worker_draws() {
     let dev = reference();
     let whole = {
-        let (_, mut hid) = pair(&dev, B, false);
+        let (_, mut hid) = pair(&dev, B, BINARY);
         let v = Tensor::from_slice(&dev, &vec![0.5; B * V], [B, V]).unwrap();
         let z = || Tensor::zeros(&dev, [B, H], singa_core::DType::F32).unwrap();
         let mut h = [z(), z()];
