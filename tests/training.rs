@@ -500,13 +500,9 @@ fn gradients_are_clipped_by_global_norm_and_by_value() {
     assert!(raw_largest > 1e-3, "{raw_largest}");
 }
 
-/// BPTT under AllReduce: two workers, each with half of the streams (and its own carried
-/// state), train the character model as one worker with the whole batch does.
-#[test]
-fn bptt_on_two_allreduce_workers_equals_one_worker() {
-    let dir = tmpdir("bptt-allreduce");
-    let top = "train_steps = 40";
-    let one = char_model(&dir, "lstm", top);
+/// How far the parameters `job` trains to on two AllReduce workers (two threads, each with
+/// half of every batch) end from those of one worker with the whole batch.
+fn two_allreduce_workers_differ_by(job: &JobConfig) -> f32 {
     let run = |job: &JobConfig, threads: usize| {
         let options = TrainOptions {
             threads: Some(threads),
@@ -516,10 +512,19 @@ fn bptt_on_two_allreduce_workers_equals_one_worker() {
         t.run(&mut Silent).unwrap();
         param_values(&t)
     };
-    let reference = run(&one, 1);
-    let mut two = one.clone();
+    let mut two = job.clone();
     two.cluster = singa::config::Framework::AllReduce.preset(2);
-    let diff = singa_tests::max_difference(&reference, &run(&two, 2));
+    singa_tests::max_difference(&run(job, 1), &run(&two, 2))
+}
+
+/// BPTT under AllReduce: two workers, each with half of the streams (and its own carried
+/// state), train the character model as one worker with the whole batch does.
+#[test]
+fn bptt_on_two_allreduce_workers_equals_one_worker() {
+    let dir = tmpdir("bptt-allreduce");
+    let top = "train_steps = 40";
+    let one = char_model(&dir, "lstm", top);
+    let diff = two_allreduce_workers_differ_by(&one);
     assert!(diff < 2e-5, "parameters differ by {diff}");
 }
 
@@ -626,19 +631,7 @@ fn cd_on_two_allreduce_workers_equals_one_worker() {
     let dir = tmpdir("rbm-allreduce");
     synthetic_mnist(&dir, 200, 50, 8);
     let one = rbm_job(&dir, "train_steps = 30", "", "data");
-    let run = |job: &JobConfig, threads: usize| {
-        let options = TrainOptions {
-            threads: Some(threads),
-            ..TrainOptions::default()
-        };
-        let mut t = Trainer::new(job, &Registry::builtin(), &options).unwrap();
-        t.run(&mut Silent).unwrap();
-        param_values(&t)
-    };
-    let reference = run(&one, 1);
-    let mut two = one.clone();
-    two.cluster = singa::config::Framework::AllReduce.preset(2);
-    let diff = singa_tests::max_difference(&reference, &run(&two, 2));
+    let diff = two_allreduce_workers_differ_by(&one);
     assert!(diff < 1e-5, "parameters differ by {diff}");
 }
 
@@ -698,18 +691,7 @@ srclayers = "fc1"
     assert_ne!(get("vis2/weight"), value("vis/weight"));
 
     // On two AllReduce workers each worker's fixed layer has the checkpoint's values too.
-    let run = |job: &JobConfig, threads: usize| {
-        let options = TrainOptions {
-            threads: Some(threads),
-            ..TrainOptions::default()
-        };
-        let mut t = Trainer::new(job, &Registry::builtin(), &options).unwrap();
-        t.run(&mut Silent).unwrap();
-        param_values(&t)
-    };
-    let mut two = second.clone();
-    two.cluster = singa::config::Framework::AllReduce.preset(2);
-    let diff = singa_tests::max_difference(&run(&second, 1), &run(&two, 2));
+    let diff = two_allreduce_workers_differ_by(&second);
     assert!(diff < 1e-5, "parameters differ by {diff}");
 
     // A rename to two names; a rename naming nothing, or a checkpoint matching nothing, fails.

@@ -141,15 +141,8 @@ impl Layer for Dropout {
     }
 
     fn restore_state(&mut self, state: RSlice<'_, u64>) -> RResult<(), Error> {
-        match state.as_slice() {
-            [draws] => {
-                self.draws = *draws;
-                RResult::ROk(())
-            }
-            other => RResult::RErr(Error::invalid(format!(
-                "dropout state has 1 value, got {}",
-                other.len()
-            ))),
-        }
+        crate::single_state("dropout", state.as_slice())
+            .map(|v| self.draws = v)
+            .into()
     }
 }

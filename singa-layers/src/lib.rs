@@ -49,7 +49,19 @@ pub mod schedule;
 mod sums;
 pub mod updaters;
 
-use singa_core::{layer_type, updater_type, LayerType, UpdaterType};
+use singa_core::{layer_type, updater_type, Error, LayerType, Result, UpdaterType};
+
+/// The one number a layer keeps as its state (a position in its data, a count of random
+/// draws), or an error naming the layer type when a checkpoint holds another number of values.
+pub(crate) fn single_state(layer: &str, state: &[u64]) -> Result<u64> {
+    match state {
+        [v] => Ok(*v),
+        _ => Err(Error::invalid(format!(
+            "{layer} state has 1 value, got {}",
+            state.len()
+        ))),
+    }
+}
 
 /// Every built-in layer type.
 pub fn layer_types() -> Vec<LayerType> {

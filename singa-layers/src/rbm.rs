@@ -393,11 +393,9 @@ impl RbmHid {
     /// The means, their sample, and (in the positive phase) a copy of both phases' inputs.
     fn forward_impl(&mut self, phase: Phase, v: &Tensor, outputs: &mut [Tensor]) -> Result<()> {
         let gaussian = self.units.gaussian;
-        let s = self
-            .state
-            .as_mut()
-            .ok_or_else(|| Error::invalid("rbm_hid used before setup"))?;
-        let draws = self.draws + s.offset;
+        let drawn = self.draws;
+        let s = self.st()?;
+        let draws = drawn + s.offset;
         let [mean, sample] = outputs else {
             return Err(Error::invalid("rbm_hid has two outputs"));
         };
@@ -431,7 +429,8 @@ impl RbmHid {
             let d = sample.clone();
             s.dev.max_scalar(&d, sample, 0.0)?;
         }
-        self.draws += s.stride;
+        let stride = s.stride;
+        self.draws += stride;
         Ok(())
     }
 
@@ -491,15 +490,8 @@ impl Layer for RbmHid {
     }
 
     fn restore_state(&mut self, state: RSlice<'_, u64>) -> RResult<(), Error> {
-        match state.as_slice() {
-            [draws] => {
-                self.draws = *draws;
-                RResult::ROk(())
-            }
-            other => RResult::RErr(Error::invalid(format!(
-                "rbm_hid state has 1 value, got {}",
-                other.len()
-            ))),
-        }
+        crate::single_state("rbm_hid", state.as_slice())
+            .map(|v| self.draws = v)
+            .into()
     }
 }

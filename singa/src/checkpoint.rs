@@ -158,60 +158,83 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Initialises the parameters of `store` from the job's `checkpoint_path` (SINGA's way of
-/// feeding pretrained layers to a deeper net), after its `checkpoint_rename`; returns a line
-/// per checkpoint saying what it set. Where several checkpoints have a parameter, the first
-/// listed sets it. A checkpoint that sets nothing, or a rename that names
-/// a parameter no checkpoint or net has, is an error: a silent mismatch would train from
-/// scratch while the user believes otherwise.
-pub fn initialise_from(job: &JobConfig, store: &mut ParamStore) -> Result<Vec<String>> {
-    let file = job.origin.file.as_str();
-    let mut loaded = Vec::new();
-    for path in &job.checkpoint_path {
-        let path = newest_in(path)
-            .and_then(|p| load(&p))
-            .map_err(|e| e.context(format!("{file}: checkpoint_path")))?;
-        loaded.push(path);
+/// The checkpoints of a job's `checkpoint_path` (SINGA's way of feeding pretrained layers to
+/// a deeper net), read once, to initialise the parameter stores of the job's workers.
+pub struct Pretrained {
+    /// The job file, for errors.
+    file: String,
+    loaded: Vec<Loaded>,
+    rename: Vec<(String, String)>,
+}
+
+impl Pretrained {
+    /// Reads the job's checkpoints (none for a job without `checkpoint_path`) and checks that
+    /// every `checkpoint_rename` names a parameter one of them has.
+    pub fn load(job: &JobConfig) -> Result<Pretrained> {
+        let file = job.origin.file.clone();
+        let mut loaded = Vec::new();
+        for path in &job.checkpoint_path {
+            let checkpoint = newest_in(path)
+                .and_then(|p| load(&p))
+                .map_err(|e| e.context(format!("{file}: checkpoint_path")))?;
+            loaded.push(checkpoint);
+        }
+        for (from, _) in &job.checkpoint_rename {
+            if !loaded.iter().any(|l| l.has_param(from)) {
+                return Err(Error::config(
+                    &file,
+                    format!("checkpoint_rename.{from:?}"),
+                    "no checkpoint of checkpoint_path has a parameter of that name",
+                ));
+            }
+        }
+        Ok(Pretrained {
+            file,
+            loaded,
+            rename: job.checkpoint_rename.clone(),
+        })
     }
-    for (from, to) in &job.checkpoint_rename {
-        if !loaded.iter().any(|l| l.has_param(from)) {
-            return Err(Error::config(
-                file,
-                format!("checkpoint_rename.{from:?}"),
-                "no checkpoint of checkpoint_path has a parameter of that name",
+
+    /// Initialises the parameters of `store` from the checkpoints, after the renames; returns
+    /// a line per checkpoint saying what it set. Where several checkpoints have a parameter,
+    /// the first listed sets it. A checkpoint that sets nothing, or a rename to a parameter
+    /// the net does not have, is an error: a silent mismatch would train from scratch while
+    /// the user believes otherwise.
+    pub fn initialise(&self, store: &mut ParamStore) -> Result<Vec<String>> {
+        let file = self.file.as_str();
+        for (from, to) in &self.rename {
+            if store.find(to).is_none() {
+                return Err(Error::config(
+                    file,
+                    format!("checkpoint_rename.{from:?}"),
+                    format!("{to:?}: this net has no parameter of that name"),
+                ));
+            }
+        }
+        let mut notes = Vec::new();
+        let mut taken = Vec::new();
+        for l in &self.loaded {
+            let set = l.initialise(store, &self.rename, &taken)?;
+            if set.is_empty() {
+                return Err(Error::config(
+                    file,
+                    "checkpoint_path",
+                    format!(
+                        "{}: none of its parameters is one of this net's (by name, after checkpoint_rename) that an earlier checkpoint did not set",
+                        l.path.display()
+                    ),
+                ));
+            }
+            taken.extend(set.iter().cloned());
+            notes.push(format!(
+                "initialised {} from {} (step {})",
+                set.join(", "),
+                l.path.display(),
+                l.meta.step
             ));
         }
-        if store.find(to).is_none() {
-            return Err(Error::config(
-                file,
-                format!("checkpoint_rename.{from:?}"),
-                format!("{to:?}: this net has no parameter of that name"),
-            ));
-        }
+        Ok(notes)
     }
-    let mut notes = Vec::new();
-    let mut taken = Vec::new();
-    for l in &loaded {
-        let set = l.initialise(store, &job.checkpoint_rename, &taken)?;
-        if set.is_empty() {
-            return Err(Error::config(
-                file,
-                "checkpoint_path",
-                format!(
-                    "{}: none of its parameters is one of this net's (by name, after checkpoint_rename) that an earlier checkpoint did not set",
-                    l.path.display()
-                ),
-            ));
-        }
-        taken.extend(set.iter().cloned());
-        notes.push(format!(
-            "initialised {} from {} (step {})",
-            set.join(", "),
-            l.path.display(),
-            l.meta.step
-        ));
-    }
-    Ok(notes)
 }
 
 /// `path` itself if it is a file; for a directory (a workspace, or its `checkpoints`), the

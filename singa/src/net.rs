@@ -148,6 +148,9 @@ pub struct NeuralNet {
     carries: Vec<(usize, usize)>,
     /// `(visible, hidden)`: the RBM pairs, in order (see [`NeuralNet::rbm_pairs`]).
     rbm_pairs: Vec<(usize, usize)>,
+    /// The input layers of sequences that continue between batches, which say when the
+    /// carried state starts over ([`NeuralNet::carry_state`]).
+    sequence_inputs: Vec<usize>,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -543,6 +546,9 @@ impl NeuralNet {
             layers[vis].inputs.push(back);
             rbm_pairs.push((vis, hid));
         }
+        let sequence_inputs = (0..layers.len())
+            .filter(|&i| sequences(&layers[i].layer).is_some())
+            .collect();
         let mut net = NeuralNet {
             phase,
             dev: dev.clone(),
@@ -550,6 +556,7 @@ impl NeuralNet {
             metric_steps: 0,
             carries,
             rbm_pairs,
+            sequence_inputs,
         };
         if phase.is_train() {
             net.allocate_gradients(store)?;
@@ -801,9 +808,9 @@ impl NeuralNet {
             return Ok(());
         }
         let restart = self
-            .layers
+            .sequence_inputs
             .iter()
-            .any(|l| sequences(&l.layer).is_some_and(|s| s.next_batch_restarts()));
+            .any(|&i| sequences(&self.layers[i].layer).is_some_and(|s| s.next_batch_restarts()));
         for &(from, to) in &self.carries {
             for k in 0..self.layers[to].outputs.len() {
                 if restart {

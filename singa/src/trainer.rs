@@ -200,6 +200,8 @@ pub struct Trainer {
     pending_warnings: Vec<String>,
     /// Lines for the user at the start of the run ([`Event::Note`]).
     notes: Vec<String>,
+    /// The algorithm's way of running the test net (SINGA's `TestOneBatch`).
+    tester: Box<dyn algorithm::TrainOneBatch>,
     /// Who trains: this thread alone, or the workers and servers of a cluster (this thread
     /// is worker 0).
     engine: Box<dyn Engine>,
@@ -289,7 +291,7 @@ impl Trainer {
         } else {
             None
         };
-        let notes = checkpoint::initialise_from(&job, &mut store)?;
+        let notes = checkpoint::Pretrained::load(&job)?.initialise(&mut store)?;
         let test_start = match &test {
             Some(t) => t.layer_states()?,
             None => Vec::new(),
@@ -345,6 +347,7 @@ impl Trainer {
             Some(dir) => Some(Workspace::open(dir, options.existing)?),
             None => None,
         };
+        let tester = algorithm::create(&job);
         let mut trainer = Trainer {
             job,
             schedule,
@@ -358,6 +361,7 @@ impl Trainer {
             workspace,
             pending_warnings: Vec::new(),
             notes,
+            tester,
             engine,
         };
         if options.existing == Existing::Resume {
@@ -577,9 +581,8 @@ impl Trainer {
         for (name, s) in &self.test_start {
             test.restore_layer_state(name, s)?;
         }
-        let mut algorithm = algorithm::create(&self.job);
         for _ in 0..batches {
-            algorithm.test_one_batch(test, Phase::TEST)?;
+            self.tester.test_one_batch(test, Phase::TEST)?;
             each(test)?;
         }
         test.read_metrics()?;
@@ -601,9 +604,8 @@ impl Trainer {
             test.restore_layer_state(name, s)?;
         }
         test.read_metrics()?;
-        let mut algorithm = algorithm::create(&self.job);
         for _ in 0..steps {
-            algorithm.test_one_batch(test, Phase::TEST)?;
+            self.tester.test_one_batch(test, Phase::TEST)?;
         }
         test.read_metrics()
     }

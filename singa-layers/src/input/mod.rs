@@ -332,12 +332,7 @@ impl Source {
     /// Continues after `state[0]` records.
     fn restore(&mut self, state: &[u64]) -> Result<()> {
         let ty = self.ty;
-        let [cursor] = state else {
-            return Err(Error::invalid(format!(
-                "{ty} state has 1 value, got {}",
-                state.len()
-            )));
-        };
+        let cursor = crate::single_state(ty, state)?;
         let run = self
             .run
             .take()
@@ -350,10 +345,7 @@ impl Source {
         } = run;
         // The old loader thread stops before the new one starts.
         drop(loader);
-        let config = LoaderConfig {
-            cursor: *cursor,
-            ..config
-        };
+        let config = LoaderConfig { cursor, ..config };
         let loader = BatchLoader::new(shard.clone(), config.clone())?;
         self.run = Some(Running {
             shard,
@@ -362,7 +354,7 @@ impl Source {
                 ..config
             },
             loader,
-            cursor: *cursor,
+            cursor,
         });
         Ok(())
     }

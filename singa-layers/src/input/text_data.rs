@@ -137,13 +137,7 @@ impl TextData {
 
     /// Continues after `state[0]` batches.
     fn restore(&mut self, state: &[u64]) -> Result<()> {
-        let [batches] = state else {
-            return Err(Error::invalid(format!(
-                "text_data state has 1 value, got {}",
-                state.len()
-            )));
-        };
-        self.streams()?.batches = *batches;
+        self.streams()?.batches = crate::single_state("text_data", state)?;
         Ok(())
     }
 

@@ -268,6 +268,7 @@ fn worker_nets(
     let t = plan.topology;
     let c = &plan.job.cluster;
     let share = !t.separate_memory();
+    let pretrained = crate::checkpoint::Pretrained::load(plan.job)?;
     let mut nets: Vec<BuiltWorker> = Vec::new();
     for w in t.rank_workers(rank) {
         if w == worker_addr(0, 0) && lead.is_some() {
@@ -304,7 +305,7 @@ fn worker_nets(
         // Parameters from other runs' checkpoints: the trainable ones reach this worker
         // through the servers or the shared values too, but fixed ones (the layers under an
         // RBM) only from here.
-        crate::checkpoint::initialise_from(plan.job, &mut own)?;
+        pretrained.initialise(&mut own)?;
         nets.push((w, net, own));
     }
     Ok(nets)
