@@ -176,7 +176,7 @@ impl Pretrained {
         for path in &job.checkpoint_path {
             let checkpoint = newest_in(path)
                 .and_then(|p| load(&p))
-                .map_err(|e| e.context(format!("{file}: checkpoint_path")))?;
+                .map_err(|e| Error::config(&file, "checkpoint_path", e))?;
             loaded.push(checkpoint);
         }
         for (from, _) in &job.checkpoint_rename {

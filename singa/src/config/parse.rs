@@ -335,10 +335,14 @@ pub const MAX_THREADS: u64 = 1024;
 /// `checkpoint_rename = { "name in the checkpoint" = "name here" or ["name", ...], ... }`.
 fn parse_rename(s: &Section<'_>) -> Result<Vec<(String, String)>> {
     let mut pairs = Vec::new();
-    for from in s.table.keys() {
-        let to = s.strings(from)?;
+    let expected = "a parameter name, or a list of them";
+    for (from, value) in s.table {
+        let to = match value {
+            Value::String(_) | Value::Array(_) => s.strings(from)?,
+            other => return Err(s.wrong(from, expected, other)),
+        };
         if to.is_empty() {
-            return Err(s.err(from, "expected a parameter name, or a list of them"));
+            return Err(s.err(from, format!("empty; expected {expected}")));
         }
         pairs.extend(to.into_iter().map(|t| (from.clone(), t)));
     }
