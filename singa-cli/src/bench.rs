@@ -3,7 +3,9 @@
 
 use crate::output::{out, outln};
 use singa::cluster::StepHook;
-use singa::config::{ClusterConfig, DeviceConfig, JobConfig, LayerConfig, UpdaterConfig};
+use singa::config::{
+    ClusterConfig, DeviceConfig, DeviceKind, JobConfig, LayerConfig, UpdaterConfig,
+};
 use singa::progress::thousands;
 use singa::registry::Registry;
 use singa::trainer::{TrainOptions, Trainer};
@@ -17,6 +19,8 @@ use std::time::Instant;
 pub struct BenchOptions {
     /// CPU threads.
     pub threads: usize,
+    /// The device kind (CPU or CUDA GPU 0).
+    pub device: DeviceKind,
     /// The precision of the products.
     pub precision: singa_core::Precision,
     /// Untimed steps first.
@@ -296,6 +300,7 @@ fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String)> {
     };
     let (mut job, mut title) = (job, title);
     job.device.precision = opts.precision;
+    job.device.kind = opts.device;
     if let Some(c) = &opts.cluster {
         job.cluster = c.clone();
     }

@@ -267,9 +267,12 @@ enum Command {
         /// CPU threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// The device: cpu, or cuda (GPU 0; needs singa built with `--features cuda`).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        device: String,
         /// The precision of the matrix products and convolutions: f32, or bf16 (inputs rounded
-        /// to bf16, sums in f32, as `[device] precision = "bf16"`).
-        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+        /// to bf16, sums in f32, as `[device] precision = "bf16"`), or f16 (cuda only).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
         precision: String,
         /// Untimed steps first (default: 50 for mlp, 3 for cnn, as the peers; 5 for gru and lstm).
         #[arg(long)]
@@ -651,6 +654,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             model,
             threads,
+            device,
             precision,
             warmup,
             windows,
@@ -714,6 +718,11 @@ fn run(cli: Cli) -> Result<()> {
             bench::run(
                 &bench::BenchOptions {
                     threads,
+                    device: if device == "cuda" {
+                        singa::config::DeviceKind::Cuda
+                    } else {
+                        singa::config::DeviceKind::Cpu
+                    },
                     precision: singa_core::Precision::from_name(&precision)
                         .expect("clap checked the name"),
                     warmup,

@@ -25,5 +25,23 @@ pub fn create(cfg: &DeviceConfig, threads: Option<usize>) -> Result<DeviceRef> {
             DeviceRef::new(CpuDevice::with_precision(n, cfg.precision)?)
         }
         DeviceKind::Reference => DeviceRef::new(ReferenceDevice::with_precision(cfg.precision)),
+        DeviceKind::Cuda => cuda(cfg)?,
     })
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(cfg: &DeviceConfig) -> Result<DeviceRef> {
+    Ok(DeviceRef::new(singa_cuda::CudaDevice::new(
+        cfg.gpu,
+        cfg.precision,
+    )?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_: &DeviceConfig) -> Result<DeviceRef> {
+    Err(singa_core::Error::device(
+        "cuda",
+        "this singa was built without CUDA: build it with \
+         `cargo build --release -p singa-cli --features cuda`",
+    ))
 }

@@ -239,11 +239,13 @@ pub enum DeviceKind {
     Cpu,
     /// The plain-loop reference device (slow; for checking).
     Reference,
+    /// An NVIDIA GPU (needs singa built with the `cuda` feature).
+    Cuda,
 }
 
 impl DeviceKind {
     /// Names accepted in job files.
-    pub const NAMES: [&'static str; 2] = ["cpu", "reference"];
+    pub const NAMES: [&'static str; 3] = ["cpu", "reference", "cuda"];
 }
 
 /// Where the net runs.
@@ -253,6 +255,8 @@ pub struct DeviceConfig {
     pub kind: DeviceKind,
     /// Threads of a CPU device (`None`: every available core).
     pub threads: Option<usize>,
+    /// The GPU of a CUDA device (`id`, from 0).
+    pub gpu: usize,
     /// The precision of matrix products and convolutions (`precision = "bf16"`: inputs
     /// rounded to bf16, sums in f32; parameters, updater state and losses stay f32).
     pub precision: Precision,
@@ -263,6 +267,7 @@ impl Default for DeviceConfig {
         DeviceConfig {
             kind: DeviceKind::Cpu,
             threads: None,
+            gpu: 0,
             precision: Precision::F32,
         }
     }

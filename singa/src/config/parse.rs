@@ -350,12 +350,13 @@ fn parse_rename(s: &Section<'_>) -> Result<Vec<(String, String)>> {
 }
 
 fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
-    s.only(&["type", "threads", "precision"])?;
+    s.only(&["type", "threads", "id", "precision"])?;
     let mut d = DeviceConfig::default();
     if let Some(t) = s.str("type")? {
         d.kind = match t.as_str() {
             "cpu" => DeviceKind::Cpu,
             "reference" => DeviceKind::Reference,
+            "cuda" => DeviceKind::Cuda,
             other => return Err(s.err("type", choice_message(other, &DeviceKind::NAMES))),
         };
     }
@@ -364,6 +365,12 @@ fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
         Some(t) => return Err(s.err("threads", format!("expected 1 to {MAX_THREADS}, got {t}"))),
         None => None,
     };
+    if let Some(id) = s.u64("id")? {
+        if d.kind != DeviceKind::Cuda {
+            return Err(s.err("id", "a GPU number, for type = \"cuda\" only"));
+        }
+        d.gpu = usize::try_from(id).map_err(|_| s.err("id", "too large"))?;
+    }
     if let Some(p) = s.str("precision")? {
         d.precision = Precision::from_name(&p)
             .ok_or_else(|| s.err("precision", choice_message(&p, &Precision::NAMES)))?;

@@ -1,0 +1,108 @@
+//! [`Gpu`]: what the devices of one GPU share, opened once per process.
+
+use crate::driver::{self, Fallible};
+use crate::kernels::{self, Kernels};
+use crate::scratch::Scratch;
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{result as cu, sys as cu_sys, CudaContext, CudaStream};
+use singa_core::{Error, Result};
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+/// What every [`CudaDevice`] of one GPU shares, made once per GPU and kept for the life of
+/// the process: the context, the one stream every operation is queued on (so the workers and
+/// servers of a process, which share tensors, see each other's writes in call order), the
+/// loaded kernels, the cuBLAS handle, the fault word and the scratch memory.
+pub(crate) struct Gpu {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) kernels: Kernels,
+    pub(crate) blas: CudaBlas,
+    /// `cuda:N`, also the memory space: tensors of one GPU are usable by all its devices.
+    pub(crate) name: String,
+    /// The GPU model, architecture and memory, for logs.
+    pub(crate) about: String,
+    /// Four `u64`s where kernels report the first bad input (see `common.cuh`), then four
+    /// where `take_fault` moves them for the host to read.
+    pub(crate) fault: u64,
+    /// Working memory of the products and convolutions, grown when too small.
+    pub(crate) scratch: Mutex<Scratch>,
+}
+
+/// Every GPU made so far in this process, by number.
+static GPUS: Mutex<Vec<(usize, Arc<Gpu>)>> = Mutex::new(Vec::new());
+
+impl Gpu {
+    /// The GPU `ordinal`, made on first use.
+    pub(crate) fn get(ordinal: usize) -> Result<Arc<Gpu>> {
+        let mut gpus = GPUS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, gpu)) = gpus.iter().find(|(o, _)| *o == ordinal) {
+            return Ok(Arc::clone(gpu));
+        }
+        let gpu = Arc::new(Gpu::open(ordinal)?);
+        gpus.push((ordinal, Arc::clone(&gpu)));
+        Ok(gpu)
+    }
+
+    fn open(ordinal: usize) -> Result<Gpu> {
+        driver::require_driver()?;
+        driver::require_nvrtc()?;
+        driver::require_cublas()?;
+        let count = driver::device_count()?;
+        if ordinal >= count {
+            return Err(Error::device(
+                format!("cuda:{ordinal}"),
+                format!("this machine has {count} CUDA GPU(s) (numbered from 0)"),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).or_device("creating a CUDA context")?;
+        keep_pool_memory(&ctx)?;
+        let stream = ctx.new_stream().or_device("creating a stream")?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .or_device("reading the compute capability")?;
+        let arch = format!("sm_{major}{minor}");
+        let kernels = kernels::load(&ctx, &arch)?;
+        let blas = CudaBlas::new(stream.clone()).or_device("creating a cuBLAS handle")?;
+        let model = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let memory = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        let fault = allocate_zeroed(stream.cu_stream(), 8 * 8)?;
+        Ok(Gpu {
+            name: format!("cuda:{ordinal}"),
+            about: format!("{model}, {arch}, {memory:.0} GiB"),
+            fault,
+            ctx,
+            stream,
+            kernels,
+            blas,
+            scratch: Mutex::new(Scratch::default()),
+        })
+    }
+}
+
+/// Keeps freed memory in the GPU's pool instead of giving it back at every synchronisation
+/// (the default), so that a warm step's stream-ordered allocations map nothing new.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
+    // SAFETY: the device is the context's; the attribute takes a u64.
+    unsafe {
+        let pool = cu::device::get_default_mem_pool(ctx.cu_device())
+            .or_device("reading the memory pool")?;
+        let mut threshold = u64::MAX;
+        cu::mem_pool::set_attribute(
+            pool,
+            cu_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut c_void,
+        )
+        .or_device("setting the memory pool's release threshold")
+    }
+}
+
+/// Queues `bytes` of zeroed memory on `stream` (its context current).
+pub(crate) fn allocate_zeroed(stream: cu_sys::CUstream, bytes: usize) -> Result<u64> {
+    // SAFETY: the memory is zeroed, in stream order, before any use.
+    unsafe {
+        let p = cu::malloc_async(stream, bytes).or_device("allocating GPU memory")?;
+        cu::memset_d8_async(p, 0, bytes, stream).or_device("zeroing GPU memory")?;
+        Ok(p)
+    }
+}
