@@ -371,6 +371,7 @@ fn measure(
     for _ in 0..warmup {
         trainer.train_step()?;
     }
+    trainer.device().synchronize()?;
     let crossed = |t: &Trainer| t.cluster().map(|c| c.traffic()).unwrap_or_default();
     let crossed_before = crossed(&trainer);
     let mut measured = Vec::new();
@@ -380,6 +381,8 @@ fn measure(
         for _ in 0..steps {
             trainer.train_step()?;
         }
+        // A GPU may still be running queued work: a window ends when the device is idle.
+        trainer.device().synchronize()?;
         measured.push((t0.elapsed().as_secs_f64(), count() - a0));
     }
     outln!("\n| window | steps | seconds | samples/s | allocations/step |");

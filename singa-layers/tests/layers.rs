@@ -105,7 +105,7 @@ proptest! {
             8 => ("lstm", Fields::new().with("hidden_dim", 9), vec![f32_spec(&[b, f]), f32_spec(&[b, 9]), f32_spec(&[b, 9])], 0),
             _ => ("euclidean_loss", Fields::new(), vec![f32_spec(&[b, f]), f32_spec(&[b, f])], 0),
         };
-        Case::new(name, fields, specs, seed).classes(classes).assert_cpu_matches_reference(2, 1e-5);
+        Case::new(name, fields, specs, seed).classes(classes).assert_devices_match_reference(2, 1e-5);
     }
 }
 

@@ -23,7 +23,7 @@ proptest! {
         let specs: Vec<TensorSpec> = extents.iter().map(|&e| { let mut d = base.clone(); d[axis] = e; f32_spec(&d) }).collect();
         let fields = Fields::new().with("axis", axis);
         Case::new("concat", fields.clone(), specs.clone(), seed).gradcheck();
-        Case::new("concat", fields, specs, seed).assert_cpu_matches_reference(2, 0.0);
+        Case::new("concat", fields, specs, seed).assert_devices_match_reference(2, 0.0);
     }
 
     #[test]
@@ -40,7 +40,7 @@ proptest! {
             Fields::new().with("axis", axis).with("num_slices", parts)
         };
         Case::new("slice", fields.clone(), vec![f32_spec(&dims)], seed).gradcheck();
-        Case::new("slice", fields, vec![f32_spec(&dims)], seed).assert_cpu_matches_reference(2, 0.0);
+        Case::new("slice", fields, vec![f32_spec(&dims)], seed).assert_devices_match_reference(2, 0.0);
     }
 
     #[test]
@@ -52,13 +52,13 @@ proptest! {
             _ => ("reshape", Fields::new().with("shape", FieldValue::List(vec![FieldValue::Int(-1)].into()))),
         };
         Case::new(fields.0, fields.1.clone(), vec![f32_spec(&dims)], seed).gradcheck();
-        Case::new(fields.0, fields.1, vec![f32_spec(&dims)], seed).assert_cpu_matches_reference(2, 0.0);
+        Case::new(fields.0, fields.1, vec![f32_spec(&dims)], seed).assert_devices_match_reference(2, 0.0);
     }
 
     #[test]
     fn softmax_gradients_and_cpu(b in 1usize..6, c in 1usize..12, seed in 0u64..1000) {
         Case::new("softmax", Fields::new(), vec![f32_spec(&[b, c])], seed).gradcheck();
-        Case::new("softmax", Fields::new(), vec![f32_spec(&[b, c])], seed).assert_cpu_matches_reference(2, 1e-6);
+        Case::new("softmax", Fields::new(), vec![f32_spec(&[b, c])], seed).assert_devices_match_reference(2, 1e-6);
     }
 
     /// Argsort and accuracy agree across devices (values distinct, so the order is unique).
@@ -66,9 +66,9 @@ proptest! {
     fn argsort_and_accuracy_cpu_matches_reference(b in 1usize..20, c in 1usize..30, k_pick in 0usize..30, seed in 0u64..1000) {
         let k = 1 + k_pick % c;
         let fields = Fields::new().with("top_k", k);
-        Case::new("argsort", fields.clone(), vec![f32_spec(&[b, c])], seed).values(Values::Distinct).assert_cpu_matches_reference(2, 0.0);
+        Case::new("argsort", fields.clone(), vec![f32_spec(&[b, c])], seed).values(Values::Distinct).assert_devices_match_reference(2, 0.0);
         let specs = vec![f32_spec(&[b, c]), TensorSpec::new("label", [b], DType::I32)];
-        Case::new("accuracy", fields, specs, seed).classes(c).values(Values::Distinct).assert_cpu_matches_reference(2, 0.0);
+        Case::new("accuracy", fields, specs, seed).classes(c).values(Values::Distinct).assert_devices_match_reference(2, 0.0);
     }
 }
 

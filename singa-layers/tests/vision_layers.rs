@@ -98,18 +98,18 @@ proptest! {
 
     #[test]
     fn convolution_cpu_matches_reference((fields, shape) in conv_case(), threads in 1usize..4, seed in 0u64..1000) {
-        Case::new("convolution", fields, vec![f32_spec(&shape)], seed).assert_cpu_matches_reference(threads, 1e-5);
+        Case::new("convolution", fields, vec![f32_spec(&shape)], seed).assert_devices_match_reference(threads, 1e-5);
     }
 
     #[test]
     fn pooling_cpu_matches_reference((fields, shape) in pool_case(), threads in 1usize..4, seed in 0u64..1000) {
-        Case::new("pooling", fields, vec![f32_spec(&shape)], seed).values(Values::Distinct).assert_cpu_matches_reference(threads, 1e-6);
+        Case::new("pooling", fields, vec![f32_spec(&shape)], seed).values(Values::Distinct).assert_devices_match_reference(threads, 1e-6);
     }
 
     #[test]
     fn normalisation_cpu_matches_reference(bn: bool, b in 1usize..5, c in 1usize..9, hw in 1usize..20, threads in 1usize..4, seed in 0u64..1000) {
         let (name, fields) = if bn { ("batch_norm", Fields::new()) } else { ("lrn", Fields::new().with("alpha", 0.5)) };
-        Case::new(name, fields, vec![f32_spec(&[b, c, hw])], seed).assert_cpu_matches_reference(threads, 1e-5);
+        Case::new(name, fields, vec![f32_spec(&[b, c, hw])], seed).assert_devices_match_reference(threads, 1e-5);
     }
 }
 

@@ -25,6 +25,21 @@ pub fn cpu(threads: usize) -> DeviceRef {
     DeviceRef::new(CpuDevice::new(threads).unwrap())
 }
 
+/// The CUDA device (GPU 0) with products in `precision`, when this machine has one; without,
+/// `None`, or a failure naming why when `SINGA_REQUIRE_GPU=1`.
+pub fn cuda(precision: Precision) -> Option<DeviceRef> {
+    match singa_cuda::CudaDevice::new(0, precision) {
+        Ok(device) => Some(DeviceRef::new(device)),
+        Err(why) => {
+            assert!(
+                std::env::var("SINGA_REQUIRE_GPU").as_deref() != Ok("1"),
+                "SINGA_REQUIRE_GPU=1 but the CUDA device cannot run: {why}"
+            );
+            None
+        }
+    }
+}
+
 /// An f32 tensor spec.
 pub fn f32_spec(shape: &[usize]) -> TensorSpec {
     TensorSpec::new("x", Shape::new(shape).unwrap(), DType::F32)
@@ -153,34 +168,42 @@ impl Case {
         forward_backward(&mut built, dev, &xs, self.seed ^ 5).unwrap()
     }
 
-    /// The layer on the CPU device (with `threads`) gives what it gives on the reference
-    /// device, within `tol` relative to the largest magnitude of each tensor (at least 1); and
-    /// so it does with bf16 products on both (`precision = "bf16"`: both multiply the same
-    /// rounded values). The cases' convolutions are too small for the CPU's Winograd path,
-    /// which stays f32 in bf16 (`nn_vs_reference` checks that path with bf16's tolerance).
-    pub fn assert_cpu_matches_reference(&self, threads: usize, tol: f32) {
-        self.assert_cpu_matches_reference_in(Precision::F32, threads, tol);
-        self.assert_cpu_matches_reference_in(Precision::BF16, threads, tol);
+    /// The layer on the CPU device (with `threads`), and on the CUDA device when this machine
+    /// has a GPU, gives what it gives on the reference device, within `tol` relative to the
+    /// largest magnitude of each tensor (at least 1); and so it does with bf16 products on each
+    /// (`precision = "bf16"`: all multiply the same rounded values). The cases' convolutions
+    /// are too small for the CPU's Winograd path, which stays f32 in bf16 (singa-conformance's
+    /// `bf16_convolution_matches` checks that path with bf16's tolerance).
+    pub fn assert_devices_match_reference(&self, threads: usize, tol: f32) {
+        self.assert_devices_match_reference_in(Precision::F32, threads, tol);
+        self.assert_devices_match_reference_in(Precision::BF16, threads, tol);
     }
 
-    /// [`Case::assert_cpu_matches_reference`] for one precision of the products.
-    pub fn assert_cpu_matches_reference_in(&self, precision: Precision, threads: usize, tol: f32) {
-        let cpu = self.forward_backward(&DeviceRef::new(
-            CpuDevice::with_precision(threads, precision).unwrap(),
-        ));
+    /// [`Case::assert_devices_match_reference`] for one precision of the products.
+    pub fn assert_devices_match_reference_in(
+        &self,
+        precision: Precision,
+        threads: usize,
+        tol: f32,
+    ) {
         let reference =
             self.forward_backward(&DeviceRef::new(ReferenceDevice::with_precision(precision)));
-        assert_eq!(cpu.len(), reference.len());
-        for (k, (c, r)) in cpu.iter().zip(&reference).enumerate() {
-            assert_eq!(c.len(), r.len());
-            let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            for (i, (x, y)) in c.iter().zip(r).enumerate() {
-                assert!(
-                    (x - y).abs() <= tol * scale,
-                    "{} {} in {precision}: tensor {k}[{i}]: cpu {x} vs reference {y}",
-                    self.name,
-                    self.fields
-                );
+        let cpu = DeviceRef::new(CpuDevice::with_precision(threads, precision).unwrap());
+        for device in std::iter::once(cpu).chain(cuda(precision)) {
+            let got = self.forward_backward(&device);
+            let name = device.info().kind;
+            assert_eq!(got.len(), reference.len());
+            for (k, (c, r)) in got.iter().zip(&reference).enumerate() {
+                assert_eq!(c.len(), r.len());
+                let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (i, (x, y)) in c.iter().zip(r).enumerate() {
+                    assert!(
+                        (x - y).abs() <= tol * scale,
+                        "{} {} in {precision}: tensor {k}[{i}]: {name} {x} vs reference {y}",
+                        self.name,
+                        self.fields
+                    );
+                }
             }
         }
     }

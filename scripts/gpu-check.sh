@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Everything the CUDA device is checked with on a machine with an NVIDIA GPU, in one run of a
+# few minutes (the logs go to $OUT, default runs/gpu-check):
+#   1. the conformance suite and the layers' device checks with SINGA_REQUIRE_GPU=1 (a skip
+#      fails), and the kernel compile test;
+#   2. the MNIST example on the GPU (examples/mnist-mlp/cuda.toml);
+#   3. `singa bench mlp|cnn --device cuda` against PyTorch on the same GPU, batch 64 and 1024,
+#      interleaved, three rounds (benchmarks/torch_precision.py --device cuda).
+# Binaries come from .gpu/ (scripts/gpu-bundle.sh, for machines without cargo), or are built
+# here with cargo when it exists. CUDA's NVRTC and cuBLAS are found in the CUDA toolkit or in the
+# nvidia-* Python packages PyTorch brings.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/gpu-check}"
+mkdir -p "$OUT"
+BIN="${SINGA_GPU_BIN:-.gpu}"
+if [ ! -x "$BIN/singa" ] && command -v cargo >/dev/null; then
+  bash scripts/gpu-bundle.sh
+fi
+
+LIBS="$(python3 - <<'PY'
+import glob, os, site
+dirs = set()
+for root in site.getsitepackages() + [site.getusersitepackages()]:
+    for lib in glob.glob(os.path.join(root, "nvidia", "**", "lib*.so*"), recursive=True):
+        if any(k in os.path.basename(lib) for k in ("nvrtc", "cublas")):
+            dirs.add(os.path.dirname(lib))
+print(":".join(sorted(dirs)))
+PY
+)"
+export LD_LIBRARY_PATH="${LIBS:+$LIBS:}/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export SINGA_REQUIRE_GPU=1 SINGA_REQUIRE_NVRTC=1
+{ nvidia-smi -L; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } | tee "$OUT/gpu.txt"
+
+status=0
+echo "== tests" | tee "$OUT/tests.log"
+for t in "$BIN"/tests/*; do
+  echo "== $(basename "$t")" >> "$OUT/tests.log"
+  if timeout 300 "$t" --test-threads 4 >> "$OUT/tests.log" 2>&1; then
+    echo "ok      $(basename "$t")"
+  else
+    echo "FAILED  $(basename "$t") (see tests.log)"
+    status=1
+  fi
+done
+
+echo "== MNIST example on the GPU"
+timeout 300 "$BIN/singa" train examples/mnist-mlp/cuda.toml --workspace /tmp/singa-mnist-cuda \
+  2>&1 | tee "$OUT/mnist.log" | grep -E "training on|test |error" || status=1
+
+echo "== singa bench against PyTorch on the same GPU (three interleaved rounds)"
+for round in 1 2 3; do
+  for batch in 64 1024; do
+    for model in mlp cnn; do
+      timeout 120 "$BIN/singa" bench "$model" --device cuda --batch "$batch" --data data/mnist 2>&1 \
+        | grep -E "singa bench|median|error" | sed "s/^/round $round singa   /"
+      timeout 120 python3 benchmarks/torch_precision.py "$model" --device cuda --batch "$batch" 2>&1 \
+        | tail -1 | sed "s/^/round $round pytorch /"
+    done
+  done
+done | tee "$OUT/bench.log"
+exit $status
