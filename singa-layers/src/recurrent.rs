@@ -388,15 +388,30 @@ pub struct Lstm {
     state: Option<LstmState>,
 }
 
-/// Buffers of one batch, `[batch, hidden]` each, allocated at setup.
+/// Buffers of one batch, allocated at setup.
+///
+/// The products compute all four gates at once: `x·W_x` and `h·W_h` with the gates side by
+/// side (`[batch, 4·hidden]`, gate k in columns `k·hidden ..`), one product each. The gates are
+/// then copied apart into gate-major buffers (`[4·batch, hidden]`, gate k in rows
+/// `k·batch ..`), where each gate, and the three sigmoid gates together, are contiguous
+/// tensors for the elementwise steps. Backward runs the same way round: the gates' gradients
+/// are put side by side again for four products in all.
 struct LstmState {
     dev: DeviceRef,
     batch: usize,
-    /// The gates i, f, o, g, with their pre-activations, activations and gradients.
-    gates: [Gate; 4],
-    pre: [Tensor; 4],
-    act: [Tensor; 4],
-    d: [Tensor; 4],
+    hidden: usize,
+    /// `weight_x` `[features, 4·hidden]` and `weight_h` `[hidden, 4·hidden]`, gates i, f, o, g.
+    wx: Param,
+    wh: Param,
+    /// The gates' biases (apart, so that the forget gate's can start at 1).
+    bias: Option<[Param; 4]>,
+    /// The gates side by side: pre-activations forward, their gradients backward.
+    wide: Tensor,
+    /// Gate-major pre-activations, activations and their gradients, and views of each gate
+    /// (`[3]`: the three sigmoid gates at once).
+    pre: GateViews,
+    act: GateViews,
+    d: GateViews,
     /// The previous hidden state and cell when they are not sources.
     zeros: Option<Tensor>,
     /// tanh(c'), the gradient reaching c', and scratch.
@@ -405,13 +420,25 @@ struct LstmState {
     tmp: Tensor,
 }
 
-/// The gates of an LSTM, in parameter order, with their activations.
-const LSTM_GATES: [(&str, UnaryOp); 4] = [
-    ("i", UnaryOp::Sigmoid),
-    ("f", UnaryOp::Sigmoid),
-    ("o", UnaryOp::Sigmoid),
-    ("g", UnaryOp::Tanh),
-];
+/// A gate-major `[4·batch, hidden]` buffer as one view per gate, and one of gates i, f and o.
+struct GateViews {
+    gate: [Tensor; 4],
+    sigmoid: Tensor,
+}
+
+impl GateViews {
+    fn new(dev: &DeviceRef, batch: usize, hidden: usize) -> Result<GateViews> {
+        let all = Tensor::zeros(dev, [4 * batch, hidden], DType::F32)?;
+        let gate = |k: usize| all.narrow(k * batch, batch);
+        Ok(GateViews {
+            gate: [gate(I)?, gate(F)?, gate(O)?, gate(G)?],
+            sigmoid: all.narrow(0, 3 * batch)?,
+        })
+    }
+}
+
+/// The gates of an LSTM, in the order of the weights' column blocks.
+const LSTM_GATES: [&str; 4] = ["i", "f", "o", "g"];
 const I: usize = 0;
 const F: usize = 1;
 const O: usize = 2;
@@ -419,7 +446,7 @@ const G: usize = 3;
 
 impl LayerDef for Lstm {
     const TYPE: &'static str = "lstm";
-    const DOC: &'static str = "One step of an LSTM cell: sources the input [batch, features] and optionally the previous hidden state and cell ([batch, hidden_dim] each, else zeros); outputs `output` (the next hidden state) and `cell`. Params weight_x{i,f,o,g} [features, hidden_dim], weight_h{i,f,o,g} [hidden_dim, hidden_dim] (uniform on ±0.08) and bias_{i,f,o,g} (zeros, the forget gate's 1).";
+    const DOC: &'static str = "One step of an LSTM cell: sources the input [batch, features] and optionally the previous hidden state and cell ([batch, hidden_dim] each, else zeros); outputs `output` (the next hidden state) and `cell`. Params weight_x [features, 4·hidden_dim] and weight_h [hidden_dim, 4·hidden_dim] (gates i, f, o, g side by side; uniform on ±0.08), and bias_{i,f,o,g} (zeros, the forget gate's 1).";
 
     fn fields() -> Vec<FieldSpec> {
         cell_fields()
@@ -444,19 +471,42 @@ impl Lstm {
         let h = self.hidden;
         let inputs = ctx.inputs.as_slice();
         let (batch, features) = cell_sources(ctx, Self::TYPE, &["hidden state", "cell"], h)?;
-        let mut gates = Vec::new();
-        for (g, _) in LSTM_GATES {
-            let bias = self.bias_term.then_some(if g == "f" { 1.0 } else { 0.0 });
-            gates.push(make_gate(&mut params, g, (features, h), bias)?);
-        }
+        let uniform = Init::Uniform {
+            low: -0.08,
+            high: 0.08,
+        };
+        let mut weight = |name: &str, rows: usize| {
+            let spec = ParamSpec::new(name, [rows, 4 * h], rows, 4 * h, uniform);
+            params.param(spec).into_result()
+        };
+        let (wx, wh) = (weight("weight_x", features)?, weight("weight_h", h)?);
+        let bias = if self.bias_term {
+            let mut made = Vec::new();
+            for g in LSTM_GATES {
+                let value = if g == "f" { 1.0 } else { 0.0 };
+                let spec = ParamSpec::new(
+                    &format!("bias_{g}"),
+                    [h],
+                    features,
+                    h,
+                    Init::Constant { value },
+                );
+                made.push(params.param(spec).into_result()?);
+            }
+            Some(made.try_into().map_err(|_| Error::invalid("four biases"))?)
+        } else {
+            None
+        };
         let dev = ctx.device.clone();
         let buf = || Tensor::zeros(&dev, [batch, h], DType::F32);
-        let bufs = || -> Result<[Tensor; 4]> { Ok([buf()?, buf()?, buf()?, buf()?]) };
         self.state = Some(LstmState {
-            gates: gates.try_into().map_err(|_| Error::invalid("four gates"))?,
-            pre: bufs()?,
-            act: bufs()?,
-            d: bufs()?,
+            wx,
+            wh,
+            bias,
+            wide: Tensor::zeros(&dev, [batch, 4 * h], DType::F32)?,
+            pre: GateViews::new(&dev, batch, h)?,
+            act: GateViews::new(&dev, batch, h)?,
+            d: GateViews::new(&dev, batch, h)?,
             zeros: if inputs.len() == 1 {
                 Some(buf()?)
             } else {
@@ -466,6 +516,7 @@ impl Lstm {
             d_cell: buf()?,
             tmp: buf()?,
             batch,
+            hidden: h,
             dev,
         });
         Ok(vec![
@@ -479,6 +530,65 @@ impl Lstm {
         self.state
             .as_mut()
             .ok_or_else(|| Error::invalid("lstm used before setup"))
+    }
+}
+
+impl LstmState {
+    /// The gates' pre-activations and activations for input `x` and previous state `h`.
+    fn gates(&mut self, x: &Tensor, h: &Tensor) -> Result<()> {
+        let (dev, hid) = (&self.dev, self.hidden);
+        dev.matmul(1.0, x, false, &self.wx.value, false, 0.0, &mut self.wide)?;
+        dev.matmul(1.0, h, false, &self.wh.value, false, 1.0, &mut self.wide)?;
+        for k in 0..4 {
+            let pre = &mut self.pre.gate[k];
+            dev.copy_columns(&self.wide, k * hid, pre, 0, hid)?;
+            if let Some(b) = &self.bias {
+                let dims = Dims3 {
+                    outer: self.batch,
+                    mid: hid,
+                    inner: 1,
+                };
+                dev.add_broadcast(dims, &b[k].value, pre)?;
+            }
+        }
+        dev.unary(UnaryOp::Sigmoid, &self.pre.sigmoid, &mut self.act.sigmoid)?;
+        dev.unary(UnaryOp::Tanh, &self.pre.gate[G], &mut self.act.gate[G])
+    }
+
+    /// From the gates' gradients (gate-major, through their activations): the parameters'
+    /// gradients, and the side-by-side gradients in `wide` for the inputs' ones.
+    fn gate_grads(&mut self, x: &Tensor, h: &Tensor) -> Result<()> {
+        let (dev, hid) = (&self.dev, self.hidden);
+        let d = &mut self.d;
+        let d_sigmoid = d.sigmoid.clone();
+        dev.unary_backward(
+            UnaryOp::Sigmoid,
+            &self.pre.sigmoid,
+            &self.act.sigmoid,
+            &d_sigmoid,
+            &mut d.sigmoid,
+        )?;
+        let d_g = d.gate[G].clone();
+        dev.unary_backward(
+            UnaryOp::Tanh,
+            &self.pre.gate[G],
+            &self.act.gate[G],
+            &d_g,
+            &mut d.gate[G],
+        )?;
+        for k in 0..4 {
+            dev.copy_columns(&d.gate[k], 0, &mut self.wide, k * hid, hid)?;
+            if let Some(b) = &mut self.bias {
+                let dims = Dims3 {
+                    outer: 1,
+                    mid: self.batch,
+                    inner: hid,
+                };
+                dev.reduce(ReduceOp::Sum, dims, &d.gate[k], &mut b[k].grad, 1.0, 0.0)?;
+            }
+        }
+        dev.matmul(1.0, x, true, &self.wide, false, 0.0, &mut self.wx.grad)?;
+        dev.matmul(1.0, h, true, &self.wide, false, 0.0, &mut self.wh.grad)
     }
 }
 
@@ -501,22 +611,20 @@ impl Layer for Lstm {
             let s = self.state()?;
             let dev = s.dev.clone();
             let x = &inputs[0];
-            let zeros = s.zeros.as_ref();
-            let h = inputs.get(1).or(zeros).expect("set up with zeros");
-            let c = inputs.get(2).or(zeros).expect("set up with zeros");
-            for (k, (_, f)) in LSTM_GATES.iter().enumerate() {
-                let (pre, act) = (&mut s.pre[k], &mut s.act[k]);
-                gate(&dev, &s.gates[k], (x, h), *f, (pre, act), s.batch)?;
-            }
+            let zeros = s.zeros.clone();
+            let h = inputs.get(1).or(zeros.as_ref()).expect("set up with zeros");
+            let c = inputs.get(2).or(zeros.as_ref()).expect("set up with zeros");
+            s.gates(x, h)?;
             let [h_out, c_out] = outputs.as_mut_slice() else {
                 return Err(Error::invalid("lstm has two outputs"));
             };
             // c' = f ⊙ c + i ⊙ g; h' = o ⊙ tanh(c')
-            dev.binary(BinaryOp::Mul, &s.act[F], c, c_out)?;
-            dev.binary(BinaryOp::Mul, &s.act[I], &s.act[G], &mut s.tmp)?;
+            let a = &s.act.gate;
+            dev.binary(BinaryOp::Mul, &a[F], c, c_out)?;
+            dev.binary(BinaryOp::Mul, &a[I], &a[G], &mut s.tmp)?;
             dev.axpby(1.0, &s.tmp, 1.0, c_out)?;
             dev.unary(UnaryOp::Tanh, c_out, &mut s.tanh_c)?;
-            dev.binary(BinaryOp::Mul, &s.act[O], &s.tanh_c, h_out)
+            dev.binary(BinaryOp::Mul, &a[O], &s.tanh_c, h_out)
         })()
         .into()
     }
@@ -533,46 +641,29 @@ impl Layer for Lstm {
             let s = self.state()?;
             let dev = s.dev.clone();
             let x = &inputs[0];
-            let zeros = s.zeros.as_ref();
-            let h = inputs.get(1).or(zeros).expect("set up with zeros");
-            let c = inputs.get(2).or(zeros).expect("set up with zeros");
+            let zeros = s.zeros.clone();
+            let h = inputs.get(1).or(zeros.as_ref()).expect("set up with zeros");
+            let c = inputs.get(2).or(zeros.as_ref()).expect("set up with zeros");
             let (dh, dc_out) = (&grad_outputs[0], &grad_outputs[1]);
+            let (a, d) = (&s.act.gate, &mut s.d.gate);
             // do = dh ⊙ tanh(c'); dc' = dc'(from outside) + dh ⊙ o ⊙ tanh'(c').
-            dev.binary(BinaryOp::Mul, dh, &s.tanh_c, &mut s.d[O])?;
-            dev.binary(BinaryOp::Mul, dh, &s.act[O], &mut s.tmp)?;
+            dev.binary(BinaryOp::Mul, dh, &s.tanh_c, &mut d[O])?;
+            dev.binary(BinaryOp::Mul, dh, &a[O], &mut s.tmp)?;
             dev.unary_backward(UnaryOp::Tanh, &outputs[1], &s.tanh_c, &s.tmp, &mut s.d_cell)?;
             dev.axpby(1.0, dc_out, 1.0, &mut s.d_cell)?;
             // di = dc' ⊙ g, df = dc' ⊙ c, dg = dc' ⊙ i.
-            dev.binary(BinaryOp::Mul, &s.d_cell, &s.act[G], &mut s.d[I])?;
-            dev.binary(BinaryOp::Mul, &s.d_cell, c, &mut s.d[F])?;
-            dev.binary(BinaryOp::Mul, &s.d_cell, &s.act[I], &mut s.d[G])?;
-            for (k, (_, f)) in LSTM_GATES.iter().enumerate() {
-                let dk = s.d[k].clone();
-                dev.unary_backward(*f, &s.pre[k], &s.act[k], &dk, &mut s.d[k])?;
-                gate_grads(&dev, &mut s.gates[k], x, h, &s.d[k])?;
-            }
+            dev.binary(BinaryOp::Mul, &s.d_cell, &a[G], &mut d[I])?;
+            dev.binary(BinaryOp::Mul, &s.d_cell, c, &mut d[F])?;
+            dev.binary(BinaryOp::Mul, &s.d_cell, &a[I], &mut d[G])?;
+            s.gate_grads(x, h)?;
             if let ROption::RSome(dx) = &mut grad_inputs[0] {
-                for k in 0..4 {
-                    let beta = if k == 0 { 0.0 } else { 1.0 };
-                    dev.matmul(1.0, &s.d[k], false, &s.gates[k].wx.value, true, beta, dx)?;
-                }
+                dev.matmul(1.0, &s.wide, false, &s.wx.value, true, 0.0, dx)?;
             }
             if let Some(ROption::RSome(dh_prev)) = grad_inputs.get_mut(1) {
-                for k in 0..4 {
-                    let beta = if k == 0 { 0.0 } else { 1.0 };
-                    dev.matmul(
-                        1.0,
-                        &s.d[k],
-                        false,
-                        &s.gates[k].wh.value,
-                        true,
-                        beta,
-                        dh_prev,
-                    )?;
-                }
+                dev.matmul(1.0, &s.wide, false, &s.wh.value, true, 0.0, dh_prev)?;
             }
             if let Some(ROption::RSome(dc_prev)) = grad_inputs.get_mut(2) {
-                dev.binary(BinaryOp::Mul, &s.d_cell, &s.act[F], dc_prev)?;
+                dev.binary(BinaryOp::Mul, &s.d_cell, &s.act.gate[F], dc_prev)?;
             }
             Ok(())
         })()

@@ -328,7 +328,20 @@ fn recurrent_cells_initialise_and_check_their_sources() {
             ),
         }
     }
-    assert_eq!(built.params.len(), 12);
+    // weight_x and weight_h (the four gates side by side), and a bias per gate.
+    let names: Vec<_> = built.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "layer/weight_x",
+            "layer/weight_h",
+            "layer/bias_i",
+            "layer/bias_f",
+            "layer/bias_o",
+            "layer/bias_g"
+        ]
+    );
+    assert_eq!(built.params[0].value.shape().dims(), [4, 12]);
     let two = [f32_spec(&[2, 4]), f32_spec(&[2, 3])];
     let e = build(&ty("lstm"), &fields, &dev, &two, 0).err().unwrap();
     assert!(
