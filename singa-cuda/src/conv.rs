@@ -11,8 +11,8 @@ use crate::products::{round_inputs, rounded_type, run, Product};
 use cudarc::cublas::sys::cudaDataType;
 use singa_core::{BufView, ConvShape, Error, Result};
 
-/// Elements of patches a chunk may hold (f32: 256 MiB of scratch).
-const CHUNK_ELEMENTS: usize = 64 << 20;
+/// Elements of patches a chunk may hold (f32: 128 MiB; the filter gradient holds them twice).
+const CHUNK_ELEMENTS: usize = 32 << 20;
 
 /// The sizes every pass needs, as the kernels take them.
 struct Geometry {
@@ -251,7 +251,10 @@ pub(crate) unsafe fn backward_data(
     Ok(())
 }
 
-/// `dw` from `x` and `dy`, summed over the batch: `dy·patchesᵀ` image by image.
+/// `dw` from `x` and `dy`, summed over the batch: per chunk of images, the patches and the
+/// output gradients are laid out image after image along one axis (`[row][image][position]`,
+/// `[filter][image][position]`), so that each group's gradient is one product whose depth runs
+/// over every position of every image of the chunk.
 pub(crate) unsafe fn backward_filter(
     dev: &CudaDevice,
     s: &ConvShape,
@@ -266,10 +269,12 @@ pub(crate) unsafe fn backward_filter(
     let chunk_len = g.images_per_chunk * g.rows * g.positions;
     let dy_chunk = g.images_per_chunk * s.filters * g.positions;
     let mut scratch = dev.gpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
-    let [col, col_in, dy_in] = scratch.regions(
+    let [col, col_t, dy_t, col_in, dy_in] = scratch.regions(
         dev.cu_stream(),
         [
             4 * chunk_len,
+            4 * chunk_len,
+            4 * dy_chunk,
             rounded_bytes(dev, chunk_len),
             rounded_bytes(dev, dy_chunk),
         ],
@@ -277,6 +282,7 @@ pub(crate) unsafe fn backward_filter(
     let size = input_size(dev);
     for first in (0..s.batch).step_by(g.images_per_chunk) {
         let images = g.images_per_chunk.min(s.batch - first);
+        let span = images * g.positions;
         patches(
             dev,
             s,
@@ -285,43 +291,50 @@ pub(crate) unsafe fn backward_filter(
             images,
             true,
         )?;
-        let patches_in = as_input(dev, col, col_in, images * g.rows * g.positions)?;
+        swap_outer_axes(dev, col, col_t, (images, g.rows, g.positions))?;
         let grads = ptr(dy) + (4 * first * s.filters * g.positions) as u64;
-        let grads = as_input(dev, grads, dy_in, images * s.filters * g.positions)?;
-        for image in 0..images {
-            for group in 0..s.groups {
-                run(
-                    dev,
-                    &Product {
-                        m: g.group_filters,
-                        n: g.group_rows,
-                        k: g.positions,
-                        a: grads
-                            + size
-                                * ((image * s.filters + group * g.group_filters) * g.positions)
-                                    as u64,
-                        lda: g.positions,
-                        stride_a: 0,
-                        trans_a: false,
-                        b: patches_in
-                            + size * ((image * g.rows + group * g.group_rows) * g.positions) as u64,
-                        ldb: g.positions,
-                        stride_b: 0,
-                        trans_b: true,
-                        c: ptr(dw) + 4 * (group * g.group_filters * g.group_rows) as u64,
-                        ldc: g.group_rows,
-                        stride_c: 0,
-                        batch: 1,
-                        alpha: 1.0,
-                        beta: if first + image == 0 { 0.0 } else { 1.0 },
-                        inputs: input_type(dev),
-                        output: cudaDataType::CUDA_R_32F,
-                    },
-                )?;
-            }
+        swap_outer_axes(dev, grads, dy_t, (images, s.filters, g.positions))?;
+        let patches_in = as_input(dev, col_t, col_in, images * g.rows * g.positions)?;
+        let grads_in = as_input(dev, dy_t, dy_in, images * s.filters * g.positions)?;
+        for group in 0..s.groups {
+            run(
+                dev,
+                &Product {
+                    m: g.group_filters,
+                    n: g.group_rows,
+                    k: span,
+                    a: grads_in + size * (group * g.group_filters * span) as u64,
+                    lda: span,
+                    stride_a: 0,
+                    trans_a: false,
+                    b: patches_in + size * (group * g.group_rows * span) as u64,
+                    ldb: span,
+                    stride_b: 0,
+                    trans_b: true,
+                    c: ptr(dw) + 4 * (group * g.group_filters * g.group_rows) as u64,
+                    ldc: g.group_rows,
+                    stride_c: 0,
+                    batch: 1,
+                    alpha: 1.0,
+                    beta: if first == 0 { 0.0 } else { 1.0 },
+                    inputs: input_type(dev),
+                    output: cudaDataType::CUDA_R_32F,
+                },
+            )?;
         }
     }
     Ok(())
+}
+
+/// `dst[j][i][k] = src[i][j][k]` for `src` of shape `[a][b][c]` (f32).
+unsafe fn swap_outer_axes(
+    dev: &CudaDevice,
+    src: u64,
+    dst: u64,
+    (a, b, c): (usize, usize, usize),
+) -> Result<()> {
+    let (a64, b64, c64) = (a as i64, b as i64, c as i64);
+    launch!(dev, swap_outer_axes, blocks(a * b * c), 256; src, dst, a64, b64, c64)
 }
 
 unsafe fn dev_zero(dev: &CudaDevice, v: &BufView) -> Result<()> {

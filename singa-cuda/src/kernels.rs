@@ -56,6 +56,7 @@ kernels!(
     affine,
     broadcast_mid,
     round_product_input,
+    swap_outer_axes,
     scale_matrices,
     take_fault,
     reduce_mid_threads,

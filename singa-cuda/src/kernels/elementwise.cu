@@ -113,6 +113,14 @@ extern "C" __global__ void broadcast_mid(int mul, const float* v, float* y, i64 
     }
 }
 
+// dst[j][i][k] = src[i][j][k] for src of shape [a][b][c]: swaps the two outer axes.
+extern "C" __global__ void swap_outer_axes(const float* src, float* dst, i64 a, i64 b, i64 c) {
+    GRID_STRIDE(e, a * b * c) {
+        i64 k = e % c, j = (e / c) % b, i = e / (b * c);
+        dst[(j * a + i) * c + k] = src[e];
+    }
+}
+
 // The input of a product in bf16 (kind 0) or f16 (kind 1) precision.
 extern "C" __global__ void round_product_input(const float* x, u16* y, int kind, i64 n) {
     GRID_STRIDE(i, n) y[i] = kind == 0 ? f32_to_bf16_flush(x[i]) : f32_to_f16(x[i]);
