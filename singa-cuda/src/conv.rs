@@ -11,7 +11,8 @@ use crate::products::{round_inputs, rounded_type, run, Product};
 use cudarc::cublas::sys::cudaDataType;
 use singa_core::{BufView, ConvShape, Error, Result};
 
-/// Elements of patches a chunk may hold (f32: 128 MiB; the filter gradient holds them twice).
+/// Elements of patches (or of output gradients, whichever is larger) a chunk may hold: f32,
+/// 128 MiB; the filter gradient holds about 2.5 times that with its rearranged copies.
 const CHUNK_ELEMENTS: usize = 32 << 20;
 
 /// The sizes every pass needs, as the kernels take them.
@@ -44,7 +45,8 @@ impl Geometry {
             positions,
             group_rows: s.group_channels() * kernel,
             group_filters: s.group_filters(),
-            images_per_chunk: (CHUNK_ELEMENTS / (rows * positions).max(1)).clamp(1, s.batch.max(1)),
+            images_per_chunk: (CHUNK_ELEMENTS / (rows.max(s.filters) * positions).max(1))
+                .clamp(1, s.batch.max(1)),
         })
     }
 
@@ -127,8 +129,12 @@ pub(crate) unsafe fn forward(
     y: &BufView,
 ) -> Result<()> {
     let g = Geometry::of(s)?;
-    if s.batch == 0 || g.positions == 0 {
+    if s.batch == 0 || g.positions == 0 || s.filters == 0 {
         return Ok(());
+    }
+    if g.rows == 0 {
+        // No input channels: sums over nothing.
+        return dev_zero(dev, y);
     }
     let chunk_len = g.images_per_chunk * g.rows * g.positions;
     let mut scratch = dev.gpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
@@ -193,8 +199,12 @@ pub(crate) unsafe fn backward_data(
     dx: &BufView,
 ) -> Result<()> {
     let g = Geometry::of(s)?;
-    if s.batch == 0 || g.positions == 0 {
+    if s.batch == 0 || g.rows == 0 {
         return Ok(());
+    }
+    if g.positions == 0 || s.filters == 0 {
+        // No output reads the input: its gradient is zero.
+        return dev_zero(dev, dx);
     }
     let chunk_len = g.images_per_chunk * g.rows * g.positions;
     let dy_chunk = g.images_per_chunk * s.filters * g.positions;
@@ -263,7 +273,7 @@ pub(crate) unsafe fn backward_filter(
     dw: &BufView,
 ) -> Result<()> {
     let g = Geometry::of(s)?;
-    if s.batch == 0 || g.positions == 0 {
+    if s.batch == 0 || g.positions == 0 || g.rows == 0 || s.filters == 0 {
         return dev_zero(dev, dw);
     }
     let chunk_len = g.images_per_chunk * g.rows * g.positions;
