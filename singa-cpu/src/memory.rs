@@ -142,24 +142,12 @@ pub fn convert(src_dtype: DType, src: &[u8], dst_dtype: DType, dst: &mut [u8], n
     }
 }
 
-/// Checks a host byte buffer has exactly the view's size.
-pub fn check_host_len(view: &BufView, host_len: usize, op: &str) -> Result<()> {
-    let want = view.len * view.dtype.size();
-    if host_len != want {
-        return Err(Error::invalid(format!(
-            "{op}: host buffer of {host_len} bytes for {} elements of {} ({want} bytes)",
-            view.len, view.dtype
-        )));
-    }
-    Ok(())
-}
-
 /// Copies host bytes into `dst`: `Device::write` of the host devices.
 ///
 /// # Safety
 /// `dst` is a live view of a block from [`allocate`].
 pub unsafe fn write(dst: BufView, src: &[u8]) -> Result<()> {
-    check_host_len(&dst, src.len(), "write")?;
+    dst.check_host_len(src.len(), "write")?;
     bytes_mut(dst).copy_from_slice(src);
     Ok(())
 }
@@ -169,7 +157,7 @@ pub unsafe fn write(dst: BufView, src: &[u8]) -> Result<()> {
 /// # Safety
 /// `src` is a live view of a block from [`allocate`].
 pub unsafe fn read(src: BufView, dst: &mut [u8]) -> Result<()> {
-    check_host_len(&src, dst.len(), "read")?;
+    src.check_host_len(dst.len(), "read")?;
     dst.copy_from_slice(bytes(src));
     Ok(())
 }

@@ -183,7 +183,7 @@ impl Device for CudaDevice {
 
     unsafe fn write(&self, dst: BufView, src: RSlice<'_, u8>) -> RResult<(), Error> {
         self.run(|| {
-            check_host_len(&dst, src.len(), "write")?;
+            dst.check_host_len(src.len(), "write")?;
             if src.is_empty() {
                 return Ok(());
             }
@@ -196,7 +196,7 @@ impl Device for CudaDevice {
 
     unsafe fn read(&self, src: BufView, mut dst: RSliceMut<'_, u8>) -> RResult<(), Error> {
         self.run(|| {
-            check_host_len(&src, dst.len(), "read")?;
+            src.check_host_len(dst.len(), "read")?;
             if dst.is_empty() {
                 return self.settle();
             }
@@ -812,16 +812,4 @@ impl CudaDevice {
         let (m, i, n) = (d.mid as i64, d.inner as i64, d.numel() as i64);
         launch!(self, broadcast_mid, blocks(d.numel()), BLOCK; mul, ptr(&v), ptr(&y), m, i, n)
     }
-}
-
-/// Checks a host byte buffer has exactly the view's size.
-fn check_host_len(view: &BufView, host_len: usize, op: &str) -> Result<()> {
-    let want = view.len * view.dtype.size();
-    if host_len != want {
-        return Err(Error::invalid(format!(
-            "{op}: host buffer of {host_len} bytes for {} elements of {} ({want} bytes)",
-            view.len, view.dtype
-        )));
-    }
-    Ok(())
 }

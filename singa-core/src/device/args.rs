@@ -43,6 +43,19 @@ impl BufView {
     pub fn same_region(&self, other: &BufView) -> bool {
         self == other
     }
+
+    /// Fails unless a host buffer of `host_len` bytes holds exactly this view's elements:
+    /// the check every device's `write` and `read` make (`op` names which).
+    pub fn check_host_len(&self, host_len: usize, op: &str) -> crate::Result<()> {
+        let want = self.len * self.dtype.size();
+        if host_len != want {
+            return Err(crate::Error::invalid(format!(
+                "{op}: host buffer of {host_len} bytes for {} elements of {} ({want} bytes)",
+                self.len, self.dtype
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What kind of device, and how it is set up. Returned by [`Device::info`](crate::Device::info).
