@@ -5,17 +5,21 @@ use crate::operator::{Describe, Operator};
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RVec};
 use singa_core::{
     DType, DeviceRef, Dims3, Error, FieldKind, FieldSpec, Fields, GemmLayout, Init, Layer,
-    LayerDef, Param, ParamFactoryMut, ParamSpec, Phase, ReduceOp, Result, SetupContext, Tensor,
-    TensorSpec,
+    LayerDef, Param, ParamFactoryMut, ParamSpec, Phase, ReduceOp, Result, SetupContext, Shape,
+    Tensor, TensorSpec,
 };
 
 /// `y = x·W + b`, with the input seen as a matrix (batch × features).
 ///
-/// `W` is stored `[in, out]` (or `[out, in]` with `transpose = true`, PyTorch's layout).
+/// `W` is stored `[in, out]` (or `[out, in]` with `transpose = true`, PyTorch's layout). With
+/// `axis = k` the features are the input's dimensions from `k` on and every index of the
+/// dimensions before them is a row (`axis = 2` maps each step of a `[batch, steps, features]`
+/// sequence to `[batch, steps, num_output]`, as PyTorch's `nn.Linear` does).
 pub struct InnerProduct {
     num_output: usize,
     bias_term: bool,
     transpose: bool,
+    axis: usize,
     state: Option<State>,
 }
 
@@ -24,6 +28,8 @@ struct State {
     weight: Param,
     bias: Option<Param>,
     rows: usize,
+    /// The input's features (the product of its dimensions from `axis` on).
+    cols: usize,
     /// Whether the workers of the group compute the weight gradient together
     /// ([`RowGradients::param_grad_rows`]), so that `backward` leaves it alone.
     shared_weight_grad: bool,
@@ -44,6 +50,12 @@ impl LayerDef for InnerProduct {
                 "store the weight as [out, in]",
             )
             .default(false),
+            FieldSpec::new(
+                "axis",
+                FieldKind::Int,
+                "the input's first feature dimension; the dimensions before it are rows",
+            )
+            .default(1),
         ]
     }
 
@@ -52,10 +64,17 @@ impl LayerDef for InnerProduct {
         if num_output == 0 {
             return Err(Error::invalid("num_output must be at least 1"));
         }
+        let axis = f.usize("axis")?;
+        if axis == 0 {
+            return Err(Error::invalid(
+                "axis must be at least 1 (dimension 0 is the batch)",
+            ));
+        }
         Ok(InnerProduct {
             num_output,
             bias_term: f.bool("bias_term")?,
             transpose: f.bool("transpose")?,
+            axis,
             state: None,
         })
     }
@@ -68,7 +87,20 @@ impl InnerProduct {
         mut params: ParamFactoryMut<'_>,
     ) -> Result<RVec<TensorSpec>> {
         let input = ctx.single_input()?;
-        let (rows, cols) = input.shape.as_matrix();
+        let dims = input.shape.dims();
+        if self.axis >= dims.len() {
+            return Err(Error::shape(
+                format!("layer {}", ctx.layer),
+                format!(
+                    "axis {} of an input of shape {}: it has no dimension {}",
+                    self.axis, input.shape, self.axis
+                ),
+            ));
+        }
+        let rows: usize = dims[..self.axis].iter().product();
+        let cols: usize = dims[self.axis..].iter().product();
+        let mut out_dims = dims[..self.axis].to_vec();
+        out_dims.push(self.num_output);
         let out = self.num_output;
         let wshape = if self.transpose {
             [out, cols]
@@ -104,9 +136,11 @@ impl InnerProduct {
             weight,
             bias,
             rows,
+            cols,
             shared_weight_grad: false,
         });
-        Ok(vec![TensorSpec::new("output", [rows, out], DType::F32)].into())
+        let shape = Shape::new(&out_dims)?;
+        Ok(vec![TensorSpec::new("output", shape, DType::F32)].into())
     }
 
     fn state(&mut self) -> Result<&mut State> {
@@ -139,15 +173,16 @@ impl Layer for InnerProduct {
         &mut self,
         _: Phase,
         inputs: RSlice<'_, Tensor>,
-        mut outputs: RSliceMut<'_, Tensor>,
+        outputs: RSliceMut<'_, Tensor>,
     ) -> RResult<(), Error> {
         let transpose = self.transpose;
         let n = self.num_output;
         (|| {
             let s = self.state()?;
-            let y = &mut outputs[0];
+            let x = inputs[0].reshape([s.rows, s.cols])?;
+            let y = &mut outputs[0].reshape([s.rows, n])?;
             s.dev
-                .matmul(1.0, &inputs[0], false, &s.weight.value, transpose, 0.0, y)?;
+                .matmul(1.0, &x, false, &s.weight.value, transpose, 0.0, y)?;
             if let Some(b) = &s.bias {
                 let dims = Dims3 {
                     outer: s.rows,
@@ -173,7 +208,8 @@ impl Layer for InnerProduct {
         let n = self.num_output;
         (|| {
             let s = self.state()?;
-            let (x, dy) = (&inputs[0], &grad_outputs[0]);
+            let x = &inputs[0].reshape([s.rows, s.cols])?;
+            let dy = &grad_outputs[0].reshape([s.rows, n])?;
             if s.shared_weight_grad {
                 // The group computes it (`param_grad_rows`).
             } else if transpose {
@@ -193,6 +229,7 @@ impl Layer for InnerProduct {
                     .reduce(ReduceOp::Sum, dims, dy, &mut b.grad, 1.0, 0.0)?;
             }
             if let ROption::RSome(dx) = &mut grad_inputs[0] {
+                let dx = &mut dx.reshape([s.rows, s.cols])?;
                 s.dev
                     .matmul(1.0, dy, false, &s.weight.value, !transpose, 0.0, dx)?;
             }

@@ -20,16 +20,21 @@ use singa_core::{
 /// h' = z ⊙ h + (1 − z) ⊙ c
 /// ```
 ///
-/// Sources: the input, and optionally the previous step's hidden state (else zeros).
+/// Sources: the input, and optionally the previous hidden state (else zeros). The input
+/// weights are one parameter, the gates side by side (`weight_x` `[features, 3·hidden]`,
+/// gates z, r, c), so one product serves the three gates; with `projected_input` the input
+/// already is `x·W_x` (the unrolling projects a whole sequence at once) and the cell has no
+/// input weights.
 pub struct Gru {
     hidden: usize,
     bias_term: bool,
+    projected: bool,
     state: Option<GruState>,
 }
 
-/// The parameters of one gate: input and hidden weights, and the bias.
+/// The parameters of one gate that every step multiplies anew: the hidden weights and the
+/// bias.
 struct Gate {
-    wx: Param,
     wh: Param,
     b: Option<Param>,
 }
@@ -39,25 +44,33 @@ fn cell_fields() -> Vec<FieldSpec> {
     vec![
         FieldSpec::new("hidden_dim", FieldKind::Int, "units of the hidden state").required(),
         FieldSpec::new("bias_term", FieldKind::Bool, "learned gate biases").default(true),
+        FieldSpec::new(
+            "projected_input",
+            FieldKind::Bool,
+            "the input is already x·W_x ([batch, gates·hidden_dim]) and the cell has no input weights (set by the unrolling, which projects a whole sequence in one product)",
+        )
+        .default(false),
     ]
 }
 
-/// A cell's `(hidden_dim, bias_term)`.
-fn read_cell_fields(f: &Fields) -> Result<(usize, bool)> {
+/// A cell's `(hidden_dim, bias_term, projected_input)`.
+fn read_cell_fields(f: &Fields) -> Result<(usize, bool, bool)> {
     let hidden = f.usize("hidden_dim")?;
     if hidden == 0 {
         return Err(Error::invalid("hidden_dim must be at least 1"));
     }
-    Ok((hidden, f.bool("bias_term")?))
+    Ok((hidden, f.bool("bias_term")?, f.bool("projected_input")?))
 }
 
 /// Checks a cell's sources, the input and then none or all of its `states` (`[batch,
-/// hidden]` each), and returns the input's `(batch, features)`.
+/// hidden]` each), and returns the input's `(batch, features)`. A projected input must have
+/// `width` features.
 fn cell_sources(
     ctx: &SetupContext<'_>,
     ty: &str,
     states: &[&str],
     hidden: usize,
+    projected_width: Option<usize>,
 ) -> Result<(usize, usize)> {
     let context = || format!("layer {}", ctx.layer);
     let inputs = ctx.inputs.as_slice();
@@ -73,6 +86,16 @@ fn cell_sources(
         ));
     }
     let (batch, features) = inputs[0].shape.as_matrix();
+    if let Some(width) = projected_width.filter(|&w| w != features) {
+        return Err(Error::shape(
+            context(),
+            format!(
+                "a projected input (projected_input = true) has {width} features, the gates' \
+                 side by side; got shape {}",
+                inputs[0].shape
+            ),
+        ));
+    }
     for (what, spec) in states.iter().zip(&inputs[1..]) {
         if spec.shape.as_matrix() != (batch, hidden) {
             return Err(Error::shape(
@@ -87,80 +110,116 @@ fn cell_sources(
     Ok((batch, features))
 }
 
-/// Creates gate `g`'s parameters for `features` inputs and `h` units: `weight_x{g}` and
-/// `weight_h{g}` uniform on ±0.08 (char-rnn's initialisation), and `bias_{g}` constant at
-/// `bias` when there is one.
+/// char-rnn's initialisation of recurrent weights.
+const CELL_INIT: Init = Init::Uniform {
+    low: -0.08,
+    high: 0.08,
+};
+
+/// The input weights of a cell with `gates` gates side by side (`weight_x` `[features,
+/// gates·h]`), or none for a projected input.
+fn input_weights(
+    params: &mut ParamFactoryMut<'_>,
+    projected: bool,
+    (features, gates, h): (usize, usize, usize),
+) -> Result<Option<Param>> {
+    if projected {
+        return Ok(None);
+    }
+    let spec = ParamSpec::new(
+        "weight_x",
+        [features, gates * h],
+        features,
+        gates * h,
+        CELL_INIT,
+    );
+    params.param(spec).into_result().map(Some)
+}
+
+/// A gate's bias `bias_{g}` of `h` values starting at `value`.
+fn gate_bias(params: &mut ParamFactoryMut<'_>, g: &str, h: usize, value: f32) -> Result<Param> {
+    let spec = ParamSpec::new(&format!("bias_{g}"), [h], h, h, Init::Constant { value });
+    params.param(spec).into_result()
+}
+
+/// Creates gate `g`'s hidden weights `weight_h{g}` (`[h, h]`) and its bias, when there is one.
 fn make_gate(
     params: &mut ParamFactoryMut<'_>,
     g: &str,
-    (features, h): (usize, usize),
+    h: usize,
     bias: Option<f32>,
 ) -> Result<Gate> {
-    let uniform = Init::Uniform {
-        low: -0.08,
-        high: 0.08,
-    };
-    let wx = ParamSpec::new(&format!("weight_x{g}"), [features, h], features, h, uniform);
-    let wx = params.param(wx).into_result()?;
-    let wh = ParamSpec::new(&format!("weight_h{g}"), [h, h], h, h, uniform);
+    let wh = ParamSpec::new(&format!("weight_h{g}"), [h, h], h, h, CELL_INIT);
     let wh = params.param(wh).into_result()?;
     let b = match bias {
-        Some(value) => {
-            let init = Init::Constant { value };
-            let spec = ParamSpec::new(&format!("bias_{g}"), [h], features, h, init);
-            Some(params.param(spec).into_result()?)
-        }
+        Some(value) => Some(gate_bias(params, g, h, value)?),
         None => None,
     };
-    Ok(Gate { wx, wh, b })
+    Ok(Gate { wh, b })
 }
 
-/// `pre = x·W_x + h·W_h + b`, then `act = f(pre)`.
+/// Adds `b` to every row of `t` (`[rows, b.len()]`).
+fn add_bias(dev: &DeviceRef, b: &Param, rows: usize, t: &mut Tensor) -> Result<()> {
+    let dims = Dims3 {
+        outer: rows,
+        mid: b.value.numel(),
+        inner: 1,
+    };
+    dev.add_broadcast(dims, &b.value, t)
+}
+
+/// Sums the rows of `d` into the bias gradient `b`.
+fn bias_grad(dev: &DeviceRef, d: &Tensor, b: &mut Param) -> Result<()> {
+    let (rows, cols) = d.shape().as_matrix();
+    let dims = Dims3 {
+        outer: 1,
+        mid: rows,
+        inner: cols,
+    };
+    dev.reduce(ReduceOp::Sum, dims, d, &mut b.grad, 1.0, 0.0)
+}
+
+/// Gate `k` of the input's side-by-side projection `xw` (columns `k·h ..`) plus `h·W_h` and
+/// the bias, into `pre`; then `act = f(pre)`.
 fn gate(
     dev: &DeviceRef,
     g: &Gate,
-    (x, h): (&Tensor, &Tensor),
+    (xw, k, h): (&Tensor, usize, &Tensor),
     f: UnaryOp,
     (pre, act): (&mut Tensor, &mut Tensor),
     batch: usize,
 ) -> Result<()> {
-    dev.matmul(1.0, x, false, &g.wx.value, false, 0.0, pre)?;
+    let hid = g.wh.value.shape().dim(0);
+    dev.copy_columns(xw, k * hid, pre, 0, hid)?;
     dev.matmul(1.0, h, false, &g.wh.value, false, 1.0, pre)?;
     if let Some(b) = &g.b {
-        let dims = Dims3 {
-            outer: batch,
-            mid: b.value.numel(),
-            inner: 1,
-        };
-        dev.add_broadcast(dims, &b.value, pre)?;
+        add_bias(dev, b, batch, pre)?;
     }
     dev.unary(f, pre, act)
 }
 
-/// The gradients of a gate's parameters from its pre-activation's gradient `d` and the inputs
-/// `x` and `h` it multiplied.
-fn gate_grads(dev: &DeviceRef, g: &mut Gate, x: &Tensor, h: &Tensor, d: &Tensor) -> Result<()> {
-    dev.matmul(1.0, x, true, d, false, 0.0, &mut g.wx.grad)?;
+/// The gradients of a gate's hidden weights and bias from its pre-activation's gradient `d`
+/// and the state `h` it multiplied.
+fn gate_grads(dev: &DeviceRef, g: &mut Gate, h: &Tensor, d: &Tensor) -> Result<()> {
     dev.matmul(1.0, h, true, d, false, 0.0, &mut g.wh.grad)?;
-    if let Some(b) = &mut g.b {
-        let (rows, cols) = d.shape().as_matrix();
-        let dims = Dims3 {
-            outer: 1,
-            mid: rows,
-            inner: cols,
-        };
-        dev.reduce(ReduceOp::Sum, dims, d, &mut b.grad, 1.0, 0.0)?;
+    match &mut g.b {
+        Some(b) => bias_grad(dev, d, b),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Buffers of one batch, `[batch, hidden]` each, allocated at setup.
 struct GruState {
     dev: DeviceRef,
     batch: usize,
+    hidden: usize,
+    /// `weight_x` `[features, 3·hidden]` (gates z, r, c), none for a projected input.
+    wx: Option<Param>,
     z: Gate,
     r: Gate,
     c: Gate,
+    /// `x·W_x` forward and the gates' gradients side by side backward (`[batch, 3·hidden]`).
+    wide: Tensor,
     /// The previous hidden state when there is no second source.
     zeros: Option<Tensor>,
     /// Pre-activations and activations of the gates, `r ⊙ h`, and scratch.
@@ -181,17 +240,18 @@ struct GruState {
 
 impl LayerDef for Gru {
     const TYPE: &'static str = "gru";
-    const DOC: &'static str = "One step of a gated recurrent unit: sources the input [batch, features] and optionally the previous hidden state [batch, hidden_dim] (else zeros); output the next hidden state. Params weight_x{z,r,c} [features, hidden_dim], weight_h{z,r,c} [hidden_dim, hidden_dim] (uniform on ±0.08) and bias_{z,r,c} (zeros).";
+    const DOC: &'static str = "One step of a gated recurrent unit: sources the input [batch, features] and optionally the previous hidden state [batch, hidden_dim] (else zeros); output the next hidden state. Params weight_x [features, 3·hidden_dim] (gates z, r, c side by side; none with projected_input), weight_h{z,r,c} [hidden_dim, hidden_dim] (uniform on ±0.08) and bias_{z,r,c} (zeros).";
 
     fn fields() -> Vec<FieldSpec> {
         cell_fields()
     }
 
     fn new(f: &Fields) -> Result<Self> {
-        let (hidden, bias_term) = read_cell_fields(f)?;
+        let (hidden, bias_term, projected) = read_cell_fields(f)?;
         Ok(Gru {
             hidden,
             bias_term,
+            projected,
             state: None,
         })
     }
@@ -205,13 +265,16 @@ impl Gru {
     ) -> Result<RVec<TensorSpec>> {
         let h = self.hidden;
         let inputs = ctx.inputs.as_slice();
-        let (batch, features) = cell_sources(ctx, Self::TYPE, &["hidden state"], h)?;
+        let width = self.projected.then_some(3 * h);
+        let (batch, features) = cell_sources(ctx, Self::TYPE, &["hidden state"], h, width)?;
+        let wx = input_weights(&mut params, self.projected, (features, 3, h))?;
         let bias = self.bias_term.then_some(0.0);
-        let mut gate = |g: &str| make_gate(&mut params, g, (features, h), bias);
+        let mut gate = |g: &str| make_gate(&mut params, g, h, bias);
         let (z, r, c) = (gate("z")?, gate("r")?, gate("c")?);
         let dev = ctx.device.clone();
         let buf = || Tensor::zeros(&dev, [batch, h], DType::F32);
         self.state = Some(GruState {
+            wide: Tensor::zeros(&dev, [batch, 3 * h], DType::F32)?,
             zeros: if inputs.len() == 1 {
                 Some(buf()?)
             } else {
@@ -231,6 +294,8 @@ impl Gru {
             d_rh: buf()?,
             dev,
             batch,
+            hidden: h,
+            wx,
             z,
             r,
             c,
@@ -269,32 +334,33 @@ impl Layer for Gru {
                 .or(s.zeros.as_ref())
                 .expect("set up with zeros");
             let b = s.batch;
+            let xw = match &s.wx {
+                Some(wx) => {
+                    dev.matmul(1.0, x, false, &wx.value, false, 0.0, &mut s.wide)?;
+                    &s.wide
+                }
+                None => x,
+            };
+            let sigmoid = UnaryOp::Sigmoid;
             gate(
                 &dev,
                 &s.z,
-                (x, h),
-                UnaryOp::Sigmoid,
+                (xw, 0, h),
+                sigmoid,
                 (&mut s.pre_z, &mut s.act_z),
                 b,
             )?;
             gate(
                 &dev,
                 &s.r,
-                (x, h),
-                UnaryOp::Sigmoid,
+                (xw, 1, h),
+                sigmoid,
                 (&mut s.pre_r, &mut s.act_r),
                 b,
             )?;
             dev.binary(BinaryOp::Mul, &s.act_r, h, &mut s.rh)?;
-            let rh = &s.rh;
-            gate(
-                &dev,
-                &s.c,
-                (x, rh),
-                UnaryOp::Tanh,
-                (&mut s.pre_c, &mut s.act_c),
-                b,
-            )?;
+            let (pre, act) = (&mut s.pre_c, &mut s.act_c);
+            gate(&dev, &s.c, (xw, 2, &s.rh), UnaryOp::Tanh, (pre, act), b)?;
             // h' = c + z ⊙ (h − c)
             let y = &mut outputs[0];
             dev.binary(BinaryOp::Sub, h, &s.act_c, &mut s.tmp)?;
@@ -325,37 +391,36 @@ impl Layer for Gru {
             dev.binary(BinaryOp::Mul, dy, &s.tmp, &mut s.d_z)?;
             dev.binary(BinaryOp::Mul, dy, &s.act_z, &mut s.tmp)?;
             dev.binary(BinaryOp::Sub, dy, &s.tmp, &mut s.d_c)?;
-            dev.unary_backward(
-                UnaryOp::Tanh,
-                &s.pre_c,
-                &s.act_c,
-                &s.d_c.clone(),
-                &mut s.d_c,
-            )?;
-            dev.unary_backward(
-                UnaryOp::Sigmoid,
-                &s.pre_z,
-                &s.act_z,
-                &s.d_z.clone(),
-                &mut s.d_z,
-            )?;
+            let d_c = s.d_c.clone();
+            dev.unary_backward(UnaryOp::Tanh, &s.pre_c, &s.act_c, &d_c, &mut s.d_c)?;
+            let d_z = s.d_z.clone();
+            dev.unary_backward(UnaryOp::Sigmoid, &s.pre_z, &s.act_z, &d_z, &mut s.d_z)?;
             // Through the candidate: d(r ⊙ h) = d_c · W_hcᵀ, dr = d(r ⊙ h) ⊙ h.
             dev.matmul(1.0, &s.d_c, false, &s.c.wh.value, true, 0.0, &mut s.d_rh)?;
             dev.binary(BinaryOp::Mul, &s.d_rh, h, &mut s.d_r)?;
-            dev.unary_backward(
-                UnaryOp::Sigmoid,
-                &s.pre_r,
-                &s.act_r,
-                &s.d_r.clone(),
-                &mut s.d_r,
-            )?;
-            gate_grads(&dev, &mut s.z, x, h, &s.d_z)?;
-            gate_grads(&dev, &mut s.r, x, h, &s.d_r)?;
-            gate_grads(&dev, &mut s.c, x, &s.rh, &s.d_c)?;
-            if let ROption::RSome(dx) = &mut grad_inputs[0] {
-                dev.matmul(1.0, &s.d_z, false, &s.z.wx.value, true, 0.0, dx)?;
-                dev.matmul(1.0, &s.d_r, false, &s.r.wx.value, true, 1.0, dx)?;
-                dev.matmul(1.0, &s.d_c, false, &s.c.wx.value, true, 1.0, dx)?;
+            let d_r = s.d_r.clone();
+            dev.unary_backward(UnaryOp::Sigmoid, &s.pre_r, &s.act_r, &d_r, &mut s.d_r)?;
+            gate_grads(&dev, &mut s.z, h, &s.d_z)?;
+            gate_grads(&dev, &mut s.r, h, &s.d_r)?;
+            gate_grads(&dev, &mut s.c, &s.rh, &s.d_c)?;
+            // The gates' gradients side by side: the projected input's gradient, or what
+            // W_x's gradient and the input's come from.
+            let hid = s.hidden;
+            let wide = match (&s.wx, &mut grad_inputs[0]) {
+                (None, ROption::RSome(dx)) => Some(dx),
+                (None, ROption::RNone) => None,
+                (Some(_), _) => Some(&mut s.wide),
+            };
+            if let Some(wide) = wide {
+                for (k, d) in [&s.d_z, &s.d_r, &s.d_c].into_iter().enumerate() {
+                    dev.copy_columns(d, 0, wide, k * hid, hid)?;
+                }
+            }
+            if let Some(wx) = &mut s.wx {
+                dev.matmul(1.0, x, true, &s.wide, false, 0.0, &mut wx.grad)?;
+                if let ROption::RSome(dx) = &mut grad_inputs[0] {
+                    dev.matmul(1.0, &s.wide, false, &wx.value, true, 0.0, dx)?;
+                }
             }
             if let Some(ROption::RSome(dh)) = grad_inputs.get_mut(1) {
                 // dh = dy ⊙ z + d(r ⊙ h) ⊙ r + d_z · W_hzᵀ + d_r · W_hrᵀ
@@ -382,9 +447,12 @@ impl Layer for Gru {
 ///
 /// Sources: the input, and optionally the previous hidden state and cell (both, else zeros).
 /// Outputs: `output` (h') and `cell` (c'). The forget gate's bias starts at 1, as char-rnn's.
+/// With `projected_input` the input already is `x·W_x` (`[batch, 4·hidden]`) and the cell has
+/// no input weights.
 pub struct Lstm {
     hidden: usize,
     bias_term: bool,
+    projected: bool,
     state: Option<LstmState>,
 }
 
@@ -400,8 +468,9 @@ struct LstmState {
     dev: DeviceRef,
     batch: usize,
     hidden: usize,
-    /// `weight_x` `[features, 4·hidden]` and `weight_h` `[hidden, 4·hidden]`, gates i, f, o, g.
-    wx: Param,
+    /// `weight_x` `[features, 4·hidden]` (none for a projected input) and `weight_h`
+    /// `[hidden, 4·hidden]`, gates i, f, o, g.
+    wx: Option<Param>,
     wh: Param,
     /// The gates' biases (apart, so that the forget gate's can start at 1).
     bias: Option<[Param; 4]>,
@@ -446,17 +515,18 @@ const G: usize = 3;
 
 impl LayerDef for Lstm {
     const TYPE: &'static str = "lstm";
-    const DOC: &'static str = "One step of an LSTM cell: sources the input [batch, features] and optionally the previous hidden state and cell ([batch, hidden_dim] each, else zeros); outputs `output` (the next hidden state) and `cell`. Params weight_x [features, 4·hidden_dim] and weight_h [hidden_dim, 4·hidden_dim] (gates i, f, o, g side by side; uniform on ±0.08), and bias_{i,f,o,g} (zeros, the forget gate's 1).";
+    const DOC: &'static str = "One step of an LSTM cell: sources the input [batch, features] and optionally the previous hidden state and cell ([batch, hidden_dim] each, else zeros); outputs `output` (the next hidden state) and `cell`. Params weight_x [features, 4·hidden_dim] (none with projected_input) and weight_h [hidden_dim, 4·hidden_dim] (gates i, f, o, g side by side; uniform on ±0.08), and bias_{i,f,o,g} (zeros, the forget gate's 1).";
 
     fn fields() -> Vec<FieldSpec> {
         cell_fields()
     }
 
     fn new(f: &Fields) -> Result<Self> {
-        let (hidden, bias_term) = read_cell_fields(f)?;
+        let (hidden, bias_term, projected) = read_cell_fields(f)?;
         Ok(Lstm {
             hidden,
             bias_term,
+            projected,
             state: None,
         })
     }
@@ -470,28 +540,17 @@ impl Lstm {
     ) -> Result<RVec<TensorSpec>> {
         let h = self.hidden;
         let inputs = ctx.inputs.as_slice();
-        let (batch, features) = cell_sources(ctx, Self::TYPE, &["hidden state", "cell"], h)?;
-        let uniform = Init::Uniform {
-            low: -0.08,
-            high: 0.08,
-        };
-        let mut weight = |name: &str, rows: usize| {
-            let spec = ParamSpec::new(name, [rows, 4 * h], rows, 4 * h, uniform);
-            params.param(spec).into_result()
-        };
-        let (wx, wh) = (weight("weight_x", features)?, weight("weight_h", h)?);
+        let states = ["hidden state", "cell"];
+        let width = self.projected.then_some(4 * h);
+        let (batch, features) = cell_sources(ctx, Self::TYPE, &states, h, width)?;
+        let wx = input_weights(&mut params, self.projected, (features, 4, h))?;
+        let spec = ParamSpec::new("weight_h", [h, 4 * h], h, 4 * h, CELL_INIT);
+        let wh = params.param(spec).into_result()?;
         let bias = if self.bias_term {
             let mut made = Vec::new();
             for g in LSTM_GATES {
                 let value = if g == "f" { 1.0 } else { 0.0 };
-                let spec = ParamSpec::new(
-                    &format!("bias_{g}"),
-                    [h],
-                    features,
-                    h,
-                    Init::Constant { value },
-                );
-                made.push(params.param(spec).into_result()?);
+                made.push(gate_bias(&mut params, g, h, value)?);
             }
             Some(made.try_into().map_err(|_| Error::invalid("four biases"))?)
         } else {
@@ -537,18 +596,16 @@ impl LstmState {
     /// The gates' pre-activations and activations for input `x` and previous state `h`.
     fn gates(&mut self, x: &Tensor, h: &Tensor) -> Result<()> {
         let (dev, hid) = (&self.dev, self.hidden);
-        dev.matmul(1.0, x, false, &self.wx.value, false, 0.0, &mut self.wide)?;
+        match &self.wx {
+            Some(wx) => dev.matmul(1.0, x, false, &wx.value, false, 0.0, &mut self.wide)?,
+            None => dev.copy(x, &mut self.wide)?,
+        }
         dev.matmul(1.0, h, false, &self.wh.value, false, 1.0, &mut self.wide)?;
         for k in 0..4 {
             let pre = &mut self.pre.gate[k];
             dev.copy_columns(&self.wide, k * hid, pre, 0, hid)?;
             if let Some(b) = &self.bias {
-                let dims = Dims3 {
-                    outer: self.batch,
-                    mid: hid,
-                    inner: 1,
-                };
-                dev.add_broadcast(dims, &b[k].value, pre)?;
+                add_bias(dev, &b[k], self.batch, pre)?;
             }
         }
         dev.unary(UnaryOp::Sigmoid, &self.pre.sigmoid, &mut self.act.sigmoid)?;
@@ -579,15 +636,12 @@ impl LstmState {
         for k in 0..4 {
             dev.copy_columns(&d.gate[k], 0, &mut self.wide, k * hid, hid)?;
             if let Some(b) = &mut self.bias {
-                let dims = Dims3 {
-                    outer: 1,
-                    mid: self.batch,
-                    inner: hid,
-                };
-                dev.reduce(ReduceOp::Sum, dims, &d.gate[k], &mut b[k].grad, 1.0, 0.0)?;
+                bias_grad(dev, &d.gate[k], &mut b[k])?;
             }
         }
-        dev.matmul(1.0, x, true, &self.wide, false, 0.0, &mut self.wx.grad)?;
+        if let Some(wx) = &mut self.wx {
+            dev.matmul(1.0, x, true, &self.wide, false, 0.0, &mut wx.grad)?;
+        }
         dev.matmul(1.0, h, true, &self.wide, false, 0.0, &mut self.wh.grad)
     }
 }
@@ -657,7 +711,10 @@ impl Layer for Lstm {
             dev.binary(BinaryOp::Mul, &s.d_cell, &a[I], &mut d[G])?;
             s.gate_grads(x, h)?;
             if let ROption::RSome(dx) = &mut grad_inputs[0] {
-                dev.matmul(1.0, &s.wide, false, &s.wx.value, true, 0.0, dx)?;
+                match &s.wx {
+                    Some(wx) => dev.matmul(1.0, &s.wide, false, &wx.value, true, 0.0, dx)?,
+                    None => dev.copy(&s.wide, dx)?,
+                }
             }
             if let Some(ROption::RSome(dh_prev)) = grad_inputs.get_mut(1) {
                 dev.matmul(1.0, &s.wide, false, &s.wh.value, true, 0.0, dh_prev)?;

@@ -21,8 +21,9 @@ proptest! {
     }
 
     #[test]
-    fn inner_product_gradients(b in 1usize..5, c in 1usize..4, h in 1usize..4, out in 1usize..7, bias: bool, transpose: bool, seed in 0u64..1000) {
-        let fields = Fields::new().with("num_output", out).with("bias_term", bias).with("transpose", transpose);
+    fn inner_product_gradients(b in 1usize..5, c in 1usize..4, h in 1usize..4, out in 1usize..7, bias: bool, transpose: bool, seed in 0u64..1000, axis in 1usize..3) {
+        // axis 2: every [b, c] index a row of h features.
+        let fields = Fields::new().with("num_output", out).with("bias_term", bias).with("transpose", transpose).with("axis", axis);
         Case::new("inner_product", fields, vec![f32_spec(&[b, c, h])], seed).gradcheck();
     }
 
@@ -59,10 +60,12 @@ proptest! {
         Case::new("embedding", fields, specs, seed).classes(vocab).gradcheck();
     }
 
-    /// A GRU step with and without the previous hidden state as a source.
+    /// A GRU step with and without the previous hidden state as a source, with its own input
+    /// weights or a projected input (`[batch, 3·hidden]`).
     #[test]
-    fn gru_gradients(b in 1usize..4, f in 1usize..5, h in 1usize..5, with_state: bool, bias: bool, seed in 0u64..1000) {
-        let fields = Fields::new().with("hidden_dim", h).with("bias_term", bias);
+    fn gru_gradients(b in 1usize..4, f in 1usize..5, h in 1usize..5, with_state: bool, bias: bool, projected: bool, seed in 0u64..1000) {
+        let fields = Fields::new().with("hidden_dim", h).with("bias_term", bias).with("projected_input", projected);
+        let f = if projected { 3 * h } else { f };
         let mut specs = vec![f32_spec(&[b, f])];
         if with_state {
             specs.push(f32_spec(&[b, h]));
@@ -70,11 +73,13 @@ proptest! {
         Case::new("gru", fields, specs, seed).gradcheck();
     }
 
-    /// An LSTM step with and without the previous hidden state and cell as sources; both
-    /// outputs carry gradients.
+    /// An LSTM step with and without the previous hidden state and cell as sources, with its
+    /// own input weights or a projected input (`[batch, 4·hidden]`); both outputs carry
+    /// gradients.
     #[test]
-    fn lstm_gradients(b in 1usize..4, f in 1usize..5, h in 1usize..5, with_state: bool, bias: bool, seed in 0u64..1000) {
-        let fields = Fields::new().with("hidden_dim", h).with("bias_term", bias);
+    fn lstm_gradients(b in 1usize..4, f in 1usize..5, h in 1usize..5, with_state: bool, bias: bool, projected: bool, seed in 0u64..1000) {
+        let fields = Fields::new().with("hidden_dim", h).with("bias_term", bias).with("projected_input", projected);
+        let f = if projected { 4 * h } else { f };
         let mut specs = vec![f32_spec(&[b, f])];
         if with_state {
             specs.push(f32_spec(&[b, h]));
@@ -94,7 +99,7 @@ proptest! {
     #[test]
     fn cpu_matches_reference(which in 0usize..10, b in 1usize..9, f in 1usize..40, seed in 0u64..1000) {
         let (name, fields, specs, classes) = match which {
-            0 => ("inner_product", Fields::new().with("num_output", 13), vec![f32_spec(&[b, f])], 0),
+            0 => ("inner_product", Fields::new().with("num_output", 13).with("axis", 2), vec![f32_spec(&[b, 3, f])], 0),
             1 => ("relu", Fields::new(), vec![f32_spec(&[b, f])], 0),
             2 => ("stanh", Fields::new(), vec![f32_spec(&[b, f])], 0),
             3 => ("dropout", Fields::new(), vec![f32_spec(&[b, f])], 0),
@@ -342,6 +347,19 @@ fn recurrent_cells_initialise_and_check_their_sources() {
         ]
     );
     assert_eq!(built.params[0].value.shape().dims(), [4, 12]);
+    // A GRU's input weights side by side too; a projected cell has none, and its input must be
+    // as wide as the gates.
+    let built = build(&ty("gru"), &fields, &dev, &[f32_spec(&[2, 4])], 0).unwrap();
+    let names: Vec<_> = built.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names[0], "layer/weight_x");
+    assert_eq!(built.params[0].value.shape().dims(), [4, 9]);
+    let projected = fields.clone().with("projected_input", true);
+    let built = build(&ty("gru"), &projected, &dev, &[f32_spec(&[2, 9])], 0).unwrap();
+    assert!(built.params.iter().all(|p| p.name != "layer/weight_x"));
+    let e = build(&ty("lstm"), &projected, &dev, &[f32_spec(&[2, 9])], 0)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("has 12 features"), "{e}");
     let two = [f32_spec(&[2, 4]), f32_spec(&[2, 3])];
     let e = build(&ty("lstm"), &fields, &dev, &two, 0).err().unwrap();
     assert!(
