@@ -383,7 +383,7 @@ mod tests {
         assert!(e(bptt.layer(cell())).contains("unroll_len: missing"));
         let v = job().bptt(3).layer(cell()).validate(&r).unwrap();
         let names: Vec<&str> = v.job.layers.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(names, ["fc", "g@in", "g@carry", "g@0", "g@1", "g@2"]);
+        assert_eq!(names, ["fc", "g@x", "g@in", "g@carry", "g@0", "g@1", "g@2"]);
         assert!(e(job().layer(cell())).contains("layer[g].unroll: unrolling over time needs"));
         let mut len_only = job();
         len_only.unroll_len = 3;
