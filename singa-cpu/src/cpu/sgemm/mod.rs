@@ -101,10 +101,12 @@ fn tile(n: usize) -> (usize, usize) {
     }
 }
 
-/// Depth per block: the largest even split of `k` into blocks of at most 256.
+/// The longest depth the kernels multiply in one pass over a tile of C.
+pub(super) const MAX_DEPTH_BLOCK: usize = 256;
+
+/// Depth per block: the largest even split of `k` into blocks of at most [`MAX_DEPTH_BLOCK`].
 pub(super) fn depth_block(k: usize) -> usize {
-    const MAX: usize = 256;
-    let blocks = k.div_ceil(MAX).max(1);
+    let blocks = k.div_ceil(MAX_DEPTH_BLOCK).max(1);
     k.div_ceil(blocks)
 }
 
