@@ -5,7 +5,7 @@ use singa::config::JobConfig;
 use singa::trainer::{Silent, TrainOptions, Trainer};
 use singa::workspace::Existing;
 use singa::Registry;
-use singa_tests::{metric, mlp_job, param_values, synthetic_mnist, tmpdir};
+use singa_tests::{char_job, metric, mlp_job, param_values, rbm_job_text, synthetic_mnist, tmpdir};
 use std::path::{Path, PathBuf};
 
 fn job(data: &Path, top: &str, dropout: f64) -> JobConfig {
@@ -304,86 +304,9 @@ fn a_bf16_convnet_learns_and_resumes_in_either_precision() {
     assert!(moved > 0.0 && moved < 0.01, "parameters moved by {moved}");
 }
 
-/// A character model over the first 40,000 characters of tiny-shakespeare (shipped in
-/// `data/text`; they use 58 of its 65 characters), with a recurrent cell of type `cell`
-/// unrolled over 8 steps for BPTT.
+/// The character model of [`char_job`] as a job.
 fn char_model(dir: &Path, cell: &str, top: &str) -> JobConfig {
-    let text = dir.join("text.txt");
-    if !text.exists() {
-        let all = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/text/tinyshakespeare.txt"),
-        )
-        .unwrap();
-        std::fs::write(&text, all.chars().take(40_000).collect::<String>()).unwrap();
-    }
-    let d = dir.display();
-    let toml = format!(
-        r#"
-name = "char-{cell}"
-algorithm = "bptt"
-unroll_len = 8
-{top}
-
-[device]
-type = "cpu"
-threads = 2
-
-[updater]
-type = "adam"
-learning_rate = {{ type = "fixed", base = 0.01 }}
-
-[[layer]]
-name = "data"
-type = "text_data"
-include = "train"
-path = "{d}/train.shard"
-import = {{ kind = "text", src = "{d}/text.txt" }}
-batch_size = 8
-unroll_len = 8
-
-[[layer]]
-name = "data"
-type = "text_data"
-include = "test"
-path = "{d}/valid.shard"
-import = {{ kind = "text", src = "{d}/text.txt" }}
-batch_size = 8
-unroll_len = 8
-
-[[layer]]
-name = "embed"
-type = "embedding"
-srclayers = "data"
-vocab_size = 58
-feature_dim = 16
-
-[[layer]]
-name = "rnn"
-type = "{cell}"
-srclayers = "embed"
-hidden_dim = 32
-unroll = true
-
-[[layer]]
-name = "steps"
-type = "flatten"
-srclayers = "rnn"
-axis = 0
-end_axis = 1
-
-[[layer]]
-name = "fc"
-type = "inner_product"
-srclayers = "steps"
-num_output = 58
-
-[[layer]]
-name = "loss"
-type = "softmax_loss"
-srclayers = ["fc", "data:label"]
-"#
-    );
-    JobConfig::from_toml(&toml, Default::default()).unwrap()
+    JobConfig::from_toml(&char_job(dir, cell, top), Default::default()).unwrap()
 }
 
 /// BPTT: a GRU and an LSTM character model learn (from ln 58 = 4.06 nats per character to
@@ -528,59 +451,9 @@ fn bptt_on_two_allreduce_workers_equals_one_worker() {
     assert!(diff < 2e-5, "parameters differ by {diff}");
 }
 
-/// An RBM job (CD) on the synthetic data in `dir`: `below` are layers between the data and
-/// the RBM (whose visible layer reads `input`), `top` extra top-level settings.
+/// The RBM of [`rbm_job_text`] as a job.
 fn rbm_job(dir: &Path, top: &str, below: &str, input: &str) -> JobConfig {
-    let d = dir.display();
-    let text = format!(
-        r#"
-name = "rbm"
-algorithm = "cd"
-cd_k = 1
-{top}
-
-[device]
-type = "cpu"
-threads = 2
-
-[updater]
-type = "sgd"
-momentum = 0.9
-weight_decay = 2e-4
-learning_rate = 0.1
-
-[[layer]]
-name = "data"
-type = "shard_data"
-include = "train"
-path = "{d}/train.shard"
-import = {{ kind = "mnist", src = "{d}" }}
-batch_size = 20
-shuffle = true
-scale = 0.00392156862745098
-
-[[layer]]
-name = "data"
-type = "shard_data"
-include = "test"
-path = "{d}/test.shard"
-import = {{ kind = "mnist", src = "{d}" }}
-batch_size = 50
-scale = 0.00392156862745098
-{below}
-[[layer]]
-name = "vis"
-type = "rbm_vis"
-srclayers = ["{input}", "hid"]
-
-[[layer]]
-name = "hid"
-type = "rbm_hid"
-srclayers = "vis"
-hdim = 16
-"#
-    );
-    JobConfig::from_toml(&text, Default::default()).unwrap()
+    JobConfig::from_toml(&rbm_job_text(dir, top, below, input), Default::default()).unwrap()
 }
 
 /// CD-1 lowers the reconstruction error of held-out data, and a run resumed from a

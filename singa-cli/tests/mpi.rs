@@ -13,7 +13,7 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{mlp_job, synthetic_mnist, tmpdir};
+use common::{char_job, mlp_job, rbm_job_text, synthetic_mnist, tmpdir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -294,6 +294,25 @@ fn synchronous_frameworks_over_mpi_train_exactly_as_in_one_process() {
     for (name, text, np) in cases {
         equal_to_one_process(&dir, name, &text, np, 30);
     }
+}
+
+/// BPTT (an LSTM character model, its state carried between batches on each worker) and CD
+/// (an RBM, its hidden units' draws per row) on two AllReduce workers over MPI end with the
+/// parameters one process gives, bit for bit.
+#[test]
+fn recurrent_and_energy_models_over_mpi_train_exactly_as_in_one_process() {
+    if !have_mpirun("BPTT and CD") {
+        return;
+    }
+    let top = "train_steps = 20\ndisplay_freq = 10\ncheckpoint_freq = 20";
+    let cluster = "\n[cluster]\nframework = \"allreduce\"\nnworkers_per_group = 2\n";
+    let dir = tmpdir("mpi-bptt");
+    let bptt = char_job(&dir, "lstm", top) + cluster;
+    equal_to_one_process(&dir, "bptt-lstm-2", &bptt, 2, 20);
+    let dir = tmpdir("mpi-cd");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let cd = rbm_job_text(&dir, top, "", "data") + cluster;
+    equal_to_one_process(&dir, "cd-rbm-2", &cd, 2, 20);
 }
 
 #[test]

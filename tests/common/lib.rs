@@ -348,3 +348,139 @@ pub fn plugin(package: &str) -> PathBuf {
 pub fn singa_binary() -> PathBuf {
     build("singa", &format!("singa{}", std::env::consts::EXE_SUFFIX))
 }
+
+/// A character model over the first 40,000 characters of tiny-shakespeare (shipped in
+/// `data/text`; they use 58 of its 65 characters), with a recurrent cell of type `cell`
+/// unrolled over 8 steps for BPTT, as a job file's text.
+pub fn char_job(dir: &Path, cell: &str, top: &str) -> String {
+    let text = dir.join("text.txt");
+    if !text.exists() {
+        let all = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/text/tinyshakespeare.txt"),
+        )
+        .unwrap();
+        std::fs::write(&text, all.chars().take(40_000).collect::<String>()).unwrap();
+    }
+    let d = dir.display();
+    format!(
+        r#"
+name = "char-{cell}"
+algorithm = "bptt"
+unroll_len = 8
+{top}
+
+[device]
+type = "cpu"
+threads = 2
+
+[updater]
+type = "adam"
+learning_rate = {{ type = "fixed", base = 0.01 }}
+
+[[layer]]
+name = "data"
+type = "text_data"
+include = "train"
+path = "{d}/train.shard"
+import = {{ kind = "text", src = "{d}/text.txt" }}
+batch_size = 8
+unroll_len = 8
+
+[[layer]]
+name = "data"
+type = "text_data"
+include = "test"
+path = "{d}/valid.shard"
+import = {{ kind = "text", src = "{d}/text.txt" }}
+batch_size = 8
+unroll_len = 8
+
+[[layer]]
+name = "embed"
+type = "embedding"
+srclayers = "data"
+vocab_size = 58
+feature_dim = 16
+
+[[layer]]
+name = "rnn"
+type = "{cell}"
+srclayers = "embed"
+hidden_dim = 32
+unroll = true
+
+[[layer]]
+name = "steps"
+type = "flatten"
+srclayers = "rnn"
+axis = 0
+end_axis = 1
+
+[[layer]]
+name = "fc"
+type = "inner_product"
+srclayers = "steps"
+num_output = 58
+
+[[layer]]
+name = "loss"
+type = "softmax_loss"
+srclayers = ["fc", "data:label"]
+"#
+    )
+}
+
+/// An RBM job (CD) on the synthetic data in `dir`: `below` are layers between the data and
+/// the RBM (whose visible layer reads `input`), `top` extra top-level settings; a job file's
+/// text.
+pub fn rbm_job_text(dir: &Path, top: &str, below: &str, input: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+name = "rbm"
+algorithm = "cd"
+cd_k = 1
+{top}
+
+[device]
+type = "cpu"
+threads = 2
+
+[updater]
+type = "sgd"
+momentum = 0.9
+weight_decay = 2e-4
+learning_rate = 0.1
+
+[[layer]]
+name = "data"
+type = "shard_data"
+include = "train"
+path = "{d}/train.shard"
+import = {{ kind = "mnist", src = "{d}" }}
+batch_size = 20
+shuffle = true
+scale = 0.00392156862745098
+
+[[layer]]
+name = "data"
+type = "shard_data"
+include = "test"
+path = "{d}/test.shard"
+import = {{ kind = "mnist", src = "{d}" }}
+batch_size = 50
+scale = 0.00392156862745098
+{below}
+[[layer]]
+name = "vis"
+type = "rbm_vis"
+srclayers = ["{input}", "hid"]
+
+[[layer]]
+name = "hid"
+type = "rbm_hid"
+srclayers = "vis"
+hdim = 16
+"#
+    )
+}

@@ -54,34 +54,40 @@ fn cell_kind(type_name: &str) -> Option<CellKind> {
 
 /// The layers of a job with every `unroll` layer unrolled over `steps` time steps (see the
 /// module documentation); errors name `file` and the field.
-pub fn unroll(layers: &[LayerConfig], steps: usize, file: &str) -> Result<Vec<LayerConfig>> {
+pub fn unroll<'a>(layers: &'a [LayerConfig], steps: usize, file: &str) -> Result<Vec<LayerConfig>> {
     let err = |l: &LayerConfig, field: &str, msg: String| {
         Error::config(file, format!("layer[{}].{field}", l.name), msg)
     };
     let is_cell = |name: &str| layers.iter().any(|c| c.unroll && c.name == name);
-    let mut out = Vec::new();
     // Unrolled cells read as a sequence, in order of first use.
     let mut sequences: Vec<&str> = Vec::new();
+    // Every reader of an unrolled cell (an unrolled cell too) reads the sequence of its
+    // hidden states.
+    let mut read = |reader: &LayerConfig, src: &'a str| -> Result<()> {
+        let (base, output) = split_source(src);
+        if !is_cell(base) {
+            return Ok(());
+        }
+        if let Some(output) = output {
+            return Err(err(
+                reader,
+                "srclayers",
+                format!(
+                    "{src:?}: an unrolled cell is read as the sequence of its hidden states \
+                     (\"{base}\"), not as its output {output:?}"
+                ),
+            ));
+        }
+        if !sequences.contains(&base) {
+            sequences.push(base);
+        }
+        Ok(())
+    };
+    let mut out = Vec::new();
     for l in layers {
         if !l.unroll {
             for src in &l.srclayers {
-                let (base, output) = split_source(src);
-                if !is_cell(base) {
-                    continue;
-                }
-                if let Some(output) = output {
-                    return Err(err(
-                        l,
-                        "srclayers",
-                        format!(
-                            "{src:?}: a layer that is not unrolled reads an unrolled cell as the \
-                             sequence of its hidden states (\"{base}\"), not its output {output:?}"
-                        ),
-                    ));
-                }
-                if !sequences.contains(&base) {
-                    sequences.push(base);
-                }
+                read(l, src)?;
             }
             out.push(l.clone());
             continue;
@@ -121,22 +127,7 @@ pub fn unroll(layers: &[LayerConfig], steps: usize, file: &str) -> Result<Vec<La
                 format!("an unrolled cell needs its size: {e}"),
             )
         })?;
-        let (base, output) = split_source(src);
-        if is_cell(base) {
-            if let Some(output) = output {
-                return Err(err(
-                    l,
-                    "srclayers",
-                    format!(
-                        "{src:?}: an unrolled cell reads another as the sequence of its hidden \
-                         states (\"{base}\"), not its output {output:?}"
-                    ),
-                ));
-            }
-            if !sequences.contains(&base) {
-                sequences.push(base);
-            }
-        }
+        read(l, src)?;
         let (projection, cell_params) = input_projection(l, src, kind.gates * hidden);
         out.push(projection);
         let mut slice = aux(
