@@ -423,21 +423,50 @@ fn gradients_are_clipped_by_global_norm_and_by_value() {
     assert!(raw_largest > 1e-3, "{raw_largest}");
 }
 
-/// How far the parameters `job` trains to on two AllReduce workers (two threads, each with
-/// half of every batch) end from those of one worker with the whole batch.
-fn two_allreduce_workers_differ_by(job: &JobConfig) -> f32 {
-    let run = |job: &JobConfig, threads: usize| {
-        let options = TrainOptions {
-            threads: Some(threads),
-            ..TrainOptions::default()
-        };
-        let mut t = Trainer::new(job, &Registry::builtin(), &options).unwrap();
-        t.run(&mut Silent).unwrap();
-        param_values(&t)
+/// The parameters `job` trains to with `threads` threads.
+fn trained_params(job: &JobConfig, threads: usize) -> Vec<(String, Vec<f32>)> {
+    let options = TrainOptions {
+        threads: Some(threads),
+        ..TrainOptions::default()
     };
+    let mut t = Trainer::new(job, &Registry::builtin(), &options).unwrap();
+    t.run(&mut Silent).unwrap();
+    param_values(&t)
+}
+
+/// `job` on two AllReduce workers (two threads, each with half of every batch).
+fn on_two_allreduce_workers(job: &JobConfig) -> JobConfig {
     let mut two = job.clone();
     two.cluster = singa::config::Framework::AllReduce.preset(2);
-    singa_tests::max_difference(&run(job, 1), &run(&two, 2))
+    two
+}
+
+/// How far the parameters `job` trains to on two AllReduce workers end from those of one
+/// worker with the whole batch.
+fn two_allreduce_workers_differ_by(job: &JobConfig) -> f32 {
+    let two = on_two_allreduce_workers(job);
+    singa_tests::max_difference(&trained_params(job, 1), &trained_params(&two, 2))
+}
+
+/// Per-value clipping on two AllReduce workers (the servers clamp the averaged gradient)
+/// trains as one worker does; and it clips (without it the parameters end far elsewhere).
+#[test]
+fn clip_value_on_two_allreduce_workers_equals_one_worker() {
+    let dir = tmpdir("clip-allreduce");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let mut clipped = job(&dir, "train_steps = 10", 0.0);
+    clipped.updater = singa::config::UpdaterConfig::sgd(1.0);
+    clipped.updater.clip.value = Some(1e-3);
+    let diff = two_allreduce_workers_differ_by(&clipped);
+    assert!(diff < 1e-6, "parameters differ by {diff}");
+    let mut unclipped = clipped.clone();
+    unclipped.updater.clip.value = None;
+    let two = |j: &JobConfig| trained_params(&on_two_allreduce_workers(j), 2);
+    let apart = singa_tests::max_difference(&two(&clipped), &two(&unclipped));
+    assert!(
+        apart > 1e-2,
+        "clipping changed the parameters by only {apart}"
+    );
 }
 
 /// BPTT under AllReduce: two workers, each with half of the streams (and its own carried

@@ -463,7 +463,8 @@ fn server_core(
         job.updater.weight_decay,
         mine,
         served.iter().map(|&g| t.group(g)).collect(),
-    );
+    )
+    .with_clip_value(job.updater.clip.value);
     // Hogwild: server s of every group synchronises with server s of group 0.
     Ok(match job.cluster.hogwild_sync_freq() {
         Some(_) => core.with_sync(match h {

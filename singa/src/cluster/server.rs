@@ -57,6 +57,8 @@ pub(crate) struct ServerCore {
     updater: UpdaterBox,
     schedule: LrSchedule,
     weight_decay: f32,
+    /// `clip_value`: every value of a group's averaged gradient is clamped to ± this.
+    clip_value: Option<f32>,
     /// The workers of each group it serves.
     groups: Vec<Vec<Addr>>,
     /// A worker's group and index in it.
@@ -131,6 +133,7 @@ impl ServerCore {
             updater,
             schedule,
             weight_decay,
+            clip_value: None,
             groups,
             whose,
             index,
@@ -141,6 +144,13 @@ impl ServerCore {
     }
 
     /// Makes this server take part in synchronising the server groups as `role`.
+    /// Clamps every value of each averaged gradient to `±clip` before the update (the job's
+    /// `clip_value`), as one worker does.
+    pub fn with_clip_value(mut self, clip: Option<f32>) -> Self {
+        self.clip_value = clip;
+        self
+    }
+
     pub fn with_sync(mut self, role: SyncRole) -> Self {
         let followers = match &role {
             SyncRole::Leader(f) => f.len(),
@@ -447,10 +457,17 @@ impl ServerCore {
             }
         }
         let sum = first;
+        let grad_scale = 1.0 / workers.len() as f32;
+        if let Some(clip) = self.clip_value {
+            // The updater averages the sum (`grad_scale`): clamp the sum to the average's
+            // bounds scaled up, so that the average is clamped to ±clip.
+            let bound = clip / grad_scale;
+            self.dev.clamp(&sum.clone(), sum, -bound, bound)?;
+        }
         let args = UpdateArgs {
             lr: self.schedule.lr(c.step) * s.lr_mult,
             weight_decay: self.weight_decay * s.wd_mult,
-            grad_scale: 1.0 / workers.len() as f32,
+            grad_scale,
         };
         self.updater
             .update(

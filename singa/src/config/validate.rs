@@ -176,12 +176,17 @@ impl JobConfig {
                     format!("expected a positive number, got {v}"),
                 ));
             }
-            if c.nworkers() > 1 {
+            if key == "clip_norm" && c.is_distributed() {
+                // The global norm needs every gradient of a step in one place; the servers
+                // update each slice as soon as its gradients are in.
                 return Err(err(
-                    &format!("updater.{key}"),
+                    "updater.clip_norm",
                     format!(
-                        "gradient clipping runs with one worker for now; [cluster] has {}",
-                        c.nworkers()
+                        "clipping by the global norm runs with one worker and no separate \
+                         servers for now; [cluster] has {} workers and {} servers (clip_value, \
+                         per value, runs with any cluster)",
+                        c.nworkers(),
+                        c.nserver_groups * c.nservers_per_group
                     ),
                 ));
             }
@@ -457,7 +462,8 @@ mod tests {
         assert!(e(k_only).contains("cd_k: only for algorithm = \"cd\""));
     }
 
-    /// Clipping thresholds must be positive, and clipping runs with one worker.
+    /// Clipping thresholds must be positive; clipping by norm runs with one worker and no
+    /// separate servers, by value with any cluster.
     #[test]
     fn clipping_is_checked() {
         let r = Registry::builtin();
@@ -468,16 +474,27 @@ mod tests {
             e.contains("updater.clip_norm: expected a positive number"),
             "{e}"
         );
-        let mut j = job();
-        j.updater.clip.value = Some(0.5);
-        j.cluster = ClusterConfig {
+        let two = ClusterConfig {
             nworkers_per_group: 2,
             ..Default::default()
         };
-        let e = j.validate(&r).unwrap_err().to_string();
-        assert!(
-            e.contains("updater.clip_value: gradient clipping runs with one worker"),
-            "{e}"
-        );
+        let separate = ClusterConfig {
+            server_worker_separate: true,
+            ..Default::default()
+        };
+        for cluster in [two.clone(), separate] {
+            let mut j = job();
+            j.updater.clip.norm = Some(0.5);
+            j.cluster = cluster;
+            let e = j.validate(&r).unwrap_err().to_string();
+            assert!(
+                e.contains("updater.clip_norm: clipping by the global norm runs with one worker"),
+                "{e}"
+            );
+        }
+        let mut j = job();
+        j.updater.clip.value = Some(0.5);
+        j.cluster = two;
+        j.validate(&r).unwrap();
     }
 }
