@@ -434,39 +434,66 @@ fn trained_params(job: &JobConfig, threads: usize) -> Vec<(String, Vec<f32>)> {
     param_values(&t)
 }
 
-/// `job` on two AllReduce workers (two threads, each with half of every batch).
-fn on_two_allreduce_workers(job: &JobConfig) -> JobConfig {
+/// How far the parameters `job` trains to on two AllReduce workers (two threads, each with
+/// half of every batch) end from those of one worker with the whole batch.
+fn two_allreduce_workers_differ_by(job: &JobConfig) -> f32 {
     let mut two = job.clone();
     two.cluster = singa::config::Framework::AllReduce.preset(2);
-    two
-}
-
-/// How far the parameters `job` trains to on two AllReduce workers end from those of one
-/// worker with the whole batch.
-fn two_allreduce_workers_differ_by(job: &JobConfig) -> f32 {
-    let two = on_two_allreduce_workers(job);
     singa_tests::max_difference(&trained_params(job, 1), &trained_params(&two, 2))
 }
 
-/// Per-value clipping on two AllReduce workers (the servers clamp the averaged gradient)
-/// trains as one worker does; and it clips (without it the parameters end far elsewhere).
+/// Clipping on two synchronous workers trains as one worker does: per value (the servers
+/// clamp the averaged gradient) and by the global norm (the servers add up their parts of it
+/// and update with the same scale), beside the workers (AllReduce: two servers) and apart
+/// from them (Sandblaster with two servers); and it clips (without it the parameters end far
+/// elsewhere).
 #[test]
-fn clip_value_on_two_allreduce_workers_equals_one_worker() {
-    let dir = tmpdir("clip-allreduce");
+fn clipping_on_two_synchronous_workers_equals_one_worker() {
+    use singa::config::{Clipping, Framework};
+    let dir = tmpdir("clip-cluster");
     synthetic_mnist(&dir, 200, 50, 8);
-    let mut clipped = job(&dir, "train_steps = 10", 0.0);
-    clipped.updater = singa::config::UpdaterConfig::sgd(1.0);
-    clipped.updater.clip.value = Some(1e-3);
-    let diff = two_allreduce_workers_differ_by(&clipped);
-    assert!(diff < 1e-6, "parameters differ by {diff}");
-    let mut unclipped = clipped.clone();
-    unclipped.updater.clip.value = None;
-    let two = |j: &JobConfig| trained_params(&on_two_allreduce_workers(j), 2);
-    let apart = singa_tests::max_difference(&two(&clipped), &two(&unclipped));
-    assert!(
-        apart > 1e-2,
-        "clipping changed the parameters by only {apart}"
-    );
+    let mut base = job(&dir, "train_steps = 10", 0.0);
+    base.updater = singa::config::UpdaterConfig::sgd(1.0);
+    let mut sandblaster = Framework::Sandblaster.preset(2);
+    sandblaster.nservers_per_group = 2;
+    for (name, clip) in [
+        (
+            "value",
+            Clipping {
+                norm: None,
+                value: Some(1e-3),
+            },
+        ),
+        (
+            "norm",
+            Clipping {
+                norm: Some(0.05),
+                value: None,
+            },
+        ),
+        (
+            "both",
+            Clipping {
+                norm: Some(0.05),
+                value: Some(1e-2),
+            },
+        ),
+    ] {
+        let mut clipped = base.clone();
+        clipped.updater.clip = clip;
+        let one = trained_params(&clipped, 1);
+        for cluster in [Framework::AllReduce.preset(2), sandblaster.clone()] {
+            let mut two = clipped.clone();
+            two.cluster = cluster;
+            let diff = singa_tests::max_difference(&one, &trained_params(&two, 2));
+            assert!(diff < 1e-6, "{name}: parameters differ by {diff}");
+        }
+        let apart = singa_tests::max_difference(&one, &trained_params(&base, 1));
+        assert!(
+            apart > 1e-2,
+            "{name}: clipping changed the parameters by only {apart}"
+        );
+    }
 }
 
 /// BPTT under AllReduce: two workers, each with half of the streams (and its own carried

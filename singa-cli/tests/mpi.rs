@@ -241,6 +241,21 @@ fn synchronous_frameworks_over_mpi_train_exactly_as_in_one_process() {
             2,
         ),
         (
+            "sandblaster-2-servers-clipped",
+            job(
+                d,
+                30,
+                30,
+                "sgd",
+                "framework = \"sandblaster\"\nnworkers_per_group = 2\nnservers_per_group = 2",
+            )
+            .replace(
+                "[updater]\n",
+                "[updater]\nclip_norm = 0.05\nclip_value = 0.01\n",
+            ),
+            2,
+        ),
+        (
             "hogwild-2",
             job(
                 d,
@@ -296,7 +311,8 @@ fn synchronous_frameworks_over_mpi_train_exactly_as_in_one_process() {
     }
 }
 
-/// BPTT (an LSTM character model, its state carried between batches on each worker) and CD
+/// BPTT (an LSTM character model, its state carried between batches on each worker, its
+/// gradients clipped by their global norm) and CD
 /// (an RBM, its hidden units' draws per row) on two AllReduce workers over MPI end with the
 /// parameters one process gives, bit for bit.
 #[test]
@@ -307,7 +323,11 @@ fn recurrent_and_energy_models_over_mpi_train_exactly_as_in_one_process() {
     let top = "train_steps = 20\ndisplay_freq = 10\ncheckpoint_freq = 20";
     let cluster = "\n[cluster]\nframework = \"allreduce\"\nnworkers_per_group = 2\n";
     let dir = tmpdir("mpi-bptt");
-    let bptt = char_job(&dir, "lstm", top) + cluster;
+    // Clipped by the global norm, as char-rnn trains: the two servers exchange their parts.
+    let bptt =
+        char_job(&dir, "lstm", top).replace("type = \"adam\"", "type = \"adam\"\nclip_norm = 0.5");
+    assert!(bptt.contains("clip_norm"));
+    let bptt = bptt + cluster;
     equal_to_one_process(&dir, "bptt-lstm-2", &bptt, 2, 20);
     let dir = tmpdir("mpi-cd");
     synthetic_mnist(&dir, 200, 50, 8);

@@ -13,7 +13,7 @@ use singa_core::{Addr, DType, DeviceRef, Error, Msg, MsgKind, Result, Role, Shap
 use std::collections::HashMap;
 
 /// Every message kind, by its number.
-const KINDS: [MsgKind; 10] = [
+const KINDS: [MsgKind; 11] = [
     MsgKind::Get,
     MsgKind::Put,
     MsgKind::Update,
@@ -24,6 +24,7 @@ const KINDS: [MsgKind; 10] = [
     MsgKind::Control,
     MsgKind::Report,
     MsgKind::State,
+    MsgKind::Norm,
 ];
 
 /// Every role, by its number.

@@ -92,6 +92,10 @@ pub enum MsgKind {
     /// A slice of a parameter's updater state (`target` the parameter, `slice` the slice,
     /// `version` the state tensor's index): to a server, install it; from a server, here it is.
     State,
+    /// Clipping by the global gradient norm, between the servers of a group: to the lead
+    /// server, another server's part of the step's squared norm; from it, the scale. The
+    /// number is an f64's bits in `version`.
+    Norm,
 }
 
 /// One message. In one process the payload is a tensor handle (no copy); across processes the

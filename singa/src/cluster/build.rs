@@ -2,6 +2,7 @@
 //! and server group works on (in one process), and the servers' slices.
 
 use super::latch::BackwardLatch;
+use super::norm::{NormClip, NormRole};
 use super::server::{Server, ServerCore, ServerSlice, SyncRole};
 use super::slices::{slice_params, Slice};
 use super::topology::{control_addr, server_addr, worker_addr, Topology};
@@ -381,6 +382,26 @@ impl SharedHeld {
     }
 }
 
+/// Server `s` of group `h`'s part in clipping the global gradient norm (`clip_norm`): none
+/// without it or without slices; the first server with slices leads.
+fn norm_clip(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Option<NormClip> {
+    let max = plan.job.updater.clip.norm?;
+    let mut holders: Vec<usize> = slices.iter().flatten().map(|sl| sl.server).collect();
+    holders.sort_unstable();
+    holders.dedup();
+    let mine = slices.iter().flatten().filter(|sl| sl.server == s).count();
+    let (&lead, others) = holders.split_first()?;
+    if mine == 0 {
+        return None;
+    }
+    let t = plan.topology;
+    let role = match lead == s {
+        true => NormRole::Lead(others.iter().map(|&o| t.server_at(h, o)).collect()),
+        false => NormRole::Follower(t.server_at(h, lead)),
+    };
+    Some(NormClip::new(max, role, mine))
+}
+
 /// Server `s` of server group `h`, over its slices: in one process (`held`), views of what its
 /// group updates in place; with ranks apart, values and state of its own (zero until a
 /// `Put` and the coordinator's `State` messages).
@@ -464,7 +485,8 @@ fn server_core(
         mine,
         served.iter().map(|&g| t.group(g)).collect(),
     )
-    .with_clip_value(job.updater.clip.value);
+    .with_clip_value(job.updater.clip.value)
+    .with_norm_clip(norm_clip(plan, slices, h, s));
     // Hogwild: server s of every group synchronises with server s of group 0.
     Ok(match job.cluster.hogwild_sync_freq() {
         Some(_) => core.with_sync(match h {

@@ -37,6 +37,7 @@ mod build;
 mod control;
 mod latch;
 mod node;
+mod norm;
 mod server;
 mod slices;
 pub mod topology;

@@ -1,6 +1,7 @@
 //! Servers: they hold slices of the parameters and run the updater on them.
 
 use super::control::{self, Op, Outcome};
+use super::norm::NormClip;
 use super::topology::COORDINATOR;
 use super::TransportBox;
 use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result, Tensor, UpdateArgs, UpdaterBox};
@@ -59,6 +60,8 @@ pub(crate) struct ServerCore {
     weight_decay: f32,
     /// `clip_value`: every value of a group's averaged gradient is clamped to ± this.
     clip_value: Option<f32>,
+    /// `clip_norm`: this server's part in clipping the step's global gradient norm.
+    norm: Option<NormClip>,
     /// The workers of each group it serves.
     groups: Vec<Vec<Addr>>,
     /// A worker's group and index in it.
@@ -134,6 +137,7 @@ impl ServerCore {
             schedule,
             weight_decay,
             clip_value: None,
+            norm: None,
             groups,
             whose,
             index,
@@ -148,6 +152,12 @@ impl ServerCore {
     /// `clip_value`), as one worker does.
     pub fn with_clip_value(mut self, clip: Option<f32>) -> Self {
         self.clip_value = clip;
+        self
+    }
+
+    /// Takes part in clipping the global gradient norm of every step (the job's `clip_norm`).
+    pub fn with_norm_clip(mut self, norm: Option<NormClip>) -> Self {
+        self.norm = norm;
         self
     }
 
@@ -400,18 +410,14 @@ impl ServerCore {
     /// has sent its own, sums them, runs the updater and sends `Updated` with the fresh values
     /// to the workers of the group.
     pub fn receive(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<()> {
-        let me = transport.addr();
         let key = (msg.target, msg.slice);
-        let p = self
-            .index
-            .get(&key)
-            .map(|&i| &mut self.pending[i])
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "{} sent a gradient for parameter {} slice {}, which this server does not hold",
-                    msg.src, key.0, key.1
-                ))
-            })?;
+        let i = *self.index.get(&key).ok_or_else(|| {
+            Error::invalid(format!(
+                "{} sent a gradient for parameter {} slice {}, which this server does not hold",
+                msg.src, key.0, key.1
+            ))
+        })?;
+        let p = &mut self.pending[i];
         let &(g, w) = self.whose.get(&msg.src).ok_or_else(|| {
             Error::invalid(format!(
                 "a gradient from {}, which is not a worker this server serves",
@@ -464,10 +470,69 @@ impl ServerCore {
             let bound = clip / grad_scale;
             self.dev.clamp(&sum.clone(), sum, -bound, bound)?;
         }
+        match &mut self.norm {
+            // The update waits for the scale that clips the step's global norm.
+            Some(norm) => {
+                if let Some(scale) = norm.hold((i, g), sum, grad_scale, transport)? {
+                    self.update_held(scale, transport)?;
+                }
+                Ok(())
+            }
+            None => self.update(i, g, 1.0, transport),
+        }
+    }
+
+    /// Handles a `Norm` message (a part of the step's squared gradient norm at the lead
+    /// server, the scale that clips it at the others): updates the held slices once the scale
+    /// is known.
+    pub fn on_norm(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<()> {
+        let me = transport.addr();
+        let norm = self.norm.as_mut().ok_or_else(|| {
+            Error::invalid(format!(
+                "{me}: a Norm message from {}, but this server does not clip by norm",
+                msg.src
+            ))
+        })?;
+        if let Some(scale) = norm.on_message(&msg, transport)? {
+            self.update_held(scale, transport)?;
+        }
+        Ok(())
+    }
+
+    /// Updates every slice held for the global norm, its gradient times `scale`.
+    fn update_held(&mut self, scale: f32, transport: &mut TransportBox) -> Result<()> {
+        let held = self
+            .norm
+            .as_mut()
+            .map(NormClip::take_held)
+            .unwrap_or_default();
+        for &(i, g) in &held {
+            self.update(i, g, scale, transport)?;
+        }
+        if let Some(norm) = &mut self.norm {
+            norm.give_back(held);
+        }
+        Ok(())
+    }
+
+    /// Runs the updater on slice `i` with the sum of group `g`'s gradients (times `scale`),
+    /// and sends the fresh values to the group's workers.
+    fn update(
+        &mut self,
+        i: usize,
+        g: usize,
+        scale: f32,
+        transport: &mut TransportBox,
+    ) -> Result<()> {
+        let me = transport.addr();
+        let p = &mut self.pending[i];
+        let (s, c, workers) = (&mut p.slice, &mut p.groups[g], &self.groups[g]);
+        let key = s.key;
+        let sum = c.grads[0].as_mut().expect("all received");
         let args = UpdateArgs {
             lr: self.schedule.lr(c.step) * s.lr_mult,
             weight_decay: self.weight_decay * s.wd_mult,
-            grad_scale,
+            grad_scale: scale / workers.len() as f32,
         };
         self.updater
             .update(
@@ -550,6 +615,7 @@ impl Server {
                 MsgKind::Put => self.core.on_put(msg, &mut self.transport)?,
                 MsgKind::Get => self.core.on_get(msg, &mut self.transport)?,
                 MsgKind::State => self.core.on_state(msg)?,
+                MsgKind::Norm => self.core.on_norm(msg, &mut self.transport)?,
                 MsgKind::Sync => {
                     let step = msg.version;
                     if self.core.on_sync(msg, &mut self.transport)? {

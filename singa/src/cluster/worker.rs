@@ -342,6 +342,7 @@ impl WorkerLink {
             MsgKind::Put => server.on_put(msg, &mut self.transport),
             MsgKind::Get => server.on_get(msg, &mut self.transport),
             MsgKind::State => server.on_state(msg),
+            MsgKind::Norm => server.on_norm(msg, &mut self.transport),
             other => Err(Error::invalid(format!(
                 "{me}: a {other:?} message from {} for its server",
                 msg.src
@@ -457,7 +458,7 @@ impl WorkerLink {
                 self.missing -= 1;
                 Ok(())
             }
-            MsgKind::Update if self.server.is_some() => self.serve(msg),
+            MsgKind::Update | MsgKind::Norm if self.server.is_some() => self.serve(msg),
             MsgKind::Stop => {
                 self.saw_stop = true;
                 Err(Error::invalid(format!(

@@ -176,17 +176,16 @@ impl JobConfig {
                     format!("expected a positive number, got {v}"),
                 ));
             }
-            if key == "clip_norm" && c.is_distributed() {
-                // The global norm needs every gradient of a step in one place; the servers
-                // update each slice as soon as its gradients are in.
+            if key == "clip_norm" && (c.nworker_groups > 1 || c.nserver_groups > 1) {
+                // The global norm is a step's: the servers exchange their parts of it within
+                // a synchronous group.
                 return Err(err(
                     "updater.clip_norm",
                     format!(
-                        "clipping by the global norm runs with one worker and no separate \
-                         servers for now; [cluster] has {} workers and {} servers (clip_value, \
-                         per value, runs with any cluster)",
-                        c.nworkers(),
-                        c.nserver_groups * c.nservers_per_group
+                        "clipping by the global norm runs with one worker group (synchronous: \
+                         AllReduce, Sandblaster) for now; [cluster] has {} worker groups and \
+                         {} server groups (clip_value, per value, runs with any cluster)",
+                        c.nworker_groups, c.nserver_groups
                     ),
                 ));
             }
@@ -312,7 +311,9 @@ fn check_fields(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Algorithm, ClusterConfig, JobConfig, LayerConfig, UpdaterConfig};
+    use crate::config::{
+        Algorithm, ClusterConfig, Framework, JobConfig, LayerConfig, UpdaterConfig,
+    };
     use crate::registry::Registry;
 
     fn job() -> JobConfig {
@@ -462,8 +463,8 @@ mod tests {
         assert!(e(k_only).contains("cd_k: only for algorithm = \"cd\""));
     }
 
-    /// Clipping thresholds must be positive; clipping by norm runs with one worker and no
-    /// separate servers, by value with any cluster.
+    /// Clipping thresholds must be positive; clipping by norm runs with one (synchronous)
+    /// worker group, by value with any cluster.
     #[test]
     fn clipping_is_checked() {
         let r = Registry::builtin();
@@ -474,27 +475,22 @@ mod tests {
             e.contains("updater.clip_norm: expected a positive number"),
             "{e}"
         );
-        let two = ClusterConfig {
-            nworkers_per_group: 2,
-            ..Default::default()
-        };
-        let separate = ClusterConfig {
-            server_worker_separate: true,
-            ..Default::default()
-        };
-        for cluster in [two.clone(), separate] {
+        let with = |cluster: ClusterConfig, norm: Option<f32>, value: Option<f32>| {
             let mut j = job();
-            j.updater.clip.norm = Some(0.5);
+            j.updater.clip.norm = norm;
+            j.updater.clip.value = value;
             j.cluster = cluster;
-            let e = j.validate(&r).unwrap_err().to_string();
-            assert!(
-                e.contains("updater.clip_norm: clipping by the global norm runs with one worker"),
-                "{e}"
-            );
+            j.validate(&r).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let groups = Framework::Downpour.preset(2);
+        let e = with(groups.clone(), Some(0.5), None).unwrap_err();
+        assert!(
+            e.contains("updater.clip_norm: clipping by the global norm runs with one worker group"),
+            "{e}"
+        );
+        with(groups, None, Some(0.5)).unwrap();
+        for synchronous in [Framework::AllReduce, Framework::Sandblaster] {
+            with(synchronous.preset(2), Some(0.5), Some(0.1)).unwrap();
         }
-        let mut j = job();
-        j.updater.clip.value = Some(0.5);
-        j.cluster = two;
-        j.validate(&r).unwrap();
     }
 }
