@@ -147,7 +147,6 @@ impl ServerCore {
         }
     }
 
-    /// Makes this server take part in synchronising the server groups as `role`.
     /// Clamps every value of each averaged gradient to `±clip` before the update (the job's
     /// `clip_value`), as one worker does.
     pub fn with_clip_value(mut self, clip: Option<f32>) -> Self {
@@ -161,6 +160,7 @@ impl ServerCore {
         self
     }
 
+    /// Makes this server take part in synchronising the server groups as `role`.
     pub fn with_sync(mut self, role: SyncRole) -> Self {
         let followers = match &role {
             SyncRole::Leader(f) => f.len(),
