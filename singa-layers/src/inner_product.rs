@@ -38,7 +38,7 @@ struct State {
 impl LayerDef for InnerProduct {
     const TYPE: &'static str = "inner_product";
     const DOC: &'static str =
-        "Fully connected: y = x·W + b over the input seen as batch × features. Params `weight` (fan-in = inputs) and `bias`.";
+        "Fully connected: y = x·W + b over the input seen as rows × features, the features its dimensions from `axis` on (default 1: batch × the rest; 2 maps each step of [batch, steps, features] to [batch, steps, num_output]). Params `weight` (fan-in = inputs) and `bias`.";
 
     fn fields() -> Vec<FieldSpec> {
         vec![
@@ -156,6 +156,7 @@ impl Describe for InnerProduct {
         Some(Operator::InnerProduct {
             transposed: self.transpose,
             bias: self.bias_term,
+            axis: self.axis,
         })
     }
 }

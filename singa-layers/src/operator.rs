@@ -15,13 +15,16 @@ pub enum Operator {
     Input(Preprocessing),
     /// Every output is a copy of the only input (dropout in testing, split).
     Identity,
-    /// `y = x·W (+ b)` with the input seen as `[batch, features]`; params `weight` (`[in, out]`,
-    /// or `[out, in]` when `transposed`) and, with `bias`, `bias` `[out]`.
+    /// `y = x·W (+ b)` with the input seen as `[rows, features]`, the features its dimensions
+    /// from `axis` on; params `weight` (`[in, out]`, or `[out, in]` when `transposed`) and,
+    /// with `bias`, `bias` `[out]`.
     InnerProduct {
         /// Whether the weight is stored as `[out, in]`.
         transposed: bool,
         /// Whether a bias is added.
         bias: bool,
+        /// The input's first feature dimension (1: `[batch, features]`).
+        axis: usize,
     },
     /// 2-D convolution; params `weight` `[filters, channels/groups, kh, kw]` and, with `bias`,
     /// `bias` `[filters]`.

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use singa_core::{DType, DeviceRef, FieldValue, Fields, Phase, Shape, Tensor, TensorSpec};
 use singa_cpu::CpuDevice;
 use singa_layers::capability::row_gradients;
-use singa_layers::gradcheck::build;
+use singa_layers::gradcheck::{build, example_inputs, forward_backward};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
@@ -376,6 +376,80 @@ fn recurrent_cells_initialise_and_check_their_sources() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("expected [2, 3]"), "{e}");
+}
+
+/// A cell with input weights of its own, and the same cell on the projection of its input
+/// (`projected_input`, as the unrolling runs every step), compute the same step: the same
+/// outputs, state and hidden-weight gradients; the input's gradient and the input weights'
+/// are the projection's, passed back through it.
+#[test]
+fn projected_cells_compute_what_cells_with_input_weights_do() {
+    let dev = reference();
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                "{what}: {x} against {y}"
+            );
+        }
+    };
+    let product = |a: &Tensor, ta: bool, b: &Tensor, tb: bool, shape: [usize; 2]| {
+        let mut c = Tensor::zeros(&dev, shape, DType::F32).unwrap();
+        dev.matmul(1.0, a, ta, b, tb, 0.0, &mut c).unwrap();
+        c.to_vec::<f32>().unwrap()
+    };
+    for (cell, gates, states) in [("gru", 3, 1), ("lstm", 4, 2)] {
+        let (b, f, h) = (3, 5, 4);
+        let fields = Fields::new().with("hidden_dim", h);
+        let mut specs = vec![f32_spec(&[b, f])];
+        specs.extend((0..states).map(|_| f32_spec(&[b, h])));
+        let mut plain = build(&ty(cell), &fields, &dev, &specs, 1).unwrap();
+        let mut projected_specs = specs.clone();
+        projected_specs[0] = f32_spec(&[b, gates * h]);
+        let fields = fields.with("projected_input", true);
+        let mut projected = build(&ty(cell), &fields, &dev, &projected_specs, 2).unwrap();
+        // The projected cell has the plain one's parameters but weight_x; give it their values.
+        assert_eq!(plain.params[0].name.as_str(), "layer/weight_x");
+        assert_eq!(projected.params.len(), plain.params.len() - 1);
+        for (p, q) in projected.params.iter_mut().zip(&plain.params[1..]) {
+            assert_eq!(p.name, q.name);
+            dev.copy(&q.value, &mut p.value).unwrap();
+        }
+        let wx = plain.params[0].value.clone();
+        let inputs = example_inputs(&dev, &specs, 0, 3).unwrap();
+        let xw = product(&inputs[0], false, &wx, false, [b, gates * h]);
+        let mut projected_inputs = inputs.clone();
+        projected_inputs[0] = Tensor::from_slice(&dev, &xw, [b, gates * h]).unwrap();
+        let a = forward_backward(&mut plain, &dev, &inputs, 4).unwrap();
+        let p = forward_backward(&mut projected, &dev, &projected_inputs, 4).unwrap();
+        // Outputs, then input gradients, then parameter gradients, then metrics.
+        let outs = states;
+        for k in 0..outs {
+            close(&a[k], &p[k], &format!("{cell}: output {k}"));
+        }
+        let d_xw = Tensor::from_slice(&dev, &p[outs], [b, gates * h]).unwrap();
+        let dx = product(&d_xw, false, &wx, true, [b, f]);
+        close(&a[outs], &dx, &format!("{cell}: the input's gradient"));
+        for k in 1..=states {
+            close(
+                &a[outs + k],
+                &p[outs + k],
+                &format!("{cell}: state gradient {k}"),
+            );
+        }
+        let grads = outs + 1 + states;
+        let d_wx = product(&inputs[0], true, &d_xw, false, [f, gates * h]);
+        close(&a[grads], &d_wx, &format!("{cell}: weight_x's gradient"));
+        for k in 1..plain.params.len() {
+            let name = plain.params[k].name.to_string();
+            close(
+                &a[grads + k],
+                &p[grads + k - 1],
+                &format!("{cell}: {name}'s gradient"),
+            );
+        }
+    }
 }
 
 /// `text_data`: streams of a text shard, continued batch after batch, wrapped at the end of

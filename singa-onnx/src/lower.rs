@@ -72,7 +72,18 @@ pub(crate) fn lower(g: &mut Graph, op: &Operator, l: &Layer<'_>) -> Result<()> {
                 );
             }
         }
-        Operator::InnerProduct { transposed, bias } => {
+        Operator::InnerProduct {
+            transposed,
+            bias,
+            axis,
+        } => {
+            if *axis != 1 {
+                return Err(Error::invalid(format!(
+                    "layer {}: an inner_product over axis {axis} (a sequence's steps) has no \
+                     ONNX form in singa yet; only axis = 1",
+                    l.name
+                )));
+            }
             let x = l.as_matrix(g, l.input(), &l.inputs[0].1);
             let mut inputs = vec![x.as_str(), params[0]];
             if *bias {
