@@ -88,7 +88,8 @@ impl InnerProduct {
     ) -> Result<RVec<TensorSpec>> {
         let input = ctx.single_input()?;
         let dims = input.shape.dims();
-        if self.axis >= dims.len() {
+        // axis = rank: one feature per row (a [batch, steps] sequence of numbers).
+        if self.axis > dims.len() {
             return Err(Error::shape(
                 format!("layer {}", ctx.layer),
                 format!(

@@ -21,8 +21,8 @@ proptest! {
     }
 
     #[test]
-    fn inner_product_gradients(b in 1usize..5, c in 1usize..4, h in 1usize..4, out in 1usize..7, bias: bool, transpose: bool, seed in 0u64..1000, axis in 1usize..3) {
-        // axis 2: every [b, c] index a row of h features.
+    fn inner_product_gradients(b in 1usize..5, c in 1usize..4, h in 1usize..4, out in 1usize..7, bias: bool, transpose: bool, seed in 0u64..1000, axis in 1usize..4) {
+        // axis 2: every [b, c] index a row of h features; axis 3: every value a row of one.
         let fields = Fields::new().with("num_output", out).with("bias_term", bias).with("transpose", transpose).with("axis", axis);
         Case::new("inner_product", fields, vec![f32_spec(&[b, c, h])], seed).gradcheck();
     }

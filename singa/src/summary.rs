@@ -73,7 +73,14 @@ pub fn summarize(net: &NeuralNet, store: &ParamStore, job: &JobConfig) -> Vec<La
             let flops = if input_specs.is_empty() || MOVES.contains(&t) {
                 Some(0.0)
             } else if t == "inner_product" {
-                Some(2.0 * weights(2) + bias())
+                // Per row of its input: a sample's, or each step's of a sequence (`axis = 2`).
+                let rows = outputs
+                    / l.output_specs()[0]
+                        .shape
+                        .dims()
+                        .last()
+                        .map_or(1, |&n| n.max(1)) as f64;
+                Some((2.0 * weights(2) + bias()) * rows)
             } else if t == "convolution" {
                 // Per output position: every weight once, and a bias per filter.
                 let positions = l.output_specs()[0].shape.dims()[2..]

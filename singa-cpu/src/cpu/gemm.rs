@@ -67,10 +67,13 @@ fn choose(l: &GemmLayout, parts: usize, depth_ok: bool) -> Split {
     if enough(preferred) {
         return preferred;
     }
+    // Short blocks of depth still beat one thread when no other dimension is long enough.
+    let short_depth = depth_ok && k >= parts * BLOCK_ALIGN;
     [Split::Rows, Split::Cols]
         .into_iter()
         .filter(|&s| enough(s))
         .max_by_key(|&s| len(s))
+        .or(short_depth.then_some(Split::Depth))
         .unwrap_or(Split::None)
 }
 
@@ -438,10 +441,15 @@ mod tests {
             choose(&layout(64, 1000, 784, false, false), 2, false),
             Split::Cols
         );
-        // A depth too short for a kernel block per thread: the longer other dimension.
+        // A depth too short for a kernel block per thread: the longer other dimension, or
+        // the depth still when no other is long enough.
         assert_eq!(
             choose(&layout(32, 1024, 256, false, false), 2, true),
             Split::Cols
+        );
+        assert_eq!(
+            choose(&layout(16, 16, 400, true, false), 2, true),
+            Split::Depth
         );
     }
 

@@ -118,6 +118,16 @@ pub fn check_feature_split(file: &str, layer: &LayerConfig, members: usize) -> R
                 ));
             }
         }
+        if let Some(FieldValue::Int(axis)) = layer.fields.get("axis") {
+            if *axis != 1 {
+                // The bridges join the parts' outputs as [batch, features] columns.
+                return Err(Error::config(
+                    file,
+                    format!("layer[{}].axis", layer.name),
+                    format!("an inner product over axis {axis} cannot be split along the features (only axis = 1)"),
+                ));
+            }
+        }
         if let Some(FieldValue::Bool(false)) = layer.fields.get("transpose") {
             return Err(Error::config(
                 file,
@@ -150,4 +160,26 @@ pub fn effective_fields(layer: &LayerConfig, members: usize) -> Fields {
         }
     }
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inner product over a sequence's steps (`axis = 2`) is not split along the features:
+    /// the bridges join parts as `[batch, features]` columns.
+    #[test]
+    fn an_inner_product_over_steps_is_not_split() {
+        let mut l = LayerConfig::new("fc", "inner_product")
+            .src("x")
+            .field("num_output", 4)
+            .field("axis", 2);
+        l.partition_dim = 1;
+        let e = check_feature_split("job.toml", &l, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer[fc].axis"), "{e}");
+        l.fields.set("axis", 1i64);
+        check_feature_split("job.toml", &l, 2).unwrap();
+    }
 }
