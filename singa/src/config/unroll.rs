@@ -221,9 +221,18 @@ fn input_projection(
     let mut cell_params = Vec::new();
     for p in &cell.params {
         if p.name == "weight_x" {
+            // Another unrolled cell's input weights moved to its projection too.
+            let share_from = p
+                .share_from
+                .as_ref()
+                .map(|s| match s.strip_suffix("@0/weight_x") {
+                    Some(other) => format!("{other}@x/weight"),
+                    None => s.clone(),
+                });
             weight = ParamConfig {
                 name: "weight".into(),
                 init: p.init.or(weight.init),
+                share_from,
                 ..p.clone()
             };
         } else {
@@ -270,6 +279,7 @@ mod tests {
         let mut lstm = cell("lstm1", "lstm", "onehot");
         let mut wx = ParamConfig::new("weight_x");
         wx.lr_mult = 2.0;
+        wx.share_from = Some("other@0/weight_x".into());
         lstm.params = vec![wx, ParamConfig::new("weight_h")];
         let layers = vec![
             LayerConfig::new("data", "text_data"),
@@ -317,6 +327,7 @@ mod tests {
             ("weight", 2.0)
         );
         assert!(matches!(x.params[0].init, Some(Init::Uniform { .. })));
+        assert_eq!(x.params[0].share_from.as_deref(), Some("other@x/weight"));
         let names: Vec<&str> = find(&out, "lstm1@0")
             .params
             .iter()
