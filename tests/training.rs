@@ -708,3 +708,128 @@ fn the_carried_state_is_reset_at_each_epoch() {
         "every evaluation starts alike"
     );
 }
+
+/// An MLP on the reference device in `precision` whose loss is weighted by `loss_weight`,
+/// trained by plain SGD at `lr` (so that a tiny weight with a large rate learns as weight 1
+/// does), with `device` settings added.
+fn scaled_mlp(dir: &Path, precision: &str, loss_weight: f64, lr: f64, device: &str) -> JobConfig {
+    let text = mlp_job(dir, "train_steps = 30", 32, 0.0)
+        .replace(
+            "type = \"cpu\"\nthreads = 2",
+            &format!("type = \"reference\"\nprecision = \"{precision}\"\n{device}"),
+        )
+        .replace(
+            "type = \"softmax_loss\"",
+            &format!("type = \"softmax_loss\"\nscale = {loss_weight:e}"),
+        );
+    let mut job = JobConfig::from_toml(&text, Default::default()).unwrap();
+    job.updater = singa::config::UpdaterConfig::sgd(lr);
+    job
+}
+
+/// Runs `steps` training steps of `job` (no workspace) and returns the trainer and the
+/// training metrics read once at the end.
+fn run_steps(job: &JobConfig, steps: u64) -> (Trainer, Vec<(String, f64)>) {
+    let mut t = Trainer::new(job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    for _ in 0..steps {
+        t.train_step().unwrap();
+    }
+    let metrics = t.train_metrics().unwrap();
+    (t, metrics)
+}
+
+/// A loss weighted by 1e-6 gives gradients below f16's smallest value: f16 products without
+/// loss scaling flush them to zero and the weights do not learn, while the default dynamic
+/// scaling (2^16) trains them as f32 does.
+#[test]
+fn f16_with_loss_scaling_keeps_the_gradients_that_f16_alone_loses() {
+    let dir = tmpdir("f16-underflow");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let job = |precision: &str, device: &str| scaled_mlp(&dir, precision, 1e-6, 5e4, device);
+    let (start, _) = run_steps(&job("f32", ""), 0);
+    let (f32_run, _) = run_steps(&job("f32", ""), 30);
+    let (scaled, metrics) = run_steps(&job("f16", ""), 30);
+    let (unscaled, _) = run_steps(&job("f16", "loss_scale = \"none\""), 30);
+    assert_eq!(metric(&metrics, "loss_scale"), 65536.0, "{metrics:?}");
+    assert_eq!(metric(&metrics, "skipped_steps"), 0.0, "{metrics:?}");
+    let weights = |t: &Trainer| -> Vec<(String, Vec<f32>)> {
+        param_values(t)
+            .into_iter()
+            .filter(|(n, _)| n.ends_with("weight"))
+            .collect()
+    };
+    let diff = |a: &Trainer, b: &Trainer| singa_tests::max_difference(&weights(a), &weights(b));
+    let learned = diff(&start, &f32_run);
+    assert!(learned > 0.05, "f32 moved the weights by {learned}");
+    assert_eq!(
+        diff(&start, &unscaled),
+        0.0,
+        "unscaled f16 gradients should vanish"
+    );
+    let off = diff(&scaled, &f32_run);
+    eprintln!("f32 moved the weights by {learned}; scaled f16 is {off} from it");
+    assert!(
+        off < 0.05 * learned,
+        "scaled f16 is {off} from f32, which moved {learned}"
+    );
+}
+
+/// A loss scale far too large overflows f16: those steps are skipped (and counted), the scale
+/// halves each time, and training then goes on.
+#[test]
+fn f16_steps_that_overflow_are_skipped_and_the_scale_halves() {
+    let dir = tmpdir("f16-overflow");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let init = 2f32.powi(40);
+    let device = format!("loss_scale = {{ init = {init:e}, growth_interval = 1000 }}");
+    let job = scaled_mlp(&dir, "f16", 1.0, 0.05, &device);
+    let (t, metrics) = run_steps(&job, 30);
+    let skipped = metric(&metrics, "skipped_steps");
+    eprintln!("{metrics:?}");
+    assert!((10.0..30.0).contains(&skipped), "{metrics:?}");
+    assert_eq!(
+        metric(&metrics, "loss_scale"),
+        init as f64 / 2f64.powf(skipped),
+        "{metrics:?}"
+    );
+    let (start, _) = run_steps(&job, 0);
+    let moved = singa_tests::max_difference(&param_values(&start), &param_values(&t));
+    assert!(moved > 0.0, "the steps after the overflows train");
+}
+
+/// The scaler's state is part of the checkpoint: with a scale that doubles after every step
+/// and gradients small enough that it matters, a stopped f16 run resumes bitwise.
+#[test]
+fn an_f16_run_resumes_its_loss_scale_exactly() {
+    let dir = tmpdir("f16-resume");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let device = "loss_scale = { init = 1, growth_interval = 1 }";
+    let steps = |n: u32| {
+        let mut job = scaled_mlp(&dir, "f16", 1e-6, 5e4, device);
+        job.train_steps = n as u64;
+        job.checkpoint_freq = 6;
+        job
+    };
+    let (straight, _) = train(&steps(12), &dir.join("a"), Existing::Refuse);
+    train(&steps(6), &dir.join("b"), Existing::Refuse);
+    let (resumed, summary) = train(&steps(12), &dir.join("b"), Existing::Resume);
+    assert_eq!(metric(&summary.train, "loss_scale"), 4096.0);
+    assert_eq!(param_values(&straight), param_values(&resumed));
+}
+
+/// At a fixed scale that always overflows, training stops as diverged, naming the step and
+/// the gradient that overflowed.
+#[test]
+fn f16_overflow_at_a_fixed_scale_stops_training_naming_the_gradient() {
+    let dir = tmpdir("f16-fixed-overflow");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let job = scaled_mlp(&dir, "f16", 1.0, 0.05, "loss_scale = 1e30");
+    let mut t = Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let e = (0..100).find_map(|_| t.train_step().err()).unwrap();
+    let e = e.to_string();
+    assert!(
+        e.starts_with("step 40: training diverged: the gradients of step 40 are not finite"),
+        "{e}"
+    );
+    assert!(e.contains("; the gradient of fc"), "{e}");
+}

@@ -6,10 +6,11 @@
 use crate::algorithm::{GradientSink, TrainOneBatch};
 use crate::checkpoint::Loaded;
 use crate::cluster::Cluster;
-use crate::config::Clipping;
+use crate::config::{Clipping, LossScaling};
+use crate::loss_scale::LossScaler;
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
-use singa_core::{Result, Tensor, UpdateArgs, UpdaterBox};
+use singa_core::{DType, Result, Tensor, UpdateArgs, UpdaterBox};
 use singa_layers::schedule::LrSchedule;
 
 /// What the trainer asks of whoever trains.
@@ -46,7 +47,8 @@ pub trait Engine: Send {
 }
 
 /// One worker that applies the updater to each parameter as soon as its gradient is
-/// complete.
+/// complete (or, when the step's gradients must be seen together first, to clip them by
+/// their norm or to skip a step whose scaled gradients overflowed, once all are).
 pub struct Local {
     updater: UpdaterBox,
     schedule: LrSchedule,
@@ -55,9 +57,13 @@ pub struct Local {
     /// Parameters whose gradients are complete once a layer's backward is done.
     ready_after: Vec<Vec<usize>>,
     clip: Clipping,
+    scaler: Option<LossScaler>,
     /// Host space for reading gradients to take their norm (sized once).
     scratch: Vec<f32>,
 }
+
+/// The name of the loss scaler's state in a checkpoint.
+const SCALER_STATE: &str = "loss_scaler";
 
 impl Local {
     /// The engine of a job with one worker.
@@ -75,6 +81,7 @@ impl Local {
             algorithm,
             ready_after,
             clip: Clipping::default(),
+            scaler: None,
             scratch: Vec::new(),
         }
     }
@@ -84,9 +91,16 @@ impl Local {
         self.clip = clip;
         self
     }
+
+    /// Scales the loss (see [`LossScaling`]).
+    pub fn with_loss_scaling(mut self, scaling: LossScaling) -> Local {
+        self.scaler = LossScaler::new(scaling);
+        self
+    }
 }
 
-/// Applies the updater to each parameter as soon as its last gradient is computed.
+/// Applies the updater to each parameter as soon as its last gradient is computed, or at the
+/// end of the step when `deferred`.
 struct LocalUpdates<'a> {
     store: &'a mut ParamStore,
     updater: &'a mut UpdaterBox,
@@ -95,11 +109,18 @@ struct LocalUpdates<'a> {
     lr: f32,
     weight_decay: f32,
     clip: Clipping,
+    /// The loss scale of the step: every gradient is this many times the true one.
+    loss_scale: f32,
+    /// Whether the updates wait for the end of the step ([`LocalUpdates::finish`]).
+    deferred: bool,
+    /// Whether the end of the step checks the gradients for overflow (loss scaling), so
+    /// that clamping them waits for it.
+    checks_overflow: bool,
 }
 
 impl LocalUpdates<'_> {
     /// Sums parameter `p`'s gradients (one per layer that uses it) into the first, clamped to
-    /// `clip.value` when set.
+    /// `clip.value` unless that waits for the overflow check.
     fn gather(&mut self, p: usize) -> Result<()> {
         let e = &mut self.store.entries_mut()[p];
         let dev = e.value.device().clone();
@@ -109,11 +130,21 @@ impl LocalUpdates<'_> {
                 dev.axpby(1.0, g, 1.0, &mut first[0])?;
             }
         }
-        if let Some(c) = self.clip.value {
-            let g = e.grads[0].clone();
-            dev.clamp(&g, &mut e.grads[0], -c, c)?;
+        if !self.checks_overflow {
+            self.clamp(p)?;
         }
         Ok(())
+    }
+
+    /// Clamps parameter `p`'s gathered gradient to `clip.value` (scaled as the gradient is).
+    fn clamp(&mut self, p: usize) -> Result<()> {
+        let Some(c) = self.clip.value else {
+            return Ok(());
+        };
+        let e = &mut self.store.entries_mut()[p];
+        let (dev, g) = (e.value.device().clone(), e.grads[0].clone());
+        let bound = c * self.loss_scale;
+        dev.clamp(&g, &mut e.grads[0], -bound, bound)
     }
 
     /// Updates parameter `p` with its gathered gradient times `grad_scale`.
@@ -136,12 +167,9 @@ impl LocalUpdates<'_> {
             .map_err(|err| err.context(format!("updating {}", e.name)))
     }
 
-    /// With `clip.norm`: the scale that brings the global norm of the gathered gradients down
-    /// to it (1 when it is below), read through `scratch`.
-    fn norm_scale(&mut self, scratch: &mut Vec<f32>) -> Result<f32> {
-        let Some(max) = self.clip.norm else {
-            return Ok(1.0);
-        };
+    /// The sum of the squares of every gathered gradient (not finite when one value is not),
+    /// read through `scratch`.
+    fn sum_of_squares(&self, scratch: &mut Vec<f32>) -> Result<f64> {
         let mut sum = 0.0f64;
         for &p in self.ready_after.iter().flatten() {
             let g = &self.store.entries()[p].grads[0];
@@ -152,8 +180,59 @@ impl LocalUpdates<'_> {
             g.read_into(part)?;
             sum += part.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
         }
-        let norm = sum.sqrt() as f32;
-        Ok(if norm > max { max / norm } else { 1.0 })
+        Ok(sum)
+    }
+
+    /// The first parameter whose gathered gradient holds a value that is not finite.
+    fn nonfinite_gradient(&self) -> Result<String> {
+        for &p in self.ready_after.iter().flatten() {
+            let e = &self.store.entries()[p];
+            if let Some((i, v)) = crate::finite::first_nonfinite(&e.grads[0])? {
+                return Ok(format!(
+                    "the gradient of {} holds {v} at element {i}",
+                    e.name
+                ));
+            }
+        }
+        Ok("every gradient is finite".to_string())
+    }
+
+    /// The end of a deferred step: with a `scaler`, skips it when a gradient overflowed;
+    /// clips by value and by the global norm; then updates every parameter with its gradient
+    /// unscaled.
+    fn finish(&mut self, scratch: &mut Vec<f32>, scaler: Option<&mut LossScaler>) -> Result<()> {
+        let mut sum = None;
+        if let Some(scaler) = scaler {
+            let s = self.sum_of_squares(scratch)?;
+            if let Err(e) = scaler.record(self.step, s.is_finite()) {
+                return Err(crate::finite::append(e, &self.nonfinite_gradient()?));
+            }
+            if !s.is_finite() {
+                return Ok(());
+            }
+            sum = Some(s);
+            if self.clip.value.is_some() {
+                for &p in self.ready_after.iter().flatten() {
+                    self.clamp(p)?;
+                }
+                sum = None;
+            }
+        }
+        let mut grad_scale = 1.0 / self.loss_scale;
+        if let Some(max) = self.clip.norm {
+            let sum = match sum {
+                Some(s) => s,
+                None => self.sum_of_squares(scratch)?,
+            };
+            let norm = sum.sqrt() as f32 / self.loss_scale;
+            if norm > max {
+                grad_scale *= max / norm;
+            }
+        }
+        for &p in self.ready_after.iter().flatten() {
+            self.update(p, grad_scale)?;
+        }
+        Ok(())
     }
 }
 
@@ -161,8 +240,7 @@ impl GradientSink for LocalUpdates<'_> {
     fn layer_done(&mut self, _: &mut NeuralNet, layer: usize) -> Result<()> {
         for &p in &self.ready_after[layer] {
             self.gather(p)?;
-            // With a norm to clip to, the updates wait for every gradient of the step.
-            if self.clip.norm.is_none() {
+            if !self.deferred {
                 self.update(p, 1.0)?;
             }
         }
@@ -172,6 +250,8 @@ impl GradientSink for LocalUpdates<'_> {
 
 impl Engine for Local {
     fn train_step(&mut self, net: &mut NeuralNet, store: &mut ParamStore, step: u64) -> Result<()> {
+        let loss_scale = self.scaler.as_ref().map_or(1.0, LossScaler::scale);
+        net.set_loss_scale(loss_scale);
         let mut sink = LocalUpdates {
             store,
             updater: &mut self.updater,
@@ -180,22 +260,22 @@ impl Engine for Local {
             lr: self.schedule.lr(step),
             weight_decay: self.weight_decay,
             clip: self.clip,
+            loss_scale,
+            deferred: self.clip.norm.is_some() || self.scaler.is_some(),
+            checks_overflow: self.scaler.is_some(),
         };
         let done = self.algorithm.train_one_batch(net, step, &mut sink);
-        let done = done.and_then(|()| {
-            if self.clip.norm.is_none() {
-                return Ok(());
-            }
-            let scale = sink.norm_scale(&mut self.scratch)?;
-            for &p in self.ready_after.iter().flatten() {
-                sink.update(p, scale)?;
-            }
-            Ok(())
+        let done = done.and_then(|()| match sink.deferred {
+            true => sink.finish(&mut self.scratch, self.scaler.as_mut()),
+            false => Ok(()),
         });
         done.map_err(|e| crate::finite::explain(e, store))
     }
 
-    fn train_metrics(&mut self, own: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
+    fn train_metrics(&mut self, mut own: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
+        if let Some(s) = &mut self.scaler {
+            own.extend(s.read_metrics());
+        }
         Ok(own)
     }
 
@@ -203,12 +283,22 @@ impl Engine for Local {
         Ok(())
     }
 
-    fn checkpoint_state(&mut self, _: &mut ParamStore) -> Result<Vec<(String, Tensor)>> {
-        Ok(Vec::new())
+    fn checkpoint_state(&mut self, store: &mut ParamStore) -> Result<Vec<(String, Tensor)>> {
+        let (Some(scaler), Some(e)) = (&self.scaler, store.entries().first()) else {
+            return Ok(Vec::new());
+        };
+        let state = scaler.state();
+        let mut t = Tensor::zeros(e.value.device(), [state.len()], DType::F32)?;
+        t.write_from(&state)?;
+        Ok(vec![(SCALER_STATE.to_string(), t)])
     }
 
-    fn restore(&mut self, _: &ParamStore, _: &Loaded, _: &[(String, Vec<u64>)]) -> Result<()> {
-        Ok(())
+    fn restore(&mut self, _: &ParamStore, loaded: &Loaded, _: &[(String, Vec<u64>)]) -> Result<()> {
+        match (&mut self.scaler, loaded.tensor(SCALER_STATE)) {
+            (Some(scaler), Some(state)) => scaler.restore(state),
+            // A checkpoint of a run without loss scaling: the scale starts over.
+            _ => Ok(()),
+        }
     }
 
     fn workers(&self) -> usize {

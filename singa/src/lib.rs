@@ -29,6 +29,7 @@ pub mod config;
 pub mod device;
 pub mod engine;
 mod finite;
+pub mod loss_scale;
 pub mod net;
 pub mod params;
 pub mod partition;

@@ -151,6 +151,8 @@ pub struct NeuralNet {
     /// The input layers of sequences that continue between batches, which say when the
     /// carried state starts over ([`NeuralNet::carry_state`]).
     sequence_inputs: Vec<usize>,
+    /// What the loss layers' gradients are multiplied by ([`NeuralNet::set_loss_scale`]).
+    loss_scale: f32,
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -554,6 +556,7 @@ impl NeuralNet {
             dev: dev.clone(),
             layers,
             metric_steps: 0,
+            loss_scale: 1.0,
             carries,
             rbm_pairs,
             sequence_inputs,
@@ -706,8 +709,15 @@ impl NeuralNet {
             .map_err(|e| e.context(format!("layer {} ({}) forward", l.name, l.type_name)))
     }
 
+    /// Multiplies the gradients the loss layers start the backward pass with by `scale` (loss
+    /// scaling, see [`crate::config::LossScaling`]): every parameter gradient of the pass is
+    /// then `scale` times the true one.
+    pub fn set_loss_scale(&mut self, scale: f32) {
+        self.loss_scale = scale;
+    }
+
     /// Runs layer `i` backward (SINGA's `ComputeGradient`), after summing the gradients of an
-    /// output read by several layers.
+    /// output read by several layers; a loss layer's gradients are scaled by the loss scale.
     pub fn backward_layer(&mut self, i: usize, phase: Phase) -> Result<()> {
         let dev = &self.dev;
         let l = &mut self.layers[i];
@@ -730,7 +740,17 @@ impl NeuralNet {
                 l.grad_inputs.as_mut_slice().into(),
             )
             .into_result()
-            .map_err(|e| e.context(format!("layer {} ({}) backward", l.name, l.type_name)))
+            .map_err(|e| e.context(format!("layer {} ({}) backward", l.name, l.type_name)))?;
+        // A loss layer is a layer without outputs that runs backward (see `check_has_loss`).
+        if self.loss_scale != 1.0 && l.outputs.is_empty() {
+            for g in l.grad_inputs.iter_mut() {
+                if let ROption::RSome(g) = g {
+                    let x = g.clone();
+                    dev.affine(&x, g, self.loss_scale, 0.0)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Asks layer `i` to leave the gradient of its `position`-th parameter to

@@ -340,7 +340,8 @@ impl Trainer {
                     algorithm::create(&job),
                     ready_after,
                 )
-                .with_clipping(job.updater.clip),
+                .with_clipping(job.updater.clip)
+                .with_loss_scaling(job.device.loss_scale.expect("settled by validation")),
             ),
         };
         let workspace = match &options.workspace {

@@ -260,6 +260,38 @@ pub struct DeviceConfig {
     /// The precision of matrix products and convolutions (`precision = "bf16"`: inputs
     /// rounded to bf16, sums in f32; parameters, updater state and losses stay f32).
     pub precision: Precision,
+    /// `loss_scale`: how the loss gradient is scaled so that small gradients survive f16
+    /// products (`None`: not written; validation settles it, dynamic with `"f16"`).
+    pub loss_scale: Option<LossScaling>,
+}
+
+/// Loss scaling, as PyTorch's `GradScaler`: the loss's gradient is multiplied by a scale
+/// before the backward pass, so that gradients too small for f16 do not flush to zero, and
+/// the parameters' gradients are divided by it before the update. A step whose gradients
+/// overflowed (a value that is not finite) is skipped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LossScaling {
+    /// No scaling (`loss_scale = "none"`).
+    Off,
+    /// A fixed scale (`loss_scale = 1024`); steps that overflow are still skipped.
+    Fixed(f32),
+    /// A scale that starts at `init`, halves on each overflow, and doubles after
+    /// `growth_interval` steps in a row without one (`loss_scale = "dynamic"`, or
+    /// `{ init = 65536, growth_interval = 2000 }`).
+    Dynamic {
+        /// The first scale.
+        init: f32,
+        /// Steps without overflow after which the scale doubles.
+        growth_interval: u64,
+    },
+}
+
+impl LossScaling {
+    /// PyTorch's defaults: start at 2^16, double after 2,000 good steps.
+    pub const DYNAMIC: LossScaling = LossScaling::Dynamic {
+        init: 65536.0,
+        growth_interval: 2000,
+    };
 }
 
 impl Default for DeviceConfig {
@@ -269,6 +301,7 @@ impl Default for DeviceConfig {
             threads: None,
             gpu: 0,
             precision: Precision::F32,
+            loss_scale: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{
     Algorithm, ClusterConfig, DeviceConfig, DeviceKind, Framework, JobConfig, LayerConfig,
-    LrConfig, Origin, ParamConfig, UpdaterConfig,
+    LossScaling, LrConfig, Origin, ParamConfig, UpdaterConfig,
 };
 use singa_core::fields::nearest;
 use singa_core::{Error, FieldValue, Fields, Init, Phase, Precision, Result};
@@ -350,7 +350,7 @@ fn parse_rename(s: &Section<'_>) -> Result<Vec<(String, String)>> {
 }
 
 fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
-    s.only(&["type", "threads", "id", "precision"])?;
+    s.only(&["type", "threads", "id", "precision", "loss_scale"])?;
     let mut d = DeviceConfig::default();
     if let Some(t) = s.str("type")? {
         d.kind = match t.as_str() {
@@ -382,7 +382,61 @@ fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
             ));
         }
     }
+    d.loss_scale = parse_loss_scale(s)?;
     Ok(d)
+}
+
+/// `loss_scale = "dynamic" | "none" | 1024 | { init = 65536, growth_interval = 2000 }`.
+fn parse_loss_scale(s: &Section<'_>) -> Result<Option<LossScaling>> {
+    const EXPECTED: &str =
+        "\"dynamic\", \"none\", a fixed scale, or { init = ..., growth_interval = ... }";
+    Ok(match s.table.get("loss_scale") {
+        None => None,
+        Some(Value::String(v)) => match v.as_str() {
+            "dynamic" => Some(LossScaling::DYNAMIC),
+            "none" => Some(LossScaling::Off),
+            other => {
+                let hint = nearest(other, &["dynamic", "none"])
+                    .map(|n| format!("; did you mean {n:?}?"))
+                    .unwrap_or_default();
+                return Err(s.err(
+                    "loss_scale",
+                    format!("{other:?}: expected {EXPECTED}{hint}"),
+                ));
+            }
+        },
+        Some(Value::Integer(_) | Value::Float(_)) => {
+            positive_in(s, "loss_scale")?.map(LossScaling::Fixed)
+        }
+        Some(Value::Table(_)) => {
+            let t = s.table("loss_scale")?.expect("a table");
+            t.only(&["init", "growth_interval"])?;
+            let LossScaling::Dynamic {
+                init,
+                growth_interval,
+            } = LossScaling::DYNAMIC
+            else {
+                unreachable!("DYNAMIC is dynamic")
+            };
+            Some(LossScaling::Dynamic {
+                init: positive_in(&t, "init")?.unwrap_or(init),
+                growth_interval: match t.u64("growth_interval")? {
+                    Some(0) => return Err(t.err("growth_interval", "expected at least 1")),
+                    n => n.unwrap_or(growth_interval),
+                },
+            })
+        }
+        Some(other) => return Err(s.wrong("loss_scale", EXPECTED, other)),
+    })
+}
+
+/// Field `key` of `s` as a positive number, if present.
+fn positive_in(s: &Section<'_>, key: &str) -> Result<Option<f32>> {
+    match s.f32(key)? {
+        Some(v) if v > 0.0 => Ok(Some(v)),
+        Some(v) => Err(s.err(key, format!("expected a positive number, got {v}"))),
+        None => Ok(None),
+    }
 }
 
 /// The keys of `[updater]` that every updater has; the rest belong to the updater type.
@@ -690,6 +744,56 @@ num_output = 3
             "{MINIMAL}[device]\ntype = \"reference\"\nprecision = \"f16\"\n"
         ));
         assert_eq!(reference.unwrap().device.precision, Precision::F16);
+    }
+
+    #[test]
+    fn loss_scale() {
+        let with = |v: &str| {
+            parse(&format!(
+                "{MINIMAL}[device]\ntype = \"reference\"\nloss_scale = {v}\n"
+            ))
+            .map(|j| j.device.loss_scale)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(MINIMAL).unwrap().device.loss_scale, None);
+        assert_eq!(with("\"dynamic\""), Ok(Some(LossScaling::DYNAMIC)));
+        assert_eq!(with("\"none\""), Ok(Some(LossScaling::Off)));
+        assert_eq!(with("1024"), Ok(Some(LossScaling::Fixed(1024.0))));
+        assert_eq!(
+            with("{ init = 8.0, growth_interval = 10 }"),
+            Ok(Some(LossScaling::Dynamic {
+                init: 8.0,
+                growth_interval: 10
+            }))
+        );
+        assert_eq!(
+            with("{ growth_interval = 10 }"),
+            Ok(Some(LossScaling::Dynamic {
+                init: 65536.0,
+                growth_interval: 10
+            }))
+        );
+        let expected = r#"expected "dynamic", "none", a fixed scale, or { init = ..., growth_interval = ... }"#;
+        assert_eq!(
+            with("\"dinamic\"").unwrap_err(),
+            format!(
+                "job.toml: device.loss_scale: \"dinamic\": {expected}; did you mean \"dynamic\"?"
+            )
+        );
+        assert_eq!(
+            with("true").unwrap_err(),
+            format!("job.toml: device.loss_scale: {expected}, got the boolean true")
+        );
+        assert_eq!(
+            with("-2").unwrap_err(),
+            "job.toml: device.loss_scale: expected a positive number, got -2"
+        );
+        assert_eq!(
+            with("{ growth_interval = 0 }").unwrap_err(),
+            "job.toml: device.loss_scale.growth_interval: expected at least 1"
+        );
+        let e = with("{ init = 1, grow = 2 }").unwrap_err();
+        assert!(e.contains("device.loss_scale.grow: unknown field"), "{e}");
     }
 
     #[test]

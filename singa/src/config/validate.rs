@@ -1,10 +1,10 @@
 //! Checking a [`JobConfig`] against the known layer and updater types.
 
 use super::parse::{unknown_field_message, LAYER_KEYS, UPDATER_KEYS};
-use super::{Algorithm, JobConfig};
+use super::{Algorithm, JobConfig, LossScaling};
 use crate::registry::Registry;
 use singa_core::fields::nearest;
-use singa_core::{validate_fields, Error, FieldSpec, FieldValue, Fields, Phase, Result};
+use singa_core::{validate_fields, Error, FieldSpec, FieldValue, Fields, Phase, Precision, Result};
 use singa_layers::schedule::LrSchedule;
 
 /// The largest staleness bound: each step a group may lag costs a queued command.
@@ -21,6 +21,51 @@ pub struct Validated {
 }
 
 impl JobConfig {
+    /// The loss scaling this job trains with: as written, else dynamic for f16 products (PyTorch's
+    /// defaults) and none otherwise. Refused where it has no meaning yet: with CD (whose
+    /// gradients come from the phases' statistics, not from a loss) and in a cluster (the skip
+    /// of an overflowing step would have to be agreed by every worker and server).
+    fn loss_scaling(&self) -> Result<LossScaling> {
+        let file = self.origin.file.as_str();
+        let f16 = self.device.precision == Precision::F16;
+        let Some(written) = self.device.loss_scale else {
+            return Ok(match self.algorithm {
+                Algorithm::Cd => LossScaling::Off,
+                _ if f16 && self.cluster.is_distributed() => {
+                    return Err(Error::config(
+                        file,
+                        "device.precision",
+                        "f16 products need loss scaling, which runs with one worker for now; \
+                         use precision = \"bf16\", or set device.loss_scale = \"none\" to train \
+                         f16 without it",
+                    ))
+                }
+                _ if f16 => LossScaling::DYNAMIC,
+                _ => LossScaling::Off,
+            });
+        };
+        if written == LossScaling::Off {
+            return Ok(written);
+        }
+        if self.algorithm == Algorithm::Cd {
+            return Err(Error::config(
+                file,
+                "device.loss_scale",
+                "contrastive divergence has no loss to scale (its gradients are the \
+                 differences of the phases' statistics); expected \"none\"",
+            ));
+        }
+        if self.cluster.is_distributed() {
+            return Err(Error::config(
+                file,
+                "device.loss_scale",
+                "loss scaling runs with one worker for now (in a cluster every worker and \
+                 server would have to agree to skip a step that overflowed); expected \"none\"",
+            ));
+        }
+        Ok(written)
+    }
+
     /// Checks the job against `registry`: known types, valid fields, a sensible schedule,
     /// steps and frequencies, and a topology this build can run.
     pub fn validate(&self, registry: &Registry) -> Result<Validated> {
@@ -147,6 +192,7 @@ impl JobConfig {
             }
         }
         let mut job = self.clone();
+        job.device.loss_scale = Some(self.loss_scaling()?);
 
         job.layers = self.algorithm_layers()?;
 
@@ -312,14 +358,60 @@ fn check_fields(
 #[cfg(test)]
 mod tests {
     use crate::config::{
-        Algorithm, ClusterConfig, Framework, JobConfig, LayerConfig, UpdaterConfig,
+        Algorithm, ClusterConfig, Framework, JobConfig, LayerConfig, LossScaling, UpdaterConfig,
     };
     use crate::registry::Registry;
+    use singa_core::Precision;
 
     fn job() -> JobConfig {
         JobConfig::new("t")
             .updater(UpdaterConfig::sgd(0.1))
             .layer(LayerConfig::new("fc", "inner_product").field("num_output", 4))
+    }
+
+    #[test]
+    fn loss_scaling_is_settled_and_refused_where_it_has_no_meaning() {
+        let r = Registry::builtin();
+        let settled = |precision: Precision, written: Option<LossScaling>| {
+            let mut j = job();
+            j.device.precision = precision;
+            j.device.loss_scale = written;
+            j.validate(&r).map(|v| v.job.device.loss_scale.unwrap())
+        };
+        assert_eq!(settled(Precision::F32, None).unwrap(), LossScaling::Off);
+        assert_eq!(settled(Precision::BF16, None).unwrap(), LossScaling::Off);
+        assert_eq!(settled(Precision::F16, None).unwrap(), LossScaling::DYNAMIC);
+        let fixed = Some(LossScaling::Fixed(8.0));
+        assert_eq!(settled(Precision::F32, fixed).unwrap(), fixed.unwrap());
+
+        let mut vis = LayerConfig::new("v", "rbm_vis");
+        vis.srclayers = vec!["fc".into(), "h".into()];
+        let hid = LayerConfig::new("h", "rbm_hid").src("v").field("hdim", 4);
+        let mut cd = job().cd(1).layer(vis).layer(hid);
+        cd.device.precision = Precision::F16;
+        // Unwritten, CD trains f16 unscaled; written, it is refused.
+        let off = cd.validate(&r).map(|v| v.job.device.loss_scale).ok();
+        assert_eq!(off, Some(Some(LossScaling::Off)));
+        cd.device.loss_scale = Some(LossScaling::DYNAMIC);
+        let e = cd.validate(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("device.loss_scale: contrastive divergence has no loss to scale"),
+            "{e}"
+        );
+
+        let mut two = job();
+        two.cluster = Framework::AllReduce.preset(2);
+        two.device.precision = Precision::F16;
+        let e = two.validate(&r).unwrap_err().to_string();
+        assert!(e.contains("device.precision: f16 products need loss scaling, which runs with one worker for now"), "{e}");
+        two.device.loss_scale = Some(LossScaling::Off);
+        assert!(two.validate(&r).is_ok());
+        two.device.loss_scale = fixed;
+        let e = two.validate(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("device.loss_scale: loss scaling runs with one worker for now"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,211 @@
+//! The state of loss scaling between steps (see [`LossScaling`]): the scale the next step's
+//! loss gradient is multiplied by, how it changes after a step, and the steps skipped.
+
+use crate::config::LossScaling;
+use singa_core::{Error, Result};
+
+/// The smallest scale: below it the gradients overflow even when the loss is scaled down by
+/// 2^24, so the step would not be saved by any scale and training has diverged.
+const MIN_SCALE: f32 = 1.0 / (1u32 << 24) as f32;
+
+/// Steps in a row whose gradients overflowed at a fixed scale after which training has
+/// diverged (at a dynamic scale: as many halvings as lead from 2^16 to [`MIN_SCALE`]).
+const MAX_OVERFLOWS_IN_A_ROW: u64 = 40;
+
+/// Where a run's loss scaling stands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossScaler {
+    scale: f32,
+    /// Steps without overflow since the scale last changed (dynamic scaling only).
+    good_steps: u64,
+    /// `None` for a fixed scale.
+    growth_interval: Option<u64>,
+    /// Steps skipped since the metrics were last read.
+    skipped: u64,
+    /// Steps skipped since the last step applied.
+    overflows_in_a_row: u64,
+}
+
+impl LossScaler {
+    /// The scaler of `scaling`; `None` when it is off.
+    pub fn new(scaling: LossScaling) -> Option<LossScaler> {
+        let (scale, growth_interval) = match scaling {
+            LossScaling::Off => return None,
+            LossScaling::Fixed(s) => (s, None),
+            LossScaling::Dynamic {
+                init,
+                growth_interval,
+            } => (init, Some(growth_interval)),
+        };
+        Some(LossScaler {
+            scale,
+            good_steps: 0,
+            growth_interval,
+            skipped: 0,
+            overflows_in_a_row: 0,
+        })
+    }
+
+    /// The scale of the next step's loss gradient.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// Records whether step `step`'s gradients were all finite (the step is applied) or not
+    /// (it is skipped, and a dynamic scale halves). Overflows that no scale would avoid (a
+    /// dynamic scale down to its smallest, a fixed scale many steps in a row) are divergence.
+    pub fn record(&mut self, step: u64, finite: bool) -> Result<()> {
+        if finite {
+            self.good_steps += 1;
+            self.overflows_in_a_row = 0;
+            if let Some(interval) = self.growth_interval {
+                if self.good_steps >= interval && (self.scale * 2.0).is_finite() {
+                    self.scale *= 2.0;
+                    self.good_steps = 0;
+                }
+            }
+            return Ok(());
+        }
+        self.skipped += 1;
+        self.overflows_in_a_row += 1;
+        self.good_steps = 0;
+        let diverged = match self.growth_interval {
+            Some(_) => self.scale / 2.0 < MIN_SCALE,
+            None => self.overflows_in_a_row >= MAX_OVERFLOWS_IN_A_ROW,
+        };
+        if diverged {
+            return Err(Error::diverged(format!(
+                "the gradients of step {} are not finite with the loss scaled by {} ({} steps \
+                 in a row overflowed{})",
+                step + 1,
+                show(self.scale),
+                self.overflows_in_a_row,
+                match self.growth_interval {
+                    Some(_) => ", down to the smallest scale",
+                    None => " at this fixed loss_scale: try \"dynamic\"",
+                }
+            )));
+        }
+        if self.growth_interval.is_some() {
+            self.scale /= 2.0;
+        }
+        Ok(())
+    }
+
+    /// The metrics of the steps since the last call: the current scale and the steps skipped.
+    pub fn read_metrics(&mut self) -> [(String, f64); 2] {
+        [
+            ("loss_scale".to_string(), self.scale as f64),
+            (
+                "skipped_steps".to_string(),
+                std::mem::take(&mut self.skipped) as f64,
+            ),
+        ]
+    }
+
+    /// The state a checkpoint keeps: the scale and the good steps since it changed.
+    pub fn state(&self) -> [f32; 2] {
+        [self.scale, self.good_steps as f32]
+    }
+
+    /// Restores what [`LossScaler::state`] returned.
+    pub fn restore(&mut self, state: &[f32]) -> Result<()> {
+        match *state {
+            [scale, good] if scale > 0.0 && scale.is_finite() && good >= 0.0 => {
+                self.scale = scale;
+                self.good_steps = good as u64;
+                Ok(())
+            }
+            _ => Err(Error::invalid(format!(
+                "the loss scaler's state {state:?} is not [scale > 0, good steps >= 0]"
+            ))),
+        }
+    }
+}
+
+/// A scale as people write it: a power of two as `2^k`.
+fn show(scale: f32) -> String {
+    let k = scale.log2();
+    if k.fract() == 0.0 {
+        format!("2^{k}")
+    } else {
+        scale.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dynamic(init: f32, growth_interval: u64) -> LossScaler {
+        LossScaler::new(LossScaling::Dynamic {
+            init,
+            growth_interval,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_dynamic_scale_halves_on_overflow_and_doubles_after_good_steps() {
+        let mut s = dynamic(1024.0, 3);
+        s.record(0, true).unwrap();
+        s.record(1, true).unwrap();
+        assert_eq!(s.scale(), 1024.0);
+        s.record(2, true).unwrap();
+        assert_eq!(s.scale(), 2048.0);
+        s.record(3, true).unwrap();
+        s.record(4, false).unwrap();
+        assert_eq!(s.scale(), 1024.0);
+        // The count of good steps starts over after an overflow.
+        s.record(5, true).unwrap();
+        s.record(6, true).unwrap();
+        assert_eq!(s.scale(), 1024.0);
+        let [(_, scale), (_, skipped)] = s.read_metrics();
+        assert_eq!((scale, skipped), (1024.0, 1.0));
+        assert_eq!(
+            s.read_metrics()[1].1,
+            0.0,
+            "skipped steps are counted per reading"
+        );
+    }
+
+    #[test]
+    fn the_state_round_trips_and_bad_state_is_refused() {
+        let mut s = dynamic(8.0, 5);
+        s.record(0, true).unwrap();
+        s.record(1, true).unwrap();
+        let mut t = dynamic(65536.0, 5);
+        t.restore(&s.state()).unwrap();
+        assert_eq!((t.scale, t.good_steps), (8.0, 2));
+        assert!(t.restore(&[0.0, 1.0]).is_err());
+        assert!(t.restore(&[1.0]).is_err());
+    }
+
+    #[test]
+    fn overflow_at_a_fixed_or_the_smallest_scale_is_divergence() {
+        let mut fixed = LossScaler::new(LossScaling::Fixed(128.0)).unwrap();
+        fixed.record(0, false).unwrap();
+        fixed.record(1, true).unwrap();
+        assert_eq!((fixed.scale(), fixed.read_metrics()[1].1), (128.0, 1.0));
+        let e = (2..).find_map(|step| fixed.record(step, false).err());
+        let e = e.unwrap().to_string();
+        assert!(
+            e.contains("step 42 are not finite with the loss scaled by 2^7 (40 steps in a row"),
+            "{e}"
+        );
+        let mut s = dynamic(1.0, 2000);
+        let mut step = 0;
+        let e = loop {
+            if let Err(e) = s.record(step, false) {
+                break e.to_string();
+            }
+            step += 1;
+        };
+        assert_eq!(step, 24, "{e}");
+        assert!(
+            e.contains("step 25 are not finite with the loss scaled by 2^-24 (25 steps in a row overflowed, down to the smallest scale)"),
+            "{e}"
+        );
+        assert!(LossScaler::new(LossScaling::Off).is_none());
+    }
+}
