@@ -642,6 +642,16 @@ srclayers = "fc1"
             .contains("none of its parameters is one of this net's"),
         "{e}"
     );
+
+    // A resumed run takes every value from its own checkpoint: the pretrained one is not read
+    // again, and may have moved.
+    std::fs::rename(dir.join("rbm1"), dir.join("rbm1-moved")).unwrap();
+    let mut longer = second.clone();
+    longer.train_steps = 20;
+    let (t, summary) = train(&longer, &dir.join("rbm2"), Existing::Resume);
+    assert_eq!(summary.steps, 20);
+    let resumed = param_values(&t);
+    assert_eq!(resumed[0], after[0], "fc1/weight stays the first RBM's");
 }
 
 /// The RBM's two-way link is the one cycle a net may have: any other is refused, in a CD

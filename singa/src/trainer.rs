@@ -291,7 +291,18 @@ impl Trainer {
         } else {
             None
         };
-        let notes = checkpoint::Pretrained::load(&job)?.initialise(&mut store)?;
+        // A run resumed from its own checkpoint takes every value from it: the pretrained
+        // checkpoints are not read again (they may have moved since the run began).
+        let resuming = match (&options.workspace, options.existing) {
+            (Some(dir), Existing::Resume) => {
+                !checkpoint::list(&Workspace::checkpoint_dir_in(dir))?.is_empty()
+            }
+            _ => false,
+        };
+        let notes = match resuming {
+            true => Vec::new(),
+            false => checkpoint::Pretrained::load(&job)?.initialise(&mut store)?,
+        };
         let test_start = match &test {
             Some(t) => t.layer_states()?,
             None => Vec::new(),

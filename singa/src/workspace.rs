@@ -27,7 +27,7 @@ impl Workspace {
     /// Opens (creating) the workspace at `dir`.
     pub fn open(dir: &Path, existing: Existing) -> Result<Workspace> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let ckpt_dir = dir.join("checkpoints");
+        let ckpt_dir = Workspace::checkpoint_dir_in(dir);
         let found = checkpoint::list(&ckpt_dir)?;
         match existing {
             Existing::Refuse if !found.is_empty() => {
@@ -70,7 +70,12 @@ impl Workspace {
 
     /// Where checkpoints go.
     pub fn checkpoint_dir(&self) -> PathBuf {
-        self.dir.join("checkpoints")
+        Workspace::checkpoint_dir_in(&self.dir)
+    }
+
+    /// Where the workspace in `dir` keeps its checkpoints.
+    pub fn checkpoint_dir_in(dir: &Path) -> PathBuf {
+        dir.join("checkpoints")
     }
 
     /// Cuts `metrics.jsonl` back to the records of steps up to `step` (atomically), so that a
