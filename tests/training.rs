@@ -843,3 +843,71 @@ fn f16_overflow_at_a_fixed_scale_stops_training_naming_the_gradient() {
     );
     assert!(e.contains("; the gradient of fc"), "{e}");
 }
+
+/// Loss scaling on two synchronous workers trains as one worker does, beside the workers
+/// (AllReduce: two servers) and apart from them (Sandblaster with two servers): small
+/// gradients scaled into f16's range by a growing scale, and steps that overflow, skipped by
+/// every server at once (with clipping by value and by norm of the unscaled gradients). (At
+/// scales that leave gradients among f16's subnormal numbers, two workers' halves of a batch
+/// round differently from one worker's whole batch: there they cannot agree bit for bit.)
+#[test]
+fn f16_loss_scaling_on_two_synchronous_workers_equals_one_worker() {
+    use singa::config::{Clipping, Framework};
+    let dir = tmpdir("f16-cluster");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let mut sandblaster = Framework::Sandblaster.preset(2);
+    sandblaster.nservers_per_group = 2;
+    let overflow = format!(
+        "loss_scale = {{ init = {:e}, growth_interval = 1000 }}",
+        2f32.powi(40)
+    );
+    let mut tiny = scaled_mlp(
+        &dir,
+        "f16",
+        1e-6,
+        5e4,
+        "loss_scale = { growth_interval = 2 }",
+    );
+    tiny.train_steps = 20;
+    let mut clipped = scaled_mlp(&dir, "f16", 1.0, 0.5, &overflow);
+    clipped.updater.clip = Clipping {
+        norm: Some(0.05),
+        value: Some(1e-2),
+    };
+    for (name, job) in [("tiny", tiny), ("overflow", clipped)] {
+        let (one, one_metrics) = run_steps(&job, job.train_steps);
+        for cluster in [Framework::AllReduce.preset(2), sandblaster.clone()] {
+            let mut two = job.clone();
+            two.cluster = cluster;
+            let (t, metrics) = run_steps(&two, job.train_steps);
+            let diff = singa_tests::max_difference(&param_values(&one), &param_values(&t));
+            assert!(diff < 1e-6, "{name}: parameters differ by {diff}");
+            for m in ["loss_scale", "skipped_steps"] {
+                assert_eq!(metric(&metrics, m), metric(&one_metrics, m), "{name}: {m}");
+            }
+        }
+        eprintln!("{name}: {one_metrics:?}");
+    }
+}
+
+/// The servers' copies of the loss scaler are restored with the coordinator's: a stopped f16
+/// run on two workers and two separate servers resumes bitwise.
+#[test]
+fn an_f16_cluster_run_resumes_its_loss_scale_exactly() {
+    let dir = tmpdir("f16-cluster-resume");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let steps = |n: u64| {
+        let device = "loss_scale = { init = 1, growth_interval = 1 }";
+        let mut job = scaled_mlp(&dir, "f16", 1e-6, 5e4, device);
+        job.train_steps = n;
+        job.checkpoint_freq = 6;
+        job.cluster = singa::config::Framework::Sandblaster.preset(2);
+        job.cluster.nservers_per_group = 2;
+        job
+    };
+    let (straight, _) = train(&steps(12), &dir.join("a"), Existing::Refuse);
+    train(&steps(6), &dir.join("b"), Existing::Refuse);
+    let (resumed, summary) = train(&steps(12), &dir.join("b"), Existing::Resume);
+    assert_eq!(metric(&summary.train, "loss_scale"), 4096.0);
+    assert_eq!(param_values(&straight), param_values(&resumed));
+}

@@ -10,7 +10,7 @@ use crate::config::{Clipping, LossScaling};
 use crate::loss_scale::LossScaler;
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
-use singa_core::{DType, Result, Tensor, UpdateArgs, UpdaterBox};
+use singa_core::{Result, Tensor, UpdateArgs, UpdaterBox};
 use singa_layers::schedule::LrSchedule;
 
 /// What the trainer asks of whoever trains.
@@ -61,9 +61,6 @@ pub struct Local {
     /// Host space for reading gradients to take their norm (sized once).
     scratch: Vec<f32>,
 }
-
-/// The name of the loss scaler's state in a checkpoint.
-const SCALER_STATE: &str = "loss_scaler";
 
 impl Local {
     /// The engine of a job with one worker.
@@ -284,20 +281,16 @@ impl Engine for Local {
     }
 
     fn checkpoint_state(&mut self, store: &mut ParamStore) -> Result<Vec<(String, Tensor)>> {
-        let (Some(scaler), Some(e)) = (&self.scaler, store.entries().first()) else {
-            return Ok(Vec::new());
-        };
-        let state = scaler.state();
-        let mut t = Tensor::zeros(e.value.device(), [state.len()], DType::F32)?;
-        t.write_from(&state)?;
-        Ok(vec![(SCALER_STATE.to_string(), t)])
+        match (&self.scaler, store.entries().first()) {
+            (Some(scaler), Some(e)) => Ok(vec![scaler.checkpoint_entry(e.value.device())?]),
+            _ => Ok(Vec::new()),
+        }
     }
 
     fn restore(&mut self, _: &ParamStore, loaded: &Loaded, _: &[(String, Vec<u64>)]) -> Result<()> {
-        match (&mut self.scaler, loaded.tensor(SCALER_STATE)) {
-            (Some(scaler), Some(state)) => scaler.restore(state),
-            // A checkpoint of a run without loss scaling: the scale starts over.
-            _ => Ok(()),
+        match &mut self.scaler {
+            Some(scaler) => scaler.restore_from(loaded),
+            None => Ok(()),
         }
     }
 
@@ -324,7 +317,11 @@ impl Engine for Cluster {
     }
 
     fn checkpoint_state(&mut self, store: &mut ParamStore) -> Result<Vec<(String, Tensor)>> {
-        self.gather_states(store)
+        let mut extra = self.gather_states(store)?;
+        if let Some(scaler) = self.loss_scaler() {
+            extra.push(scaler.checkpoint_entry(store.entries()[0].value.device())?);
+        }
+        Ok(extra)
     }
 
     fn restore(

@@ -1,8 +1,12 @@
 //! The state of loss scaling between steps (see [`LossScaling`]): the scale the next step's
 //! loss gradient is multiplied by, how it changes after a step, and the steps skipped.
 
+use crate::checkpoint::Loaded;
 use crate::config::LossScaling;
-use singa_core::{Error, Result};
+use singa_core::{DType, DeviceRef, Error, Result, Tensor};
+
+/// The name of the scaler's state in a checkpoint.
+const CHECKPOINT_NAME: &str = "loss_scaler";
 
 /// The smallest scale: below it the gradients overflow even when the loss is scaled down by
 /// 2^24, so the step would not be saved by any scale and training has diverged.
@@ -55,6 +59,24 @@ impl LossScaler {
     /// (it is skipped, and a dynamic scale halves). Overflows that no scale would avoid (a
     /// dynamic scale down to its smallest, a fixed scale many steps in a row) are divergence.
     pub fn record(&mut self, step: u64, finite: bool) -> Result<()> {
+        if self.advance(finite) {
+            return Ok(());
+        }
+        Err(Error::diverged(format!(
+            "the gradients of step {} are not finite with the loss scaled by {} ({} steps in a \
+             row overflowed{})",
+            step + 1,
+            show(self.scale),
+            self.overflows_in_a_row,
+            match self.growth_interval {
+                Some(_) => ", down to the smallest scale",
+                None => " at this fixed loss_scale: try \"dynamic\"",
+            }
+        )))
+    }
+
+    /// [`LossScaler::record`] without the error: whether a scale may still avoid overflow.
+    pub fn advance(&mut self, finite: bool) -> bool {
         if finite {
             self.good_steps += 1;
             self.overflows_in_a_row = 0;
@@ -64,32 +86,19 @@ impl LossScaler {
                     self.good_steps = 0;
                 }
             }
-            return Ok(());
+            return true;
         }
         self.skipped += 1;
         self.overflows_in_a_row += 1;
         self.good_steps = 0;
-        let diverged = match self.growth_interval {
+        let hopeless = match self.growth_interval {
             Some(_) => self.scale / 2.0 < MIN_SCALE,
             None => self.overflows_in_a_row >= MAX_OVERFLOWS_IN_A_ROW,
         };
-        if diverged {
-            return Err(Error::diverged(format!(
-                "the gradients of step {} are not finite with the loss scaled by {} ({} steps \
-                 in a row overflowed{})",
-                step + 1,
-                show(self.scale),
-                self.overflows_in_a_row,
-                match self.growth_interval {
-                    Some(_) => ", down to the smallest scale",
-                    None => " at this fixed loss_scale: try \"dynamic\"",
-                }
-            )));
-        }
-        if self.growth_interval.is_some() {
+        if !hopeless && self.growth_interval.is_some() {
             self.scale /= 2.0;
         }
-        Ok(())
+        !hopeless
     }
 
     /// The metrics of the steps since the last call: the current scale and the steps skipped.
@@ -106,6 +115,25 @@ impl LossScaler {
     /// The state a checkpoint keeps: the scale and the good steps since it changed.
     pub fn state(&self) -> [f32; 2] {
         [self.scale, self.good_steps as f32]
+    }
+
+    /// The state as a checkpoint's tensor (made on `dev`), with its name.
+    pub fn checkpoint_entry(&self, dev: &DeviceRef) -> Result<(String, Tensor)> {
+        let state = self.state();
+        let mut t = Tensor::zeros(dev, [state.len()], DType::F32)?;
+        t.write_from(&state)?;
+        Ok((CHECKPOINT_NAME.to_string(), t))
+    }
+
+    /// Restores the state `loaded` keeps; a checkpoint of a run without loss scaling leaves
+    /// the scale where it starts.
+    pub fn restore_from(&mut self, loaded: &Loaded) -> Result<()> {
+        match loaded.tensor(CHECKPOINT_NAME) {
+            Some(state) => self
+                .restore(state)
+                .map_err(|e| Error::checkpoint(&loaded.path, e)),
+            None => Ok(()),
+        }
     }
 
     /// Restores what [`LossScaler::state`] returned.

@@ -2,7 +2,7 @@
 //! and server group works on (in one process), and the servers' slices.
 
 use super::latch::BackwardLatch;
-use super::norm::{NormClip, NormRole};
+use super::norm::{GlobalNorm, NormRole};
 use super::server::{Server, ServerCore, ServerSlice, SyncRole};
 use super::slices::{slice_params, Slice};
 use super::topology::{control_addr, server_addr, worker_addr, Topology};
@@ -382,10 +382,16 @@ impl SharedHeld {
     }
 }
 
-/// Server `s` of group `h`'s part in clipping the global gradient norm (`clip_norm`): none
-/// without it or without slices; the first server with slices leads.
-fn norm_clip(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Option<NormClip> {
-    let max = plan.job.updater.clip.norm?;
+/// Server `s` of group `h`'s part in agreeing on the global gradient norm (for `clip_norm`
+/// and loss scaling): none without either or without slices; the first server with slices
+/// leads.
+fn global_norm(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Option<GlobalNorm> {
+    let max = plan.job.updater.clip.norm;
+    let scaling = plan.job.device.loss_scale.expect("settled by validation");
+    let scaler = crate::loss_scale::LossScaler::new(scaling);
+    if max.is_none() && scaler.is_none() {
+        return None;
+    }
     let mut holders: Vec<usize> = slices.iter().flatten().map(|sl| sl.server).collect();
     holders.sort_unstable();
     holders.dedup();
@@ -399,7 +405,8 @@ fn norm_clip(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Opti
         true => NormRole::Lead(others.iter().map(|&o| t.server_at(h, o)).collect()),
         false => NormRole::Follower(t.server_at(h, lead)),
     };
-    Some(NormClip::new(max, role, mine))
+    let workers = plan.job.cluster.nworkers_per_group;
+    Some(GlobalNorm::new(max, scaler, role, mine, workers))
 }
 
 /// Server `s` of server group `h`, over its slices: in one process (`held`), views of what its
@@ -486,7 +493,7 @@ fn server_core(
         served.iter().map(|&g| t.group(g)).collect(),
     )
     .with_clip_value(job.updater.clip.value)
-    .with_norm_clip(norm_clip(plan, slices, h, s));
+    .with_global_norm(global_norm(plan, slices, h, s));
     // Hogwild: server s of every group synchronises with server s of group 0.
     Ok(match job.cluster.hogwild_sync_freq() {
         Some(_) => core.with_sync(match h {

@@ -63,6 +63,8 @@ pub(crate) struct Command {
     pub op: Op,
     /// Its argument (a step or a round).
     pub arg: u64,
+    /// For [`Op::Step`]: the loss scale of the step (1 without loss scaling).
+    pub loss_scale: f32,
     /// Layer states, for [`Op::Restore`].
     pub states: Vec<(String, Vec<u64>)>,
 }
@@ -114,6 +116,20 @@ pub(crate) fn command(
     })
 }
 
+/// The command to train step `step` with the loss scaled by `loss_scale` (its bits in the
+/// message's `slice`).
+pub(crate) fn step_command(src: Addr, dst: Addr, step: u64, loss_scale: f32) -> Msg {
+    Msg {
+        src,
+        dst,
+        kind: MsgKind::Control,
+        target: Op::Step as u32,
+        slice: loss_scale.to_bits(),
+        version: step,
+        payload: None.into(),
+    }
+}
+
 /// Decodes a command message.
 pub(crate) fn decode_command(msg: &Msg) -> Result<Command> {
     let op = Op::from_u32(msg.target)?;
@@ -121,9 +137,15 @@ pub(crate) fn decode_command(msg: &Msg) -> Result<Command> {
         (Some(t), Op::Restore) => decode_states(&t.to_vec::<u8>()?)?,
         _ => Vec::new(),
     };
+    // A scale of 0 (bits 0: a step command made by `command`) is no scale.
+    let loss_scale = match f32::from_bits(msg.slice) {
+        s if op == Op::Step && s > 0.0 => s,
+        _ => 1.0,
+    };
     Ok(Command {
         op,
         arg: msg.version,
+        loss_scale,
         states,
     })
 }

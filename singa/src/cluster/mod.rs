@@ -50,6 +50,7 @@ pub use topology::Topology;
 use crate::algorithm::{self, TrainOneBatch};
 use crate::checkpoint::Loaded;
 use crate::config::{DeviceConfig, JobConfig};
+use crate::loss_scale::LossScaler;
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
 use crate::partition::Exchanges;
@@ -131,6 +132,9 @@ pub struct Cluster {
     exchanges: Arc<Exchanges>,
     /// The last round of `Put`s.
     put_round: u64,
+    /// With loss scaling: the scale of every worker's next step. The servers keep copies,
+    /// which the steps' verdicts move in step with this one (see [`norm`]).
+    scaler: Option<LossScaler>,
 }
 
 /// The device configuration of one worker when `total` share the job's threads.
@@ -265,6 +269,7 @@ impl Cluster {
             last_step: 0,
             exchanges,
             put_round: 0,
+            scaler: LossScaler::new(job.device.loss_scale.expect("settled by validation")),
         };
         cluster.threads = spawn(rank.workers, rank.servers)?;
         // The other ranks of this process (emulated ones) build themselves meanwhile.
@@ -737,7 +742,8 @@ impl Cluster {
                 }
             }
         }
-        if slots > 0 {
+        let scaling = self.restore_loss_scale(loaded)?;
+        if slots > 0 || scaling {
             let separate = self.separate_servers();
             for &s in &separate {
                 self.command_server(s, Op::StateIn, 0)?;
@@ -755,6 +761,34 @@ impl Cluster {
         self.refresh(true, None)?;
         self.settled = true;
         Ok(())
+    }
+
+    /// With loss scaling: restores the coordinator's scaler from `loaded` and sends its state
+    /// to every server that holds slices (each keeps a copy; `State` messages of target
+    /// [`server::LOSS_SCALER_STATE`]). Whether there is loss scaling.
+    fn restore_loss_scale(&mut self, loaded: &Loaded) -> Result<bool> {
+        let Some(scaler) = &mut self.scaler else {
+            return Ok(false);
+        };
+        scaler.restore_from(loaded)?;
+        let state = scaler.state();
+        let mut holders: Vec<usize> = self.slices.iter().flatten().map(|sl| sl.server).collect();
+        holders.sort_unstable();
+        holders.dedup();
+        for s in holders {
+            self.control
+                .send(Msg {
+                    src: COORDINATOR,
+                    dst: self.topology.server_at(0, s),
+                    kind: MsgKind::State,
+                    target: server::LOSS_SCALER_STATE,
+                    slice: 0,
+                    version: 0,
+                    payload: Some(Tensor::from_slice(&self.dev, &state, [state.len()])?).into(),
+                })
+                .into_result()?;
+        }
+        Ok(true)
     }
 
     /// All workers: the factor between one worker's batch and a step's.
@@ -791,14 +825,24 @@ impl Cluster {
                 self.max_lag = self.max_lag.max(self.peers[i].pending);
             }
         }
+        let loss_scale = self.scaler.as_ref().map_or(1.0, |s| {
+            norm::worker_loss_scale(s.scale(), self.topology.cluster().nworkers_per_group)
+        });
         for i in 0..self.peers.len() {
             let addr = self.peers[i].addr;
-            self.command(addr, Op::Step, step, &[])?;
+            let msg = control::step_command(COORDINATOR, control_addr(addr), step, loss_scale);
+            self.control.send(msg).into_result()?;
             self.peers[i].pending += 1;
         }
+        net.set_loss_scale(loss_scale);
         let own = self.link.train_step(net, store, &mut *self.algorithm, step);
         let own = self.own_outcome(own);
         self.conclude(own, Ok(()))?;
+        // One worker group: worker 0's step is over once every server has updated or skipped
+        // its slices, so the verdict is known before the next step's scale is sent.
+        if let Some(scaler) = &mut self.scaler {
+            scaler.record(step, !self.link.skipped())?;
+        }
         match sync {
             Some(freq) if (step + 1).is_multiple_of(freq) => {
                 self.drain()?;
@@ -857,7 +901,16 @@ impl Cluster {
             }
         }
         let n = (self.peers.len() + 1) as f64;
-        Ok(sum.into_iter().map(|(k, v)| (k, v / n)).collect())
+        let mut metrics: Vec<(String, f64)> = sum.into_iter().map(|(k, v)| (k, v / n)).collect();
+        if let Some(scaler) = &mut self.scaler {
+            metrics.extend(scaler.read_metrics());
+        }
+        Ok(metrics)
+    }
+
+    /// The loss scaler of the workers, with loss scaling.
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref()
     }
 
     /// Restores the other workers' layer states (worker 0's are the caller's).

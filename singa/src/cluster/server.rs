@@ -1,12 +1,15 @@
 //! Servers: they hold slices of the parameters and run the updater on them.
 
 use super::control::{self, Op, Outcome};
-use super::norm::NormClip;
+use super::norm::{GlobalNorm, Verdict};
 use super::topology::COORDINATOR;
 use super::TransportBox;
 use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result, Tensor, UpdateArgs, UpdaterBox};
 use singa_layers::schedule::LrSchedule;
 use std::collections::HashMap;
+
+/// The `target` of a `State` message that carries the loss scaler's state, not a slice's.
+pub(crate) const LOSS_SCALER_STATE: u32 = u32::MAX;
 
 /// One parameter slice a server updates.
 pub(crate) struct ServerSlice {
@@ -60,8 +63,9 @@ pub(crate) struct ServerCore {
     weight_decay: f32,
     /// `clip_value`: every value of a group's averaged gradient is clamped to ± this.
     clip_value: Option<f32>,
-    /// `clip_norm`: this server's part in clipping the step's global gradient norm.
-    norm: Option<NormClip>,
+    /// With `clip_norm` or loss scaling: this server's part in agreeing on the step's global
+    /// gradient norm.
+    norm: Option<GlobalNorm>,
     /// The workers of each group it serves.
     groups: Vec<Vec<Addr>>,
     /// A worker's group and index in it.
@@ -154,8 +158,9 @@ impl ServerCore {
         self
     }
 
-    /// Takes part in clipping the global gradient norm of every step (the job's `clip_norm`).
-    pub fn with_norm_clip(mut self, norm: Option<NormClip>) -> Self {
+    /// Takes part in agreeing on the global gradient norm of every step (the job's
+    /// `clip_norm`, loss scaling).
+    pub fn with_global_norm(mut self, norm: Option<GlobalNorm>) -> Self {
         self.norm = norm;
         self
     }
@@ -368,12 +373,20 @@ impl ServerCore {
 
     /// The `State` messages that make up this server's whole updater state.
     pub fn state_tensors(&self) -> usize {
-        self.pending.iter().map(|p| p.slice.state.len()).sum()
+        let scaler = self.norm.as_ref().is_some_and(GlobalNorm::scales) as usize;
+        self.pending
+            .iter()
+            .map(|p| p.slice.state.len())
+            .sum::<usize>()
+            + scaler
     }
 
-    /// Installs the updater state a `State` message carries.
+    /// Installs the updater state a `State` message carries (or the loss scaler's).
     pub fn on_state(&mut self, msg: Msg) -> Result<()> {
         let me = msg.dst;
+        if msg.target == LOSS_SCALER_STATE {
+            return self.on_scaler_state(msg);
+        }
         let i = self.slice_index(&msg, me, "sent the updater state of")?;
         let values = msg.payload.into_option().ok_or_else(|| {
             Error::invalid(format!("{me}: a State without values from {}", msg.src))
@@ -389,6 +402,24 @@ impl ServerCore {
         if !values.shares_storage(dst) {
             self.dev.copy(&values, dst)?;
         }
+        self.states_in += 1;
+        Ok(())
+    }
+
+    /// Installs the loss scaler's state a `State` message carries.
+    fn on_scaler_state(&mut self, msg: Msg) -> Result<()> {
+        let me = msg.dst;
+        let scaler = self.norm.as_mut().and_then(GlobalNorm::scaler_mut);
+        let scaler = scaler.ok_or_else(|| {
+            Error::invalid(format!(
+                "{me}: {} sent a loss scaler's state, but this server scales no loss",
+                msg.src
+            ))
+        })?;
+        let values = msg.payload.into_option().ok_or_else(|| {
+            Error::invalid(format!("{me}: a State without values from {}", msg.src))
+        })?;
+        scaler.restore(&values.to_vec::<f32>()?)?;
         self.states_in += 1;
         Ok(())
     }
@@ -464,53 +495,91 @@ impl ServerCore {
         }
         let sum = first;
         let grad_scale = 1.0 / workers.len() as f32;
-        if let Some(clip) = self.clip_value {
-            // The updater averages the sum (`grad_scale`): clamp the sum to the average's
-            // bounds scaled up, so that the average is clamped to ±clip.
-            let bound = clip / grad_scale;
-            self.dev.clamp(&sum.clone(), sum, -bound, bound)?;
-        }
         match &mut self.norm {
-            // The update waits for the scale that clips the step's global norm.
+            // The update waits for the step's verdict.
             Some(norm) => {
-                if let Some(scale) = norm.hold((i, g), sum, grad_scale, transport)? {
-                    self.update_held(scale, transport)?;
+                let bound = clip_bound(self.clip_value, norm.loss_scale(), grad_scale);
+                if let Some(verdict) = norm.hold((i, g), sum, grad_scale, bound, transport)? {
+                    self.conclude_held(verdict, transport)?;
                 }
                 Ok(())
             }
-            None => self.update(i, g, 1.0, transport),
+            None => {
+                if let Some(bound) = clip_bound(self.clip_value, 1.0, grad_scale) {
+                    self.dev.clamp(&sum.clone(), sum, -bound, bound)?;
+                }
+                self.update(i, g, 1.0, transport)
+            }
         }
     }
 
     /// Handles a `Norm` message (a part of the step's squared gradient norm at the lead
-    /// server, the scale that clips it at the others): updates the held slices once the scale
+    /// server, the verdict at the others): updates or skips the held slices once the verdict
     /// is known.
     pub fn on_norm(&mut self, msg: Msg, transport: &mut TransportBox) -> Result<()> {
         let me = transport.addr();
         let norm = self.norm.as_mut().ok_or_else(|| {
             Error::invalid(format!(
-                "{me}: a Norm message from {}, but this server does not clip by norm",
+                "{me}: a Norm message from {}, but this server does not agree on norms",
                 msg.src
             ))
         })?;
-        if let Some(scale) = norm.on_message(&msg, transport)? {
-            self.update_held(scale, transport)?;
+        if let Some(verdict) = norm.on_message(&msg, transport)? {
+            self.conclude_held(verdict, transport)?;
         }
         Ok(())
     }
 
-    /// Updates every slice held for the global norm, its gradient times `scale`.
-    fn update_held(&mut self, scale: f32, transport: &mut TransportBox) -> Result<()> {
-        let held = self
-            .norm
-            .as_mut()
-            .map(NormClip::take_held)
-            .unwrap_or_default();
+    /// Updates every slice held for the global norm as `verdict` says (clamped to
+    /// `clip_value` first), or skips them all.
+    fn conclude_held(&mut self, verdict: Verdict, transport: &mut TransportBox) -> Result<()> {
+        let Some(norm) = &mut self.norm else {
+            return Ok(());
+        };
+        let loss_scale = norm.loss_scale();
+        let held = norm.take_held(verdict);
         for &(i, g) in &held {
-            self.update(i, g, scale, transport)?;
+            match verdict {
+                Verdict::Skip => self.skip(i, g, transport)?,
+                Verdict::Update(factor) => {
+                    let grad_scale = 1.0 / self.groups[g].len() as f32;
+                    if let Some(bound) = clip_bound(self.clip_value, loss_scale, grad_scale) {
+                        let sum = self.pending[i].groups[g].grads[0].as_mut();
+                        let sum = sum.expect("all received");
+                        self.dev.clamp(&sum.clone(), sum, -bound, bound)?;
+                    }
+                    self.update(i, g, factor, transport)?;
+                }
+            }
         }
         if let Some(norm) = &mut self.norm {
             norm.give_back(held);
+        }
+        Ok(())
+    }
+
+    /// Leaves slice `i` as it is after a step of group `g` whose gradients overflowed: the
+    /// group's workers get an `Updated` without values.
+    fn skip(&mut self, i: usize, g: usize, transport: &mut TransportBox) -> Result<()> {
+        let me = transport.addr();
+        let p = &mut self.pending[i];
+        let c = &mut p.groups[g];
+        for grad in &mut c.grads {
+            *grad = None;
+        }
+        c.received = 0;
+        for &w in &self.groups[g] {
+            transport
+                .send(Msg {
+                    src: me,
+                    dst: w,
+                    kind: MsgKind::Updated,
+                    target: p.slice.key.0,
+                    slice: p.slice.key.1,
+                    version: c.step,
+                    payload: None.into(),
+                })
+                .into_result()?;
         }
         Ok(())
     }
@@ -566,6 +635,12 @@ impl ServerCore {
         }
         Ok(())
     }
+}
+
+/// The bounds (±) that clamp a group's summed gradient so that its true average is clamped to
+/// `±clip_value`: the sum is `loss_scale / grad_scale` times the average.
+fn clip_bound(clip_value: Option<f32>, loss_scale: f32, grad_scale: f32) -> Option<f32> {
+    clip_value.map(|c| c * loss_scale / grad_scale)
 }
 
 /// A server on a thread of its own (Sandblaster's separate servers).

@@ -54,6 +54,8 @@ pub(crate) struct WorkerLink {
     /// Whether a colleague or server said it stopped: this worker's failure is then a
     /// consequence, not a cause.
     saw_stop: bool,
+    /// Whether the servers skipped the current step (its loss-scaled gradients overflowed).
+    skipped: bool,
 }
 
 impl WorkerLink {
@@ -116,6 +118,7 @@ impl WorkerLink {
             shared_index,
             latch: sharing.latch,
             saw_stop: false,
+            skipped: false,
         })
     }
 
@@ -143,6 +146,12 @@ impl WorkerLink {
         self.transport.addr()
     }
 
+    /// Whether the servers skipped the last step this worker trained: its gradients, scaled
+    /// by the loss scale, overflowed somewhere (see [`crate::cluster::norm`]).
+    pub fn skipped(&self) -> bool {
+        self.skipped
+    }
+
     /// Runs one training step of `net`: TrainOneBatch with the gradients going to the
     /// servers, then the fresh values coming back.
     pub fn train_step(
@@ -153,6 +162,7 @@ impl WorkerLink {
         step: u64,
     ) -> Result<()> {
         self.missing = self.expected;
+        self.skipped = false;
         let mut sink = SendGradients {
             link: self,
             store,
@@ -454,7 +464,11 @@ impl WorkerLink {
         let me = self.transport.addr();
         match msg.kind {
             MsgKind::Updated if msg.version == step => {
-                self.install(msg)?;
+                // Without values: the servers skipped the step, the values stand.
+                match msg.payload.is_none() {
+                    true => self.skipped = true,
+                    false => self.install(msg)?,
+                }
                 self.missing -= 1;
                 Ok(())
             }
@@ -640,6 +654,7 @@ impl PeerWorker {
                 if let Some(hook) = &self.on_step {
                     hook(cmd.arg);
                 }
+                self.net.set_loss_scale(cmd.loss_scale);
                 self.link.train_step(
                     &mut self.net,
                     &mut self.store,

@@ -23,21 +23,34 @@ pub struct Validated {
 impl JobConfig {
     /// The loss scaling this job trains with: as written, else dynamic for f16 products (PyTorch's
     /// defaults) and none otherwise. Refused where it has no meaning yet: with CD (whose
-    /// gradients come from the phases' statistics, not from a loss) and in a cluster (the skip
-    /// of an overflowing step would have to be agreed by every worker and server).
+    /// gradients come from the phases' statistics, not from a loss) and with several worker
+    /// or server groups (the servers of one synchronous group agree to skip a step whose
+    /// gradients overflowed; asynchronous groups have no common step to skip).
     fn loss_scaling(&self) -> Result<LossScaling> {
         let file = self.origin.file.as_str();
         let f16 = self.device.precision == Precision::F16;
+        let c = &self.cluster;
+        let groups = c.nworker_groups > 1 || c.nserver_groups > 1;
+        let one_group = |field: &str, start: &str, end: &str| {
+            Error::config(
+                file,
+                field,
+                format!(
+                    "{start} runs with one worker group (synchronous: AllReduce, Sandblaster) for \
+                     now; [cluster] has {} worker groups and {} server groups{end}",
+                    c.nworker_groups, c.nserver_groups
+                ),
+            )
+        };
         let Some(written) = self.device.loss_scale else {
             return Ok(match self.algorithm {
                 Algorithm::Cd => LossScaling::Off,
-                _ if f16 && self.cluster.is_distributed() => {
-                    return Err(Error::config(
-                        file,
+                _ if f16 && groups => {
+                    return Err(one_group(
                         "device.precision",
-                        "f16 products need loss scaling, which runs with one worker for now; \
-                         use precision = \"bf16\", or set device.loss_scale = \"none\" to train \
-                         f16 without it",
+                        "f16 products need loss scaling, which",
+                        "; use precision = \"bf16\", or set device.loss_scale = \"none\" to \
+                         train f16 without it",
                     ))
                 }
                 _ if f16 => LossScaling::DYNAMIC,
@@ -55,13 +68,8 @@ impl JobConfig {
                  differences of the phases' statistics); expected \"none\"",
             ));
         }
-        if self.cluster.is_distributed() {
-            return Err(Error::config(
-                file,
-                "device.loss_scale",
-                "loss scaling runs with one worker for now (in a cluster every worker and \
-                 server would have to agree to skip a step that overflowed); expected \"none\"",
-            ));
+        if groups {
+            return Err(one_group("device.loss_scale", "loss scaling", ""));
         }
         Ok(written)
     }
@@ -402,14 +410,28 @@ mod tests {
         let mut two = job();
         two.cluster = Framework::AllReduce.preset(2);
         two.device.precision = Precision::F16;
+        let settled = two.validate(&r).unwrap().job.device.loss_scale;
+        assert_eq!(
+            settled,
+            Some(LossScaling::DYNAMIC),
+            "one synchronous group scales"
+        );
+        two.cluster = Framework::Downpour.preset(2);
         let e = two.validate(&r).unwrap_err().to_string();
-        assert!(e.contains("device.precision: f16 products need loss scaling, which runs with one worker for now"), "{e}");
+        assert!(
+            e.contains(
+                "device.precision: f16 products need loss scaling, which runs with one worker \
+                 group (synchronous: AllReduce, Sandblaster) for now; [cluster] has 2 worker \
+                 groups and 1 server groups; use precision"
+            ),
+            "{e}"
+        );
         two.device.loss_scale = Some(LossScaling::Off);
         assert!(two.validate(&r).is_ok());
         two.device.loss_scale = fixed;
         let e = two.validate(&r).unwrap_err().to_string();
         assert!(
-            e.contains("device.loss_scale: loss scaling runs with one worker for now"),
+            e.contains("device.loss_scale: loss scaling runs with one worker group"),
             "{e}"
         );
     }
