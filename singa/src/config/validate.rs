@@ -389,8 +389,8 @@ mod tests {
         assert_eq!(settled(Precision::F32, None).unwrap(), LossScaling::Off);
         assert_eq!(settled(Precision::BF16, None).unwrap(), LossScaling::Off);
         assert_eq!(settled(Precision::F16, None).unwrap(), LossScaling::DYNAMIC);
-        let fixed = Some(LossScaling::Fixed(8.0));
-        assert_eq!(settled(Precision::F32, fixed).unwrap(), fixed.unwrap());
+        let fixed = LossScaling::Fixed(8.0);
+        assert_eq!(settled(Precision::F32, Some(fixed)).unwrap(), fixed);
 
         let mut vis = LayerConfig::new("v", "rbm_vis");
         vis.srclayers = vec!["fc".into(), "h".into()];
@@ -428,7 +428,7 @@ mod tests {
         );
         two.device.loss_scale = Some(LossScaling::Off);
         assert!(two.validate(&r).is_ok());
-        two.device.loss_scale = fixed;
+        two.device.loss_scale = Some(fixed);
         let e = two.validate(&r).unwrap_err().to_string();
         assert!(
             e.contains("device.loss_scale: loss scaling runs with one worker group"),
