@@ -3,7 +3,7 @@
 //! (784-1000-500-10, batch 64) over synthetic MNIST-shaped data, and on a convnet with every
 //! image layer (augmented image input, convolution, batch norm, pooling, LRN, split, concat,
 //! flatten, top-k accuracy), both also with bf16 products, on the MLP trained by two
-//! workers and two servers, and on a character model trained with BPTT.
+//! workers and two servers, with loss scaling too, and on a character model trained with BPTT.
 
 use singa::config::JobConfig;
 use singa::trainer::{TrainOptions, Trainer};
@@ -288,13 +288,28 @@ srclayers = ["fc3", "data:label"]
     );
     drop(trainer);
 
+    // In bf16, with dynamic loss scaling too (the gradients read for the overflow check).
     let mut bf16 = job.clone();
     bf16.device.precision = singa_core::Precision::BF16;
+    bf16.device.loss_scale = Some(singa::config::LossScaling::DYNAMIC);
     let mut trainer = Trainer::new(&bf16, &Registry::builtin(), &TrainOptions::default()).unwrap();
     let allocated = allocations(&mut trainer, 40, steps);
     assert_eq!(
         allocated, 0,
         "{allocated} allocations in {steps} warm bf16 training steps"
+    );
+    drop(trainer);
+
+    // Two workers and two servers (AllReduce) in this process with loss scaling: the servers
+    // agree on every step's norm.
+    let mut scaled = bf16.clone();
+    scaled.cluster = singa::config::Framework::AllReduce.preset(2);
+    let mut trainer =
+        Trainer::new(&scaled, &Registry::builtin(), &TrainOptions::default()).unwrap();
+    let allocated = allocations(&mut trainer, 40, steps);
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in {steps} warm distributed loss-scaled training steps"
     );
     drop(trainer);
 
