@@ -60,6 +60,9 @@ pub struct Local {
     scaler: Option<LossScaler>,
     /// Host space for reading gradients to take their norm (sized once).
     scratch: Vec<f32>,
+    /// Where the overflow check adds the gradients up, on the device (see
+    /// [`crate::loss_scale::add_sum`]).
+    total: Option<Tensor>,
 }
 
 impl Local {
@@ -80,6 +83,7 @@ impl Local {
             clip: Clipping::default(),
             scaler: None,
             scratch: Vec::new(),
+            total: None,
         }
     }
 
@@ -180,6 +184,14 @@ impl LocalUpdates<'_> {
         Ok(sum)
     }
 
+    /// Whether every gathered gradient is finite: their sum, taken on the device into `total`.
+    fn all_finite(&self, total: &mut Option<Tensor>) -> Result<bool> {
+        for (k, &p) in self.ready_after.iter().flatten().enumerate() {
+            crate::loss_scale::add_sum(&self.store.entries()[p].grads[0], total, k == 0)?;
+        }
+        Ok(crate::loss_scale::read_sum(total)?.is_finite())
+    }
+
     /// The first parameter whose gathered gradient holds a value that is not finite.
     fn nonfinite_gradient(&self) -> Result<String> {
         for &p in self.ready_after.iter().flatten() {
@@ -194,20 +206,31 @@ impl LocalUpdates<'_> {
         Ok("every gradient is finite".to_string())
     }
 
-    /// The end of a deferred step: with a `scaler`, skips it when a gradient overflowed;
-    /// clips by value and by the global norm; then updates every parameter with its gradient
-    /// unscaled.
-    fn finish(&mut self, scratch: &mut Vec<f32>, scaler: Option<&mut LossScaler>) -> Result<()> {
+    /// The end of a deferred step: with a `scaler`, skips it when a gradient overflowed (seen
+    /// in the squares of the norm when clipping by it, else in the gradients' sum on the
+    /// device, through `total`); clips by value and by the global norm; then updates every
+    /// parameter with its gradient unscaled.
+    fn finish(
+        &mut self,
+        (scratch, total): (&mut Vec<f32>, &mut Option<Tensor>),
+        scaler: Option<&mut LossScaler>,
+    ) -> Result<()> {
         let mut sum = None;
         if let Some(scaler) = scaler {
-            let s = self.sum_of_squares(scratch)?;
-            if let Err(e) = scaler.record(self.step, s.is_finite()) {
+            let finite = match self.clip.norm {
+                Some(_) => {
+                    let s = self.sum_of_squares(scratch)?;
+                    sum = Some(s);
+                    s.is_finite()
+                }
+                None => self.all_finite(total)?,
+            };
+            if let Err(e) = scaler.record(self.step, finite) {
                 return Err(crate::finite::append(e, &self.nonfinite_gradient()?));
             }
-            if !s.is_finite() {
+            if !finite {
                 return Ok(());
             }
-            sum = Some(s);
             if self.clip.value.is_some() {
                 for &p in self.ready_after.iter().flatten() {
                     self.clamp(p)?;
@@ -263,7 +286,7 @@ impl Engine for Local {
         };
         let done = self.algorithm.train_one_batch(net, step, &mut sink);
         let done = done.and_then(|()| match sink.deferred {
-            true => sink.finish(&mut self.scratch, self.scaler.as_mut()),
+            true => sink.finish((&mut self.scratch, &mut self.total), self.scaler.as_mut()),
             false => Ok(()),
         });
         done.map_err(|e| crate::finite::explain(e, store))

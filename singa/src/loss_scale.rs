@@ -3,7 +3,7 @@
 
 use crate::checkpoint::Loaded;
 use crate::config::LossScaling;
-use singa_core::{DType, DeviceRef, Error, Result, Tensor};
+use singa_core::{DType, DeviceRef, Dims3, Error, ReduceOp, Result, Tensor};
 
 /// The name of the scaler's state in a checkpoint.
 const CHECKPOINT_NAME: &str = "loss_scaler";
@@ -149,6 +149,35 @@ impl LossScaler {
             ))),
         }
     }
+}
+
+/// Adds the sum of `grad`'s values to the one-element `total` (kept on `grad`'s device,
+/// made there at the first call), starting it over when `first`. The sum is not finite once
+/// one value is not (an overflow, a NaN), so one read of `total` after a step's gradients
+/// says whether they overflowed, without bringing them to the host. (A sum of finite values
+/// too large for f32 counts as an overflow too.)
+pub fn add_sum(grad: &Tensor, total: &mut Option<Tensor>, first: bool) -> Result<()> {
+    let dev = grad.device();
+    let total = match total {
+        Some(t) => t,
+        None => total.insert(Tensor::zeros(dev, [1], DType::F32)?),
+    };
+    let dims = Dims3 {
+        outer: 1,
+        mid: grad.numel(),
+        inner: 1,
+    };
+    let beta = if first { 0.0 } else { 1.0 };
+    dev.reduce(ReduceOp::Sum, dims, grad, total, 1.0, beta)
+}
+
+/// The value of what [`add_sum`] added up (0 before any call).
+pub fn read_sum(total: &Option<Tensor>) -> Result<f32> {
+    let mut v = [0.0f32];
+    if let Some(t) = total {
+        t.read_into(&mut v)?;
+    }
+    Ok(v[0])
 }
 
 /// A scale as people write it: a power of two as `2^k`.

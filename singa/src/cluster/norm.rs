@@ -70,12 +70,15 @@ pub(crate) struct GlobalNorm {
     slices: usize,
     /// `(slice, group)` of the slices summed this step, waiting for the verdict.
     held: Vec<(usize, usize)>,
-    /// The squared norm so far: this server's part, and at the lead the others' too.
+    /// The squared norm so far (without a norm to clip to, the sum: only whether it is finite
+    /// counts): this server's part, and at the lead the others' too.
     squares: f64,
     /// At the lead: the parts received this step.
     parts: usize,
-    /// Where gradients are read to the host.
+    /// Where gradients are read to the host (to clip by their norm).
     scratch: Vec<f32>,
+    /// Where they are added up on the device instead, only to see whether they overflowed.
+    total: Option<Tensor>,
 }
 
 impl GlobalNorm {
@@ -98,6 +101,7 @@ impl GlobalNorm {
             squares: 0.0,
             parts: 0,
             scratch: Vec::new(),
+            total: None,
         }
     }
 
@@ -120,9 +124,10 @@ impl GlobalNorm {
     }
 
     /// Holds slice `i` of group `g` until the step's verdict is known, adding the squares of
-    /// its averaged gradient (`sum` clamped to `±bound`, times `grad_scale`). Returns the
-    /// verdict once it is known: at the lead, when this was its last slice and every part is
-    /// in.
+    /// its averaged gradient (`sum` clamped to `±bound`, times `grad_scale`), or without a norm
+    /// to clip to, only its sum (taken on the device: it is not finite once a value is not).
+    /// Returns the verdict once it is known: at the lead, when this was its last slice and
+    /// every part is in.
     pub fn hold(
         &mut self,
         (i, g): (usize, usize),
@@ -131,6 +136,29 @@ impl GlobalNorm {
         bound: Option<f32>,
         transport: &mut TransportBox,
     ) -> Result<Option<Verdict>> {
+        if self.max.is_some() {
+            self.add_squares(sum, grad_scale, bound)?;
+        } else {
+            crate::loss_scale::add_sum(sum, &mut self.total, self.held.is_empty())?;
+        }
+        self.held.push((i, g));
+        if self.held.len() < self.slices {
+            return Ok(None);
+        }
+        if self.max.is_none() {
+            self.squares = crate::loss_scale::read_sum(&self.total)? as f64;
+        }
+        match self.role {
+            NormRole::Follower(lead) => {
+                send(transport, lead, self.squares)?;
+                Ok(None)
+            }
+            NormRole::Lead(_) => self.finish(transport),
+        }
+    }
+
+    /// Adds the squares of `sum` clamped to `±bound`, times `grad_scale`, read to the host.
+    fn add_squares(&mut self, sum: &Tensor, grad_scale: f32, bound: Option<f32>) -> Result<()> {
         let n = sum.numel();
         if self.scratch.len() < n {
             self.scratch.resize(n, 0.0);
@@ -146,17 +174,7 @@ impl GlobalNorm {
                 false => f64::NAN,
             })
             .sum::<f64>();
-        self.held.push((i, g));
-        if self.held.len() < self.slices {
-            return Ok(None);
-        }
-        match self.role {
-            NormRole::Follower(lead) => {
-                send(transport, lead, self.squares)?;
-                Ok(None)
-            }
-            NormRole::Lead(_) => self.finish(transport),
-        }
+        Ok(())
     }
 
     /// Takes in a `Norm` message: at the lead another server's part, elsewhere the verdict.
