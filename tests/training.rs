@@ -911,3 +911,50 @@ fn an_f16_cluster_run_resumes_its_loss_scale_exactly() {
     assert_eq!(metric(&summary.train, "loss_scale"), 4096.0);
     assert_eq!(param_values(&straight), param_values(&resumed));
 }
+
+/// In asynchronous clusters each worker group's step is clipped by its own global norm (the
+/// servers agree on it group by group): after one step of plain SGD at rate 1 with two
+/// groups, Downpour's master moved by the sum of two clipped gradients (each of norm
+/// `clip_norm`) and Hogwild's average by half of it.
+#[test]
+fn clipping_by_norm_clips_each_asynchronous_groups_step() {
+    use singa::config::{Clipping, Framework};
+    let dir = tmpdir("clip-async");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let norm = |d: &[f32]| d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    for (framework, most) in [(Framework::Downpour, 0.02), (Framework::Hogwild, 0.01)] {
+        let moved = |clip: Option<f32>| -> f64 {
+            let mut job = job(&dir, "train_steps = 1", 0.0);
+            job.updater = singa::config::UpdaterConfig::sgd(1.0);
+            job.updater.clip = Clipping {
+                norm: clip,
+                value: None,
+            };
+            job.cluster = framework.preset(2);
+            let options = TrainOptions {
+                threads: Some(2),
+                ..TrainOptions::default()
+            };
+            let mut t = Trainer::new(&job, &Registry::builtin(), &options).unwrap();
+            let before = param_values(&t);
+            t.run(&mut Silent).unwrap();
+            let after = param_values(&t);
+            let d: Vec<f32> = before
+                .iter()
+                .zip(&after)
+                .flat_map(|((_, b), (_, a))| b.iter().zip(a).map(|(x, y)| y - x))
+                .collect();
+            norm(&d)
+        };
+        let raw = moved(None);
+        assert!(
+            raw > 0.1,
+            "{framework:?}: unclipped, the parameters moved {raw}"
+        );
+        let clipped = moved(Some(0.01));
+        assert!(
+            clipped <= most + 1e-6 && clipped > most / 2.0,
+            "{framework:?}: clipped, the parameters moved {clipped}"
+        );
+    }
+}

@@ -297,6 +297,18 @@ fn synchronous_frameworks_over_mpi_train_exactly_as_in_one_process() {
             2,
         ),
         (
+            "hogwild-2-clipped",
+            job(
+                d,
+                30,
+                30,
+                "sgd",
+                "framework = \"hogwild\"\nnworker_groups = 2\nnservers_per_group = 2\nsync_freq = 5",
+            )
+            .replace("[updater]\n", "[updater]\nclip_norm = 0.05\n"),
+            2,
+        ),
+        (
             "hogwild-4-adam",
             job(
                 d,

@@ -405,8 +405,8 @@ fn global_norm(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Op
         true => NormRole::Lead(others.iter().map(|&o| t.server_at(h, o)).collect()),
         false => NormRole::Follower(t.server_at(h, lead)),
     };
-    let workers = plan.job.cluster.nworkers_per_group;
-    Some(GlobalNorm::new(max, scaler, role, mine, workers))
+    let groups = (t.served_by(h).len(), plan.job.cluster.nworkers_per_group);
+    Some(GlobalNorm::new(max, scaler, role, mine, groups))
 }
 
 /// Server `s` of server group `h`, over its slices: in one process (`held`), views of what its

@@ -11,9 +11,10 @@
 //! adds them and sends back the verdict: skip the step, or update with the gradients times a
 //! factor (`min(1, clip_norm / norm)`, over the loss scale). The numbers travel as f64 bits in
 //! a `Norm` message's `version` (NaN: skip), so that the parts add up in f64 as the one-worker
-//! sum does. Only synchronous groups (one worker group) do this: every server's slices then
-//! belong to the same step. Every server keeps its own copy of the loss scaler, which the
-//! verdicts move in step with the coordinator's.
+//! sum does. Each worker group has an exchange of its own (Downpour's groups step
+//! asynchronously): the messages name the group and the step. With loss scaling (one worker
+//! group only) every server keeps its own copy of the loss scaler, which the verdicts move in
+//! step with the coordinator's.
 //!
 //! Each of a group's `n` workers scales its loss by `scale / n`: its gradients, averaged over
 //! its `1/n` of the batch, are then as large as one worker's over the whole batch, so that f16
@@ -57,39 +58,48 @@ impl Verdict {
     }
 }
 
-/// A server's part in agreeing on each step's global gradient norm.
+/// One worker group's exchange of the step under way at a server.
+struct Exchange {
+    /// The step (set by the first slice held or part received).
+    step: Option<u64>,
+    /// The slices of this server summed for the step, waiting for the verdict.
+    held: Vec<usize>,
+    /// The squared norm so far (without a norm to clip to, the sum: only whether it is finite
+    /// counts): this server's part, and at the lead the others' too.
+    squares: f64,
+    /// At the lead: the parts received.
+    parts: usize,
+    /// Where the gradients are added up on the device, only to see whether they overflowed.
+    total: Option<Tensor>,
+}
+
+/// A server's part in agreeing on each step's global gradient norm, for every worker group it
+/// serves (asynchronous groups, Downpour's, each have steps of their own).
 pub(crate) struct GlobalNorm {
     /// `clip_norm`, if any.
     max: Option<f32>,
-    /// This server's copy of the loss scaler, with loss scaling.
+    /// This server's copy of the loss scaler, with loss scaling (one worker group only).
     scaler: Option<LossScaler>,
-    /// The workers of the group.
+    /// The workers of a group.
     workers: usize,
     role: NormRole,
     /// The slices this server updates every step.
     slices: usize,
-    /// `(slice, group)` of the slices summed this step, waiting for the verdict.
-    held: Vec<(usize, usize)>,
-    /// The squared norm so far (without a norm to clip to, the sum: only whether it is finite
-    /// counts): this server's part, and at the lead the others' too.
-    squares: f64,
-    /// At the lead: the parts received this step.
-    parts: usize,
+    /// Per worker group served.
+    groups: Vec<Exchange>,
     /// Where gradients are read to the host (to clip by their norm).
     scratch: Vec<f32>,
-    /// Where they are added up on the device instead, only to see whether they overflowed.
-    total: Option<Tensor>,
 }
 
 impl GlobalNorm {
     /// Clipping to `max` (if any) and checking the gradients scaled by `scaler` (if any) as
-    /// `role`, for a server of `slices` slices serving a group of `workers`.
+    /// `role`, for a server of `slices` slices serving `groups` groups of `workers`.
     pub fn new(
         max: Option<f32>,
         scaler: Option<LossScaler>,
         role: NormRole,
         slices: usize,
-        workers: usize,
+        (groups, workers): (usize, usize),
     ) -> GlobalNorm {
         GlobalNorm {
             max,
@@ -97,11 +107,16 @@ impl GlobalNorm {
             workers,
             role,
             slices,
-            held: Vec::with_capacity(slices),
-            squares: 0.0,
-            parts: 0,
+            groups: (0..groups)
+                .map(|_| Exchange {
+                    step: None,
+                    held: Vec::with_capacity(slices),
+                    squares: 0.0,
+                    parts: 0,
+                    total: None,
+                })
+                .collect(),
             scratch: Vec::new(),
-            total: None,
         }
     }
 
@@ -123,42 +138,77 @@ impl GlobalNorm {
         self.scaler.as_mut()
     }
 
-    /// Holds slice `i` of group `g` until the step's verdict is known, adding the squares of
+    /// The exchange of group `g` for `step`, which must be the one under way if any.
+    fn exchange(
+        &mut self,
+        g: usize,
+        step: u64,
+        from: &dyn Fn() -> String,
+    ) -> Result<&mut Exchange> {
+        let n = self.groups.len();
+        let x = self
+            .groups
+            .get_mut(g)
+            .ok_or_else(|| Error::invalid(format!("{}: worker group {g}, of {n}", from())))?;
+        // Messages carry a step's low 32 bits.
+        match x.step {
+            Some(s) if s as u32 != step as u32 => Err(Error::invalid(format!(
+                "{}: step {} of worker group {g} while its step {} is under way",
+                from(),
+                step + 1,
+                s + 1
+            ))),
+            _ => {
+                x.step.get_or_insert(step);
+                Ok(x)
+            }
+        }
+    }
+
+    /// Holds slice `i` of group `g`'s `step` until the verdict is known, adding the squares of
     /// its averaged gradient (`sum` clamped to `±bound`, times `grad_scale`), or without a norm
     /// to clip to, only its sum (taken on the device: it is not finite once a value is not).
     /// Returns the verdict once it is known: at the lead, when this was its last slice and
     /// every part is in.
+    #[allow(clippy::too_many_arguments)]
     pub fn hold(
         &mut self,
-        (i, g): (usize, usize),
+        (i, g, step): (usize, usize, u64),
         sum: &Tensor,
         grad_scale: f32,
         bound: Option<f32>,
         transport: &mut TransportBox,
     ) -> Result<Option<Verdict>> {
-        if self.max.is_some() {
-            self.add_squares(sum, grad_scale, bound)?;
-        } else {
-            crate::loss_scale::add_sum(sum, &mut self.total, self.held.is_empty())?;
+        let me = transport.addr();
+        let squares = match self.max {
+            Some(_) => Some(self.squares(sum, grad_scale, bound)?),
+            None => None,
+        };
+        let slices = self.slices;
+        let x = self.exchange(g, step, &|| format!("{me}: a gradient of"))?;
+        match squares {
+            Some(s) => x.squares += s,
+            None => crate::loss_scale::add_sum(sum, &mut x.total, x.held.is_empty())?,
         }
-        self.held.push((i, g));
-        if self.held.len() < self.slices {
+        x.held.push(i);
+        if x.held.len() < slices {
             return Ok(None);
         }
-        if self.max.is_none() {
-            self.squares = crate::loss_scale::read_sum(&self.total)? as f64;
+        if squares.is_none() {
+            x.squares = crate::loss_scale::read_sum(&x.total)? as f64;
         }
         match self.role {
             NormRole::Follower(lead) => {
-                send(transport, lead, self.squares)?;
+                let part = self.groups[g].squares;
+                send(transport, lead, (g, step), part)?;
                 Ok(None)
             }
-            NormRole::Lead(_) => self.finish(transport),
+            NormRole::Lead(_) => self.finish(g, transport),
         }
     }
 
-    /// Adds the squares of `sum` clamped to `±bound`, times `grad_scale`, read to the host.
-    fn add_squares(&mut self, sum: &Tensor, grad_scale: f32, bound: Option<f32>) -> Result<()> {
+    /// The squares of `sum` clamped to `±bound`, times `grad_scale`, read to the host.
+    fn squares(&mut self, sum: &Tensor, grad_scale: f32, bound: Option<f32>) -> Result<f64> {
         let n = sum.numel();
         if self.scratch.len() < n {
             self.scratch.resize(n, 0.0);
@@ -166,32 +216,44 @@ impl GlobalNorm {
         let values = &mut self.scratch[..n];
         sum.read_into(values)?;
         let (scale, bound) = (grad_scale as f64, bound.unwrap_or(f32::INFINITY));
-        self.squares += values
+        Ok(values
             .iter()
             .map(|&v| match v.is_finite() {
                 // As the one-worker engine clamps (on the device) and then sums.
                 true => (v.clamp(-bound, bound) as f64 * scale).powi(2),
                 false => f64::NAN,
             })
-            .sum::<f64>();
-        Ok(())
+            .sum::<f64>())
     }
 
-    /// Takes in a `Norm` message: at the lead another server's part, elsewhere the verdict.
+    /// Takes in a `Norm` message (group in `target`, step in `slice`): at the lead another
+    /// server's part, elsewhere the verdict. Returns the group and the verdict once known.
     pub fn on_message(
         &mut self,
         msg: &Msg,
         transport: &mut TransportBox,
-    ) -> Result<Option<Verdict>> {
+    ) -> Result<Option<(usize, Verdict)>> {
         let me = transport.addr();
         let value = f64::from_bits(msg.version);
+        let g = msg.target as usize;
+        let from = || format!("{me}: a Norm message from {}, of", msg.src);
         match &self.role {
             NormRole::Lead(others) if others.contains(&msg.src) => {
-                self.squares += value;
-                self.parts += 1;
-                self.finish(transport)
+                let x = self.exchange(g, msg.slice as u64, &from)?;
+                x.squares += value;
+                x.parts += 1;
+                Ok(self.finish(g, transport)?.map(|v| (g, v)))
             }
-            NormRole::Follower(lead) if *lead == msg.src => Ok(Some(Verdict::from_wire(value))),
+            NormRole::Follower(lead) if *lead == msg.src => {
+                let x = self.exchange(g, msg.slice as u64, &from)?;
+                if x.held.len() < self.slices {
+                    return Err(Error::invalid(format!(
+                        "{}: the verdict of group {g}'s step before this server's part",
+                        from()
+                    )));
+                }
+                Ok(Some((g, Verdict::from_wire(value))))
+            }
             _ => Err(Error::invalid(format!(
                 "{me}: a Norm message from {}, which is not a server it agrees on the norm with",
                 msg.src
@@ -199,20 +261,22 @@ impl GlobalNorm {
         }
     }
 
-    /// At the lead, once its slices and every part are in: the verdict, sent to the others.
-    fn finish(&mut self, transport: &mut TransportBox) -> Result<Option<Verdict>> {
+    /// At the lead, once its slices and every part of group `g`'s step are in: the verdict,
+    /// sent to the others.
+    fn finish(&mut self, g: usize, transport: &mut TransportBox) -> Result<Option<Verdict>> {
         let NormRole::Lead(others) = &self.role else {
             return Ok(None);
         };
-        if self.parts < others.len() || self.held.len() < self.slices {
+        let x = &self.groups[g];
+        if x.parts < others.len() || x.held.len() < self.slices {
             return Ok(None);
         }
-        let verdict = match self.squares.is_finite() {
+        let verdict = match x.squares.is_finite() {
             false => Verdict::Skip,
             true => {
                 // As the one-worker engine computes it.
                 let loss_scale = self.loss_scale();
-                let norm = self.squares.sqrt() as f32 / loss_scale;
+                let norm = x.squares.sqrt() as f32 / loss_scale;
                 let mut factor = 1.0 / loss_scale;
                 if let Some(max) = self.max.filter(|&max| norm > max) {
                     factor *= max / norm;
@@ -220,29 +284,32 @@ impl GlobalNorm {
                 Verdict::Update(factor)
             }
         };
+        let step = x.step.expect("slices held");
         for &other in others {
-            send(transport, other, verdict.to_wire())?;
+            send(transport, other, (g, step), verdict.to_wire())?;
         }
         Ok(Some(verdict))
     }
 
-    /// The held slices, to update or skip as `verdict` says; the step's exchange is over, and
-    /// the loss scaler takes the verdict in.
-    pub fn take_held(&mut self, verdict: Verdict) -> Vec<(usize, usize)> {
-        self.squares = 0.0;
-        self.parts = 0;
+    /// Group `g`'s held slices, to update or skip as `verdict` says; the step's exchange is
+    /// over, and the loss scaler takes the verdict in.
+    pub fn take_held(&mut self, g: usize, verdict: Verdict) -> Vec<usize> {
         if let Some(s) = &mut self.scaler {
             // The coordinator's copy says when this is divergence.
             s.advance(verdict != Verdict::Skip);
         }
-        std::mem::take(&mut self.held)
+        let x = &mut self.groups[g];
+        x.step = None;
+        x.squares = 0.0;
+        x.parts = 0;
+        std::mem::take(&mut x.held)
     }
 
-    /// Returns the list [`take_held`](Self::take_held) gave, emptied, for the next step (so
-    /// that a warm step allocates nothing).
-    pub fn give_back(&mut self, mut held: Vec<(usize, usize)>) {
+    /// Returns the list [`take_held`](Self::take_held) gave for group `g`, emptied, for its
+    /// next step (so that a warm step allocates nothing).
+    pub fn give_back(&mut self, g: usize, mut held: Vec<usize>) {
         held.clear();
-        self.held = held;
+        self.groups[g].held = held;
     }
 }
 
@@ -251,15 +318,21 @@ pub(crate) fn worker_loss_scale(scale: f32, workers: usize) -> f32 {
     scale / workers as f32
 }
 
-/// Sends `value` to `dst` as a `Norm` message.
-fn send(transport: &mut TransportBox, dst: Addr, value: f64) -> Result<()> {
+/// Sends `value` of group `g`'s `step` to `dst` as a `Norm` message (the step's low 32 bits:
+/// enough to tell it from the one before or after).
+fn send(
+    transport: &mut TransportBox,
+    dst: Addr,
+    (g, step): (usize, u64),
+    value: f64,
+) -> Result<()> {
     transport
         .send(Msg {
             src: transport.addr(),
             dst,
             kind: MsgKind::Norm,
-            target: 0,
-            slice: 0,
+            target: g as u32,
+            slice: step as u32,
             version: value.to_bits(),
             payload: None.into(),
         })

@@ -499,8 +499,9 @@ impl ServerCore {
             // The update waits for the step's verdict.
             Some(norm) => {
                 let bound = clip_bound(self.clip_value, norm.loss_scale(), grad_scale);
-                if let Some(verdict) = norm.hold((i, g), sum, grad_scale, bound, transport)? {
-                    self.conclude_held(verdict, transport)?;
+                let at = (i, g, c.step);
+                if let Some(verdict) = norm.hold(at, sum, grad_scale, bound, transport)? {
+                    self.conclude_held(g, verdict, transport)?;
                 }
                 Ok(())
             }
@@ -524,21 +525,26 @@ impl ServerCore {
                 msg.src
             ))
         })?;
-        if let Some(verdict) = norm.on_message(&msg, transport)? {
-            self.conclude_held(verdict, transport)?;
+        if let Some((g, verdict)) = norm.on_message(&msg, transport)? {
+            self.conclude_held(g, verdict, transport)?;
         }
         Ok(())
     }
 
-    /// Updates every slice held for the global norm as `verdict` says (clamped to
+    /// Updates every slice held for group `g`'s global norm as `verdict` says (clamped to
     /// `clip_value` first), or skips them all.
-    fn conclude_held(&mut self, verdict: Verdict, transport: &mut TransportBox) -> Result<()> {
+    fn conclude_held(
+        &mut self,
+        g: usize,
+        verdict: Verdict,
+        transport: &mut TransportBox,
+    ) -> Result<()> {
         let Some(norm) = &mut self.norm else {
             return Ok(());
         };
         let loss_scale = norm.loss_scale();
-        let held = norm.take_held(verdict);
-        for &(i, g) in &held {
+        let held = norm.take_held(g, verdict);
+        for &i in &held {
             match verdict {
                 Verdict::Skip => self.skip(i, g, transport)?,
                 Verdict::Update(factor) => {
@@ -553,7 +559,7 @@ impl ServerCore {
             }
         }
         if let Some(norm) = &mut self.norm {
-            norm.give_back(held);
+            norm.give_back(g, held);
         }
         Ok(())
     }

@@ -337,8 +337,8 @@ pub struct UpdaterConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Clipping {
     /// `clip_norm`: every gradient is scaled by `min(1, clip_norm / ‖g‖)`, where `‖g‖` is the
-    /// L2 norm of all the step's gradients together (in a cluster, one synchronous worker
-    /// group: the servers exchange their parts of the norm).
+    /// L2 norm of all the step's gradients together (in a cluster, of a worker group's step:
+    /// the servers exchange their parts of the norm).
     pub norm: Option<f32>,
     /// `clip_value`: every gradient value is clamped to `[−clip_value, clip_value]` (SINGA's
     /// per-value clipping), before the norm is taken; in a cluster, the servers clamp the

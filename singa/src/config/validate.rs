@@ -230,19 +230,6 @@ impl JobConfig {
                     format!("expected a positive number, got {v}"),
                 ));
             }
-            if key == "clip_norm" && (c.nworker_groups > 1 || c.nserver_groups > 1) {
-                // The global norm is a step's: the servers exchange their parts of it within
-                // a synchronous group.
-                return Err(err(
-                    "updater.clip_norm",
-                    format!(
-                        "clipping by the global norm runs with one worker group (synchronous: \
-                         AllReduce, Sandblaster) for now; [cluster] has {} worker groups and \
-                         {} server groups (clip_value, per value, runs with any cluster)",
-                        c.nworker_groups, c.nserver_groups
-                    ),
-                ));
-            }
         }
         if u.weight_decay.is_nan() || u.weight_decay < 0.0 {
             return Err(err(
@@ -577,8 +564,8 @@ mod tests {
         assert!(e(k_only).contains("cd_k: only for algorithm = \"cd\""));
     }
 
-    /// Clipping thresholds must be positive; clipping by norm runs with one (synchronous)
-    /// worker group, by value with any cluster.
+    /// Clipping thresholds must be positive; both kinds run with any cluster (by norm: the
+    /// norm of each group's step).
     #[test]
     fn clipping_is_checked() {
         let r = Registry::builtin();
@@ -596,15 +583,13 @@ mod tests {
             j.cluster = cluster;
             j.validate(&r).map(|_| ()).map_err(|e| e.to_string())
         };
-        let groups = Framework::Downpour.preset(2);
-        let e = with(groups.clone(), Some(0.5), None).unwrap_err();
-        assert!(
-            e.contains("updater.clip_norm: clipping by the global norm runs with one worker group"),
-            "{e}"
-        );
-        with(groups, None, Some(0.5)).unwrap();
-        for synchronous in [Framework::AllReduce, Framework::Sandblaster] {
-            with(synchronous.preset(2), Some(0.5), Some(0.1)).unwrap();
+        for framework in [
+            Framework::Sandblaster,
+            Framework::AllReduce,
+            Framework::Downpour,
+            Framework::Hogwild,
+        ] {
+            with(framework.preset(2), Some(0.5), Some(0.1)).unwrap();
         }
     }
 }
