@@ -170,7 +170,6 @@ impl GlobalNorm {
     /// to clip to, only its sum (taken on the device: it is not finite once a value is not).
     /// Returns the verdict once it is known: at the lead, when this was its last slice and
     /// every part is in.
-    #[allow(clippy::too_many_arguments)]
     pub fn hold(
         &mut self,
         (i, g, step): (usize, usize, u64),
