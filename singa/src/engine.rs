@@ -341,8 +341,8 @@ impl Engine for Cluster {
 
     fn checkpoint_state(&mut self, store: &mut ParamStore) -> Result<Vec<(String, Tensor)>> {
         let mut extra = self.gather_states(store)?;
-        if let Some(scaler) = self.loss_scaler() {
-            extra.push(scaler.checkpoint_entry(store.entries()[0].value.device())?);
+        if let (Some(scaler), Some(e)) = (self.loss_scaler(), store.entries().first()) {
+            extra.push(scaler.checkpoint_entry(e.value.device())?);
         }
         Ok(extra)
     }

@@ -136,12 +136,18 @@ impl LossScaler {
         }
     }
 
-    /// Restores what [`LossScaler::state`] returned.
+    /// Restores what [`LossScaler::state`] returned. A fixed scale stays the job's (a checkpoint
+    /// of another run does not change it); a dynamic one takes the saved scale and count.
     pub fn restore(&mut self, state: &[f32]) -> Result<()> {
+        const MAX_COUNT: f32 = (1u64 << 53) as f32;
         match *state {
-            [scale, good] if scale > 0.0 && scale.is_finite() && good >= 0.0 => {
-                self.scale = scale;
-                self.good_steps = good as u64;
+            [scale, good]
+                if scale > 0.0 && scale.is_finite() && (0.0..MAX_COUNT).contains(&good) =>
+            {
+                if self.growth_interval.is_some() {
+                    self.scale = scale;
+                    self.good_steps = good as u64;
+                }
                 Ok(())
             }
             _ => Err(Error::invalid(format!(
@@ -236,6 +242,10 @@ mod tests {
         assert_eq!((t.scale, t.good_steps), (8.0, 2));
         assert!(t.restore(&[0.0, 1.0]).is_err());
         assert!(t.restore(&[1.0]).is_err());
+        assert!(t.restore(&[1.0, f32::INFINITY]).is_err());
+        let mut fixed = LossScaler::new(LossScaling::Fixed(1024.0)).unwrap();
+        fixed.restore(&s.state()).unwrap();
+        assert_eq!(fixed.scale(), 1024.0, "a fixed scale stays the job's");
     }
 
     #[test]

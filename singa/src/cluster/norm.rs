@@ -194,7 +194,8 @@ impl GlobalNorm {
             return Ok(None);
         }
         if squares.is_none() {
-            x.squares = crate::loss_scale::read_sum(&x.total)? as f64;
+            // At the lead, other servers' parts may be in already.
+            x.squares += crate::loss_scale::read_sum(&x.total)? as f64;
         }
         match self.role {
             NormRole::Follower(lead) => {
@@ -270,7 +271,9 @@ impl GlobalNorm {
         if x.parts < others.len() || x.held.len() < self.slices {
             return Ok(None);
         }
-        let verdict = match x.squares.is_finite() {
+        // Without loss scaling a gradient that is not finite is divergence, not a step to
+        // skip: it reaches the values, and the run stops on them as one worker's does.
+        let verdict = match x.squares.is_finite() || self.scaler.is_none() {
             false => Verdict::Skip,
             true => {
                 // As the one-worker engine computes it.
@@ -336,4 +339,93 @@ fn send(
             payload: None.into(),
         })
         .into_result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::topology::server_addr;
+    use crate::config::LossScaling;
+    use singa_core::DeviceRef;
+
+    fn values(dev: &DeviceRef, v: &[f32]) -> Tensor {
+        Tensor::from_slice(dev, v, [v.len()]).unwrap()
+    }
+
+    /// Two servers of two slices each with loss scaling and no norm to clip to: the follower's
+    /// part (an overflow) reaches the lead before the lead's own last slice, whose sum is
+    /// finite; both must still skip the step.
+    #[test]
+    fn an_overflow_in_another_servers_part_skips_the_step() {
+        let dev = DeviceRef::new(singa_cpu::ReferenceDevice::new());
+        let (lead_addr, other_addr) = (server_addr(0, 0), server_addr(0, 1));
+        let mut ends = singa_comm::ChannelNetwork::connect(&[lead_addr, other_addr]).unwrap();
+        let mut other = crate::cluster::boxed(ends.pop().unwrap());
+        let mut lead = crate::cluster::boxed(ends.pop().unwrap());
+        let scaler = || LossScaler::new(LossScaling::DYNAMIC);
+        let mut at_lead =
+            GlobalNorm::new(None, scaler(), NormRole::Lead(vec![other_addr]), 2, (1, 1));
+        let mut at_other =
+            GlobalNorm::new(None, scaler(), NormRole::Follower(lead_addr), 2, (1, 1));
+        let (finite, overflow) = (
+            values(&dev, &[1.0, 2.0]),
+            values(&dev, &[1.0, f32::INFINITY]),
+        );
+        assert_eq!(
+            at_lead
+                .hold((0, 0, 7), &finite, 1.0, None, &mut lead)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            at_other
+                .hold((0, 0, 7), &finite, 1.0, None, &mut other)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            at_other
+                .hold((1, 0, 7), &overflow, 1.0, None, &mut other)
+                .unwrap(),
+            None
+        );
+        let part = lead
+            .recv(1000)
+            .into_result()
+            .unwrap()
+            .into_option()
+            .unwrap();
+        assert_eq!(at_lead.on_message(&part, &mut lead).unwrap(), None);
+        let verdict = at_lead
+            .hold((1, 0, 7), &finite, 1.0, None, &mut lead)
+            .unwrap();
+        assert_eq!(verdict, Some(Verdict::Skip));
+        let told = other
+            .recv(1000)
+            .into_result()
+            .unwrap()
+            .into_option()
+            .unwrap();
+        assert_eq!(
+            at_other.on_message(&told, &mut other).unwrap(),
+            Some((0, Verdict::Skip))
+        );
+        // A part of another step is refused.
+        at_lead.take_held(0, Verdict::Skip);
+        at_lead
+            .hold((0, 0, 8), &finite, 1.0, None, &mut lead)
+            .unwrap();
+        let stale = Msg {
+            payload: None.into(),
+            ..part
+        };
+        let e = at_lead
+            .on_message(&stale, &mut lead)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("step 8 of worker group 0 while its step 9 is under way"),
+            "{e}"
+        );
+    }
 }

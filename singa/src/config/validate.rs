@@ -57,8 +57,18 @@ impl JobConfig {
                 _ => LossScaling::Off,
             });
         };
-        if written == LossScaling::Off {
-            return Ok(written);
+        let bad = |what: String| Error::config(file, "device.loss_scale", what);
+        match written {
+            LossScaling::Off => return Ok(written),
+            LossScaling::Fixed(v) | LossScaling::Dynamic { init: v, .. }
+                if !(v > 0.0 && v.is_finite()) =>
+            {
+                return Err(bad(format!("expected a positive scale, got {v}")))
+            }
+            LossScaling::Dynamic {
+                growth_interval: 0, ..
+            } => return Err(bad("growth_interval: expected at least 1".into())),
+            _ => {}
         }
         if self.algorithm == Algorithm::Cd {
             return Err(Error::config(
@@ -419,6 +429,22 @@ mod tests {
         let e = two.validate(&r).unwrap_err().to_string();
         assert!(
             e.contains("device.loss_scale: loss scaling runs with one worker group"),
+            "{e}"
+        );
+        let mut bad = job();
+        bad.device.loss_scale = Some(LossScaling::Fixed(0.0));
+        let e = bad.validate(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("device.loss_scale: expected a positive scale, got 0"),
+            "{e}"
+        );
+        bad.device.loss_scale = Some(LossScaling::Dynamic {
+            init: 8.0,
+            growth_interval: 0,
+        });
+        let e = bad.validate(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("device.loss_scale: growth_interval: expected at least 1"),
             "{e}"
         );
     }
