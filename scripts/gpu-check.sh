@@ -3,7 +3,8 @@
 # few minutes (the logs go to $OUT, default runs/gpu-check):
 #   1. the conformance suite and the layers' device checks with SINGA_REQUIRE_GPU=1 (a skip
 #      fails), and the kernel compile test;
-#   2. the MNIST example on the GPU (examples/mnist-mlp/cuda.toml);
+#   2. the MNIST example on the GPU (examples/mnist-mlp/cuda.toml), and again with f16 products
+#      and dynamic loss scaling (the same job with `precision = "f16"`);
 #   3. `singa bench mlp|cnn --device cuda` against PyTorch on the same GPU, batch 64 and 1024,
 #      interleaved, three rounds (benchmarks/torch_precision.py --device cuda).
 # Binaries come from .gpu/ (scripts/gpu-bundle.sh, for machines without cargo), or are built
@@ -47,6 +48,13 @@ done
 echo "== MNIST example on the GPU"
 timeout 300 "$BIN/singa" train examples/mnist-mlp/cuda.toml --workspace /tmp/singa-mnist-cuda \
   2>&1 | tee "$OUT/mnist.log" | grep -E "training on|test |error" || status=1
+
+echo "== MNIST example on the GPU in f16, with dynamic loss scaling"
+sed 's/^precision = "f32"/precision = "f16"/' examples/mnist-mlp/cuda.toml \
+  > examples/mnist-mlp/cuda-f16.toml
+timeout 300 "$BIN/singa" train examples/mnist-mlp/cuda-f16.toml --workspace /tmp/singa-mnist-f16 \
+  2>&1 | tee "$OUT/mnist-f16.log" | grep -E "training on|loss_scale|test |error" || status=1
+rm -f examples/mnist-mlp/cuda-f16.toml
 
 echo "== singa bench against PyTorch on the same GPU (three interleaved rounds)"
 for round in 1 2 3; do

@@ -93,7 +93,7 @@ impl Observer for Progress {
                     let msg: Vec<String> = r
                         .metrics
                         .iter()
-                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .map(|(k, v)| format!("{k} {}", singa::progress::metric_value(k, *v)))
                         .collect();
                     bar.set_message(msg.join("  "));
                 }

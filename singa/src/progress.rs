@@ -8,11 +8,7 @@ use std::io::Write;
 pub fn report_line(r: &Report) -> String {
     let mut s = format!("step {:>7}  {:<5}", r.step, r.phase);
     for (k, v) in &r.metrics {
-        if k.ends_with("accuracy") {
-            s += &format!("  {k} {:.2}%", v * 100.0);
-        } else {
-            s += &format!("  {k} {v:.4}");
-        }
+        s += &format!("  {k} {}", metric_value(k, *v));
     }
     if let Some(rate) = r.samples_per_sec {
         s += &format!("  {} samples/s", thousands(rate));
@@ -21,6 +17,21 @@ pub fn report_line(r: &Report) -> String {
         s += &format!("  lr {lr:.3e}");
     }
     s
+}
+
+/// A metric's value as a line shows it: an accuracy in percent, a count (`skipped_steps`) or
+/// a scale (`loss_scale`) as a whole number, or in exponent form once it is very large, the
+/// rest (losses) with four decimals.
+pub fn metric_value(name: &str, v: f64) -> String {
+    if name.ends_with("accuracy") {
+        format!("{:.2}%", v * 100.0)
+    } else if v.abs() >= 1e7 {
+        format!("{v:.3e}")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
 }
 
 /// `12345.6` as `12,346`.
@@ -40,11 +51,7 @@ pub fn thousands(x: f64) -> String {
 pub fn summary_line(s: &Summary) -> String {
     let mut line = format!("done: {} steps in {:.1} s", s.steps, s.wall_seconds);
     for (k, v) in &s.test {
-        if k.ends_with("accuracy") {
-            line += &format!(", test {k} {:.2}%", v * 100.0);
-        } else {
-            line += &format!(", test {k} {v:.4}");
-        }
+        line += &format!(", test {k} {}", metric_value(k, *v));
     }
     line += &format!(", {} samples/s", thousands(s.samples_per_sec));
     line
@@ -79,5 +86,20 @@ impl Observer for Lines {
         if let Some(line) = event_line(&event) {
             let _ = writeln!(std::io::stderr(), "{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    #[test]
+    fn metrics_read_as_what_they_are() {
+        assert_eq!(metric_value("accuracy", 0.98765), "98.77%");
+        assert_eq!(metric_value("loss", 0.12345), "0.1235");
+        assert_eq!(metric_value("skipped_steps", 3.0), "3");
+        assert_eq!(metric_value("loss_scale", 65536.0), "65536");
+        assert_eq!(metric_value("loss_scale", 2f64.powi(100)), "1.268e30");
+        assert_eq!(metric_value("loss", f64::NAN), "NaN");
     }
 }
