@@ -15,12 +15,18 @@ use std::sync::OnceLock;
 
 const JOB_FILE: &str = "fuzz.toml";
 
-/// The MNIST example's job file: the seed of the mutations.
+/// The MNIST example's job file, with a loss scale written as a table: the seed of the
+/// mutations.
 fn example_job() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
     TEXT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        std::fs::read_to_string(root.join("examples/mnist-mlp/job.toml")).unwrap()
+        let text = std::fs::read_to_string(root.join("examples/mnist-mlp/job.toml")).unwrap();
+        assert!(text.contains("[device]\n"));
+        text.replace(
+            "[device]\n",
+            "[device]\nloss_scale = { init = 65536.0, growth_interval = 2000 }\n",
+        )
     })
 }
 
