@@ -692,7 +692,10 @@ impl Trainer {
         for w in std::mem::take(&mut self.pending_warnings) {
             obs.event(Event::Warning(&w));
         }
-        let description = self.dev.info().description.into_string();
+        let mut description = self.dev.info().description.into_string();
+        if let Some(scaling) = self.job.device.loss_scale.and_then(loss_scaling_text) {
+            description += &format!(", {scaling}");
+        }
         let total = self.job.train_steps;
         obs.event(Event::Start {
             first_step: self.step,
@@ -830,4 +833,19 @@ fn transposed_layers(job: &JobConfig) -> Vec<String> {
         })
         .map(|l| l.name.clone())
         .collect()
+}
+
+/// How a run's start line names its loss scaling (`None`: none).
+fn loss_scaling_text(scaling: crate::config::LossScaling) -> Option<String> {
+    use crate::config::LossScaling;
+    match scaling {
+        LossScaling::Off => None,
+        LossScaling::Fixed(s) => Some(format!("loss scaled by {s}")),
+        LossScaling::Dynamic {
+            init,
+            growth_interval,
+        } => Some(format!(
+            "loss scaled dynamically (from {init}, doubled after {growth_interval} steps without overflow)"
+        )),
+    }
 }
