@@ -808,23 +808,33 @@ fn f16_steps_that_overflow_are_skipped_and_the_scale_halves() {
 }
 
 /// The scaler's state is part of the checkpoint: with a scale that doubles after every step
-/// and gradients small enough that it matters, a stopped f16 run resumes bitwise.
+/// and gradients small enough that it matters, a stopped f16 run resumes bitwise, on one
+/// worker and on two workers with two separate servers (whose copies of the scaler are
+/// restored with the coordinator's).
 #[test]
 fn an_f16_run_resumes_its_loss_scale_exactly() {
     let dir = tmpdir("f16-resume");
     synthetic_mnist(&dir, 200, 50, 8);
-    let device = "loss_scale = { init = 1, growth_interval = 1 }";
-    let steps = |n: u32| {
-        let mut job = scaled_mlp(&dir, "f16", 1e-6, 5e4, device);
-        job.train_steps = n as u64;
-        job.checkpoint_freq = 6;
-        job
-    };
-    let (straight, _) = train(&steps(12), &dir.join("a"), Existing::Refuse);
-    train(&steps(6), &dir.join("b"), Existing::Refuse);
-    let (resumed, summary) = train(&steps(12), &dir.join("b"), Existing::Resume);
-    assert_eq!(metric(&summary.train, "loss_scale"), 4096.0);
-    assert_eq!(param_values(&straight), param_values(&resumed));
+    let mut sandblaster = singa::config::Framework::Sandblaster.preset(2);
+    sandblaster.nservers_per_group = 2;
+    for (name, cluster) in [("one", None), ("sandblaster", Some(sandblaster))] {
+        let steps = |n: u64| {
+            let device = "loss_scale = { init = 1, growth_interval = 1 }";
+            let mut job = scaled_mlp(&dir, "f16", 1e-6, 5e4, device);
+            job.train_steps = n;
+            job.checkpoint_freq = 6;
+            if let Some(c) = &cluster {
+                job.cluster = c.clone();
+            }
+            job
+        };
+        let ws = |run: &str| dir.join(format!("{name}-{run}"));
+        let (straight, _) = train(&steps(12), &ws("a"), Existing::Refuse);
+        train(&steps(6), &ws("b"), Existing::Refuse);
+        let (resumed, summary) = train(&steps(12), &ws("b"), Existing::Resume);
+        assert_eq!(metric(&summary.train, "loss_scale"), 4096.0, "{name}");
+        assert_eq!(param_values(&straight), param_values(&resumed), "{name}");
+    }
 }
 
 /// At a fixed scale that always overflows, training stops as diverged, naming the step and
@@ -888,28 +898,6 @@ fn f16_loss_scaling_on_two_synchronous_workers_equals_one_worker() {
         }
         eprintln!("{name}: {one_metrics:?}");
     }
-}
-
-/// The servers' copies of the loss scaler are restored with the coordinator's: a stopped f16
-/// run on two workers and two separate servers resumes bitwise.
-#[test]
-fn an_f16_cluster_run_resumes_its_loss_scale_exactly() {
-    let dir = tmpdir("f16-cluster-resume");
-    synthetic_mnist(&dir, 200, 50, 8);
-    let steps = |n: u64| {
-        let device = "loss_scale = { init = 1, growth_interval = 1 }";
-        let mut job = scaled_mlp(&dir, "f16", 1e-6, 5e4, device);
-        job.train_steps = n;
-        job.checkpoint_freq = 6;
-        job.cluster = singa::config::Framework::Sandblaster.preset(2);
-        job.cluster.nservers_per_group = 2;
-        job
-    };
-    let (straight, _) = train(&steps(12), &dir.join("a"), Existing::Refuse);
-    train(&steps(6), &dir.join("b"), Existing::Refuse);
-    let (resumed, summary) = train(&steps(12), &dir.join("b"), Existing::Resume);
-    assert_eq!(metric(&summary.train, "loss_scale"), 4096.0);
-    assert_eq!(param_values(&straight), param_values(&resumed));
 }
 
 /// In asynchronous clusters each worker group's step is clipped by its own global norm (the

@@ -567,27 +567,13 @@ impl ServerCore {
     /// Leaves slice `i` as it is after a step of group `g` whose gradients overflowed: the
     /// group's workers get an `Updated` without values.
     fn skip(&mut self, i: usize, g: usize, transport: &mut TransportBox) -> Result<()> {
-        let me = transport.addr();
         let p = &mut self.pending[i];
         let c = &mut p.groups[g];
         for grad in &mut c.grads {
             *grad = None;
         }
         c.received = 0;
-        for &w in &self.groups[g] {
-            transport
-                .send(Msg {
-                    src: me,
-                    dst: w,
-                    kind: MsgKind::Updated,
-                    target: p.slice.key.0,
-                    slice: p.slice.key.1,
-                    version: c.step,
-                    payload: None.into(),
-                })
-                .into_result()?;
-        }
-        Ok(())
+        send_updated(transport, &self.groups[g], p.slice.key, c.step, None)
     }
 
     /// Runs the updater on slice `i` with the sum of group `g`'s gradients (times `scale`),
@@ -599,7 +585,6 @@ impl ServerCore {
         scale: f32,
         transport: &mut TransportBox,
     ) -> Result<()> {
-        let me = transport.addr();
         let p = &mut self.pending[i];
         let (s, c, workers) = (&mut p.slice, &mut p.groups[g], &self.groups[g]);
         let key = s.key;
@@ -626,21 +611,34 @@ impl ServerCore {
         if !replica.shares_storage(&s.value) {
             self.dev.copy(&s.value, replica)?;
         }
-        for &w in workers {
-            transport
-                .send(Msg {
-                    src: me,
-                    dst: w,
-                    kind: MsgKind::Updated,
-                    target: key.0,
-                    slice: key.1,
-                    version: c.step,
-                    payload: Some(replica.clone()).into(),
-                })
-                .into_result()?;
-        }
-        Ok(())
+        send_updated(transport, workers, key, c.step, Some(replica.clone()))
     }
+}
+
+/// Sends `Updated` for slice `key` of `step` to `workers`: with the fresh `values`, or without
+/// any when the step was skipped.
+fn send_updated(
+    transport: &mut TransportBox,
+    workers: &[Addr],
+    key: (u32, u32),
+    step: u64,
+    values: Option<Tensor>,
+) -> Result<()> {
+    let me = transport.addr();
+    for &w in workers {
+        transport
+            .send(Msg {
+                src: me,
+                dst: w,
+                kind: MsgKind::Updated,
+                target: key.0,
+                slice: key.1,
+                version: step,
+                payload: values.clone().into(),
+            })
+            .into_result()?;
+    }
+    Ok(())
 }
 
 /// The bounds (±) that clamp a group's summed gradient so that its true average is clamped to
