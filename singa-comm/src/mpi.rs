@@ -230,8 +230,21 @@ struct Slot {
 // that holds the slots is built elsewhere (with no slot yet) and moved there before it runs.
 unsafe impl Send for Slot {}
 
-/// The key of a send buffer: the message's receiver, kind, target and slice.
+/// The key of a send buffer: the message's receiver, kind, target and slice (see
+/// [`slot_key`]).
 type SlotKey = (Addr, MsgKind, u32, u32);
+
+/// The send buffer of `msg`: one per receiver, kind, target and slice for a message with a
+/// payload; a message without one (a command, a part of a norm) may carry a number in its
+/// `slice` (a step, a loss scale), so those share one buffer per receiver, kind and target,
+/// rather than making a buffer for every number.
+fn slot_key(msg: &Msg) -> SlotKey {
+    let slice = match msg.payload.is_some() {
+        true => msg.slice,
+        false => 0,
+    };
+    (msg.dst, msg.kind, msg.target, slice)
+}
 
 /// This rank's router.
 struct Router {
@@ -289,7 +302,7 @@ impl Router {
         let Some(&rank) = self.rank_of.get(&msg.dst) else {
             return;
         };
-        let key = (msg.dst, msg.kind, msg.target, msg.slice);
+        let key = slot_key(&msg);
         self.wait_for_slot(world, key);
         let slot = self.slots.entry(key).or_insert_with(|| Slot {
             header: [0; codec::MAX_HEADER],
@@ -601,3 +614,36 @@ fn ask_for_short_slices() {
 
 #[cfg(not(target_os = "linux"))]
 fn ask_for_short_slices() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use singa_core::Role;
+
+    /// Messages without payload that carry a changing number in `slice` (a `Norm` part names
+    /// its step there) reuse one send buffer; payloads keep one per slice.
+    #[test]
+    fn numbers_in_a_message_without_payload_make_no_new_buffer() {
+        let dst = Addr {
+            group: 0,
+            id: 1,
+            role: Role::Server,
+        };
+        let msg = |slice: u32, payload: Option<singa_core::Tensor>| Msg {
+            src: dst,
+            dst,
+            kind: MsgKind::Norm,
+            target: 0,
+            slice,
+            version: 0,
+            payload: payload.into(),
+        };
+        assert_eq!(slot_key(&msg(7, None)), slot_key(&msg(8, None)));
+        let dev = DeviceRef::new(singa_cpu::ReferenceDevice::new());
+        let t = singa_core::Tensor::from_slice(&dev, &[1.0f32], [1]).unwrap();
+        assert_ne!(
+            slot_key(&msg(7, Some(t.clone()))),
+            slot_key(&msg(8, Some(t)))
+        );
+    }
+}
