@@ -51,6 +51,10 @@ pub struct BenchOptions {
     /// The updater type in place of the model's (same fields, e.g. a plugin's copy of SGD);
     /// `sgd` leaves every model's own.
     pub updater: String,
+    /// `clip_norm`, if any.
+    pub clip_norm: Option<f32>,
+    /// `[device] loss_scale` (`None`: the precision's default).
+    pub loss_scale: Option<singa::config::LossScaling>,
 }
 
 /// The models of the peer benchmarks (`shared/peers`).
@@ -320,6 +324,14 @@ fn bench_job(opts: &BenchOptions) -> Result<(JobConfig, String)> {
     }
     if opts.activation != "relu" {
         title = format!("{title}, {} in place of relu", opts.activation);
+    }
+    if let Some(norm) = opts.clip_norm {
+        job.updater.clip.norm = Some(norm);
+        title = format!("{title}, gradients clipped to norm {norm}");
+    }
+    if let Some(scaling) = opts.loss_scale {
+        job.device.loss_scale = Some(scaling);
+        title = format!("{title}, loss scale {scaling}");
     }
     // The recurrent models train with Adam: only a named updater replaces the model's.
     if opts.updater != "sgd" {

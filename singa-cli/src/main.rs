@@ -320,6 +320,13 @@ enum Command {
         /// The updater type to use in place of the model's SGD (one with SGD's fields).
         #[arg(long, default_value = "sgd")]
         updater: String,
+        /// Clip the gradients by their global norm (`clip_norm`), as the char-rnn example does.
+        #[arg(long, value_name = "NORM")]
+        clip_norm: Option<f32>,
+        /// Scale the loss (`[device] loss_scale`): "dynamic", "none" or a fixed scale
+        /// (default: the precision's, dynamic with f16).
+        #[arg(long, value_name = "SCALE")]
+        loss_scale: Option<singa::config::LossScaling>,
         /// A plugin library with layer types (repeatable; also read from SINGA_PLUGIN_PATH).
         #[arg(long = "plugin", value_name = "PATH")]
         plugins: Vec<PathBuf>,
@@ -669,6 +676,8 @@ fn run(cli: Cli) -> Result<()> {
             partition_dim,
             activation,
             updater,
+            clip_norm,
+            loss_scale,
             plugins,
         } => {
             let registry = Registry::with_plugins(&plugins, None, detail)?;
@@ -737,6 +746,8 @@ fn run(cli: Cli) -> Result<()> {
                     partition_dim,
                     activation,
                     updater,
+                    clip_norm,
+                    loss_scale,
                     cluster: (workers > 1 || framework != "allreduce" || nprocs > 1).then(|| {
                         singa::config::ClusterConfig {
                             nprocs,

@@ -711,3 +711,52 @@ fn downpour_over_mpi_reaches_the_one_process_accuracy_on_mnist() {
     eprintln!("Downpour over 2 ranks: test accuracy {acc:.4}");
     assert!(acc >= 0.98, "test accuracy {acc}");
 }
+
+/// A warm step allocates nothing on either rank while the servers agree on every step's
+/// global norm (`clip_norm`) and the loss is scaled (the numbers those messages carry once
+/// made a new send buffer every step).
+#[test]
+fn warm_steps_allocate_nothing_on_either_rank_with_norms_and_loss_scaling() {
+    if !have_mpirun("allocations") {
+        return;
+    }
+    let dir = tmpdir("mpi-alloc");
+    synthetic_mnist(&dir, 2000, 100, 28);
+    let data = dir.to_str().unwrap();
+    let o = singa_mpi(
+        2,
+        &[
+            "bench",
+            "mlp",
+            "--threads",
+            "1",
+            "--workers",
+            "2",
+            "--batch",
+            "128",
+            "--clip-norm",
+            "5",
+            "--loss-scale",
+            "dynamic",
+            "--warmup",
+            "40",
+            "--windows",
+            "2",
+            "--steps",
+            "20",
+            "--data",
+            data,
+        ],
+        &dir,
+    );
+    ok(&o, "singa bench over 2 ranks");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("rank 1: 0 allocations in"), "{out}");
+    // Rank 0's windows: `| window | steps | seconds | samples/s | allocations/step |`.
+    let per_step: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && l[2..].starts_with(|c: char| c.is_ascii_digit()))
+        .filter_map(|l| l.trim_end_matches(" |").rsplit("| ").next())
+        .collect();
+    assert_eq!(per_step, ["0.00", "0.00"], "{out}");
+}

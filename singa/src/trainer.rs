@@ -693,8 +693,9 @@ impl Trainer {
             obs.event(Event::Warning(&w));
         }
         let mut description = self.dev.info().description.into_string();
-        if let Some(scaling) = self.job.device.loss_scale.and_then(loss_scaling_text) {
-            description += &format!(", {scaling}");
+        match self.job.device.loss_scale {
+            None | Some(crate::config::LossScaling::Off) => {}
+            Some(scaling) => description += &format!(", loss scale {scaling}"),
         }
         let total = self.job.train_steps;
         obs.event(Event::Start {
@@ -833,19 +834,4 @@ fn transposed_layers(job: &JobConfig) -> Vec<String> {
         })
         .map(|l| l.name.clone())
         .collect()
-}
-
-/// How a run's start line names its loss scaling (`None`: none).
-fn loss_scaling_text(scaling: crate::config::LossScaling) -> Option<String> {
-    use crate::config::LossScaling;
-    match scaling {
-        LossScaling::Off => None,
-        LossScaling::Fixed(s) => Some(format!("loss scaled by {s}")),
-        LossScaling::Dynamic {
-            init,
-            growth_interval,
-        } => Some(format!(
-            "loss scaled dynamically (from {init}, doubled after {growth_interval} steps without overflow)"
-        )),
-    }
 }

@@ -294,6 +294,42 @@ impl LossScaling {
     };
 }
 
+impl std::fmt::Display for LossScaling {
+    /// As a run's start line names it: `none`, the fixed scale, or `dynamic (...)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LossScaling::Off => write!(f, "none"),
+            LossScaling::Fixed(s) => write!(f, "{s}"),
+            LossScaling::Dynamic {
+                init,
+                growth_interval,
+            } => write!(
+                f,
+                "dynamic (from {init}, doubled after {growth_interval} steps without overflow)"
+            ),
+        }
+    }
+}
+
+impl std::str::FromStr for LossScaling {
+    type Err = String;
+
+    /// `"dynamic"` (PyTorch's defaults), `"none"`, or a fixed scale (a command line's short
+    /// form of `[device] loss_scale`).
+    fn from_str(s: &str) -> std::result::Result<LossScaling, String> {
+        match s {
+            "dynamic" => Ok(LossScaling::DYNAMIC),
+            "none" => Ok(LossScaling::Off),
+            _ => match s.parse::<f32>() {
+                Ok(v) if v > 0.0 && v.is_finite() => Ok(LossScaling::Fixed(v)),
+                _ => Err(format!(
+                    "{s:?}: expected \"dynamic\", \"none\" or a positive scale"
+                )),
+            },
+        }
+    }
+}
+
 impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
