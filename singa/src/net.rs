@@ -133,6 +133,12 @@ impl NetLayer {
     pub fn needs_backward(&self) -> bool {
         self.needs_backward
     }
+
+    /// Whether it is a loss layer: one without outputs that runs backward, so that its
+    /// backward starts the gradients (the loss scale multiplies what it writes).
+    pub fn is_loss(&self) -> bool {
+        self.needs_backward && self.outputs.is_empty()
+    }
 }
 
 /// The net of one phase.
@@ -616,16 +622,13 @@ impl NeuralNet {
         Ok(())
     }
 
-    /// Refuses a train net whose trainable parameters no loss reaches: a loss layer (a layer
-    /// without outputs) that runs backward starts every gradient, and without one training
-    /// would change nothing while it seemed to run.
+    /// Refuses a train net whose trainable parameters no loss reaches: a loss layer (see
+    /// [`NetLayer::is_loss`]) starts every gradient, and without one training would change
+    /// nothing while it seemed to run.
     fn check_has_loss(&self, file: &str) -> Result<()> {
         // An RBM learns from the difference of its phases, not from a loss.
         let trains = self.rbm_pairs.is_empty() && self.layers.iter().any(|l| l.needs_backward);
-        let has_loss = self
-            .layers
-            .iter()
-            .any(|l| l.needs_backward && l.outputs.is_empty());
+        let has_loss = self.layers.iter().any(NetLayer::is_loss);
         if trains && !has_loss {
             let sinks: Vec<&str> = self
                 .layers
@@ -741,8 +744,7 @@ impl NeuralNet {
             )
             .into_result()
             .map_err(|e| e.context(format!("layer {} ({}) backward", l.name, l.type_name)))?;
-        // A loss layer is a layer without outputs that runs backward (see `check_has_loss`).
-        if self.loss_scale != 1.0 && l.outputs.is_empty() {
+        if self.loss_scale != 1.0 && l.is_loss() {
             for g in l.grad_inputs.iter_mut() {
                 if let ROption::RSome(g) = g {
                     let x = g.clone();

@@ -66,10 +66,38 @@ pub fn synthetic_mnist(dir: &Path, train: u32, test: u32, side: u32) {
     }
 }
 
+/// The train and test input layers (`data`, shuffled batches of `batch` for training, 50 for
+/// tests, pixels scaled to [0, 1]) of the synthetic MNIST files in `dir`, as job-file text.
+pub fn mnist_data_layers(dir: &Path, batch: usize) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+[[layer]]
+name = "data"
+type = "shard_data"
+include = "train"
+path = "{d}/train.shard"
+import = {{ kind = "mnist", src = "{d}" }}
+batch_size = {batch}
+shuffle = true
+scale = 0.00392156862745098
+
+[[layer]]
+name = "data"
+type = "shard_data"
+include = "test"
+path = "{d}/test.shard"
+import = {{ kind = "mnist", src = "{d}" }}
+batch_size = 50
+scale = 0.00392156862745098
+"#
+    )
+}
+
 /// A job file (TOML) for an MLP on the synthetic data in `data`, with the given extra
 /// top-level settings, hidden layer width and dropout ratio.
 pub fn mlp_job(data: &Path, top: &str, hidden: usize, dropout: f64) -> String {
-    let d = data.display();
+    let data = mnist_data_layers(data, 32);
     format!(
         r#"
 name = "e2e"
@@ -85,25 +113,7 @@ momentum = 0.9
 weight_decay = 1e-4
 learning_rate = {{ type = "step", base = 0.05, gamma = 0.5, change_freq = 100 }}
 
-[[layer]]
-name = "data"
-type = "shard_data"
-include = "train"
-path = "{d}/train.shard"
-import = {{ kind = "mnist", src = "{d}" }}
-batch_size = 32
-shuffle = true
-scale = 0.00392156862745098
-
-[[layer]]
-name = "data"
-type = "shard_data"
-include = "test"
-path = "{d}/test.shard"
-import = {{ kind = "mnist", src = "{d}" }}
-batch_size = 50
-scale = 0.00392156862745098
-
+{data}
 [[layer]]
 name = "fc1"
 type = "inner_product"
@@ -434,7 +444,7 @@ srclayers = ["fc", "data:label"]
 /// the RBM (whose visible layer reads `input`), `top` extra top-level settings; a job file's
 /// text.
 pub fn rbm_job_text(dir: &Path, top: &str, below: &str, input: &str) -> String {
-    let d = dir.display();
+    let data = mnist_data_layers(dir, 20);
     format!(
         r#"
 name = "rbm"
@@ -452,25 +462,7 @@ momentum = 0.9
 weight_decay = 2e-4
 learning_rate = 0.1
 
-[[layer]]
-name = "data"
-type = "shard_data"
-include = "train"
-path = "{d}/train.shard"
-import = {{ kind = "mnist", src = "{d}" }}
-batch_size = 20
-shuffle = true
-scale = 0.00392156862745098
-
-[[layer]]
-name = "data"
-type = "shard_data"
-include = "test"
-path = "{d}/test.shard"
-import = {{ kind = "mnist", src = "{d}" }}
-batch_size = 50
-scale = 0.00392156862745098
-{below}
+{data}{below}
 [[layer]]
 name = "vis"
 type = "rbm_vis"

@@ -4,7 +4,7 @@
 use super::latch::BackwardLatch;
 use super::norm::{GlobalNorm, NormRole};
 use super::server::{Server, ServerCore, ServerSlice, SyncRole};
-use super::slices::{slice_params, Slice};
+use super::slices::{holders, slice_params, Slice};
 use super::topology::{control_addr, server_addr, worker_addr, Topology};
 use super::worker::{PeerWorker, WorkerLink};
 use super::TransportBox;
@@ -392,9 +392,7 @@ fn global_norm(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Op
     if max.is_none() && scaler.is_none() {
         return None;
     }
-    let mut holders: Vec<usize> = slices.iter().flatten().map(|sl| sl.server).collect();
-    holders.sort_unstable();
-    holders.dedup();
+    let holders = holders(slices);
     let mine = slices.iter().flatten().filter(|sl| sl.server == s).count();
     let (&lead, others) = holders.split_first()?;
     if mine == 0 {

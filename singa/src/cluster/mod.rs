@@ -772,10 +772,7 @@ impl Cluster {
         };
         scaler.restore_from(loaded)?;
         let state = scaler.state();
-        let mut holders: Vec<usize> = self.slices.iter().flatten().map(|sl| sl.server).collect();
-        holders.sort_unstable();
-        holders.dedup();
-        for s in holders {
+        for s in slices::holders(&self.slices) {
             self.control
                 .send(Msg {
                     src: COORDINATOR,

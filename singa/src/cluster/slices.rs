@@ -18,6 +18,15 @@ pub struct Slice {
 /// Parameters smaller than this many values per server are not cut: one server holds each.
 pub const MIN_SLICE: usize = 2048;
 
+/// The servers (of a group) that hold at least one of `slices`, in order; the first leads the
+/// exchange of each step's global norm.
+pub(crate) fn holders(slices: &[Vec<Slice>]) -> Vec<usize> {
+    let mut holders: Vec<usize> = slices.iter().flatten().map(|sl| sl.server).collect();
+    holders.sort_unstable();
+    holders.dedup();
+    holders
+}
+
 /// Cuts parameters of `sizes` values over `servers` servers so that each server holds about
 /// the same number of values: a large parameter is cut into `servers` nearly equal slices, one
 /// per server, so that the servers update it in parallel when its gradient comes in; a small

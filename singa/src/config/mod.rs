@@ -287,10 +287,14 @@ pub enum LossScaling {
 }
 
 impl LossScaling {
-    /// PyTorch's defaults: start at 2^16, double after 2,000 good steps.
+    /// PyTorch's first scale: 2^16.
+    pub const INIT: f32 = 65536.0;
+    /// PyTorch's growth interval: the scale doubles after 2,000 good steps.
+    pub const GROWTH_INTERVAL: u64 = 2000;
+    /// PyTorch's defaults.
     pub const DYNAMIC: LossScaling = LossScaling::Dynamic {
-        init: 65536.0,
-        growth_interval: 2000,
+        init: LossScaling::INIT,
+        growth_interval: LossScaling::GROWTH_INTERVAL,
     };
 }
 

@@ -411,18 +411,11 @@ fn parse_loss_scale(s: &Section<'_>) -> Result<Option<LossScaling>> {
         Some(Value::Table(_)) => {
             let t = s.table("loss_scale")?.expect("a table");
             t.only(&["init", "growth_interval"])?;
-            let LossScaling::Dynamic {
-                init,
-                growth_interval,
-            } = LossScaling::DYNAMIC
-            else {
-                unreachable!("DYNAMIC is dynamic")
-            };
             Some(LossScaling::Dynamic {
-                init: positive_in(&t, "init")?.unwrap_or(init),
+                init: positive_in(&t, "init")?.unwrap_or(LossScaling::INIT),
                 growth_interval: match t.u64("growth_interval")? {
                     Some(0) => return Err(t.err("growth_interval", "expected at least 1")),
-                    n => n.unwrap_or(growth_interval),
+                    n => n.unwrap_or(LossScaling::GROWTH_INTERVAL),
                 },
             })
         }
