@@ -88,6 +88,7 @@ mod devices;
 mod memory;
 mod nn;
 mod ops;
+mod recurrent;
 mod runner;
 pub mod shapes;
 
@@ -108,6 +109,7 @@ pub use ops::{
     misuse_is_rejected_with_errors, mlp_shaped_products_match, random_matches, sgd_matches,
     softmax_and_cross_entropy_match, unary_backward_matches, unary_matches,
 };
+pub use recurrent::{lstm_cell_matches, lstm_cell_misuse_is_refused};
 
 /// Runs `property` on the devices `devices` gives, or prints `skipped: <why>` when the backend
 /// is unavailable (a failure instead when `SINGA_CONFORMANCE_REQUIRE` is set). What each test
@@ -172,6 +174,8 @@ macro_rules! device_tests {
             gather_and_scatter_rows_match,
             row_ids_outside_the_table_are_refused,
             bad_conv_shapes_are_errors,
+            lstm_cell_matches,
+            lstm_cell_misuse_is_refused,
         }
     };
     (@tests [$devices:path] $($property:ident,)*) => {

@@ -801,6 +801,61 @@ impl Device for CudaDevice {
             self.settle()
         })
     }
+
+    unsafe fn lstm_cell(
+        &self,
+        batch: usize,
+        hidden: usize,
+        gates: BufView,
+        bias: ROption<BufView>,
+        c_prev: BufView,
+        c: BufView,
+        tanh_c: BufView,
+        h: BufView,
+    ) -> RResult<(), Error> {
+        self.run(|| {
+            f32s(&[&gates, &c_prev, &c, &tanh_c, &h], "lstm_cell")?;
+            let bias = match bias {
+                ROption::RSome(b) => {
+                    require(&b, DType::F32, "lstm_cell")?;
+                    ptr(&b)
+                }
+                ROption::RNone => 0,
+            };
+            let (b, hid) = (batch as i64, hidden as i64);
+            launch!(self, lstm_cell, blocks(batch * hidden), BLOCK;
+                ptr(&gates), bias, ptr(&c_prev), ptr(&c), ptr(&tanh_c), ptr(&h), b, hid)
+        })
+    }
+
+    unsafe fn lstm_cell_backward(
+        &self,
+        batch: usize,
+        hidden: usize,
+        gates: BufView,
+        c_prev: BufView,
+        tanh_c: BufView,
+        dh: BufView,
+        dc: BufView,
+        d_gates: BufView,
+        dc_prev: ROption<BufView>,
+    ) -> RResult<(), Error> {
+        self.run(|| {
+            let op = "lstm_cell_backward";
+            f32s(&[&gates, &c_prev, &tanh_c, &dh, &dc, &d_gates], op)?;
+            let dc_prev = match dc_prev {
+                ROption::RSome(p) => {
+                    require(&p, DType::F32, op)?;
+                    ptr(&p)
+                }
+                ROption::RNone => 0,
+            };
+            let (b, hid) = (batch as i64, hidden as i64);
+            launch!(self, lstm_cell_backward, blocks(batch * hidden), BLOCK;
+                ptr(&gates), ptr(&c_prev), ptr(&tanh_c), ptr(&dh), ptr(&dc), ptr(&d_gates),
+                dc_prev, b, hid)
+        })
+    }
 }
 
 impl CudaDevice {

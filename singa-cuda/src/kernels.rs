@@ -80,6 +80,8 @@ kernels!(
     batch_norm_train,
     batch_norm_infer,
     batch_norm_backward,
+    lstm_cell,
+    lstm_cell_backward,
 );
 
 /// Compiles [`SOURCE`] to PTX for a GPU architecture such as `sm_90`.

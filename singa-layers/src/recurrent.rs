@@ -459,59 +459,50 @@ pub struct Lstm {
 /// Buffers of one batch, allocated at setup.
 ///
 /// The products compute all four gates at once: `x·W_x` and `h·W_h` with the gates side by
-/// side (`[batch, 4·hidden]`, gate k in columns `k·hidden ..`), one product each. The gates are
-/// then copied apart into gate-major buffers (`[4·batch, hidden]`, gate k in rows
-/// `k·batch ..`), where each gate, and the three sigmoid gates together, are contiguous
-/// tensors for the elementwise steps. Backward runs the same way round: the gates' gradients
-/// are put side by side again for four products in all.
+/// side (`[batch, 4·hidden]`, gate k in columns `k·hidden ..`), one product each; one fused
+/// device operation then does everything elementwise ([`DeviceRef::lstm_cell`]), and one its
+/// gradient, so that a step is two products and one pass over the gates each way.
 struct LstmState {
     dev: DeviceRef,
-    batch: usize,
-    hidden: usize,
     /// `weight_x` `[features, 4·hidden]` (none for a projected input) and `weight_h`
     /// `[hidden, 4·hidden]`, gates i, f, o, g.
     wx: Option<Param>,
     wh: Param,
-    /// The gates' biases (apart, so that the forget gate's can start at 1).
-    bias: Option<[Param; 4]>,
-    /// The gates side by side: pre-activations forward, their gradients backward.
-    wide: Tensor,
-    /// Gate-major pre-activations, activations and their gradients, and views of each gate
-    /// (`[3]`: the three sigmoid gates at once).
-    pre: GateViews,
-    act: GateViews,
-    d: GateViews,
+    /// The gates' biases (apart, so that the forget gate's can start at 1), and the four side
+    /// by side as the fused operation takes them.
+    bias: Option<([Param; 4], WideBias)>,
+    /// The gates side by side: pre-activations, then (in place) activations, kept for the
+    /// backward pass.
+    gates: Tensor,
+    /// The gates' pre-activation gradients, side by side.
+    d_gates: Tensor,
     /// The previous hidden state and cell when they are not sources.
     zeros: Option<Tensor>,
-    /// tanh(c'), the gradient reaching c', and scratch.
+    /// tanh(c'), for the backward pass.
     tanh_c: Tensor,
-    d_cell: Tensor,
-    tmp: Tensor,
 }
 
-/// A gate-major `[4·batch, hidden]` buffer as one view per gate, and one of gates i, f and o.
-struct GateViews {
-    gate: [Tensor; 4],
-    sigmoid: Tensor,
+/// A `[4·hidden]` buffer and a view of each gate's part: the biases' values, copied in before
+/// every forward pass, and their gradients, summed over the batch in the backward pass before
+/// they are copied out.
+struct WideBias {
+    all: Tensor,
+    part: [Tensor; 4],
 }
 
-impl GateViews {
-    fn new(dev: &DeviceRef, batch: usize, hidden: usize) -> Result<GateViews> {
-        let all = Tensor::zeros(dev, [4 * batch, hidden], DType::F32)?;
-        let gate = |k: usize| all.narrow(k * batch, batch);
-        Ok(GateViews {
-            gate: [gate(I)?, gate(F)?, gate(O)?, gate(G)?],
-            sigmoid: all.narrow(0, 3 * batch)?,
+impl WideBias {
+    fn new(dev: &DeviceRef, hidden: usize) -> Result<WideBias> {
+        let all = Tensor::zeros(dev, [4 * hidden], DType::F32)?;
+        let part = |k: usize| all.narrow(k * hidden, hidden);
+        Ok(WideBias {
+            part: [part(0)?, part(1)?, part(2)?, part(3)?],
+            all,
         })
     }
 }
 
 /// The gates of an LSTM, in the order of the weights' column blocks.
 const LSTM_GATES: [&str; 4] = ["i", "f", "o", "g"];
-const I: usize = 0;
-const F: usize = 1;
-const O: usize = 2;
-const G: usize = 3;
 
 impl LayerDef for Lstm {
     const TYPE: &'static str = "lstm";
@@ -546,36 +537,31 @@ impl Lstm {
         let wx = input_weights(&mut params, self.projected, (features, 4, h))?;
         let spec = ParamSpec::new("weight_h", [h, 4 * h], h, 4 * h, CELL_INIT);
         let wh = params.param(spec).into_result()?;
+        let dev = ctx.device.clone();
         let bias = if self.bias_term {
             let mut made = Vec::new();
             for g in LSTM_GATES {
                 let value = if g == "f" { 1.0 } else { 0.0 };
                 made.push(gate_bias(&mut params, g, h, value)?);
             }
-            Some(made.try_into().map_err(|_| Error::invalid("four biases"))?)
+            let made = made.try_into().map_err(|_| Error::invalid("four biases"))?;
+            Some((made, WideBias::new(&dev, h)?))
         } else {
             None
         };
-        let dev = ctx.device.clone();
         let buf = || Tensor::zeros(&dev, [batch, h], DType::F32);
         self.state = Some(LstmState {
             wx,
             wh,
             bias,
-            wide: Tensor::zeros(&dev, [batch, 4 * h], DType::F32)?,
-            pre: GateViews::new(&dev, batch, h)?,
-            act: GateViews::new(&dev, batch, h)?,
-            d: GateViews::new(&dev, batch, h)?,
+            gates: Tensor::zeros(&dev, [batch, 4 * h], DType::F32)?,
+            d_gates: Tensor::zeros(&dev, [batch, 4 * h], DType::F32)?,
             zeros: if inputs.len() == 1 {
                 Some(buf()?)
             } else {
                 None
             },
             tanh_c: buf()?,
-            d_cell: buf()?,
-            tmp: buf()?,
-            batch,
-            hidden: h,
             dev,
         });
         Ok(vec![
@@ -593,56 +579,47 @@ impl Lstm {
 }
 
 impl LstmState {
-    /// The gates' pre-activations and activations for input `x` and previous state `h`.
-    fn gates(&mut self, x: &Tensor, h: &Tensor) -> Result<()> {
-        let (dev, hid) = (&self.dev, self.hidden);
+    /// The gates' pre-activations for input `x` and previous state `h`, into `gates`.
+    fn products(&mut self, x: &Tensor, h: &Tensor) -> Result<()> {
+        let dev = &self.dev;
         match &self.wx {
-            Some(wx) => dev.matmul(1.0, x, false, &wx.value, false, 0.0, &mut self.wide)?,
-            None => dev.copy(x, &mut self.wide)?,
+            Some(wx) => dev.matmul(1.0, x, false, &wx.value, false, 0.0, &mut self.gates)?,
+            None => dev.copy(x, &mut self.gates)?,
         }
-        dev.matmul(1.0, h, false, &self.wh.value, false, 1.0, &mut self.wide)?;
-        for k in 0..4 {
-            let pre = &mut self.pre.gate[k];
-            dev.copy_columns(&self.wide, k * hid, pre, 0, hid)?;
-            if let Some(b) = &self.bias {
-                add_bias(dev, &b[k], self.batch, pre)?;
-            }
-        }
-        dev.unary(UnaryOp::Sigmoid, &self.pre.sigmoid, &mut self.act.sigmoid)?;
-        dev.unary(UnaryOp::Tanh, &self.pre.gate[G], &mut self.act.gate[G])
+        dev.matmul(1.0, h, false, &self.wh.value, false, 1.0, &mut self.gates)
     }
 
-    /// From the gates' gradients (gate-major, through their activations): the parameters'
-    /// gradients, and the side-by-side gradients in `wide` for the inputs' ones.
-    fn gate_grads(&mut self, x: &Tensor, h: &Tensor) -> Result<()> {
-        let (dev, hid) = (&self.dev, self.hidden);
-        let d = &mut self.d;
-        let d_sigmoid = d.sigmoid.clone();
-        dev.unary_backward(
-            UnaryOp::Sigmoid,
-            &self.pre.sigmoid,
-            &self.act.sigmoid,
-            &d_sigmoid,
-            &mut d.sigmoid,
-        )?;
-        let d_g = d.gate[G].clone();
-        dev.unary_backward(
-            UnaryOp::Tanh,
-            &self.pre.gate[G],
-            &self.act.gate[G],
-            &d_g,
-            &mut d.gate[G],
-        )?;
-        for k in 0..4 {
-            dev.copy_columns(&d.gate[k], 0, &mut self.wide, k * hid, hid)?;
-            if let Some(b) = &mut self.bias {
-                bias_grad(dev, &d.gate[k], &mut b[k])?;
+    /// The biases side by side, as the fused cell takes them (refreshed at every step: the
+    /// updater may have changed them).
+    fn wide_bias(&mut self) -> Result<Option<&Tensor>> {
+        let Some((params, wide)) = &mut self.bias else {
+            return Ok(None);
+        };
+        for (b, part) in params.iter().zip(&mut wide.part) {
+            self.dev.copy(&b.value, part)?;
+        }
+        Ok(Some(&wide.all))
+    }
+
+    /// The parameters' gradients from the gates' gradients and the step's inputs.
+    fn param_grads(&mut self, x: &Tensor, h: &Tensor) -> Result<()> {
+        let dev = &self.dev;
+        if let Some((params, wide)) = &mut self.bias {
+            let (rows, cols) = self.d_gates.shape().as_matrix();
+            let dims = Dims3 {
+                outer: 1,
+                mid: rows,
+                inner: cols,
+            };
+            dev.reduce(ReduceOp::Sum, dims, &self.d_gates, &mut wide.all, 1.0, 0.0)?;
+            for (b, part) in params.iter_mut().zip(&wide.part) {
+                dev.copy(part, &mut b.grad)?;
             }
         }
         if let Some(wx) = &mut self.wx {
-            dev.matmul(1.0, x, true, &self.wide, false, 0.0, &mut wx.grad)?;
+            dev.matmul(1.0, x, true, &self.d_gates, false, 0.0, &mut wx.grad)?;
         }
-        dev.matmul(1.0, h, true, &self.wide, false, 0.0, &mut self.wh.grad)
+        dev.matmul(1.0, h, true, &self.d_gates, false, 0.0, &mut self.wh.grad)
     }
 }
 
@@ -663,22 +640,17 @@ impl Layer for Lstm {
     ) -> RResult<(), Error> {
         (|| {
             let s = self.state()?;
-            let dev = s.dev.clone();
             let x = &inputs[0];
             let zeros = s.zeros.clone();
             let h = inputs.get(1).or(zeros.as_ref()).expect("set up with zeros");
             let c = inputs.get(2).or(zeros.as_ref()).expect("set up with zeros");
-            s.gates(x, h)?;
             let [h_out, c_out] = outputs.as_mut_slice() else {
                 return Err(Error::invalid("lstm has two outputs"));
             };
-            // c' = f ⊙ c + i ⊙ g; h' = o ⊙ tanh(c')
-            let a = &s.act.gate;
-            dev.binary(BinaryOp::Mul, &a[F], c, c_out)?;
-            dev.binary(BinaryOp::Mul, &a[I], &a[G], &mut s.tmp)?;
-            dev.axpby(1.0, &s.tmp, 1.0, c_out)?;
-            dev.unary(UnaryOp::Tanh, c_out, &mut s.tanh_c)?;
-            dev.binary(BinaryOp::Mul, &a[O], &s.tanh_c, h_out)
+            s.products(x, h)?;
+            let dev = s.dev.clone();
+            let bias = s.wide_bias()?.cloned();
+            dev.lstm_cell(&mut s.gates, bias.as_ref(), c, c_out, &mut s.tanh_c, h_out)
         })()
         .into()
     }
@@ -687,7 +659,7 @@ impl Layer for Lstm {
         &mut self,
         _: Phase,
         inputs: RSlice<'_, Tensor>,
-        outputs: RSlice<'_, Tensor>,
+        _: RSlice<'_, Tensor>,
         grad_outputs: RSlice<'_, Tensor>,
         mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
     ) -> RResult<(), Error> {
@@ -698,29 +670,21 @@ impl Layer for Lstm {
             let zeros = s.zeros.clone();
             let h = inputs.get(1).or(zeros.as_ref()).expect("set up with zeros");
             let c = inputs.get(2).or(zeros.as_ref()).expect("set up with zeros");
-            let (dh, dc_out) = (&grad_outputs[0], &grad_outputs[1]);
-            let (a, d) = (&s.act.gate, &mut s.d.gate);
-            // do = dh ⊙ tanh(c'); dc' = dc'(from outside) + dh ⊙ o ⊙ tanh'(c').
-            dev.binary(BinaryOp::Mul, dh, &s.tanh_c, &mut d[O])?;
-            dev.binary(BinaryOp::Mul, dh, &a[O], &mut s.tmp)?;
-            dev.unary_backward(UnaryOp::Tanh, &outputs[1], &s.tanh_c, &s.tmp, &mut s.d_cell)?;
-            dev.axpby(1.0, dc_out, 1.0, &mut s.d_cell)?;
-            // di = dc' ⊙ g, df = dc' ⊙ c, dg = dc' ⊙ i.
-            dev.binary(BinaryOp::Mul, &s.d_cell, &a[G], &mut d[I])?;
-            dev.binary(BinaryOp::Mul, &s.d_cell, c, &mut d[F])?;
-            dev.binary(BinaryOp::Mul, &s.d_cell, &a[I], &mut d[G])?;
-            s.gate_grads(x, h)?;
+            let (dh, dc) = (&grad_outputs[0], &grad_outputs[1]);
+            let dc_prev = match grad_inputs.get_mut(2) {
+                Some(ROption::RSome(t)) => Some(t),
+                _ => None,
+            };
+            dev.lstm_cell_backward(&s.gates, c, &s.tanh_c, dh, dc, &mut s.d_gates, dc_prev)?;
+            s.param_grads(x, h)?;
             if let ROption::RSome(dx) = &mut grad_inputs[0] {
                 match &s.wx {
-                    Some(wx) => dev.matmul(1.0, &s.wide, false, &wx.value, true, 0.0, dx)?,
-                    None => dev.copy(&s.wide, dx)?,
+                    Some(wx) => dev.matmul(1.0, &s.d_gates, false, &wx.value, true, 0.0, dx)?,
+                    None => dev.copy(&s.d_gates, dx)?,
                 }
             }
             if let Some(ROption::RSome(dh_prev)) = grad_inputs.get_mut(1) {
-                dev.matmul(1.0, &s.wide, false, &s.wh.value, true, 0.0, dh_prev)?;
-            }
-            if let Some(ROption::RSome(dc_prev)) = grad_inputs.get_mut(2) {
-                dev.binary(BinaryOp::Mul, &s.d_cell, &s.act.gate[F], dc_prev)?;
+                dev.matmul(1.0, &s.d_gates, false, &s.wh.value, true, 0.0, dh_prev)?;
             }
             Ok(())
         })()

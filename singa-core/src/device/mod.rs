@@ -458,6 +458,46 @@ pub trait Device: Send + Sync {
         src: BufView,
         table: BufView,
     ) -> RResult<(), Error>;
+
+    /// The elementwise part of one LSTM step, fused (the products come before it): `gates`
+    /// (`[batch, 4·hidden]`, gates i, f, o, g side by side) holds the pre-activations and
+    /// receives the activations, after adding `bias` (`4·hidden`) to every row when given:
+    /// σ for i, f and o, tanh for g. Then `c = f ⊙ c_prev + i ⊙ g`, `tanh_c = tanh(c)` and
+    /// `h = o ⊙ tanh_c` (`[batch, hidden]` each).
+    ///
+    /// # Safety
+    /// See the trait documentation; no output overlaps another view.
+    unsafe fn lstm_cell(
+        &self,
+        batch: usize,
+        hidden: usize,
+        gates: BufView,
+        bias: ROption<BufView>,
+        c_prev: BufView,
+        c: BufView,
+        tanh_c: BufView,
+        h: BufView,
+    ) -> RResult<(), Error>;
+
+    /// The gradient of [`Device::lstm_cell`]: from its activations `gates`, `c_prev` and
+    /// `tanh_c`, and the gradients `dh` and `dc` reaching `h` and `c`, writes the
+    /// pre-activations' gradients `d_gates` (`[batch, 4·hidden]`) and, when given, the
+    /// gradient reaching `c_prev`.
+    ///
+    /// # Safety
+    /// See the trait documentation; no output overlaps another view.
+    unsafe fn lstm_cell_backward(
+        &self,
+        batch: usize,
+        hidden: usize,
+        gates: BufView,
+        c_prev: BufView,
+        tanh_c: BufView,
+        dh: BufView,
+        dc: BufView,
+        d_gates: BufView,
+        dc_prev: ROption<BufView>,
+    ) -> RResult<(), Error>;
 }
 
 /// The type-erased device behind a [`DeviceRef`].

@@ -15,6 +15,7 @@ use crate::tensor::{Access, Tensor};
 use abi_stable::std_types::{ROption, RResult};
 
 mod nn;
+mod recurrent;
 
 impl DeviceRef {
     pub(crate) fn check(

@@ -9,7 +9,13 @@ use abi_stable::std_types::ROption;
 
 impl DeviceRef {
     /// A checked `F32` view of `t`, which must have `len` elements.
-    fn f32_view(&self, op: &'static str, t: &Tensor, len: usize, what: &str) -> Result<BufView> {
+    pub(super) fn f32_view(
+        &self,
+        op: &'static str,
+        t: &Tensor,
+        len: usize,
+        what: &str,
+    ) -> Result<BufView> {
         let v = self.check(op, t, Some(DType::F32))?;
         Self::check_len(op, t, len, what)?;
         Ok(v)

@@ -8,6 +8,7 @@ pub mod math;
 mod norm;
 mod parallel;
 mod pool;
+mod recurrent;
 mod reduce;
 mod scratch;
 mod sgemm;
@@ -108,6 +109,13 @@ impl CpuDevice {
     /// Runs `f` over `0..len`, split across threads when large.
     fn elementwise(&self, len: usize, f: impl Fn(usize, usize) + Sync) {
         self.threads.for_ranges(len, ELEMENTWISE_GRAIN, &f);
+    }
+
+    /// Runs `f` over the rows `0..rows` of `width` elements each, split across threads when
+    /// there are enough elements.
+    fn rows(&self, rows: usize, width: usize, f: impl Fn(usize, usize) + Sync) {
+        let parts = (rows * width / ELEMENTWISE_GRAIN).max(1);
+        self.threads.for_blocks(rows, parts, 1, &f);
     }
 
     fn gemm_impl(&self, args: &GemmArgs) -> Result<()> {
@@ -842,6 +850,73 @@ impl Device for CpuDevice {
                     *d += v;
                 }
             }
+            Ok(())
+        })
+    }
+
+    unsafe fn lstm_cell(
+        &self,
+        batch: usize,
+        hidden: usize,
+        gates: BufView,
+        bias: ROption<BufView>,
+        c_prev: BufView,
+        c: BufView,
+        tanh_c: BufView,
+        h: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            Self::f32s(&[&gates, &c_prev, &c, &tanh_c, &h], "lstm_cell")?;
+            let bias = bias.into_option();
+            if let Some(b) = &bias {
+                Self::f32s(&[b], "lstm_cell")?;
+            }
+            let views = recurrent::CellViews {
+                hidden,
+                gates,
+                bias,
+                c_prev,
+                c,
+                tanh_c,
+                h,
+            };
+            self.rows(batch, 4 * hidden, |s, e| recurrent::cell_rows(views, s..e));
+            Ok(())
+        })
+    }
+
+    unsafe fn lstm_cell_backward(
+        &self,
+        batch: usize,
+        hidden: usize,
+        gates: BufView,
+        c_prev: BufView,
+        tanh_c: BufView,
+        dh: BufView,
+        dc: BufView,
+        d_gates: BufView,
+        dc_prev: ROption<BufView>,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            let op = "lstm_cell_backward";
+            Self::f32s(&[&gates, &c_prev, &tanh_c, &dh, &dc, &d_gates], op)?;
+            let dc_prev = dc_prev.into_option();
+            if let Some(p) = &dc_prev {
+                Self::f32s(&[p], op)?;
+            }
+            let views = recurrent::CellGradViews {
+                hidden,
+                gates,
+                c_prev,
+                tanh_c,
+                dh,
+                dc,
+                d_gates,
+                dc_prev,
+            };
+            self.rows(batch, 4 * hidden, |s, e| {
+                recurrent::cell_grad_rows(views, s..e)
+            });
             Ok(())
         })
     }

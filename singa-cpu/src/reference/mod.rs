@@ -1021,4 +1021,99 @@ impl Device for ReferenceDevice {
             Ok(())
         })
     }
+
+    unsafe fn lstm_cell(
+        &self,
+        batch: usize,
+        hidden: usize,
+        gates: BufView,
+        bias: ROption<BufView>,
+        c_prev: BufView,
+        c: BufView,
+        tanh_c: BufView,
+        h: BufView,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            f32s(&[&gates, &c_prev, &c, &tanh_c, &h], "lstm_cell")?;
+            let b = match bias {
+                ROption::RSome(b) => {
+                    f32s(&[&b], "lstm_cell")?;
+                    get(b)
+                }
+                ROption::RNone => vec![0.0; 4 * hidden],
+            };
+            let (mut a, cp) = (get(gates), get(c_prev));
+            let n = batch * hidden;
+            let (mut cv, mut tv, mut hv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            for r in 0..batch {
+                let row = &mut a[4 * hidden * r..4 * hidden * (r + 1)];
+                for (k, x) in row.iter_mut().enumerate() {
+                    let op = if k < 3 * hidden {
+                        UnaryOp::Sigmoid
+                    } else {
+                        UnaryOp::Tanh
+                    };
+                    *x = unary_value(op, *x + b[k]);
+                }
+                for j in 0..hidden {
+                    let gate = |k: usize| row[k * hidden + j];
+                    let e = r * hidden + j;
+                    cv[e] = gate(1) * cp[e] + gate(0) * gate(3);
+                    tv[e] = cv[e].tanh();
+                    hv[e] = gate(2) * tv[e];
+                }
+            }
+            put(gates, &a);
+            put(c, &cv);
+            put(tanh_c, &tv);
+            put(h, &hv);
+            Ok(())
+        })
+    }
+
+    unsafe fn lstm_cell_backward(
+        &self,
+        batch: usize,
+        hidden: usize,
+        gates: BufView,
+        c_prev: BufView,
+        tanh_c: BufView,
+        dh: BufView,
+        dc: BufView,
+        d_gates: BufView,
+        dc_prev: ROption<BufView>,
+    ) -> RResult<(), Error> {
+        guard(|| {
+            let op = "lstm_cell_backward";
+            f32s(&[&gates, &c_prev, &tanh_c, &dh, &dc, &d_gates], op)?;
+            let (a, cp, t) = (get(gates), get(c_prev), get(tanh_c));
+            let (dhv, dcv) = (get(dh), get(dc));
+            let mut d = vec![0.0; 4 * batch * hidden];
+            let mut dp = vec![0.0; batch * hidden];
+            for r in 0..batch {
+                for j in 0..hidden {
+                    let gate = |k: usize| a[4 * hidden * r + k * hidden + j];
+                    let (i, f, o, g) = (gate(0), gate(1), gate(2), gate(3));
+                    let e = r * hidden + j;
+                    let dcj = dcv[e] + dhv[e] * o * (1.0 - t[e] * t[e]);
+                    let grads = [
+                        dcj * g * i * (1.0 - i),
+                        dcj * cp[e] * f * (1.0 - f),
+                        dhv[e] * t[e] * o * (1.0 - o),
+                        dcj * i * (1.0 - g * g),
+                    ];
+                    for (k, v) in grads.into_iter().enumerate() {
+                        d[4 * hidden * r + k * hidden + j] = v;
+                    }
+                    dp[e] = dcj * f;
+                }
+            }
+            put(d_gates, &d);
+            if let ROption::RSome(p) = dc_prev {
+                f32s(&[&p], op)?;
+                put(p, &dp);
+            }
+            Ok(())
+        })
+    }
 }

@@ -198,3 +198,43 @@ extern "C" __global__ void batch_norm_backward(const float* x, const float* dy, 
         }
     }
 }
+
+// The elementwise part of one LSTM step (Device::lstm_cell): gates [batch, 4*hidden], gates i, f,
+// o, g side by side, from pre-activations (plus bias, which may be null) to activations; then
+// c = f*c_prev + i*g, tanh_c = tanh(c), h = o*tanh_c. One thread per (row, unit).
+extern "C" __global__ void lstm_cell(float* gates, const float* bias, const float* c_prev, float* c,
+                                     float* tanh_c, float* h, i64 batch, i64 hidden) {
+    GRID_STRIDE(e, batch * hidden) {
+        i64 r = e / hidden, j = e % hidden;
+        float* row = gates + r * 4 * hidden;
+        float a[4];
+        for (int k = 0; k < 4; ++k) {
+            float x = row[k * hidden + j] + (bias ? bias[k * hidden + j] : 0.0f);
+            a[k] = k < 3 ? 1.0f / (1.0f + expf(-x)) : tanhf(x);
+            row[k * hidden + j] = a[k];
+        }
+        float cj = a[1] * c_prev[e] + a[0] * a[3];
+        float t = tanhf(cj);
+        c[e] = cj;
+        tanh_c[e] = t;
+        h[e] = a[2] * t;
+    }
+}
+
+// The gradient of lstm_cell (Device::lstm_cell_backward); dc_prev may be null.
+extern "C" __global__ void lstm_cell_backward(const float* gates, const float* c_prev, const float* tanh_c,
+                                              const float* dh, const float* dc, float* d_gates, float* dc_prev,
+                                              i64 batch, i64 hidden) {
+    GRID_STRIDE(e, batch * hidden) {
+        i64 r = e / hidden, j = e % hidden;
+        const float* a = gates + r * 4 * hidden + j;
+        float* d = d_gates + r * 4 * hidden + j;
+        float i = a[0], f = a[hidden], o = a[2 * hidden], g = a[3 * hidden], t = tanh_c[e];
+        float dcj = dc[e] + dh[e] * o * (1.0f - t * t);
+        d[0] = dcj * g * i * (1.0f - i);
+        d[hidden] = dcj * c_prev[e] * f * (1.0f - f);
+        d[2 * hidden] = dh[e] * t * o * (1.0f - o);
+        d[3 * hidden] = dcj * i * (1.0f - g * g);
+        if (dc_prev) dc_prev[e] = dcj * f;
+    }
+}
