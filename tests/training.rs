@@ -340,6 +340,76 @@ fn recurrent_char_models_learn_with_bptt_and_resume_exactly() {
     }
 }
 
+/// The steps of an unrolled cell write one gradient of each shared parameter together, each
+/// adding to it (`gru` and `lstm` can): the same gradients, to rounding, as one gradient per
+/// step summed after the backward pass, which is what the steps get when a parameter setting
+/// of their own (here `share_from` on every parameter of every step) takes them out of the
+/// family.
+#[test]
+fn unrolled_steps_adding_to_one_gradient_equal_the_steps_gradients_summed() {
+    use singa::config::ParamConfig;
+    use singa::net::NeuralNet;
+    use singa::params::ParamStore;
+    use singa_core::{DeviceRef, Phase};
+    let registry = Registry::builtin();
+    // Every parameter's gradients after a forward and backward pass: how many tensors hold
+    // them, and their sum.
+    let gradients = |job: &JobConfig| -> Vec<(String, usize, Vec<f32>)> {
+        let dev = DeviceRef::new(singa_cpu::CpuDevice::new(2).unwrap());
+        let mut store = ParamStore::new();
+        let mut net = NeuralNet::build(job, &registry, &dev, &mut store, Phase::TRAIN).unwrap();
+        // Two batches: the second pass's gradients must not keep anything of the first's.
+        for _ in 0..2 {
+            net.forward(Phase::TRAIN).unwrap();
+            net.backward(Phase::TRAIN, &mut |_, _| Ok(())).unwrap();
+        }
+        let mut out = Vec::new();
+        for e in store.entries() {
+            let mut sum = vec![0.0f32; e.value.numel()];
+            for g in &e.grads {
+                for (s, v) in sum.iter_mut().zip(g.to_vec::<f32>().unwrap()) {
+                    *s += v;
+                }
+            }
+            out.push((e.name.clone(), e.grads.len(), sum));
+        }
+        out
+    };
+    for cell in ["gru", "lstm"] {
+        let dir = tmpdir(&format!("shared-grads-{cell}"));
+        let job = char_model(&dir, cell, "train_steps = 1");
+        let job = job.validate(&registry).unwrap().job;
+        let together = gradients(&job);
+        let mut apart = job.clone();
+        for l in apart.layers.iter_mut() {
+            let Some(owner) = l.share_params_from.clone() else {
+                continue;
+            };
+            for (name, _, _) in together.iter().filter(|(n, _, _)| n.starts_with("rnn@0/")) {
+                let short = name.trim_start_matches("rnn@0/");
+                l.params
+                    .push(ParamConfig::new(short).share_from(&format!("{owner}/{short}")));
+            }
+        }
+        let apart = gradients(&apart);
+        let mut shared = 0;
+        for ((name, n, a), (_, m, b)) in together.iter().zip(&apart) {
+            if name.starts_with("rnn@0/") {
+                assert_eq!((*n, *m), (1, 8), "{cell} {name}: gradient tensors");
+                shared += 1;
+            }
+            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(worst <= 1e-5 * scale, "{cell} {name}: differs by {worst}");
+        }
+        assert!(shared >= 2, "{cell}: {shared} shared parameters");
+    }
+}
+
 /// `singa sample`: a trained character model generates the requested number of characters
 /// after the priming text, the same text for the same seed, from its own vocabulary; a priming
 /// character it does not know is refused.

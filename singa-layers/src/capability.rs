@@ -44,6 +44,26 @@ pub fn row_gradients(layer: &mut LayerBox) -> Option<&mut dyn RowGradients> {
     downcast_layer_mut::<InnerProduct>(layer).map(|l| l as &mut dyn RowGradients)
 }
 
+/// Parameters shared by several layers of a net (the steps of an unrolled cell, which share
+/// step 0's): a layer with this capability adds its parameters' gradients to what their
+/// gradient tensors hold instead of overwriting them, so that all the users of a parameter
+/// write one gradient (each product adding into it while it is in the cache) and the runtime
+/// keeps no gradient per user and has no sum to make. `gru` and `lstm` have it.
+pub trait AccumulateGradients {
+    /// Makes `backward` add to the parameters' gradients (`on`) or overwrite them (the
+    /// default).
+    fn accumulate_param_grads(&mut self, on: bool);
+}
+
+/// The [`AccumulateGradients`] capability of `layer`, if its type has it.
+pub fn accumulate_gradients(layer: &mut LayerBox) -> Option<&mut dyn AccumulateGradients> {
+    use crate::recurrent::{Gru, Lstm};
+    if downcast_layer::<Gru>(layer).is_some() {
+        return downcast_layer_mut::<Gru>(layer).map(|l| l as &mut dyn AccumulateGradients);
+    }
+    downcast_layer_mut::<Lstm>(layer).map(|l| l as &mut dyn AccumulateGradients)
+}
+
 /// An input of sequences that continue from batch to batch (`text_data`'s streams): whether
 /// the next batch starts the data over (a new epoch), where a state carried between batches
 /// must start from zeros rather than from the end of the text (char-rnn resets its state at

@@ -29,6 +29,9 @@ pub struct Gru {
     hidden: usize,
     bias_term: bool,
     projected: bool,
+    /// Whether `backward` adds to the parameters' gradients (see
+    /// [`crate::capability::AccumulateGradients`]).
+    accumulate: bool,
     state: Option<GruState>,
 }
 
@@ -168,15 +171,25 @@ fn add_bias(dev: &DeviceRef, b: &Param, rows: usize, t: &mut Tensor) -> Result<(
     dev.add_broadcast(dims, &b.value, t)
 }
 
-/// Sums the rows of `d` into the bias gradient `b`.
-fn bias_grad(dev: &DeviceRef, d: &Tensor, b: &mut Param) -> Result<()> {
+/// Sums the rows of `d` into `sums` (`beta · sums` added: 0 overwrites, 1 adds).
+fn row_sums(dev: &DeviceRef, d: &Tensor, sums: &mut Tensor, beta: f32) -> Result<()> {
     let (rows, cols) = d.shape().as_matrix();
     let dims = Dims3 {
         outer: 1,
         mid: rows,
         inner: cols,
     };
-    dev.reduce(ReduceOp::Sum, dims, d, &mut b.grad, 1.0, 0.0)
+    dev.reduce(ReduceOp::Sum, dims, d, sums, 1.0, beta)
+}
+
+/// What a parameter gradient's old values are multiplied by before a step's gradient is added:
+/// 1 when the layer accumulates its gradients, 0 when it overwrites them.
+fn grad_beta(accumulate: bool) -> f32 {
+    if accumulate {
+        1.0
+    } else {
+        0.0
+    }
 }
 
 /// Gate `k` of the input's side-by-side projection `xw` (columns `k·h ..`) plus `h·W_h` and
@@ -199,11 +212,11 @@ fn gate(
 }
 
 /// The gradients of a gate's hidden weights and bias from its pre-activation's gradient `d`
-/// and the state `h` it multiplied.
-fn gate_grads(dev: &DeviceRef, g: &mut Gate, h: &Tensor, d: &Tensor) -> Result<()> {
-    dev.matmul(1.0, h, true, d, false, 0.0, &mut g.wh.grad)?;
+/// and the state `h` it multiplied, added to `beta` times the old ones.
+fn gate_grads(dev: &DeviceRef, g: &mut Gate, h: &Tensor, d: &Tensor, beta: f32) -> Result<()> {
+    dev.matmul(1.0, h, true, d, false, beta, &mut g.wh.grad)?;
     match &mut g.b {
-        Some(b) => bias_grad(dev, d, b),
+        Some(b) => row_sums(dev, d, &mut b.grad, beta),
         None => Ok(()),
     }
 }
@@ -252,6 +265,7 @@ impl LayerDef for Gru {
             hidden,
             bias_term,
             projected,
+            accumulate: false,
             state: None,
         })
     }
@@ -379,6 +393,7 @@ impl Layer for Gru {
         mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
     ) -> RResult<(), Error> {
         (|| {
+            let beta = grad_beta(self.accumulate);
             let s = self.state()?;
             let dev = s.dev.clone();
             let (x, dy) = (&inputs[0], &grad_outputs[0]);
@@ -400,9 +415,9 @@ impl Layer for Gru {
             dev.binary(BinaryOp::Mul, &s.d_rh, h, &mut s.d_r)?;
             let d_r = s.d_r.clone();
             dev.unary_backward(UnaryOp::Sigmoid, &s.pre_r, &s.act_r, &d_r, &mut s.d_r)?;
-            gate_grads(&dev, &mut s.z, h, &s.d_z)?;
-            gate_grads(&dev, &mut s.r, h, &s.d_r)?;
-            gate_grads(&dev, &mut s.c, &s.rh, &s.d_c)?;
+            gate_grads(&dev, &mut s.z, h, &s.d_z, beta)?;
+            gate_grads(&dev, &mut s.r, h, &s.d_r, beta)?;
+            gate_grads(&dev, &mut s.c, &s.rh, &s.d_c, beta)?;
             // The gates' gradients side by side: the projected input's gradient, or what
             // W_x's gradient and the input's come from.
             let hid = s.hidden;
@@ -417,7 +432,7 @@ impl Layer for Gru {
                 }
             }
             if let Some(wx) = &mut s.wx {
-                dev.matmul(1.0, x, true, &s.wide, false, 0.0, &mut wx.grad)?;
+                dev.matmul(1.0, x, true, &s.wide, false, beta, &mut wx.grad)?;
                 if let ROption::RSome(dx) = &mut grad_inputs[0] {
                     dev.matmul(1.0, &s.wide, false, &wx.value, true, 0.0, dx)?;
                 }
@@ -453,6 +468,9 @@ pub struct Lstm {
     hidden: usize,
     bias_term: bool,
     projected: bool,
+    /// Whether `backward` adds to the parameters' gradients (see
+    /// [`crate::capability::AccumulateGradients`]).
+    accumulate: bool,
     state: Option<LstmState>,
 }
 
@@ -518,6 +536,7 @@ impl LayerDef for Lstm {
             hidden,
             bias_term,
             projected,
+            accumulate: false,
             state: None,
         })
     }
@@ -601,25 +620,20 @@ impl LstmState {
         Ok(Some(&wide.all))
     }
 
-    /// The parameters' gradients from the gates' gradients and the step's inputs.
-    fn param_grads(&mut self, x: &Tensor, h: &Tensor) -> Result<()> {
+    /// The parameters' gradients from the gates' gradients and the step's inputs, added to
+    /// `beta` times the old ones.
+    fn param_grads(&mut self, x: &Tensor, h: &Tensor, beta: f32) -> Result<()> {
         let dev = &self.dev;
         if let Some((params, wide)) = &mut self.bias {
-            let (rows, cols) = self.d_gates.shape().as_matrix();
-            let dims = Dims3 {
-                outer: 1,
-                mid: rows,
-                inner: cols,
-            };
-            dev.reduce(ReduceOp::Sum, dims, &self.d_gates, &mut wide.all, 1.0, 0.0)?;
+            row_sums(dev, &self.d_gates, &mut wide.all, 0.0)?;
             for (b, part) in params.iter_mut().zip(&wide.part) {
-                dev.copy(part, &mut b.grad)?;
+                dev.axpby(1.0, part, beta, &mut b.grad)?;
             }
         }
         if let Some(wx) = &mut self.wx {
-            dev.matmul(1.0, x, true, &self.d_gates, false, 0.0, &mut wx.grad)?;
+            dev.matmul(1.0, x, true, &self.d_gates, false, beta, &mut wx.grad)?;
         }
-        dev.matmul(1.0, h, true, &self.d_gates, false, 0.0, &mut self.wh.grad)
+        dev.matmul(1.0, h, true, &self.d_gates, false, beta, &mut self.wh.grad)
     }
 }
 
@@ -664,6 +678,7 @@ impl Layer for Lstm {
         mut grad_inputs: RSliceMut<'_, ROption<Tensor>>,
     ) -> RResult<(), Error> {
         (|| {
+            let beta = grad_beta(self.accumulate);
             let s = self.state()?;
             let dev = s.dev.clone();
             let x = &inputs[0];
@@ -676,7 +691,7 @@ impl Layer for Lstm {
                 _ => None,
             };
             dev.lstm_cell_backward(&s.gates, c, &s.tanh_c, dh, dc, &mut s.d_gates, dc_prev)?;
-            s.param_grads(x, h)?;
+            s.param_grads(x, h, beta)?;
             if let ROption::RSome(dx) = &mut grad_inputs[0] {
                 match &s.wx {
                     Some(wx) => dev.matmul(1.0, &s.d_gates, false, &wx.value, true, 0.0, dx)?,
@@ -864,5 +879,17 @@ impl Layer for RecurrentState {
             Self::write(&mut held, &values)
         })()
         .into()
+    }
+}
+
+impl crate::capability::AccumulateGradients for Gru {
+    fn accumulate_param_grads(&mut self, on: bool) {
+        self.accumulate = on;
+    }
+}
+
+impl crate::capability::AccumulateGradients for Lstm {
+    fn accumulate_param_grads(&mut self, on: bool) {
+        self.accumulate = on;
     }
 }

@@ -20,6 +20,8 @@ use singa_layers::operator::Operator;
 use std::collections::HashMap;
 use std::fmt::Write;
 
+mod shared_grads;
+
 /// A layer in a net, with its tensors.
 pub struct NetLayer {
     /// The layer's name.
@@ -349,6 +351,9 @@ impl NeuralNet {
         };
         let mut dist: Vec<Dist> = Vec::new();
         let mut bridges: HashMap<(usize, usize, Dist), usize> = HashMap::new();
+        let grad_roles = shared_grads::roles(&configs, &order, phase, |c| {
+            partitioned && splits_features(c)
+        });
         for &ci in &order {
             let cfg = configs[ci];
             let split = (partitioned && splits_features(cfg))
@@ -446,6 +451,13 @@ impl NeuralNet {
             let mut layer = (ty.create)(&fields)
                 .into_result()
                 .map_err(|e| Error::config(file, format!("layer[{}]", cfg.name), e))?;
+            // A family of layers sharing their parameters writes one gradient of each when
+            // their type can add to it (all members are of one type: all can, or none).
+            let grad_role = grad_roles.get(cfg.name.as_str()).and_then(|&role| {
+                let layer = singa_layers::capability::accumulate_gradients(&mut layer)?;
+                layer.accumulate_param_grads(role.accumulates());
+                Some(role)
+            });
             let mut factory = NetParams {
                 store: &mut *store,
                 dev,
@@ -453,6 +465,7 @@ impl NeuralNet {
                 layer_index: layers.len(),
                 configs: &cfg.params,
                 share_from: cfg.share_params_from.as_deref(),
+                reuse_grads: grad_role.is_some() && cfg.share_params_from.is_some(),
                 // Contrastive divergence trains the RBMs only: layers below them are fixed
                 // features (pretrained layers a deeper RBM reads through).
                 frozen: job.algorithm == Algorithm::Cd && !rbm::is_rbm(cfg),

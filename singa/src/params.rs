@@ -15,9 +15,11 @@ pub struct ParamEntry {
     pub name: String,
     /// Current values.
     pub value: Tensor,
-    /// One gradient per layer that uses the parameter (several when it is shared).
+    /// One gradient per layer that uses the parameter (several when it is shared), but one
+    /// for all the layers of a family that add to one gradient (see `net/shared_grads.rs`).
     pub grads: Vec<Tensor>,
-    /// Layer indices (in the train net) of those users, in the order of `grads`.
+    /// Layer indices (in the train net) of the layers that use it, in the order they were
+    /// built (every member of a family writing one gradient included).
     pub users: Vec<usize>,
     /// Learning-rate multiplier.
     pub lr_mult: f32,
@@ -121,6 +123,9 @@ pub(crate) struct NetParams<'a> {
     pub configs: &'a [ParamConfig],
     /// Every parameter is this layer's same-named one (the copies of an unrolled cell).
     pub share_from: Option<&'a str>,
+    /// The parameters shared through `share_from` use the owner's gradient too, which this
+    /// layer adds to (see `net/shared_grads.rs`) instead of writing one of its own.
+    pub reuse_grads: bool,
     /// Every parameter is fixed (not trainable), whatever the layer asks.
     pub frozen: bool,
     pub seed: u64,
@@ -174,7 +179,9 @@ impl NetParams<'_> {
             ))
         };
         let whole_layer = self.share_from.map(|l| format!("{l}/{}", spec.name));
-        let source = cfg.and_then(|c| c.share_from.clone()).or(whole_layer);
+        let per_param = cfg.and_then(|c| c.share_from.clone());
+        let from_whole_layer = per_param.is_none();
+        let source = per_param.or(whole_layer);
         if let Some(source) = source.as_deref() {
             let Some(id) = self.store.find(source) else {
                 let names: Vec<&str> = self.store.entries.iter().map(|e| e.name.as_str()).collect();
@@ -188,9 +195,16 @@ impl NetParams<'_> {
             if e.shape() != spec.shape {
                 return Err(mismatch(e.shape(), source));
             }
-            let grad = Tensor::zeros(self.dev, spec.shape, DType::F32)?;
+            // A test net never computes gradients: it needs no buffer of its own either.
+            let reuse = !self.phase.is_train() || (self.reuse_grads && from_whole_layer);
+            let grad = match reuse {
+                true => e.grads[0].clone(),
+                false => Tensor::zeros(self.dev, spec.shape, DType::F32)?,
+            };
             if self.phase.is_train() {
-                e.grads.push(grad.clone());
+                if !reuse {
+                    e.grads.push(grad.clone());
+                }
                 e.users.push(self.layer_index);
             }
             self.store.by_name.insert(full.clone(), id);
