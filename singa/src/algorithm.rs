@@ -5,6 +5,10 @@
 //! through [`NeuralNet::forward_layer`] and [`NeuralNet::backward_layer`] in whatever order and
 //! phases it needs, and hands every finished layer to a [`GradientSink`]: the single-worker
 //! runtime applies the updater there, a distributed worker sends the gradients to servers.
+//! One rule binds the order: layers that share one gradient (the steps of an unrolled cell, see
+//! `net/shared_grads.rs`) each run backward exactly once per step, in reverse build order (as
+//! [`NeuralNet::backward`] does), since the first overwrites the gradient and the others add
+//! to it.
 
 use crate::config::{Algorithm, JobConfig};
 use crate::net::NeuralNet;

@@ -120,7 +120,8 @@ struct LocalUpdates<'a> {
 }
 
 impl LocalUpdates<'_> {
-    /// Sums parameter `p`'s gradients (one per layer that uses it) into the first, clamped to
+    /// Sums parameter `p`'s gradients (one per layer that uses it, but one for a family of
+    /// layers that add to one gradient) into the first, clamped to
     /// `clip.value` unless that waits for the overflow check.
     fn gather(&mut self, p: usize) -> Result<()> {
         let e = &mut self.store.entries_mut()[p];

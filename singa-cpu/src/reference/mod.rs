@@ -1086,6 +1086,9 @@ impl Device for ReferenceDevice {
         guard(|| {
             let op = "lstm_cell_backward";
             f32s(&[&gates, &c_prev, &tanh_c, &dh, &dc, &d_gates], op)?;
+            if let ROption::RSome(p) = &dc_prev {
+                f32s(&[p], op)?;
+            }
             let (a, cp, t) = (get(gates), get(c_prev), get(tanh_c));
             let (dhv, dcv) = (get(dh), get(dc));
             let mut d = vec![0.0; 4 * batch * hidden];
@@ -1110,7 +1113,6 @@ impl Device for ReferenceDevice {
             }
             put(d_gates, &d);
             if let ROption::RSome(p) = dc_prev {
-                f32s(&[&p], op)?;
                 put(p, &dp);
             }
             Ok(())

@@ -35,8 +35,9 @@ impl GradRole {
 /// whole: the owner shares none of its own from elsewhere (no `share_from` in its params),
 /// and the others configure no parameter of their own. Only a train net has gradients; a
 /// layer split along its features (whose gradients are blocks of rows) is left out. Whether
-/// the type can accumulate is asked of the owner when it is built (see
-/// [`NeuralNet::build_part`](crate::net::NeuralNet::build_part)).
+/// the type can accumulate is asked of each member when it is built (see
+/// [`NeuralNet::build_part`](crate::net::NeuralNet::build_part)); all are of one type, so all
+/// can or none.
 pub(crate) fn roles<'a>(
     configs: &[&'a LayerConfig],
     order: &[usize],
