@@ -124,7 +124,9 @@ pub(crate) struct NetParams<'a> {
     /// Every parameter is this layer's same-named one (the copies of an unrolled cell).
     pub share_from: Option<&'a str>,
     /// The parameters shared through `share_from` use the owner's gradient too, which this
-    /// layer adds to (see `net/shared_grads.rs`) instead of writing one of its own.
+    /// layer adds to (see `net/shared_grads.rs`) instead of writing one of its own. Set only
+    /// for layers that configure no parameter of their own, so every shared parameter comes
+    /// through `share_from`.
     pub reuse_grads: bool,
     /// Every parameter is fixed (not trainable), whatever the layer asks.
     pub frozen: bool,
@@ -179,9 +181,7 @@ impl NetParams<'_> {
             ))
         };
         let whole_layer = self.share_from.map(|l| format!("{l}/{}", spec.name));
-        let per_param = cfg.and_then(|c| c.share_from.clone());
-        let from_whole_layer = per_param.is_none();
-        let source = per_param.or(whole_layer);
+        let source = cfg.and_then(|c| c.share_from.clone()).or(whole_layer);
         if let Some(source) = source.as_deref() {
             let Some(id) = self.store.find(source) else {
                 let names: Vec<&str> = self.store.entries.iter().map(|e| e.name.as_str()).collect();
@@ -196,7 +196,7 @@ impl NetParams<'_> {
                 return Err(mismatch(e.shape(), source));
             }
             // A test net never computes gradients: it needs no buffer of its own either.
-            let reuse = !self.phase.is_train() || (self.reuse_grads && from_whole_layer);
+            let reuse = !self.phase.is_train() || self.reuse_grads;
             let grad = match reuse {
                 true => e.grads[0].clone(),
                 false => Tensor::zeros(self.dev, spec.shape, DType::F32)?,

@@ -105,7 +105,8 @@ pub(crate) unsafe fn cell_grad_rows(v: CellGradViews, rows: std::ops::Range<usiz
                 let tanh_c = part(v.tanh_c, span.0, span.1);
                 let dh = part(v.dh, span.0, span.1);
                 let dc = part(v.dc, span.0, span.1);
-                for j in 0..hid {
+                // The gates' gradients at unit j; returns dc' there.
+                let mut unit = |j: usize| {
                     let (t, oj) = (tanh_c[j], o[j]);
                     let dcj = dc[j] + dh[j] * oj * (1.0 - t * t);
                     let (ij, fj, gj) = (i[j], f[j], g[j]);
@@ -113,14 +114,18 @@ pub(crate) unsafe fn cell_grad_rows(v: CellGradViews, rows: std::ops::Range<usiz
                     df[j] = dcj * c_prev[j] * fj * (1.0 - fj);
                     d_o[j] = dh[j] * t * oj * (1.0 - oj);
                     dg[j] = dcj * ij * (1.0 - gj * gj);
-                }
-                if let Some(p) = v.dc_prev {
-                    let dc_prev = part_mut(p, span.0, span.1);
-                    for j in 0..hid {
-                        let t = tanh_c[j];
-                        let dcj = dc[j] + dh[j] * o[j] * (1.0 - t * t);
-                        dc_prev[j] = dcj * f[j];
+                    dcj
+                };
+                match v.dc_prev {
+                    Some(p) => {
+                        let dc_prev = part_mut(p, span.0, span.1);
+                        for j in 0..hid {
+                            dc_prev[j] = unit(j) * f[j];
+                        }
                     }
+                    None => (0..hid).for_each(|j| {
+                        unit(j);
+                    }),
                 }
             }
         },
