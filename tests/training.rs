@@ -713,6 +713,13 @@ srclayers = "fc1"
         "{e}"
     );
 
+    // The same on two AllReduce workers in two processes (emulated: memory apart), where the
+    // fixed layer reaches the second worker only in a message from the first.
+    let mut two = second.clone();
+    two.cluster = singa::config::Framework::AllReduce.preset(2);
+    two.cluster.nprocs = 2;
+    train(&two, &dir.join("rbm2-two"), Existing::Refuse);
+
     // A resumed run takes every value from its own checkpoint: the pretrained one is not read
     // again, and may have moved.
     std::fs::rename(dir.join("rbm1"), dir.join("rbm1-moved")).unwrap();
@@ -722,6 +729,14 @@ srclayers = "fc1"
     assert_eq!(summary.steps, 20);
     let resumed = param_values(&t);
     assert_eq!(resumed[0], after[0], "fc1/weight stays the first RBM's");
+    two.train_steps = 20;
+    let (t, summary) = train(&two, &dir.join("rbm2-two"), Existing::Resume);
+    assert_eq!(summary.steps, 20);
+    let diff = singa_tests::max_difference(&resumed, &param_values(&t));
+    assert!(
+        diff < 1e-5,
+        "two processes resumed differ from one by {diff}"
+    );
 }
 
 /// The RBM's two-way link is the one cycle a net may have: any other is refused, in a CD

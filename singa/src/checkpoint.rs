@@ -159,7 +159,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The checkpoints of a job's `checkpoint_path` (SINGA's way of feeding pretrained layers to
-/// a deeper net), read once, to initialise the parameter stores of the job's workers.
+/// a deeper net), read once by rank 0, to initialise worker 0's parameters (the other workers
+/// get them from it: trainable ones through the servers, fixed ones in a message).
 pub struct Pretrained {
     /// The job file, for errors.
     file: String,

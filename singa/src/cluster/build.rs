@@ -269,7 +269,6 @@ fn worker_nets(
     let t = plan.topology;
     let c = &plan.job.cluster;
     let share = !t.separate_memory();
-    let pretrained = crate::checkpoint::Pretrained::load(plan.job)?;
     let mut nets: Vec<BuiltWorker> = Vec::new();
     for w in t.rank_workers(rank) {
         if w == worker_addr(0, 0) && lead.is_some() {
@@ -303,10 +302,6 @@ fn worker_nets(
             Some(plan.exchanges),
         )
         .map_err(|e| e.context(format!("{w}")))?;
-        // Parameters from other runs' checkpoints: the trainable ones reach this worker
-        // through the servers or the shared values too, but fixed ones (the layers under an
-        // RBM) only from here.
-        pretrained.initialise(&mut own)?;
         nets.push((w, net, own));
     }
     Ok(nets)

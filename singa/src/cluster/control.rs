@@ -33,10 +33,12 @@ pub(crate) enum Op {
     Stop = 8,
     /// (Reports only.) A rank has built its workers and servers.
     Ready = 9,
+    /// Set the values of the fixed parameters (those no server updates) from the payload.
+    Fixed = 10,
 }
 
 impl Op {
-    const ALL: [Op; 9] = [
+    const ALL: [Op; 10] = [
         Op::Step,
         Op::Metrics,
         Op::Restore,
@@ -46,6 +48,7 @@ impl Op {
         Op::StateIn,
         Op::Stop,
         Op::Ready,
+        Op::Fixed,
     ];
 
     fn from_u32(x: u32) -> Result<Op> {
@@ -67,6 +70,8 @@ pub(crate) struct Command {
     pub loss_scale: f32,
     /// Layer states, for [`Op::Restore`].
     pub states: Vec<(String, Vec<u64>)>,
+    /// Parameters' values by name, for [`Op::Fixed`].
+    pub values: Vec<(String, Vec<f32>)>,
 }
 
 /// How a command went, in a report's `slice`.
@@ -116,6 +121,24 @@ pub(crate) fn command(
     })
 }
 
+/// The command to set the fixed parameters named in `values` to the values given there.
+pub(crate) fn fixed_command(
+    src: Addr,
+    dst: Addr,
+    values: &[(String, Vec<f32>)],
+    dev: &DeviceRef,
+) -> Result<Msg> {
+    Ok(Msg {
+        src,
+        dst,
+        kind: MsgKind::Control,
+        target: Op::Fixed as u32,
+        slice: 0,
+        version: 0,
+        payload: Some(bytes_tensor(dev, &encode_values(values))?).into(),
+    })
+}
+
 /// The command to train step `step` with the loss scaled by `loss_scale` (its bits in the
 /// message's `slice`).
 pub(crate) fn step_command(src: Addr, dst: Addr, step: u64, loss_scale: f32) -> Msg {
@@ -133,8 +156,13 @@ pub(crate) fn step_command(src: Addr, dst: Addr, step: u64, loss_scale: f32) -> 
 /// Decodes a command message.
 pub(crate) fn decode_command(msg: &Msg) -> Result<Command> {
     let op = Op::from_u32(msg.target)?;
-    let states = match (&msg.payload.as_ref().into_option(), op) {
+    let payload = msg.payload.as_ref().into_option();
+    let states = match (payload, op) {
         (Some(t), Op::Restore) => decode_states(&t.to_vec::<u8>()?)?,
+        _ => Vec::new(),
+    };
+    let values = match (payload, op) {
+        (Some(t), Op::Fixed) => decode_values(&t.to_vec::<u8>()?)?,
         _ => Vec::new(),
     };
     // A scale of 0 (bits 0: a step command made by `command`) is no scale.
@@ -147,6 +175,7 @@ pub(crate) fn decode_command(msg: &Msg) -> Result<Command> {
         arg: msg.version,
         loss_scale,
         states,
+        values,
     })
 }
 
@@ -286,6 +315,38 @@ fn decode_states(b: &[u8]) -> Result<Vec<(String, Vec<u64>)>> {
         .collect()
 }
 
+fn encode_values(values: &[(String, Vec<f32>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_u64(&mut out, values.len() as u64);
+    for (name, v) in values {
+        put_string(&mut out, name);
+        put_u64(&mut out, v.len() as u64);
+        for &x in v {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_values(b: &[u8]) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut r = Reader(b);
+    (0..r.u64()?)
+        .map(|_| {
+            let name = r.string()?;
+            let n = r.u64()? as usize;
+            let bytes = r.take(
+                n.checked_mul(4)
+                    .ok_or_else(|| Error::invalid("a control message is cut short"))?,
+            )?;
+            let v = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            Ok((name, v))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +363,13 @@ mod tests {
         let msg = command(COORDINATOR, control_addr(w), Op::Restore, 3, &states, &dev).unwrap();
         let c = decode_command(&msg).unwrap();
         assert_eq!((c.op, c.arg, c.states), (Op::Restore, 3, states));
+        let values = vec![
+            ("fc1/weight".to_string(), vec![1.5, -0.0, f32::MAX]),
+            ("b".into(), vec![]),
+        ];
+        let msg = fixed_command(COORDINATOR, control_addr(w), &values, &dev).unwrap();
+        let c = decode_command(&msg).unwrap();
+        assert_eq!((c.op, c.values), (Op::Fixed, values));
         let step = command(COORDINATOR, control_addr(w), Op::Step, 9, &[], &dev).unwrap();
         assert!(step.payload.is_none(), "a step carries nothing");
         for outcome in [

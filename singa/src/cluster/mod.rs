@@ -292,6 +292,7 @@ impl Cluster {
             // The servers' values and every worker's come from worker 0's.
             cluster.refresh(true, None)?;
         }
+        cluster.push_fixed(store)?;
         Ok(cluster)
     }
 
@@ -759,8 +760,33 @@ impl Cluster {
             }
         }
         self.refresh(true, None)?;
+        self.push_fixed(store)?;
         self.settled = true;
         Ok(())
+    }
+
+    /// Sends every other worker the values of worker 0's fixed parameters (those no server
+    /// updates, such as the layers under an RBM, set from `checkpoint_path` or from the
+    /// checkpoint a run resumes from): they reach the workers no other way, and only rank 0
+    /// reads checkpoints.
+    fn push_fixed(&mut self, store: &ParamStore) -> Result<()> {
+        let fixed: Vec<(String, Vec<f32>)> = store
+            .entries()
+            .iter()
+            .filter(|e| !e.trainable)
+            .map(|e| Ok((e.name.clone(), e.value.to_vec::<f32>()?)))
+            .collect::<Result<_>>()?;
+        if fixed.is_empty() || self.peers.is_empty() {
+            return Ok(());
+        }
+        for i in 0..self.peers.len() {
+            self.peers[i].answer = None;
+            let to = control_addr(self.peers[i].addr);
+            let msg = control::fixed_command(COORDINATOR, to, &fixed, &self.dev)?;
+            self.control.send(msg).into_result()?;
+        }
+        self.answers(|_| true, "the values of its fixed parameters")
+            .map(|_| ())
     }
 
     /// With loss scaling: restores the coordinator's scaler from `loaded` and sends its state

@@ -648,6 +648,27 @@ impl PeerWorker {
         }
     }
 
+    /// Sets this worker's fixed parameters to worker 0's `values` (a worker that holds part
+    /// of the net skips those it does not have).
+    fn set_fixed(&mut self, values: &[(String, Vec<f32>)]) -> Result<()> {
+        for (name, v) in values {
+            let Some(i) = self.store.find(name) else {
+                continue;
+            };
+            let e = &mut self.store.entries_mut()[i];
+            if e.trainable || e.value.numel() != v.len() {
+                return Err(Error::invalid(format!(
+                    "{name}: sent {} values of a fixed parameter, but here it is a{} parameter of {}",
+                    v.len(),
+                    if e.trainable { " trainable" } else { " fixed" },
+                    e.value.numel()
+                )));
+            }
+            e.value.write_from(v)?;
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, cmd: Command) -> Result<Vec<(String, f64)>> {
         match cmd.op {
             Op::Step => {
@@ -674,6 +695,7 @@ impl PeerWorker {
                 }
                 Ok(Vec::new())
             }
+            Op::Fixed => self.set_fixed(&cmd.values).map(|_| Vec::new()),
             Op::Stop | Op::Ready => Err(Error::invalid(format!("a worker cannot {:?}", cmd.op))),
         }
     }
