@@ -808,10 +808,22 @@ fn the_carried_state_is_reset_at_each_epoch() {
 /// trained by plain SGD at `lr` (so that a tiny weight with a large rate learns as weight 1
 /// does), with `device` settings added.
 fn scaled_mlp(dir: &Path, precision: &str, loss_weight: f64, lr: f64, device: &str) -> JobConfig {
+    scaled_mlp_on("reference", dir, precision, loss_weight, lr, device)
+}
+
+/// [`scaled_mlp`] on the device of type `kind`.
+fn scaled_mlp_on(
+    kind: &str,
+    dir: &Path,
+    precision: &str,
+    loss_weight: f64,
+    lr: f64,
+    device: &str,
+) -> JobConfig {
     let text = mlp_job(dir, "train_steps = 30", 32, 0.0)
         .replace(
             "type = \"cpu\"\nthreads = 2",
-            &format!("type = \"reference\"\nprecision = \"{precision}\"\n{device}"),
+            &format!("type = \"{kind}\"\nprecision = \"{precision}\"\n{device}"),
         )
         .replace(
             "type = \"softmax_loss\"",
@@ -835,12 +847,19 @@ fn run_steps(job: &JobConfig, steps: u64) -> (Trainer, Vec<(String, f64)>) {
 
 /// A loss weighted by 1e-6 gives gradients below f16's smallest value: f16 products without
 /// loss scaling flush them to zero and the weights do not learn, while the default dynamic
-/// scaling (2^16) trains them as f32 does.
+/// scaling (2^16) trains them as f32 does; on the reference device and on the CPU device.
 #[test]
 fn f16_with_loss_scaling_keeps_the_gradients_that_f16_alone_loses() {
-    let dir = tmpdir("f16-underflow");
+    for kind in ["reference", "cpu"] {
+        f16_loss_scaling_on(kind);
+    }
+}
+
+fn f16_loss_scaling_on(kind: &str) {
+    let dir = tmpdir(&format!("f16-underflow-{kind}"));
     synthetic_mnist(&dir, 200, 50, 8);
-    let job = |precision: &str, device: &str| scaled_mlp(&dir, precision, 1e-6, 5e4, device);
+    let job =
+        |precision: &str, device: &str| scaled_mlp_on(kind, &dir, precision, 1e-6, 5e4, device);
     let (start, _) = run_steps(&job("f32", ""), 0);
     let (f32_run, _) = run_steps(&job("f32", ""), 30);
     let (scaled, metrics) = run_steps(&job("f16", ""), 30);
@@ -862,7 +881,7 @@ fn f16_with_loss_scaling_keeps_the_gradients_that_f16_alone_loses() {
         "unscaled f16 gradients should vanish"
     );
     let off = diff(&scaled, &f32_run);
-    eprintln!("f32 moved the weights by {learned}; scaled f16 is {off} from it");
+    eprintln!("{kind}: f32 moved the weights by {learned}; scaled f16 is {off} from it");
     assert!(
         off < 0.05 * learned,
         "scaled f16 is {off} from f32, which moved {learned}"

@@ -270,8 +270,9 @@ enum Command {
         /// The device: cpu, or cuda (GPU 0; needs singa built with `--features cuda`).
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         device: String,
-        /// The precision of the matrix products and convolutions: f32, or bf16 (inputs rounded
-        /// to bf16, sums in f32, as `[device] precision = "bf16"`), or f16 (cuda only).
+        /// The precision of the matrix products and convolutions: f32, or bf16 or f16 (inputs
+        /// rounded to bf16 or f16, sums in f32, as `[device] precision = "bf16"`; the CPU has
+        /// no f16 products and runs f16 at about f32's speed).
         #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
         precision: String,
         /// Untimed steps first (default: 50 for mlp, 3 for cnn, as the peers; 5 for gru and lstm).

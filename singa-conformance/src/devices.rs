@@ -10,25 +10,28 @@ use singa_cpu::ReferenceDevice;
 pub const MAX_GAUSSIAN_TOLERANCE: f32 = 1e-6;
 
 /// The device under test and the reference devices it is compared against: f32 products
-/// always, bf16 products when the backend has them.
+/// always, bf16 and f16 products when the backend has them.
 #[derive(Clone, Debug)]
 pub struct Devices {
     device: DeviceRef,
     reference: DeviceRef,
     bf16: Option<(DeviceRef, DeviceRef)>,
-    bf16_convolutions_in_f32: fn(&ConvShape) -> bool,
+    f16: Option<(DeviceRef, DeviceRef)>,
+    rounded_convolutions_in_f32: fn(&ConvShape) -> bool,
     gaussian_tolerance: f32,
 }
 
 impl Devices {
-    /// `device` (with f32 products) against a [`ReferenceDevice`]. Properties of bf16 products
-    /// skip, saying so, unless [`Devices::with_bf16`] adds a device for them.
+    /// `device` (with f32 products) against a [`ReferenceDevice`]. Properties of bf16 or f16
+    /// products skip, saying so, unless [`Devices::with_bf16`] or [`Devices::with_f16`] adds
+    /// a device for them.
     pub fn new(device: DeviceRef) -> Devices {
         Devices {
             device,
             reference: DeviceRef::new(ReferenceDevice::new()),
             bf16: None,
-            bf16_convolutions_in_f32: |_| false,
+            f16: None,
+            rounded_convolutions_in_f32: |_| false,
             gaussian_tolerance: 0.0,
         }
     }
@@ -43,12 +46,25 @@ impl Devices {
         }
     }
 
-    /// Says which convolutions the bf16 device computes in f32 all the same (the CPU's Winograd
-    /// transforms have no bf16 form): against a reference that rounds the inputs to bf16, those
-    /// differ by bf16's rounding, and are held to that tolerance instead of f32's.
-    pub fn with_bf16_convolutions_in_f32(self, computes_in_f32: fn(&ConvShape) -> bool) -> Devices {
+    /// Adds the backend's device with f16 products (inputs rounded to f16, sums in f32),
+    /// compared against a reference device that rounds the same way.
+    pub fn with_f16(self, device: DeviceRef) -> Devices {
+        let reference = DeviceRef::new(ReferenceDevice::with_precision(Precision::F16));
         Devices {
-            bf16_convolutions_in_f32: computes_in_f32,
+            f16: Some((device, reference)),
+            ..self
+        }
+    }
+
+    /// Says which convolutions the bf16 and f16 devices compute in f32 all the same (the CPU's
+    /// Winograd transforms have no bf16 or f16 form): against a reference that rounds the
+    /// inputs, those differ by the rounding, and are held to bf16's tolerance instead of f32's.
+    pub fn with_rounded_convolutions_in_f32(
+        self,
+        computes_in_f32: fn(&ConvShape) -> bool,
+    ) -> Devices {
+        Devices {
+            rounded_convolutions_in_f32: computes_in_f32,
             ..self
         }
     }
@@ -82,8 +98,7 @@ impl Devices {
     }
 
     /// The device under test and its reference with products in `precision`: always for f32,
-    /// for bf16 when [`Devices::with_bf16`] gave a device, never for f16 (f16 products are
-    /// checked on f16 tensors, with f32 devices).
+    /// for bf16 and f16 when [`Devices::with_bf16`] and [`Devices::with_f16`] gave a device.
     pub fn in_precision(&self, precision: Precision) -> Option<Pair<'_>> {
         let (device, reference) = match precision {
             Precision::F32 => (&self.device, &self.reference),
@@ -91,7 +106,10 @@ impl Devices {
                 let (device, reference) = self.bf16.as_ref()?;
                 (device, reference)
             }
-            _ => return None,
+            Precision::F16 => {
+                let (device, reference) = self.f16.as_ref()?;
+                (device, reference)
+            }
         };
         Some(Pair {
             device,
@@ -114,10 +132,10 @@ impl Devices {
         self.f32().both(f)
     }
 
-    /// Whether the bf16 device computes the convolution `s` in f32 (see
-    /// [`Devices::with_bf16_convolutions_in_f32`]).
-    pub fn bf16_convolution_in_f32(&self, s: &ConvShape) -> bool {
-        (self.bf16_convolutions_in_f32)(s)
+    /// Whether the bf16 and f16 devices compute the convolution `s` in f32 (see
+    /// [`Devices::with_rounded_convolutions_in_f32`]).
+    pub fn rounded_convolution_in_f32(&self, s: &ConvShape) -> bool {
+        (self.rounded_convolutions_in_f32)(s)
     }
 
     /// The relative tolerance of Gaussian draws (see [`Devices::with_gaussian_tolerance`]); 0
@@ -126,13 +144,13 @@ impl Devices {
         self.gaussian_tolerance
     }
 
-    /// Prints that `property` skipped for want of a bf16 device and returns `None`, or returns
-    /// the bf16 pair.
-    pub(crate) fn bf16_or_skip(&self, property: &str) -> Option<Pair<'_>> {
-        let pair = self.in_precision(Precision::BF16);
+    /// Prints that `property` skipped for want of a device with `precision` products and
+    /// returns `None`, or returns that pair.
+    pub(crate) fn pair_or_skip(&self, precision: Precision, property: &str) -> Option<Pair<'_>> {
+        let pair = self.in_precision(precision);
         if pair.is_none() {
             eprintln!(
-                "skipped: {property}: {} has no bf16 products here (Devices::with_bf16)",
+                "skipped: {property}: {} has no {precision} products here (Devices::with_{precision})",
                 self.device.info().description
             );
         }
@@ -189,7 +207,7 @@ impl std::fmt::Display for Unavailable {
 mod tests {
     use super::*;
 
-    /// The f32 pair is always there, the bf16 one when given; f16 devices are not asked for.
+    /// The f32 pair is always there, the bf16 and f16 ones when given.
     #[test]
     fn precisions_have_pairs_as_given() {
         let plain = || DeviceRef::new(ReferenceDevice::new());
@@ -203,6 +221,14 @@ mod tests {
         assert_eq!(
             devices.in_precision(Precision::BF16).unwrap().precision,
             Precision::BF16
+        );
+        assert!(devices.in_precision(Precision::F16).is_none());
+        let devices = devices.with_f16(DeviceRef::new(ReferenceDevice::with_precision(
+            Precision::F16,
+        )));
+        assert_eq!(
+            devices.in_precision(Precision::F16).unwrap().precision,
+            Precision::F16
         );
     }
 

@@ -67,10 +67,10 @@
 //! ## Tolerances
 //!
 //! Tolerances are fixed by the suite, per operation: a backend cannot loosen them, with two
-//! declared exceptions. A backend that computes some convolutions in f32 even at bf16
-//! precision (the CPU's Winograd path) says which with
-//! [`Devices::with_bf16_convolutions_in_f32`], and those are held to bf16's rounding instead of
-//! f32's. Random draws must be bit-identical to the reference, except that a backend whose
+//! declared exceptions. A backend that computes some convolutions in f32 even at bf16 or
+//! f16 precision (the CPU's Winograd path) says which with
+//! [`Devices::with_rounded_convolutions_in_f32`], and those are held to bf16's rounding instead
+//! of f32's. Random draws must be bit-identical to the reference, except that a backend whose
 //! `ln`/`cos`/`sqrt` differ from the host's in the last bits may declare a relative tolerance
 //! `r` (at most [`MAX_GAUSSIAN_TOLERANCE`]) with [`Devices::with_gaussian_tolerance`], and its
 //! Gaussian draws then agree within `r·(|draw| + |mean| + std)`. Uniform and Bernoulli draws involve no such
@@ -99,13 +99,13 @@ pub use memory::{
 };
 pub use nn::{
     bad_conv_shapes_are_errors, batch_norm_matches, bf16_convolution_matches, compare_convolution,
-    convolution_matches, gather_and_scatter_rows_match, lrn_matches, pooling_matches,
-    row_ids_outside_the_table_are_refused, softmax_backward_and_top_k_match,
+    convolution_matches, f16_convolution_matches, gather_and_scatter_rows_match, lrn_matches,
+    pooling_matches, row_ids_outside_the_table_are_refused, softmax_backward_and_top_k_match,
 };
 pub use ops::{
     adaptive_updates_match, axpby_and_affine_match, bad_labels_are_errors_not_panics,
     binary_matches, broadcast_and_reduce_match, copies_casts_and_fills_match, gemm_bf16_matches,
-    gemm_f16_matches, gemm_matches, host_round_trip_for_every_dtype,
+    gemm_f16_matches, gemm_f16_products_match, gemm_matches, host_round_trip_for_every_dtype,
     misuse_is_rejected_with_errors, mlp_shaped_products_match, random_matches, sgd_matches,
     softmax_and_cross_entropy_match, unary_backward_matches, unary_matches,
 };
@@ -147,6 +147,7 @@ macro_rules! device_tests {
         $crate::device_tests! {@$mode [$($arg)*]
             gemm_matches,
             gemm_bf16_matches,
+            gemm_f16_products_match,
             gemm_f16_matches,
             unary_matches,
             unary_backward_matches,
@@ -167,6 +168,7 @@ macro_rules! device_tests {
             many_threads_use_disjoint_parts_of_one_tensor_at_once,
             convolution_matches,
             bf16_convolution_matches,
+            f16_convolution_matches,
             pooling_matches,
             lrn_matches,
             batch_norm_matches,

@@ -55,9 +55,9 @@ pub fn compare_convolution(devices: &Devices, precision: Precision, s: &ConvShap
     ];
     let lens = [s.output_len(), s.input_len(), s.weight_len()];
     // A device that computes this convolution in f32 whatever the precision, against a
-    // reference that rounds the inputs to bf16, differs by bf16's rounding (relative 2^-8 per
-    // product, random signs).
-    let in_f32 = precision != Precision::F32 && devices.bf16_convolution_in_f32(s);
+    // reference that rounds the inputs, differs by the rounding (relative 2^-8 per product in
+    // bf16, 2^-11 in f16; random signs).
+    let in_f32 = precision != Precision::F32 && devices.rounded_convolution_in_f32(s);
     let (mut g, mut w) = (&got[..], &want[..]);
     for (what, (depth, len)) in ["y", "dx", "dw"].iter().zip(depths.iter().zip(lens)) {
         let ((g0, g1), (w0, w1)) = (g.split_at(len), w.split_at(len));
@@ -98,25 +98,27 @@ pub fn convolution_matches(devices: &Devices) {
 /// shapes and the fast-path and Winograd families of [`crate::shapes`]. Skips without a bf16
 /// device.
 pub fn bf16_convolution_matches(devices: &Devices) {
-    if devices.bf16_or_skip("bf16_convolution_matches").is_none() {
+    rounded_convolution_matches(devices, Precision::BF16, "bf16_convolution_matches");
+}
+
+/// As [`bf16_convolution_matches`], with f16 products. Skips without an f16 device.
+pub fn f16_convolution_matches(devices: &Devices) {
+    rounded_convolution_matches(devices, Precision::F16, "f16_convolution_matches");
+}
+
+fn rounded_convolution_matches(devices: &Devices, precision: Precision, name: &str) {
+    if devices.pair_or_skip(precision, name).is_none() {
         return;
     }
     let strategy = (
         prop_oneof![conv_shape(), fast_path_conv_shape(), winograd_conv_shape()],
         any::<u64>(),
     );
-    check(
-        "bf16_convolution_matches",
-        devices,
-        SOURCE,
-        48,
-        strategy,
-        |(s, seed)| {
-            prop_assume!(s.problem().is_none());
-            compare_convolution(devices, Precision::BF16, &s, seed);
-            Ok(())
-        },
-    );
+    check(name, devices, SOURCE, 48, strategy, |(s, seed)| {
+        prop_assume!(s.problem().is_none());
+        compare_convolution(devices, precision, &s, seed);
+        Ok(())
+    });
 }
 
 /// Max and average pooling, floor and ceil output sizes, forward and backward, with ties

@@ -9,8 +9,8 @@ use crate::runner::check;
 use crate::{Devices, Pair};
 use proptest::prelude::*;
 use singa_core::{
-    AdaptiveArgs, AdaptiveRule, BinaryOp, DType, Dims3, Distribution, GemmLayout, ReduceOp,
-    SgdArgs, Tensor, UnaryOp,
+    AdaptiveArgs, AdaptiveRule, BinaryOp, DType, Dims3, Distribution, GemmLayout, Precision,
+    ReduceOp, SgdArgs, Tensor, UnaryOp,
 };
 
 /// This module's source, which names its file of saved failing seeds.
@@ -63,7 +63,7 @@ fn domain(op: UnaryOp) -> (f32, f32) {
     }
 }
 
-/// One case of [`gemm_matches`] and [`gemm_bf16_matches`]: `m, n, k`, whether to make the
+/// One case of [`gemm_matches`], [`gemm_bf16_matches`] and [`gemm_f16_products_match`]: `m, n, k`, whether to make the
 /// product big, which operands are transposed, the padding of the rows, the batch size,
 /// `alpha, beta`, and the seed.
 type GemmCase = (
@@ -141,20 +141,23 @@ pub fn gemm_matches(devices: &Devices) {
 /// bf16 products against the reference on bf16-rounded inputs: both multiply the same rounded
 /// values, so they differ only by the f32 sums, as in f32. Skips without a bf16 device.
 pub fn gemm_bf16_matches(devices: &Devices) {
-    let Some(pair) = devices.bf16_or_skip("gemm_bf16_matches") else {
+    rounded_gemm_matches(devices, Precision::BF16, "gemm_bf16_matches");
+}
+
+/// As [`gemm_bf16_matches`], with f16 products (f32 tensors whose products round their inputs
+/// to f16; [`gemm_f16_matches`] is about f16 tensors). Skips without an f16 device.
+pub fn gemm_f16_products_match(devices: &Devices) {
+    rounded_gemm_matches(devices, Precision::F16, "gemm_f16_products_match");
+}
+
+fn rounded_gemm_matches(devices: &Devices, precision: Precision, name: &str) {
+    let Some(pair) = devices.pair_or_skip(precision, name) else {
         return;
     };
-    check(
-        "gemm_bf16_matches",
-        devices,
-        SOURCE,
-        48,
-        gemm_case(),
-        |case| {
-            check_gemm(pair, case);
-            Ok(())
-        },
-    );
+    check(name, devices, SOURCE, 48, gemm_case(), |case| {
+        check_gemm(pair, case);
+        Ok(())
+    });
 }
 
 /// Products of f16 tensors (f16 in, f16 out).

@@ -9,17 +9,17 @@ use singa_core::{DType, DeviceRef, PoolKind, PoolShape, Precision, Tensor};
 use singa_cpu::CpuDevice;
 use std::sync::OnceLock;
 
-/// The CPU device with 2 threads (so that work splits), with f32 and with bf16 products,
+/// The CPU device with 2 threads (so that work splits), with f32, bf16 and f16 products,
 /// against the reference device; made once.
 fn cpu() -> Result<&'static Devices, Unavailable> {
     static DEVICES: OnceLock<Devices> = OnceLock::new();
     Ok(DEVICES.get_or_init(|| {
-        let f32_products = CpuDevice::new(2).unwrap();
-        let bf16_products = CpuDevice::with_precision(2, Precision::BF16).unwrap();
-        Devices::new(DeviceRef::new(f32_products))
-            .with_bf16(DeviceRef::new(bf16_products))
-            // The Winograd transforms stay in f32 at bf16 precision.
-            .with_bf16_convolutions_in_f32(singa_cpu::cpu::convolution_uses_winograd)
+        let products = |p| DeviceRef::new(CpuDevice::with_precision(2, p).unwrap());
+        Devices::new(products(Precision::F32))
+            .with_bf16(products(Precision::BF16))
+            .with_f16(products(Precision::F16))
+            // The Winograd transforms stay in f32 at bf16 and f16 precision.
+            .with_rounded_convolutions_in_f32(singa_cpu::cpu::convolution_uses_winograd)
     }))
 }
 

@@ -1,5 +1,5 @@
 //! The CUDA device against the reference device: every property of `singa-conformance`, on
-//! GPU 0 with f32 products and with bf16 products.
+//! GPU 0 with f32, bf16 and f16 products.
 //!
 //! Without a GPU (or driver, NVRTC, cuBLAS) each test prints why it skipped;
 //! `SINGA_REQUIRE_GPU=1` makes that a failure, for the machines that have one.
@@ -22,6 +22,7 @@ fn open() -> Result<Devices, String> {
     // which can move a Gaussian draw by one f32 step.
     Ok(Devices::new(device(Precision::F32)?)
         .with_bf16(device(Precision::BF16)?)
+        .with_f16(device(Precision::F16)?)
         .with_gaussian_tolerance(singa_conformance::MAX_GAUSSIAN_TOLERANCE))
 }
 

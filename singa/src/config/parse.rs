@@ -374,13 +374,6 @@ fn parse_device(s: &Section<'_>) -> Result<DeviceConfig> {
     if let Some(p) = s.str("precision")? {
         d.precision = Precision::from_name(&p)
             .ok_or_else(|| s.err("precision", choice_message(&p, &Precision::NAMES)))?;
-        if d.precision == Precision::F16 && d.kind == DeviceKind::Cpu {
-            return Err(s.err(
-                "precision",
-                "\"f16\" is not available on the cpu device (it has no f16 products); \
-                 use \"bf16\": as fast, with f32's range, so no loss scaling",
-            ));
-        }
     }
     d.loss_scale = parse_loss_scale(s)?;
     Ok(d)
@@ -728,11 +721,7 @@ num_output = 3
             with("bf61").unwrap_err().to_string(),
             "job.toml: device.precision: \"bf61\" is not one of f32, bf16, f16; did you mean \"bf16\"?"
         );
-        assert_eq!(
-            with("f16").unwrap_err().to_string(),
-            "job.toml: device.precision: \"f16\" is not available on the cpu device (it has no f16 \
-             products); use \"bf16\": as fast, with f32's range, so no loss scaling"
-        );
+        assert_eq!(with("f16").unwrap().device.precision, Precision::F16);
         let reference = parse(&format!(
             "{MINIMAL}[device]\ntype = \"reference\"\nprecision = \"f16\"\n"
         ));

@@ -118,6 +118,8 @@ pub fn workspace_size(m: usize, n: usize, k: usize, packed_b: bool, precision: P
         let (b, pairs) = bf16::workspace_size(m, n, k, packed_b);
         return Space { a: 0, b, pairs };
     }
+    // f16 packs B in any case (to round it).
+    let packed_b = packed_b || precision == Precision::F16;
     let (mr, nr) = tile(n);
     let kc = depth_block(k);
     let a = m.next_multiple_of(mr) * kc;
@@ -197,12 +199,13 @@ pub enum B<'a> {
     Packer(&'a dyn PackB),
 }
 
-/// [`gemm`] in `precision` (f32, or inputs rounded to bf16: [`bf16`]), with an op(B) that may
+/// [`gemm`] in `precision` (f32, inputs rounded to bf16: [`bf16`], or inputs rounded to f16 and
+/// multiplied by the f32 kernels), with an op(B) that may
 /// be packed by the caller ([`B::Packer`]).
 ///
 /// # Safety
 /// As for [`gemm`] (for bf16 [`available`] need not hold), with `ws` reserved for
-/// `precision` as for a packed B. Precision f16 is not implemented here (the device refuses it).
+/// `precision` as for a packed B.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_with(
     ws: &mut Workspace,
@@ -233,11 +236,9 @@ pub unsafe fn gemm_with(
     if precision == Precision::BF16 {
         return bf16::gemm_with(ws, m, n, k, alpha, a, b, beta, c, ldc);
     }
-    debug_assert_eq!(
-        precision,
-        Precision::F32,
-        "f16 products are refused by the device"
-    );
+    // f16: the f32 kernels on both operands packed and rounded to f16 (this CPU has no f16
+    // products), so the products are those of f16 inputs with f32 sums, as on a GPU.
+    let f16 = precision == Precision::F16;
     let (mr, nr) = tile(n);
     let nv = vectors(n);
     let kc_max = depth_block(k);
@@ -246,10 +247,10 @@ pub unsafe fn gemm_with(
         let kc = kc_max.min(k - p0);
         let beta_block = if p0 == 0 { beta } else { 1.0 };
         pack_a(&mut ws.a, mr, m, kc, &a, p0);
-        // op(B) stored row-major is read in place; stored transposed, it is packed.
-        let packed = !matches!(b, B::Stored(Operand { trans: false, .. }));
+        // op(B) stored row-major is read in place (but in f16); otherwise it is packed.
+        let packed = f16 || !matches!(b, B::Stored(Operand { trans: false, .. }));
         let (b_ptr, ldb) = match &b {
-            B::Stored(s) if !s.trans => (s.at(p0, 0), s.ld),
+            B::Stored(s) if !packed => (s.at(p0, 0), s.ld),
             B::Stored(s) => {
                 pack_b(&mut ws.b, nr, n, kc, s, p0);
                 (ws.b.as_ptr(), nr)
@@ -259,6 +260,10 @@ pub unsafe fn gemm_with(
                 (ws.b.as_ptr(), nr)
             }
         };
+        if f16 {
+            round_to_f16(&mut ws.a[..m.next_multiple_of(mr) * kc]);
+            round_to_f16(&mut ws.b[..kc * n.next_multiple_of(nr)]);
+        }
         let mut j = 0;
         while j < n {
             let cols = nr.min(n - j);
@@ -342,6 +347,16 @@ unsafe fn pack_b(buf: &mut [f32], nr: usize, n: usize, kc: usize, b: &Operand, p
     {
         let j0 = panel * nr;
         let cols = nr.min(n - j0);
+        if !b.trans {
+            // Stored row-major (packed only to be rounded): each depth step is a run of columns.
+            for p in 0..kc {
+                let src = std::slice::from_raw_parts(b.at(p0 + p, j0), cols);
+                let dst = &mut out[p * nr..(p + 1) * nr];
+                dst[..cols].copy_from_slice(src);
+                dst[cols..].fill(0.0);
+            }
+            continue;
+        }
         // Groups of 8 full columns: transpose 8 × 8 blocks of the stored rows.
         let full = if has_avx() { cols / 8 * 8 } else { 0 };
         let blocks = kc / 8 * 8;
@@ -365,6 +380,39 @@ unsafe fn pack_b(buf: &mut [f32], nr: usize, n: usize, kc: usize, b: &Operand, p
                 };
             }
         }
+    }
+}
+
+/// Rounds every value to the nearest f16 (ties to even; beyond f16's range, infinity; below
+/// it, f16's subnormals or zero), kept as f32.
+fn round_to_f16(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { round_to_f16_avx512(values) };
+    }
+    for v in values {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
+/// [`round_to_f16`] with AVX-512's conversions (`vcvtps2ph`, `vcvtph2ps`).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_to_f16_avx512(values: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let mut chunks = values.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let x = _mm512_loadu_ps(c.as_ptr());
+        let r = _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(x));
+        _mm512_storeu_ps(c.as_mut_ptr(), r);
+    }
+    for v in chunks.into_remainder() {
+        *v = half::f16::from_f32(*v).to_f32();
     }
 }
 
