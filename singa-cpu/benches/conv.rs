@@ -1,11 +1,14 @@
 //! Times the CPU device's operations on the shapes of the CIFAR-10 convnet benchmark (conv5x5
 //! 3→32, 32→32, 32→64 with pad 2 on 32×32, 16×16 and 8×8 images; 2×2 max pools; batch 64), at
-//! 1 and 2 threads. Run with `cargo bench -p singa-cpu --bench conv`.
+//! 1 and 2 threads, and at 2 threads with bf16 products. Run with
+//! `cargo bench -p singa-cpu --bench conv`.
 //!
 //! Each operation runs `REPS` times per sample, 9 samples; the table shows the median time of
 //! one call and, for convolutions, the GFLOP/s that time means.
 
-use singa_core::{ConvShape, DType, DeviceRef, PoolKind, PoolShape, Shape, Tensor, UnaryOp};
+use singa_core::{
+    ConvShape, DType, DeviceRef, PoolKind, PoolShape, Precision, Shape, Tensor, UnaryOp,
+};
 use singa_cpu::CpuDevice;
 use std::time::Instant;
 
@@ -149,17 +152,24 @@ fn measure(dev: &DeviceRef) -> Vec<(String, f64, Option<f64>)> {
 }
 
 fn main() {
-    let results: Vec<Vec<(String, f64, Option<f64>)>> = [1usize, 2]
+    let columns = [
+        ("1 thread", 1, Precision::F32),
+        ("2 threads", 2, Precision::F32),
+        ("2 threads, bf16 products", 2, Precision::BF16),
+    ];
+    let results: Vec<Vec<(String, f64, Option<f64>)>> = columns
         .iter()
-        .map(|&n| measure(&DeviceRef::new(CpuDevice::new(n).unwrap())))
+        .map(|&(_, n, p)| measure(&DeviceRef::new(CpuDevice::with_precision(n, p).unwrap())))
         .collect();
-    println!("| operation | 1 thread | 2 threads |");
-    println!("| --- | ---: | ---: |");
-    for (one, two) in results[0].iter().zip(&results[1]) {
-        let cell = |r: &(String, f64, Option<f64>)| match r.2 {
-            Some(g) => format!("{:.1} µs ({g:.0} GFLOP/s)", r.1 * 1e6),
-            None => format!("{:.1} µs", r.1 * 1e6),
-        };
-        println!("| {} | {} | {} |", one.0, cell(one), cell(two));
+    let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    println!("| operation | {} |", names.join(" | "));
+    println!("| --- |{}", " ---: |".repeat(columns.len()));
+    let cell = |r: &(String, f64, Option<f64>)| match r.2 {
+        Some(g) => format!("{:.1} µs ({g:.0} GFLOP/s)", r.1 * 1e6),
+        None => format!("{:.1} µs", r.1 * 1e6),
+    };
+    for (i, row) in results[0].iter().enumerate() {
+        let cells: Vec<String> = results.iter().map(|r| cell(&r[i])).collect();
+        println!("| {} | {} |", row.0, cells.join(" | "));
     }
 }
