@@ -48,8 +48,9 @@ unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
+/// Heap allocations so far, and the large blocks the CPU device maps itself.
 fn allocations() -> u64 {
-    ALLOCATIONS.load(Ordering::Relaxed)
+    ALLOCATIONS.load(Ordering::Relaxed) + singa_cpu::memory::mapped_blocks()
 }
 
 /// singa: a distributed deep learning platform (SINGA, in Rust).
