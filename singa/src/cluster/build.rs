@@ -143,14 +143,28 @@ pub(crate) fn build_rank(
             .unwrap_or_default()
     };
 
+    // With ranks apart, an AllReduce server updates the values of the worker beside it in
+    // place, as in one process: that worker then copies only the other ranks' slices.
+    let beside = |h: usize, s: usize| -> Option<&ParamStore> {
+        let c = &plan.job.cluster;
+        if shared_memory || !t.servers_on_worker_threads() || c.nworker_groups != 1 {
+            return None;
+        }
+        let w = worker_addr(h as u32, s as u32);
+        match &lead {
+            Some(l) if w == worker_addr(0, 0) => Some(l.store),
+            _ => nets.iter().find(|(a, _, _)| *a == w).map(|(_, _, s)| s),
+        }
+    };
     let mut cores: Vec<((usize, usize), ServerCore)> = t
         .rank_servers(rank)
         .into_iter()
         .map(|(h, s)| {
-            Ok((
-                (h, s),
-                server_core(plan, &meta, &slices, h, s, held.as_ref())?,
-            ))
+            let held = match &held {
+                Some(held) => Held::Shared(held),
+                None => Held::Apart(beside(h, s)),
+            };
+            Ok(((h, s), server_core(plan, &meta, &slices, h, s, held)?))
         })
         .collect::<Result<_>>()?;
     let mut take_core = |h: usize, s: usize| -> Option<ServerCore> {
@@ -402,16 +416,25 @@ fn global_norm(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Op
     Some(GlobalNorm::new(max, scaler, role, mine, groups))
 }
 
-/// Server `s` of server group `h`, over its slices: in one process (`held`), views of what its
-/// group updates in place; with ranks apart, values and state of its own (zero until a
-/// `Put` and the coordinator's `State` messages).
+/// What a server's slices are views of.
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    /// In one process: what its group updates in place.
+    Shared(&'a SharedHeld),
+    /// With ranks apart: values and state of its own (zero until a `Put` and the
+    /// coordinator's `State` messages), but the values of the worker beside it, if given:
+    /// those it updates in place.
+    Apart(Option<&'a ParamStore>),
+}
+
+/// Server `s` of server group `h`, over its slices, held as `held` says.
 fn server_core(
     plan: &Plan<'_>,
     meta: &[ParamInfo],
     slices: &[Vec<Slice>],
     h: usize,
     s: usize,
-    held: Option<&SharedHeld>,
+    held: Held<'_>,
 ) -> Result<ServerCore> {
     let t = plan.topology;
     let job = plan.job;
@@ -437,7 +460,7 @@ fn server_core(
         };
         let zeros = || Tensor::zeros(&dev, [sl.len], e.dtype);
         let slice = match held {
-            Some(held) => ServerSlice {
+            Held::Shared(held) => ServerSlice {
                 key: (sl.param as u32, sl.index),
                 value: of(&held.masters[h][sl.param])?,
                 state: held.states[h][sl.param]
@@ -452,8 +475,14 @@ fn server_core(
                     .collect::<Result<_>>()?,
                 sum: None,
             },
-            None => {
-                let value = zeros()?;
+            Held::Apart(beside) => {
+                let worker_values = beside
+                    .map(|store| &store.entries()[sl.param])
+                    .filter(|w| w.name == e.name && !e.split && served.len() == 1);
+                let value = match worker_values {
+                    Some(w) => view(&w.value)?,
+                    None => zeros()?,
+                };
                 ServerSlice {
                     key: (sl.param as u32, sl.index),
                     value: value.clone(),
