@@ -492,7 +492,8 @@ struct LstmState {
     /// The gates side by side: pre-activations, then (in place) activations, kept for the
     /// backward pass.
     gates: Tensor,
-    /// The gates' pre-activation gradients, side by side.
+    /// The gates' pre-activation gradients, side by side (written into a projected input's
+    /// gradient instead, when there is one).
     d_gates: Tensor,
     /// The previous hidden state and cell when they are not sources.
     zeros: Option<Tensor>,
@@ -620,20 +621,20 @@ impl LstmState {
         Ok(Some(&wide.all))
     }
 
-    /// The parameters' gradients from the gates' gradients and the step's inputs, added to
-    /// `beta` times the old ones.
-    fn param_grads(&mut self, x: &Tensor, h: &Tensor, beta: f32) -> Result<()> {
+    /// The parameters' gradients from the gates' gradients `d_gates` and the step's inputs,
+    /// added to `beta` times the old ones.
+    fn param_grads(&mut self, d_gates: &Tensor, x: &Tensor, h: &Tensor, beta: f32) -> Result<()> {
         let dev = &self.dev;
         if let Some((params, wide)) = &mut self.bias {
-            row_sums(dev, &self.d_gates, &mut wide.all, 0.0)?;
+            row_sums(dev, d_gates, &mut wide.all, 0.0)?;
             for (b, part) in params.iter_mut().zip(&wide.part) {
                 dev.axpby(1.0, part, beta, &mut b.grad)?;
             }
         }
         if let Some(wx) = &mut self.wx {
-            dev.matmul(1.0, x, true, &self.d_gates, false, beta, &mut wx.grad)?;
+            dev.matmul(1.0, x, true, d_gates, false, beta, &mut wx.grad)?;
         }
-        dev.matmul(1.0, h, true, &self.d_gates, false, beta, &mut self.wh.grad)
+        dev.matmul(1.0, h, true, d_gates, false, beta, &mut self.wh.grad)
     }
 }
 
@@ -686,20 +687,23 @@ impl Layer for Lstm {
             let h = inputs.get(1).or(zeros.as_ref()).expect("set up with zeros");
             let c = inputs.get(2).or(zeros.as_ref()).expect("set up with zeros");
             let (dh, dc) = (&grad_outputs[0], &grad_outputs[1]);
+            // A projected input's gradient is the gates' gradient: written there directly.
+            let d_gates = match (&s.wx, &grad_inputs[0]) {
+                (None, ROption::RSome(dx)) => dx.reshape(s.d_gates.shape())?,
+                _ => s.d_gates.clone(),
+            };
             let dc_prev = match grad_inputs.get_mut(2) {
                 Some(ROption::RSome(t)) => Some(t),
                 _ => None,
             };
-            dev.lstm_cell_backward(&s.gates, c, &s.tanh_c, dh, dc, &mut s.d_gates, dc_prev)?;
-            s.param_grads(x, h, beta)?;
-            if let ROption::RSome(dx) = &mut grad_inputs[0] {
-                match &s.wx {
-                    Some(wx) => dev.matmul(1.0, &s.d_gates, false, &wx.value, true, 0.0, dx)?,
-                    None => dev.copy(&s.d_gates, dx)?,
-                }
+            let mut out = d_gates.clone();
+            dev.lstm_cell_backward(&s.gates, c, &s.tanh_c, dh, dc, &mut out, dc_prev)?;
+            s.param_grads(&d_gates, x, h, beta)?;
+            if let (Some(wx), ROption::RSome(dx)) = (&s.wx, &mut grad_inputs[0]) {
+                dev.matmul(1.0, &d_gates, false, &wx.value, true, 0.0, dx)?;
             }
             if let Some(ROption::RSome(dh_prev)) = grad_inputs.get_mut(1) {
-                dev.matmul(1.0, &s.d_gates, false, &s.wh.value, true, 0.0, dh_prev)?;
+                dev.matmul(1.0, &d_gates, false, &s.wh.value, true, 0.0, dh_prev)?;
             }
             Ok(())
         })()
