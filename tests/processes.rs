@@ -9,9 +9,9 @@ use singa::Registry;
 use singa_tests::{max_difference, metric, mlp_job, param_values, synthetic_mnist, tmpdir};
 use std::path::Path;
 
-/// The MLP of the training tests, without dropout, with SGD and momentum.
-/// The MLP with a hidden layer of 96: its first weight (6,144 values) is cut into slices, one
-/// per server, so that slices other than a parameter's first cross between processes too.
+/// The MLP of the training tests, without dropout, with SGD and momentum, and a hidden layer
+/// of 96: its first weight (6,144 values) is cut into slices, one per server, so that slices
+/// other than a parameter's first cross between processes too.
 fn job(data: &Path, steps: u64) -> JobConfig {
     let text = mlp_job(
         data,

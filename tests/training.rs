@@ -739,6 +739,37 @@ srclayers = "fc1"
     );
 }
 
+/// `checkpoint_path` reaches every worker group, in one process too: Hogwild's second group
+/// starts from the checkpoint's values as the first does, so with a learning rate of 0 the
+/// groups' averages leave the checkpoint's values as they are (were the second group left
+/// at its own initial values, the first average would move every parameter halfway there).
+#[test]
+fn checkpoints_initialise_every_worker_group() {
+    let dir = tmpdir("pretrained-groups");
+    synthetic_mnist(&dir, 200, 50, 8);
+    let (first, _) = train(
+        &job(&dir, "train_steps = 10", 0.0),
+        &dir.join("a"),
+        Existing::Refuse,
+    );
+    let top = format!(
+        "train_steps = 4\ncheckpoint_path = \"{}\"",
+        dir.join("a").display()
+    );
+    let mut hogwild = job(&dir, &top, 0.0);
+    hogwild.updater = singa::config::UpdaterConfig::sgd(0.0);
+    hogwild.cluster = singa::config::ClusterConfig {
+        sync_freq: 1,
+        ..singa::config::Framework::Hogwild.preset(2)
+    };
+    let (t, _) = train(&hogwild, &dir.join("b"), Existing::Refuse);
+    let diff = singa_tests::max_difference(&param_values(&first), &param_values(&t));
+    assert_eq!(
+        diff, 0.0,
+        "the groups' average moved the checkpoint's values by {diff}"
+    );
+}
+
 /// The RBM's two-way link is the one cycle a net may have: any other is refused, in a CD
 /// job as in a BP one.
 #[test]

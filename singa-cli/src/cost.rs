@@ -15,8 +15,8 @@
 //!   others' slices, sums the `k` gradients and updates, on the worker's core once the
 //!   backward pass has freed it (the runtime updates in gaps of the backward pass already, so
 //!   the model is pessimistic here); the fresh slice goes to the other workers on the same
-//!   outgoing link, and what comes in mirrors what goes out; the worker copies the fresh
-//!   values in.
+//!   outgoing link, and what comes in mirrors what goes out; the worker copies the other
+//!   servers' fresh values in (its own server updated its values in place).
 //! - **Sandblaster** (`s` servers on machines of their own, each owning `1/s` of every
 //!   parameter): each worker sends its whole gradients; each server's link takes in `k/s` of
 //!   every gradient, its core sums and updates its slice, its link sends `k/s` of every
@@ -296,12 +296,13 @@ fn allreduce(m: &Measured, k: usize, link: Link) -> Prediction {
         updated.push(core_free);
     }
     // Then it sends the fresh slices to the other workers, on the same outgoing link, after
-    // the gradients (queued earlier); the fresh slices it needs arrive the same way, and the
-    // worker copies them in (its own server's too: processes apart share no memory).
+    // the gradients (queued earlier); the fresh slices it needs arrive the same way, are
+    // received into a reused tensor and copied into the worker's values (its own server's
+    // slices it updated in place).
     if k > 1 {
         for (&(_, p), &done) in ready.iter().zip(&updated) {
             let arrival = send(link, &mut out_free, done, wire(p));
-            core_free = core_free.max(arrival) + (wire(p) + size(m, p)) * m.copy;
+            core_free = core_free.max(arrival) + 2.0 * wire(p) * m.copy;
         }
     }
     let step = core_free;
@@ -316,7 +317,7 @@ fn allreduce(m: &Measured, k: usize, link: Link) -> Prediction {
             let (_, update, sum) = m.params[p];
             let copies = match k {
                 1 => 0.0,
-                _ => (2.0 * wire(p) + size(m, p)) * m.copy,
+                _ => 3.0 * wire(p) * m.copy,
             };
             (update + (kf - 1.0) * sum) / kf + copies
         })

@@ -80,10 +80,12 @@ pub fn mapped_blocks() -> u64 {
 mod pages {
     use std::sync::atomic::AtomicU64;
 
-    /// The smallest block mapped this way (at most half of its last huge page is wasted).
+    /// The smallest block mapped this way. A block is rounded up to whole huge pages, so one
+    /// of just over 1 MiB takes up to twice its size; the few tensors that large are the
+    /// weights, their gradients and updater state, and the largest activations.
     pub const MIN_BYTES: usize = 1 << 20;
 
-    /// Blocks mapped so far (see [`super::mapped_blocks`]).
+    /// Blocks mapped so far (see [`super::mapped_blocks`]; Linux only).
     pub static MAPPED: AtomicU64 = AtomicU64::new(0);
 
     #[cfg(target_os = "linux")]
@@ -136,10 +138,9 @@ mod pages {
         libc::munmap(ptr as *mut libc::c_void, bytes.next_multiple_of(HUGE));
     }
 
-    /// Elsewhere: the global allocator's zeroed memory.
+    /// Elsewhere: the global allocator's zeroed memory (which its counters see).
     #[cfg(not(target_os = "linux"))]
     pub unsafe fn map(bytes: usize) -> *mut u8 {
-        MAPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         std::alloc::alloc_zeroed(std::alloc::Layout::from_size_align_unchecked(
             bytes,
             super::ALIGN,

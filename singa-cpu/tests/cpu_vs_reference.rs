@@ -97,3 +97,22 @@ fn caffe_pool_output_sizes() {
     // With padding, the last window must start inside the input or its leading padding.
     assert_eq!(s(5, 2, 2, 1, true), 3);
 }
+
+/// The device says in which precision its products run, and f16 names what it really does.
+#[test]
+fn the_description_names_the_precision_of_the_products() {
+    let describe = |p| {
+        CpuDevice::with_precision(1, p).map(|d| DeviceRef::new(d).info().description.to_string())
+    };
+    let f32_products = describe(Precision::F32).unwrap();
+    assert!(!f32_products.contains("products"), "{f32_products}");
+    assert!(describe(Precision::BF16).unwrap().contains("bf16 products"));
+    match describe(Precision::F16) {
+        Ok(d) => assert!(
+            d.contains("f16 products (f32 kernels on rounded inputs"),
+            "{d}"
+        ),
+        // Only a CPU without AVX2 refuses f16.
+        Err(e) => assert!(e.to_string().contains("without AVX2"), "{e}"),
+    }
+}

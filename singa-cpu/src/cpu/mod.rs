@@ -63,8 +63,17 @@ impl CpuDevice {
     /// (inputs rounded to bf16, sums in f32; faster than f32 with AMX tiles or with an AVX-512
     /// BF16 that runs at the FMA rate, see docs/PERFORMANCE.md); or f16 (inputs rounded to
     /// f16, sums in f32: the numbers a GPU's f16 products give, so an f16 job and its loss
-    /// scaling run here as there, at about f32's speed, since this CPU has no f16 products).
+    /// scaling run here as there, at about f32's speed, since this CPU has no f16 products;
+    /// the Winograd convolutions stay f32 in both). f16 needs AVX2 (its products are the f32
+    /// kernels' on rounded inputs) and is refused without it.
     pub fn with_precision(threads: usize, precision: Precision) -> Result<CpuDevice> {
+        if precision == Precision::F16 && !sgemm::available() {
+            return Err(Error::unsupported(
+                NAME,
+                "precision f16 on a CPU without AVX2 (its f16 products run on the AVX2 and \
+                 AVX-512 kernels); use f32 or bf16",
+            ));
+        }
         Ok(CpuDevice {
             threads: Threads::new(threads)?,
             scratch: Default::default(),
@@ -257,10 +266,15 @@ impl Device for CpuDevice {
                 if self.threads.count() == 1 { "" } else { "s" },
                 match self.precision {
                     Precision::F32 => String::new(),
-                    _ => format!(
+                    Precision::BF16 => format!(
                         ", bf16 products ({}; Winograd convolutions in f32)",
                         Self::bf16_path().name()
                     ),
+                    Precision::F16 => {
+                        ", f16 products (f32 kernels on rounded inputs; Winograd convolutions \
+                         in f32)"
+                            .into()
+                    }
                 }
             )
             .into(),

@@ -22,7 +22,8 @@
 //! servers then have no sum to make. A server group that serves several
 //! worker groups (Downpour) keeps a master copy and refreshes a group's copy after each of its
 //! updates. With ranks apart every worker has its own copy of the values and every server its
-//! own slices, on a thread of its own; the servers start from worker 0's values (`Put`) and the
+//! own slices (but a server beside a worker, AllReduce's, whose slices are views of that
+//! worker's values, updated in place); the servers start from worker 0's values (`Put`) and the
 //! workers fetch theirs (`Get`).
 //!
 //! The coordinator starts a step on every worker and waits for all of them, so asynchronous
@@ -288,8 +289,10 @@ impl Cluster {
             cluster.nodes.push(thread);
         }
         cluster.await_ranks()?;
-        if cluster.topology.separate_memory() {
-            // The servers' values and every worker's come from worker 0's.
+        if cluster.topology.separate_memory() || job.cluster.nworker_groups > 1 {
+            // The servers' values and every worker's come from worker 0's (which may come
+            // from `checkpoint_path`): with ranks apart, and in one process for the copies of
+            // the other worker groups.
             cluster.refresh(true, None)?;
         }
         cluster.push_fixed(store)?;

@@ -82,7 +82,8 @@ impl Topology {
     }
 
     /// Whether workers and servers live in several ranks, which share no memory: every worker
-    /// then has its own copy of the values and every server its own slices.
+    /// then has its own copy of the values and every server its own slices (an AllReduce
+    /// server's are views of the values of the worker beside it).
     pub fn separate_memory(&self) -> bool {
         self.ranks > 1
     }

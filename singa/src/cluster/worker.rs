@@ -658,9 +658,9 @@ impl PeerWorker {
             let e = &mut self.store.entries_mut()[i];
             if e.trainable || e.value.numel() != v.len() {
                 return Err(Error::invalid(format!(
-                    "{name}: sent {} values of a fixed parameter, but here it is a{} parameter of {}",
+                    "{name}: worker 0 sent {} values of a fixed parameter; this worker's is {} with {} values",
                     v.len(),
-                    if e.trainable { " trainable" } else { " fixed" },
+                    if e.trainable { "trainable" } else { "fixed" },
                     e.value.numel()
                 )));
             }
