@@ -97,9 +97,11 @@ fn checkpoint(ws: &Path, step: u64) -> PathBuf {
 
 /// The MLP of the end-to-end tests on synthetic data in `data`, with `steps` steps, a
 /// checkpoint every `ckpt` steps, updater `updater` and `cluster` as its `[cluster]` section.
+/// Its hidden layer of 96 makes the first weight (6,144 values) large enough to be cut into
+/// slices, so that slices at an offset cross between the ranks too.
 fn job(data: &Path, steps: u64, ckpt: u64, updater: &str, cluster: &str) -> String {
     let top = format!("train_steps = {steps}\ndisplay_freq = 10\ncheckpoint_freq = {ckpt}");
-    let mut text = mlp_job(data, &top, 24, 0.0);
+    let mut text = mlp_job(data, &top, 96, 0.0);
     if updater == "adam" {
         let start = text.find("[updater]").unwrap();
         let end = start + text[start..].find("\n\n").unwrap();
@@ -556,7 +558,7 @@ fn a_rank_that_cannot_allocate_stops_every_rank_naming_it() {
         "sgd",
         "framework = \"allreduce\"\nnworkers_per_group = 2",
     )
-    .replace("num_output = 24", "num_output = 1000000");
+    .replace("num_output = 96", "num_output = 1000000");
     let f = dir.join("big.toml");
     std::fs::write(&f, text).unwrap();
     let f = f.to_str().unwrap();

@@ -8,7 +8,7 @@
 //! with a payload before the next one of its key comes); the control plane's payloads get
 //! tensors of their own.
 
-use crate::fabric::is_control;
+use crate::fabric::{is_control, PayloadKey, ReceiveTargets};
 use singa_core::{Addr, DType, DeviceRef, Error, Msg, MsgKind, Result, Role, Shape, Tensor};
 use std::collections::HashMap;
 
@@ -91,27 +91,35 @@ pub(crate) fn encode_header(msg: &Msg, buf: &mut [u8; MAX_HEADER]) -> Result<usi
 /// The payload tensors a receiver reuses, by sender, receiver, kind, target and slice.
 pub(crate) struct Payloads {
     host: DeviceRef,
-    reused: HashMap<(Addr, Addr, MsgKind, u32, u32), Tensor>,
+    reused: HashMap<PayloadKey, Tensor>,
+    /// The receivers' own tensors for some keys (see [`crate::Endpoints::receive_into`]).
+    targets: ReceiveTargets,
 }
 
 impl Payloads {
-    /// Payloads made on `host`.
-    pub(crate) fn new(host: DeviceRef) -> Payloads {
+    /// Payloads made on `host`, or received into `targets` where those name the key.
+    pub(crate) fn new(host: DeviceRef, targets: ReceiveTargets) -> Payloads {
         Payloads {
             host,
             reused: HashMap::new(),
+            targets,
         }
     }
 
     /// A tensor for the payload of a message with this key, shape and dtype.
-    fn tensor(
-        &mut self,
-        key: (Addr, Addr, MsgKind, u32, u32),
-        shape: Shape,
-        dtype: DType,
-    ) -> Result<Tensor> {
+    fn tensor(&mut self, key: PayloadKey, shape: Shape, dtype: DType) -> Result<Tensor> {
         if is_control(key.2) {
             return Tensor::zeros(&self.host, shape, dtype);
+        }
+        let target = self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|t| t.shape() == shape && t.dtype() == dtype && t.device().is_host())
+            .cloned();
+        if let Some(t) = target {
+            return Ok(t);
         }
         match self.reused.get(&key) {
             Some(t) if t.shape() == shape && t.dtype() == dtype => Ok(t.clone()),
@@ -200,7 +208,8 @@ mod tests {
     #[test]
     fn headers_round_trip_and_training_payloads_reuse_their_tensor() {
         let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
-        let mut payloads = Payloads::new(dev.clone());
+        let targets = ReceiveTargets::default();
+        let mut payloads = Payloads::new(dev.clone(), targets.clone());
         let src = Addr {
             group: 3,
             id: 7,
@@ -272,5 +281,32 @@ mod tests {
             .payload
             .is_none());
         assert!(decode_header(&buf[..10], &mut payloads).is_err());
+
+        // A key with a target of the receiver's: the payload is received into it, as long as
+        // the shape and dtype agree.
+        let mine = Tensor::zeros(&dev, [2, 3], DType::F32).unwrap();
+        targets
+            .lock()
+            .unwrap()
+            .insert((src, dst, MsgKind::Updated, 9, 4), mine.clone());
+        let updated = |t: &Tensor| Msg {
+            src,
+            dst,
+            kind: MsgKind::Updated,
+            target: 9,
+            slice: 4,
+            version: 1,
+            payload: Some(t.clone()).into(),
+        };
+        let n = encode_header(&updated(&t), &mut buf).unwrap();
+        let p = decode_header(&buf[..n], &mut payloads).unwrap().payload;
+        assert!(p.into_option().unwrap().shares_storage(&mine));
+        let other = Tensor::zeros(&dev, [6], DType::F32).unwrap();
+        let n = encode_header(&updated(&other), &mut buf).unwrap();
+        let p = decode_header(&buf[..n], &mut payloads).unwrap().payload;
+        assert!(
+            !p.into_option().unwrap().shares_storage(&mine),
+            "another shape"
+        );
     }
 }

@@ -12,9 +12,9 @@
 
 use crate::channel::{ChannelEndpoint, ChannelNetwork};
 use crate::process::ProcessNetwork;
-use singa_core::{Addr, Error, MsgKind, Result};
+use singa_core::{Addr, Error, MsgKind, Result, Tensor};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Which addresses live in which rank: `placement[r]` are rank `r`'s.
 pub type Placement = [Vec<Addr>];
@@ -56,14 +56,57 @@ impl std::ops::Add for Traffic {
 pub struct Endpoints {
     rank: usize,
     by_addr: HashMap<Addr, ChannelEndpoint>,
+    /// Where the engine receives payloads of given keys, when it can (MPI).
+    targets: Option<ReceiveTargets>,
 }
+
+/// The key of a payload: sender, receiver, kind, target and slice.
+pub(crate) type PayloadKey = (Addr, Addr, MsgKind, u32, u32);
+
+/// Tensors that payloads of given keys are received straight into (see
+/// [`Endpoints::receive_into`]), shared with the engine's router.
+pub(crate) type ReceiveTargets = Arc<Mutex<HashMap<PayloadKey, Tensor>>>;
 
 impl Endpoints {
     pub(crate) fn new(rank: usize, addrs: &[Addr], ends: Vec<ChannelEndpoint>) -> Endpoints {
         Endpoints {
             rank,
             by_addr: addrs.iter().copied().zip(ends).collect(),
+            targets: None,
         }
+    }
+
+    /// The same, with payloads received into the tensors [`Endpoints::receive_into`] names.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn with_targets(self, targets: ReceiveTargets) -> Endpoints {
+        Endpoints {
+            targets: Some(targets),
+            ..self
+        }
+    }
+
+    /// Asks the engine to receive the payloads of the messages of `kind` from `src` to `dst`
+    /// about `target` and `slice` straight into `into` (a host tensor of their shape and
+    /// dtype), so that the receiver finds them in place: a worker's parameter slice for the
+    /// fresh values a server in another process sends it. The receiver must be done with one
+    /// such payload before the next one of its key can come (as with every reused payload; see
+    /// `wire.rs`). Returns whether the engine does so: engines that pass tensors or copy them
+    /// through buffers of their own ignore the request.
+    pub fn receive_into(
+        &mut self,
+        (src, dst): (Addr, Addr),
+        kind: MsgKind,
+        (target, slice): (u32, u32),
+        into: Tensor,
+    ) -> bool {
+        let Some(targets) = &self.targets else {
+            return false;
+        };
+        targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((src, dst, kind, target, slice), into);
+        true
     }
 
     /// Takes the endpoint of `addr`.

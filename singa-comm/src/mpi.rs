@@ -17,7 +17,7 @@
 
 use crate::channel::{deliver, queue, Counters, Inbox};
 use crate::codec::{self, Payloads};
-use crate::fabric::{Endpoints, Fabric, Placement, Traffic};
+use crate::fabric::{Endpoints, Fabric, Placement, ReceiveTargets, Traffic};
 use crate::process::{process_endpoints, process_of, stub_addr};
 use mpi::ffi;
 use mpi::raw::AsRaw;
@@ -139,12 +139,13 @@ impl Mpi {
         // alone until the receiver is done with it (see `wire.rs`), so no copy before.
         let (ends, local) =
             process_endpoints(me, &placement[me], &rank_of, (&router_inbox, false), &sent);
+        let targets = ReceiveTargets::default();
         let router = Router {
             addr: stub_addr(me),
             outbound,
             local,
             rank_of,
-            payloads: Payloads::new(host),
+            payloads: Payloads::new(host, targets.clone()),
             crossed: Arc::clone(&crossed),
             slots: HashMap::new(),
             in_flight: Vec::new(),
@@ -155,7 +156,9 @@ impl Mpi {
         Ok(MpiFabric {
             rank: me,
             size: self.size,
-            endpoints: Mutex::new(Some(Endpoints::new(me, &placement[me], ends))),
+            endpoints: Mutex::new(Some(
+                Endpoints::new(me, &placement[me], ends).with_targets(targets),
+            )),
             router: router_inbox,
             crossed,
             mpi: Some(self),
@@ -430,8 +433,10 @@ impl Router {
             Err(_) => None,
         };
         if let Some(t) = payload {
-            // SAFETY: a payload tensor of the router's own; its last message's receiver is
-            // done with it (see `wire.rs`) before a message with the same key comes.
+            // SAFETY: a payload tensor of the router's own, or the receiver's for this key
+            // (`Endpoints::receive_into`); either way its last message's receiver is done with
+            // it (see `wire.rs`) before a message with the same key comes, and the receiver
+            // reads it only once the message is delivered.
             let (ptr, len) = unsafe { t.host_bytes() }.expect("payloads are made in host memory");
             let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
             world

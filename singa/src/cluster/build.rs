@@ -15,7 +15,7 @@ use crate::partition::Exchanges;
 use crate::registry::Registry;
 use singa_comm::Endpoints;
 use singa_core::abi::{TD_Opaque, Transport_TO};
-use singa_core::{Addr, DeviceRef, Error, Phase, Result, Tensor};
+use singa_core::{Addr, DeviceRef, Error, MsgKind, Phase, Result, Tensor};
 use singa_layers::schedule::LrSchedule;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,6 +167,30 @@ pub(crate) fn build_rank(
             Ok(((h, s), server_core(plan, &meta, &slices, h, s, held)?))
         })
         .collect::<Result<_>>()?;
+    // The fresh values the other servers send such a worker are received straight into its
+    // parameters, where the engine can (MPI), rather than copied there after.
+    for w in t.rank_workers(rank) {
+        let Some(store) = beside(w.group as usize, w.id as usize) else {
+            continue;
+        };
+        for sl in slices
+            .iter()
+            .flatten()
+            .filter(|sl| sl.server != w.id as usize)
+        {
+            let e = &store.entries()[sl.param];
+            if e.name != meta[sl.param].name || meta[sl.param].split {
+                continue;
+            }
+            let view = e
+                .value
+                .reshape([e.value.numel()])?
+                .narrow(sl.offset, sl.len)?;
+            let from = t.server_at(w.group as usize, sl.server);
+            let key = (sl.param as u32, sl.index);
+            ends.receive_into((from, w), MsgKind::Updated, key, view);
+        }
+    }
     let mut take_core = |h: usize, s: usize| -> Option<ServerCore> {
         let i = cores.iter().position(|(k, _)| *k == (h, s))?;
         Some(cores.swap_remove(i).1)
