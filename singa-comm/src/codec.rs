@@ -5,7 +5,8 @@
 //! byte order as a second transfer, sent straight from the tensor and received straight into
 //! one. The receiving side keeps a payload tensor per sender, receiver, kind, target and slice,
 //! reused for the next message with the same key (see `wire.rs` for why receivers are done
-//! with a payload before the next one of its key comes); the control plane's payloads get
+//! with a payload before the next one of its key comes), or the receiver's own tensor for that
+//! key when it named one (`Endpoints::receive_into`); the control plane's payloads get
 //! tensors of their own.
 
 use crate::fabric::{is_control, PayloadKey, ReceiveTargets};

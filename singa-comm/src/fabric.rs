@@ -88,10 +88,14 @@ impl Endpoints {
     /// Asks the engine to receive the payloads of the messages of `kind` from `src` to `dst`
     /// about `target` and `slice` straight into `into` (a host tensor of their shape and
     /// dtype), so that the receiver finds them in place: a worker's parameter slice for the
-    /// fresh values a server in another process sends it. The receiver must be done with one
-    /// such payload before the next one of its key can come (as with every reused payload; see
-    /// `wire.rs`). Returns whether the engine does so: engines that pass tensors or copy them
-    /// through buffers of their own ignore the request.
+    /// fresh values a server in another process sends it. The engine writes `into` on its own
+    /// thread whenever such a message arrives, past the tensors' access checks: the protocol
+    /// must guarantee that nothing reads or writes those elements while one can be in flight
+    /// (for fresh values: the server needs this worker's gradient of the slice first, and the
+    /// worker waits for the values before it uses the slice again). Returns whether the engine
+    /// takes such requests (MPI does; engines that pass tensors or copy them through buffers of
+    /// their own ignore them); a payload whose shape, dtype or device differ from `into`'s is
+    /// received into the engine's own buffer as before.
     pub fn receive_into(
         &mut self,
         (src, dst): (Addr, Addr),

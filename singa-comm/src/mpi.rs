@@ -433,10 +433,11 @@ impl Router {
             Err(_) => None,
         };
         if let Some(t) = payload {
-            // SAFETY: a payload tensor of the router's own, or the receiver's for this key
-            // (`Endpoints::receive_into`); either way its last message's receiver is done with
-            // it (see `wire.rs`) before a message with the same key comes, and the receiver
-            // reads it only once the message is delivered.
+            // SAFETY: a payload tensor of the router's own, whose last message's receiver is
+            // done with it (see `wire.rs`) before a message with the same key comes; or the
+            // receiver's own for this key (`Endpoints::receive_into`), whose protocol keeps
+            // every other use of those elements out of the time such a message can be in
+            // flight.
             let (ptr, len) = unsafe { t.host_bytes() }.expect("payloads are made in host memory");
             let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
             world

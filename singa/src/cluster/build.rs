@@ -144,7 +144,8 @@ pub(crate) fn build_rank(
     };
 
     // With ranks apart, an AllReduce server updates the values of the worker beside it in
-    // place, as in one process: that worker then copies only the other ranks' slices.
+    // place, as in one process: that worker then copies only the other servers' slices, and
+    // not even those where the engine receives them in place (below).
     let beside = |h: usize, s: usize| -> Option<&ParamStore> {
         let c = &plan.job.cluster;
         if shared_memory || !t.servers_on_worker_threads() || c.nworker_groups != 1 {
@@ -167,18 +168,20 @@ pub(crate) fn build_rank(
             Ok(((h, s), server_core(plan, &meta, &slices, h, s, held)?))
         })
         .collect::<Result<_>>()?;
-    // The fresh values the other servers send such a worker are received straight into its
-    // parameters, where the engine can (MPI), rather than copied there after.
+    // The fresh values the servers of other ranks send such a worker are received straight
+    // into its parameters, where the engine can (MPI), rather than copied there after. The
+    // router writes them on its own thread, which is safe because a slice's `Updated` message
+    // needs this worker's gradient of the slice, sent after the slice's last use in the step,
+    // and the next step waits for the message; a `Get`'s reply comes between steps.
     for w in t.rank_workers(rank) {
         let Some(store) = beside(w.group as usize, w.id as usize) else {
             continue;
         };
-        for sl in slices
-            .iter()
-            .flatten()
-            .filter(|sl| sl.server != w.id as usize)
-        {
-            let e = &store.entries()[sl.param];
+        let remote = |sl: &&Slice| t.rank_of_server(w.group as usize, sl.server) != rank;
+        for sl in slices.iter().flatten().filter(remote) {
+            let Some(e) = store.entries().get(sl.param) else {
+                continue;
+            };
             if e.name != meta[sl.param].name || meta[sl.param].split {
                 continue;
             }

@@ -430,8 +430,11 @@ impl WorkerLink {
                     msg.src, msg.target, msg.slice
                 ))
             })?;
-        // In one process the group's workers and servers share the values.
-        if !fresh.shares_storage(&slice.value) {
+        // Nothing to copy when the values are already in place: in one process the group's
+        // workers and servers share them, the server beside this worker updates them in place,
+        // and the MPI router receives the other servers' straight into them (see
+        // `build_rank`). A payload anywhere else in the same memory is copied all the same.
+        if !fresh.same_view(&slice.value) {
             let dev = slice.value.device().clone();
             dev.copy(&fresh, &mut slice.value)?;
         }
