@@ -102,14 +102,8 @@ impl Devices {
     pub fn in_precision(&self, precision: Precision) -> Option<Pair<'_>> {
         let (device, reference) = match precision {
             Precision::F32 => (&self.device, &self.reference),
-            Precision::BF16 => {
-                let (device, reference) = self.bf16.as_ref()?;
-                (device, reference)
-            }
-            Precision::F16 => {
-                let (device, reference) = self.f16.as_ref()?;
-                (device, reference)
-            }
+            Precision::BF16 => self.bf16.as_ref().map(|(d, r)| (d, r))?,
+            Precision::F16 => self.f16.as_ref().map(|(d, r)| (d, r))?,
         };
         Some(Pair {
             device,

@@ -70,8 +70,8 @@ impl CpuDevice {
         if precision == Precision::F16 && !sgemm::available() {
             return Err(Error::unsupported(
                 NAME,
-                "precision f16 on a CPU without AVX2 (its f16 products run on the AVX2 and \
-                 AVX-512 kernels); use f32 or bf16",
+                "precision f16 (a job's `[device] precision = \"f16\"`) on a CPU without AVX2: \
+                 its f16 products run on the AVX2 and AVX-512 kernels; use f32 or bf16",
             ));
         }
         Ok(CpuDevice {

@@ -179,16 +179,9 @@ pub(crate) fn build_rank(
         };
         let remote = |sl: &&Slice| t.rank_of_server(w.group as usize, sl.server) != rank;
         for sl in slices.iter().flatten().filter(remote) {
-            let Some(e) = store.entries().get(sl.param) else {
+            let Some(view) = slice_of(store, &meta, sl)? else {
                 continue;
             };
-            if e.name != meta[sl.param].name || meta[sl.param].split {
-                continue;
-            }
-            let view = e
-                .value
-                .reshape([e.value.numel()])?
-                .narrow(sl.offset, sl.len)?;
             let from = t.server_at(w.group as usize, sl.server);
             let key = (sl.param as u32, sl.index);
             ends.receive_into((from, w), MsgKind::Updated, key, view);
@@ -443,6 +436,19 @@ fn global_norm(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Op
     Some(GlobalNorm::new(max, scaler, role, mine, groups))
 }
 
+/// The elements of slice `sl` in `store`'s values, when the store holds that parameter whole
+/// under the name the servers know it by (not split along the features).
+fn slice_of(store: &ParamStore, meta: &[ParamInfo], sl: &Slice) -> Result<Option<Tensor>> {
+    let e = &meta[sl.param];
+    match store.entries().get(sl.param) {
+        Some(w) if w.name == e.name && !e.split => {
+            let flat = w.value.reshape([w.value.numel()])?;
+            Ok(Some(flat.narrow(sl.offset, sl.len)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// What a server's slices are views of.
 #[derive(Clone, Copy)]
 enum Held<'a> {
@@ -503,11 +509,12 @@ fn server_core(
                 sum: None,
             },
             Held::Apart(beside) => {
-                let worker_values = beside
-                    .map(|store| &store.entries()[sl.param])
-                    .filter(|w| w.name == e.name && !e.split && served.len() == 1);
-                let value = match worker_values {
-                    Some(w) => view(&w.value)?,
+                let in_place = match beside.filter(|_| served.len() == 1) {
+                    Some(store) => slice_of(store, meta, sl)?,
+                    None => None,
+                };
+                let value = match in_place {
+                    Some(v) => v,
                     None => zeros()?,
                 };
                 ServerSlice {
