@@ -12,10 +12,12 @@ use crate::inner_product::InnerProduct;
 use crate::operator::{Describe, Operator};
 use crate::{activation, connection, conv, dropout, input, loss, norm, output};
 
-/// Data parallelism in one process: the workers of a group compute a parameter's gradient
-/// together, each a block of rows over every worker's batch, into one gradient the group
-/// shares; the servers then have no sum to make. `inner_product` has it for its weight
-/// (`dW = xᵀ·dy`: rows `r0..r1` need only columns `r0..r1` of `x`).
+/// A parameter's gradient computed in blocks of rows. In one process the workers of a group
+/// compute it together, each a block of rows over every worker's batch, into one gradient the
+/// group shares, so the servers have no sum to make; with ranks apart a worker computes the
+/// rows other ranks' servers update first and sends them while it computes the rest.
+/// `inner_product` has it for its weight (`dW = xᵀ·dy`: rows `r0..r1` need only columns
+/// `r0..r1` of `x`).
 pub trait RowGradients {
     /// Asks the layer to leave the gradient of its `param`-th parameter (in the order it
     /// created them) out of `backward`, because the group computes it through

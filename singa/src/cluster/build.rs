@@ -6,7 +6,7 @@ use super::norm::{GlobalNorm, NormRole};
 use super::server::{Server, ServerCore, ServerSlice, SyncRole};
 use super::slices::{holders, slice_params, Slice};
 use super::topology::{control_addr, server_addr, worker_addr, Topology};
-use super::worker::{PeerWorker, WorkerLink};
+use super::worker::{PeerWorker, RowBlocks, WorkerLink};
 use super::TransportBox;
 use crate::config::{DeviceConfig, JobConfig};
 use crate::net::{NeuralNet, Part};
@@ -193,36 +193,50 @@ pub(crate) fn build_rank(
     };
     let boxed =
         |e: singa_comm::ChannelEndpoint| -> TransportBox { Transport_TO::from_value(e, TD_Opaque) };
-    let mut link_for =
-        |ends: &mut Endpoints, store: &ParamStore, w: Addr, ready_after: Vec<Vec<usize>>| {
-            let g = w.group as usize;
-            let servers = t.server_group(t.server_group_of(g));
-            let link = WorkerLink::new(
-                boxed(ends.take(w)?),
-                store,
-                &slices,
-                &servers,
-                ready_after,
-                plan.timeout(),
-                &t.group(g),
-                shared_of(w),
-            )?;
-            Result::Ok(match t.servers_on_worker_threads() {
-                true => link.with_server(
-                    take_core(g, w.id as usize)
-                        .ok_or_else(|| Error::invalid("one server per worker"))?,
-                ),
-                false => link,
-            })
+    let mut link_for = |ends: &mut Endpoints,
+                        net: &mut NeuralNet,
+                        store: &ParamStore,
+                        w: Addr,
+                        ready_after: Vec<Vec<usize>>| {
+        let g = w.group as usize;
+        let servers = t.server_group(t.server_group_of(g));
+        let blocks = match shared_memory {
+            true => Vec::new(),
+            false => row_blocks(plan, rank, w, net, store, &slices)?,
         };
+        let link = WorkerLink::new(
+            boxed(ends.take(w)?),
+            store,
+            &slices,
+            &servers,
+            ready_after,
+            plan.timeout(),
+            &t.group(g),
+            shared_of(w),
+        )?
+        .with_row_blocks(blocks, store.entries().len());
+        Result::Ok(match t.servers_on_worker_threads() {
+            true => link.with_server(
+                take_core(g, w.id as usize)
+                    .ok_or_else(|| Error::invalid("one server per worker"))?,
+            ),
+            false => link,
+        })
+    };
     let lead_link = match lead {
-        Some(l) => Some(link_for(ends, l.store, worker_addr(0, 0), l.ready_after)?),
+        Some(l) => Some(link_for(
+            ends,
+            l.net,
+            l.store,
+            worker_addr(0, 0),
+            l.ready_after,
+        )?),
         None => None,
     };
     let mut workers = Vec::with_capacity(nets.len());
-    for (addr, net, store) in nets {
+    for (addr, mut net, store) in nets {
         let ready_after = store.ready_after(net.layers().len());
-        let link = link_for(ends, &store, addr, ready_after)?;
+        let link = link_for(ends, &mut net, &store, addr, ready_after)?;
         workers.push(PeerWorker {
             dev: net.device().clone(),
             link,
@@ -434,6 +448,50 @@ fn global_norm(plan: &Plan<'_>, slices: &[Vec<Slice>], h: usize, s: usize) -> Op
     };
     let groups = (t.served_by(h).len(), plan.job.cluster.nworkers_per_group);
     Some(GlobalNorm::new(max, scaler, role, mine, groups))
+}
+
+/// With ranks apart, the gradients worker `w` (on rank `rank`) computes in blocks of rows, the
+/// slices of servers on other ranks first (see [`RowBlocks`]): those of trainable parameters cut
+/// into slices, one of them at least on another rank, used by one layer alone, not split over
+/// the workers, whose layer agrees (`inner_product`'s weight).
+fn row_blocks(
+    plan: &Plan<'_>,
+    rank: usize,
+    w: Addr,
+    net: &mut NeuralNet,
+    store: &ParamStore,
+    slices: &[Vec<Slice>],
+) -> Result<Vec<RowBlocks>> {
+    let t = plan.topology;
+    let h = t.server_group_of(w.group as usize);
+    let remote = |sl: &Slice| t.rank_of_server(h, sl.server) != rank;
+    let mut blocks = Vec::new();
+    for (p, (e, ss)) in store.entries().iter().zip(slices).enumerate() {
+        let one_user = match e.users.as_slice() {
+            [l] if e.grads.len() == 1 => Some(*l),
+            _ => None,
+        };
+        let Some(layer) = one_user.filter(|_| e.trainable && !e.split) else {
+            continue;
+        };
+        if ss.len() < 2 || !ss.iter().any(remote) {
+            continue;
+        }
+        let params = &net.layers()[layer].params;
+        let Some(position) = params.iter().position(|&q| q == p) else {
+            continue;
+        };
+        if net.share_param_grad(layer, position)? {
+            blocks.push(RowBlocks::new(
+                p,
+                (layer, position),
+                &e.grads[0],
+                ss,
+                remote,
+            )?);
+        }
+    }
+    Ok(blocks)
 }
 
 /// The elements of slice `sl` in `store`'s values, when the store holds that parameter whole

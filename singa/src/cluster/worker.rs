@@ -26,6 +26,67 @@ struct LinkSlice {
     value: Tensor,
 }
 
+/// With ranks apart: a gradient the worker computes in blocks of rows, one slice at a time,
+/// the slices that servers on other ranks hold first, each sent as soon as its rows are done.
+/// The first layer's weight gradient, the largest and the last of the backward pass, would
+/// otherwise leave only when all of it is computed; this way its transfer to the other ranks
+/// overlaps the rest of the product. Its layer agreed to leave the gradient out of `backward`
+/// ([`NeuralNet::share_param_grad`]).
+pub(crate) struct RowBlocks {
+    /// The parameter (its index in the store).
+    param: usize,
+    /// The layer that computes its gradient, and the parameter's position among the layer's.
+    layer: usize,
+    position: usize,
+    /// In sending order, per slice: the runs of rows to compute first (their first row and a
+    /// view of them in the gradient; none when rows computed for other slices cover it), then
+    /// the slice (its index among the parameter's) to send.
+    order: Vec<(Vec<(usize, Tensor)>, usize)>,
+}
+
+impl RowBlocks {
+    /// The blocks of the gradient `grad` of parameter `param` (the `position`-th of layer
+    /// `layer`) cut into `slices`, those for which `first` holds sent first. A row shared by
+    /// two slices is computed once, before the first of them is sent, and never written after.
+    pub fn new(
+        param: usize,
+        (layer, position): (usize, usize),
+        grad: &Tensor,
+        slices: &[Slice],
+        first: impl Fn(&Slice) -> bool,
+    ) -> Result<RowBlocks> {
+        let rows = grad.shape().dim(0).max(1);
+        let row_len = grad.numel() / rows;
+        let mut computed = vec![false; rows];
+        let (early, late): (Vec<usize>, Vec<usize>) =
+            (0..slices.len()).partition(|&i| first(&slices[i]));
+        let mut order = Vec::with_capacity(slices.len());
+        for i in early.into_iter().chain(late) {
+            let sl = &slices[i];
+            let (a, b) = (sl.offset / row_len, (sl.offset + sl.len).div_ceil(row_len));
+            let mut runs = Vec::new();
+            let mut r = a;
+            while r < b {
+                if computed[r] {
+                    r += 1;
+                    continue;
+                }
+                let end = (r..b).find(|&e| computed[e]).unwrap_or(b);
+                computed[r..end].fill(true);
+                runs.push((r, grad.narrow(r, end - r)?));
+                r = end;
+            }
+            order.push((runs, i));
+        }
+        Ok(RowBlocks {
+            param,
+            layer,
+            position,
+            order,
+        })
+    }
+}
+
 /// A worker's end of the parameter traffic: sends the gradient slices of each parameter to
 /// their servers as soon as the layer that computes them is done (so communication overlaps
 /// the rest of the backward pass), then waits for the fresh values and installs them.
@@ -48,6 +109,10 @@ pub(crate) struct WorkerLink {
     shared: Vec<SharedGrad>,
     /// Per parameter of the store: its index in `shared`, if it is there.
     shared_index: Vec<Option<usize>>,
+    /// The gradients computed and sent in blocks of rows (ranks apart).
+    row_blocks: Vec<RowBlocks>,
+    /// Per parameter of the store: its index in `row_blocks`, if it is there.
+    row_index: Vec<Option<usize>>,
     /// Where the workers sharing gradients say their backward pass is done (none when this
     /// worker shares none).
     latch: Option<BackwardLatch>,
@@ -116,10 +181,22 @@ impl WorkerLink {
             server: None,
             shared,
             shared_index,
+            row_blocks: Vec::new(),
+            row_index: Vec::new(),
             latch: sharing.latch,
             saw_stop: false,
             skipped: false,
         })
+    }
+
+    /// Computes and sends the gradients of `blocks` in blocks of rows (see [`RowBlocks`]).
+    pub fn with_row_blocks(mut self, blocks: Vec<RowBlocks>, params: usize) -> Self {
+        self.row_index = vec![None; params];
+        for (i, b) in blocks.iter().enumerate() {
+            self.row_index[b.param] = Some(i);
+        }
+        self.row_blocks = blocks;
+        self
     }
 
     /// Whether a colleague or server said it stopped (see [`Outcome::Interrupted`]).
@@ -253,20 +330,48 @@ impl WorkerLink {
                 dev.axpby(1.0, g, 1.0, &mut first[0])?;
             }
         }
-        let me = self.transport.addr();
-        for s in &self.slices[param] {
-            self.transport
-                .send(Msg {
-                    src: me,
-                    dst: s.server,
-                    kind: MsgKind::Update,
-                    target: param as u32,
-                    slice: s.index,
-                    version: step,
-                    payload: Some(s.grad.clone()).into(),
-                })
-                .into_result()?;
+        for i in 0..self.slices[param].len() {
+            self.send_slice(param, i, step)?;
         }
+        self.drain(step)
+    }
+
+    /// Sends this worker's gradient of slice `i` of parameter `param` to its server.
+    fn send_slice(&mut self, param: usize, i: usize, step: u64) -> Result<()> {
+        let s = &self.slices[param][i];
+        self.transport
+            .send(Msg {
+                src: self.transport.addr(),
+                dst: s.server,
+                kind: MsgKind::Update,
+                target: param as u32,
+                slice: s.index,
+                version: step,
+                payload: Some(s.grad.clone()).into(),
+            })
+            .into_result()
+    }
+
+    /// Computes the gradient of `row_blocks[b]` block by block, sending each slice as soon as
+    /// its rows are done.
+    fn send_in_row_blocks(&mut self, net: &mut NeuralNet, b: usize, step: u64) -> Result<()> {
+        let mut blocks = std::mem::take(&mut self.row_blocks);
+        let rb = &mut blocks[b];
+        let mut sent = Ok(());
+        for (runs, slice) in rb.order.iter_mut() {
+            for (start, rows) in runs.iter_mut() {
+                sent = net.param_grad_rows(rb.layer, rb.position, *start, None, false, rows);
+                if sent.is_err() {
+                    break;
+                }
+            }
+            sent = sent.and_then(|()| self.send_slice(rb.param, *slice, step));
+            if sent.is_err() {
+                break;
+            }
+        }
+        self.row_blocks = blocks;
+        sent?;
         self.drain(step)
     }
 
@@ -570,10 +675,12 @@ impl GradientSink for SendGradients<'_> {
     fn layer_done(&mut self, net: &mut NeuralNet, layer: usize) -> Result<()> {
         for i in 0..self.link.ready_after[layer].len() {
             let p = self.link.ready_after[layer][i];
-            match self.link.shared_index[p] {
+            let rows = self.link.row_index.get(p).copied().flatten();
+            match (self.link.shared_index[p], rows) {
                 // The rest, and the sending, once every backward pass is done.
-                Some(s) => self.link.shared[s].after_own_backward(net)?,
-                None => self.link.send_gradients(self.store, p, self.step)?,
+                (Some(s), _) => self.link.shared[s].after_own_backward(net)?,
+                (None, Some(b)) => self.link.send_in_row_blocks(net, b, self.step)?,
+                (None, None) => self.link.send_gradients(self.store, p, self.step)?,
             }
         }
         Ok(())
@@ -700,6 +807,59 @@ impl PeerWorker {
             }
             Op::Fixed => self.set_fixed(&cmd.values).map(|_| Vec::new()),
             Op::Stop | Op::Ready => Err(Error::invalid(format!("a worker cannot {:?}", cmd.op))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use singa_core::DType;
+
+    proptest! {
+        /// Whatever the slices' boundaries and which go first: the slices go in that order,
+        /// every row of the gradient is computed exactly once, and before every slice that
+        /// holds part of it is sent.
+        #[test]
+        fn row_blocks_compute_each_row_once_before_its_slices_leave(
+            rows in 1usize..24,
+            cols in 1usize..9,
+            cuts in proptest::collection::vec(0.0f64..1.0, 0..5),
+            firsts in proptest::collection::vec(any::<bool>(), 6),
+        ) {
+            let dev = singa_core::DeviceRef::new(singa_cpu::ReferenceDevice::new());
+            let grad = Tensor::zeros(&dev, [rows, cols], DType::F32).unwrap();
+            let n = rows * cols;
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| (c * n as f64) as usize).collect();
+            bounds.extend([0, n]);
+            bounds.sort_unstable();
+            bounds.dedup();
+            let slices: Vec<Slice> = bounds
+                .windows(2)
+                .enumerate()
+                .map(|(i, w)| Slice { param: 0, index: i as u32, offset: w[0], len: w[1] - w[0], server: i })
+                .collect();
+            let first = |sl: &Slice| firsts[sl.server];
+            let b = RowBlocks::new(0, (0, 0), &grad, &slices, first).unwrap();
+            let order: Vec<usize> = b.order.iter().map(|(_, i)| *i).collect();
+            let expected: Vec<usize> = (0..slices.len())
+                .filter(|&i| first(&slices[i]))
+                .chain((0..slices.len()).filter(|&i| !first(&slices[i])))
+                .collect();
+            prop_assert_eq!(order, expected);
+            let mut computed_at = vec![None; rows];
+            for (k, (runs, i)) in b.order.iter().enumerate() {
+                for (start, view) in runs {
+                    let run = &mut computed_at[*start..start + view.shape().dim(0)];
+                    prop_assert!(run.iter().all(Option::is_none), "rows from {} twice", start);
+                    run.fill(Some(k));
+                }
+                let sl = &slices[*i];
+                let held = &computed_at[sl.offset / cols..(sl.offset + sl.len).div_ceil(cols)];
+                prop_assert!(held.iter().all(|at| at.is_some_and(|at| at <= k)), "slice {} not ready", i);
+            }
+            prop_assert!(computed_at.iter().all(Option::is_some));
         }
     }
 }
