@@ -5,7 +5,8 @@
 #      fails), and the kernel compile test;
 #   2. the MNIST example on the GPU (examples/mnist-mlp/cuda.toml), and again with f16 products
 #      and dynamic loss scaling (the same job with `precision = "f16"`);
-#   3. `singa bench mlp|cnn --device cuda` against PyTorch on the same GPU, batch 64 and 1024,
+#   3. the same MNIST job with two workers in two processes, each on its GPU (`[cluster] gpus`);
+#   4. `singa bench mlp|cnn --device cuda` against PyTorch on the same GPU, batch 64 and 1024,
 #      interleaved, three rounds (benchmarks/torch_precision.py --device cuda).
 # Binaries come from .gpu/ (scripts/gpu-bundle.sh, for machines without cargo), or are built
 # here with cargo when it exists. CUDA's NVRTC and cuBLAS are found in the CUDA toolkit or in the
@@ -55,6 +56,15 @@ sed 's/^precision = "f32"/precision = "f16"/' examples/mnist-mlp/cuda.toml \
 timeout 300 "$BIN/singa" train examples/mnist-mlp/cuda-f16.toml --workspace /tmp/singa-mnist-f16 \
   2>&1 | tee "$OUT/mnist-f16.log" | grep -E "training on|loss_scale|test |error" || status=1
 rm -f examples/mnist-mlp/cuda-f16.toml
+
+echo "== MNIST on the GPUs of [cluster] gpus: two workers in two processes (GPUs 0 and 1, or 0 twice)"
+second=$(( $(nvidia-smi -L | wc -l) > 1 ? 1 : 0 ))
+{ sed 's/^train_steps = 9400 .*/train_steps = 2000/' examples/mnist-mlp/cuda.toml
+  printf '\n[cluster]\nframework = "allreduce"\nnworkers_per_group = 2\nnprocs = 2\ngpus = [0, %d]\n' "$second"
+} > examples/mnist-mlp/cuda-gpus.toml
+timeout 200 "$BIN/singa" train examples/mnist-mlp/cuda-gpus.toml --workspace /tmp/singa-mnist-gpus \
+  2>&1 | tee "$OUT/mnist-gpus.log" | grep -E "training on|rank|test |error" || status=1
+rm -f examples/mnist-mlp/cuda-gpus.toml
 
 echo "== singa bench against PyTorch on the same GPU (three interleaved rounds)"
 for round in 1 2 3; do

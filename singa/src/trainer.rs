@@ -257,7 +257,8 @@ impl Trainer {
         let (dev, part, exchanges) = match &ranks {
             Some((topology, fabric, _, exchanges)) => {
                 let c = &job.cluster;
-                let worker = cluster::worker_device(&job, topology, &**fabric, options.threads);
+                let worker = cluster::worker_device(&job, topology, &**fabric, options.threads)
+                    .for_worker(c, 0);
                 (
                     device::create(&worker, None)?,
                     Part::of_worker(0, 0, c.nworker_groups as u32, c.nworkers_per_group as u32),
@@ -265,7 +266,7 @@ impl Trainer {
                 )
             }
             None => (
-                device::create(&job.device, options.threads)?,
+                device::create(&job.device.for_worker(&job.cluster, 0), options.threads)?,
                 Part::WHOLE,
                 Exchanges::new(timeout),
             ),

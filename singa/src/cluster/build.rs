@@ -323,7 +323,8 @@ fn worker_nets(
             continue;
         }
         let g = w.group as usize;
-        let dev = crate::device::create(&plan.worker_device, None)?;
+        let device = plan.worker_device.for_worker(c, t.worker_index(w));
+        let dev = crate::device::create(&device, None)?;
         // The index in `nets` of the group's first worker, which holds its values.
         let leader = nets
             .iter()
@@ -535,9 +536,18 @@ fn server_core(
         .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
     let updater = (ut.create)(&job.updater.fields).into_result()?;
     let slots = updater.state_names().into_result()?.len();
+    // A server beside a worker runs on that worker's device (it may update its values in
+    // place).
+    let device = match job.cluster.servers_beside_workers() {
+        true => (job.device).for_worker(
+            &job.cluster,
+            t.worker_index(worker_addr(h as u32, s as u32)),
+        ),
+        false => job.device.clone(),
+    };
     let one_thread = DeviceConfig {
         threads: Some(1),
-        ..job.device.clone()
+        ..device
     };
     let dev: DeviceRef = crate::device::create(&one_thread, None)?;
     let served = t.served_by(h);

@@ -109,11 +109,14 @@ impl Topology {
             .collect()
     }
 
+    /// The position of `worker` among all workers, group after group.
+    pub fn worker_index(&self, worker: Addr) -> usize {
+        worker.group as usize * self.cluster.nworkers_per_group + worker.id as usize
+    }
+
     /// The rank that holds `worker`: workers go to ranks in order, an equal number each.
     pub fn rank_of_worker(&self, worker: Addr) -> usize {
-        let c = &self.cluster;
-        let index = worker.group as usize * c.nworkers_per_group + worker.id as usize;
-        index / (c.nworkers() / self.ranks).max(1)
+        self.worker_index(worker) / (self.cluster.nworkers() / self.ranks).max(1)
     }
 
     /// The rank that holds server `s` of server group `h`: its worker's when servers sit beside
@@ -224,7 +227,10 @@ impl Topology {
             let workers: Vec<String> = self
                 .rank_workers(r)
                 .iter()
-                .map(|w| format!("worker {}.{}", w.group, w.id))
+                .map(|&w| match self.cluster.gpu_of(self.worker_index(w)) {
+                    Some(gpu) => format!("worker {}.{} (GPU {gpu})", w.group, w.id),
+                    None => format!("worker {}.{}", w.group, w.id),
+                })
                 .collect();
             let servers: Vec<String> = self
                 .rank_servers(r)
@@ -256,6 +262,24 @@ impl Topology {
 mod tests {
     use super::*;
     use crate::config::Framework;
+
+    #[test]
+    fn dry_runs_name_each_workers_gpu() {
+        let cluster = ClusterConfig {
+            gpus: vec![2, 3],
+            ..Framework::AllReduce.preset(2)
+        };
+        let slices = crate::cluster::slices::slice_params(&[10], 2);
+        let text = Topology::new(&cluster, 2).describe_ranks(&slices, &["w".into()]);
+        assert!(
+            text.contains("rank 0: worker 0.0 (GPU 2); server 0.0 (w)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rank 1: worker 0.1 (GPU 3); server 0.1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn every_address_lives_in_one_rank_and_servers_follow_their_workers() {

@@ -246,6 +246,11 @@ pub enum DeviceKind {
 impl DeviceKind {
     /// Names accepted in job files.
     pub const NAMES: [&'static str; 3] = ["cpu", "reference", "cuda"];
+
+    /// Its name in job files.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
 }
 
 /// Where the net runs.
@@ -352,6 +357,15 @@ impl DeviceConfig {
         DeviceConfig {
             threads: Some(threads),
             ..DeviceConfig::default()
+        }
+    }
+
+    /// The device of worker `index` of `cluster` (group after group): this one, on the GPU
+    /// `[cluster] gpus` gives that worker, if it gives one.
+    pub fn for_worker(&self, cluster: &ClusterConfig, index: usize) -> DeviceConfig {
+        DeviceConfig {
+            gpu: cluster.gpu_of(index).unwrap_or(self.gpu),
+            ..self.clone()
         }
     }
 }
@@ -493,6 +507,11 @@ pub struct ClusterConfig {
     /// runs on several machines; the coordinator's commands and the updater state do not cross
     /// the routers yet (see `cluster`).
     pub nprocs: usize,
+    /// SINGA's per-worker GPU list (`gpus = [0, 1]`): worker `i` (group after group) runs on
+    /// GPU `gpus[i]` of a CUDA device, in place of `[device] id`; empty: every worker on that
+    /// one. Workers of one process share its memory, so they must share a GPU: one process
+    /// per GPU (`nprocs`, or `mpirun -np`).
+    pub gpus: Vec<usize>,
 }
 
 impl Default for ClusterConfig {
@@ -507,6 +526,7 @@ impl Default for ClusterConfig {
             sync_freq: 10,
             staleness: 0,
             nprocs: 1,
+            gpus: Vec::new(),
         }
     }
 }
@@ -532,6 +552,11 @@ impl ClusterConfig {
         self.nserver_groups == self.nworker_groups
             && self.nservers_per_group == self.nworkers_per_group
             && !self.server_worker_separate
+    }
+
+    /// The GPU of worker `index` (group after group), when `gpus` names one.
+    pub fn gpu_of(&self, index: usize) -> Option<usize> {
+        self.gpus.get(index).copied()
     }
 
     /// Hogwild's averaging period: `Some(sync_freq)` when every worker group has a server

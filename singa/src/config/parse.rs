@@ -154,6 +154,22 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A list of non-negative integers (empty when absent).
+    fn indices(&self, key: &str) -> Result<Vec<usize>> {
+        let want = "a list of non-negative integers";
+        match self.table.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    Value::Integer(i) => usize::try_from(*i).map_err(|_| self.wrong(key, want, v)),
+                    other => Err(self.wrong(key, want, other)),
+                })
+                .collect(),
+            Some(v) => Err(self.wrong(key, want, v)),
+        }
+    }
+
     /// A list of strings; a single string is accepted as a list of one.
     fn strings(&self, key: &str) -> Result<Vec<String>> {
         match self.table.get(key) {
@@ -469,6 +485,7 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         "sync_freq",
         "staleness",
         "nprocs",
+        "gpus",
     ]);
     s.only(&known)?;
     let mut c = match s.str("framework")? {
@@ -504,6 +521,7 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         Some(n) => c.nprocs = n as usize,
         None => {}
     }
+    c.gpus = s.indices("gpus")?;
     for (key, slot) in counts.iter().zip([
         &mut c.nworker_groups,
         &mut c.nworkers_per_group,
@@ -710,6 +728,21 @@ num_output = 3
         assert_eq!(j.name, "t");
         assert_eq!(j.layers[0].fields.i64("num_output").unwrap(), 3);
         assert_eq!(j.updater.learning_rate, LrConfig::fixed(0.1));
+    }
+
+    #[test]
+    fn cluster_gpus() {
+        let with = |v: &str| {
+            parse(&format!("{MINIMAL}[cluster]\ngpus = {v}\n"))
+                .map(|j| j.cluster.gpus)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(MINIMAL).unwrap().cluster.gpus, Vec::<usize>::new());
+        assert_eq!(with("[0, 2]"), Ok(vec![0, 2]));
+        let wrong = "job.toml: cluster.gpus: expected a list of non-negative integers, got";
+        assert_eq!(with("[0, -1]"), Err(format!("{wrong} the integer -1")));
+        assert_eq!(with("0"), Err(format!("{wrong} the integer 0")));
+        assert_eq!(with("[\"0\"]"), Err(format!("{wrong} the string \"0\"")));
     }
 
     #[test]

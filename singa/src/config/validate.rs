@@ -21,6 +21,51 @@ pub struct Validated {
 }
 
 impl JobConfig {
+    /// `[cluster] gpus`: a CUDA device, one GPU per worker, and the workers of one process (who
+    /// share its memory) on one GPU.
+    fn check_gpus(&self) -> Result<()> {
+        let c = &self.cluster;
+        if c.gpus.is_empty() {
+            return Ok(());
+        }
+        let err = |msg: String| Error::config(&self.origin.file, "cluster.gpus", msg);
+        if self.device.kind != super::DeviceKind::Cuda {
+            return Err(err(format!(
+                "a GPU per worker needs [device] type = \"cuda\", but the device is {:?}",
+                self.device.kind.name()
+            )));
+        }
+        if c.gpus.len() != c.nworkers() {
+            return Err(err(format!(
+                "expected one GPU per worker ({} workers), got {} ({:?})",
+                c.nworkers(),
+                c.gpus.len(),
+                c.gpus
+            )));
+        }
+        // The GPUs of each process's workers (an equal number each, in order), if each
+        // process's are one GPU.
+        let one_each = |procs: usize| {
+            c.gpus
+                .chunks(c.nworkers() / procs)
+                .find(|gpus| gpus.iter().any(|&g| g != gpus[0]))
+                .map(|gpus| (gpus[0], gpus.iter().copied().find(|&g| g != gpus[0])))
+        };
+        let Some((first, Some(other))) = one_each(c.nprocs.max(1)) else {
+            return Ok(());
+        };
+        let fits = (1..=c.nworkers())
+            .find(|&k| c.nworkers().is_multiple_of(k) && one_each(k).is_none())
+            .unwrap_or(c.nworkers());
+        Err(err(format!(
+            "the workers of a process share its memory, so they share a GPU, but {} process{} \
+             would give one process GPUs {first} and {other}: run {fits} processes \
+             ([cluster] nprocs = {fits}, or mpirun -np {fits})",
+            c.nprocs,
+            if c.nprocs == 1 { "" } else { "es" },
+        )))
+    }
+
     /// The loss scaling this job trains with: as written, else dynamic for f16 products (PyTorch's
     /// defaults) and none otherwise. Refused where it has no meaning yet: with CD (whose
     /// gradients come from the phases' statistics, not from a loss) and with several worker
@@ -154,6 +199,7 @@ impl JobConfig {
                 ),
             ));
         }
+        self.check_gpus()?;
         // Every worker reads an equal part of each batch of the train net's input layers.
         let workers = c.nworkers();
         for l in self.layers.iter().filter(|l| l.in_phase(Phase::TRAIN)) {
@@ -363,7 +409,8 @@ fn check_fields(
 #[cfg(test)]
 mod tests {
     use crate::config::{
-        Algorithm, ClusterConfig, Framework, JobConfig, LayerConfig, LossScaling, UpdaterConfig,
+        Algorithm, ClusterConfig, DeviceKind, Framework, JobConfig, LayerConfig, LossScaling,
+        UpdaterConfig,
     };
     use crate::registry::Registry;
     use singa_core::Precision;
@@ -372,6 +419,46 @@ mod tests {
         JobConfig::new("t")
             .updater(UpdaterConfig::sgd(0.1))
             .layer(LayerConfig::new("fc", "inner_product").field("num_output", 4))
+    }
+
+    #[test]
+    fn gpus_are_one_per_worker_of_a_cuda_device_and_one_per_process() {
+        let r = Registry::builtin();
+        let check = |kind: DeviceKind, gpus: &[usize], nprocs: usize| {
+            let mut j = job();
+            j.device.kind = kind;
+            j.cluster = ClusterConfig {
+                nprocs,
+                gpus: gpus.to_vec(),
+                ..Framework::AllReduce.preset(4)
+            };
+            j.validate(&r).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let cuda = DeviceKind::Cuda;
+        assert_eq!(check(cuda, &[0, 1, 2, 3], 4), Ok(()));
+        assert_eq!(check(cuda, &[0, 0, 1, 1], 2), Ok(()));
+        assert_eq!(check(cuda, &[3, 3, 3, 3], 1), Ok(()));
+        let e = check(DeviceKind::Cpu, &[0, 1, 2, 3], 4).unwrap_err();
+        assert!(
+            e.contains("cluster.gpus: a GPU per worker needs [device] type = \"cuda\", but the device is \"cpu\""),
+            "{e}"
+        );
+        let e = check(cuda, &[0, 1], 2).unwrap_err();
+        assert!(
+            e.contains("cluster.gpus: expected one GPU per worker (4 workers), got 2 ([0, 1])"),
+            "{e}"
+        );
+        let e = check(cuda, &[0, 0, 1, 1], 1).unwrap_err();
+        assert!(
+            e.contains(
+                "cluster.gpus: the workers of a process share its memory, so they share a GPU, \
+                 but 1 process would give one process GPUs 0 and 1: run 2 processes \
+                 ([cluster] nprocs = 2, or mpirun -np 2)"
+            ),
+            "{e}"
+        );
+        let e = check(cuda, &[0, 1, 0, 1], 2).unwrap_err();
+        assert!(e.contains("run 4 processes"), "{e}");
     }
 
     #[test]
