@@ -3,7 +3,7 @@
 
 use crate::output::{err, errln, out, outln};
 use crate::progress::Progress;
-use singa::config::JobConfig;
+use singa::config::{DeviceKind, JobConfig};
 use singa::plugins::Detail;
 use singa::registry::Registry;
 use singa::trainer::{TrainOptions, Trainer};
@@ -145,11 +145,23 @@ fn dry_run(args: &TrainArgs, ranks: Option<usize>, engine: &str) -> Result<()> {
         );
         return Ok(());
     }
+    // A job for a GPU can be checked on a machine without one: its nets are then built on the
+    // reference device, which gives the same shapes.
+    let worker = |w| config.device.for_worker(&config.cluster, w);
+    let stand_in = match config.device.kind {
+        DeviceKind::Cuda => (0..config.cluster.nworkers())
+            .find_map(|w| singa::device::create(&worker(w), Some(1)).err()),
+        _ => None,
+    };
+    if let Some(e) = &stand_in {
+        outln!("the nets are built on the reference device here, since this machine cannot run the job's: {e}");
+    }
     let trainer = Trainer::new(
         &config,
         &registry,
         &TrainOptions {
             threads: args.threads,
+            stand_in: stand_in.is_some(),
             ..Default::default()
         },
     )?;

@@ -123,13 +123,42 @@ fn dry_run_prints_the_nets() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     // Columns are aligned; compare the words of each line.
-    let words: Vec<String> = out
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
+    let words = words_of(&out);
     let fc1 = "fc1 inner_product <- data -> [32, 16] f32 [weight [64, 16], bias [16]]";
     assert!(words.iter().any(|l| l == fc1), "{out}");
     assert!(out.contains("test net:"), "{out}");
+
+    // A job for two GPUs is shown on a machine without them too, each worker's GPU named.
+    let text = std::fs::read_to_string(&job).unwrap();
+    let gpus = text.replace("type = \"cpu\"\nthreads = 2", "type = \"cuda\"")
+        + "\n[cluster]\nframework = \"allreduce\"\nnworkers_per_group = 2\nnprocs = 2\ngpus = [0, 1]\n";
+    let gpu_job = dir.join("gpus.toml");
+    std::fs::write(&gpu_job, gpus).unwrap();
+    let o = singa(&["train", gpu_job.to_str().unwrap(), "--dry-run"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("rank 0: worker 0.0 (GPU 0); server 0.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rank 1: worker 0.1 (GPU 1); server 0.1"),
+        "{out}"
+    );
+    let fc1 = "fc1 inner_product <- data -> [16, 16] f32 [weight [64, 16], bias [16]]";
+    assert!(words_of(&out).iter().any(|l| l == fc1), "{out}");
+    let gpu_here = !out.contains("the nets are built on the reference device here");
+    assert!(
+        gpu_here || out.contains("cannot run the job's: device cuda"),
+        "{out}"
+    );
+}
+
+/// The words of each line of `out`, one space apart (columns are aligned with spaces).
+fn words_of(out: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub struct TrainOptions {
     /// it must connect [`Topology::placement`] with `cluster.nprocs` ranks. `None`: every
     /// rank in this process.
     pub fabric: Option<Arc<dyn Fabric>>,
+    /// Builds every net on the reference device in place of the job's (`--dry-run` on a
+    /// machine without the job's GPU): the same nets, shapes and placement, slowly.
+    pub stand_in: bool,
 }
 
 impl Default for TrainOptions {
@@ -40,6 +43,7 @@ impl Default for TrainOptions {
             workspace: None,
             existing: Existing::Refuse,
             fabric: None,
+            stand_in: false,
         }
     }
 }
@@ -51,6 +55,7 @@ impl std::fmt::Debug for TrainOptions {
             .field("workspace", &self.workspace)
             .field("existing", &self.existing)
             .field("fabric", &self.fabric.as_ref().map(|f| f.engine()))
+            .field("stand_in", &self.stand_in)
             .finish()
     }
 }
@@ -229,7 +234,10 @@ impl Trainer {
     }
 
     fn build(job: &JobConfig, registry: &Registry, options: &TrainOptions) -> Result<Trainer> {
-        let Validated { job, schedule } = job.validate(registry)?;
+        let Validated { mut job, schedule } = job.validate(registry)?;
+        if options.stand_in {
+            job.device.kind = crate::config::DeviceKind::Reference;
+        }
         let timeout = Duration::from_secs(job.cluster.timeout_secs);
         // A distributed job: its ranks, connected, and rank 0's endpoints.
         let ranks = if job.cluster.is_distributed() {
