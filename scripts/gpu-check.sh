@@ -59,12 +59,11 @@ rm -f examples/mnist-mlp/cuda-f16.toml
 
 echo "== MNIST on the GPUs of [cluster] gpus: two workers in two processes (GPUs 0 and 1, or 0 twice)"
 second=$(( $(nvidia-smi -L | wc -l) > 1 ? 1 : 0 ))
-{ sed 's/^train_steps = 9400 .*/train_steps = 2000/' examples/mnist-mlp/cuda.toml
-  printf '\n[cluster]\nframework = "allreduce"\nnworkers_per_group = 2\nnprocs = 2\ngpus = [0, %d]\n' "$second"
-} > examples/mnist-mlp/cuda-gpus.toml
-timeout 200 "$BIN/singa" train examples/mnist-mlp/cuda-gpus.toml --workspace /tmp/singa-mnist-gpus \
+sed -e 's/^train_steps = 9400 .*/train_steps = 2000/' -e "s/^gpus = \[0, 1\]/gpus = [0, $second]/" \
+  examples/mnist-mlp/cuda-gpus.toml > examples/mnist-mlp/cuda-gpus-check.toml
+timeout 200 "$BIN/singa" train examples/mnist-mlp/cuda-gpus-check.toml --workspace /tmp/singa-mnist-gpus \
   2>&1 | tee "$OUT/mnist-gpus.log" | grep -E "training on|rank|test |error" || status=1
-rm -f examples/mnist-mlp/cuda-gpus.toml
+rm -f examples/mnist-mlp/cuda-gpus-check.toml
 
 echo "== singa bench against PyTorch on the same GPU (three interleaved rounds)"
 for round in 1 2 3; do
