@@ -311,6 +311,21 @@ impl<L: Layer> Layer for Guarded<L> {
     }
 }
 
+/// What a training algorithm must know of a layer type beyond the [`Layer`] trait (SINGA's
+/// layer categories): the two halves of an RBM, which contrastive divergence pairs and runs
+/// through its phases. A plugin's layers can take these roles as built-in ones do.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayerRole {
+    /// Any other layer.
+    #[default]
+    Plain,
+    /// The visible units of an RBM: reads the data and the RBM's hidden layer.
+    RbmVisible,
+    /// The hidden units of an RBM: reads the RBM's visible layer.
+    RbmHidden,
+}
+
 /// A layer type as the registry knows it: name, help, fields and constructor. ABI-stable, so a
 /// plugin hands its layer types to the host in this form.
 #[repr(C)]
@@ -320,6 +335,8 @@ pub struct LayerType {
     pub name: RString,
     /// One paragraph of help.
     pub doc: RString,
+    /// Its role in training algorithms.
+    pub role: LayerRole,
     /// The layer's own fields (besides the common ones every layer has).
     pub fields: RVec<FieldSpec>,
     /// Builds a layer from validated fields.
@@ -360,6 +377,8 @@ pub trait LayerDef: Layer + Sized + 'static {
     const TYPE: &'static str;
     /// One paragraph of help.
     const DOC: &'static str;
+    /// Its role in training algorithms (most layers have none).
+    const ROLE: LayerRole = LayerRole::Plain;
     /// The fields the layer takes.
     fn fields() -> Vec<FieldSpec>;
     /// Builds the layer from its validated fields.
@@ -376,6 +395,7 @@ pub fn layer_type<L: LayerDef>() -> LayerType {
     LayerType {
         name: L::TYPE.into(),
         doc: L::DOC.into(),
+        role: L::ROLE,
         fields: L::fields().into(),
         create: create_layer::<L>,
         examples: L::examples().into(),

@@ -42,8 +42,8 @@ pub use error::{catch_panic, Error, Result, ResultExt};
 pub use fields::{validate_fields, FieldError, FieldKind, FieldSpec, FieldValue, Fields};
 pub use layer::{
     downcast_layer, downcast_layer_mut, layer_box, layer_type, param_factory, Layer, LayerBox,
-    LayerDef, LayerExample, LayerType, ParamFactory, ParamFactoryMut, Phase, SetupContext,
-    TensorSpec,
+    LayerDef, LayerExample, LayerRole, LayerType, ParamFactory, ParamFactoryMut, Phase,
+    SetupContext, TensorSpec,
 };
 pub use param::{Init, Param, ParamSpec};
 pub use plugin::INTERFACE_VERSION;

@@ -34,7 +34,7 @@ use abi_stable::StableAbi;
 /// The version of the plugin-facing interface: the traits, the types in their signatures and
 /// [`PluginModule`]. Plugins built against a version with another major (or, before 1.0,
 /// minor) number are refused.
-pub const INTERFACE_VERSION: &str = "0.4.0";
+pub const INTERFACE_VERSION: &str = "0.5.0";
 
 /// The name of the symbol that holds a plugin's [`InterfaceStamp`].
 pub const INTERFACE_SYMBOL: &str = "singa_plugin_interface";

@@ -24,8 +24,8 @@
 use singa_core::abi::{ROption, RResult, RSlice, RSliceMut, RString, RVec};
 use singa_core::{
     BinaryOp, DType, DeviceRef, Dims3, Distribution, Error, FieldKind, FieldSpec, Fields, Init,
-    Layer, LayerDef, Param, ParamFactoryMut, ParamSpec, Phase, ReduceOp, Result, SetupContext,
-    Tensor, TensorSpec, UnaryOp,
+    Layer, LayerDef, LayerRole, Param, ParamFactoryMut, ParamSpec, Phase, ReduceOp, Result,
+    SetupContext, Tensor, TensorSpec, UnaryOp,
 };
 
 /// Fields both layers of the pair have.
@@ -159,6 +159,7 @@ struct VisState {
 
 impl LayerDef for RbmVis {
     const TYPE: &'static str = "rbm_vis";
+    const ROLE: LayerRole = LayerRole::RbmVisible;
     const DOC: &'static str = "The visible units of an RBM, trained with algorithm = \"cd\". Sources: the data and the rbm_hid of the pair (which names this layer back). Output: the data (positive phase) or its reconstruction σ(h·Wᵀ + b) (negative phase). Params `weight` [visible, hidden] (shared with the rbm_hid) and `bias`. Reports reconstruction_error, ‖v − v₁‖² per sample.";
 
     fn fields() -> Vec<FieldSpec> {
@@ -341,6 +342,7 @@ struct HidState {
 
 impl LayerDef for RbmHid {
     const TYPE: &'static str = "rbm_hid";
+    const ROLE: LayerRole = LayerRole::RbmHidden;
     const DOC: &'static str = "The hidden units of an RBM, trained with algorithm = \"cd\". Source: the rbm_vis of the pair. Outputs: data, the means σ(v·W + c), and sample, states drawn from them in training (the means otherwise). Params `weight` (the rbm_vis's, shared) and `bias`.";
 
     fn fields() -> Vec<FieldSpec> {

@@ -12,8 +12,8 @@ use singa_core::abi::ROption;
 use singa_core::fields::nearest;
 use singa_core::rng::derive_seed;
 use singa_core::{
-    catch_panic, layer_box, param_factory, DType, DeviceRef, Error, LayerBox, Phase, Result,
-    ResultExt, SetupContext, Tensor, TensorSpec,
+    catch_panic, layer_box, param_factory, DType, DeviceRef, Error, LayerBox, LayerRole, Phase,
+    Result, ResultExt, SetupContext, Tensor, TensorSpec,
 };
 use singa_layers::capability::{row_gradients, sequences};
 use singa_layers::operator::Operator;
@@ -176,13 +176,19 @@ fn phase_name(p: Phase) -> &'static str {
 /// Whether source `src` of `layer` is the back half of an RBM's two-way link: the visible
 /// layer reading its hidden layer (checked by [`crate::config::rbm::link_pairs`]). The net
 /// sets the visible layer up without it and hands it the hidden layer's `sample` afterwards.
-fn is_back_link(layer: &LayerConfig, src: &LayerConfig) -> bool {
-    layer.type_name == rbm::VISIBLE && src.type_name == rbm::HIDDEN
+fn is_back_link(registry: &Registry, layer: &LayerConfig, src: &LayerConfig) -> bool {
+    rbm::role(registry, layer) == LayerRole::RbmVisible
+        && rbm::role(registry, src) == LayerRole::RbmHidden
 }
 
 /// Orders the layers so that every layer comes after its sources (Kahn's algorithm, keeping
 /// the job file's order among independent layers); an RBM's back link does not count.
-fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Result<Vec<usize>> {
+fn topological_order(
+    registry: &Registry,
+    file: &str,
+    phase: Phase,
+    layers: &[&LayerConfig],
+) -> Result<Vec<usize>> {
     let index: HashMap<&str, usize> = layers
         .iter()
         .enumerate()
@@ -207,7 +213,7 @@ fn topological_order(file: &str, phase: Phase, layers: &[&LayerConfig]) -> Resul
                     ),
                 ));
             };
-            if !is_back_link(l, layers[i]) {
+            if !is_back_link(registry, l, layers[i]) {
                 d.push(i);
             }
         }
@@ -329,7 +335,7 @@ impl NeuralNet {
                 ));
             }
         }
-        let order = topological_order(file, phase, &configs)?;
+        let order = topological_order(registry, file, phase, &configs)?;
         let base_dir = job.origin.base_dir.display().to_string();
         let mut layers: Vec<NetLayer> = Vec::with_capacity(order.len());
         let mut position: HashMap<&str, usize> = HashMap::new();
@@ -379,7 +385,7 @@ impl NeuralNet {
                 let (src, out) = crate::config::split_source(r);
                 if configs
                     .iter()
-                    .any(|c| c.name == src && is_back_link(cfg, c))
+                    .any(|c| c.name == src && is_back_link(registry, cfg, c))
                 {
                     back_links.push((layers.len(), src));
                     continue;
@@ -468,7 +474,7 @@ impl NeuralNet {
                 reuse_grads: grad_role.is_some() && cfg.share_params_from.is_some(),
                 // Contrastive divergence trains the RBMs only: layers below them are fixed
                 // features (pretrained layers a deeper RBM reads through).
-                frozen: job.algorithm == Algorithm::Cd && !rbm::is_rbm(cfg),
+                frozen: job.algorithm == Algorithm::Cd && !rbm::is_rbm(registry, cfg),
                 seed: job.seed,
                 phase,
                 used: Vec::new(),

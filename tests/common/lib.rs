@@ -356,7 +356,10 @@ pub fn plugin(package: &str) -> PathBuf {
 
 /// Builds the `singa` command and returns it.
 pub fn singa_binary() -> PathBuf {
-    build("singa", &format!("singa{}", std::env::consts::EXE_SUFFIX))
+    build(
+        "singa-cli",
+        &format!("singa{}", std::env::consts::EXE_SUFFIX),
+    )
 }
 
 /// A character model over the first 40,000 characters of tiny-shakespeare (shipped in

@@ -8,16 +8,31 @@
 //! the visible layer's weight (`share_from`), so that the pair has one `W`.
 
 use super::{split_source, LayerConfig, ParamConfig};
-use singa_core::{Error, Result};
+use crate::registry::Registry;
+use singa_core::{Error, LayerRole, Result};
 
-/// The visible and hidden layer types.
+/// The built-in visible and hidden layer types (a plugin's layer types can take their roles,
+/// [`LayerRole`]).
 pub const VISIBLE: &str = "rbm_vis";
 /// See [`VISIBLE`].
 pub const HIDDEN: &str = "rbm_hid";
 
+/// The role of `layer`'s type in `registry` (none for a type it does not know).
+pub fn role(registry: &Registry, layer: &LayerConfig) -> LayerRole {
+    registry
+        .layer(&layer.type_name)
+        .map_or(LayerRole::Plain, |t| t.role)
+}
+
 /// The layers of a CD job with every RBM pair linked (see the module documentation); errors
 /// name `file` and the field.
-pub fn link_pairs(layers: &[LayerConfig], file: &str) -> Result<Vec<LayerConfig>> {
+pub fn link_pairs(
+    layers: &[LayerConfig],
+    registry: &Registry,
+    file: &str,
+) -> Result<Vec<LayerConfig>> {
+    let visible = |l: &LayerConfig| role(registry, l) == LayerRole::RbmVisible;
+    let hidden = |l: &LayerConfig| role(registry, l) == LayerRole::RbmHidden;
     let err = |l: &LayerConfig, field: &str, msg: String| {
         Error::config(file, format!("layer[{}].{field}", l.name), msg)
     };
@@ -25,13 +40,13 @@ pub fn link_pairs(layers: &[LayerConfig], file: &str) -> Result<Vec<LayerConfig>
     let mut out = layers.to_vec();
     let mut pairs = 0;
     for (i, vis) in layers.iter().enumerate() {
-        if vis.type_name != VISIBLE {
+        if !visible(vis) {
             continue;
         }
         let hidden: Vec<&String> = vis
             .srclayers
             .iter()
-            .filter(|s| find(split_source(s).0).is_some_and(|l| l.type_name == HIDDEN))
+            .filter(|s| find(split_source(s).0).is_some_and(hidden))
             .collect();
         let (hid_name, data) = match (hidden.as_slice(), vis.srclayers.len()) {
             ([h], 2) => {
@@ -43,8 +58,8 @@ pub fn link_pairs(layers: &[LayerConfig], file: &str) -> Result<Vec<LayerConfig>
                     vis,
                     "srclayers",
                     format!(
-                        "an {VISIBLE} layer reads two sources, the data and the {HIDDEN} layer of its RBM; got {:?}",
-                        vis.srclayers
+                        "an RBM's visible layer ({}) reads two sources, the data and the RBM's hidden layer ({HIDDEN}); got {:?}",
+                        vis.type_name, vis.srclayers
                     ),
                 ))
             }
@@ -59,14 +74,14 @@ pub fn link_pairs(layers: &[LayerConfig], file: &str) -> Result<Vec<LayerConfig>
                 hid,
                 "srclayers",
                 format!(
-                    "the {HIDDEN} layer of an RBM reads its {VISIBLE} layer {:?} only (the two-way link); got {:?}",
-                    vis.name, hid.srclayers
+                    "the {} layer of an RBM reads its {} layer {:?} only (the two-way link); got {:?}",
+                    hid.type_name, vis.type_name, vis.name, hid.srclayers
                 ),
             ));
         }
         if let Some(other) = layers.iter().find(|l| {
             l.name != vis.name
-                && l.type_name == VISIBLE
+                && visible(l)
                 && l.srclayers.iter().any(|s| split_source(s).0 == hid.name)
         }) {
             return Err(err(
@@ -84,7 +99,10 @@ pub fn link_pairs(layers: &[LayerConfig], file: &str) -> Result<Vec<LayerConfig>
                 return Err(err(
                     vis,
                     "hdim",
-                    format!("{v:?}, but its {HIDDEN} layer {:?} has {h:?}", hid.name),
+                    format!(
+                        "{v:?}, but its {} layer {:?} has {h:?}",
+                        hid.type_name, hid.name
+                    ),
                 ))
             }
             (None, Some(h)) => out[i].fields.set("hdim", h.clone()),
@@ -112,26 +130,26 @@ pub fn link_pairs(layers: &[LayerConfig], file: &str) -> Result<Vec<LayerConfig>
             file,
             "algorithm",
             format!(
-                "\"cd\" trains RBMs, and no layer is an {VISIBLE} (an RBM is an {VISIBLE} and an {HIDDEN} layer that read each other)"
+                "\"cd\" trains RBMs, and no layer is an RBM's visible layer ({VISIBLE}; an RBM is an {VISIBLE} and an {HIDDEN} layer that read each other)"
             ),
         ));
     }
     if let Some(hid) = out.iter().find(|l| {
-        l.type_name == HIDDEN
+        hidden(l)
             && !out
                 .iter()
-                .any(|v| v.type_name == VISIBLE && v.srclayers.get(1).is_some_and(|s| *s == l.name))
+                .any(|v| visible(v) && v.srclayers.get(1).is_some_and(|s| *s == l.name))
     }) {
         return Err(err(
             hid,
             "srclayers",
-            format!("no {VISIBLE} layer reads this {HIDDEN} layer back: an RBM is the two, each naming the other"),
+            format!("no visible layer ({VISIBLE}) reads this {} layer back: an RBM is the two, each naming the other", hid.type_name),
         ));
     }
     Ok(out)
 }
 
 /// Whether `layer` is one of an RBM's two layers (which a non-CD job cannot train).
-pub fn is_rbm(layer: &LayerConfig) -> bool {
-    layer.type_name == VISIBLE || layer.type_name == HIDDEN
+pub fn is_rbm(registry: &Registry, layer: &LayerConfig) -> bool {
+    role(registry, layer) != LayerRole::Plain
 }

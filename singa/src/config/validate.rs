@@ -224,7 +224,7 @@ impl JobConfig {
         if let Some(l) = self
             .layers
             .iter()
-            .find(|l| super::rbm::is_rbm(l) && split.contains(&l.name.as_str()))
+            .find(|l| super::rbm::is_rbm(registry, l) && split.contains(&l.name.as_str()))
         {
             return Err(err(
                 &format!("layer[{}].partition_dim", l.name),
@@ -258,7 +258,7 @@ impl JobConfig {
         let mut job = self.clone();
         job.device.loss_scale = Some(self.loss_scaling()?);
 
-        job.layers = self.algorithm_layers()?;
+        job.layers = self.algorithm_layers(registry)?;
 
         // The updater and its schedule.
         let u = &mut job.updater;
@@ -327,12 +327,12 @@ impl JobConfig {
 impl JobConfig {
     /// The layers the algorithm trains, checked against it: BPTT unrolls its cells, CD links
     /// its RBM pairs, BP takes neither; `unroll_len` and `cd_k` belong to their algorithm.
-    fn algorithm_layers(&self) -> Result<Vec<super::LayerConfig>> {
+    fn algorithm_layers(&self, registry: &Registry) -> Result<Vec<super::LayerConfig>> {
         let file = self.origin.file.as_str();
         let err = |field: &str, msg: &str| Error::config(file, field, msg.to_string());
         let needs = |l: &super::LayerConfig| match l {
             l if l.unroll => Some(("unroll", Algorithm::Bptt)),
-            l if super::rbm::is_rbm(l) => Some(("type", Algorithm::Cd)),
+            l if super::rbm::is_rbm(registry, l) => Some(("type", Algorithm::Cd)),
             _ => None,
         };
         let name = |a: Algorithm| Algorithm::NAMES[a as usize];
@@ -374,7 +374,7 @@ impl JobConfig {
                 "cd_k",
                 "missing; algorithm = \"cd\" runs this many Gibbs steps per iteration (expected at least 1; 1 is CD-1)",
             )),
-            Algorithm::Cd => super::rbm::link_pairs(&self.layers, file),
+            Algorithm::Cd => super::rbm::link_pairs(&self.layers, registry, file),
         }
     }
 }
@@ -412,7 +412,7 @@ mod tests {
         Algorithm, ClusterConfig, DeviceKind, Framework, JobConfig, LayerConfig, LossScaling,
         UpdaterConfig,
     };
-    use crate::registry::Registry;
+    use crate::registry::{Provenance, Registry};
     use singa_core::Precision;
 
     fn job() -> JobConfig {
@@ -635,15 +635,36 @@ mod tests {
         let h = linked.layers.iter().find(|l| l.name == "h").unwrap();
         assert_eq!(h.params[0].share_from.as_deref(), Some("v/weight"));
         assert!(e(pair(vis(&["fc"]), hid("v")))
-            .contains("layer[v].srclayers: an rbm_vis layer reads two sources"));
+            .contains("layer[v].srclayers: an RBM's visible layer (rbm_vis) reads two sources"));
         assert!(e(pair(vis(&["fc", "h"]), hid("fc"))).contains(
             "layer[h].srclayers: the rbm_hid layer of an RBM reads its rbm_vis layer \"v\" only"
         ));
         let e2 = e(pair(vis(&["fc", "h"]), hid("v"))
             .layer(LayerConfig::new("h2", "rbm_hid").src("v").field("hdim", 4)));
         assert!(
-            e2.contains("layer[h2].srclayers: no rbm_vis layer reads this rbm_hid layer back"),
+            e2.contains(
+                "layer[h2].srclayers: no visible layer (rbm_vis) reads this rbm_hid layer back"
+            ),
             "{e2}"
+        );
+        // Pairs are found by their types' roles, which a plugin's types can take too.
+        let mut other = Registry::builtin();
+        for (from, to) in [("rbm_vis", "my_vis"), ("rbm_hid", "my_hid")] {
+            let mut t = other.layer(from).unwrap().clone();
+            t.name = to.into();
+            other.add_layer(t, Provenance::BuiltIn).unwrap();
+        }
+        let mut mine = pair(vis(&["h", "fc"]), hid("v"));
+        mine.layers[1].type_name = "my_vis".into();
+        mine.layers[2].type_name = "my_hid".into();
+        let linked = mine.validate(&other).unwrap().job;
+        let h = linked.layers.iter().find(|l| l.name == "h").unwrap();
+        assert_eq!(h.params[0].share_from.as_deref(), Some("v/weight"));
+        mine.layers[2].type_name = "relu".into();
+        let e4 = mine.validate(&other).unwrap_err().to_string();
+        assert!(
+            e4.contains("layer[v].srclayers: an RBM's visible layer (my_vis) reads two sources"),
+            "{e4}"
         );
         let e3 = e(job().layer(vis(&["fc", "h"])).layer(hid("v")));
         assert!(
