@@ -128,7 +128,7 @@ pub fn measure(
     let dev = singa::device::create(
         &singa::config::DeviceConfig {
             threads: Some(1),
-            ..validated.device.clone()
+            ..validated.device.for_worker(&validated.cluster, 0)
         },
         None,
     )?;

@@ -333,6 +333,61 @@ impl Tensor {
         unsafe { self.device().raw().write(self.view(), data.into()) }.into_result()
     }
 
+    /// Copies `src` (same dtype and number of elements) into this tensor, whatever memory each
+    /// lives in: on this tensor's device when it can use `src`'s memory, otherwise between
+    /// host memory and a device's (what arrives from another process lands in host memory),
+    /// or between two devices' memories through a host buffer of this thread's that is reused
+    /// (nothing is allocated once it is large enough).
+    pub fn copy_from(&mut self, src: &Tensor) -> Result<()> {
+        let dev = self.device().clone();
+        if dev.shares_memory_with(src.device()) {
+            return dev.copy(src, self);
+        }
+        if src.dtype != self.dtype || src.numel() != self.numel() {
+            return Err(Error::shape(
+                "copy_from",
+                format!(
+                    "a {} tensor of shape {} into a {} tensor of shape {}",
+                    src.dtype, src.shape, self.dtype, self.shape
+                ),
+            ));
+        }
+        // SAFETY: the access checker holds `src` (or `self`) for the whole use of its bytes,
+        // and a handle keeps the memory alive.
+        if let Some((ptr, len)) = unsafe { src.host_bytes() } {
+            let _reading = Access::new("copy_from", &[], &[src])?;
+            return self.write_bytes(unsafe { std::slice::from_raw_parts(ptr, len) });
+        }
+        if let Some((ptr, len)) = unsafe { self.host_bytes() } {
+            let _writing = Access::new("copy_from", &[self], &[])?;
+            return src.read_bytes(unsafe { std::slice::from_raw_parts_mut(ptr, len) });
+        }
+        thread_local! {
+            static STAGING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        STAGING.with_borrow_mut(|staging| {
+            staging.resize(self.numel() * self.dtype.size(), 0);
+            src.read_bytes(staging)?;
+            self.write_bytes(staging)
+        })
+    }
+
+    /// This tensor where `dev` can use it: itself when `dev` shares its memory, otherwise a
+    /// copy in `staged`, a tensor of `dev`'s made on first use (or when the shape changes) and
+    /// reused after, so that a warm step allocates nothing.
+    pub fn usable_on(self, dev: &DeviceRef, staged: &mut Option<Tensor>) -> Result<Tensor> {
+        if dev.shares_memory_with(self.device()) {
+            return Ok(self);
+        }
+        let fits = |t: &Tensor| t.shape == self.shape && t.dtype == self.dtype;
+        let copy = match staged {
+            Some(t) if fits(t) => t,
+            _ => staged.insert(Tensor::zeros(dev, self.shape, self.dtype)?),
+        };
+        copy.copy_from(&self)?;
+        Ok(copy.clone())
+    }
+
     /// The address of the first element and the length in bytes, when the tensor lives in
     /// host memory (see [`DeviceRef::is_host`]): for transports that send from and receive
     /// into a tensor without copying it first.

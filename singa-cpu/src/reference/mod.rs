@@ -20,6 +20,8 @@ const NAME: &str = "reference";
 #[derive(Debug, Default, Clone)]
 pub struct ReferenceDevice {
     precision: Precision,
+    /// The memory space it claims, when not the host's (see [`ReferenceDevice::apart`]).
+    memory_space: Option<String>,
 }
 
 impl ReferenceDevice {
@@ -32,7 +34,21 @@ impl ReferenceDevice {
     /// `precision` and then compute exactly (in f64), the yardstick for a fast device's
     /// mixed-precision products.
     pub fn with_precision(precision: Precision) -> ReferenceDevice {
-        ReferenceDevice { precision }
+        ReferenceDevice {
+            precision,
+            memory_space: None,
+        }
+    }
+
+    /// A reference device that claims a memory space of its own, `name`, as a GPU's is: other
+    /// devices cannot use its tensors, nor it theirs, and its tensors are not host memory to
+    /// the transports (although its buffers are). For testing, without a GPU, the code that
+    /// moves tensors between memory spaces.
+    pub fn apart(name: &str) -> ReferenceDevice {
+        ReferenceDevice {
+            precision: Precision::F32,
+            memory_space: Some(name.to_string()),
+        }
     }
 
     /// An f32 product input as the product sees it.
@@ -283,7 +299,11 @@ impl Device for ReferenceDevice {
                 p => format!("reference (plain loops, f64 arithmetic on {p}-rounded products)"),
             }
             .into(),
-            memory_space: crate::memory::HOST.into(),
+            memory_space: self
+                .memory_space
+                .as_deref()
+                .unwrap_or(crate::memory::HOST)
+                .into(),
         }
     }
 

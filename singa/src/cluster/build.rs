@@ -536,15 +536,17 @@ fn server_core(
         .ok_or_else(|| Error::invalid(format!("no updater type {}", job.updater.type_name)))?;
     let updater = (ut.create)(&job.updater.fields).into_result()?;
     let slots = updater.state_names().into_result()?.len();
-    // A server beside a worker runs on that worker's device (it may update its values in
-    // place).
-    let device = match job.cluster.servers_beside_workers() {
-        true => (job.device).for_worker(
-            &job.cluster,
-            t.worker_index(worker_addr(h as u32, s as u32)),
-        ),
-        false => job.device.clone(),
+    // A server runs on the device of its rank's workers (a server beside a worker on that
+    // worker's, whose values it may update in place): the GPU `[cluster] gpus` gives them.
+    let worker = match job.cluster.servers_beside_workers() {
+        true => worker_addr(h as u32, s as u32),
+        false => t
+            .rank_workers(t.rank_of_server(h, s))
+            .first()
+            .copied()
+            .unwrap_or(worker_addr(0, 0)),
     };
+    let device = job.device.for_worker(&job.cluster, t.worker_index(worker));
     let one_thread = DeviceConfig {
         threads: Some(1),
         ..device

@@ -698,7 +698,7 @@ impl Cluster {
                 .ok_or_else(|| Error::invalid(format!("{}: no state tensor {slot}", e.name)))?;
             let mut dst = whole.reshape([whole.numel()])?.narrow(sl.offset, sl.len)?;
             if !part.shares_storage(&dst) {
-                self.dev.copy(&part, &mut dst)?;
+                dst.copy_from(&part)?;
             }
         }
         // In the order the checkpoint lists them.

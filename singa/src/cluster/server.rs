@@ -76,6 +76,9 @@ pub(crate) struct ServerCore {
     sync: Option<GroupSync>,
     /// `State` messages installed since the coordinator last checked.
     states_in: usize,
+    /// Copies, in this server's device memory, of what arrives in another memory (a GPU
+    /// server's gradients from another process land in host memory), per slice and sender.
+    staged: HashMap<((u32, u32), Addr), Option<Tensor>>,
 }
 
 /// A server's part in synchronising the server groups: server `s` of group 0 (the leader)
@@ -148,6 +151,7 @@ impl ServerCore {
             pending,
             sync: None,
             states_in: 0,
+            staged: HashMap::new(),
         }
     }
 
@@ -240,7 +244,7 @@ impl ServerCore {
                 // The average, from the leader.
                 let value = &mut self.pending[i].slice.value;
                 if !values.shares_storage(value) {
-                    self.dev.copy(&values, value)?;
+                    value.copy_from(&values)?;
                 }
                 sync.remaining -= 1;
             }
@@ -254,6 +258,7 @@ impl ServerCore {
                             msg.src
                         ))
                     })?;
+                let values = usable(&self.dev, &mut self.staged, values, key, msg.src)?;
                 let parts = &mut sync.parts[i];
                 if parts[from].replace(values).is_some() {
                     return Err(Error::invalid(format!(
@@ -299,7 +304,7 @@ impl ServerCore {
             .ok_or_else(|| Error::invalid(format!("a Put without values from {}", msg.src)))?;
         let p = &mut self.pending[i];
         if !values.shares_storage(&p.slice.value) {
-            self.dev.copy(&values, &mut p.slice.value)?;
+            p.slice.value.copy_from(&values)?;
         }
         p.put_round = p.put_round.max(msg.version);
         let done = p.put_round;
@@ -400,7 +405,7 @@ impl ServerCore {
             ))
         })?;
         if !values.shares_storage(dst) {
-            self.dev.copy(&values, dst)?;
+            dst.copy_from(&values)?;
         }
         self.states_in += 1;
         Ok(())
@@ -465,6 +470,7 @@ impl ServerCore {
         let grad = msg.payload.into_option().ok_or_else(|| {
             Error::invalid(format!("an update without a gradient from {}", msg.src))
         })?;
+        let grad = usable(&self.dev, &mut self.staged, grad, key, msg.src)?;
         if c.grads[w].replace(grad).is_some() {
             return Err(Error::invalid(format!(
                 "two gradients of parameter {} slice {} from {} in step {}",
@@ -771,6 +777,21 @@ pub(crate) fn stop(src: Addr, dst: Addr) -> Msg {
     }
 }
 
+/// `payload`, from `from` about slice `key`, where `dev` can use it: itself, or its copy in
+/// `dev`'s memory kept in `staged` for that slice and sender (see [`Tensor::usable_on`]).
+fn usable(
+    dev: &DeviceRef,
+    staged: &mut HashMap<((u32, u32), Addr), Option<Tensor>>,
+    payload: Tensor,
+    key: (u32, u32),
+    from: Addr,
+) -> Result<Tensor> {
+    if dev.shares_memory_with(payload.device()) {
+        return Ok(payload);
+    }
+    payload.usable_on(dev, staged.entry((key, from)).or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -992,5 +1013,51 @@ mod tests {
             e.to_string().contains("not a worker this server serves"),
             "{e}"
         );
+    }
+
+    /// A server in a GPU's memory takes gradients that arrive in host memory (from another
+    /// process), each sender's copied into one tensor of its own that later steps reuse.
+    #[test]
+    fn gradients_in_another_memory_are_copied_into_the_servers() {
+        let host = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
+        let gpu = DeviceRef::new(singa_cpu::ReferenceDevice::apart("test:gpu"));
+        let workers = vec![addr(Role::Worker, 0), addr(Role::Worker, 1)];
+        let mut addrs = workers.clone();
+        addrs.push(addr(Role::Server, 0));
+        let mut ends = ChannelNetwork::connect(&addrs).unwrap();
+        let mut server_end: TransportBox = Transport_TO::from_value(ends.pop().unwrap(), TD_Opaque);
+        let value = Tensor::from_slice(&gpu, &[1.0f32, 1.0], [2]).unwrap();
+        let slices = vec![ServerSlice {
+            key: (0, 0),
+            value: value.clone(),
+            state: Vec::new(),
+            lr_mult: 1.0,
+            wd_mult: 1.0,
+            replicas: vec![value.clone()],
+            sum: None,
+        }];
+        let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
+        let mut core = ServerCore::new(gpu, sgd(), schedule, 0.0, slices, vec![workers.clone()]);
+        let grad = |src, step, g: [f32; 2]| Msg {
+            src,
+            dst: addr(Role::Server, 0),
+            kind: MsgKind::Update,
+            target: 0,
+            slice: 0,
+            version: step,
+            payload: Some(Tensor::from_slice(&host, &g, [2]).unwrap()).into(),
+        };
+        core.receive(grad(workers[0], 0, [2.0, 4.0]), &mut server_end)
+            .unwrap();
+        core.receive(grad(workers[1], 0, [6.0, 8.0]), &mut server_end)
+            .unwrap();
+        // SGD on the mean gradient [4, 6] with learning rate 0.5.
+        assert_eq!(value.to_vec::<f32>().unwrap(), [-1.0, -2.0]);
+        core.receive(grad(workers[0], 1, [0.0, 0.0]), &mut server_end)
+            .unwrap();
+        core.receive(grad(workers[1], 1, [2.0, 2.0]), &mut server_end)
+            .unwrap();
+        assert_eq!(value.to_vec::<f32>().unwrap(), [-1.5, -2.5]);
+        assert_eq!(core.staged.len(), 2, "one copy per sender, reused");
     }
 }

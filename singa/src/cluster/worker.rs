@@ -540,8 +540,7 @@ impl WorkerLink {
         // and the MPI router receives the other servers' straight into them (see
         // `build_rank`). A payload anywhere else in the same memory is copied all the same.
         if !fresh.same_view(&slice.value) {
-            let dev = slice.value.device().clone();
-            dev.copy(&fresh, &mut slice.value)?;
+            slice.value.copy_from(&fresh)?;
         }
         Ok(())
     }

@@ -191,6 +191,9 @@ pub(crate) struct Bridge {
     to: Dist,
     /// Every member's part of the current exchange (this worker's own included).
     parts: Vec<Option<Tensor>>,
+    /// Per member: a copy of its parts in this worker's device memory, when they arrive in
+    /// another (a GPU worker's, from another process, in host memory).
+    staged: Vec<Option<Tensor>>,
     /// Which peers' messages of the current round have arrived.
     arrived: Vec<bool>,
     /// Exchanges done, to check that messages belong to the current one.
@@ -223,6 +226,7 @@ impl Bridge {
             from,
             to,
             parts: vec![None; members as usize],
+            staged: vec![None; members as usize],
             arrived: vec![false; members as usize],
             exchanges: 0,
             dev: None,
@@ -324,7 +328,8 @@ impl Bridge {
             let part = msg.payload.into_option().ok_or_else(|| {
                 Error::invalid(format!("{}: an empty part from {}", self.name, msg.src))
             })?;
-            self.parts[j] = Some(part);
+            let dev = self.dev()?.clone();
+            self.parts[j] = Some(part.usable_on(&dev, &mut self.staged[j])?);
         }
         Ok(())
     }
