@@ -32,7 +32,7 @@ PY
 )"
 export LD_LIBRARY_PATH="${LIBS:+$LIBS:}/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export SINGA_REQUIRE_GPU=1 SINGA_REQUIRE_NVRTC=1
-{ nvidia-smi -L; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } | tee "$OUT/gpu.txt"
+{ nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader; python3 -m pip show nvidia-cuda-nvrtc 2>/dev/null | head -2; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } | tee "$OUT/gpu.txt"
 
 status=0
 echo "== tests" | tee "$OUT/tests.log"

@@ -348,6 +348,9 @@ unsafe fn swap_outer_axes(
 }
 
 unsafe fn dev_zero(dev: &CudaDevice, v: &BufView) -> Result<()> {
+    if v.len == 0 {
+        return Ok(());
+    }
     cudarc::driver::result::memset_d8_async(ptr(v), 0, 4 * v.len, dev.cu_stream())
         .map_err(|e| Error::device("cuda", format!("zeroing: {e}")))
 }

@@ -109,12 +109,23 @@ impl CudaDevice {
 
     /// Zeroes a view.
     unsafe fn zero(&self, v: &BufView) -> Result<()> {
+        if v.len == 0 {
+            return Ok(());
+        }
         cu::memset_d8_async(ptr(v), 0, v.len * v.dtype.size(), self.cu_stream())
             .or_device("zeroing")
     }
 
     /// Waits for the stream, then reports (and clears) the first bad input a kernel found.
     fn settle(&self) -> Result<()> {
+        let _faults = self.gpu.lock_faults();
+        self.settle_held()
+    }
+
+    /// [`CudaDevice::settle`], with the GPU's fault words held by the caller: from the launch
+    /// of a kernel that may report a bad input through its settle, so that no other thread's
+    /// settle takes (or clears) that report in between.
+    fn settle_held(&self) -> Result<()> {
         let (fault, report) = (self.gpu.fault, self.gpu.fault + 32);
         // One kernel moves the fault word to the report and clears it: atomic in stream order,
         // so a fault queued by another thread meanwhile is kept for the next settle.
@@ -410,10 +421,11 @@ impl Device for CudaDevice {
                 return Ok(());
             }
             let (r, c) = (rows as i64, cols as i64);
+            let _faults = self.gpu.lock_faults();
             launch!(self, softmax_cross_entropy, row_blocks(rows), row_block(cols);
                 ptr(&logits), ptr(&labels), ptr(&probs), ptr(&stats), r, c, self.gpu.fault)?;
             // Bad labels and ids are errors of this call (the loss is read every step anyway).
-            self.settle()
+            self.settle_held()
         })
     }
 
@@ -430,10 +442,11 @@ impl Device for CudaDevice {
             f32s(&[&probs, &dx], "softmax_cross_entropy_backward")?;
             require(&labels, DType::I32, "softmax_cross_entropy_backward labels")?;
             let (r, c) = (rows as i64, cols as i64);
+            let _faults = self.gpu.lock_faults();
             launch!(self, softmax_cross_entropy_backward, blocks(rows * cols), BLOCK;
                 ptr(&probs), ptr(&labels), ptr(&dx), r, c, scale, self.gpu.fault)?;
             // Bad labels and ids are errors of this call (the loss is read every step anyway).
-            self.settle()
+            self.settle_held()
         })
     }
 
@@ -581,11 +594,12 @@ impl Device for CudaDevice {
             let kind = (arg == 0) as i32;
             self.zero(&dx)?;
             let g = PoolGeometry::of(s);
+            let _faults = self.gpu.lock_faults();
             launch!(self, pool2d_backward, blocks(s.output_len()), BLOCK;
                 kind, ptr(&dy), arg, ptr(&dx), g.planes, g.height, g.width, g.kh, g.kw, g.sh,
                 g.sw, g.ph, g.pw, g.out_h, g.out_w, self.gpu.fault)?;
             // Bad labels and ids are errors of this call (the loss is read every step anyway).
-            self.settle()
+            self.settle_held()
         })
     }
 
@@ -755,10 +769,11 @@ impl Device for CudaDevice {
             f32s(&[&x, &stats], "top_k_accuracy")?;
             require(&labels, DType::I32, "top_k_accuracy labels")?;
             let (r, c, k) = (rows as i64, cols as i64, k as i64);
+            let _faults = self.gpu.lock_faults();
             launch!(self, top_k_accuracy, blocks(rows), BLOCK;
                 ptr(&x), ptr(&labels), ptr(&stats), r, c, k, self.gpu.fault)?;
             // Bad labels and ids are errors of this call (the loss is read every step anyway).
-            self.settle()
+            self.settle_held()
         })
     }
 
@@ -775,10 +790,11 @@ impl Device for CudaDevice {
             f32s(&[&table, &out], "gather_rows")?;
             require(&ids, DType::I32, "gather_rows ids")?;
             let (r, c, count) = (rows as i64, cols as i64, n as i64);
+            let _faults = self.gpu.lock_faults();
             launch!(self, gather_rows, blocks(n * cols), BLOCK;
                 ptr(&table), ptr(&ids), ptr(&out), r, c, count, self.gpu.fault)?;
             // Bad labels and ids are errors of this call (the loss is read every step anyway).
-            self.settle()
+            self.settle_held()
         })
     }
 
@@ -795,10 +811,11 @@ impl Device for CudaDevice {
             f32s(&[&src, &table], "scatter_add_rows")?;
             require(&ids, DType::I32, "scatter_add_rows ids")?;
             let (r, c, count) = (rows as i64, cols as i64, n as i64);
+            let _faults = self.gpu.lock_faults();
             launch!(self, scatter_add_rows, blocks(n * cols), BLOCK;
                 ptr(&ids), ptr(&src), ptr(&table), r, c, count, self.gpu.fault)?;
             // Bad labels and ids are errors of this call (the loss is read every step anyway).
-            self.settle()
+            self.settle_held()
         })
     }
 

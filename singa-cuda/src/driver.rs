@@ -81,6 +81,19 @@ pub(crate) fn require_cublas() -> Result<()> {
     }
 }
 
+/// The CUDA version the driver supports, as `major.minor` (or why it is unknown).
+pub fn driver_version() -> String {
+    if !driver_present() {
+        return "(no driver)".into();
+    }
+    let mut v = 0;
+    // SAFETY: a plain out-parameter; the driver library is present.
+    match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }.result() {
+        Ok(()) => format!("{}.{}", v / 1000, v % 1000 / 10),
+        Err(e) => format!("(version unknown: {e:?})"),
+    }
+}
+
 /// The number of CUDA GPUs, or why there are none.
 pub fn device_count() -> Result<usize> {
     require_driver()?;

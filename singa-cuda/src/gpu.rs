@@ -25,6 +25,10 @@ pub(crate) struct Gpu {
     /// Four `u64`s where kernels report the first bad input (see `common.cuh`), then four
     /// where `take_fault` moves them for the host to read.
     pub(crate) fault: u64,
+    /// Held from the launch of a kernel that may report a bad input until its report is read
+    /// (and by every other read of the report): the fault words are the GPU's, shared by its
+    /// devices on every thread.
+    faults: Mutex<()>,
     /// Working memory of the products and convolutions, grown when too small.
     pub(crate) scratch: Mutex<Scratch>,
 }
@@ -33,6 +37,11 @@ pub(crate) struct Gpu {
 static GPUS: Mutex<Vec<(usize, Arc<Gpu>)>> = Mutex::new(Vec::new());
 
 impl Gpu {
+    /// Holds the fault words (see [`Gpu::faults`]).
+    pub(crate) fn lock_faults(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The GPU `ordinal`, made on first use.
     pub(crate) fn get(ordinal: usize) -> Result<Arc<Gpu>> {
         let mut gpus = GPUS.lock().unwrap_or_else(|e| e.into_inner());
@@ -69,8 +78,13 @@ impl Gpu {
         let fault = allocate_zeroed(stream.cu_stream(), 8 * 8)?;
         Ok(Gpu {
             name: format!("cuda:{ordinal}"),
-            about: format!("{model}, {arch}, {memory:.0} GiB"),
+            about: format!(
+                "{model}, {arch}, {memory:.0} GiB, driver for CUDA {}, NVRTC {}",
+                crate::driver::driver_version(),
+                crate::kernels::nvrtc_version()
+            ),
             fault,
+            faults: Mutex::new(()),
             ctx,
             stream,
             kernels,

@@ -3,7 +3,7 @@
 
 use crate::driver::{self, Fallible};
 use cudarc::driver::{CudaContext, CudaFunction};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 use singa_core::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -84,43 +84,117 @@ kernels!(
     lstm_cell_backward,
 );
 
-/// Compiles [`SOURCE`] to PTX for a GPU architecture such as `sm_90`.
+/// [`SOURCE`] compiled for one GPU architecture: the PTX (what the compile test reads) and the
+/// machine code (CUBIN) that is loaded. The machine code loads on any driver of the same
+/// CUDA major version, while PTX from a newer NVRTC than the driver (a pip package newer than
+/// the machine's CUDA) is refused as an unsupported PTX version.
+pub struct Compiled {
+    /// The PTX assembly.
+    pub ptx: String,
+    /// The machine code (an ELF image); empty for a virtual architecture (`compute_90`).
+    pub cubin: Vec<u8>,
+}
+
+/// Compiles [`SOURCE`] for a GPU architecture such as `sm_90`.
 ///
 /// Needs NVRTC (`libnvrtc.so`, from the CUDA toolkit or the `nvidia-cuda-nvrtc` Python
 /// package) but neither a GPU nor a driver.
-pub fn compile(arch: &str) -> Result<String> {
+pub fn compile_for(arch: &str) -> Result<Compiled> {
+    use cudarc::nvrtc::{result, sys};
     driver::require_nvrtc()?;
-    let options = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        name: Some("singa_kernels.cu".into()),
-        ..Default::default()
-    };
-    let ptx = compile_ptx_with_opts(SOURCE, options).map_err(|e| {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
         Error::device(
             "cuda",
-            format!("NVRTC could not compile the kernels for {arch}: {e}"),
+            format!(
+                "NVRTC {} could not {what} the kernels for {arch}: {e}",
+                nvrtc_version()
+            ),
         )
-    })?;
-    Ok(ptx.to_src())
+    };
+    let src = std::ffi::CString::new(SOURCE).expect("the kernel source has no NUL");
+    let name = std::ffi::CString::new("singa_kernels.cu").expect("no NUL");
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| failed("create", &e))?;
+    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".into()];
+    // SAFETY: `prog` was created above and is destroyed once, at the end.
+    let built = unsafe {
+        result::compile_program(prog, &options)
+            .map_err(|e| {
+                let log = result::get_program_log(prog).unwrap_or_default();
+                let log = std::ffi::CStr::from_ptr(log.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
+                failed("compile", &format!("{e:?}: {log}"))
+            })
+            .and_then(|()| {
+                let ptx = result::get_ptx(prog).map_err(|e| failed("emit", &format!("{e:?}")))?;
+                let ptx = std::ffi::CStr::from_ptr(ptx.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(prog, &mut size)
+                    .result()
+                    .map_err(|e| failed("emit machine code for", &format!("{e:?}")))?;
+                let mut cubin = vec![0u8; size];
+                if size > 0 {
+                    sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
+                        .result()
+                        .map_err(|e| failed("emit machine code for", &format!("{e:?}")))?;
+                }
+                Ok(Compiled { ptx, cubin })
+            })
+    };
+    // SAFETY: created above, not destroyed before.
+    let _ = unsafe { result::destroy_program(prog) };
+    built
 }
 
-/// The PTX of [`SOURCE`] for `arch`, compiled once per process.
-fn ptx_for(arch: &str) -> Result<String> {
-    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+/// Compiles [`SOURCE`] to PTX for a GPU architecture such as `sm_90` (see [`compile_for`]).
+pub fn compile(arch: &str) -> Result<String> {
+    compile_for(arch).map(|c| c.ptx)
+}
+
+/// The version of the NVRTC library loaded, as `major.minor` (or why it is unknown).
+pub fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two plain out-parameters.
+    match unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }.result() {
+        Ok(()) => format!("{major}.{minor}"),
+        Err(e) => format!("(version unknown: {e:?})"),
+    }
+}
+
+/// The kernels for `arch`, compiled once per process: the machine code, or the PTX where
+/// NVRTC gave none.
+fn image_for(arch: &str) -> Result<Arc<Compiled>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Compiled>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(ptx) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(arch) {
-        return Ok(ptx.clone());
+    if let Some(c) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(arch) {
+        return Ok(Arc::clone(c));
     }
     // Compiled outside the lock: two devices of one architecture may both compile once.
-    let ptx = compile(arch)?;
+    let compiled = Arc::new(compile_for(arch)?);
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(arch.to_string(), ptx.clone());
-    Ok(ptx)
+        .insert(arch.to_string(), Arc::clone(&compiled));
+    Ok(compiled)
 }
 
 /// Compiles (or takes from the cache) and loads every kernel on `ctx`'s device.
 pub(crate) fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels> {
-    Kernels::load(ctx, Ptx::from_src(ptx_for(arch)?))
+    let compiled = image_for(arch)?;
+    let image = match compiled.cubin.is_empty() {
+        true => Ptx::from_src(compiled.ptx.clone()),
+        false => Ptx::from_binary(compiled.cubin.clone()),
+    };
+    Kernels::load(ctx, image).map_err(|e| {
+        Error::device(
+            "cuda",
+            format!(
+                "{e} (kernels for {arch} from NVRTC {}; the driver supports CUDA {})",
+                nvrtc_version(),
+                driver::driver_version()
+            ),
+        )
+    })
 }

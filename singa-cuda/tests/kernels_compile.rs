@@ -3,7 +3,7 @@
 //! package and sets `SINGA_REQUIRE_NVRTC=1`, so that a missing library fails instead of
 //! skipping).
 
-use singa_cuda::kernels::{compile, NAMES};
+use singa_cuda::kernels::{compile, compile_for, NAMES};
 
 fn nvrtc_or_skip(test: &str) -> bool {
     if singa_cuda::nvrtc_present() {
@@ -36,6 +36,22 @@ fn every_kernel_compiles_for_ampere_and_hopper() {
             );
         }
     }
+}
+
+/// The machine code that is loaded (an ELF image for the real architecture), since a driver
+/// older than NVRTC refuses its PTX.
+#[test]
+fn the_kernels_come_as_machine_code_too() {
+    if !nvrtc_or_skip("the_kernels_come_as_machine_code_too") {
+        return;
+    }
+    let compiled = compile_for("sm_90").unwrap();
+    assert!(
+        compiled.cubin.starts_with(b"\x7fELF"),
+        "no machine code for sm_90"
+    );
+    let virtual_arch = compile_for("compute_90").unwrap();
+    assert!(virtual_arch.cubin.is_empty() && virtual_arch.ptx.contains(".target sm_90"));
 }
 
 #[test]
