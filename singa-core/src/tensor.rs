@@ -366,9 +366,12 @@ impl Tensor {
             static STAGING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         STAGING.with_borrow_mut(|staging| {
-            staging.resize(self.numel() * self.dtype.size(), 0);
-            src.read_bytes(staging)?;
-            self.write_bytes(staging)
+            let n = self.numel() * self.dtype.size();
+            if staging.len() < n {
+                staging.resize(n, 0);
+            }
+            src.read_bytes(&mut staging[..n])?;
+            self.write_bytes(&staging[..n])
         })
     }
 

@@ -120,16 +120,12 @@ pub fn compile_for(arch: &str) -> Result<Compiled> {
         result::compile_program(prog, &options)
             .map_err(|e| {
                 let log = result::get_program_log(prog).unwrap_or_default();
-                let log = std::ffi::CStr::from_ptr(log.as_ptr())
-                    .to_string_lossy()
-                    .into_owned();
+                let log = c_text(&log);
                 failed("compile", &format!("{e:?}: {log}"))
             })
             .and_then(|()| {
                 let ptx = result::get_ptx(prog).map_err(|e| failed("emit", &format!("{e:?}")))?;
-                let ptx = std::ffi::CStr::from_ptr(ptx.as_ptr())
-                    .to_string_lossy()
-                    .into_owned();
+                let ptx = c_text(&ptx);
                 let mut size = 0usize;
                 sys::nvrtcGetCUBINSize(prog, &mut size)
                     .result()
@@ -148,6 +144,16 @@ pub fn compile_for(arch: &str) -> Result<Compiled> {
     built
 }
 
+/// The text of a NUL-terminated C buffer NVRTC filled (up to its first NUL, or all of it).
+fn c_text(buf: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = buf
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Compiles [`SOURCE`] to PTX for a GPU architecture such as `sm_90` (see [`compile_for`]).
 pub fn compile(arch: &str) -> Result<String> {
     compile_for(arch).map(|c| c.ptx)
@@ -155,6 +161,9 @@ pub fn compile(arch: &str) -> Result<String> {
 
 /// The version of the NVRTC library loaded, as `major.minor` (or why it is unknown).
 pub fn nvrtc_version() -> String {
+    if !crate::nvrtc_present() {
+        return "(no NVRTC)".into();
+    }
     let (mut major, mut minor) = (0, 0);
     // SAFETY: two plain out-parameters.
     match unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }.result() {

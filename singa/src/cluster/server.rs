@@ -77,7 +77,8 @@ pub(crate) struct ServerCore {
     /// `State` messages installed since the coordinator last checked.
     states_in: usize,
     /// Copies, in this server's device memory, of what arrives in another memory (a GPU
-    /// server's gradients from another process land in host memory), per slice and sender.
+    /// server's gradients from another process land in host memory), per slice and sender:
+    /// a GPU server with many workers in other processes holds that many copies of its slices.
     staged: HashMap<((u32, u32), Addr), Option<Tensor>>,
 }
 
@@ -258,14 +259,14 @@ impl ServerCore {
                             msg.src
                         ))
                     })?;
-                let values = usable(&self.dev, &mut self.staged, values, key, msg.src)?;
                 let parts = &mut sync.parts[i];
-                if parts[from].replace(values).is_some() {
+                if parts[from].is_some() {
                     return Err(Error::invalid(format!(
                         "{me}: two Sync messages from {} for parameter {} slice {}",
                         msg.src, key.0, key.1
                     )));
                 }
+                parts[from] = Some(usable(&self.dev, &mut self.staged, values, key, msg.src)?);
                 if parts.iter().all(Option::is_some) {
                     let value = &mut self.pending[i].slice.value;
                     for part in parts.iter_mut() {
@@ -470,13 +471,13 @@ impl ServerCore {
         let grad = msg.payload.into_option().ok_or_else(|| {
             Error::invalid(format!("an update without a gradient from {}", msg.src))
         })?;
-        let grad = usable(&self.dev, &mut self.staged, grad, key, msg.src)?;
-        if c.grads[w].replace(grad).is_some() {
+        if c.grads[w].is_some() {
             return Err(Error::invalid(format!(
                 "two gradients of parameter {} slice {} from {} in step {}",
                 key.0, key.1, msg.src, msg.version
             )));
         }
+        c.grads[w] = Some(usable(&self.dev, &mut self.staged, grad, key, msg.src)?);
         c.step = msg.version;
         c.received += 1;
         let workers = &self.groups[g];

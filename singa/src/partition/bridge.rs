@@ -191,9 +191,10 @@ pub(crate) struct Bridge {
     to: Dist,
     /// Every member's part of the current exchange (this worker's own included).
     parts: Vec<Option<Tensor>>,
-    /// Per member: a copy of its parts in this worker's device memory, when they arrive in
-    /// another (a GPU worker's, from another process, in host memory).
-    staged: Vec<Option<Tensor>>,
+    /// Per member and round (forward, backward): a copy of its parts in this worker's device
+    /// memory, when they arrive in another (a GPU worker's, from another process, in host
+    /// memory).
+    staged: Vec<[Option<Tensor>; 2]>,
     /// Which peers' messages of the current round have arrived.
     arrived: Vec<bool>,
     /// Exchanges done, to check that messages belong to the current one.
@@ -226,7 +227,7 @@ impl Bridge {
             from,
             to,
             parts: vec![None; members as usize],
-            staged: vec![None; members as usize],
+            staged: vec![[None, None]; members as usize],
             arrived: vec![false; members as usize],
             exchanges: 0,
             dev: None,
@@ -329,7 +330,8 @@ impl Bridge {
                 Error::invalid(format!("{}: an empty part from {}", self.name, msg.src))
             })?;
             let dev = self.dev()?.clone();
-            self.parts[j] = Some(part.usable_on(&dev, &mut self.staged[j])?);
+            let staged = &mut self.staged[j][usize::from(round == Round::Backward)];
+            self.parts[j] = Some(part.usable_on(&dev, staged)?);
         }
         Ok(())
     }

@@ -4,8 +4,8 @@
 
 use super::Plugin;
 use singa_core::{
-    DType, DeviceRef, Fields, LayerExample, LayerType, Result, Shape, Tensor, TensorSpec,
-    UpdateArgs, UpdaterType,
+    DType, DeviceRef, Fields, LayerExample, LayerRole, LayerType, Result, Shape, Tensor,
+    TensorSpec, UpdateArgs, UpdaterType,
 };
 use singa_cpu::{CpuDevice, ReferenceDevice};
 use singa_layers::gradcheck::{
@@ -93,6 +93,20 @@ pub fn check_layer(ty: &LayerType) -> Verdict {
         findings: Vec::new(),
         failure: None,
     };
+    if ty.role != LayerRole::Plain {
+        v.findings.push(format!(
+            "is an RBM's {} layer ({:?}): its backward is contrastive divergence's estimate, not \
+             the gradient of its forward, so the gradient and device checks do not apply; a job \
+             with algorithm = \"cd\" trains it",
+            if ty.role == LayerRole::RbmVisible {
+                "visible"
+            } else {
+                "hidden"
+            },
+            ty.role
+        ));
+        return v;
+    }
     let (examples, fallback) = examples_of(ty);
     if fallback {
         v.findings.push(
