@@ -189,7 +189,7 @@ impl Device for CudaDevice {
         if len == 0 || handle == EMPTY || self.bind().is_err() {
             return;
         }
-        let _ = cu::free_async(handle, self.cu_stream());
+        let _ = crate::gpu::free_queued(self.cu_stream(), handle);
     }
 
     unsafe fn write(&self, dst: BufView, src: RSlice<'_, u8>) -> RResult<(), Error> {

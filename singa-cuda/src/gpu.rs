@@ -7,6 +7,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{result as cu, sys as cu_sys, CudaContext, CudaStream};
 use singa_core::{Error, Result};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What every [`CudaDevice`] of one GPU shares, made once per GPU and kept for the life of
@@ -65,7 +66,12 @@ impl Gpu {
             ));
         }
         let ctx = CudaContext::new(ordinal).or_device("creating a CUDA context")?;
-        keep_pool_memory(&ctx)?;
+        let pools = cu_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED;
+        if ctx.attribute(pools).unwrap_or(0) == 1 {
+            keep_pool_memory(&ctx)?;
+        } else {
+            STREAM_ORDERED.store(false, Ordering::Relaxed);
+        }
         let stream = ctx.new_stream().or_device("creating a stream")?;
         let (major, minor) = ctx
             .compute_capability()
@@ -79,9 +85,13 @@ impl Gpu {
         Ok(Gpu {
             name: format!("cuda:{ordinal}"),
             about: format!(
-                "{model}, {arch}, {memory:.0} GiB, driver for CUDA {}, NVRTC {}",
+                "{model}, {arch}, {memory:.0} GiB, driver for CUDA {}, NVRTC {}{}",
                 crate::driver::driver_version(),
-                crate::kernels::nvrtc_version()
+                crate::kernels::nvrtc_version(),
+                match STREAM_ORDERED.load(Ordering::Relaxed) {
+                    true => "",
+                    false => ", no memory pools (cuMemAlloc)",
+                }
             ),
             fault,
             faults: Mutex::new(()),
@@ -111,12 +121,35 @@ fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
     }
 }
 
+/// Whether memory is allocated and freed in stream order (`cuMemAllocAsync`, from the GPU's
+/// memory pool); where a GPU (or a virtualised driver) has no memory pools, plain `cuMemAlloc`
+/// and `cuMemFree`, which wait for the GPU.
+static STREAM_ORDERED: AtomicBool = AtomicBool::new(true);
+
 /// Queues `bytes` of zeroed memory on `stream` (its context current).
 pub(crate) fn allocate_zeroed(stream: cu_sys::CUstream, bytes: usize) -> Result<u64> {
     // SAFETY: the memory is zeroed, in stream order, before any use.
     unsafe {
-        let p = cu::malloc_async(stream, bytes).or_device("allocating GPU memory")?;
+        let p = match STREAM_ORDERED.load(Ordering::Relaxed) {
+            true => cu::malloc_async(stream, bytes),
+            false => cu::malloc_sync(bytes),
+        }
+        .or_device("allocating GPU memory")?;
         cu::memset_d8_async(p, 0, bytes, stream).or_device("zeroing GPU memory")?;
         Ok(p)
+    }
+}
+
+/// Frees memory from [`allocate_zeroed`] once the work queued on `stream` is done with it.
+///
+/// # Safety
+/// No work queued after this call uses the memory.
+pub(crate) unsafe fn free_queued(stream: cu_sys::CUstream, p: u64) -> Result<()> {
+    match STREAM_ORDERED.load(Ordering::Relaxed) {
+        true => cu::free_async(p, stream).or_device("freeing GPU memory"),
+        // cuMemFree does not wait for the stream: wait first.
+        false => cu::stream::synchronize(stream)
+            .and_then(|()| cu::free_sync(p))
+            .or_device("freeing GPU memory"),
     }
 }

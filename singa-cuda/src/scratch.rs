@@ -1,9 +1,8 @@
 //! Working memory of the products and convolutions: one device buffer, grown when an
 //! operation needs more and kept, so a warm training step allocates nothing.
 
-use crate::driver::Fallible;
 use crate::gpu::allocate_zeroed;
-use cudarc::driver::{result as cu, sys as cu_sys};
+use cudarc::driver::sys as cu_sys;
 use singa_core::Result;
 
 /// Regions are aligned to this many bytes (what cuBLAS prefers for its operands).
@@ -46,7 +45,7 @@ impl Scratch {
     /// No later work uses the regions handed out before.
     pub(crate) unsafe fn release(&mut self, stream: cu_sys::CUstream) {
         if self.bytes > 0 {
-            let _ = cu::free_async(self.base, stream).or_device("freeing scratch");
+            let _ = crate::gpu::free_queued(stream, self.base);
             self.bytes = 0;
         }
     }
