@@ -963,34 +963,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_second_gradient_from_one_worker_in_a_step_is_an_error() {
-        let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
+    /// A server with one slice, `value`, of two workers' gradients (SGD, learning rate 0.5):
+    /// the server, its endpoint, the workers and their endpoints (kept to receive).
+    fn two_worker_server(
+        value: &Tensor,
+    ) -> (
+        ServerCore,
+        TransportBox,
+        Vec<Addr>,
+        Vec<singa_comm::ChannelEndpoint>,
+    ) {
         let workers = vec![addr(Role::Worker, 0), addr(Role::Worker, 1)];
         let mut addrs = workers.clone();
         addrs.push(addr(Role::Server, 0));
         let mut ends = ChannelNetwork::connect(&addrs).unwrap();
-        let mut server_end: TransportBox = Transport_TO::from_value(ends.pop().unwrap(), TD_Opaque);
-        let value = Tensor::zeros(&dev, [2], DType::F32).unwrap();
+        let server_end: TransportBox = Transport_TO::from_value(ends.pop().unwrap(), TD_Opaque);
         let slices = vec![ServerSlice {
             key: (0, 0),
             value: value.clone(),
             state: Vec::new(),
             lr_mult: 1.0,
             wd_mult: 1.0,
-            replicas: vec![value],
+            replicas: vec![value.clone()],
             sum: None,
         }];
-        let sgd = sgd();
         let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
-        let mut core = ServerCore::new(
-            dev.clone(),
-            sgd,
-            schedule,
-            0.0,
-            slices,
-            vec![workers.clone()],
-        );
+        let dev = value.device().clone();
+        let core = ServerCore::new(dev, sgd(), schedule, 0.0, slices, vec![workers.clone()]);
+        (core, server_end, workers, ends)
+    }
+
+    #[test]
+    fn a_second_gradient_from_one_worker_in_a_step_is_an_error() {
+        let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
+        let value = Tensor::zeros(&dev, [2], DType::F32).unwrap();
+        let (mut core, mut server_end, workers, _ends) = two_worker_server(&value);
         let grad = |src| Msg {
             src,
             dst: addr(Role::Server, 0),
@@ -1022,23 +1029,8 @@ mod tests {
     fn gradients_in_another_memory_are_copied_into_the_servers() {
         let host = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
         let gpu = DeviceRef::new(singa_cpu::ReferenceDevice::apart("test:gpu"));
-        let workers = vec![addr(Role::Worker, 0), addr(Role::Worker, 1)];
-        let mut addrs = workers.clone();
-        addrs.push(addr(Role::Server, 0));
-        let mut ends = ChannelNetwork::connect(&addrs).unwrap();
-        let mut server_end: TransportBox = Transport_TO::from_value(ends.pop().unwrap(), TD_Opaque);
         let value = Tensor::from_slice(&gpu, &[1.0f32, 1.0], [2]).unwrap();
-        let slices = vec![ServerSlice {
-            key: (0, 0),
-            value: value.clone(),
-            state: Vec::new(),
-            lr_mult: 1.0,
-            wd_mult: 1.0,
-            replicas: vec![value.clone()],
-            sum: None,
-        }];
-        let schedule = LrSchedule::new("fixed", &Fields::new().with("base", 0.5)).unwrap();
-        let mut core = ServerCore::new(gpu, sgd(), schedule, 0.0, slices, vec![workers.clone()]);
+        let (mut core, mut server_end, workers, _ends) = two_worker_server(&value);
         let grad = |src, step, g: [f32; 2]| Msg {
             src,
             dst: addr(Role::Server, 0),
