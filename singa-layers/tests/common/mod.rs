@@ -94,6 +94,11 @@ fn distinct(seed: u64, n: usize) -> Vec<f32> {
     v
 }
 
+/// How far a layer's outputs and gradients with bf16 products may be from its f32 ones,
+/// relative to each tensor's largest magnitude: eight units of bf16's last place (2⁻⁸ each),
+/// room for the rounding of both inputs of products a few dozen terms deep.
+pub const BF16_TOLERANCE: f32 = 8.0 / 256.0;
+
 /// One layer under test: its type, fields, input specs and how its inputs are drawn.
 pub struct Case {
     /// The layer type.
@@ -174,9 +179,28 @@ impl Case {
     /// (`precision = "bf16"`: all multiply the same rounded values). The cases' convolutions
     /// are too small for the CPU's Winograd path, which stays f32 in bf16 (singa-conformance's
     /// `bf16_convolution_matches` checks that path with bf16's tolerance).
+    ///
+    /// And the gradient check under bf16: the layer's outputs and gradients with bf16 products
+    /// are its f32 ones (which [`Case::gradcheck`] checks against finite differences) to bf16's
+    /// precision, within [`BF16_TOLERANCE`] of each tensor's largest magnitude (finite
+    /// differences of a forward whose product inputs are rounded to 8 bits would measure the
+    /// rounding's steps, not the derivative).
     pub fn assert_devices_match_reference(&self, threads: usize, tol: f32) {
         self.assert_devices_match_reference_in(Precision::F32, threads, tol);
         self.assert_devices_match_reference_in(Precision::BF16, threads, tol);
+        let f32s = self.forward_backward(&reference());
+        let bf16 = DeviceRef::new(ReferenceDevice::with_precision(Precision::BF16));
+        for (k, (b, f)) in self.forward_backward(&bf16).iter().zip(&f32s).enumerate() {
+            let scale = f.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (i, (x, y)) in b.iter().zip(f).enumerate() {
+                assert!(
+                    (x - y).abs() <= BF16_TOLERANCE * scale,
+                    "{} {}: tensor {k}[{i}] with bf16 products {x}, in f32 {y}",
+                    self.name,
+                    self.fields
+                );
+            }
+        }
     }
 
     /// [`Case::assert_devices_match_reference`] for one precision of the products.
