@@ -139,7 +139,7 @@ pub(crate) unsafe fn forward(
     let chunk_len = g.images_per_chunk * g.rows * g.positions;
     let mut scratch = dev.gpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
     let [col, col_in, w_in] = scratch.regions(
-        dev.cu_stream(),
+        dev.memory(),
         [
             4 * chunk_len,
             rounded_bytes(dev, chunk_len),
@@ -210,7 +210,7 @@ pub(crate) unsafe fn backward_data(
     let dy_chunk = g.images_per_chunk * s.filters * g.positions;
     let mut scratch = dev.gpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
     let [col, dy_in, w_in] = scratch.regions(
-        dev.cu_stream(),
+        dev.memory(),
         [
             4 * chunk_len,
             rounded_bytes(dev, dy_chunk),
@@ -280,7 +280,7 @@ pub(crate) unsafe fn backward_filter(
     let dy_chunk = g.images_per_chunk * s.filters * g.positions;
     let mut scratch = dev.gpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
     let [col, col_t, dy_t, col_in, dy_in] = scratch.regions(
-        dev.cu_stream(),
+        dev.memory(),
         [
             4 * chunk_len,
             4 * chunk_len,

@@ -7,7 +7,7 @@
 
 use crate::codes::{adaptive_code, unary_code, PoolGeometry};
 use crate::driver::Fallible;
-use crate::gpu::{allocate_zeroed, Gpu};
+use crate::gpu::{Gpu, Memory};
 use crate::launch::{blocks, launch, ptr, row_block, row_blocks, BLOCK};
 use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{result as cu, sys as cu_sys, CudaFunction};
@@ -82,6 +82,14 @@ impl CudaDevice {
     /// The stream every operation is queued on.
     pub(crate) fn cu_stream(&self) -> cu_sys::CUstream {
         self.gpu.stream.cu_stream()
+    }
+
+    /// How this device's stream allocates and frees memory.
+    pub(crate) fn memory(&self) -> Memory {
+        Memory {
+            stream: self.cu_stream(),
+            pools: self.gpu.pools,
+        }
     }
 
     /// Queues a kernel (see the `launch!` macro).
@@ -181,7 +189,7 @@ impl Device for CudaDevice {
             let bytes = len.checked_mul(dtype.size()).ok_or_else(|| {
                 Error::invalid(format!("cannot allocate {len} elements of {dtype}"))
             })?;
-            allocate_zeroed(self.cu_stream(), bytes)
+            self.memory().allocate_zeroed(bytes)
         })
     }
 
@@ -189,7 +197,7 @@ impl Device for CudaDevice {
         if len == 0 || handle == EMPTY || self.bind().is_err() {
             return;
         }
-        let _ = crate::gpu::free_queued(self.cu_stream(), handle);
+        let _ = self.memory().free(handle);
     }
 
     unsafe fn write(&self, dst: BufView, src: RSlice<'_, u8>) -> RResult<(), Error> {

@@ -7,7 +7,6 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{result as cu, sys as cu_sys, CudaContext, CudaStream};
 use singa_core::{Error, Result};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What every [`CudaDevice`] of one GPU shares, made once per GPU and kept for the life of
@@ -26,6 +25,8 @@ pub(crate) struct Gpu {
     /// Four `u64`s where kernels report the first bad input (see `common.cuh`), then four
     /// where `take_fault` moves them for the host to read.
     pub(crate) fault: u64,
+    /// Whether the GPU has memory pools (see [`Memory`]).
+    pub(crate) pools: bool,
     /// Held from the launch of a kernel that may report a bad input until its report is read
     /// (and by every other read of the report): the fault words are the GPU's, shared by its
     /// devices on every thread.
@@ -66,11 +67,10 @@ impl Gpu {
             ));
         }
         let ctx = CudaContext::new(ordinal).or_device("creating a CUDA context")?;
-        let pools = cu_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED;
-        if ctx.attribute(pools).unwrap_or(0) == 1 {
+        let attribute = cu_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED;
+        let pools = ctx.attribute(attribute).unwrap_or(0) == 1;
+        if pools {
             keep_pool_memory(&ctx)?;
-        } else {
-            STREAM_ORDERED.store(false, Ordering::Relaxed);
         }
         let stream = ctx.new_stream().or_device("creating a stream")?;
         let (major, minor) = ctx
@@ -81,19 +81,24 @@ impl Gpu {
         let blas = CudaBlas::new(stream.clone()).or_device("creating a cuBLAS handle")?;
         let model = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let memory = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
-        let fault = allocate_zeroed(stream.cu_stream(), 8 * 8)?;
+        let on_stream = Memory {
+            stream: stream.cu_stream(),
+            pools,
+        };
+        let fault = on_stream.allocate_zeroed(8 * 8)?;
         Ok(Gpu {
             name: format!("cuda:{ordinal}"),
             about: format!(
                 "{model}, {arch}, {memory:.0} GiB, driver for CUDA {}, NVRTC {}{}",
                 crate::driver::driver_version(),
                 crate::kernels::nvrtc_version(),
-                match STREAM_ORDERED.load(Ordering::Relaxed) {
+                match pools {
                     true => "",
                     false => ", no memory pools (cuMemAlloc)",
                 }
             ),
             fault,
+            pools,
             faults: Mutex::new(()),
             ctx,
             stream,
@@ -121,35 +126,42 @@ fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
     }
 }
 
-/// Whether memory is allocated and freed in stream order (`cuMemAllocAsync`, from the GPU's
-/// memory pool); where a GPU (or a virtualised driver) has no memory pools, plain `cuMemAlloc`
-/// and `cuMemFree`, which wait for the GPU.
-static STREAM_ORDERED: AtomicBool = AtomicBool::new(true);
-
-/// Queues `bytes` of zeroed memory on `stream` (its context current).
-pub(crate) fn allocate_zeroed(stream: cu_sys::CUstream, bytes: usize) -> Result<u64> {
-    // SAFETY: the memory is zeroed, in stream order, before any use.
-    unsafe {
-        let p = match STREAM_ORDERED.load(Ordering::Relaxed) {
-            true => cu::malloc_async(stream, bytes),
-            false => cu::malloc_sync(bytes),
-        }
-        .or_device("allocating GPU memory")?;
-        cu::memset_d8_async(p, 0, bytes, stream).or_device("zeroing GPU memory")?;
-        Ok(p)
-    }
+/// How a GPU's memory is allocated and freed, on one stream: in stream order
+/// (`cuMemAllocAsync`, from the GPU's memory pool), or, where the GPU (or a virtualised
+/// driver) has no memory pools, with plain `cuMemAlloc` and `cuMemFree`, which wait for it.
+#[derive(Clone, Copy)]
+pub(crate) struct Memory {
+    pub(crate) stream: cu_sys::CUstream,
+    pub(crate) pools: bool,
 }
 
-/// Frees memory from [`allocate_zeroed`] once the work queued on `stream` is done with it.
-///
-/// # Safety
-/// No work queued after this call uses the memory.
-pub(crate) unsafe fn free_queued(stream: cu_sys::CUstream, p: u64) -> Result<()> {
-    match STREAM_ORDERED.load(Ordering::Relaxed) {
-        true => cu::free_async(p, stream).or_device("freeing GPU memory"),
-        // cuMemFree does not wait for the stream: wait first.
-        false => cu::stream::synchronize(stream)
-            .and_then(|()| cu::free_sync(p))
-            .or_device("freeing GPU memory"),
+impl Memory {
+    /// Queues `bytes` of zeroed memory on the stream (its context current).
+    pub(crate) fn allocate_zeroed(self, bytes: usize) -> Result<u64> {
+        // SAFETY: the memory is zeroed, in stream order, before any use.
+        unsafe {
+            let p = match self.pools {
+                true => cu::malloc_async(self.stream, bytes),
+                false => cu::malloc_sync(bytes),
+            }
+            .or_device("allocating GPU memory")?;
+            cu::memset_d8_async(p, 0, bytes, self.stream).or_device("zeroing GPU memory")?;
+            Ok(p)
+        }
+    }
+
+    /// Frees memory from [`Memory::allocate_zeroed`] once the work queued on the stream is
+    /// done with it.
+    ///
+    /// # Safety
+    /// No work queued after this call uses the memory.
+    pub(crate) unsafe fn free(self, p: u64) -> Result<()> {
+        match self.pools {
+            true => cu::free_async(p, self.stream).or_device("freeing GPU memory"),
+            // cuMemFree does not wait for the stream: wait first.
+            false => cu::stream::synchronize(self.stream)
+                .and_then(|()| cu::free_sync(p))
+                .or_device("freeing GPU memory"),
+        }
     }
 }

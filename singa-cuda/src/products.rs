@@ -158,7 +158,7 @@ pub(crate) unsafe fn gemm(dev: &CudaDevice, args: &GemmArgs) -> Result<()> {
         None => run(dev, &product),
         Some(rounded) => {
             let mut scratch = dev.gpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
-            let [a, b] = scratch.regions(dev.cu_stream(), [args.a.len * 2, args.b.len * 2])?;
+            let [a, b] = scratch.regions(dev.memory(), [args.a.len * 2, args.b.len * 2])?;
             round_inputs(dev, product.a, a, args.a.len)?;
             round_inputs(dev, product.b, b, args.b.len)?;
             (product.a, product.b, product.inputs) = (a, b, rounded);

@@ -1,8 +1,7 @@
 //! Working memory of the products and convolutions: one device buffer, grown when an
 //! operation needs more and kept, so a warm training step allocates nothing.
 
-use crate::gpu::allocate_zeroed;
-use cudarc::driver::sys as cu_sys;
+use crate::gpu::Memory;
 use singa_core::Result;
 
 /// Regions are aligned to this many bytes (what cuBLAS prefers for its operands).
@@ -20,7 +19,7 @@ impl Scratch {
     /// Addresses of regions of the given byte sizes, growing the buffer if needed.
     pub(crate) fn regions<const N: usize>(
         &mut self,
-        stream: cu_sys::CUstream,
+        memory: Memory,
         sizes: [usize; N],
     ) -> Result<[u64; N]> {
         let mut offsets = [0usize; N];
@@ -31,9 +30,9 @@ impl Scratch {
         }
         if total > self.bytes {
             // SAFETY: the old buffer is freed in stream order, after the work that used it.
-            unsafe { self.release(stream) };
+            unsafe { self.release(memory) };
             let bytes = total.max(self.bytes * 2);
-            self.base = allocate_zeroed(stream, bytes)?;
+            self.base = memory.allocate_zeroed(bytes)?;
             self.bytes = bytes;
         }
         Ok(offsets.map(|o| self.base + o as u64))
@@ -43,9 +42,9 @@ impl Scratch {
     ///
     /// # Safety
     /// No later work uses the regions handed out before.
-    pub(crate) unsafe fn release(&mut self, stream: cu_sys::CUstream) {
+    pub(crate) unsafe fn release(&mut self, memory: Memory) {
         if self.bytes > 0 {
-            let _ = crate::gpu::free_queued(stream, self.base);
+            let _ = memory.free(self.base);
             self.bytes = 0;
         }
     }

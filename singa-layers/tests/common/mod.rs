@@ -190,12 +190,21 @@ impl Case {
         self.assert_devices_match_reference_in(Precision::BF16, threads, tol);
         let f32s = self.forward_backward(&reference());
         let bf16 = DeviceRef::new(ReferenceDevice::with_precision(Precision::BF16));
-        for (k, (b, f)) in self.forward_backward(&bf16).iter().zip(&f32s).enumerate() {
-            let scale = f.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            for (i, (x, y)) in b.iter().zip(f).enumerate() {
+        let got = self.forward_backward(&bf16);
+        self.assert_close(&got, &f32s, BF16_TOLERANCE, "with bf16 products, in f32");
+    }
+
+    /// Each tensor of `got` is `want`'s within `tol` of the latter's largest magnitude (at
+    /// least 1); `what` names the two sides in the message.
+    fn assert_close(&self, got: &[Vec<f32>], want: &[Vec<f32>], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (k, (c, r)) in got.iter().zip(want).enumerate() {
+            assert_eq!(c.len(), r.len());
+            let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (i, (x, y)) in c.iter().zip(r).enumerate() {
                 assert!(
-                    (x - y).abs() <= BF16_TOLERANCE * scale,
-                    "{} {}: tensor {k}[{i}] with bf16 products {x}, in f32 {y}",
+                    (x - y).abs() <= tol * scale,
+                    "{} {}: tensor {k}[{i}] {what}: {x} vs {y}",
                     self.name,
                     self.fields
                 );
@@ -215,20 +224,8 @@ impl Case {
         let cpu = DeviceRef::new(CpuDevice::with_precision(threads, precision).unwrap());
         for device in std::iter::once(cpu).chain(cuda(precision)) {
             let got = self.forward_backward(&device);
-            let name = device.info().kind;
-            assert_eq!(got.len(), reference.len());
-            for (k, (c, r)) in got.iter().zip(&reference).enumerate() {
-                assert_eq!(c.len(), r.len());
-                let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-                for (i, (x, y)) in c.iter().zip(r).enumerate() {
-                    assert!(
-                        (x - y).abs() <= tol * scale,
-                        "{} {} in {precision}: tensor {k}[{i}]: {name} {x} vs reference {y}",
-                        self.name,
-                        self.fields
-                    );
-                }
-            }
+            let what = format!("in {precision}, {} vs reference", device.info().kind);
+            self.assert_close(&got, &reference, tol, &what);
         }
     }
 }

@@ -355,23 +355,18 @@ impl WorkerLink {
     /// Computes the gradient of `row_blocks[b]` block by block, sending each slice as soon as
     /// its rows are done.
     fn send_in_row_blocks(&mut self, net: &mut NeuralNet, b: usize, step: u64) -> Result<()> {
-        let mut blocks = std::mem::take(&mut self.row_blocks);
-        let rb = &mut blocks[b];
-        let mut sent = Ok(());
-        for (runs, slice) in rb.order.iter_mut() {
+        let (param, layer, position) = {
+            let rb = &self.row_blocks[b];
+            (rb.param, rb.layer, rb.position)
+        };
+        for k in 0..self.row_blocks[b].order.len() {
+            let (runs, slice) = &mut self.row_blocks[b].order[k];
             for (start, rows) in runs.iter_mut() {
-                sent = net.param_grad_rows(rb.layer, rb.position, *start, None, false, rows);
-                if sent.is_err() {
-                    break;
-                }
+                net.param_grad_rows(layer, position, *start, None, false, rows)?;
             }
-            sent = sent.and_then(|()| self.send_slice(rb.param, *slice, step));
-            if sent.is_err() {
-                break;
-            }
+            let slice = *slice;
+            self.send_slice(param, slice, step)?;
         }
-        self.row_blocks = blocks;
-        sent?;
         self.drain(step)
     }
 
