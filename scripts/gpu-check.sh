@@ -2,7 +2,8 @@
 # Everything the CUDA device is checked with on a machine with an NVIDIA GPU, in one run of a
 # few minutes (the logs go to $OUT, default runs/gpu-check):
 #   1. the conformance suite and the layers' device checks with SINGA_REQUIRE_GPU=1 (a skip
-#      fails), and the kernel compile test;
+#      fails), the kernel compile test, and NCCL's sums over every GPU of the machine
+#      (SINGA_REQUIRE_NCCL=1: NCCL comes with PyTorch's nvidia-nccl package);
 #   2. the MNIST example on the GPU (examples/mnist-mlp/cuda.toml), and again with f16 products
 #      and dynamic loss scaling (the same job with `precision = "f16"`);
 #   3. the same MNIST job with two workers in two processes, each on its GPU (`[cluster] gpus`);
@@ -25,14 +26,14 @@ import glob, os, site
 dirs = set()
 for root in site.getsitepackages() + [site.getusersitepackages()]:
     for lib in glob.glob(os.path.join(root, "nvidia", "**", "lib*.so*"), recursive=True):
-        if any(k in os.path.basename(lib) for k in ("nvrtc", "cublas")):
+        if any(k in os.path.basename(lib) for k in ("nvrtc", "cublas", "nccl")):
             dirs.add(os.path.dirname(lib))
 print(":".join(sorted(dirs)))
 PY
 )"
 export LD_LIBRARY_PATH="${LIBS:+$LIBS:}/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export SINGA_REQUIRE_GPU=1 SINGA_REQUIRE_NVRTC=1
-{ nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader; python3 -m pip show nvidia-cuda-nvrtc 2>/dev/null | head -2; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } | tee "$OUT/gpu.txt"
+export SINGA_REQUIRE_GPU=1 SINGA_REQUIRE_NVRTC=1 SINGA_REQUIRE_NCCL=1
+{ nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader; python3 -m pip show nvidia-cuda-nvrtc nvidia-nccl-cu13 nvidia-nccl-cu12 2>/dev/null | grep -E "^(Name|Version)"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } | tee "$OUT/gpu.txt"
 
 status=0
 echo "== tests" | tee "$OUT/tests.log"

@@ -10,6 +10,9 @@
 //! any machine, and on one without an NVIDIA driver [`CudaDevice::new`] returns an error
 //! saying so instead of panicking. [`kernels::compile`] needs only NVRTC, no GPU, which lets
 //! CI compile every kernel on a machine without one.
+//!
+//! [`Communicator`] sums tensors across GPUs with NCCL (loaded at run time too: `libnccl.so.2`),
+//! for data-parallel workers on several GPUs.
 
 #![warn(missing_docs)]
 
@@ -20,11 +23,13 @@ mod driver;
 mod gpu;
 pub mod kernels;
 mod launch;
+mod nccl;
 mod products;
 mod scratch;
 
 pub use device::CudaDevice;
 pub use driver::{device_count, driver_present, nvrtc_present};
+pub use nccl::{nccl_present, nccl_version, Communicator, NcclId};
 
 /// Why GPU tests cannot run here, or `None` when a CUDA GPU is present.
 pub fn unavailable_reason() -> Option<String> {
