@@ -35,6 +35,8 @@ export LD_LIBRARY_PATH="${LIBS:+$LIBS:}/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:
 export SINGA_REQUIRE_GPU=1 SINGA_REQUIRE_NVRTC=1 SINGA_REQUIRE_NCCL=1
 { nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader; python3 -m pip show nvidia-cuda-nvrtc nvidia-nccl-cu13 nvidia-nccl-cu12 2>/dev/null | grep -E "^(Name|Version)"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } | tee "$OUT/gpu.txt"
 
+"$BIN/singa" devices | tee -a "$OUT/gpu.txt"
+
 status=0
 echo "== tests" | tee "$OUT/tests.log"
 for t in "$BIN"/tests/*; do

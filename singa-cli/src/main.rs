@@ -207,6 +207,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Show the devices and engines this machine and this build offer: the CPU, the CUDA
+    /// driver, GPUs and libraries (NVRTC, cuBLAS, NCCL), and MPI.
+    Devices,
     /// List the layer and updater types with their fields and origins.
     Layers {
         /// A job file whose `plugins` to load as well.
@@ -586,6 +589,10 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Devices => {
+            print!("{}", devices());
+            Ok(())
+        }
         Command::Layers { job, plugins } => {
             let config = job.map(JobConfig::from_file).transpose()?;
             list_types(&Registry::with_plugins(&plugins, config.as_ref(), detail)?);
@@ -888,4 +895,74 @@ fn list_types(registry: &Registry) {
         show(&t.name, &t.doc, &origin.to_string(), &t.fields);
         outln!();
     }
+}
+
+/// What `singa devices` prints: one line per device or engine, with what it offers or why it
+/// cannot be used.
+fn devices() -> String {
+    let mut lines: Vec<(String, String)> = Vec::new();
+    let threads = singa::device::default_threads();
+    let cpu = |precision| {
+        singa_cpu::CpuDevice::with_precision(threads, precision)
+            .map(|d| singa_core::Device::info(&d).description.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    };
+    lines.push((
+        "cpu".into(),
+        format!("{}: {}", cpu_model(), cpu(singa_core::Precision::F32)),
+    ));
+    lines.push((
+        "".into(),
+        format!(
+            "with precision = \"bf16\": {}",
+            cpu(singa_core::Precision::BF16)
+        ),
+    ));
+    match singa::device::cuda_about() {
+        Ok(about) => lines.extend(
+            about
+                .into_iter()
+                .map(|(what, state)| (format!("cuda {what}"), state)),
+        ),
+        Err(_) => lines.push((
+            "cuda".into(),
+            "not built in: cargo build --release -p singa-cli --features cuda".into(),
+        )),
+    }
+    #[cfg(feature = "mpi")]
+    lines.push((
+        "mpi".into(),
+        format!(
+            "{}{}",
+            singa_comm::mpi::library_version(),
+            if singa_comm::mpi::launched() {
+                ", under a launcher"
+            } else {
+                ""
+            }
+        ),
+    ));
+    #[cfg(not(feature = "mpi"))]
+    lines.push((
+        "mpi".into(),
+        "not built in: cargo build --release -p singa-cli --features mpi".into(),
+    ));
+    let width = lines.iter().map(|(w, _)| w.len()).max().unwrap_or(0);
+    lines
+        .iter()
+        .map(|(what, state)| format!("{what:width$}  {state}\n"))
+        .collect()
+}
+
+/// The CPU's model name, as Linux reports it (or "cpu" elsewhere).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "cpu".into())
 }

@@ -1046,3 +1046,33 @@ fn predict_names_the_classes_of_image_files_and_refuses_other_sizes() {
     );
     fails_with(&o, "big.png: at byte offset 0: its records are [3, 8, 8] (channels, height, width) but the model reads [3, 4, 4]");
 }
+
+#[test]
+fn devices_says_what_each_engine_offers_or_how_to_get_it() {
+    let o = singa(&["devices"], Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let line = |what: &str| {
+        out.lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} line in:\n{out}"))
+            .to_string()
+    };
+    assert!(line("cpu ").contains("thread"), "{out}");
+    assert!(out.contains("with precision = \"bf16\": cpu ("), "{out}");
+    // An optional engine says how to build it in, or what it found (the NVIDIA driver and
+    // each library, found or why not; the MPI library's name).
+    let cuda = line("cuda ");
+    assert!(
+        cuda.contains("--features cuda")
+            || ["driver", "NVRTC", "cuBLAS", "NCCL"]
+                .iter()
+                .all(|c| out.contains(&format!("cuda {c}"))),
+        "{out}"
+    );
+    let mpi = line("mpi ");
+    assert!(
+        mpi.contains("--features mpi") || mpi.contains("MPI"),
+        "{out}"
+    );
+}

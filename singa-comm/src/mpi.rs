@@ -46,6 +46,21 @@ pub fn launched() -> bool {
         .any(|v| std::env::var_os(v).is_some())
 }
 
+/// The MPI library's name and version (`Open MPI v4.1.4`), read without initialising MPI
+/// (MPI allows it before `MPI_Init`).
+pub fn library_version() -> String {
+    match mpi::environment::library_version() {
+        // "Open MPI v4.1.4, package: ...": the name and version.
+        Ok(text) => text
+            .split([',', '\n'])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        Err(e) => format!("(version unreadable: {e})"),
+    }
+}
+
 /// What the MPI thread is asked to do.
 enum Request {
     /// Every rank's bytes, in rank order (a collective: every rank must ask).

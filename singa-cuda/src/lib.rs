@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+mod about;
 mod codes;
 mod conv;
 mod device;
@@ -27,6 +28,7 @@ mod nccl;
 mod products;
 mod scratch;
 
+pub use about::about;
 pub use device::CudaDevice;
 pub use driver::{device_count, driver_present, nvrtc_present};
 pub use nccl::{nccl_present, nccl_version, Communicator, NcclId};

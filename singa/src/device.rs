@@ -39,9 +39,28 @@ fn cuda(cfg: &DeviceConfig) -> Result<DeviceRef> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_: &DeviceConfig) -> Result<DeviceRef> {
-    Err(singa_core::Error::device(
+    Err(built_without_cuda())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn built_without_cuda() -> singa_core::Error {
+    singa_core::Error::device(
         "cuda",
         "this singa was built without CUDA: build it with \
          `cargo build --release -p singa-cli --features cuda`",
-    ))
+    )
+}
+
+/// What this machine offers the CUDA device, one (component, state) line each: the driver,
+/// every GPU, NVRTC, cuBLAS and NCCL (`singa devices`); an error when singa was built without
+/// CUDA.
+#[cfg(feature = "cuda")]
+pub fn cuda_about() -> Result<Vec<(String, String)>> {
+    Ok(singa_cuda::about())
+}
+
+/// Without CUDA built in: the error saying how to build it.
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_about() -> Result<Vec<(String, String)>> {
+    Err(built_without_cuda())
 }
