@@ -8,9 +8,11 @@
 //! header into a buffer kept per receiver, kind, target and slice (no allocation once warm)
 //! and starts two non-blocking sends: the header, then the payload straight from the
 //! tensor's host memory. Between sends it probes for headers from other ranks, decodes them
-//! (see `codec.rs`), receives each payload straight into the tensor it will be delivered in,
-//! and delivers the message. A router never blocks in MPI, so two routers
-//! sending large messages to each other cannot deadlock. When there is nothing to do it
+//! (see `codec.rs`), starts a non-blocking receive of each payload straight into the tensor it
+//! will be delivered in, and delivers each rank's messages in the order they came once their
+//! payloads are in. A router never blocks in MPI, so two routers sending large messages to
+//! each other cannot deadlock, and a large payload coming in does not hold up the messages
+//! going out meanwhile (between machines, both directions of the link carry data at once). When there is nothing to do it
 //! yields, then sleeps for short spells: MPI cannot wake a thread, and OpenMPI's blocking calls
 //! would keep a core busy. It asks the scheduler for short slices, so that it runs as soon as
 //! it wakes even while a worker computes on its core.
@@ -165,6 +167,7 @@ impl Mpi {
             slots: HashMap::new(),
             in_flight: Vec::new(),
             received: Vec::new(),
+            arriving: (0..self.size).map(|_| Default::default()).collect(),
             linger,
         };
         self.ask(Request::Route(Box::new(router)))?;
@@ -248,6 +251,17 @@ struct Slot {
 // that holds the slots is built elsewhere (with no slot yet) and moved there before it runs.
 unsafe impl Send for Slot {}
 
+/// A message from another rank whose header is in: delivered once its payload's receive (if
+/// it has one) is done.
+struct Arriving {
+    msg: Msg,
+    /// The payload's receive, until it is done.
+    request: Option<ffi::MPI_Request>,
+}
+
+// SAFETY: as for `Slot`: the requests live on the MPI thread only.
+unsafe impl Send for Arriving {}
+
 /// The key of a send buffer: the message's receiver, kind, target and slice (see
 /// [`slot_key`]).
 type SlotKey = (Addr, MsgKind, u32, u32);
@@ -277,8 +291,10 @@ struct Router {
     slots: HashMap<SlotKey, Slot>,
     /// Slots whose send is in flight.
     in_flight: Vec<SlotKey>,
-    /// Where a message from another rank is received.
+    /// Where a message's header from another rank is received.
     received: Vec<u8>,
+    /// Per rank, its messages whose headers came, in order, until they are delivered.
+    arriving: Vec<std::collections::VecDeque<Arriving>>,
     /// How long to wait for the other ranks at the end.
     linger: Duration,
 }
@@ -305,6 +321,7 @@ impl Router {
             while self.receive(world) {
                 busy = true;
             }
+            busy |= self.deliver_arrived();
             if busy {
                 idle_since = Instant::now();
             } else {
@@ -396,6 +413,7 @@ impl Router {
         {
             self.test_sends();
             self.receive(world);
+            self.deliver_arrived();
         }
     }
 
@@ -429,8 +447,35 @@ impl Router {
         any
     }
 
-    /// Receives one message from another rank, if one has come (its header, then its payload
-    /// straight into the tensor it is delivered in), and delivers it.
+    /// Delivers, for each rank, its messages whose payloads are in, in the order they came;
+    /// true if any was.
+    fn deliver_arrived(&mut self) -> bool {
+        let mut any = false;
+        for queue in &mut self.arriving {
+            while let Some(front) = queue.front_mut() {
+                if let Some(request) = &mut front.request {
+                    let mut done: c_int = 0;
+                    // SAFETY: a payload's receive, not yet completed.
+                    unsafe { ffi::MPI_Test(request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
+                    if done == 0 {
+                        break;
+                    }
+                }
+                let arrived = queue.pop_front().expect("a front");
+                // A message for an endpoint that has stopped is dropped: its sender learns of
+                // the stop from the job.
+                if let Some(inbox) = self.local.get(&arrived.msg.dst) {
+                    deliver(inbox, arrived.msg);
+                }
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Receives one message's header from another rank, if one has come, and starts the
+    /// receive of its payload straight into the tensor it is delivered in (delivered by
+    /// [`Router::deliver_arrived`]).
     fn receive(&mut self, world: &SimpleCommunicator) -> bool {
         let Some((message, status)) = world.any_process().immediate_matched_probe_with_tag(TAG)
         else {
@@ -447,26 +492,32 @@ impl Router {
             Ok(m) => m.payload.as_ref().into_option().cloned(),
             Err(_) => None,
         };
-        if let Some(t) = payload {
+        let request = payload.map(|t| {
             // SAFETY: a payload tensor of the router's own, whose last message's receiver is
             // done with it (see `wire.rs`) before a message with the same key comes; or the
             // receiver's own for this key (`Endpoints::receive_into`), whose protocol keeps
             // every other use of those elements out of the time such a message can be in
-            // flight.
+            // flight. The message (holding the tensor) is kept until the receive is done.
             let (ptr, len) = unsafe { t.host_bytes() }.expect("payloads are made in host memory");
-            let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-            world
-                .process_at_rank(from)
-                .receive_into_with_tag(bytes, PAYLOAD_TAG);
-        }
-        match msg {
-            // A message for an endpoint that has stopped is dropped: its sender learns of the
-            // stop from the job.
-            Ok(msg) => {
-                if let Some(inbox) = self.local.get(&msg.dst) {
-                    deliver(inbox, msg);
-                }
+            let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+            // SAFETY: as above; payloads from one rank match these receives in the order
+            // they are started, the order of their headers (MPI does not reorder messages of
+            // one sender and tag).
+            unsafe {
+                ffi::MPI_Irecv(
+                    ptr as *mut c_void,
+                    len as c_int,
+                    ffi::RSMPI_UINT8_T,
+                    from as c_int,
+                    PAYLOAD_TAG,
+                    world.as_raw(),
+                    &mut request,
+                );
             }
+            request
+        });
+        match msg {
+            Ok(msg) => self.arriving[from as usize].push_back(Arriving { msg, request }),
             Err(e) => {
                 let _ = writeln!(
                     std::io::stderr(),
@@ -491,9 +542,10 @@ impl Router {
     /// what still arrives so that no rank's send waits on this one. A rank that does not come
     /// within `linger` is given up on: MPI is aborted, which ends every rank.
     fn finish(&mut self, world: &SimpleCommunicator) {
-        while !self.in_flight.is_empty() {
+        while !self.in_flight.is_empty() || self.arriving.iter().any(|q| !q.is_empty()) {
             self.test_sends();
             self.receive(world);
+            self.deliver_arrived();
         }
         let mut barrier = world.immediate_barrier();
         let deadline = Instant::now() + self.linger;
@@ -503,7 +555,7 @@ impl Router {
                 Ok(_) => return,
                 Err(pending) => pending,
             };
-            if self.receive(world) {
+            if self.receive(world) | self.deliver_arrived() {
                 idle_since = Instant::now();
             } else {
                 pause(idle_since);
