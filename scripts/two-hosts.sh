@@ -51,7 +51,7 @@ for h in a b; do
   if [ -n "$GBITS" ]; then
     burst=$(python3 -c "print(max(65536, int($GBITS * 1e9 / 8 * 100e-6)))")
     ip netns exec "singa-host-$h" tc qdisc add dev "singa-veth-$h" root tbf \
-      rate "${GBITS}gbit" burst "$burst" latency 2ms
+      rate "${GBITS}gbit" burst "$burst" latency 50ms
   fi
 done
 

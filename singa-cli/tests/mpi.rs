@@ -360,6 +360,64 @@ fn synchronous_frameworks_over_mpi_train_exactly_as_in_one_process() {
 /// (an RBM, its hidden units' draws per row) on two AllReduce workers over MPI end with the
 /// parameters one process gives, bit for bit.
 #[test]
+fn ranks_on_different_nodes_send_payloads_in_pieces_and_train_exactly_as_in_one_process() {
+    if !have_mpirun("ranks on different nodes") {
+        return;
+    }
+    let dir = tmpdir("mpi-nodes");
+    // 16 × 16 images: the first weight (256 × 96) is cut into two slices of 48 KiB, each sent
+    // as a whole piece of 32 KiB and a part of one.
+    synthetic_mnist(&dir, 600, 100, 16);
+    let text = job(
+        &dir,
+        30,
+        30,
+        "adam",
+        "framework = \"allreduce\"\nnworkers_per_group = 2",
+    );
+    let file = dir.join("nodes.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (one, many) = (dir.join("one"), dir.join("nodes"));
+    let f = file.to_str().unwrap();
+    let args = |ws: &Path| {
+        [
+            "train",
+            f,
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--threads",
+            "1",
+        ]
+        .map(String::from)
+    };
+    let o = Command::new(SINGA)
+        .args(args(&one))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    ok(&o, "one process");
+    // Each rank names a node of its own, as on two machines: every payload between them goes
+    // in pieces (the weights' gradients and values are many pieces each).
+    let mut c = mpirun();
+    c.args([
+        "-np",
+        "2",
+        "sh",
+        "-c",
+        "SINGA_MPI_NODE=node$OMPI_COMM_WORLD_RANK exec \"$0\" \"$@\"",
+        SINGA,
+    ])
+    .args(args(&many))
+    .current_dir(&dir);
+    ok(&c.output().unwrap(), "two ranks on two nodes");
+    same_checkpoints(
+        &checkpoint(&one, 30),
+        &checkpoint(&many, 30),
+        "two ranks on two nodes against one process",
+    );
+}
+
+#[test]
 fn recurrent_and_energy_models_over_mpi_train_exactly_as_in_one_process() {
     if !have_mpirun("BPTT and CD") {
         return;

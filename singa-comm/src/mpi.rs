@@ -40,6 +40,21 @@ const TAG: c_int = 7;
 /// The tag of every payload: a rank's payloads come in the order of its headers.
 const PAYLOAD_TAG: c_int = 8;
 
+/// The largest piece of a payload between nodes, in bytes. A message larger than the
+/// transport's eager limit (OpenMPI's TCP: 64 KiB) waits for the receiver's go-ahead, which
+/// travels behind whatever the receiver is sending on the same connection: two nodes sending
+/// large payloads to each other would take turns on the link instead of using both directions
+/// at once (measured: half the throughput; docs/PERFORMANCE.md). Pieces under the eager limit
+/// go at once. Within a node (shared memory, single-copy) whole payloads are faster.
+const PIECE: usize = 32 * 1024;
+
+/// The pieces of a payload of `n` bytes to or from a rank on another node (`apart`): (offset,
+/// length) of each.
+fn pieces(n: usize, apart: bool) -> impl Iterator<Item = (usize, usize)> {
+    let piece = if apart { PIECE } else { n.max(1) };
+    (0..n).step_by(piece).map(move |at| (at, piece.min(n - at)))
+}
+
 /// Whether an MPI launcher (`mpirun`, `mpiexec`, `srun`) started this process: the variables
 /// OpenMPI, MPICH and PMIx set for each rank.
 pub fn launched() -> bool {
@@ -76,6 +91,8 @@ enum Request {
 pub struct Mpi {
     rank: usize,
     size: usize,
+    /// This process's node (MPI's processor name: the host name; or `SINGA_MPI_NODE`).
+    node: String,
     requests: Option<flume::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -93,13 +110,14 @@ impl Mpi {
         let mut mpi = Mpi {
             rank: 0,
             size: 1,
+            node: String::new(),
             requests: Some(requests),
             thread: Some(thread),
         };
-        let (rank, size) = ready
+        let (rank, size, node) = ready
             .recv()
             .map_err(|_| Error::invalid("the MPI thread stopped while starting MPI"))??;
-        (mpi.rank, mpi.size) = (rank, size);
+        (mpi.rank, mpi.size, mpi.node) = (rank, size, node);
         Ok(mpi)
     }
 
@@ -148,6 +166,9 @@ impl Mpi {
             )));
         }
         let rank_of = process_of(placement)?;
+        // Payloads to and from ranks on other nodes go in pieces (see `PIECE`).
+        let nodes = self.all_gather(self.node.as_bytes())?;
+        let apart = nodes.iter().map(|n| *n != nodes[self.rank]).collect();
         let me = self.rank;
         let (router_inbox, outbound) = queue(stub_addr(me));
         let sent = Arc::new(Counters::default());
@@ -168,6 +189,8 @@ impl Mpi {
             in_flight: Vec::new(),
             received: Vec::new(),
             arriving: (0..self.size).map(|_| Default::default()).collect(),
+            apart,
+            spare: Vec::new(),
             linger,
         };
         self.ask(Request::Route(Box::new(router)))?;
@@ -195,7 +218,10 @@ impl Drop for Mpi {
 }
 
 /// The MPI thread: initialises MPI, serves requests until the queue closes, finalises.
-fn mpi_main(requests: flume::Receiver<Request>, ready: flume::Sender<Result<(usize, usize)>>) {
+fn mpi_main(
+    requests: flume::Receiver<Request>,
+    ready: flume::Sender<Result<(usize, usize, String)>>,
+) {
     let Some((universe, _threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
     else {
         let _ = ready.send(Err(Error::invalid(
@@ -204,7 +230,13 @@ fn mpi_main(requests: flume::Receiver<Request>, ready: flume::Sender<Result<(usi
         return;
     };
     let world = universe.world();
-    let _ = ready.send(Ok((world.rank() as usize, world.size() as usize)));
+    // `SINGA_MPI_NODE` names the node instead (tests give ranks of one machine different
+    // nodes, so that their payloads go in pieces).
+    let node = std::env::var("SINGA_MPI_NODE")
+        .ok()
+        .or_else(|| mpi::environment::processor_name().ok())
+        .unwrap_or_default();
+    let _ = ready.send(Ok((world.rank() as usize, world.size() as usize, node)));
     while let Ok(request) = requests.recv() {
         match request {
             Request::AllGather(mine, reply) => {
@@ -243,24 +275,39 @@ struct Slot {
     payload: Option<singa_core::Tensor>,
     /// Where a payload outside host memory is copied first.
     staging: Vec<u8>,
-    /// The header's and the payload's sends.
-    requests: [Option<ffi::MPI_Request>; 2],
+    /// The header's and the payload's sends (completed ones are `MPI_REQUEST_NULL`; empty
+    /// when none is in flight).
+    requests: Requests,
 }
 
-// SAFETY: a slot's requests are made, tested and completed on the MPI thread only; the router
-// that holds the slots is built elsewhere (with no slot yet) and moved there before it runs.
-unsafe impl Send for Slot {}
+/// Requests of MPI operations in flight.
+#[derive(Default)]
+struct Requests(Vec<ffi::MPI_Request>);
+
+// SAFETY: requests are made, tested and completed on the MPI thread only; the router that
+// holds them is built elsewhere (with none yet) and moved there before it runs.
+unsafe impl Send for Requests {}
+
+impl std::ops::Deref for Requests {
+    type Target = Vec<ffi::MPI_Request>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Requests {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
 
 /// A message from another rank whose header is in: delivered once its payload's receive (if
 /// it has one) is done.
 struct Arriving {
     msg: Msg,
-    /// The payload's receive, until it is done.
-    request: Option<ffi::MPI_Request>,
+    /// The receives of the payload's pieces (empty without a payload).
+    requests: Requests,
 }
-
-// SAFETY: as for `Slot`: the requests live on the MPI thread only.
-unsafe impl Send for Arriving {}
 
 /// The key of a send buffer: the message's receiver, kind, target and slice (see
 /// [`slot_key`]).
@@ -295,6 +342,10 @@ struct Router {
     received: Vec<u8>,
     /// Per rank, its messages whose headers came, in order, until they are delivered.
     arriving: Vec<std::collections::VecDeque<Arriving>>,
+    /// Per rank, whether it is on another node (its payloads go in pieces).
+    apart: Vec<bool>,
+    /// Request lists of delivered messages, for the next ones (no allocation once warm).
+    spare: Vec<Requests>,
     /// How long to wait for the other ranks at the end.
     linger: Duration,
 }
@@ -343,7 +394,7 @@ impl Router {
             header: [0; codec::MAX_HEADER],
             payload: None,
             staging: Vec::new(),
-            requests: [None, None],
+            requests: Requests::default(),
         });
         let sent = codec::encode_header(&msg, &mut slot.header).and_then(|len| {
             let payload = msg.payload.as_ref().into_option().cloned();
@@ -396,9 +447,14 @@ impl Router {
             }
             request
         };
-        slot.requests[0] = Some(isend(slot.header.as_ptr(), len, TAG));
+        slot.requests.clear();
+        slot.requests.push(isend(slot.header.as_ptr(), len, TAG));
         if let Some((ptr, n)) = body {
-            slot.requests[1] = Some(isend(ptr, n, PAYLOAD_TAG));
+            for (at, len) in pieces(n, self.apart[rank]) {
+                // SAFETY: `at + len <= n`, inside the payload.
+                slot.requests
+                    .push(isend(unsafe { ptr.add(at) }, len, PAYLOAD_TAG));
+            }
         }
         slot.payload = payload;
         self.in_flight.push(key);
@@ -406,11 +462,7 @@ impl Router {
 
     /// Waits until the sends from slot `key` (if any) are done, receiving meanwhile.
     fn wait_for_slot(&mut self, world: &SimpleCommunicator, key: SlotKey) {
-        while self
-            .slots
-            .get(&key)
-            .is_some_and(|s| s.requests.iter().any(Option::is_some))
-        {
+        while self.slots.get(&key).is_some_and(|s| !s.requests.is_empty()) {
             self.test_sends();
             self.receive(world);
             self.deliver_arrived();
@@ -426,18 +478,11 @@ impl Router {
                 .slots
                 .get_mut(&self.in_flight[i])
                 .expect("a slot in flight");
-            for r in slot.requests.iter_mut() {
-                if let Some(request) = r {
-                    let mut done: c_int = 0;
-                    // SAFETY: a request of this slot's sends, not yet completed.
-                    unsafe { ffi::MPI_Test(request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
-                    if done != 0 {
-                        *r = None;
-                        any = true;
-                    }
-                }
+            if all_done(&mut slot.requests) {
+                slot.requests.clear();
+                any = true;
             }
-            if slot.requests.iter().all(Option::is_none) {
+            if slot.requests.is_empty() {
                 slot.payload = None;
                 self.in_flight.swap_remove(i);
             } else {
@@ -453,15 +498,12 @@ impl Router {
         let mut any = false;
         for queue in &mut self.arriving {
             while let Some(front) = queue.front_mut() {
-                if let Some(request) = &mut front.request {
-                    let mut done: c_int = 0;
-                    // SAFETY: a payload's receive, not yet completed.
-                    unsafe { ffi::MPI_Test(request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
-                    if done == 0 {
-                        break;
-                    }
+                if !all_done(&mut front.requests) {
+                    break;
                 }
-                let arrived = queue.pop_front().expect("a front");
+                let mut arrived = queue.pop_front().expect("a front");
+                arrived.requests.clear();
+                self.spare.push(arrived.requests);
                 // A message for an endpoint that has stopped is dropped: its sender learns of
                 // the stop from the job.
                 if let Some(inbox) = self.local.get(&arrived.msg.dst) {
@@ -492,32 +534,35 @@ impl Router {
             Ok(m) => m.payload.as_ref().into_option().cloned(),
             Err(_) => None,
         };
-        let request = payload.map(|t| {
+        let mut requests = self.spare.pop().unwrap_or_default();
+        if let Some(t) = payload {
             // SAFETY: a payload tensor of the router's own, whose last message's receiver is
             // done with it (see `wire.rs`) before a message with the same key comes; or the
             // receiver's own for this key (`Endpoints::receive_into`), whose protocol keeps
             // every other use of those elements out of the time such a message can be in
-            // flight. The message (holding the tensor) is kept until the receive is done.
+            // flight. The message (holding the tensor) is kept until the receives are done.
             let (ptr, len) = unsafe { t.host_bytes() }.expect("payloads are made in host memory");
-            let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
-            // SAFETY: as above; payloads from one rank match these receives in the order
-            // they are started, the order of their headers (MPI does not reorder messages of
-            // one sender and tag).
-            unsafe {
-                ffi::MPI_Irecv(
-                    ptr as *mut c_void,
-                    len as c_int,
-                    ffi::RSMPI_UINT8_T,
-                    from as c_int,
-                    PAYLOAD_TAG,
-                    world.as_raw(),
-                    &mut request,
-                );
+            for (at, n) in pieces(len, self.apart[from as usize]) {
+                let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+                // SAFETY: as above, `at + n <= len`; payloads from one rank match these
+                // receives in the order they are started, the order the sender sent its
+                // headers and pieces in (MPI does not reorder messages of one sender and tag).
+                unsafe {
+                    ffi::MPI_Irecv(
+                        ptr.add(at) as *mut c_void,
+                        n as c_int,
+                        ffi::RSMPI_UINT8_T,
+                        from as c_int,
+                        PAYLOAD_TAG,
+                        world.as_raw(),
+                        &mut request,
+                    );
+                }
+                requests.push(request);
             }
-            request
-        });
+        }
         match msg {
-            Ok(msg) => self.arriving[from as usize].push_back(Arriving { msg, request }),
+            Ok(msg) => self.arriving[from as usize].push_back(Arriving { msg, requests }),
             Err(e) => {
                 let _ = writeln!(
                     std::io::stderr(),
@@ -571,6 +616,24 @@ impl Router {
             }
         }
     }
+}
+
+/// Whether every request of `requests` is done (completing those that are).
+fn all_done(requests: &mut [ffi::MPI_Request]) -> bool {
+    if requests.is_empty() {
+        return true;
+    }
+    let mut done: c_int = 0;
+    // SAFETY: requests started by this router (or already completed: null).
+    unsafe {
+        ffi::MPI_Testall(
+            requests.len() as c_int,
+            requests.as_mut_ptr(),
+            &mut done,
+            ffi::RSMPI_STATUSES_IGNORE,
+        )
+    };
+    done != 0
 }
 
 /// Waits a little when there was nothing to do since `idle_since`: yields the core for the
