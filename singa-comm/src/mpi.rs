@@ -188,9 +188,15 @@ impl Mpi {
             slots: HashMap::new(),
             in_flight: Vec::new(),
             received: Vec::new(),
-            arriving: (0..self.size).map(|_| Default::default()).collect(),
+            // Room for more pieces and messages than a step has in flight, so that a busier
+            // step than the first ones does not grow the queues.
+            arriving: (0..self.size)
+                .map(|_| Inbound {
+                    messages: std::collections::VecDeque::with_capacity(256),
+                    requests: std::collections::VecDeque::with_capacity(4096),
+                })
+                .collect(),
             apart,
-            spare: Vec::new(),
             linger,
         };
         self.ask(Request::Route(Box::new(router)))?;
@@ -301,13 +307,23 @@ impl std::ops::DerefMut for Requests {
     }
 }
 
-/// A message from another rank whose header is in: delivered once its payload's receive (if
-/// it has one) is done.
+/// A message from another rank whose header is in: delivered once the receives of its
+/// payload's pieces (the first `pieces` of its rank's [`Inbound::requests`]) are done.
 struct Arriving {
     msg: Msg,
-    /// The receives of the payload's pieces (empty without a payload).
-    requests: Requests,
+    pieces: usize,
 }
+
+/// What is coming from one rank: its messages whose headers came, in order, and the receives
+/// of their payloads' pieces, in the same order. Both queues keep their capacity, so a warm
+/// step allocates nothing.
+struct Inbound {
+    messages: std::collections::VecDeque<Arriving>,
+    requests: std::collections::VecDeque<ffi::MPI_Request>,
+}
+
+// SAFETY: as for `Requests`.
+unsafe impl Send for Inbound {}
 
 /// The key of a send buffer: the message's receiver, kind, target and slice (see
 /// [`slot_key`]).
@@ -340,12 +356,10 @@ struct Router {
     in_flight: Vec<SlotKey>,
     /// Where a message's header from another rank is received.
     received: Vec<u8>,
-    /// Per rank, its messages whose headers came, in order, until they are delivered.
-    arriving: Vec<std::collections::VecDeque<Arriving>>,
+    /// Per rank, its messages whose headers came, until they are delivered.
+    arriving: Vec<Inbound>,
     /// Per rank, whether it is on another node (its payloads go in pieces).
     apart: Vec<bool>,
-    /// Request lists of delivered messages, for the next ones (no allocation once warm).
-    spare: Vec<Requests>,
     /// How long to wait for the other ranks at the end.
     linger: Duration,
 }
@@ -496,14 +510,21 @@ impl Router {
     /// true if any was.
     fn deliver_arrived(&mut self) -> bool {
         let mut any = false;
-        for queue in &mut self.arriving {
-            while let Some(front) = queue.front_mut() {
-                if !all_done(&mut front.requests) {
+        for inbound in &mut self.arriving {
+            while let Some(front) = inbound.messages.front() {
+                let pieces = front.pieces;
+                let (first, _) = inbound.requests.as_mut_slices();
+                // The pieces' receives, contiguous (made so when they straddle the ring's end).
+                let done = if first.len() >= pieces {
+                    all_done(&mut first[..pieces])
+                } else {
+                    all_done(&mut inbound.requests.make_contiguous()[..pieces])
+                };
+                if !done {
                     break;
                 }
-                let mut arrived = queue.pop_front().expect("a front");
-                arrived.requests.clear();
-                self.spare.push(arrived.requests);
+                inbound.requests.drain(..pieces);
+                let arrived = inbound.messages.pop_front().expect("a front");
                 // A message for an endpoint that has stopped is dropped: its sender learns of
                 // the stop from the job.
                 if let Some(inbox) = self.local.get(&arrived.msg.dst) {
@@ -534,7 +555,8 @@ impl Router {
             Ok(m) => m.payload.as_ref().into_option().cloned(),
             Err(_) => None,
         };
-        let mut requests = self.spare.pop().unwrap_or_default();
+        let inbound = &mut self.arriving[from as usize];
+        let mut pieces_of = 0;
         if let Some(t) = payload {
             // SAFETY: a payload tensor of the router's own, whose last message's receiver is
             // done with it (see `wire.rs`) before a message with the same key comes; or the
@@ -558,11 +580,15 @@ impl Router {
                         &mut request,
                     );
                 }
-                requests.push(request);
+                inbound.requests.push_back(request);
+                pieces_of += 1;
             }
         }
         match msg {
-            Ok(msg) => self.arriving[from as usize].push_back(Arriving { msg, requests }),
+            Ok(msg) => inbound.messages.push_back(Arriving {
+                msg,
+                pieces: pieces_of,
+            }),
             Err(e) => {
                 let _ = writeln!(
                     std::io::stderr(),
@@ -587,7 +613,7 @@ impl Router {
     /// what still arrives so that no rank's send waits on this one. A rank that does not come
     /// within `linger` is given up on: MPI is aborted, which ends every rank.
     fn finish(&mut self, world: &SimpleCommunicator) {
-        while !self.in_flight.is_empty() || self.arriving.iter().any(|q| !q.is_empty()) {
+        while !self.in_flight.is_empty() || self.arriving.iter().any(|i| !i.messages.is_empty()) {
             self.test_sends();
             self.receive(world);
             self.deliver_arrived();
