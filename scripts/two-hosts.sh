@@ -30,7 +30,10 @@ while [ $# -gt 0 ]; do
 done
 
 
-if ! ip netns list | grep -q '^singa-host-b'; then
+if ! { ip netns list | grep -q '^singa-host-a' && ip netns list | grep -q '^singa-host-b'; }; then
+  # A setup cut short before is undone first.
+  ip netns del singa-host-a 2>/dev/null || true
+  ip netns del singa-host-b 2>/dev/null || true
   ip netns add singa-host-a
   ip netns add singa-host-b
   ip link add singa-veth-a type veth peer name singa-veth-b
@@ -71,8 +74,7 @@ chmod +x "$AGENT"
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Each host would bind its ranks to its first cores, which are the same two cores here.
-exec ip netns exec singa-host-a unshare --uts sh -c "hostname host-a; exec mpirun \
-  -H 10.99.0.1:$PER_HOST,10.99.0.2:$PER_HOST -np $((2 * PER_HOST)) --bind-to none \
-  --mca plm_rsh_agent $AGENT --mca btl tcp,self \
-  --mca btl_tcp_if_include 10.99.0.0/24 --mca oob_tcp_if_include 10.99.0.0/24 \
-  $SINGA $(printf '%q ' "$@")"
+MPIRUN="$(printf '%q ' mpirun -H "10.99.0.1:$PER_HOST,10.99.0.2:$PER_HOST" -np $((2 * PER_HOST)) \
+  --bind-to none --mca plm_rsh_agent "$AGENT" --mca btl tcp,self \
+  --mca btl_tcp_if_include 10.99.0.0/24 --mca oob_tcp_if_include 10.99.0.0/24 "$SINGA" "$@")"
+exec ip netns exec singa-host-a unshare --uts bash -c "hostname host-a; exec $MPIRUN"

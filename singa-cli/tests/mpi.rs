@@ -355,10 +355,8 @@ fn synchronous_frameworks_over_mpi_train_exactly_as_in_one_process() {
     }
 }
 
-/// BPTT (an LSTM character model, its state carried between batches on each worker, its
-/// gradients clipped by their global norm) and CD
-/// (an RBM, its hidden units' draws per row) on two AllReduce workers over MPI end with the
-/// parameters one process gives, bit for bit.
+/// Payloads between nodes go in pieces; with two ranks of this machine named as two nodes,
+/// the training is still the one process's.
 #[test]
 fn ranks_on_different_nodes_send_payloads_in_pieces_and_train_exactly_as_in_one_process() {
     if !have_mpirun("ranks on different nodes") {
@@ -404,7 +402,7 @@ fn ranks_on_different_nodes_send_payloads_in_pieces_and_train_exactly_as_in_one_
         "2",
         "sh",
         "-c",
-        "SINGA_MPI_NODE=node$OMPI_COMM_WORLD_RANK exec \"$0\" \"$@\"",
+        "SINGA_MPI_NODE=node${OMPI_COMM_WORLD_RANK:-$PMI_RANK} exec \"$0\" \"$@\"",
         SINGA,
     ])
     .args(args(&many))
@@ -417,6 +415,10 @@ fn ranks_on_different_nodes_send_payloads_in_pieces_and_train_exactly_as_in_one_
     );
 }
 
+/// BPTT (an LSTM character model, its state carried between batches on each worker, its
+/// gradients clipped by their global norm) and CD
+/// (an RBM, its hidden units' draws per row) on two AllReduce workers over MPI end with the
+/// parameters one process gives, bit for bit.
 #[test]
 fn recurrent_and_energy_models_over_mpi_train_exactly_as_in_one_process() {
     if !have_mpirun("BPTT and CD") {

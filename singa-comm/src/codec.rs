@@ -138,6 +138,23 @@ pub(crate) fn has_payload(bytes: &[u8]) -> bool {
     bytes.get(35).is_some_and(|&p| p != 0)
 }
 
+/// The length in bytes of the payload the header `bytes` announces (0 without one), read from
+/// its dtype and dimensions alone, so that a header refused for another reason can still say
+/// how much to take off; `None` when those are unreadable too.
+pub(crate) fn payload_len(bytes: &[u8]) -> Option<usize> {
+    if !has_payload(bytes) {
+        return Some(0);
+    }
+    let dtype = DType::ALL.get(*bytes.get(36)? as usize)?;
+    let ndim = *bytes.get(37)? as usize;
+    if ndim > singa_core::MAX_DIMS || bytes.len() < FIXED + 4 * ndim {
+        return None;
+    }
+    (0..ndim).try_fold(dtype.size(), |n, i| {
+        n.checked_mul(u32_at(bytes, FIXED + 4 * i) as usize)
+    })
+}
+
 /// The message whose header `bytes` hold (as [`encode_header`] wrote it), with an empty
 /// tensor of `payloads` for its payload, if it has one, to receive the payload's bytes into.
 pub(crate) fn decode_header(bytes: &[u8], payloads: &mut Payloads) -> Result<Msg> {
@@ -204,6 +221,42 @@ mod tests {
         for (i, r) in ROLES.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
+    }
+
+    #[test]
+    fn a_refused_header_still_says_how_long_its_payload_is() {
+        let dev = DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap());
+        let addr = Addr {
+            group: 0,
+            id: 1,
+            role: Role::Worker,
+        };
+        let t = Tensor::zeros(&dev, [3, 5, 7], DType::F32).unwrap();
+        let mut msg = Msg {
+            src: addr,
+            dst: addr,
+            kind: MsgKind::Update,
+            target: 0,
+            slice: 0,
+            version: 0,
+            payload: Some(t).into(),
+        };
+        let mut buf = [0u8; MAX_HEADER];
+        let n = encode_header(&msg, &mut buf).unwrap();
+        assert_eq!(payload_len(&buf[..n]), Some(3 * 5 * 7 * 4));
+        // An unknown role: refused, but the payload's length is still read.
+        buf[8] = 200;
+        let mut payloads = Payloads::new(dev.clone(), ReceiveTargets::default());
+        assert!(decode_header(&buf[..n], &mut payloads).is_err());
+        assert_eq!(payload_len(&buf[..n]), Some(3 * 5 * 7 * 4));
+        // An unknown dtype or a cut header: unreadable.
+        let mut bad = buf;
+        bad[36] = 200;
+        assert_eq!(payload_len(&bad[..n]), None);
+        assert_eq!(payload_len(&buf[..n - 1]), None);
+        msg.payload = None.into();
+        let n = encode_header(&msg, &mut buf).unwrap();
+        assert_eq!(payload_len(&buf[..n]), Some(0));
     }
 
     #[test]

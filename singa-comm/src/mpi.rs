@@ -6,15 +6,16 @@
 //! only `MPI_THREAD_FUNNELED`). The endpoints of the process reach each other through their
 //! queues, as in one process; a message for another rank goes to the router, which writes its
 //! header into a buffer kept per receiver, kind, target and slice (no allocation once warm)
-//! and starts two non-blocking sends: the header, then the payload straight from the
-//! tensor's host memory. Between sends it probes for headers from other ranks, decodes them
-//! (see `codec.rs`), starts a non-blocking receive of each payload straight into the tensor it
-//! will be delivered in, and delivers each rank's messages in the order they came once their
+//! and starts non-blocking sends: the header, then the payload straight from the tensor's
+//! host memory, whole to a rank of the same node, in pieces to one on another node (see
+//! [`PIECE`]). Between sends it probes for headers from other ranks, decodes them (see
+//! `codec.rs`), starts non-blocking receives of each payload straight into the tensor it will
+//! be delivered in, and delivers each rank's messages in the order they came once their
 //! payloads are in. A router never blocks in MPI, so two routers sending large messages to
 //! each other cannot deadlock, and a large payload coming in does not hold up the messages
-//! going out meanwhile (between machines, both directions of the link carry data at once). When there is nothing to do it
-//! yields, then sleeps for short spells: MPI cannot wake a thread, and OpenMPI's blocking calls
-//! would keep a core busy. It asks the scheduler for short slices, so that it runs as soon as
+//! going out meanwhile (between machines, both directions of the link carry data at once).
+//! When there is nothing to do it yields, then sleeps for short spells: MPI cannot wake a
+//! thread, and OpenMPI's blocking calls would keep a core busy. It asks the scheduler for short slices, so that it runs as soon as
 //! it wakes even while a worker computes on its core.
 
 use crate::channel::{deliver, queue, Counters, Inbox};
@@ -48,10 +49,12 @@ const PAYLOAD_TAG: c_int = 8;
 /// go at once. Within a node (shared memory, single-copy) whole payloads are faster.
 const PIECE: usize = 32 * 1024;
 
-/// The pieces of a payload of `n` bytes to or from a rank on another node (`apart`): (offset,
-/// length) of each.
+/// The pieces of a payload of `n` bytes to or from a rank on another node (`apart`), or of
+/// one on the same node (whole, unless longer than an MPI count can say): (offset, length)
+/// of each.
 fn pieces(n: usize, apart: bool) -> impl Iterator<Item = (usize, usize)> {
-    let piece = if apart { PIECE } else { n.max(1) };
+    const MAX_COUNT: usize = i32::MAX as usize;
+    let piece = if apart { PIECE } else { n.clamp(1, MAX_COUNT) };
     (0..n).step_by(piece).map(move |at| (at, piece.min(n - at)))
 }
 
@@ -188,8 +191,9 @@ impl Mpi {
             slots: HashMap::new(),
             in_flight: Vec::new(),
             received: Vec::new(),
-            // Room for more pieces and messages than a step has in flight, so that a busier
-            // step than the first ones does not grow the queues.
+            // Room for more pieces (128 MiB of them) and messages than a step of the
+            // benchmarks has in flight, so that a busier step than the first ones does not grow
+            // the queues (a larger one grows them once, then they keep their capacity).
             arriving: (0..self.size)
                 .map(|_| Inbound {
                     messages: std::collections::VecDeque::with_capacity(256),
@@ -595,9 +599,18 @@ impl Router {
                     "singa: {}: a message from rank {from} cannot be read: {e}",
                     self.addr
                 );
-                // Its payload, if it has one, is taken off too: the next header's payload is
-                // then the next one received.
-                if codec::has_payload(&self.received[..n]) {
+                // Its payload's pieces, if it has one, are taken off too: the next header's
+                // payload is then the next one received. Where the header does not say how
+                // long the payload is, the rank's messages can no longer be told apart.
+                let Some(len) = codec::payload_len(&self.received[..n]) else {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "singa: {}: the payload's length is unreadable too; aborting MPI",
+                        self.addr
+                    );
+                    world.abort(1);
+                };
+                for _ in pieces(len, self.apart[from as usize]) {
                     let (message, status) = world
                         .process_at_rank(from)
                         .matched_probe_with_tag(PAYLOAD_TAG);
@@ -610,7 +623,8 @@ impl Router {
     }
 
     /// Finishes every send, then waits for every rank to come here, receiving (and dropping)
-    /// what still arrives so that no rank's send waits on this one. A rank that does not come
+    /// what still arrives so that no rank's send waits on this one, and for every receive
+    /// started meanwhile (MPI may be writing into its tensor). A rank that does not come
     /// within `linger` is given up on: MPI is aborted, which ends every rank.
     fn finish(&mut self, world: &SimpleCommunicator) {
         while !self.in_flight.is_empty() || self.arriving.iter().any(|i| !i.messages.is_empty()) {
@@ -618,14 +632,17 @@ impl Router {
             self.receive(world);
             self.deliver_arrived();
         }
-        let mut barrier = world.immediate_barrier();
+        // The barrier until every rank has come (then `None`).
+        let mut barrier = Some(world.immediate_barrier());
         let deadline = Instant::now() + self.linger;
         let mut idle_since = Instant::now();
         loop {
-            barrier = match barrier.test() {
-                Ok(_) => return,
-                Err(pending) => pending,
-            };
+            if let Some(b) = barrier.take() {
+                barrier = b.test().err();
+            }
+            if barrier.is_none() && self.arriving.iter().all(|i| i.messages.is_empty()) {
+                return;
+            }
             if self.receive(world) | self.deliver_arrived() {
                 idle_since = Instant::now();
             } else {

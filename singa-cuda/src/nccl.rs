@@ -336,6 +336,25 @@ impl Communicator {
                 tensors.len()
             )));
         }
+        // Every check before the group starts: a group with a rank left out would wait on the
+        // GPUs forever.
+        let ranks = comms.len();
+        for (i, (c, t)) in comms.iter().zip(tensors.iter()).enumerate() {
+            if c.rank != i || c.ranks != ranks {
+                return Err(Error::invalid(format!(
+                    "an NCCL group call needs every rank of one group in order: place {i} holds rank {} of {}, of {ranks} given",
+                    c.rank, c.ranks
+                )));
+            }
+            c.check(t)?;
+            if t.numel() != tensors[0].numel() {
+                return Err(Error::invalid(format!(
+                    "NCCL ranks sum tensors of one length: rank 0 has {} values, rank {i} {}",
+                    tensors[0].numel(),
+                    t.numel()
+                )));
+            }
+        }
         let lib = library()?;
         // SAFETY: no arguments; every start is matched by the end below.
         lib.check(unsafe { (lib.group_start)() }, "starting an NCCL group")?;
@@ -348,14 +367,12 @@ impl Communicator {
         queued.and(ended)
     }
 
-    /// Queues the in-place sum of `t`.
-    fn enqueue(&mut self, t: &mut Tensor) -> Result<()> {
-        let lib = library()?;
-        let view = t.view();
-        if view.dtype != DType::F32 {
+    /// Fails unless this rank can sum `t`: f32, on this rank's GPU.
+    fn check(&self, t: &Tensor) -> Result<()> {
+        if t.dtype() != DType::F32 {
             return Err(Error::unsupported(
                 "nccl",
-                format!("sums of {} tensors (f32 only)", view.dtype),
+                format!("sums of {} tensors (f32 only)", t.dtype()),
             ));
         }
         let space = t.device().info().memory_space;
@@ -365,6 +382,14 @@ impl Communicator {
                 self.rank, self.gpu.name
             )));
         }
+        Ok(())
+    }
+
+    /// Queues the in-place sum of `t`.
+    fn enqueue(&mut self, t: &mut Tensor) -> Result<()> {
+        let lib = library()?;
+        self.check(t)?;
+        let view = t.view();
         self.gpu
             .ctx
             .bind_to_thread()
