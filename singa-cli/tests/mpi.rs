@@ -363,9 +363,9 @@ fn ranks_on_different_nodes_send_payloads_in_pieces_and_train_exactly_as_in_one_
         return;
     }
     let dir = tmpdir("mpi-nodes");
-    // 16 × 16 images: the first weight (256 × 96) is cut into two slices of 48 KiB, each sent
-    // as a whole piece of 32 KiB and a part of one.
-    synthetic_mnist(&dir, 600, 100, 16);
+    // 24 × 24 images: the first weight (576 × 96) is cut into two slices of 108 KiB, each sent
+    // as a whole piece of 60 KiB and a part of one.
+    synthetic_mnist(&dir, 600, 100, 24);
     let text = job(
         &dir,
         30,

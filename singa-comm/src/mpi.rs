@@ -46,8 +46,9 @@ const PAYLOAD_TAG: c_int = 8;
 /// travels behind whatever the receiver is sending on the same connection: two nodes sending
 /// large payloads to each other would take turns on the link instead of using both directions
 /// at once (measured: half the throughput; docs/PERFORMANCE.md). Pieces under the eager limit
-/// go at once. Within a node (shared memory, single-copy) whole payloads are faster.
-const PIECE: usize = 32 * 1024;
+/// (with room for MPI's own header) go at once. Within a node (shared memory, single-copy)
+/// whole payloads are faster.
+const PIECE: usize = 60 * 1024;
 
 /// The pieces of a payload of `n` bytes to or from a rank on another node (`apart`), or of
 /// one on the same node (whole, unless longer than an MPI count can say): (offset, length)
