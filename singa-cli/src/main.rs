@@ -924,10 +924,7 @@ fn devices() -> String {
                 .into_iter()
                 .map(|(what, state)| (format!("cuda {what}"), state)),
         ),
-        Err(_) => lines.push((
-            "cuda".into(),
-            "not built in: cargo build --release -p singa-cli --features cuda".into(),
-        )),
+        Err(why) => lines.push(("cuda".into(), why.to_string())),
     }
     #[cfg(feature = "mpi")]
     lines.push((

@@ -45,10 +45,26 @@ fn mpirun() -> Command {
 
 /// `mpirun -np <np> singa <args>`, in `cwd`.
 fn singa_mpi(np: usize, args: &[&str], cwd: &Path) -> Output {
+    singa_mpi_through(np, &[], args, cwd)
+}
+
+/// [`singa_mpi`], each rank started through the command `through` (its last word receives
+/// singa and its arguments).
+fn singa_mpi_through(np: usize, through: &[&str], args: &[&str], cwd: &Path) -> Output {
     let mut c = mpirun();
-    c.args(["-np", &np.to_string(), SINGA]).args(args);
+    c.args(["-np", &np.to_string()])
+        .args(through)
+        .arg(SINGA)
+        .args(args);
     c.current_dir(cwd).output().expect("mpirun runs")
 }
+
+/// Starts each rank naming a node of its own (`SINGA_MPI_NODE`), as on as many machines.
+const NODE_PER_RANK: [&str; 3] = [
+    "sh",
+    "-c",
+    "SINGA_MPI_NODE=node${OMPI_COMM_WORLD_RANK:-$PMI_RANK} exec \"$0\" \"$@\"",
+];
 
 /// `singa <args>` in one process, in `cwd`.
 fn singa(args: &[&str], cwd: &Path) -> Output {
@@ -154,6 +170,18 @@ fn hybrid(text: &str) -> String {
 /// rank's process (one per worker: the parts of the weight gradients then add up in the same
 /// order in both), and compares the last checkpoints bit for bit.
 fn equal_to_one_process(dir: &Path, name: &str, text: &str, np: usize, steps: u64) {
+    equal_to_one_process_through(dir, name, text, np, steps, &[]);
+}
+
+/// [`equal_to_one_process`], each rank started through `through` (see [`singa_mpi_through`]).
+fn equal_to_one_process_through(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    np: usize,
+    steps: u64,
+    through: &[&str],
+) {
     let file = dir.join(format!("{name}.toml"));
     std::fs::write(&file, text).unwrap();
     let workers = text_workers(text);
@@ -174,8 +202,9 @@ fn equal_to_one_process(dir: &Path, name: &str, text: &str, np: usize, steps: u6
     );
     ok(&o, &format!("{name} in one process"));
     let per_rank = (workers / np).max(1).to_string();
-    let o = singa_mpi(
+    let o = singa_mpi_through(
         np,
+        through,
         &[
             "train",
             f,
@@ -373,46 +402,7 @@ fn ranks_on_different_nodes_send_payloads_in_pieces_and_train_exactly_as_in_one_
         "adam",
         "framework = \"allreduce\"\nnworkers_per_group = 2",
     );
-    let file = dir.join("nodes.toml");
-    std::fs::write(&file, &text).unwrap();
-    let (one, many) = (dir.join("one"), dir.join("nodes"));
-    let f = file.to_str().unwrap();
-    let args = |ws: &Path| {
-        [
-            "train",
-            f,
-            "--workspace",
-            ws.to_str().unwrap(),
-            "--threads",
-            "1",
-        ]
-        .map(String::from)
-    };
-    let o = Command::new(SINGA)
-        .args(args(&one))
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    ok(&o, "one process");
-    // Each rank names a node of its own, as on two machines: every payload between them goes
-    // in pieces (the weights' gradients and values are many pieces each).
-    let mut c = mpirun();
-    c.args([
-        "-np",
-        "2",
-        "sh",
-        "-c",
-        "SINGA_MPI_NODE=node${OMPI_COMM_WORLD_RANK:-$PMI_RANK} exec \"$0\" \"$@\"",
-        SINGA,
-    ])
-    .args(args(&many))
-    .current_dir(&dir);
-    ok(&c.output().unwrap(), "two ranks on two nodes");
-    same_checkpoints(
-        &checkpoint(&one, 30),
-        &checkpoint(&many, 30),
-        "two ranks on two nodes against one process",
-    );
+    equal_to_one_process_through(&dir, "nodes", &text, 2, 30, &NODE_PER_RANK);
 }
 
 /// BPTT (an LSTM character model, its state carried between batches on each worker, its

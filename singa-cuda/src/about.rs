@@ -8,10 +8,6 @@ use cudarc::driver::{result as cu, sys as cu_sys};
 /// driver only for names and attributes: no context is made and no kernel compiled.
 pub fn about() -> Vec<(String, String)> {
     let mut lines = Vec::new();
-    let found = |present: bool, version: String, missing: &str| match present {
-        true => version,
-        false => format!("not found: {missing}"),
-    };
     match gpus() {
         Ok(gpus) => {
             let driver = format!(
@@ -27,30 +23,23 @@ pub fn about() -> Vec<(String, String)> {
         }
         Err(why) => lines.push(("driver".into(), why.to_string())),
     }
+    // A missing library: the error the device would give, which names it and its package.
+    let or_why = |found: singa_core::Result<()>, version: String| match found {
+        Ok(()) => version,
+        Err(why) => why.to_string(),
+    };
     lines.push((
         "NVRTC".into(),
-        found(
-            driver::nvrtc_present(),
-            crate::kernels::nvrtc_version(),
-            "libnvrtc.so (the CUDA toolkit, or `pip install nvidia-cuda-nvrtc` with its lib \
-             directory on LD_LIBRARY_PATH): kernels cannot be compiled",
-        ),
+        or_why(driver::require_nvrtc(), crate::kernels::nvrtc_version()),
     ));
     lines.push((
         "cuBLAS".into(),
-        found(
-            driver::require_cublas().is_ok(),
-            "found".into(),
-            "libcublas.so (the CUDA toolkit, or `pip install nvidia-cublas` with its lib \
-             directory on LD_LIBRARY_PATH)",
-        ),
+        or_why(driver::require_cublas(), "found".into()),
     ));
     lines.push((
         "NCCL".into(),
-        match crate::nccl::missing() {
-            None => crate::nccl::nccl_version().unwrap_or_else(|e| e.to_string()),
-            Some(why) => format!("{why} (NCCL is needed only to sum across GPUs)"),
-        },
+        crate::nccl::nccl_version()
+            .unwrap_or_else(|why| format!("{why} (NCCL is needed only to sum across GPUs)")),
     ));
     lines
 }

@@ -66,11 +66,9 @@ struct Library {
 /// The file names tried, in order, on the loader's path.
 const FILES: [&str; 2] = ["libnccl.so.2", "libnccl.so"];
 
-/// NCCL once loaded, or why it could not be.
-static LIB: OnceLock<std::result::Result<Library, String>> = OnceLock::new();
-
 /// NCCL, loaded on first use, or why it could not be.
 fn library() -> Result<&'static Library> {
+    static LIB: OnceLock<std::result::Result<Library, String>> = OnceLock::new();
     LIB.get_or_init(load)
         .as_ref()
         .map_err(|why| Error::device("nccl", why.clone()))
@@ -155,11 +153,6 @@ impl Library {
 /// Whether NCCL can be loaded here.
 pub fn nccl_present() -> bool {
     library().is_ok()
-}
-
-/// Why NCCL cannot be loaded here, or `None` when it can.
-pub(crate) fn missing() -> Option<String> {
-    LIB.get_or_init(load).as_ref().err().cloned()
 }
 
 /// NCCL's version (`2.27.7`) and the file it was loaded from, or why it is missing.
