@@ -21,8 +21,10 @@ PER_HOST=1
 GBITS=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --ranks-per-host) PER_HOST="$2"; shift 2 ;;
-    --gbits) GBITS="$2"; shift 2 ;;
+    --ranks-per-host) PER_HOST="$2"; shift 2
+      [[ "$PER_HOST" =~ ^[1-9][0-9]*$ ]] || { echo "two-hosts.sh: --ranks-per-host takes a count of ranks, got '$PER_HOST'" >&2; exit 2; } ;;
+    --gbits) GBITS="$2"; shift 2
+      [[ "$GBITS" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "two-hosts.sh: --gbits takes a number of Gbit/s, got '$GBITS'" >&2; exit 2; } ;;
     --remove) ip netns del singa-host-a 2>/dev/null || true; ip netns del singa-host-b 2>/dev/null || true; exit 0 ;;
     --) shift; break ;;
     *) echo "two-hosts.sh: unknown option $1 (see the comment at the top)" >&2; exit 2 ;;
