@@ -165,6 +165,10 @@ fn every_framework_in_several_processes_learns_and_resumes() {
         in_procs(Framework::AllReduce.preset(2), 2),
         in_procs(Framework::Sandblaster.preset(2), 2),
         in_procs(hogwild, 2),
+        ClusterConfig {
+            collective: true,
+            ..in_procs(Framework::AllReduce.preset(2), 2)
+        },
     ]
     .into_iter()
     .enumerate()
@@ -227,4 +231,74 @@ fn process_counts_that_do_not_fit_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("cluster.nprocs: expected at least 1"), "{e}");
+}
+
+/// AllReduce's sums as collectives (`[cluster] collective = true`): each slice's gradients
+/// summed at the worker beside its server and the fresh values broadcast from there, in
+/// place of messages (the collectives of emulated processes meet in memory; NCCL's between
+/// GPUs). The same training as one process, value for value, with hardly anything crossing
+/// as messages: the first round of values, and the coordinator's.
+#[test]
+fn allreduce_through_collectives_trains_exactly_like_one_process() {
+    let dir = tmpdir("procs-collective");
+    synthetic_mnist(&dir, 600, 100, 8);
+    let steps = 30;
+    for (workers, updater) in [(2, "sgd"), (4, "sgd"), (2, "adam"), (4, "adam")] {
+        let mut one = job(&dir, steps);
+        if updater == "adam" {
+            one.updater.type_name = "adam".into();
+            one.updater.fields = Default::default();
+            one.updater.learning_rate = singa::config::LrConfig::fixed(0.003);
+        }
+        one.cluster = Framework::AllReduce.preset(workers);
+        let (reference, _) = train(&one, &options(None, Existing::Refuse));
+        let mut messages = one.clone();
+        messages.cluster = in_procs(one.cluster.clone(), workers);
+        let mut collective = messages.clone();
+        collective.cluster.collective = true;
+        let (by_messages, _) = train(&messages, &options(None, Existing::Refuse));
+        let (t, _) = train(&collective, &options(None, Existing::Refuse));
+        let what = format!("{workers} workers, {updater}");
+        assert_eq!(
+            max_difference(&param_values(&reference), &param_values(&t)),
+            0.0,
+            "{what}"
+        );
+        let bytes = |t: &Trainer| t.cluster().unwrap().traffic_between_processes().1;
+        let (sent, by_servers) = (bytes(&t), bytes(&by_messages));
+        let n = trainable_values(&t) * 4;
+        assert!(
+            sent < n * workers as u64 && sent * 10 < by_servers,
+            "{what}: {sent} bytes crossed as messages, {by_servers} without collectives"
+        );
+    }
+}
+
+#[test]
+fn collectives_outside_allreduce_with_a_worker_per_process_are_refused() {
+    let dir = tmpdir("procs-collective-refuse");
+    synthetic_mnist(&dir, 60, 20, 8);
+    let refused = |cluster: ClusterConfig, clip_norm: bool| {
+        let mut j = job(&dir, 5);
+        j.cluster = ClusterConfig {
+            collective: true,
+            ..cluster
+        };
+        if clip_norm {
+            j.updater.clip.norm = Some(5.0);
+        }
+        j.validate(&Registry::builtin()).unwrap_err().to_string()
+    };
+    let e = refused(in_procs(Framework::Sandblaster.preset(2), 2), false);
+    assert!(
+        e.contains("cluster.collective: collectives carry AllReduce's sums"),
+        "{e}"
+    );
+    let e = refused(Framework::AllReduce.preset(2), false);
+    assert!(
+        e.contains("expected nprocs = 2 (or mpirun -np 2), got 1"),
+        "{e}"
+    );
+    let e = refused(in_procs(Framework::AllReduce.preset(2), 2), true);
+    assert!(e.contains("clipping by the global norm"), "{e}");
 }

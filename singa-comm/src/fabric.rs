@@ -11,10 +11,12 @@
 //! - `MpiFabric` (feature `mpi`): one rank per OS process, the wire between routers MPI.
 
 use crate::channel::{ChannelEndpoint, ChannelNetwork};
+use crate::collective::{Collective, ThreadCollective};
 use crate::process::ProcessNetwork;
 use singa_core::{Addr, Error, MsgKind, Result, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Which addresses live in which rank: `placement[r]` are rank `r`'s.
 pub type Placement = [Vec<Addr>];
@@ -155,6 +157,17 @@ pub trait Fabric: Send + Sync {
 
     /// What crossed between ranks so far (sent by this OS process's ranks).
     fn traffic(&self) -> Traffic;
+
+    /// Rank `rank`'s member of a group of every rank (see [`Collective`]), each member waiting
+    /// at most `timeout` for the others; once per rank. An error where this fabric carries no
+    /// collectives (between real processes they come from the devices: NCCL between GPUs).
+    fn collective(&self, rank: usize, timeout: Duration) -> Result<Box<dyn Collective>> {
+        let _ = (rank, timeout);
+        Err(Error::unsupported(
+            self.engine(),
+            "collectives between its ranks (they come from the device: NCCL between GPUs)",
+        ))
+    }
 }
 
 /// Every rank of a job inside this OS process: one rank's endpoints talk through their
@@ -165,6 +178,8 @@ pub struct LocalFabric {
     count: usize,
     /// The routers, when there are several ranks (dropped last).
     routers: Option<ProcessNetwork>,
+    /// The members of the ranks' collective group not yet taken (made on first ask).
+    collectives: Mutex<Option<Vec<Option<ThreadCollective>>>>,
 }
 
 impl LocalFabric {
@@ -187,6 +202,7 @@ impl LocalFabric {
             ranks: Mutex::new(ranks),
             count: placement.len(),
             routers,
+            collectives: Mutex::new(None),
         })
     }
 }
@@ -219,6 +235,27 @@ impl Fabric for LocalFabric {
         self.routers
             .as_ref()
             .map_or_else(Traffic::default, ProcessNetwork::traffic)
+    }
+
+    /// A member of a group whose members meet in this process's memory.
+    fn collective(&self, rank: usize, timeout: Duration) -> Result<Box<dyn Collective>> {
+        let mut members = self.collectives.lock().unwrap_or_else(|p| p.into_inner());
+        let members = members.get_or_insert_with(|| {
+            ThreadCollective::group(self.count, timeout)
+                .into_iter()
+                .map(Some)
+                .collect()
+        });
+        let member = members
+            .get_mut(rank)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "rank {rank}'s collective member was taken already (or the job has {} ranks)",
+                    self.count
+                ))
+            })?;
+        Ok(Box::new(member))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::net::{NeuralNet, Part};
 use crate::params::ParamStore;
 use crate::partition::Exchanges;
 use crate::registry::Registry;
-use singa_comm::Endpoints;
+use singa_comm::{Collective, Endpoints, Fabric};
 use singa_core::abi::{TD_Opaque, Transport_TO};
 use singa_core::{Addr, DeviceRef, Error, MsgKind, Phase, Result, Tensor};
 use singa_layers::schedule::LrSchedule;
@@ -47,6 +47,8 @@ pub(crate) struct Plan<'a> {
     pub exchanges: &'a Arc<Exchanges>,
     /// Sees every step the rank's workers start.
     pub on_step: Option<super::node::StepHook>,
+    /// The engine between the ranks (where collectives come from).
+    pub fabric: &'a dyn Fabric,
 }
 
 impl Plan<'_> {
@@ -200,7 +202,8 @@ pub(crate) fn build_rank(
                         ready_after: Vec<Vec<usize>>| {
         let g = w.group as usize;
         let servers = t.server_group(t.server_group_of(g));
-        let blocks = match shared_memory {
+        let collective = plan.job.cluster.collective;
+        let blocks = match shared_memory || collective {
             true => Vec::new(),
             false => row_blocks(plan, rank, w, net, store, &slices)?,
         };
@@ -215,6 +218,10 @@ pub(crate) fn build_rank(
             shared_of(w),
         )?
         .with_row_blocks(blocks, store.entries().len());
+        let link = match collective {
+            true => link.with_collective(collective_member(plan, rank, w)?),
+            false => link,
+        };
         Result::Ok(match t.servers_on_worker_threads() {
             true => link.with_server(
                 take_core(g, w.id as usize)
@@ -426,6 +433,22 @@ impl SharedHeld {
     }
 }
 
+/// Worker `w`'s member of the collective group of the job's workers (`[cluster] collective`:
+/// one worker per rank, member `i` worker `i`, beside server `i`).
+fn collective_member(plan: &Plan<'_>, rank: usize, w: Addr) -> Result<Box<dyn Collective>> {
+    let member = plan.fabric.collective(rank, plan.timeout())?;
+    if member.member() != w.id as usize || member.members() != plan.job.cluster.nworkers() {
+        return Err(Error::invalid(format!(
+            "{w} got member {} of a collective group of {}; expected member {} of {}",
+            member.member(),
+            member.members(),
+            w.id,
+            plan.job.cluster.nworkers()
+        )));
+    }
+    Ok(member)
+}
+
 /// Server `s` of group `h`'s part in agreeing on the global gradient norm (for `clip_norm`
 /// and loss scaling): none without either or without slices; the first server with slices
 /// leads.
@@ -620,6 +643,10 @@ fn server_core(
     )
     .with_clip_value(job.updater.clip.value)
     .with_global_norm(global_norm(plan, slices, h, s));
+    let core = match job.cluster.collective {
+        true => core.without_replies(),
+        false => core,
+    };
     // Hogwild: server s of every group synchronises with server s of group 0.
     Ok(match job.cluster.hogwild_sync_freq() {
         Some(_) => core.with_sync(match h {

@@ -226,6 +226,7 @@ impl Cluster {
             worker_device: worker_device(job, &topology, &*fabric, threads),
             exchanges: &exchanges,
             on_step: None,
+            fabric: &*fabric,
         };
         let dev = net.device().clone();
         let control = boxed(endpoints.take(COORDINATOR)?);

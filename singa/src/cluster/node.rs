@@ -62,6 +62,7 @@ pub(super) fn run_validated(
             worker_device: worker_device(&job, &topology, fabric, threads),
             exchanges: &exchanges,
             on_step: on_step.clone(),
+            fabric,
         };
         build::build_rank(&plan, &mut ends, None)
     })();

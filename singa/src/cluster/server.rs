@@ -80,6 +80,9 @@ pub(crate) struct ServerCore {
     /// server's gradients from another process land in host memory), per slice and sender:
     /// a GPU server with many workers in other processes holds that many copies of its slices.
     staged: HashMap<((u32, u32), Addr), Option<Tensor>>,
+    /// Whether it sends the fresh values to the workers after an update (not when a
+    /// collective broadcasts them: see [`ServerCore::update_with_sum`]).
+    replies: bool,
 }
 
 /// A server's part in synchronising the server groups: server `s` of group 0 (the leader)
@@ -153,7 +156,14 @@ impl ServerCore {
             sync: None,
             states_in: 0,
             staged: HashMap::new(),
+            replies: true,
         }
+    }
+
+    /// Leaves the fresh values to a collective's broadcast: an update sends nothing.
+    pub fn without_replies(mut self) -> Self {
+        self.replies = false;
+        self
     }
 
     /// Clamps every value of each averaged gradient to `±clip` before the update (the job's
@@ -521,6 +531,40 @@ impl ServerCore {
         }
     }
 
+    /// Updates slice `key` in `step` with `sum`, every worker's gradient of it added up (by a
+    /// collective, in worker order, as [`ServerCore::receive`] adds them), clamped to
+    /// `clip_value` first; returns the fresh values. The job has no global norm to agree on
+    /// (refused with a collective).
+    pub fn update_with_sum(
+        &mut self,
+        key: (u32, u32),
+        step: u64,
+        sum: Tensor,
+        transport: &mut TransportBox,
+    ) -> Result<Tensor> {
+        let i = *self.index.get(&key).ok_or_else(|| {
+            Error::invalid(format!(
+                "a summed gradient of parameter {} slice {}, which this server does not hold",
+                key.0, key.1
+            ))
+        })?;
+        if self.norm.is_some() || self.groups.len() != 1 {
+            return Err(Error::invalid(
+                "a server agreeing on global norms, or serving several worker groups, cannot                  update from a collective's sums",
+            ));
+        }
+        let workers = self.groups[0].len();
+        let c = &mut self.pending[i].groups[0];
+        c.step = step;
+        c.received = workers;
+        let sum = c.grads[0].insert(sum);
+        if let Some(bound) = clip_bound(self.clip_value, 1.0, 1.0 / workers as f32) {
+            self.dev.clamp(&sum.clone(), sum, -bound, bound)?;
+        }
+        self.update(i, 0, 1.0, transport)?;
+        Ok(self.pending[i].slice.replicas[0].clone())
+    }
+
     /// Handles a `Norm` message (a part of the step's squared gradient norm at the lead
     /// server, the verdict at the others): updates or skips the held slices once the verdict
     /// is known.
@@ -617,6 +661,9 @@ impl ServerCore {
         let replica = &mut s.replicas[g];
         if !replica.shares_storage(&s.value) {
             self.dev.copy(&s.value, replica)?;
+        }
+        if !self.replies {
+            return Ok(());
         }
         send_updated(transport, workers, key, c.step, Some(replica.clone()))
     }

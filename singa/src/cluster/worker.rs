@@ -10,6 +10,7 @@ use super::TransportBox;
 use crate::algorithm::{GradientSink, TrainOneBatch};
 use crate::net::NeuralNet;
 use crate::params::ParamStore;
+use singa_comm::Collective;
 use singa_core::{Addr, DeviceRef, Error, Msg, MsgKind, Result, Tensor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,6 +122,9 @@ pub(crate) struct WorkerLink {
     saw_stop: bool,
     /// Whether the servers skipped the current step (its loss-scaled gradients overflowed).
     skipped: bool,
+    /// This worker's member of the group that sums the gradients and broadcasts the fresh
+    /// values in place of messages (`[cluster] collective`), if any.
+    collective: Option<Box<dyn Collective>>,
 }
 
 impl WorkerLink {
@@ -186,7 +190,17 @@ impl WorkerLink {
             latch: sharing.latch,
             saw_stop: false,
             skipped: false,
+            collective: None,
         })
+    }
+
+    /// Sums each gradient with the other workers' through `member` (at the worker beside the
+    /// slice's server, which updates it) and takes the fresh values from its broadcasts,
+    /// instead of messages to the servers. Member `i` is worker `i` of the group, beside
+    /// server `i`.
+    pub fn with_collective(mut self, member: Box<dyn Collective>) -> Self {
+        self.collective = Some(member);
+        self
     }
 
     /// Computes and sends the gradients of `blocks` in blocks of rows (see [`RowBlocks`]).
@@ -238,7 +252,11 @@ impl WorkerLink {
         algorithm: &mut dyn TrainOneBatch,
         step: u64,
     ) -> Result<()> {
-        self.missing = self.expected;
+        // With a collective every slice is fresh once its gradient has been sent.
+        self.missing = match self.collective {
+            Some(_) => 0,
+            None => self.expected,
+        };
         self.skipped = false;
         let mut sink = SendGradients {
             link: self,
@@ -330,10 +348,45 @@ impl WorkerLink {
                 dev.axpby(1.0, g, 1.0, &mut first[0])?;
             }
         }
+        if self.collective.is_some() {
+            return self.reduce_and_broadcast(param, step);
+        }
         for i in 0..self.slices[param].len() {
             self.send_slice(param, i, step)?;
         }
         self.drain(step)
+    }
+
+    /// Parameter `param`'s slices through the collective: each slice's gradients summed at
+    /// the worker beside its server, which updates the slice with the sum, then the fresh
+    /// values broadcast from there to every worker.
+    fn reduce_and_broadcast(&mut self, param: usize, step: u64) -> Result<()> {
+        let me = self.transport.addr();
+        let collective = self.collective.as_mut().expect("checked by the caller");
+        let member = collective.member();
+        for s in self.slices[param].iter_mut() {
+            collective.reduce_sum(&mut s.grad, s.owner)?;
+            if s.owner != member {
+                continue;
+            }
+            let server = self.server.as_mut().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{me}: collective member {member} holds no server to update parameter {param} slice {}",
+                    s.index
+                ))
+            })?;
+            let key = (param as u32, s.index);
+            let fresh = server
+                .update_with_sum(key, step, s.grad.clone(), &mut self.transport)
+                .map_err(|e| e.context(format!("{me} (its server)")))?;
+            if !fresh.same_view(&s.value) {
+                s.value.copy_from(&fresh)?;
+            }
+        }
+        for s in self.slices[param].iter_mut() {
+            collective.broadcast(&mut s.value, s.owner)?;
+        }
+        Ok(())
     }
 
     /// Sends this worker's gradient of slice `i` of parameter `param` to its server.

@@ -512,6 +512,13 @@ pub struct ClusterConfig {
     /// one. Workers of one process share its memory, so they must share a GPU: one process
     /// per GPU (`nprocs`, or `mpirun -np`).
     pub gpus: Vec<usize>,
+    /// AllReduce's sums as collectives (`collective = true`): each worker's gradient of a
+    /// slice is summed straight into the worker beside the slice's server, which updates it
+    /// and broadcasts the fresh values, with no messages to the servers. Between GPUs the
+    /// collectives are NCCL's; in the emulated processes of one OS process they meet in
+    /// memory (the stand-in the tests check them with). Data parallelism with one worker per
+    /// process only.
+    pub collective: bool,
 }
 
 impl Default for ClusterConfig {
@@ -527,6 +534,7 @@ impl Default for ClusterConfig {
             staleness: 0,
             nprocs: 1,
             gpus: Vec::new(),
+            collective: false,
         }
     }
 }

@@ -486,6 +486,7 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         "staleness",
         "nprocs",
         "gpus",
+        "collective",
     ]);
     s.only(&known)?;
     let mut c = match s.str("framework")? {
@@ -522,6 +523,7 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig> {
         None => {}
     }
     c.gpus = s.indices("gpus")?;
+    c.collective = s.bool("collective")?.unwrap_or(c.collective);
     for (key, slot) in counts.iter().zip([
         &mut c.nworker_groups,
         &mut c.nworkers_per_group,

@@ -66,6 +66,67 @@ impl JobConfig {
         )))
     }
 
+    /// `[cluster] collective`: AllReduce (one worker group, a server beside each worker) with
+    /// one worker per process, data parallelism only, and no step-wide agreement on the
+    /// gradients (the servers agree on clipping by the global norm and on skipping an
+    /// overflowed step through messages, which the collectives do not carry yet).
+    fn check_collective(&self) -> Result<()> {
+        let c = &self.cluster;
+        if !c.collective {
+            return Ok(());
+        }
+        let file = self.origin.file.as_str();
+        let err = |msg: String| Error::config(file, "cluster.collective", msg);
+        if c.nworker_groups != 1 || !c.servers_beside_workers() || c.nworkers() < 2 {
+            return Err(err(format!(
+                "collectives carry AllReduce's sums (one worker group of at least 2 workers, a \
+                 server beside each: framework = \"allreduce\"); [cluster] has {} worker \
+                 groups of {}, {} server groups of {}{}",
+                c.nworker_groups,
+                c.nworkers_per_group,
+                c.nserver_groups,
+                c.nservers_per_group,
+                if c.server_worker_separate {
+                    ", separate"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if c.nprocs != c.nworkers() {
+            return Err(err(format!(
+                "the members of a collective are processes, one worker each: expected nprocs = \
+                 {} (or mpirun -np {}), got {}",
+                c.nworkers(),
+                c.nworkers(),
+                c.nprocs
+            )));
+        }
+        if let Some(l) = self.layers.iter().find(|l| l.partition_dim == 1) {
+            return Err(err(format!(
+                "collectives sum whole parameters (data parallelism), but layer {} splits its \
+                 features over the workers (partition_dim = 1)",
+                l.name
+            )));
+        }
+        if self.updater.clip.norm.is_some() {
+            return Err(err(
+                "clipping by the global norm (updater.clip_norm) needs the servers' messages \
+                 for now; use clip_value, or collective = false"
+                    .into(),
+            ));
+        }
+        let scales = !matches!(self.device.loss_scale, None | Some(LossScaling::Off));
+        if self.device.precision == Precision::F16 || scales {
+            return Err(err(
+                "loss scaling (f16 products, device.loss_scale) needs the servers' messages \
+                 for now; use precision = \"bf16\" or collective = false"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The loss scaling this job trains with: as written, else dynamic for f16 products (PyTorch's
     /// defaults) and none otherwise. Refused where it has no meaning yet: with CD (whose
     /// gradients come from the phases' statistics, not from a loss) and with several worker
@@ -200,6 +261,7 @@ impl JobConfig {
             ));
         }
         self.check_gpus()?;
+        self.check_collective()?;
         // Every worker reads an equal part of each batch of the train net's input layers.
         let workers = c.nworkers();
         for l in self.layers.iter().filter(|l| l.in_phase(Phase::TRAIN)) {
