@@ -6,7 +6,8 @@
 #      (SINGA_REQUIRE_NCCL=1: NCCL comes with PyTorch's nvidia-nccl package);
 #   2. the MNIST example on the GPU (examples/mnist-mlp/cuda.toml), and again with f16 products
 #      and dynamic loss scaling (the same job with `precision = "f16"`);
-#   3. the same MNIST job with two workers in two processes, each on its GPU (`[cluster] gpus`);
+#   3. the same MNIST job with two workers in two processes, each on its GPU (`[cluster] gpus`),
+#      through the servers' messages and, with two GPUs, through NCCL (`collective = true`);
 #   4. `singa bench mlp|cnn --device cuda` against PyTorch on the same GPU, batch 64 and 1024,
 #      interleaved, three rounds (benchmarks/torch_precision.py --device cuda).
 # Binaries come from .gpu/ (scripts/gpu-bundle.sh, for machines without cargo), or are built
@@ -62,10 +63,19 @@ rm -f examples/mnist-mlp/cuda-f16.toml
 
 echo "== MNIST on the GPUs of [cluster] gpus: two workers in two processes (GPUs 0 and 1, or 0 twice)"
 second=$(( $(nvidia-smi -L | wc -l) > 1 ? 1 : 0 ))
-sed -e 's/^train_steps = 9400 .*/train_steps = 2000/' -e "s/^gpus = \[0, 1\]/gpus = [0, $second]/" \
-  examples/mnist-mlp/cuda-gpus.toml > examples/mnist-mlp/cuda-gpus-check.toml
-timeout 200 "$BIN/singa" train examples/mnist-mlp/cuda-gpus-check.toml --workspace /tmp/singa-mnist-gpus \
-  2>&1 | tee "$OUT/mnist-gpus.log" | grep -E "training on|rank|test |error" || status=1
+# Through the servers' messages; then, with two GPUs, through NCCL's collectives (NCCL refuses
+# two members on one GPU).
+modes="false"
+[ "$second" = 1 ] && modes="false true"
+for collective in $modes; do
+  sed -e 's/^train_steps = 9400 .*/train_steps = 2000/' -e "s/^gpus = \[0, 1\]/gpus = [0, $second]/" \
+    -e "s/^collective = true .*/collective = $collective/" \
+    examples/mnist-mlp/cuda-gpus.toml > examples/mnist-mlp/cuda-gpus-check.toml
+  echo "-- collective = $collective"
+  timeout 200 "$BIN/singa" train examples/mnist-mlp/cuda-gpus-check.toml \
+    --workspace "/tmp/singa-mnist-gpus-$collective" \
+    2>&1 | tee "$OUT/mnist-gpus-$collective.log" | grep -E "training on|rank|test |error" || status=1
+done
 rm -f examples/mnist-mlp/cuda-gpus-check.toml
 
 echo "== singa bench against PyTorch on the same GPU (three interleaved rounds)"

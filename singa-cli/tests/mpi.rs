@@ -557,6 +557,29 @@ fn ranks_started_with_different_jobs_are_refused_naming_the_difference() {
     assert!(!dir.join("ws").exists(), "nothing was started");
 }
 
+/// Collectives between real processes come from the devices (NCCL between GPUs): a CPU job
+/// that asks for them under mpirun stops at the start, saying so, on every rank.
+#[test]
+fn collectives_between_cpu_processes_are_refused_at_the_start() {
+    if !have_mpirun("collectives on cpus") {
+        return;
+    }
+    let dir = tmpdir("mpi-collective");
+    synthetic_mnist(&dir, 60, 20, 8);
+    let cluster =
+        "framework = \"allreduce\"\nnworkers_per_group = 2\nnprocs = 2\ncollective = true";
+    std::fs::write(dir.join("job.toml"), job(&dir, 10, 10, "sgd", cluster)).unwrap();
+    let o = singa_mpi(2, &["train", "job.toml", "--workspace", "ws"], &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("carries no collectives between its ranks")
+            && err.contains("NCCL between CUDA GPUs")
+            && err.contains("collective = false"),
+        "{err}"
+    );
+}
+
 #[test]
 fn dry_run_under_mpirun_prints_each_rank_once_from_rank_0() {
     if !have_mpirun("dry run") {

@@ -29,6 +29,24 @@ pub trait Collective: Send {
 
     /// Every member's `t` becomes member `root`'s.
     fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()>;
+
+    /// Whether the members meet through bytes that member 0 makes
+    /// ([`Collective::invitation`]) and the runtime carries to every member's
+    /// [`Collective::join`] before the first operation (NCCL's unique id).
+    fn needs_invitation(&self) -> bool {
+        false
+    }
+
+    /// Member 0's invitation to the others.
+    fn invitation(&mut self) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    /// Joins the group with member 0's invitation (member 0 too).
+    fn join(&mut self, invitation: &[u8]) -> Result<()> {
+        let _ = invitation;
+        Ok(())
+    }
 }
 
 /// What an operation is, as every member must ask for it.
@@ -57,6 +75,8 @@ struct Round {
 struct Shared {
     round: Mutex<Round>,
     changed: Condvar,
+    /// The group's number in this process, its invitation.
+    number: u64,
 }
 
 /// A member of a group whose members are threads of one OS process: the root reads every
@@ -64,10 +84,14 @@ struct Shared {
 /// member order (`((t₀ + t₁) + t₂) + …`), the order in which a server adds its workers'
 /// gradients, so a run through it equals one through the servers value for value. A member
 /// waits at most `timeout` for the others, and a member that is dropped (its worker stopped)
-/// makes the others' calls fail, naming it, rather than wait.
+/// makes the others' calls fail, naming it, rather than wait. Like NCCL's, its members join
+/// with member 0's invitation before their first operation (the group's number), so that the
+/// tests check the runtime carries it.
 pub struct ThreadCollective {
     member: usize,
     members: usize,
+    /// Whether it has joined with member 0's invitation.
+    joined: bool,
     /// Operations this member has taken part in.
     calls: u64,
     timeout: Duration,
@@ -77,7 +101,10 @@ pub struct ThreadCollective {
 impl ThreadCollective {
     /// The `members` members of a new group, member `i` at index `i`.
     pub fn group(members: usize, timeout: Duration) -> Vec<ThreadCollective> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static GROUPS: AtomicU64 = AtomicU64::new(1);
         let shared = Arc::new(Shared {
+            number: GROUPS.fetch_add(1, Ordering::Relaxed),
             round: Mutex::new(Round {
                 done: 0,
                 op: None,
@@ -93,6 +120,7 @@ impl ThreadCollective {
             .map(|member| ThreadCollective {
                 member,
                 members,
+                joined: false,
                 calls: 0,
                 timeout,
                 shared: Arc::clone(&shared),
@@ -108,6 +136,11 @@ impl ThreadCollective {
     fn run(&mut self, op: Op, t: &Tensor, root: usize) -> Result<()> {
         let me = self.member;
         let what = format!("{op:?} of {} values rooted at member {root}", t.numel());
+        if !self.joined {
+            return Err(Error::invalid(format!(
+                "collective member {me}: a {what} before it joined the group with member 0's invitation"
+            )));
+        }
         if root >= self.members {
             return Err(Error::invalid(format!(
                 "collective member {me}: a {what}, but the group has {} members",
@@ -242,6 +275,27 @@ impl Collective for ThreadCollective {
     fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
         self.run(Op::Broadcast, t, root)
     }
+
+    fn needs_invitation(&self) -> bool {
+        true
+    }
+
+    fn invitation(&mut self) -> Result<Vec<u8>> {
+        Ok(self.shared.number.to_le_bytes().to_vec())
+    }
+
+    fn join(&mut self, invitation: &[u8]) -> Result<()> {
+        let number = self.shared.number;
+        if invitation != number.to_le_bytes() {
+            return Err(Error::invalid(format!(
+                "collective member {}: an invitation ({invitation:?}) that is not its group's ({:?})",
+                self.member,
+                number.to_le_bytes()
+            )));
+        }
+        self.joined = true;
+        Ok(())
+    }
 }
 
 impl Drop for ThreadCollective {
@@ -266,6 +320,12 @@ mod tests {
         DeviceRef::new(singa_cpu::CpuDevice::new(1).unwrap())
     }
 
+    /// `c`, joined with its group's invitation.
+    fn joined(c: &mut ThreadCollective) {
+        let invitation = c.shared.number.to_le_bytes();
+        c.join(&invitation).unwrap();
+    }
+
     /// Runs `body(member, its collective)` on a thread per member; their results in order.
     fn on_threads<T: Send + 'static>(
         members: usize,
@@ -275,8 +335,9 @@ mod tests {
         let threads: Vec<_> = ThreadCollective::group(members, Duration::from_secs(10))
             .into_iter()
             .enumerate()
-            .map(|(m, c)| {
+            .map(|(m, mut c)| {
                 let body = Arc::clone(&body);
+                joined(&mut c);
                 std::thread::spawn(move || body(m, c))
             })
             .collect();
@@ -357,6 +418,15 @@ mod tests {
     fn waits_at_most_the_timeout_naming_who_is_missing() {
         let mut group = ThreadCollective::group(3, Duration::from_millis(50));
         let dev = dev();
+        let mut t = Tensor::zeros(&dev, [2], DType::F32).unwrap();
+        let e = group[0].reduce_sum(&mut t, 0).unwrap_err().to_string();
+        assert!(e.contains("before it joined the group"), "{e}");
+        let mut other = ThreadCollective::group(1, Duration::from_millis(50));
+        let wrong = other[0].invitation().unwrap();
+        let e = group[0].join(&wrong).unwrap_err().to_string();
+        assert!(e.contains("not its group's"), "{e}");
+        let invitation = group[0].invitation().unwrap();
+        group[0].join(&invitation).unwrap();
         let mut t = Tensor::zeros(&dev, [2], DType::F32).unwrap();
         let e = group[0].reduce_sum(&mut t, 0).unwrap_err().to_string();
         assert!(e.contains("for members [1, 2]"), "{e}");

@@ -163,10 +163,12 @@ pub trait Fabric: Send + Sync {
     /// collectives (between real processes they come from the devices: NCCL between GPUs).
     fn collective(&self, rank: usize, timeout: Duration) -> Result<Box<dyn Collective>> {
         let _ = (rank, timeout);
-        Err(Error::unsupported(
-            self.engine(),
-            "collectives between its ranks (they come from the device: NCCL between GPUs)",
-        ))
+        Err(Error::invalid(format!(
+            "{} carries no collectives between its ranks: they come from the devices (NCCL \
+             between CUDA GPUs); set [cluster] collective = false to sum through the servers' \
+             messages",
+            self.engine()
+        )))
     }
 }
 

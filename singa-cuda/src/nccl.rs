@@ -6,7 +6,8 @@
 //! `libnccl.so`. cudarc's NCCL module looks only for `libnccl.so`, which neither package
 //! installs, and panics when it is missing; so this module binds the few functions it uses
 //! itself (`ncclGetVersion`, `ncclGetUniqueId`, `ncclCommInitRank`, `ncclCommInitAll`,
-//! `ncclAllReduce`, `ncclGroupStart`/`End`, `ncclCommDestroy`, `ncclGetErrorString`) and a
+//! `ncclAllReduce`, `ncclReduce`, `ncclBroadcast`, `ncclGroupStart`/`End`, `ncclCommDestroy`,
+//! `ncclGetErrorString`) and a
 //! missing library is an error value naming it.
 //!
 //! The ranks of a communicator meet through an [`NcclId`] that one of them makes and sends to
@@ -45,6 +46,25 @@ struct Library {
     comm_init_rank: unsafe extern "C" fn(*mut RawComm, c_int, RawId, c_int) -> Status,
     comm_init_all: unsafe extern "C" fn(*mut RawComm, c_int, *const c_int) -> Status,
     all_reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        RawComm,
+        *mut c_void,
+    ) -> Status,
+    reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        c_int,
+        RawComm,
+        *mut c_void,
+    ) -> Status,
+    broadcast: unsafe extern "C" fn(
         *const c_void,
         *mut c_void,
         usize,
@@ -126,6 +146,8 @@ fn bind(lib: libloading::Library, file: &'static str) -> std::result::Result<Lib
         comm_init_rank: symbol(&lib, file, "ncclCommInitRank")?,
         comm_init_all: symbol(&lib, file, "ncclCommInitAll")?,
         all_reduce: symbol(&lib, file, "ncclAllReduce")?,
+        reduce: symbol(&lib, file, "ncclReduce")?,
+        broadcast: symbol(&lib, file, "ncclBroadcast")?,
         group_start: symbol(&lib, file, "ncclGroupStart")?,
         group_end: symbol(&lib, file, "ncclGroupEnd")?,
         comm_destroy: symbol(&lib, file, "ncclCommDestroy")?,
@@ -318,6 +340,64 @@ impl Communicator {
         self.enqueue(t)
     }
 
+    /// On rank `root`, replaces `t` by its sum over every rank (the other ranks' `t` are left
+    /// as they are), queued on the GPU's stream. Every rank must call it with a tensor of the
+    /// same length and the same root.
+    pub fn reduce_sum(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
+        let (at, len, stream) = self.place(t, root)?;
+        let lib = library()?;
+        // SAFETY: as in `enqueue` (a root of the communicator); NCCL sums in place.
+        lib.check(
+            unsafe {
+                (lib.reduce)(
+                    at,
+                    at,
+                    len,
+                    NCCL_FLOAT32,
+                    NCCL_SUM,
+                    root as c_int,
+                    self.comm,
+                    stream,
+                )
+            },
+            &format!("summing {len} values at NCCL rank {root} of {}", self.ranks),
+        )
+    }
+
+    /// Replaces every rank's `t` by rank `root`'s, queued on the GPU's stream. Every rank must
+    /// call it with a tensor of the same length and the same root.
+    pub fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
+        let (at, len, stream) = self.place(t, root)?;
+        let lib = library()?;
+        // SAFETY: as in `enqueue` (a root of the communicator); NCCL broadcasts in place.
+        lib.check(
+            unsafe { (lib.broadcast)(at, at, len, NCCL_FLOAT32, root as c_int, self.comm, stream) },
+            &format!(
+                "broadcasting {len} values from NCCL rank {root} of {}",
+                self.ranks
+            ),
+        )
+    }
+
+    /// Checks `t` and `root`, binds the GPU's context: `t`'s address and length, and the
+    /// stream.
+    fn place(&self, t: &Tensor, root: usize) -> Result<(*mut c_void, usize, *mut c_void)> {
+        if root >= self.ranks {
+            return Err(Error::invalid(format!(
+                "NCCL root {root}, but the communicator has {} ranks",
+                self.ranks
+            )));
+        }
+        self.check(t)?;
+        let view = t.view();
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .or_device("binding the CUDA context")?;
+        let stream = self.gpu.stream.cu_stream() as *mut c_void;
+        Ok((ptr(&view) as *mut c_void, view.len, stream))
+    }
+
     /// [`Communicator::all_reduce_sum`] for every rank of a [`Communicator::group`] at once,
     /// `tensors[i]` on rank `i` (one thread issuing for every GPU must group the calls, or the
     /// first would wait for the others forever).
@@ -380,22 +460,13 @@ impl Communicator {
 
     /// Queues the in-place sum of `t`.
     fn enqueue(&mut self, t: &mut Tensor) -> Result<()> {
+        let (at, len, stream) = self.place(t, 0)?;
         let lib = library()?;
-        self.check(t)?;
-        let view = t.view();
-        self.gpu
-            .ctx
-            .bind_to_thread()
-            .or_device("binding the CUDA context")?;
-        let at = ptr(&view) as *mut c_void;
-        let stream = self.gpu.stream.cu_stream() as *mut c_void;
-        // SAFETY: `at` is `view.len` f32s of this GPU's memory, alive while `t` is; the sum is
+        // SAFETY: `at` is `len` f32s of this GPU's memory, alive while `t` is; the sum is
         // queued on the stream every operation on the tensor is queued on.
         lib.check(
-            unsafe {
-                (lib.all_reduce)(at, at, view.len, NCCL_FLOAT32, NCCL_SUM, self.comm, stream)
-            },
-            &format!("summing {} values over {} NCCL ranks", view.len, self.ranks),
+            unsafe { (lib.all_reduce)(at, at, len, NCCL_FLOAT32, NCCL_SUM, self.comm, stream) },
+            &format!("summing {len} values over {} NCCL ranks", self.ranks),
         )
     }
 }

@@ -136,3 +136,49 @@ fn one_rank_joins_through_an_id() {
     let bad = Communicator::new(&CudaDevice::new(0, Precision::F32).unwrap(), 1, 1, &id);
     assert!(bad.unwrap_err().to_string().contains("rank 1 of 1"));
 }
+
+#[test]
+fn sums_at_a_root_and_broadcasts_from_it_one_thread_per_gpu() {
+    let test = "sums_at_a_root_and_broadcasts_from_it_one_thread_per_gpu";
+    if !nccl_or_skip(test) {
+        return;
+    }
+    let Some(n) = gpus_or_skip(test) else {
+        return;
+    };
+    // As the runtime's workers join: a thread per GPU, with rank 0's id.
+    let id = NcclId::new().unwrap();
+    let len = 777;
+    let values =
+        move |r: usize| -> Vec<f32> { (0..len).map(|i| (r + 1) as f32 * i as f32).collect() };
+    let threads: Vec<_> = (0..n)
+        .map(|r| {
+            std::thread::spawn(move || {
+                let device = CudaDevice::new(r, Precision::F32).unwrap();
+                let mut comm = Communicator::new(&device, r, n, &id).unwrap();
+                let dev = DeviceRef::new(device);
+                let root = n - 1;
+                let mut t = Tensor::from_slice(&dev, &values(r), [len]).unwrap();
+                comm.reduce_sum(&mut t, root).unwrap();
+                let reduced = t.to_vec::<f32>().unwrap();
+                let mut b = Tensor::from_slice(&dev, &values(r), [len]).unwrap();
+                comm.broadcast(&mut b, root).unwrap();
+                let bad = comm.broadcast(&mut b, n).unwrap_err().to_string();
+                assert!(bad.contains(&format!("NCCL root {n}")), "{bad}");
+                (reduced, b.to_vec::<f32>().unwrap())
+            })
+        })
+        .collect();
+    let sum: Vec<f32> = (0..len)
+        .map(|i| (n * (n + 1) / 2) as f32 * i as f32)
+        .collect();
+    for (r, t) in threads.into_iter().enumerate() {
+        let (reduced, broadcast) = t.join().unwrap();
+        match r == n - 1 {
+            true => assert_eq!(reduced, sum, "root {r} of {n}"),
+            false => assert_eq!(reduced, values(r), "rank {r} of {n}"),
+        }
+        assert_eq!(broadcast, values(n - 1), "rank {r} of {n}");
+    }
+    println!("{test}: {n} GPU(s)");
+}

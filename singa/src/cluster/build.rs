@@ -13,7 +13,7 @@ use crate::net::{NeuralNet, Part};
 use crate::params::ParamStore;
 use crate::partition::Exchanges;
 use crate::registry::Registry;
-use singa_comm::{Collective, Endpoints, Fabric};
+use singa_comm::{Endpoints, Fabric};
 use singa_core::abi::{TD_Opaque, Transport_TO};
 use singa_core::{Addr, DeviceRef, Error, MsgKind, Phase, Result, Tensor};
 use singa_layers::schedule::LrSchedule;
@@ -52,7 +52,7 @@ pub(crate) struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    fn timeout(&self) -> Duration {
+    pub(super) fn timeout(&self) -> Duration {
         Duration::from_secs(self.job.cluster.timeout_secs)
     }
 }
@@ -219,7 +219,7 @@ pub(crate) fn build_rank(
         )?
         .with_row_blocks(blocks, store.entries().len());
         let link = match collective {
-            true => link.with_collective(collective_member(plan, rank, w)?),
+            true => link.with_collective(super::collective::member(plan, rank, w)?),
             false => link,
         };
         Result::Ok(match t.servers_on_worker_threads() {
@@ -431,22 +431,6 @@ impl SharedHeld {
             replicas,
         })
     }
-}
-
-/// Worker `w`'s member of the collective group of the job's workers (`[cluster] collective`:
-/// one worker per rank, member `i` worker `i`, beside server `i`).
-fn collective_member(plan: &Plan<'_>, rank: usize, w: Addr) -> Result<Box<dyn Collective>> {
-    let member = plan.fabric.collective(rank, plan.timeout())?;
-    if member.member() != w.id as usize || member.members() != plan.job.cluster.nworkers() {
-        return Err(Error::invalid(format!(
-            "{w} got member {} of a collective group of {}; expected member {} of {}",
-            member.member(),
-            member.members(),
-            w.id,
-            plan.job.cluster.nworkers()
-        )));
-    }
-    Ok(member)
 }
 
 /// Server `s` of group `h`'s part in agreeing on the global gradient norm (for `clip_norm`

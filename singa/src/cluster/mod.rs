@@ -35,6 +35,7 @@
 //! checkpoint is the same file whatever the number of ranks.
 
 mod build;
+mod collective;
 mod control;
 mod latch;
 mod node;
@@ -1028,6 +1029,11 @@ impl Cluster {
                 "  gradients the workers of each group compute together, each worker a block of rows over every worker's batch, so the servers need not sum them: {}\n",
                 self.shared_grads.join(", ")
             ));
+        }
+        if c.collective {
+            s.push_str(
+                "  gradients summed and fresh values broadcast through collectives (NCCL between GPUs, in memory between emulated processes), not messages to the servers\n",
+            );
         }
         if self.topology.separate_memory() {
             s.push_str(&format!(

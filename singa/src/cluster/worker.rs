@@ -125,7 +125,13 @@ pub(crate) struct WorkerLink {
     /// This worker's member of the group that sums the gradients and broadcasts the fresh
     /// values in place of messages (`[cluster] collective`), if any.
     collective: Option<Box<dyn Collective>>,
+    /// Whether this worker's member has joined its group (see [`WorkerLink::join_collective`]).
+    joined: bool,
 }
+
+/// The `target` of the `Put` that carries worker 0's invitation to a collective group to the
+/// other workers (not a parameter's).
+const INVITATION: u32 = u32::MAX;
 
 impl WorkerLink {
     /// The link of a worker whose parameters are `store`, sliced as `slices` over `servers`,
@@ -191,6 +197,7 @@ impl WorkerLink {
             saw_stop: false,
             skipped: false,
             collective: None,
+            joined: false,
         })
     }
 
@@ -361,6 +368,9 @@ impl WorkerLink {
     /// the worker beside its server, which updates the slice with the sum, then the fresh
     /// values broadcast from there to every worker.
     fn reduce_and_broadcast(&mut self, param: usize, step: u64) -> Result<()> {
+        if !self.joined {
+            self.join_collective(step)?;
+        }
         let me = self.transport.addr();
         let collective = self.collective.as_mut().expect("checked by the caller");
         let member = collective.member();
@@ -403,6 +413,71 @@ impl WorkerLink {
                 payload: Some(s.grad.clone()).into(),
             })
             .into_result()
+    }
+
+    /// Joins the collective group before its first operation, where its members meet through
+    /// an invitation (see [`Collective::needs_invitation`]): worker 0 sends its member's to
+    /// the other workers as a `Put`, and they wait for it.
+    fn join_collective(&mut self, step: u64) -> Result<()> {
+        let me = self.transport.addr();
+        let member = self.collective.as_mut().expect("checked by the caller");
+        if !member.needs_invitation() {
+            self.joined = true;
+            return Ok(());
+        }
+        let invitation = match member.member() {
+            0 => {
+                let bytes = member.invitation()?;
+                // In host memory, whatever the worker's device: bytes for the transport.
+                let host = crate::device::create(&crate::config::DeviceConfig::cpu(1), None)?;
+                let payload = Tensor::from_slice(&host, &bytes, [bytes.len()])?;
+                for &w in &self.colleagues {
+                    self.transport
+                        .send(Msg {
+                            src: me,
+                            dst: w,
+                            kind: MsgKind::Put,
+                            target: INVITATION,
+                            slice: 0,
+                            version: step,
+                            payload: Some(payload.clone()).into(),
+                        })
+                        .into_result()?;
+                }
+                bytes
+            }
+            _ => self.await_invitation()?,
+        };
+        let member = self.collective.as_mut().expect("checked by the caller");
+        member
+            .join(&invitation)
+            .map_err(|e| e.context(format!("{me} joining its collective group")))?;
+        self.joined = true;
+        Ok(())
+    }
+
+    /// Worker 0's invitation to the collective group, once it comes.
+    fn await_invitation(&mut self) -> Result<Vec<u8>> {
+        let me = self.transport.addr();
+        let deadline = Instant::now() + self.timeout;
+        let Some(msg) = self.recv_until(deadline)? else {
+            return Err(Error::invalid(format!(
+                "{me}: waited {} s for worker 0's invitation to the collective group (raise cluster.timeout if starting takes longer)",
+                self.timeout.as_secs()
+            )));
+        };
+        if msg.kind == MsgKind::Put && msg.target == INVITATION {
+            if let Some(bytes) = msg.payload.into_option() {
+                return bytes.to_vec::<u8>();
+            }
+            return Err(Error::invalid(format!("{me}: an empty invitation")));
+        }
+        self.saw_stop |= msg.kind == MsgKind::Stop;
+        Err(interrupted(
+            me,
+            &msg,
+            "this worker waited for its invitation to the collective group",
+        ))
     }
 
     /// Computes the gradient of `row_blocks[b]` block by block, sending each slice as soon as
