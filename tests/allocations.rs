@@ -362,5 +362,16 @@ srclayers = ["fc3", "data:label"]
             allocated, 0,
             "{allocated} allocations in {steps} warm steps in two processes (split: {split})"
         );
+        if !split {
+            // And with AllReduce's sums as collectives between the two processes.
+            job.cluster.collective = true;
+            let mut trainer =
+                Trainer::new(&job, &Registry::builtin(), &TrainOptions::default()).unwrap();
+            let allocated = allocations(&mut trainer, 40, steps);
+            assert_eq!(
+                allocated, 0,
+                "{allocated} allocations in {steps} warm steps through collectives"
+            );
+        }
     }
 }

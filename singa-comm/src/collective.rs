@@ -135,15 +135,18 @@ impl ThreadCollective {
     /// Takes part in operation `op` rooted at `root` with `t`.
     fn run(&mut self, op: Op, t: &Tensor, root: usize) -> Result<()> {
         let me = self.member;
-        let what = format!("{op:?} of {} values rooted at member {root}", t.numel());
+        // Said only in errors (a warm step allocates nothing).
+        let what = || format!("{op:?} of {} values rooted at member {root}", t.numel());
         if !self.joined {
             return Err(Error::invalid(format!(
-                "collective member {me}: a {what} before it joined the group with member 0's invitation"
+                "collective member {me}: a {} before it joined the group with member 0's invitation",
+                what()
             )));
         }
         if root >= self.members {
             return Err(Error::invalid(format!(
-                "collective member {me}: a {what}, but the group has {} members",
+                "collective member {me}: a {}, but the group has {} members",
+                what(),
                 self.members
             )));
         }
@@ -159,8 +162,11 @@ impl ThreadCollective {
             None => round.op = Some(asked),
             Some(first) if first != asked => {
                 let why = format!(
-                    "member {me} asked for a {what} where another asked for a {:?} of {} values rooted at member {}",
-                    first.0, first.2, first.1
+                    "member {me} asked for a {} where another asked for a {:?} of {} values rooted at member {}",
+                    what(),
+                    first.0,
+                    first.2,
+                    first.1
                 );
                 round.broken = Some(why.clone());
                 self.shared.changed.notify_all();
@@ -185,8 +191,9 @@ impl ThreadCollective {
                     .filter(|&m| round.posted[m].is_none())
                     .collect();
                 return Err(Error::invalid(format!(
-                    "collective member {me}: waited {} s in a {what} for members {missing:?} (raise cluster.timeout if a step takes longer)",
-                    self.timeout.as_secs()
+                    "collective member {me}: waited {} s in a {} for members {missing:?} (raise cluster.timeout if a step takes longer)",
+                    self.timeout.as_secs(),
+                    what()
                 )));
             }
             round = self
