@@ -232,14 +232,19 @@ fn a_failing_worker_stops_the_job_with_its_name_and_the_checkpoint_resumes() {
         .unwrap();
     // Data parallel, and with fc1 and fc2 split along the features: then worker 0 waits for
     // worker 1 at a bridge, and must stop waiting when it fails. Both in one process, and
-    // with each worker in a process of its own (the news of the failure crosses the routers).
+    // with each worker in a process of its own (the news of the failure crosses the routers);
+    // and data parallel through collectives, where worker 0 waits in a sum, reading no message.
     let splits = [&[][..], &["fc1", "act", "fc2"]];
-    let cases = splits.iter().flat_map(|s| [(*s, 1), (*s, 2)]);
-    for (run, (split, nprocs)) in cases.enumerate() {
+    let cases = splits
+        .iter()
+        .flat_map(|s| [(*s, 1, false), (*s, 2, false)])
+        .chain([(&[][..], 2, true)]);
+    for (run, (split, nprocs, collective)) in cases.enumerate() {
         let mut j = split_features(job(&dir, 30, "sgd"), split);
         j.cluster = ClusterConfig {
             timeout_secs: 20,
             nprocs,
+            collective,
             ..Framework::AllReduce.preset(2)
         };
         j.checkpoint_freq = 10;
@@ -268,7 +273,7 @@ fn a_failing_worker_stops_the_job_with_its_name_and_the_checkpoint_resumes() {
         assert!(e.contains("step 15"), "{e}");
         assert!(
             started.elapsed().as_secs() < 15,
-            "split {split:?}, {nprocs} processes: the other worker stopped waiting at once"
+            "split {split:?}, {nprocs} processes, collective {collective}: the other worker stopped waiting at once"
         );
         drop(t);
         // The checkpoint of step 10 is intact: resuming (without the failing layer's trigger) works.

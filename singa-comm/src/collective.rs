@@ -47,6 +47,10 @@ pub trait Collective: Send {
         let _ = invitation;
         Ok(())
     }
+
+    /// Gives up on the group because this member's worker stopped: the other members' current
+    /// and later operations fail instead of waiting for it (NCCL: `ncclCommAbort`).
+    fn abort(&mut self) {}
 }
 
 /// What an operation is, as every member must ask for it.
@@ -65,8 +69,11 @@ struct Round {
     /// Each member's tensor, once it has arrived.
     posted: Vec<Option<Tensor>>,
     arrived: usize,
-    /// Why the group can no longer work (a member left, or asked for something else).
+    /// Why the group can no longer work (a member left or timed out, asked for something
+    /// else, or the root failed).
     broken: Option<String>,
+    /// The operation whose root failed: its other members fail too.
+    failed_at: Option<u64>,
     /// Host space for the root's sums and copies (grown once to the longest tensor).
     sum: Vec<f32>,
     part: Vec<f32>,
@@ -111,6 +118,7 @@ impl ThreadCollective {
                 posted: vec![None; members],
                 arrived: 0,
                 broken: None,
+                failed_at: None,
                 sum: Vec::new(),
                 part: Vec::new(),
             }),
@@ -190,11 +198,15 @@ impl ThreadCollective {
                 let missing: Vec<usize> = (0..self.members)
                     .filter(|&m| round.posted[m].is_none())
                     .collect();
-                return Err(Error::invalid(format!(
-                    "collective member {me}: waited {} s in a {} for members {missing:?} (raise cluster.timeout if a step takes longer)",
+                let why = format!(
+                    "member {me} waited {} s in a {} for members {missing:?} (raise cluster.timeout if a step takes longer)",
                     self.timeout.as_secs(),
                     what()
-                )));
+                );
+                // The others must not go on with this member's tensor, nor wait as long.
+                round.broken = Some(why.clone());
+                self.shared.changed.notify_all();
+                return Err(Error::invalid(format!("collective: {why}")));
             }
             round = self
                 .shared
@@ -213,11 +225,17 @@ impl ThreadCollective {
             round.done += 1;
             if let Err(e) = &outcome {
                 round.broken = Some(format!("the root failed: {e}"));
+                round.failed_at = Some(call);
             }
             self.shared.changed.notify_all();
-            outcome?;
+            return outcome;
         }
-        Ok(())
+        match (round.failed_at, &round.broken) {
+            (Some(op), Some(why)) if op == call => {
+                Err(Error::invalid(format!("collective member {me}: {why}")))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -291,6 +309,10 @@ impl Collective for ThreadCollective {
         Ok(self.shared.number.to_le_bytes().to_vec())
     }
 
+    fn abort(&mut self) {
+        self.leave();
+    }
+
     fn join(&mut self, invitation: &[u8]) -> Result<()> {
         let number = self.shared.number;
         if invitation != number.to_le_bytes() {
@@ -305,8 +327,9 @@ impl Collective for ThreadCollective {
     }
 }
 
-impl Drop for ThreadCollective {
-    fn drop(&mut self) {
+impl ThreadCollective {
+    /// Breaks the group, saying this member left.
+    fn leave(&mut self) {
         let member = self.member;
         let mut round = self.lock();
         if round.broken.is_none() {
@@ -315,6 +338,12 @@ impl Drop for ThreadCollective {
             ));
         }
         self.shared.changed.notify_all();
+    }
+}
+
+impl Drop for ThreadCollective {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -422,6 +451,26 @@ mod tests {
     }
 
     #[test]
+    fn an_aborted_member_fails_the_others_at_once() {
+        let out = on_threads(3, |m, mut c| {
+            let dev = dev();
+            let mut t = Tensor::zeros(&dev, [4], DType::F32).unwrap();
+            if m == 2 {
+                c.abort();
+                return Ok(());
+            }
+            let started = Instant::now();
+            let e = c.reduce_sum(&mut t, 0).map_err(|e| e.to_string());
+            assert!(started.elapsed() < Duration::from_secs(5));
+            e
+        });
+        for e in &out[..2] {
+            let e = e.as_ref().unwrap_err();
+            assert!(e.contains("member 2 left the group"), "{e}");
+        }
+    }
+
+    #[test]
     fn waits_at_most_the_timeout_naming_who_is_missing() {
         let mut group = ThreadCollective::group(3, Duration::from_millis(50));
         let dev = dev();
@@ -437,5 +486,10 @@ mod tests {
         let mut t = Tensor::zeros(&dev, [2], DType::F32).unwrap();
         let e = group[0].reduce_sum(&mut t, 0).unwrap_err().to_string();
         assert!(e.contains("for members [1, 2]"), "{e}");
+        // The group is broken for the others too: they do not wait out their own timeouts.
+        let invitation = group[1].invitation().unwrap();
+        group[1].join(&invitation).unwrap();
+        let e = group[1].broadcast(&mut t, 0).unwrap_err().to_string();
+        assert!(e.contains("member 0 waited"), "{e}");
     }
 }

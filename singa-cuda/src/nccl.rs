@@ -7,6 +7,7 @@
 //! installs, and panics when it is missing; so this module binds the few functions it uses
 //! itself (`ncclGetVersion`, `ncclGetUniqueId`, `ncclCommInitRank`, `ncclCommInitAll`,
 //! `ncclAllReduce`, `ncclReduce`, `ncclBroadcast`, `ncclGroupStart`/`End`, `ncclCommDestroy`,
+//! `ncclCommAbort`,
 //! `ncclGetErrorString`) and a
 //! missing library is an error value naming it.
 //!
@@ -76,6 +77,7 @@ struct Library {
     group_start: unsafe extern "C" fn() -> Status,
     group_end: unsafe extern "C" fn() -> Status,
     comm_destroy: unsafe extern "C" fn(RawComm) -> Status,
+    comm_abort: unsafe extern "C" fn(RawComm) -> Status,
     error_string: unsafe extern "C" fn(Status) -> *const c_char,
     /// The file name it was loaded under.
     file: &'static str,
@@ -151,6 +153,7 @@ fn bind(lib: libloading::Library, file: &'static str) -> std::result::Result<Lib
         group_start: symbol(&lib, file, "ncclGroupStart")?,
         group_end: symbol(&lib, file, "ncclGroupEnd")?,
         comm_destroy: symbol(&lib, file, "ncclCommDestroy")?,
+        comm_abort: symbol(&lib, file, "ncclCommAbort")?,
         error_string: symbol(&lib, file, "ncclGetErrorString")?,
         file,
         _lib: lib,
@@ -398,6 +401,16 @@ impl Communicator {
         Ok((ptr(&view) as *mut c_void, view.len, stream))
     }
 
+    /// Gives up on the communicator (this rank's worker stopped): its operations still queued
+    /// end, and the other ranks' fail instead of waiting for this one forever.
+    pub fn abort(mut self) {
+        if let Ok(lib) = library() {
+            // SAFETY: the communicator is this value's; aborting frees it, so `drop` must not.
+            unsafe { (lib.comm_abort)(self.comm) };
+            self.comm = std::ptr::null_mut();
+        }
+    }
+
     /// [`Communicator::all_reduce_sum`] for every rank of a [`Communicator::group`] at once,
     /// `tensors[i]` on rank `i` (one thread issuing for every GPU must group the calls, or the
     /// first would wait for the others forever).
@@ -483,6 +496,9 @@ impl std::fmt::Debug for Communicator {
 
 impl Drop for Communicator {
     fn drop(&mut self) {
+        if self.comm.is_null() {
+            return; // aborted
+        }
         if let Ok(lib) = library() {
             // SAFETY: the communicator is this value's, destroyed once.
             unsafe { (lib.comm_destroy)(self.comm) };

@@ -11,7 +11,20 @@ pub(super) fn member(plan: &Plan<'_>, rank: usize, w: Addr) -> Result<Box<dyn Co
     let c = &plan.job.cluster;
     let t = plan.topology;
     let device = plan.worker_device.for_worker(c, t.worker_index(w));
-    let member = match device.kind == crate::config::DeviceKind::Cuda {
+    let cuda = device.kind == crate::config::DeviceKind::Cuda;
+    if cuda && plan.fabric.local_ranks().len() == plan.fabric.ranks() {
+        // Every member in this process, so on this machine: NCCL needs a GPU for each.
+        let gpu = |i: usize| plan.job.device.for_worker(c, i).gpu;
+        if let Some(i) = (1..c.nworkers()).find(|&i| (0..i).any(|j| gpu(j) == gpu(i))) {
+            return Err(Error::invalid(format!(
+                "NCCL's collectives need a GPU per worker, but worker {i} would share GPU {} \
+                 with another: give each its own with [cluster] gpus = [0, 1, ...], or set \
+                 collective = false",
+                gpu(i)
+            )));
+        }
+    }
+    let member = match cuda {
         #[cfg(feature = "cuda")]
         true => nccl::member(&device, w.id as usize, c.nworkers())?,
         _ => plan.fabric.collective(rank, plan.timeout())?,
@@ -95,6 +108,12 @@ mod nccl {
 
         fn invitation(&mut self) -> Result<Vec<u8>> {
             Ok(NcclId::new()?.as_bytes().to_vec())
+        }
+
+        fn abort(&mut self) {
+            if let Some(comm) = self.comm.take() {
+                comm.abort();
+            }
         }
 
         fn join(&mut self, invitation: &[u8]) -> Result<()> {

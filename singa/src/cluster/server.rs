@@ -548,9 +548,10 @@ impl ServerCore {
                 key.0, key.1
             ))
         })?;
-        if self.norm.is_some() || self.groups.len() != 1 {
+        if self.norm.is_some() || self.groups.len() != 1 || self.replies {
             return Err(Error::invalid(
-                "a server agreeing on global norms, or serving several worker groups, cannot                  update from a collective's sums",
+                "only a server without replies, one worker group and no global norm to agree \
+                 on updates from a collective's sums",
             ));
         }
         let workers = self.groups[0].len();

@@ -233,6 +233,10 @@ impl WorkerLink {
 
     /// Tells the other workers of the group that this one has stopped.
     pub fn tell_stopped(&mut self) {
+        if let Some(c) = &mut self.collective {
+            // Members waiting in a collective read no messages.
+            c.abort();
+        }
         let me = self.transport.addr();
         for &w in &self.colleagues {
             let _ = self.transport.send(super::server::stop(me, w));

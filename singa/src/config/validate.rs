@@ -102,7 +102,11 @@ impl JobConfig {
                 c.nprocs
             )));
         }
-        if let Some(l) = self.layers.iter().find(|l| l.partition_dim == 1) {
+        if let Some(l) = self
+            .layers
+            .iter()
+            .find(|l| crate::partition::splits_features(l))
+        {
             return Err(err(format!(
                 "collectives sum whole parameters (data parallelism), but layer {} splits its \
                  features over the workers (partition_dim = 1)",
