@@ -128,6 +128,19 @@ fn train_rank0(
 /// prints them without training, saying that several ranks run over `engine`.
 fn dry_run(args: &TrainArgs, ranks: Option<usize>, engine: &str) -> Result<()> {
     let (config, registry) = read_job(args, ranks)?;
+    // The plan is made over emulated processes, which carry collectives in memory; the run
+    // over MPI would refuse them on CPUs, so the dry run says so now.
+    if engine == singa_comm::engines::MPI
+        && config.cluster.collective
+        && config.device.kind != DeviceKind::Cuda
+    {
+        return Err(Error::config(
+            &config.origin.file,
+            "cluster.collective",
+            "over MPI collectives come from the devices (NCCL between CUDA GPUs); a job on \
+             CPUs sums through the servers' messages: set collective = false",
+        ));
+    }
     // The nets take their shapes from the data: without it they cannot be shown, and a dry
     // run changes nothing, so it says what training would import first.
     let imports = pending_imports(&config);

@@ -578,6 +578,14 @@ fn collectives_between_cpu_processes_are_refused_at_the_start() {
             && err.contains("collective = false"),
         "{err}"
     );
+    // The dry run says so too, though it plans over emulated processes.
+    let o = singa_mpi(2, &["train", "job.toml", "--dry-run"], &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("cluster.collective: over MPI collectives come from the devices"),
+        "{err}"
+    );
 }
 
 #[test]
