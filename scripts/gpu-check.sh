@@ -9,7 +9,8 @@
 #   3. the same MNIST job with two workers in two processes, each on its GPU (`[cluster] gpus`),
 #      through the servers' messages and, with two GPUs, through NCCL (`collective = true`);
 #   4. `singa bench mlp|cnn --device cuda` against PyTorch on the same GPU, batch 64 and 1024,
-#      interleaved, three rounds (benchmarks/torch_precision.py --device cuda).
+#      interleaved, three rounds (benchmarks/torch_precision.py --device cuda); with two GPUs,
+#      two workers through the servers' messages against NCCL (`--collective`).
 # Binaries come from .gpu/ (scripts/gpu-bundle.sh, for machines without cargo), or are built
 # here with cargo when it exists. CUDA's NVRTC and cuBLAS are found in the CUDA toolkit or in the
 # nvidia-* Python packages PyTorch brings.
@@ -89,4 +90,14 @@ for round in 1 2 3; do
     done
   done
 done | tee "$OUT/bench.log"
+
+if [ "$second" = 1 ]; then
+  echo "== two GPUs, two workers in two processes: the servers' messages against NCCL (three rounds)"
+  for round in 1 2 3; do
+    for how in "" "--collective"; do
+      timeout 120 "$BIN/singa" bench mlp --device cuda --workers 2 --nprocs 2 --gpus 0,1 --batch 1024 $how \
+        --data data/mnist 2>&1 | grep -E "median|error" | sed "s/^/round $round ${how:-messages} /"
+    done
+  done | tee "$OUT/bench-gpus.log"
+fi
 exit $status

@@ -64,6 +64,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of its largest variant (bench's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Train the net a job file describes.
@@ -314,6 +316,14 @@ enum Command {
         /// own and a router (run inside this one; what crosses between them is copied).
         #[arg(long, default_value_t = 1)]
         nprocs: usize,
+        /// AllReduce's sums through collectives (`[cluster] collective`; one worker per
+        /// process, `--nprocs` equal to `--workers`): NCCL between GPUs, in memory between
+        /// emulated processes.
+        #[arg(long)]
+        collective: bool,
+        /// With `--device cuda`: each worker's GPU (`[cluster] gpus`), say `--gpus 0,1`.
+        #[arg(long, value_delimiter = ',')]
+        gpus: Vec<usize>,
         /// How the workers of a group share the model: 0 splits each batch (data
         /// parallelism), 1 splits every layer but the data and loss layers along its features
         /// (model parallelism: the MLP's neurons, the convnet's filters).
@@ -682,6 +692,8 @@ fn run(cli: Cli) -> Result<()> {
             framework,
             batch,
             nprocs,
+            collective,
+            gpus,
             partition_dim,
             activation,
             updater,
@@ -757,14 +769,15 @@ fn run(cli: Cli) -> Result<()> {
                     updater,
                     clip_norm,
                     loss_scale,
-                    cluster: (workers > 1 || framework != "allreduce" || nprocs > 1).then(|| {
-                        singa::config::ClusterConfig {
+                    cluster: (workers > 1 || framework != "allreduce" || nprocs > 1 || collective)
+                        .then(|| singa::config::ClusterConfig {
                             nprocs,
+                            collective,
+                            gpus,
                             ..singa::config::Framework::from_name(&framework)
                                 .expect("clap checked the name")
                                 .preset(workers)
-                        }
-                    }),
+                        }),
                 },
                 &registry,
             )
