@@ -70,10 +70,9 @@ struct Round {
     posted: Vec<Option<Tensor>>,
     arrived: usize,
     /// Why the group can no longer work (a member left or timed out, asked for something
-    /// else, or the root failed).
+    /// else, or the root failed: then the operation never completes, and its other members
+    /// fail too).
     broken: Option<String>,
-    /// The operation whose root failed: its other members fail too.
-    failed_at: Option<u64>,
     /// Host space for the root's sums and copies (grown once to the longest tensor).
     sum: Vec<f32>,
     part: Vec<f32>,
@@ -118,7 +117,6 @@ impl ThreadCollective {
                 posted: vec![None; members],
                 arrived: 0,
                 broken: None,
-                failed_at: None,
                 sum: Vec::new(),
                 part: Vec::new(),
             }),
@@ -222,20 +220,14 @@ impl ThreadCollective {
             }
             round.arrived = 0;
             round.op = None;
-            round.done += 1;
-            if let Err(e) = &outcome {
-                round.broken = Some(format!("the root failed: {e}"));
-                round.failed_at = Some(call);
+            match &outcome {
+                Ok(()) => round.done += 1,
+                Err(e) => round.broken = Some(format!("the root failed: {e}")),
             }
             self.shared.changed.notify_all();
             return outcome;
         }
-        match (round.failed_at, &round.broken) {
-            (Some(op), Some(why)) if op == call => {
-                Err(Error::invalid(format!("collective member {me}: {why}")))
-            }
-            _ => Ok(()),
-        }
+        Ok(())
     }
 }
 

@@ -7,9 +7,7 @@
 //! installs, and panics when it is missing; so this module binds the few functions it uses
 //! itself (`ncclGetVersion`, `ncclGetUniqueId`, `ncclCommInitRank`, `ncclCommInitAll`,
 //! `ncclAllReduce`, `ncclReduce`, `ncclBroadcast`, `ncclGroupStart`/`End`, `ncclCommDestroy`,
-//! `ncclCommAbort`,
-//! `ncclGetErrorString`) and a
-//! missing library is an error value naming it.
+//! `ncclCommAbort`, `ncclGetErrorString`) and a missing library is an error value naming it.
 //!
 //! The ranks of a communicator meet through an [`NcclId`] that one of them makes and sends to
 //! the others as 128 bytes (through the job's transport: a message or MPI); in one process,
@@ -347,7 +345,8 @@ impl Communicator {
     /// as they are), queued on the GPU's stream. Every rank must call it with a tensor of the
     /// same length and the same root.
     pub fn reduce_sum(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
-        let (at, len, stream) = self.place(t, root)?;
+        self.check_root(root)?;
+        let (at, len, stream) = self.place(t)?;
         let lib = library()?;
         // SAFETY: as in `enqueue` (a root of the communicator); NCCL sums in place.
         lib.check(
@@ -370,7 +369,8 @@ impl Communicator {
     /// Replaces every rank's `t` by rank `root`'s, queued on the GPU's stream. Every rank must
     /// call it with a tensor of the same length and the same root.
     pub fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
-        let (at, len, stream) = self.place(t, root)?;
+        self.check_root(root)?;
+        let (at, len, stream) = self.place(t)?;
         let lib = library()?;
         // SAFETY: as in `enqueue` (a root of the communicator); NCCL broadcasts in place.
         lib.check(
@@ -382,15 +382,19 @@ impl Communicator {
         )
     }
 
-    /// Checks `t` and `root`, binds the GPU's context: `t`'s address and length, and the
-    /// stream.
-    fn place(&self, t: &Tensor, root: usize) -> Result<(*mut c_void, usize, *mut c_void)> {
-        if root >= self.ranks {
-            return Err(Error::invalid(format!(
+    /// Fails unless `root` is a rank of this communicator.
+    fn check_root(&self, root: usize) -> Result<()> {
+        match root < self.ranks {
+            true => Ok(()),
+            false => Err(Error::invalid(format!(
                 "NCCL root {root}, but the communicator has {} ranks",
                 self.ranks
-            )));
+            ))),
         }
+    }
+
+    /// Checks `t` and binds the GPU's context: `t`'s address and length, and the stream.
+    fn place(&self, t: &Tensor) -> Result<(*mut c_void, usize, *mut c_void)> {
         self.check(t)?;
         let view = t.view();
         self.gpu
@@ -473,7 +477,7 @@ impl Communicator {
 
     /// Queues the in-place sum of `t`.
     fn enqueue(&mut self, t: &mut Tensor) -> Result<()> {
-        let (at, len, stream) = self.place(t, 0)?;
+        let (at, len, stream) = self.place(t)?;
         let lib = library()?;
         // SAFETY: `at` is `len` f32s of this GPU's memory, alive while `t` is; the sum is
         // queued on the stream every operation on the tensor is queued on.

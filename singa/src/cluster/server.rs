@@ -522,12 +522,7 @@ impl ServerCore {
                 }
                 Ok(())
             }
-            None => {
-                if let Some(bound) = clip_bound(self.clip_value, 1.0, grad_scale) {
-                    self.dev.clamp(&sum.clone(), sum, -bound, bound)?;
-                }
-                self.update(i, g, 1.0, transport)
-            }
+            None => self.clamp_and_update(i, g, transport),
         }
     }
 
@@ -554,16 +549,24 @@ impl ServerCore {
                  on updates from a collective's sums",
             ));
         }
-        let workers = self.groups[0].len();
         let c = &mut self.pending[i].groups[0];
         c.step = step;
-        c.received = workers;
-        let sum = c.grads[0].insert(sum);
-        if let Some(bound) = clip_bound(self.clip_value, 1.0, 1.0 / workers as f32) {
+        c.received = self.groups[0].len();
+        c.grads[0] = Some(sum);
+        self.clamp_and_update(i, 0, transport)?;
+        Ok(self.pending[i].slice.replicas[0].clone())
+    }
+
+    /// Without a global norm to agree on: clamps the sum of group `g`'s gradients of slice `i`
+    /// (in its first gradient) to `clip_value` of their average, and updates the slice.
+    fn clamp_and_update(&mut self, i: usize, g: usize, transport: &mut TransportBox) -> Result<()> {
+        let grad_scale = 1.0 / self.groups[g].len() as f32;
+        if let Some(bound) = clip_bound(self.clip_value, 1.0, grad_scale) {
+            let sum = self.pending[i].groups[g].grads[0].as_mut();
+            let sum = sum.expect("all received");
             self.dev.clamp(&sum.clone(), sum, -bound, bound)?;
         }
-        self.update(i, 0, 1.0, transport)?;
-        Ok(self.pending[i].slice.replicas[0].clone())
+        self.update(i, g, 1.0, transport)
     }
 
     /// Handles a `Norm` message (a part of the step's squared gradient norm at the lead
